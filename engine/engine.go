@@ -1,0 +1,719 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"math/bits"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Engine holds the presence state of every device. All methods are safe for
+// concurrent use. New builds one; Run drives its clock; nothing else starts
+// goroutines.
+type Engine struct {
+	cfg       Config
+	seed      maphash.Seed
+	shards    []shard
+	shardBits uint
+	epoch     int64 // unix ns of wheel tick 0
+	gran      int64 // ns per wheel tick (Tick/4)
+	defTO     uint32
+	now       func() time.Time
+	log       *slog.Logger
+
+	rejected   atomic.Uint64 // invalid ids, counted off the shard locks
+	coalescing atomic.Bool   // logged once per episode
+
+	advanceMu sync.Mutex // one Advance at a time
+
+	deliverMu sync.Mutex // one Deliver at a time; guards the buffers below
+	pend      []pending
+	batch     []Transition
+
+	trackMu  sync.Mutex
+	trackers int
+}
+
+// pending is a transition copied out of a shard, still without its string id.
+type pending struct {
+	qent
+	off       uint32
+	n         uint8
+	coalesced bool
+}
+
+// New validates cfg and builds an engine whose wheel starts at cfg.Now().
+func New(cfg Config) (*Engine, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	e := &Engine{
+		cfg:       cfg,
+		seed:      maphash.MakeSeed(),
+		shards:    make([]shard, cfg.Shards),
+		shardBits: uint(bits.TrailingZeros(uint(cfg.Shards))),
+		gran:      int64(cfg.Tick / 4),
+		defTO:     uint32(cfg.DefaultTimeout / time.Millisecond),
+		now:       cfg.Now,
+		log:       cfg.Logger,
+	}
+	if e.now == nil {
+		e.now = time.Now
+	}
+	if e.log == nil {
+		e.log = slog.Default()
+	}
+	e.epoch = e.now().UnixNano()
+	for i := range e.shards {
+		e.shards[i].queueCap = cfg.QueueCapacity / cfg.Shards
+	}
+	return e, nil
+}
+
+func (e *Engine) hash(id string) uint64 { return maphash.String(e.seed, id) }
+
+func (e *Engine) shardOf(h uint64) *shard {
+	return &e.shards[h>>(64-e.shardBits)&(1<<e.shardBits-1)]
+}
+
+// tickCeil is the first wheel tick at or after unix time ns.
+func (e *Engine) tickCeil(ns int64) uint64 {
+	if ns <= e.epoch {
+		return 0
+	}
+	return uint64((ns - e.epoch + e.gran - 1) / e.gran)
+}
+
+func toNanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromNanos(ns int64) time.Time {
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns).UTC()
+}
+
+func timeoutMs(d time.Duration) (uint32, error) {
+	if d < MinTimeout || d > MaxTimeout {
+		return 0, fmt.Errorf("%w: %v not in [%v, %v]", ErrInvalidTimeout, d, MinTimeout, MaxTimeout)
+	}
+	return uint32(d / time.Millisecond), nil
+}
+
+// Touch records a message from device id received at at. The first message
+// of an unknown device, or a message newer than the moment an offline device
+// went offline, is an online transition. last_seen never moves backwards.
+//
+// A message older than the moment its offline device went offline (reordered
+// or delayed input) advances last_seen but does not bring the device back:
+// doing so would invent a flap. Likewise a message so old that its deadline
+// has already passed does not bring an offline device back.
+func (e *Engine) Touch(id string, at time.Time) error {
+	return e.touch(id, at.UnixNano(), 0)
+}
+
+// TouchBatch applies a batch of touches, as ingest delivers them, and returns
+// how many were rejected (invalid id or timeout; counted in Stats.Rejected).
+func (e *Engine) TouchBatch(batch []Touch) (rejected int) {
+	for i := range batch {
+		t := &batch[i]
+		var ms uint32
+		if t.Timeout != 0 {
+			var err error
+			if ms, err = timeoutMs(t.Timeout); err != nil {
+				e.rejected.Add(1)
+				rejected++
+				continue
+			}
+		}
+		if e.touch(t.ID, t.At.UnixNano(), ms) != nil {
+			rejected++
+		}
+	}
+	return rejected
+}
+
+func (e *Engine) touch(id string, at int64, tmo uint32) error {
+	if !ValidID(id) {
+		e.rejected.Add(1)
+		return ErrInvalidID
+	}
+	h := e.hash(id)
+	sh := e.shardOf(h)
+	sh.mu.Lock()
+	slot, ok := sh.lookup(id, h)
+	if !ok {
+		if len(sh.recs) >= MaxDevicesPerShard {
+			sh.mu.Unlock()
+			return ErrFull
+		}
+		if tmo == 0 {
+			tmo = e.defTO
+		}
+		slot = sh.add(id, h, e.hash)
+		r := &sh.recs[slot]
+		r.lastSeen, r.since, r.timeoutMs, r.flags = at, at, tmo, flagOnline
+		sh.nOnline++
+		sh.st.touches++
+		e.noteCoalescing(sh.transition(slot, StatusUnknown, StatusOnline, at, CauseTelemetry))
+		e.arm(sh, slot)
+		sh.markDirty(slot)
+		sh.mu.Unlock()
+		return nil
+	}
+	sh.st.touches++
+	r := &sh.recs[slot]
+	if r.flags&flagOnline != 0 && at <= r.lastSeen && (tmo == 0 || tmo == r.timeoutMs) {
+		sh.mu.Unlock() // the common case of reordered input: nothing to do
+		return nil
+	}
+	changed := false
+	if at > r.lastSeen {
+		r.lastSeen = at
+		changed = true
+	}
+	if tmo != 0 && tmo != r.timeoutMs {
+		r.timeoutMs = tmo
+		changed = true
+		if r.flags&flagOnline != 0 {
+			e.arm(sh, slot) // an earlier deadline needs an earlier entry
+		}
+	}
+	if r.flags&flagOnline == 0 && at > r.since &&
+		e.tickCeil(r.lastSeen+int64(r.timeoutMs)*1e6) >= sh.wheel.cur {
+		r.flags |= flagOnline
+		r.since = at
+		sh.nOnline++
+		e.noteCoalescing(sh.transition(slot, StatusOffline, StatusOnline, at, CauseTelemetry))
+		e.arm(sh, slot)
+		changed = true
+	}
+	if changed {
+		sh.markDirty(slot)
+	}
+	sh.mu.Unlock()
+	return nil
+}
+
+// arm makes sure an online device has a wheel entry at or before its
+// deadline. An entry already armed early enough is left alone (lazy re-arm:
+// when it fires the real deadline is checked again).
+func (e *Engine) arm(sh *shard, slot uint32) {
+	r := &sh.recs[slot]
+	due := e.tickCeil(r.lastSeen + int64(r.timeoutMs)*1e6)
+	if r.flags&flagArmed != 0 {
+		armed := sh.wheel.cur + uint64(r.armed-uint32(sh.wheel.cur))
+		if armed <= due {
+			return
+		}
+	}
+	r.armed = uint32(sh.wheel.insert(slot, due))
+	r.flags |= flagArmed
+}
+
+func (e *Engine) noteCoalescing(started bool) {
+	if started && e.coalescing.CompareAndSwap(false, true) {
+		e.log.Warn("engine: transition queue full, coalescing transitions per device until the sink catches up",
+			"queue_capacity", e.cfg.QueueCapacity)
+	}
+}
+
+// lockDevice validates id and returns its shard, locked, and its slot.
+func (e *Engine) lockDevice(id string) (*shard, uint32, error) {
+	if !ValidID(id) {
+		e.rejected.Add(1)
+		return nil, 0, ErrInvalidID
+	}
+	h := e.hash(id)
+	sh := e.shardOf(h)
+	sh.mu.Lock()
+	slot, ok := sh.lookup(id, h)
+	if !ok {
+		sh.mu.Unlock()
+		return nil, 0, ErrNotFound
+	}
+	return sh, slot, nil
+}
+
+// MarkOffline turns a known device offline at once (its Last Will, or an
+// "offline" status message sent at at). A Last Will older than the device's
+// last message is stale (the device has reconnected since) and is ignored.
+func (e *Engine) MarkOffline(id string, at time.Time) error {
+	sh, slot, err := e.lockDevice(id)
+	if err != nil {
+		return err
+	}
+	defer sh.mu.Unlock()
+	r := &sh.recs[slot]
+	ns := at.UnixNano()
+	if r.flags&flagOnline == 0 || ns < r.lastSeen {
+		sh.st.stale++
+		return nil
+	}
+	r.flags &^= flagOnline
+	r.since = ns
+	sh.nOnline--
+	e.noteCoalescing(sh.transition(slot, StatusOnline, StatusOffline, ns, CauseLastWill))
+	sh.markDirty(slot)
+	return nil // the armed entry is dropped when it comes up
+}
+
+// SetTimeout sets a known device's own timeout, in [MinTimeout, MaxTimeout].
+// A shorter timeout whose deadline has passed turns the device offline at the
+// next Advance.
+func (e *Engine) SetTimeout(id string, d time.Duration) error {
+	ms, err := timeoutMs(d)
+	if err != nil {
+		return err
+	}
+	sh, slot, err := e.lockDevice(id)
+	if err != nil {
+		return err
+	}
+	defer sh.mu.Unlock()
+	r := &sh.recs[slot]
+	if r.timeoutMs == ms {
+		return nil
+	}
+	r.timeoutMs = ms
+	if r.flags&flagOnline != 0 {
+		e.arm(sh, slot)
+	}
+	sh.markDirty(slot)
+	return nil
+}
+
+// state builds the public state of slot; the shard lock is held.
+func (sh *shard) state(slot uint32) DeviceState {
+	r := &sh.recs[slot]
+	return DeviceState{
+		ID:       sh.id(slot),
+		Status:   r.status(),
+		LastSeen: fromNanos(r.lastSeen),
+		Since:    fromNanos(r.since),
+		Timeout:  time.Duration(r.timeoutMs) * time.Millisecond,
+	}
+}
+
+// Device returns the state of one device: ErrInvalidID or ErrNotFound if it
+// has none.
+func (e *Engine) Device(id string) (DeviceState, error) {
+	sh, slot, err := e.lockDevice(id)
+	if err != nil {
+		return DeviceState{ID: id}, err
+	}
+	defer sh.mu.Unlock()
+	return sh.state(slot), nil
+}
+
+// Devices appends to dst the state of each id, in order; an unknown or
+// invalid id gets a state with only ID set (Status StatusUnknown).
+func (e *Engine) Devices(ids []string, dst []DeviceState) []DeviceState {
+	for _, id := range ids {
+		st, _ := e.Device(id)
+		dst = append(dst, st)
+	}
+	return dst
+}
+
+// Counts returns fleet totals. Each shard is counted under its lock; the
+// shards are not frozen together, so under load the figures are a close
+// approximation of one instant.
+func (e *Engine) Counts() Counts {
+	var c Counts
+	for i := range e.shards {
+		sh := &e.shards[i]
+		sh.mu.Lock()
+		c.Total += len(sh.recs)
+		c.Online += sh.nOnline
+		sh.mu.Unlock()
+	}
+	c.Offline = c.Total - c.Online
+	return c
+}
+
+// rangeChunk is how many devices Range copies under one shard lock.
+const rangeChunk = 1024
+
+// Range calls fn with the state of every device until fn returns false. It
+// copies devices out in chunks and calls fn without holding any lock, so fn
+// may call the engine; devices added meanwhile may or may not be seen.
+func (e *Engine) Range(fn func(DeviceState) bool) {
+	buf := make([]DeviceState, 0, rangeChunk)
+	for i := range e.shards {
+		sh := &e.shards[i]
+		for next := 0; ; {
+			buf = buf[:0]
+			sh.mu.Lock()
+			for ; next < len(sh.recs) && len(buf) < rangeChunk; next++ {
+				buf = append(buf, sh.state(uint32(next)))
+			}
+			sh.mu.Unlock()
+			if len(buf) == 0 {
+				break
+			}
+			for _, st := range buf {
+				if !fn(st) {
+					return
+				}
+			}
+		}
+	}
+}
+
+// Restore loads device records at start-up (from Redis, say), as of now.
+// An online device whose deadline has passed gets its offline transition at
+// once (cause restart, at its deadline); other online devices are armed for
+// the time they have left; offline devices stay offline. A record with no
+// known status (StatusUnknown) is online if its deadline is still ahead.
+// Devices already known (a message raced the restore) keep their live status;
+// only last_seen is merged. Records with an invalid id or timeout are skipped
+// and reported in the error; the rest are restored.
+func (e *Engine) Restore(recs []DeviceState, now time.Time) error {
+	return e.restore(recs, now, CauseRestart)
+}
+
+func (e *Engine) restore(recs []DeviceState, now time.Time, cause Cause) error {
+	var skipped int
+	var first error
+	nowNs := now.UnixNano()
+	for i := range recs {
+		if err := e.restoreOne(&recs[i], nowNs, cause); err != nil {
+			skipped++
+			if first == nil {
+				first = fmt.Errorf("device %q: %w", recs[i].ID, err)
+			}
+		}
+	}
+	if skipped > 0 {
+		return fmt.Errorf("engine: restore skipped %d of %d records, first: %w", skipped, len(recs), first)
+	}
+	return nil
+}
+
+func (e *Engine) restoreOne(d *DeviceState, now int64, cause Cause) error {
+	if !ValidID(d.ID) {
+		e.rejected.Add(1)
+		return ErrInvalidID
+	}
+	tmo := e.defTO
+	if d.Timeout != 0 {
+		var err error
+		if tmo, err = timeoutMs(d.Timeout); err != nil {
+			return err
+		}
+	}
+	lastSeen := toNanos(d.LastSeen)
+	h := e.hash(d.ID)
+	sh := e.shardOf(h)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if slot, ok := sh.lookup(d.ID, h); ok {
+		if r := &sh.recs[slot]; lastSeen > r.lastSeen {
+			r.lastSeen = lastSeen
+			sh.markDirty(slot)
+		}
+		return nil
+	}
+	if len(sh.recs) >= MaxDevicesPerShard {
+		return ErrFull
+	}
+	slot := sh.add(d.ID, h, e.hash)
+	r := &sh.recs[slot]
+	r.lastSeen, r.timeoutMs = lastSeen, tmo
+	deadline := lastSeen + int64(tmo)*1e6
+	alive := deadline > now
+	switch {
+	case d.Status == StatusOnline && alive, d.Status == StatusUnknown && alive:
+		r.flags |= flagOnline
+		r.since = toNanos(d.Since)
+		if r.since == 0 {
+			r.since = lastSeen
+		}
+		r.setReported(StatusOnline)
+		sh.nOnline++
+		e.arm(sh, slot)
+		if d.Status == StatusUnknown {
+			sh.markDirty(slot) // the store lacks the status: write it
+		}
+	case d.Status == StatusOnline: // its deadline passed while we were away
+		r.since = deadline
+		r.setReported(StatusOnline)
+		e.noteCoalescing(sh.transition(slot, StatusOnline, StatusOffline, deadline, cause))
+		sh.markDirty(slot)
+	default: // offline, or unknown and expired
+		r.since = toNanos(d.Since)
+		if r.since == 0 {
+			r.since = deadline
+		}
+		r.setReported(StatusOffline)
+		if d.Status == StatusUnknown {
+			sh.markDirty(slot)
+		}
+	}
+	return nil
+}
+
+// Advance runs the timing wheel up to now: every online device whose
+// deadline is at or before now (to within Tick/4) goes offline. Shards are
+// processed one after another, each in chunks of Config.ChunkSize entries
+// under its lock, so touches keep flowing during a mass expiry. Transitions
+// are queued for Deliver. Run calls Advance every Tick/4; tests call it with
+// their own clock.
+func (e *Engine) Advance(now time.Time) {
+	ns := now.UnixNano()
+	if ns < e.epoch {
+		return
+	}
+	target := uint64((ns - e.epoch) / e.gran)
+	e.advanceMu.Lock()
+	defer e.advanceMu.Unlock()
+	for i := range e.shards {
+		e.advanceShard(&e.shards[i], target)
+	}
+}
+
+func (e *Engine) advanceShard(sh *shard, target uint64) {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	for {
+		t, ok := sh.wheel.next()
+		if !ok || t > target {
+			if sh.wheel.cur <= target {
+				sh.wheel.cur = target + 1
+			}
+			return
+		}
+		sh.wheel.cur = t
+		for l := wheelLevels - 1; l >= 1; l-- {
+			if t&(span(l)-1) == 0 {
+				e.runBucket(sh, l, int(t>>(wheelBits*l))&wheelMask, t)
+			}
+		}
+		e.runBucket(sh, 0, int(t)&wheelMask, t)
+		sh.wheel.cur = t + 1
+	}
+}
+
+// runBucket processes bucket (l, i) at tick t, the start of its span:
+// level 0 fires its live entries, higher levels cascade them down. Entries
+// added to the bucket while the lock is let go between chunks are processed
+// too. The shard lock is held on entry and on return.
+func (e *Engine) runBucket(sh *shard, l, i int, t uint64) {
+	sp := uint32(span(l))
+	for sh.wheel.occ[l]&(1<<i) != 0 {
+		b := sh.wheel.take(l, i)
+		for k, slot := range b {
+			if k > 0 && k%e.cfg.ChunkSize == 0 {
+				sh.mu.Unlock() // let touches in
+				sh.mu.Lock()
+			}
+			r := &sh.recs[slot]
+			if r.flags&flagArmed == 0 || r.armed-uint32(t) >= sp {
+				continue // stale: the device was re-armed elsewhere or went offline
+			}
+			if l > 0 {
+				sh.wheel.insert(slot, t+uint64(r.armed-uint32(t)))
+				continue
+			}
+			e.fire(sh, slot)
+		}
+		sh.wheel.recycle(l, i, b)
+	}
+}
+
+// fire handles a device whose armed tick has come: offline if its real
+// deadline has passed, else armed again for the remainder (lazy re-arm).
+func (e *Engine) fire(sh *shard, slot uint32) {
+	r := &sh.recs[slot]
+	r.flags &^= flagArmed
+	if r.flags&flagOnline == 0 {
+		return
+	}
+	deadline := r.lastSeen + int64(r.timeoutMs)*1e6
+	if e.tickCeil(deadline) > sh.wheel.cur {
+		e.arm(sh, slot)
+		return
+	}
+	r.flags &^= flagOnline
+	r.since = deadline
+	sh.nOnline--
+	e.noteCoalescing(sh.transition(slot, StatusOnline, StatusOffline, deadline, CauseTimeout))
+	sh.markDirty(slot)
+}
+
+// Deliver hands every queued transition to the sink, in batches, and returns
+// how many it delivered. Per device, transitions arrive in the order they
+// happened. Coalesced devices get their catch-up transition after the queue
+// of their shard. Deliver calls the sink without holding shard locks.
+func (e *Engine) Deliver() int {
+	e.deliverMu.Lock()
+	defer e.deliverMu.Unlock()
+	total := 0
+	for i := range e.shards {
+		total += e.deliverShard(&e.shards[i])
+	}
+	total += e.flushBatch()
+	if total > 0 && e.coalescing.Load() && e.backlog() == 0 {
+		e.coalescing.Store(false)
+		e.log.Info("engine: sink caught up, coalescing ended")
+	}
+	return total
+}
+
+// deliverRounds bounds the work one Deliver does on one shard that keeps
+// receiving transitions, so that Run gets back to Advance.
+const deliverRounds = 64
+
+func (e *Engine) deliverShard(sh *shard) int {
+	delivered := 0
+	for round := 0; round < deliverRounds; round++ {
+		sh.mu.Lock()
+		if len(sh.queue) == 0 && len(sh.resync) == 0 {
+			sh.mu.Unlock()
+			return delivered
+		}
+		e.pend = e.pend[:0]
+		for _, q := range sh.queue {
+			r := &sh.recs[q.slot]
+			e.pend = append(e.pend, pending{qent: q, off: r.idOff, n: r.idLen})
+		}
+		sh.queue = sh.queue[:0]
+		// Coalesced devices, a chunk at a time; those left keep their flag so
+		// that their later transitions stay behind this catch-up.
+		budget := e.cfg.ChunkSize
+		for slot, rs := range sh.resync {
+			if budget == 0 {
+				break
+			}
+			budget--
+			delete(sh.resync, slot)
+			r := &sh.recs[slot]
+			r.flags &^= flagResync
+			from, to := r.reported(), r.status()
+			if from == to {
+				continue // the changes cancelled out: counted as collapsed
+			}
+			r.setReported(to)
+			sh.st.resynced++
+			e.pend = append(e.pend, pending{
+				qent: qent{at: rs.at, slot: slot, from: from, to: to, cause: rs.cause},
+				off:  r.idOff, n: r.idLen, coalesced: true,
+			})
+		}
+		if len(sh.resync) == 0 {
+			sh.resync = nil // give a large map back
+		}
+		sh.st.delivered += uint64(len(e.pend))
+		arena := sh.arena // immutable below its length: safe to read unlocked
+		sh.mu.Unlock()
+
+		for _, p := range e.pend {
+			e.batch = append(e.batch, Transition{
+				ID:        string(arena[p.off : p.off+uint32(p.n)]),
+				From:      p.from,
+				To:        p.to,
+				At:        fromNanos(p.at),
+				Cause:     p.cause,
+				Coalesced: p.coalesced,
+			})
+			if len(e.batch) >= e.cfg.BatchSize {
+				delivered += e.flushBatch()
+			}
+		}
+	}
+	return delivered
+}
+
+func (e *Engine) flushBatch() int {
+	n := len(e.batch)
+	if n == 0 {
+		return 0
+	}
+	if e.cfg.Sink != nil {
+		e.cfg.Sink.HandleTransitions(e.batch)
+	}
+	clear(e.batch) // drop the id strings
+	e.batch = e.batch[:0]
+	return n
+}
+
+func (e *Engine) backlog() int {
+	n := 0
+	for i := range e.shards {
+		sh := &e.shards[i]
+		sh.mu.Lock()
+		n += len(sh.queue) + len(sh.resync)
+		sh.mu.Unlock()
+	}
+	return n
+}
+
+// Run advances the wheel and delivers transitions every Tick/4 until ctx is
+// done, then delivers what is left and returns nil. It is the engine's only
+// goroutine; call it once.
+func (e *Engine) Run(ctx context.Context) error {
+	t := time.NewTicker(time.Duration(e.gran))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			e.Advance(e.now())
+			e.Deliver()
+			return nil
+		case <-t.C:
+			e.Advance(e.now())
+			e.Deliver()
+		}
+	}
+}
+
+// Stats are the engine's counters since New.
+type Stats struct {
+	Touches            uint64 // accepted touches
+	Rejected           uint64 // inputs refused: invalid id or timeout
+	Stale              uint64 // Last Wills ignored as older than the last message
+	OnlineTransitions  uint64
+	OfflineTransitions uint64
+	Delivered          uint64 // transitions handed to the sink, catch-ups included
+	Queued             int    // transitions waiting for Deliver
+	// Coalesced counts transitions that found the queue full (or their
+	// device already coalescing); Collapsed those of them that never reached
+	// the sink individually because a later change of the same device
+	// superseded them.
+	Coalesced, Collapsed uint64
+	Resyncing            int // devices waiting for a catch-up transition
+	WheelEntries         int // live and stale
+}
+
+// Stats returns the counters, summed shard by shard.
+func (e *Engine) Stats() Stats {
+	s := Stats{Rejected: e.rejected.Load()}
+	var resynced uint64
+	for i := range e.shards {
+		sh := &e.shards[i]
+		sh.mu.Lock()
+		s.Touches += sh.st.touches
+		s.Stale += sh.st.stale
+		s.OnlineTransitions += sh.st.online
+		s.OfflineTransitions += sh.st.offline
+		s.Delivered += sh.st.delivered
+		s.Queued += len(sh.queue)
+		s.Coalesced += sh.st.coalesced
+		resynced += sh.st.resynced
+		s.Resyncing += len(sh.resync)
+		s.WheelEntries += sh.wheel.n
+		sh.mu.Unlock()
+	}
+	s.Collapsed = s.Coalesced - resynced - uint64(s.Resyncing)
+	return s
+}

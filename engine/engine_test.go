@@ -1,0 +1,534 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestValidID(t *testing.T) {
+	check := func(id string, want bool) {
+		t.Helper()
+		if got := ValidID(id); got != want {
+			t.Errorf("ValidID(%q) = %v, want %v", id, got, want)
+		}
+	}
+	check("123", true)
+	check("sensor-7.a_B:x@y", true)
+	check(strings.Repeat("a", MaxIDLen), true)
+	check("", false)
+	check(strings.Repeat("a", MaxIDLen+1), false)
+	for _, bad := range []string{"a/b", "a+", "#", "a b", "a\x00b", "é", "a\tb", "\x7f", "\n"} {
+		check(bad, false)
+	}
+}
+
+func FuzzValidID(f *testing.F) {
+	for _, s := range []string{"123", "", "a/b", "é", strings.Repeat("x", 129), "~!"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, id string) {
+		want := len(id) >= 1 && len(id) <= MaxIDLen
+		for _, r := range []byte(id) {
+			if r <= ' ' || r >= 0x7f || r == '/' || r == '+' || r == '#' {
+				want = false
+			}
+		}
+		if got := ValidID(id); got != want {
+			t.Fatalf("ValidID(%q) = %v, want %v", id, got, want)
+		}
+		e, err := New(DefaultConfig())
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = e.Touch(id, time.Now())
+		if want != (err == nil) || (!want && !errors.Is(err, ErrInvalidID)) {
+			t.Fatalf("Touch(%q) = %v, valid %v", id, err, want)
+		}
+		if !want && e.Counts().Total != 0 {
+			t.Fatalf("invalid id %q was stored", id)
+		}
+	})
+}
+
+func TestConfigValidate(t *testing.T) {
+	for name, mod := range map[string]func(*Config){
+		"shards not power of two": func(c *Config) { c.Shards = 3 },
+		"zero shards":             func(c *Config) { c.Shards = 0 },
+		"timeout too short":       func(c *Config) { c.DefaultTimeout = time.Millisecond },
+		"timeout too long":        func(c *Config) { c.DefaultTimeout = 8 * 24 * time.Hour },
+		"tick too short":          func(c *Config) { c.Tick = time.Millisecond },
+		"queue below shards":      func(c *Config) { c.QueueCapacity = 1 },
+		"batch":                   func(c *Config) { c.BatchSize = 0 },
+		"chunk":                   func(c *Config) { c.ChunkSize = 0 },
+	} {
+		t.Run(name, func(t *testing.T) {
+			c := DefaultConfig()
+			mod(&c)
+			if err := c.Validate(); err == nil {
+				t.Fatal("Validate accepted it")
+			}
+			if _, err := New(c); err == nil {
+				t.Fatal("New accepted it")
+			}
+		})
+	}
+	if err := DefaultConfig().Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestOnlineThenTimeout(t *testing.T) {
+	f := newFixture(t, nil)
+	f.touch("123", 0)
+	wantOne(t, f.at(0), "123", StatusUnknown, StatusOnline, t0, CauseTelemetry)
+
+	f.touch("123", 10*time.Second) // deadline moves to 70 s, lazily
+	if got := f.at(60 * time.Second); len(got) != 0 {
+		t.Fatalf("offline before the deadline: %v", got)
+	}
+	if got := f.at(70*time.Second - time.Nanosecond); len(got) != 0 {
+		t.Fatalf("offline 1ns before the deadline: %v", got)
+	}
+	// Never before the deadline, and within Tick after it.
+	got := f.at(70*time.Second + DefaultConfig().Tick)
+	wantOne(t, got, "123", StatusOnline, StatusOffline, t0.Add(70*time.Second), CauseTimeout)
+	st, _ := f.e.Device("123")
+	if st.Status != StatusOffline || !st.LastSeen.Equal(t0.Add(10*time.Second)) || !st.Since.Equal(t0.Add(70*time.Second)) {
+		t.Fatalf("state %+v", st)
+	}
+	// Back online with the next message.
+	f.touch("123", 80*time.Second)
+	wantOne(t, f.at(80*time.Second), "123", StatusOffline, StatusOnline, t0.Add(80*time.Second), CauseTelemetry)
+}
+
+func TestOfflineWithinTickOfDeadline(t *testing.T) {
+	// Whatever the phase of the deadline against the wheel's ticks, the
+	// transition comes at the first Advance at or after the deadline + Tick/2
+	// when Advance runs every Tick/4, as Run does.
+	tick := DefaultConfig().Tick
+	for phase := time.Duration(0); phase < tick; phase += 7 * time.Millisecond {
+		f := newFixture(t, nil)
+		f.touch("d", phase)
+		f.at(0)
+		deadline := phase + 60*time.Second
+		var firedAt time.Duration = -1
+		for now := 59 * time.Second; now < 62*time.Second; now += tick / 4 {
+			if got := f.at(now); len(got) > 0 {
+				firedAt = now
+				wantOne(t, got, "d", StatusOnline, StatusOffline, t0.Add(deadline), CauseTimeout)
+				break
+			}
+		}
+		if firedAt < deadline || firedAt > deadline+tick {
+			t.Fatalf("phase %v: fired at %v, deadline %v, tick %v", phase, firedAt, deadline, tick)
+		}
+	}
+}
+
+func TestLastSeenMonotonic(t *testing.T) {
+	f := newFixture(t, nil)
+	f.touch("a", 5*time.Second)
+	f.touch("a", 2*time.Second)
+	st, _ := f.e.Device("a")
+	if !st.LastSeen.Equal(t0.Add(5 * time.Second)) {
+		t.Fatalf("last seen moved back to %v", st.LastSeen)
+	}
+}
+
+func TestMarkOffline(t *testing.T) {
+	f := newFixture(t, nil)
+	if err := f.e.MarkOffline("ghost", t0); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown device: %v", err)
+	}
+	if err := f.e.MarkOffline("a/b", t0); !errors.Is(err, ErrInvalidID) {
+		t.Fatalf("invalid id: %v", err)
+	}
+	f.touch("a", 10*time.Second)
+	f.at(10 * time.Second)
+
+	// A Last Will older than the last message: the device reconnected since.
+	if err := f.e.MarkOffline("a", t0.Add(5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.at(11 * time.Second); len(got) != 0 || f.status("a") != StatusOnline {
+		t.Fatalf("stale will acted: %v", got)
+	}
+	if f.e.Stats().Stale != 1 {
+		t.Fatalf("stale not counted: %+v", f.e.Stats())
+	}
+
+	if err := f.e.MarkOffline("a", t0.Add(12*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	wantOne(t, f.at(12*time.Second), "a", StatusOnline, StatusOffline, t0.Add(12*time.Second), CauseLastWill)
+	// The old wheel entry comes up later and does nothing.
+	if got := f.at(2 * time.Minute); len(got) != 0 {
+		t.Fatalf("extra transitions: %v", got)
+	}
+	// A delayed message sent before the will does not bring it back...
+	f.touch("a", 11*time.Second)
+	if got := f.at(2 * time.Minute); len(got) != 0 || f.status("a") != StatusOffline {
+		t.Fatalf("reordered message acted: %v", got)
+	}
+	// ...a new one does.
+	f.touch("a", 3*time.Minute)
+	wantOne(t, f.at(3*time.Minute), "a", StatusOffline, StatusOnline, t0.Add(3*time.Minute), CauseTelemetry)
+}
+
+func TestStaleMessageDoesNotReviveExpiredDevice(t *testing.T) {
+	f := newFixture(t, nil)
+	f.touch("a", 0)
+	f.at(0)
+	f.at(10 * time.Minute) // offline at 60 s
+	// A message from 30 s arrives 10 minutes late: last_seen moves, but its
+	// own deadline has passed too, so the device stays offline.
+	f.touch("a", 30*time.Second) // older than since (60 s): stays offline anyway
+	f.e.Touch("a", t0.Add(65*time.Second))
+	if got := f.at(10*time.Minute + time.Second); len(got) != 0 {
+		t.Fatalf("stale message revived the device: %v", got)
+	}
+	st, _ := f.e.Device("a")
+	if st.Status != StatusOffline || !st.LastSeen.Equal(t0.Add(65*time.Second)) {
+		t.Fatalf("state %+v", st)
+	}
+}
+
+func TestSetTimeout(t *testing.T) {
+	f := newFixture(t, nil)
+	if err := f.e.SetTimeout("x", time.Minute); !errors.Is(err, ErrNotFound) {
+		t.Fatal(err)
+	}
+	f.touch("fast", 0)
+	f.touch("slow", 0)
+	f.at(0)
+	if err := f.e.SetTimeout("fast", 500*time.Millisecond); !errors.Is(err, ErrInvalidTimeout) {
+		t.Fatal(err)
+	}
+	if err := f.e.SetTimeout("fast", 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.e.SetTimeout("slow", 5*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	wantOne(t, f.at(31*time.Second), "fast", StatusOnline, StatusOffline, t0.Add(30*time.Second), CauseTimeout)
+	if got := f.at(4 * time.Minute); len(got) != 0 {
+		t.Fatalf("slow device expired early: %v", got)
+	}
+	wantOne(t, f.at(5*time.Minute+time.Second), "slow", StatusOnline, StatusOffline, t0.Add(5*time.Minute), CauseTimeout)
+
+	// Shortening below the time already elapsed: offline at the next Advance,
+	// at the deadline the new timeout gives.
+	f.touch("late", 6*time.Minute)
+	f.at(6 * time.Minute)
+	f.at(6*time.Minute + 40*time.Second)
+	if err := f.e.SetTimeout("late", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	wantOne(t, f.at(6*time.Minute+41*time.Second), "late", StatusOnline, StatusOffline, t0.Add(6*time.Minute+10*time.Second), CauseTimeout)
+}
+
+func TestTouchBatchPerTouchTimeout(t *testing.T) {
+	f := newFixture(t, nil)
+	rejected := f.e.TouchBatch([]Touch{
+		{ID: "a", At: t0, Timeout: 2 * time.Second},
+		{ID: "b", At: t0},
+		{ID: "bad/id", At: t0},
+		{ID: "c", At: t0, Timeout: time.Millisecond},
+	})
+	if rejected != 2 {
+		t.Fatalf("rejected %d, want 2", rejected)
+	}
+	if got := f.at(0); len(got) != 2 {
+		t.Fatalf("got %v", got)
+	}
+	wantOne(t, f.at(2*time.Second+50*time.Millisecond), "a", StatusOnline, StatusOffline, t0.Add(2*time.Second), CauseTimeout)
+	if s := f.e.Stats(); s.Rejected != 2 || s.Touches != 2 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+func TestLongTimeoutsAndClockJumps(t *testing.T) {
+	f := newFixture(t, nil)
+	week := MaxTimeout
+	f.e.TouchBatch([]Touch{{ID: "week", At: t0, Timeout: week}, {ID: "hour", At: t0, Timeout: time.Hour}})
+	f.at(0)
+	if got := f.at(time.Hour - time.Second); len(got) != 0 {
+		t.Fatal(got)
+	}
+	wantOne(t, f.at(time.Hour+time.Second), "hour", StatusOnline, StatusOffline, t0.Add(time.Hour), CauseTimeout)
+	// Jump straight past the week: exact deadline, one transition.
+	if got := f.at(week - time.Minute); len(got) != 0 {
+		t.Fatal(got)
+	}
+	wantOne(t, f.at(week+3*24*time.Hour), "week", StatusOnline, StatusOffline, t0.Add(week), CauseTimeout)
+	// A clock going backwards does nothing.
+	if got := f.at(time.Minute); len(got) != 0 {
+		t.Fatal(got)
+	}
+}
+
+func TestRestore(t *testing.T) {
+	f := newFixture(t, nil)
+	now := t0.Add(time.Hour)
+	f.clk.Set(now)
+	err := f.e.Restore([]DeviceState{
+		{ID: "expired", Status: StatusOnline, LastSeen: now.Add(-2 * time.Minute)},
+		{ID: "alive", Status: StatusOnline, LastSeen: now.Add(-20 * time.Second)},
+		{ID: "off", Status: StatusOffline, LastSeen: now.Add(-time.Hour)},
+		{ID: "nostatus", LastSeen: now.Add(-10 * time.Second)},
+		{ID: "slow", Status: StatusOnline, LastSeen: now.Add(-2 * time.Minute), Timeout: 5 * time.Minute},
+		{ID: "bad id", Status: StatusOnline, LastSeen: now},
+	}, now)
+	if !errors.Is(err, ErrInvalidID) {
+		t.Fatalf("Restore error %v, want one skipped invalid id", err)
+	}
+	wantOne(t, f.at(time.Hour), "expired", StatusOnline, StatusOffline, now.Add(-time.Minute), CauseRestart)
+	if c := f.e.Counts(); c != (Counts{Total: 5, Online: 3, Offline: 2}) {
+		t.Fatalf("counts %+v", c)
+	}
+	// The living are re-armed for what they have left.
+	wantOne(t, f.at(time.Hour+40*time.Second+50*time.Millisecond), "alive", StatusOnline, StatusOffline, now.Add(40*time.Second), CauseTimeout)
+	wantOne(t, f.at(time.Hour+50*time.Second+50*time.Millisecond), "nostatus", StatusOnline, StatusOffline, now.Add(50*time.Second), CauseTimeout)
+}
+
+func TestRestoreMergesWithLiveState(t *testing.T) {
+	f := newFixture(t, nil)
+	f.touch("a", 0)
+	f.at(0)
+	if err := f.e.Restore([]DeviceState{{ID: "a", Status: StatusOffline, LastSeen: t0.Add(-time.Hour)}}, t0); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := f.e.Device("a")
+	if st.Status != StatusOnline || !st.LastSeen.Equal(t0) {
+		t.Fatalf("live state lost: %+v", st)
+	}
+}
+
+func TestQueriesAndRange(t *testing.T) {
+	f := newFixture(t, nil)
+	for i := 0; i < 3000; i++ {
+		f.touch(fmt.Sprint(i), time.Duration(i)*time.Millisecond)
+	}
+	f.at(0)
+	f.e.MarkOffline("7", t0.Add(time.Second))
+	if c := f.e.Counts(); c != (Counts{Total: 3000, Online: 2999, Offline: 1}) {
+		t.Fatalf("counts %+v", c)
+	}
+	got := f.e.Devices([]string{"7", "nope", "8", "bad id"}, nil)
+	if len(got) != 4 || got[0].Status != StatusOffline || got[1].Status != StatusUnknown ||
+		got[2].Status != StatusOnline || !got[2].LastSeen.Equal(t0.Add(8*time.Millisecond)) || got[3].Status != StatusUnknown || got[1].ID != "nope" {
+		t.Fatalf("Devices = %+v", got)
+	}
+	seen := map[string]bool{}
+	f.e.Range(func(st DeviceState) bool { seen[st.ID] = true; return true })
+	if len(seen) != 3000 {
+		t.Fatalf("Range saw %d devices", len(seen))
+	}
+	n := 0
+	f.e.Range(func(DeviceState) bool { n++; return n < 10 })
+	if n != 10 {
+		t.Fatalf("Range did not stop: %d", n)
+	}
+}
+
+func TestTracker(t *testing.T) {
+	f := newFixture(t, nil)
+	tr, err := f.e.NewTracker()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr2, _ := f.e.NewTracker()
+	for i := 0; i < 100; i++ {
+		f.touch("a", time.Duration(i)*time.Millisecond) // coalesced: one entry
+	}
+	f.touch("b", 0)
+	if tr.Len() != 2 || tr2.Len() != 2 {
+		t.Fatalf("Len %d %d, want 2", tr.Len(), tr2.Len())
+	}
+	got := tr.Drain(nil, 1)
+	got = tr.Drain(got, 10)
+	if len(got) != 2 || tr.Len() != 0 || tr2.Len() != 2 {
+		t.Fatalf("drained %v, left %d/%d", got, tr.Len(), tr2.Len())
+	}
+	for _, st := range got {
+		if st.ID == "a" && !st.LastSeen.Equal(t0.Add(99*time.Millisecond)) {
+			t.Fatalf("stale state %+v", st)
+		}
+	}
+	// A failed write hands the device back; the next drain reads it afresh.
+	tr.MarkDirty("a", "a", "unknown", "bad id")
+	f.touch("a", time.Second)
+	got = tr.Drain(nil, 10)
+	if len(got) != 1 || !got[0].LastSeen.Equal(t0.Add(time.Second)) {
+		t.Fatalf("after MarkDirty: %+v", got)
+	}
+	// A timeout is a change too.
+	f.at(2 * time.Minute)
+	if got = tr.Drain(nil, 10); len(got) != 2 || got[0].Status != StatusOffline {
+		t.Fatalf("after timeout: %+v", got)
+	}
+	for i := 2; i < MaxTrackers; i++ {
+		if _, err := f.e.NewTracker(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := f.e.NewTracker(); !errors.Is(err, ErrTooManyTrackers) {
+		t.Fatalf("tracker %d: %v", MaxTrackers+1, err)
+	}
+}
+
+// A slow sink never blocks touches: past the queue, transitions are
+// coalesced per device and caught up in order, and what was folded away is
+// counted.
+func TestSlowSinkCoalesces(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.Shards = 1; c.QueueCapacity = 4; c.ChunkSize = 2 })
+	for i := 0; i < 4; i++ {
+		f.touch(fmt.Sprint(i), 0) // fills the queue
+	}
+	f.touch("flap", 0) // coalesced from its first transition
+	f.e.MarkOffline("flap", t0.Add(time.Second))
+	f.touch("flap", 2*time.Second)
+	f.e.MarkOffline("flap", t0.Add(3*time.Second)) // online, offline, online, offline
+	f.touch("back", 0)                             // coalesced, then cancelled out:
+	f.e.MarkOffline("back", t0.Add(time.Second))
+	if s := f.e.Stats(); s.Queued != 4 || s.Coalesced != 6 || s.Resyncing != 2 {
+		t.Fatalf("stats %+v", s)
+	}
+	got := f.at(4 * time.Second)
+	if len(got) != 6 {
+		t.Fatalf("delivered %v", got)
+	}
+	byID := map[string]Transition{}
+	for _, g := range got[4:] {
+		byID[g.ID] = g
+	}
+	flap := byID["flap"]
+	if flap.From != StatusUnknown || flap.To != StatusOffline || !flap.Coalesced || flap.Cause != CauseLastWill || !flap.At.Equal(t0.Add(3*time.Second)) {
+		t.Fatalf("flap catch-up %+v", flap)
+	}
+	if back := byID["back"]; back.From != StatusUnknown || back.To != StatusOffline {
+		t.Fatalf("back catch-up %+v", back)
+	}
+	if s := f.e.Stats(); s.Collapsed != 4 || s.Resyncing != 0 || s.Delivered != 6 {
+		t.Fatalf("stats after catch-up %+v", s)
+	}
+	// Caught up: the next transition goes through the queue again.
+	f.touch("flap", 5*time.Second)
+	g := f.at(5 * time.Second)
+	if len(g) != 1 || g[0].Coalesced || g[0].From != StatusOffline {
+		t.Fatalf("after catch-up %+v", g)
+	}
+}
+
+// The order of one device's transitions survives coalescing: what was
+// queued before the device started coalescing is delivered first.
+func TestCoalescingKeepsOrder(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.Shards = 1; c.QueueCapacity = 2 })
+	f.touch("a", 0)                           // queued: unknown->online
+	f.e.MarkOffline("a", t0.Add(time.Second)) // queued: online->offline
+	f.touch("a", 2*time.Second)               // coalesced
+	got := f.at(3 * time.Second)
+	if len(got) != 3 || got[0].To != StatusOnline || got[1].To != StatusOffline ||
+		got[2].To != StatusOnline || got[2].From != StatusOffline || !got[2].Coalesced {
+		t.Fatalf("order %+v", got)
+	}
+}
+
+func TestMassExpiryIsChunkedAndComplete(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.QueueCapacity = 1024; c.ChunkSize = 100 })
+	const n = 20000
+	for i := 0; i < n; i++ {
+		f.touch(fmt.Sprint(i), 0)
+	}
+	if got := f.at(0); len(got) != n {
+		t.Fatalf("online transitions %d", len(got))
+	}
+	// Touches keep flowing while the expiry runs.
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; i < 1000; i++ {
+			f.e.Touch(fmt.Sprint("late-", i), t0.Add(61*time.Second))
+		}
+	}()
+	got := f.at(61 * time.Second)
+	wg.Wait()
+	got = append(got, f.at(61*time.Second)...)
+	off := 0
+	for _, g := range got {
+		if g.To == StatusOffline {
+			off++
+			if !g.At.Equal(t0.Add(time.Minute)) {
+				t.Fatalf("bad deadline %+v", g)
+			}
+		}
+	}
+	if off != n {
+		t.Fatalf("offline transitions %d, want %d (stats %+v)", off, n, f.e.Stats())
+	}
+	if c := f.e.Counts(); c.Online != 1000 || c.Offline != n {
+		t.Fatalf("counts %+v", c)
+	}
+}
+
+func TestConcurrentUse(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.QueueCapacity = 64 })
+	tr, _ := f.e.NewTracker()
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; i < 5000; i++ {
+				id := fmt.Sprint(i % 500)
+				at := t0.Add(time.Duration(i) * time.Millisecond)
+				switch i % 50 {
+				case 7:
+					f.e.MarkOffline(id, at)
+				case 9:
+					f.e.SetTimeout(id, time.Duration(1+i%5)*time.Second)
+				default:
+					f.e.Touch(id, at)
+				}
+			}
+		}(w)
+	}
+	var bg sync.WaitGroup
+	bg.Add(1)
+	go func() {
+		defer bg.Done()
+		var buf []DeviceState
+		for d := time.Duration(0); ; d += 100 * time.Millisecond {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			f.e.Advance(t0.Add(d))
+			f.e.Deliver()
+			buf = tr.Drain(buf[:0], 100)
+			f.e.Counts()
+			f.e.Range(func(DeviceState) bool { return false })
+		}
+	}()
+	wg.Wait()
+	close(stop)
+	bg.Wait()
+	f.at(time.Hour)
+	// Every transition reached the sink exactly once, or was folded into a
+	// catch-up and counted.
+	s := f.e.Stats()
+	if s.OnlineTransitions+s.OfflineTransitions != s.Delivered+s.Collapsed || s.Resyncing != 0 || s.Queued != 0 {
+		t.Fatalf("transitions unaccounted for: %+v", s)
+	}
+	// Ids 7, 9, 57, 59... only ever get MarkOffline or SetTimeout: unknown.
+	if c := f.e.Counts(); c.Online != 0 || c.Total != 480 {
+		t.Fatalf("counts after an hour: %+v", c)
+	}
+}

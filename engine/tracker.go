@@ -1,0 +1,91 @@
+package engine
+
+import "fmt"
+
+// Tracker tells one write-behind sink which devices changed since it last
+// looked, without scanning all devices. Each device is listed at most once
+// per tracker however often it changes (one bit per device and tracker), so
+// the list is bounded by the device count, never by the message rate. A
+// Tracker sees the changes made after it was created.
+type Tracker struct {
+	e      *Engine
+	idx    int
+	cursor int // the shard Drain resumes at, for fairness
+}
+
+// NewTracker creates a dirty tracker; an engine serves at most MaxTrackers.
+func (e *Engine) NewTracker() (*Tracker, error) {
+	e.trackMu.Lock()
+	defer e.trackMu.Unlock()
+	if e.trackers == MaxTrackers {
+		return nil, fmt.Errorf("%w: at most %d", ErrTooManyTrackers, MaxTrackers)
+	}
+	t := &Tracker{e: e, idx: e.trackers}
+	e.trackers++
+	for i := range e.shards {
+		sh := &e.shards[i]
+		sh.mu.Lock()
+		sh.trackMask |= 1 << t.idx
+		sh.mu.Unlock()
+	}
+	return t, nil
+}
+
+// Drain appends to dst the current state of up to max changed devices and
+// clears their mark: a device that changes again is listed again. What a
+// sink fails to write it hands back with MarkDirty.
+func (t *Tracker) Drain(dst []DeviceState, max int) []DeviceState {
+	shards := t.e.shards
+	for n := 0; n < len(shards) && max > 0; n++ {
+		sh := &shards[t.cursor]
+		sh.mu.Lock()
+		d := &sh.dirty[t.idx]
+		for ; d.head < len(d.items) && max > 0; max-- {
+			slot := d.items[d.head]
+			d.head++
+			sh.recs[slot].dirty &^= 1 << t.idx
+			dst = append(dst, sh.state(slot))
+		}
+		if d.head == len(d.items) {
+			d.items, d.head = d.items[:0], 0
+			if cap(d.items) > 4096 {
+				d.items = nil // a burst is over: give the memory back
+			}
+		}
+		sh.mu.Unlock()
+		if max > 0 {
+			t.cursor = (t.cursor + 1) % len(shards)
+		}
+	}
+	return dst
+}
+
+// MarkDirty lists devices again, typically those a failed write could not
+// store; the next Drain reads their state as it is then. Unknown or invalid
+// ids are ignored.
+func (t *Tracker) MarkDirty(ids ...string) {
+	for _, id := range ids {
+		sh, slot, err := t.e.lockDevice(id)
+		if err != nil {
+			continue
+		}
+		r := &sh.recs[slot]
+		if r.dirty&(1<<t.idx) == 0 {
+			r.dirty |= 1 << t.idx
+			sh.dirty[t.idx].items = append(sh.dirty[t.idx].items, slot)
+		}
+		sh.mu.Unlock()
+	}
+}
+
+// Len returns how many devices are waiting for this tracker.
+func (t *Tracker) Len() int {
+	n := 0
+	for i := range t.e.shards {
+		sh := &t.e.shards[i]
+		sh.mu.Lock()
+		n += sh.dirty[t.idx].len()
+		sh.mu.Unlock()
+	}
+	return n
+}

@@ -1,0 +1,154 @@
+package engine
+
+import (
+	"errors"
+	"time"
+)
+
+// Errors returned by the engine. Callers compare with errors.Is.
+var (
+	// ErrInvalidID: the id is empty, longer than MaxIDLen, or holds a byte
+	// that is not printable ASCII or is one of '/', '+', '#'. Such an id is
+	// never stored.
+	ErrInvalidID = errors.New("engine: invalid device id")
+	// ErrNotFound: the device has never been seen by this engine.
+	ErrNotFound = errors.New("engine: device not found")
+	// ErrInvalidTimeout: a per-device timeout outside [MinTimeout, MaxTimeout].
+	ErrInvalidTimeout = errors.New("engine: timeout out of range")
+	// ErrFull: a shard holds MaxDevicesPerShard devices; raise Config.Shards.
+	ErrFull = errors.New("engine: shard full")
+	// ErrTooManyTrackers: more than MaxTrackers dirty trackers were requested.
+	ErrTooManyTrackers = errors.New("engine: too many dirty trackers")
+)
+
+// Limits of the engine.
+const (
+	MaxIDLen   = 128
+	MinTimeout = time.Second
+	MaxTimeout = 7 * 24 * time.Hour
+	// MaxTrackers is how many independent dirty trackers (write-behind sinks)
+	// one engine serves; each costs one bit per device.
+	MaxTrackers = 4
+	// MaxDevicesPerShard bounds one shard: its index packs a slot number in
+	// 24 bits. With the default 256 shards that is over 4 billion devices.
+	MaxDevicesPerShard = 1<<24 - 1
+)
+
+// Status is a device's presence status.
+type Status uint8
+
+const (
+	// StatusUnknown: never seen (the zero value; a device is never stored so).
+	StatusUnknown Status = iota
+	StatusOnline
+	StatusOffline
+)
+
+func (s Status) String() string {
+	switch s {
+	case StatusOnline:
+		return "online"
+	case StatusOffline:
+		return "offline"
+	default:
+		return "unknown"
+	}
+}
+
+// Cause says why a transition happened.
+type Cause uint8
+
+const (
+	// CauseTelemetry: a message from the device (or an explicit "online").
+	CauseTelemetry Cause = iota + 1
+	// CauseTimeout: no message for the device's timeout.
+	CauseTimeout
+	// CauseLastWill: an explicit "offline" status message (the MQTT Last Will).
+	CauseLastWill
+	// CauseRestart: restart recovery found the deadline passed while down.
+	CauseRestart
+	// CauseHandoff: a cluster node took the device over and found its
+	// deadline passed.
+	CauseHandoff
+)
+
+func (c Cause) String() string {
+	switch c {
+	case CauseTelemetry:
+		return "telemetry"
+	case CauseTimeout:
+		return "timeout"
+	case CauseLastWill:
+		return "last_will"
+	case CauseRestart:
+		return "restart"
+	case CauseHandoff:
+		return "handoff"
+	default:
+		return "unknown"
+	}
+}
+
+// Transition is one status change of one device.
+type Transition struct {
+	ID   string
+	From Status // StatusUnknown for the first message of a new device
+	To   Status
+	// At is when the change became true: the message time for an online
+	// transition, the deadline (last seen + timeout) for a timeout, the status
+	// message time for a Last Will.
+	At    time.Time
+	Cause Cause
+	// Coalesced is set when the consumer fell behind and this transition
+	// stands for one or more changes that were folded together (see Sink).
+	Coalesced bool
+}
+
+// Sink receives transitions. The consumer implements it; the engine calls it
+// from one goroutine at a time (the one running Deliver), in order for each
+// device, with batches of at most Config.BatchSize. The slice is reused after
+// the call returns: copy what you keep.
+//
+// A slow sink never blocks touches. Transitions wait in a bounded per-shard
+// queue (Config.QueueCapacity in all); a transition that finds its queue full,
+// and every later one of the same device until the consumer catches up, is
+// coalesced: the engine remembers only that the device's reported status is
+// stale (one bit and one small map entry per device). When the sink catches
+// up it receives one transition from the status it was last told to the
+// current one, with Coalesced set, the latest cause and time; intermediate
+// flaps are counted in Stats.Collapsed, never silently dropped. Memory stays
+// bounded by the device count whatever the transition rate.
+type Sink interface {
+	HandleTransitions(batch []Transition)
+}
+
+// SinkFunc adapts a function to Sink.
+type SinkFunc func(batch []Transition)
+
+// HandleTransitions calls f(batch).
+func (f SinkFunc) HandleTransitions(batch []Transition) { f(batch) }
+
+// DeviceState is a device's state as the engine knows it.
+type DeviceState struct {
+	ID       string
+	Status   Status // StatusUnknown when the device is not known
+	LastSeen time.Time
+	// Since is when the current status began (for an offline device: the
+	// deadline or the Last Will time).
+	Since   time.Time
+	Timeout time.Duration
+}
+
+// Touch is one activity report, the unit of TouchBatch.
+type Touch struct {
+	ID string
+	At time.Time
+	// Timeout, when non-zero, sets the device's timeout (as SetTimeout does);
+	// ingest uses it for per-topic timeouts. Zero keeps the current one.
+	Timeout time.Duration
+}
+
+// Counts are fleet totals.
+type Counts struct {
+	Total, Online, Offline int
+}

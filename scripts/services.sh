@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Makes sure the services the integration tests talk to are running on this
+# machine: Redis (127.0.0.1:6379), PostgreSQL (127.0.0.1:5432, database
+# "test", trust auth) and Mosquitto (127.0.0.1:1883). Installs the Debian
+# package of any that is missing, starts any that is stopped, and waits until
+# each answers. Idempotent; run as root (as CI and the dev machines do).
+set -euo pipefail
+
+say() { echo "services: $*" >&2; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() { # port name
+	for _ in $(seq 1 100); do
+		port_open "$1" && return 0
+		sleep 0.1
+	done
+	say "$2 did not come up on 127.0.0.1:$1"
+	return 1
+}
+
+apt_updated=
+need_pkg() { # command package...
+	command -v "$1" >/dev/null 2>&1 && return 0
+	shift
+	if [ -z "$apt_updated" ]; then
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq
+		apt_updated=1
+	fi
+	say "installing $*"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# Redis
+if ! port_open 6379; then
+	need_pkg redis-server redis-server
+	say "starting redis"
+	redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+fi
+wait_port 6379 redis
+
+# PostgreSQL
+if ! port_open 5432; then
+	need_pkg pg_ctlcluster postgresql
+	say "starting postgresql"
+	pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
+fi
+wait_port 5432 postgresql
+# The tests use database "test" over 127.0.0.1 with trust auth, as on the dev
+# machines; create it on a fresh install.
+if command -v psql >/dev/null && ! psql -h 127.0.0.1 -U postgres -d test -Atc 'select 1' >/dev/null 2>&1; then
+	say "creating database test"
+	hba=$(su postgres -c "psql -Atc 'show hba_file'")
+	if ! grep -q '^host all all 127.0.0.1/32 trust' "$hba"; then
+		sed -i '1i host all all 127.0.0.1/32 trust' "$hba"
+		su postgres -c "psql -Atc 'select pg_reload_conf()'" >/dev/null
+	fi
+	su postgres -c "createdb test" 2>/dev/null || true
+fi
+
+# Mosquitto
+if ! port_open 1883; then
+	need_pkg mosquitto mosquitto
+	conf=/etc/mosquitto/mosquitto.conf
+	say "starting mosquitto"
+	mosquitto -d -c "$conf"
+fi
+wait_port 1883 mosquitto
+say "redis, postgresql and mosquitto are up"
