@@ -41,7 +41,7 @@ type Engine struct {
 // pending is a transition copied out of a shard, still without its string id.
 type pending struct {
 	qent
-	off       uint32
+	idWord    uint64
 	n         uint8
 	coalesced bool
 }
@@ -585,7 +585,7 @@ func (e *Engine) deliverShard(sh *shard) int {
 		e.pend = e.pend[:0]
 		for _, q := range sh.queue {
 			r := &sh.recs[q.slot]
-			e.pend = append(e.pend, pending{qent: q, off: r.idOff, n: r.idLen})
+			e.pend = append(e.pend, pending{qent: q, idWord: r.idWord, n: r.idLen})
 		}
 		sh.queue = sh.queue[:0]
 		// Coalesced devices, a chunk at a time; those left keep their flag so
@@ -606,8 +606,8 @@ func (e *Engine) deliverShard(sh *shard) int {
 			r.setReported(to)
 			sh.st.resynced++
 			e.pend = append(e.pend, pending{
-				qent: qent{at: rs.at, slot: slot, from: from, to: to, cause: rs.cause},
-				off:  r.idOff, n: r.idLen, coalesced: true,
+				qent:   qent{at: rs.at, slot: slot, from: from, to: to, cause: rs.cause},
+				idWord: r.idWord, n: r.idLen, coalesced: true,
 			})
 		}
 		if len(sh.resync) == 0 {
@@ -619,7 +619,7 @@ func (e *Engine) deliverShard(sh *shard) int {
 
 		for _, p := range e.pend {
 			e.batch = append(e.batch, Transition{
-				ID:        string(arena[p.off : p.off+uint32(p.n)]),
+				ID:        idString(p.idWord, p.n, arena),
 				From:      p.from,
 				To:        p.to,
 				At:        fromNanos(p.at),

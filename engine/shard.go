@@ -1,21 +1,45 @@
 package engine
 
 import (
+	"encoding/binary"
 	"sync"
 )
 
-// rec is one device, 32 bytes, pointer-free: the GC never scans the
-// millions of them. Its id lives in the shard's arena.
+// rec is one device, 40 bytes, pointer-free: the GC never scans the
+// millions of them. An id of up to 8 bytes (the seed's integer ids) is kept
+// in the record itself, so finding a device costs two cache misses (index
+// cell, record), as a Go map does; a longer id lives in the shard's arena.
 type rec struct {
 	lastSeen  int64  // unix ns of the newest message; 0 = never
 	since     int64  // unix ns the current status began
-	idOff     uint32 // id = arena[idOff : idOff+idLen]
+	idWord    uint64 // the id's bytes if idLen <= 8, else its arena offset
 	timeoutMs uint32
 	armed     uint32 // low 32 bits of the wheel tick armed for, if flagArmed
 	idLen     uint8
 	flags     uint8
 	dirty     uint8 // one bit per Tracker
-	_         uint8
+}
+
+// packID packs an id of up to 8 bytes into a word, little-endian.
+func packID(id string) uint64 {
+	var w uint64
+	for i := len(id) - 1; i >= 0; i-- {
+		w = w<<8 | uint64(id[i])
+	}
+	return w
+}
+
+// idString rebuilds an id from its record fields; arena is the shard's
+// arena (or a copy of its header taken under the lock: bytes below its
+// length never change).
+func idString(word uint64, n uint8, arena []byte) string {
+	if n <= 8 {
+		var b [8]byte
+		binary.LittleEndian.PutUint64(b[:], word)
+		return string(b[:n])
+	}
+	off := uint32(word)
+	return string(arena[off : off+uint32(n)])
 }
 
 const (
@@ -118,17 +142,30 @@ func (sh *shard) lookup(id string, h uint64) (uint32, bool) {
 	}
 	mask := uint64(len(sh.cells) - 1)
 	tag := tagOf(h)
+	short := len(id) <= 8
+	var word uint64
+	if short {
+		word = packID(id)
+	}
 	for i := h & mask; ; i = (i + 1) & mask {
 		c := sh.cells[i]
 		if c == 0 {
 			return 0, false
 		}
-		if c>>slotBits == tag {
-			slot := c&slotMask - 1
-			r := &sh.recs[slot]
-			if int(r.idLen) == len(id) && string(sh.arena[r.idOff:r.idOff+uint32(r.idLen)]) == id {
+		if c>>slotBits != tag {
+			continue
+		}
+		slot := c&slotMask - 1
+		r := &sh.recs[slot]
+		if int(r.idLen) != len(id) {
+			continue
+		}
+		if short {
+			if r.idWord == word {
 				return slot, true
 			}
+		} else if off := uint32(r.idWord); string(sh.arena[off:off+uint32(len(id))]) == id {
+			return slot, true
 		}
 	}
 }
@@ -140,8 +177,14 @@ func (sh *shard) add(id string, h uint64, hash func(string) uint64) uint32 {
 		sh.grow(hash)
 	}
 	slot := uint32(len(sh.recs))
-	sh.recs = append(sh.recs, rec{idOff: uint32(len(sh.arena)), idLen: uint8(len(id))})
-	sh.arena = append(sh.arena, id...)
+	r := rec{idLen: uint8(len(id))}
+	if len(id) <= 8 {
+		r.idWord = packID(id)
+	} else {
+		r.idWord = uint64(len(sh.arena))
+		sh.arena = append(sh.arena, id...)
+	}
+	sh.recs = append(sh.recs, r)
 	sh.insertCell(h, slot)
 	return slot
 }
@@ -170,7 +213,7 @@ func (sh *shard) grow(hash func(string) uint64) {
 // id returns the device id of slot as a new string.
 func (sh *shard) id(slot uint32) string {
 	r := &sh.recs[slot]
-	return string(sh.arena[r.idOff : r.idOff+uint32(r.idLen)])
+	return idString(r.idWord, r.idLen, sh.arena)
 }
 
 // markDirty flags slot for every tracker that has not seen it yet.
