@@ -35,7 +35,7 @@ func benchIDs(n int) []string {
 	return ids
 }
 
-func benchEngine(b *testing.B, n int, sink Sink, trackers int) (*Engine, []string, *clock) {
+func benchEngine(b testing.TB, n int, sink Sink, trackers int) (*Engine, []string, *clock) {
 	b.Helper()
 	clk := &clock{now: t0}
 	cfg := DefaultConfig()

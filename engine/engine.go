@@ -21,7 +21,7 @@ type Engine struct {
 	shardBits uint
 	epoch     int64 // unix ns of wheel tick 0
 	gran      int64 // ns per wheel tick (Tick/4)
-	defTO     uint32
+	timeouts  *timeoutTable
 	now       func() time.Time
 	log       *slog.Logger
 
@@ -42,7 +42,6 @@ type Engine struct {
 type pending struct {
 	qent
 	idWord    uint64
-	n         uint8
 	coalesced bool
 }
 
@@ -57,7 +56,7 @@ func New(cfg Config) (*Engine, error) {
 		shards:    make([]shard, cfg.Shards),
 		shardBits: uint(bits.TrailingZeros(uint(cfg.Shards))),
 		gran:      int64(cfg.Tick / 4),
-		defTO:     uint32(cfg.DefaultTimeout / time.Millisecond),
+		timeouts:  newTimeoutTable(cfg.DefaultTimeout),
 		now:       cfg.Now,
 		log:       cfg.Logger,
 	}
@@ -102,12 +101,11 @@ func fromNanos(ns int64) time.Time {
 	return time.Unix(0, ns).UTC()
 }
 
-func timeoutMs(d time.Duration) (uint32, error) {
-	if d < MinTimeout || d > MaxTimeout {
-		return 0, fmt.Errorf("%w: %v not in [%v, %v]", ErrInvalidTimeout, d, MinTimeout, MaxTimeout)
-	}
-	return uint32(d / time.Millisecond), nil
-}
+// deadline is when r goes offline if it stays silent, in unix ns.
+func (e *Engine) deadline(r *rec) int64 { return r.lastSeen + e.timeouts.ns(r.tmo) }
+
+// noTimeout asks touch to keep the device's timeout.
+const noTimeout = -1
 
 // Touch records a message from device id received at at. The first message
 // of an unknown device, or a message newer than the moment an offline device
@@ -118,7 +116,7 @@ func timeoutMs(d time.Duration) (uint32, error) {
 // doing so would invent a flap. Likewise a message so old that its deadline
 // has already passed does not bring an offline device back.
 func (e *Engine) Touch(id string, at time.Time) error {
-	return e.touch(id, at.UnixNano(), 0)
+	return e.touch(id, at.UnixNano(), noTimeout)
 }
 
 // TouchBatch applies a batch of touches, as ingest delivers them, and returns
@@ -126,23 +124,25 @@ func (e *Engine) Touch(id string, at time.Time) error {
 func (e *Engine) TouchBatch(batch []Touch) (rejected int) {
 	for i := range batch {
 		t := &batch[i]
-		var ms uint32
+		tmo := noTimeout
 		if t.Timeout != 0 {
-			var err error
-			if ms, err = timeoutMs(t.Timeout); err != nil {
+			i, err := e.timeouts.index(t.Timeout)
+			if err != nil {
 				e.rejected.Add(1)
 				rejected++
 				continue
 			}
+			tmo = int(i)
 		}
-		if e.touch(t.ID, t.At.UnixNano(), ms) != nil {
+		if e.touch(t.ID, t.At.UnixNano(), tmo) != nil {
 			rejected++
 		}
 	}
 	return rejected
 }
 
-func (e *Engine) touch(id string, at int64, tmo uint32) error {
+// touch is Touch with tmo the index of a new timeout, or noTimeout.
+func (e *Engine) touch(id string, at int64, tmo int) error {
 	if !ValidID(id) {
 		e.rejected.Add(1)
 		return ErrInvalidID
@@ -152,16 +152,16 @@ func (e *Engine) touch(id string, at int64, tmo uint32) error {
 	sh.mu.Lock()
 	slot, ok := sh.lookup(id, h)
 	if !ok {
-		if len(sh.recs) >= MaxDevicesPerShard {
+		if sh.n >= MaxDevicesPerShard {
 			sh.mu.Unlock()
 			return ErrFull
 		}
-		if tmo == 0 {
-			tmo = e.defTO
-		}
 		slot = sh.add(id, h, e.hash)
-		r := &sh.recs[slot]
-		r.lastSeen, r.since, r.timeoutMs, r.flags = at, at, tmo, flagOnline
+		r := sh.rec(slot)
+		r.lastSeen, r.since, r.flags = at, at, flagOnline
+		if tmo != noTimeout {
+			r.tmo = uint16(tmo)
+		}
 		sh.nOnline++
 		sh.st.touches++
 		e.noteCoalescing(sh.transition(slot, StatusUnknown, StatusOnline, at, CauseTelemetry))
@@ -171,8 +171,8 @@ func (e *Engine) touch(id string, at int64, tmo uint32) error {
 		return nil
 	}
 	sh.st.touches++
-	r := &sh.recs[slot]
-	if r.flags&flagOnline != 0 && at <= r.lastSeen && (tmo == 0 || tmo == r.timeoutMs) {
+	r := sh.rec(slot)
+	if r.flags&flagOnline != 0 && at <= r.lastSeen && (tmo == noTimeout || tmo == int(r.tmo)) {
 		sh.mu.Unlock() // the common case of reordered input: nothing to do
 		return nil
 	}
@@ -181,15 +181,15 @@ func (e *Engine) touch(id string, at int64, tmo uint32) error {
 		r.lastSeen = at
 		changed = true
 	}
-	if tmo != 0 && tmo != r.timeoutMs {
-		r.timeoutMs = tmo
+	if tmo != noTimeout && tmo != int(r.tmo) {
+		r.tmo = uint16(tmo)
 		changed = true
 		if r.flags&flagOnline != 0 {
 			e.arm(sh, slot) // an earlier deadline needs an earlier entry
 		}
 	}
 	if r.flags&flagOnline == 0 && at > r.since &&
-		e.tickCeil(r.lastSeen+int64(r.timeoutMs)*1e6) >= sh.wheel.cur {
+		e.tickCeil(e.deadline(r)) >= sh.wheel.cur {
 		r.flags |= flagOnline
 		r.since = at
 		sh.nOnline++
@@ -208,8 +208,8 @@ func (e *Engine) touch(id string, at int64, tmo uint32) error {
 // deadline. An entry already armed early enough is left alone (lazy re-arm:
 // when it fires the real deadline is checked again).
 func (e *Engine) arm(sh *shard, slot uint32) {
-	r := &sh.recs[slot]
-	due := e.tickCeil(r.lastSeen + int64(r.timeoutMs)*1e6)
+	r := sh.rec(slot)
+	due := e.tickCeil(e.deadline(r))
 	if r.flags&flagArmed != 0 {
 		armed := sh.wheel.cur + uint64(r.armed-uint32(sh.wheel.cur))
 		if armed <= due {
@@ -253,7 +253,7 @@ func (e *Engine) MarkOffline(id string, at time.Time) error {
 		return err
 	}
 	defer sh.mu.Unlock()
-	r := &sh.recs[slot]
+	r := sh.rec(slot)
 	ns := at.UnixNano()
 	if r.flags&flagOnline == 0 || ns < r.lastSeen {
 		sh.st.stale++
@@ -271,7 +271,7 @@ func (e *Engine) MarkOffline(id string, at time.Time) error {
 // A shorter timeout whose deadline has passed turns the device offline at the
 // next Advance.
 func (e *Engine) SetTimeout(id string, d time.Duration) error {
-	ms, err := timeoutMs(d)
+	tmo, err := e.timeouts.index(d)
 	if err != nil {
 		return err
 	}
@@ -280,11 +280,11 @@ func (e *Engine) SetTimeout(id string, d time.Duration) error {
 		return err
 	}
 	defer sh.mu.Unlock()
-	r := &sh.recs[slot]
-	if r.timeoutMs == ms {
+	r := sh.rec(slot)
+	if r.tmo == tmo {
 		return nil
 	}
-	r.timeoutMs = ms
+	r.tmo = tmo
 	if r.flags&flagOnline != 0 {
 		e.arm(sh, slot)
 	}
@@ -293,14 +293,14 @@ func (e *Engine) SetTimeout(id string, d time.Duration) error {
 }
 
 // state builds the public state of slot; the shard lock is held.
-func (sh *shard) state(slot uint32) DeviceState {
-	r := &sh.recs[slot]
+func (e *Engine) state(sh *shard, slot uint32) DeviceState {
+	r := sh.rec(slot)
 	return DeviceState{
 		ID:       sh.id(slot),
 		Status:   r.status(),
 		LastSeen: fromNanos(r.lastSeen),
 		Since:    fromNanos(r.since),
-		Timeout:  time.Duration(r.timeoutMs) * time.Millisecond,
+		Timeout:  time.Duration(e.timeouts.ns(r.tmo)),
 	}
 }
 
@@ -312,7 +312,7 @@ func (e *Engine) Device(id string) (DeviceState, error) {
 		return DeviceState{ID: id}, err
 	}
 	defer sh.mu.Unlock()
-	return sh.state(slot), nil
+	return e.state(sh, slot), nil
 }
 
 // Devices appends to dst the state of each id, in order; an unknown or
@@ -333,7 +333,7 @@ func (e *Engine) Counts() Counts {
 	for i := range e.shards {
 		sh := &e.shards[i]
 		sh.mu.Lock()
-		c.Total += len(sh.recs)
+		c.Total += sh.n
 		c.Online += sh.nOnline
 		sh.mu.Unlock()
 	}
@@ -354,8 +354,8 @@ func (e *Engine) Range(fn func(DeviceState) bool) {
 		for next := 0; ; {
 			buf = buf[:0]
 			sh.mu.Lock()
-			for ; next < len(sh.recs) && len(buf) < rangeChunk; next++ {
-				buf = append(buf, sh.state(uint32(next)))
+			for ; next < sh.n && len(buf) < rangeChunk; next++ {
+				buf = append(buf, e.state(sh, uint32(next)))
 			}
 			sh.mu.Unlock()
 			if len(buf) == 0 {
@@ -405,10 +405,10 @@ func (e *Engine) restoreOne(d *DeviceState, now int64, cause Cause) error {
 		e.rejected.Add(1)
 		return ErrInvalidID
 	}
-	tmo := e.defTO
+	var tmo uint16
 	if d.Timeout != 0 {
 		var err error
-		if tmo, err = timeoutMs(d.Timeout); err != nil {
+		if tmo, err = e.timeouts.index(d.Timeout); err != nil {
 			return err
 		}
 	}
@@ -418,19 +418,19 @@ func (e *Engine) restoreOne(d *DeviceState, now int64, cause Cause) error {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	if slot, ok := sh.lookup(d.ID, h); ok {
-		if r := &sh.recs[slot]; lastSeen > r.lastSeen {
+		if r := sh.rec(slot); lastSeen > r.lastSeen {
 			r.lastSeen = lastSeen
 			sh.markDirty(slot)
 		}
 		return nil
 	}
-	if len(sh.recs) >= MaxDevicesPerShard {
+	if sh.n >= MaxDevicesPerShard {
 		return ErrFull
 	}
 	slot := sh.add(d.ID, h, e.hash)
-	r := &sh.recs[slot]
-	r.lastSeen, r.timeoutMs = lastSeen, tmo
-	deadline := lastSeen + int64(tmo)*1e6
+	r := sh.rec(slot)
+	r.lastSeen, r.tmo = lastSeen, tmo
+	deadline := e.deadline(r)
 	alive := deadline > now
 	switch {
 	case d.Status == StatusOnline && alive, d.Status == StatusUnknown && alive:
@@ -517,7 +517,7 @@ func (e *Engine) runBucket(sh *shard, l, i int, t uint64) {
 				sh.mu.Unlock() // let touches in
 				sh.mu.Lock()
 			}
-			r := &sh.recs[slot]
+			r := sh.rec(slot)
 			if r.flags&flagArmed == 0 || r.armed-uint32(t) >= sp {
 				continue // stale: the device was re-armed elsewhere or went offline
 			}
@@ -534,12 +534,12 @@ func (e *Engine) runBucket(sh *shard, l, i int, t uint64) {
 // fire handles a device whose armed tick has come: offline if its real
 // deadline has passed, else armed again for the remainder (lazy re-arm).
 func (e *Engine) fire(sh *shard, slot uint32) {
-	r := &sh.recs[slot]
+	r := sh.rec(slot)
 	r.flags &^= flagArmed
 	if r.flags&flagOnline == 0 {
 		return
 	}
-	deadline := r.lastSeen + int64(r.timeoutMs)*1e6
+	deadline := e.deadline(r)
 	if e.tickCeil(deadline) > sh.wheel.cur {
 		e.arm(sh, slot)
 		return
@@ -570,6 +570,9 @@ func (e *Engine) Deliver() int {
 	return total
 }
 
+// keepQueue is the largest queue capacity a shard keeps once delivered.
+const keepQueue = 256
+
 // deliverRounds bounds the work one Deliver does on one shard that keeps
 // receiving transitions, so that Run gets back to Advance.
 const deliverRounds = 64
@@ -584,10 +587,13 @@ func (e *Engine) deliverShard(sh *shard) int {
 		}
 		e.pend = e.pend[:0]
 		for _, q := range sh.queue {
-			r := &sh.recs[q.slot]
-			e.pend = append(e.pend, pending{qent: q, idWord: r.idWord, n: r.idLen})
+			r := sh.rec(q.slot)
+			e.pend = append(e.pend, pending{qent: q, idWord: r.idWord})
 		}
 		sh.queue = sh.queue[:0]
+		if cap(sh.queue) > keepQueue {
+			sh.queue = nil // a burst is over: give the memory back
+		}
 		// Coalesced devices, a chunk at a time; those left keep their flag so
 		// that their later transitions stay behind this catch-up.
 		budget := e.cfg.ChunkSize
@@ -597,7 +603,7 @@ func (e *Engine) deliverShard(sh *shard) int {
 			}
 			budget--
 			delete(sh.resync, slot)
-			r := &sh.recs[slot]
+			r := sh.rec(slot)
 			r.flags &^= flagResync
 			from, to := r.reported(), r.status()
 			if from == to {
@@ -607,7 +613,7 @@ func (e *Engine) deliverShard(sh *shard) int {
 			sh.st.resynced++
 			e.pend = append(e.pend, pending{
 				qent:   qent{at: rs.at, slot: slot, from: from, to: to, cause: rs.cause},
-				idWord: r.idWord, n: r.idLen, coalesced: true,
+				idWord: r.idWord, coalesced: true,
 			})
 		}
 		if len(sh.resync) == 0 {
@@ -619,7 +625,7 @@ func (e *Engine) deliverShard(sh *shard) int {
 
 		for _, p := range e.pend {
 			e.batch = append(e.batch, Transition{
-				ID:        idString(p.idWord, p.n, arena),
+				ID:        idString(p.idWord, arena),
 				From:      p.from,
 				To:        p.to,
 				At:        fromNanos(p.at),

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 func TestValidID(t *testing.T) {
@@ -530,5 +531,21 @@ func TestConcurrentUse(t *testing.T) {
 	// Ids 7, 9, 57, 59... only ever get MarkOffline or SetTimeout: unknown.
 	if c := f.e.Counts(); c.Online != 0 || c.Total != 480 {
 		t.Fatalf("counts after an hour: %+v", c)
+	}
+}
+
+func TestRecordLayout(t *testing.T) {
+	if s := unsafe.Sizeof(rec{}); s != 32 {
+		t.Fatalf("rec is %d bytes, want 32", s)
+	}
+	for _, id := range []string{"1", "1234567", "12345678", "~!@$%^&*"} {
+		w := packID(id)
+		if w&longID != 0 || idString(w, nil) != id {
+			t.Fatalf("%q packs to %x -> %q", id, w, idString(w, nil))
+		}
+	}
+	arena := []byte("xxlonger-than-eight")
+	if got := idString(longWord(2, 17), arena); got != "longer-than-eight" {
+		t.Fatalf("long id %q", got)
 	}
 }

@@ -2,25 +2,30 @@ package engine
 
 import (
 	"encoding/binary"
+	"math/bits"
 	"sync"
 )
 
-// rec is one device, 40 bytes, pointer-free: the GC never scans the
+// rec is one device: 32 bytes, pointer-free, so the GC never scans the
 // millions of them. An id of up to 8 bytes (the seed's integer ids) is kept
 // in the record itself, so finding a device costs two cache misses (index
 // cell, record), as a Go map does; a longer id lives in the shard's arena.
 type rec struct {
-	lastSeen  int64  // unix ns of the newest message; 0 = never
-	since     int64  // unix ns the current status began
-	idWord    uint64 // the id's bytes if idLen <= 8, else its arena offset
-	timeoutMs uint32
-	armed     uint32 // low 32 bits of the wheel tick armed for, if flagArmed
-	idLen     uint8
-	flags     uint8
-	dirty     uint8 // one bit per Tracker
+	lastSeen int64  // unix ns of the newest message; 0 = never
+	since    int64  // unix ns the current status began
+	idWord   uint64 // see packID
+	armed    uint32 // low 32 bits of the wheel tick armed for, if flagArmed
+	tmo      uint16 // the device's timeout, an index into Engine.timeouts
+	flags    uint8
+	dirty    uint8 // one bit per Tracker
 }
 
-// packID packs an id of up to 8 bytes into a word, little-endian.
+// longID marks an idWord that holds arena offset and length, not the id.
+const longID = 1 << 63
+
+// packID packs an id of up to 8 bytes into a word, little-endian. Id bytes
+// are never 0 and never have the top bit set, so the word also tells the
+// length and can never have longID set.
 func packID(id string) uint64 {
 	var w uint64
 	for i := len(id) - 1; i >= 0; i-- {
@@ -29,17 +34,20 @@ func packID(id string) uint64 {
 	return w
 }
 
-// idString rebuilds an id from its record fields; arena is the shard's
+// longWord is the idWord of an id longer than 8 bytes stored at off.
+func longWord(off uint32, n int) uint64 { return longID | uint64(n)<<32 | uint64(off) }
+
+// idString rebuilds an id from its record's idWord; arena is the shard's
 // arena (or a copy of its header taken under the lock: bytes below its
 // length never change).
-func idString(word uint64, n uint8, arena []byte) string {
-	if n <= 8 {
-		var b [8]byte
-		binary.LittleEndian.PutUint64(b[:], word)
-		return string(b[:n])
+func idString(word uint64, arena []byte) string {
+	if word&longID != 0 {
+		off, n := uint32(word), uint32(word>>32)&0xff
+		return string(arena[off : off+n])
 	}
-	off := uint32(word)
-	return string(arena[off : off+uint32(n)])
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], word)
+	return string(b[:(bits.Len64(word)+7)/8])
 }
 
 const (
@@ -111,8 +119,9 @@ type shardStats struct {
 type shard struct {
 	mu sync.Mutex
 
-	recs   []rec
-	arena  []byte   // ids, append-only: bytes once written never change
+	pages  [][]rec  // records by slot, in pages of pageSize: no copying on growth
+	n      int      // devices in the shard
+	arena  []byte   // ids over 8 bytes, append-only: written bytes never change
 	cells  []uint32 // open-addressing index: tag<<24 | slot+1, 0 = empty
 	wheel  wheel
 	queue  []qent
@@ -130,7 +139,12 @@ type shard struct {
 const (
 	slotBits = 24
 	slotMask = 1<<slotBits - 1
+	pageBits = 9
+	pageSize = 1 << pageBits // 16 KiB of records
 )
+
+// rec returns the record of slot.
+func (sh *shard) rec(slot uint32) *rec { return &sh.pages[slot>>pageBits][slot&(pageSize-1)] }
 
 // tagOf takes 8 hash bits that neither the shard nor the index uses.
 func tagOf(h uint64) uint32 { return uint32(h>>40) & 0xff }
@@ -156,15 +170,13 @@ func (sh *shard) lookup(id string, h uint64) (uint32, bool) {
 			continue
 		}
 		slot := c&slotMask - 1
-		r := &sh.recs[slot]
-		if int(r.idLen) != len(id) {
-			continue
-		}
+		w := sh.rec(slot).idWord
 		if short {
-			if r.idWord == word {
+			if w == word {
 				return slot, true
 			}
-		} else if off := uint32(r.idWord); string(sh.arena[off:off+uint32(len(id))]) == id {
+		} else if w&longID != 0 && int(w>>32&0xff) == len(id) &&
+			string(sh.arena[uint32(w):uint32(w)+uint32(len(id))]) == id {
 			return slot, true
 		}
 	}
@@ -173,18 +185,21 @@ func (sh *shard) lookup(id string, h uint64) (uint32, bool) {
 // add stores a new device and returns its slot. The caller checked that it
 // is absent and that the shard has room.
 func (sh *shard) add(id string, h uint64, hash func(string) uint64) uint32 {
-	if (len(sh.recs)+1)*4 > len(sh.cells)*3 {
+	if (sh.n+1)*4 > len(sh.cells)*3 {
 		sh.grow(hash)
 	}
-	slot := uint32(len(sh.recs))
-	r := rec{idLen: uint8(len(id))}
+	slot := uint32(sh.n)
+	if slot&(pageSize-1) == 0 {
+		sh.pages = append(sh.pages, make([]rec, pageSize))
+	}
+	sh.n++
+	r := sh.rec(slot)
 	if len(id) <= 8 {
 		r.idWord = packID(id)
 	} else {
-		r.idWord = uint64(len(sh.arena))
+		r.idWord = longWord(uint32(len(sh.arena)), len(id))
 		sh.arena = append(sh.arena, id...)
 	}
-	sh.recs = append(sh.recs, r)
 	sh.insertCell(h, slot)
 	return slot
 }
@@ -205,20 +220,19 @@ func (sh *shard) grow(hash func(string) uint64) {
 		n = 16
 	}
 	sh.cells = make([]uint32, n)
-	for slot := range sh.recs {
+	for slot := range sh.n {
 		sh.insertCell(hash(sh.id(uint32(slot))), uint32(slot))
 	}
 }
 
 // id returns the device id of slot as a new string.
 func (sh *shard) id(slot uint32) string {
-	r := &sh.recs[slot]
-	return idString(r.idWord, r.idLen, sh.arena)
+	return idString(sh.rec(slot).idWord, sh.arena)
 }
 
 // markDirty flags slot for every tracker that has not seen it yet.
 func (sh *shard) markDirty(slot uint32) {
-	r := &sh.recs[slot]
+	r := sh.rec(slot)
 	missing := sh.trackMask &^ r.dirty
 	if missing == 0 {
 		return
@@ -236,7 +250,7 @@ func (sh *shard) markDirty(slot uint32) {
 // room and the device is not already being coalesced, else coalesced.
 // It returns true when coalescing started for the device.
 func (sh *shard) transition(slot uint32, from, to Status, at int64, cause Cause) (coalescing bool) {
-	r := &sh.recs[slot]
+	r := sh.rec(slot)
 	if to == StatusOnline {
 		sh.st.online++
 	} else {

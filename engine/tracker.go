@@ -43,8 +43,8 @@ func (t *Tracker) Drain(dst []DeviceState, max int) []DeviceState {
 		for ; d.head < len(d.items) && max > 0; max-- {
 			slot := d.items[d.head]
 			d.head++
-			sh.recs[slot].dirty &^= 1 << t.idx
-			dst = append(dst, sh.state(slot))
+			sh.rec(slot).dirty &^= 1 << t.idx
+			dst = append(dst, t.e.state(sh, slot))
 		}
 		if d.head == len(d.items) {
 			d.items, d.head = d.items[:0], 0
@@ -69,7 +69,7 @@ func (t *Tracker) MarkDirty(ids ...string) {
 		if err != nil {
 			continue
 		}
-		r := &sh.recs[slot]
+		r := sh.rec(slot)
 		if r.dirty&(1<<t.idx) == 0 {
 			r.dirty |= 1 << t.idx
 			sh.dirty[t.idx].items = append(sh.dirty[t.idx].items, slot)

@@ -1,0 +1,70 @@
+package engine
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// maxTimeouts is how many distinct timeouts one engine can hold.
+const maxTimeouts = 1 << 16
+
+// timeoutTable gives each distinct timeout in use a 16-bit index, so a
+// device record spends 2 bytes on its timeout instead of 8. Fleets use a
+// handful of timeouts (the default, one per topic pattern, some overrides):
+// the lookup scans a short copy-on-write slice without locking, and falls
+// back to a map under a lock beyond it.
+type timeoutTable struct {
+	tab atomic.Pointer[[]int64] // ns by index; replaced, never modified
+
+	mu  sync.Mutex
+	idx map[int64]uint16
+}
+
+// scanTimeouts is how many entries the lock-free lookup scans.
+const scanTimeouts = 16
+
+func newTimeoutTable(def time.Duration) *timeoutTable {
+	t := &timeoutTable{idx: map[int64]uint16{int64(def): 0}}
+	tab := []int64{int64(def)}
+	t.tab.Store(&tab)
+	return t
+}
+
+func validTimeout(d time.Duration) error {
+	if d < MinTimeout || d > MaxTimeout {
+		return fmt.Errorf("%w: %v not in [%v, %v]", ErrInvalidTimeout, d, MinTimeout, MaxTimeout)
+	}
+	return nil
+}
+
+// index returns the index of d, adding it if new.
+func (t *timeoutTable) index(d time.Duration) (uint16, error) {
+	if err := validTimeout(d); err != nil {
+		return 0, err
+	}
+	tab := *t.tab.Load()
+	for i, v := range tab[:min(len(tab), scanTimeouts)] {
+		if v == int64(d) {
+			return uint16(i), nil
+		}
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if i, ok := t.idx[int64(d)]; ok {
+		return i, nil
+	}
+	tab = *t.tab.Load()
+	if len(tab) == maxTimeouts {
+		return 0, fmt.Errorf("%w: more than %d distinct timeouts", ErrInvalidTimeout, maxTimeouts)
+	}
+	next := append(tab[:len(tab):len(tab)], int64(d))
+	t.tab.Store(&next)
+	i := uint16(len(next) - 1)
+	t.idx[int64(d)] = i
+	return i, nil
+}
+
+// ns returns the timeout of index i in nanoseconds.
+func (t *timeoutTable) ns(i uint16) int64 { return (*t.tab.Load())[i] }
