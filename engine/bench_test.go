@@ -356,8 +356,7 @@ func BenchmarkMassExpiryBaselineAfterFunc(b *testing.B) {
 			var transitions []Transition
 			done := make(chan struct{})
 			var fired atomic.Int64
-			fireAt := time.Now().Add(3 * time.Second)
-			f := newAfterFuncFleet(0, func(id string, d *afterFuncDev) {
+			f := newAfterFuncFleet(time.Hour, func(id string, d *afterFuncDev) {
 				mu.Lock()
 				transitions = append(transitions, Transition{ID: id, From: StatusOnline, To: StatusOffline, At: time.Now(), Cause: CauseTimeout})
 				mu.Unlock()
@@ -365,15 +364,23 @@ func BenchmarkMassExpiryBaselineAfterFunc(b *testing.B) {
 					close(done)
 				}
 			})
+			popStart := time.Now()
 			for i := range n {
-				f.timeout = time.Until(fireAt) // all fire at the same instant
 				f.touch(strconv.Itoa(1_000_000+i), t0)
 			}
+			// Re-aim every timer at one instant, far enough ahead for the
+			// loop to finish: they all expire together.
+			fireAt := time.Now().Add(2*time.Since(popStart) + time.Second)
+			for i := range f.shards {
+				for _, d := range f.shards[i].m {
+					d.timer.Reset(time.Until(fireAt))
+				}
+			}
 			base := liveHeap()
-			if wait := time.Until(fireAt); wait > 0 {
+			if wait := time.Until(fireAt); wait > 5*time.Millisecond {
 				time.Sleep(wait - 5*time.Millisecond)
 			} else {
-				b.Fatal("population took longer than the timers' delay")
+				b.Fatal("re-aiming the timers took longer than their delay")
 			}
 			b.StartTimer()
 			p := startPeak()
