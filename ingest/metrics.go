@@ -1,0 +1,88 @@
+package ingest
+
+import (
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+)
+
+// ingestMetrics are one Ingester's metrics. Labels are bounded: reason
+// names and connection numbers, never device ids.
+type ingestMetrics struct {
+	set      *metrics.Set
+	received []*metrics.Counter // per connection
+	dropped  [numReasons]*metrics.Counter
+	batches  *metrics.Counter
+	touches  *metrics.Counter
+	offline  *metrics.Counter
+	// offlineUnknown: MarkOffline said engine.ErrNotFound.
+	offlineUnknown *metrics.Counter
+	rejected       *metrics.Counter
+	hErrors        *metrics.Counter
+	connects       *metrics.Counter
+	lost           *metrics.Counter
+	subErrs        *metrics.Counter
+	batchLen       *metrics.Histogram
+}
+
+func newIngestMetrics(set *metrics.Set, in *Ingester) *ingestMetrics {
+	m := &ingestMetrics{set: set}
+	for i := range in.cfg.Connections {
+		m.received = append(m.received,
+			set.NewCounter(`presence_ingest_messages_received_total{conn="`+strconv.Itoa(i)+`"}`))
+	}
+	for r := reasonNone + 1; r < numReasons; r++ {
+		m.dropped[r] = set.NewCounter(`presence_ingest_messages_dropped_total{reason="` + r.String() + `"}`)
+	}
+	m.batches = set.NewCounter("presence_ingest_batches_total")
+	m.touches = set.NewCounter("presence_ingest_touches_total")
+	m.offline = set.NewCounter("presence_ingest_offline_total")
+	m.offlineUnknown = set.NewCounter("presence_ingest_offline_unknown_total")
+	m.rejected = set.NewCounter("presence_ingest_touches_rejected_total")
+	m.hErrors = set.NewCounter("presence_ingest_handler_errors_total")
+	m.connects = set.NewCounter("presence_ingest_connects_total")
+	m.lost = set.NewCounter("presence_ingest_connections_lost_total")
+	m.subErrs = set.NewCounter("presence_ingest_subscribe_errors_total")
+	m.batchLen = set.NewHistogram("presence_ingest_batch_size")
+	set.NewGauge("presence_ingest_queue_depth", func() float64 { return float64(in.queueDepth()) })
+	set.NewGauge("presence_ingest_connections_subscribed", func() float64 {
+		_, subscribed := in.connState()
+		return float64(subscribed)
+	})
+	set.NewGauge("presence_ingest_ready", func() float64 {
+		if in.Ready() {
+			return 1
+		}
+		return 0
+	})
+	return m
+}
+
+// rateLimiter allows one event per interval and counts the others. It is
+// lock-free: the message callback consults it for every drop.
+type rateLimiter struct {
+	next       atomic.Int64 // unix nanoseconds before which events are suppressed
+	suppressed atomic.Int64
+}
+
+// allow reports whether an event at now may be logged, and how many were
+// suppressed since the last allowed one.
+func (r *rateLimiter) allow(now time.Time, every time.Duration) (ok bool, suppressed int64) {
+	n := now.UnixNano()
+	next := r.next.Load()
+	if n < next || !r.next.CompareAndSwap(next, n+int64(every)) {
+		r.suppressed.Add(1)
+		return false, 0
+	}
+	return true, r.suppressed.Swap(0)
+}
+
+// truncate bounds a topic quoted in a log line.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
