@@ -1,0 +1,204 @@
+// Package envflag gives every command-line flag an environment twin, as the
+// binaries of this repository promise operators: the environment is read
+// first, a flag given on the command line wins, and -h shows each flag with
+// its variable.
+package envflag
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Set is a flag.FlagSet whose flags have environment twins.
+type Set struct {
+	*flag.FlagSet
+	envs map[string]string // flag name -> variable
+}
+
+// New returns an empty Set for the command name.
+func New(name string) *Set {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors are returned; usage printed only for -h
+	fs.Usage = func() {}
+	return &Set{FlagSet: fs, envs: map[string]string{}}
+}
+
+// Var defines flag name with its environment twin env (the usage gets
+// "(env X)" appended).
+func (s *Set) Var(v flag.Value, name, env, usage string) {
+	s.envs[name] = env
+	s.FlagSet.Var(v, name, usage+" (env "+env+")")
+}
+
+// String defines a string flag.
+func (s *Set) String(p *string, name, env, usage string) {
+	s.Var((*stringValue)(p), name, env, usage)
+}
+
+// Int defines an int flag.
+func (s *Set) Int(p *int, name, env, usage string) { s.Var((*intValue)(p), name, env, usage) }
+
+// Bool defines a bool flag.
+func (s *Set) Bool(p *bool, name, env, usage string) { s.Var((*boolValue)(p), name, env, usage) }
+
+// Duration defines a duration flag that also takes a bare number of seconds,
+// as DEVICE_OFFLINE_TIMEOUT always has.
+func (s *Set) Duration(p *time.Duration, name, env, usage string) {
+	s.Var((*Duration)(p), name, env, usage+"; a duration like 1m30s, or seconds")
+}
+
+// Parse applies the environment (read with getenv), then args. A bad value
+// names the flag or the variable at fault. With -h it returns flag.ErrHelp.
+func (s *Set) Parse(args []string, getenv func(string) string) error {
+	var err error
+	s.VisitAll(func(f *flag.Flag) {
+		env := s.envs[f.Name]
+		v := getenv(env)
+		if v == "" || err != nil || env == "" {
+			return
+		}
+		if e := s.Set(f.Name, v); e != nil {
+			err = fmt.Errorf("%s=%q: %v", env, v, e)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	s.VisitAll(func(f *flag.Flag) {
+		if l, ok := f.Value.(*List); ok {
+			l.Reset() // the command line replaces what the environment set
+		}
+	})
+	if err := s.FlagSet.Parse(args); err != nil {
+		return err
+	}
+	if s.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", s.Arg(0))
+	}
+	return nil
+}
+
+// IsSet reports whether flag name was given on the command line or in its
+// environment variable.
+func (s *Set) IsSet(name string, getenv func(string) string) bool {
+	set := getenv(s.envs[name]) != ""
+	s.Visit(func(f *flag.Flag) {
+		if f.Name == name {
+			set = true
+		}
+	})
+	return set
+}
+
+// PrintUsage writes header, then every flag with its default and variable.
+func (s *Set) PrintUsage(out io.Writer, header string) {
+	fmt.Fprint(out, header)
+	s.SetOutput(out)
+	s.PrintDefaults()
+	s.SetOutput(io.Discard)
+}
+
+// Duration is a flag.Value that accepts a Go duration or a bare number of
+// seconds.
+type Duration time.Duration
+
+func (d *Duration) String() string {
+	if d == nil {
+		return "0s"
+	}
+	return time.Duration(*d).String()
+}
+
+// Set parses a duration like 1m30s, or a number of seconds like 60 or 2.5.
+func (d *Duration) Set(v string) error {
+	if f, err := strconv.ParseFloat(v, 64); err == nil {
+		ns := f * float64(time.Second)
+		if math.IsNaN(ns) || math.Abs(ns) > math.MaxInt64/2 {
+			return errors.New("out of range")
+		}
+		*d = Duration(ns)
+		return nil
+	}
+	p, err := time.ParseDuration(v)
+	if err != nil {
+		return errors.New("want a duration like 30s or 1m, or a number of seconds")
+	}
+	*d = Duration(p)
+	return nil
+}
+
+// List is a flag.Value collecting a comma-separated list; repeating the flag
+// appends, and the first value given on the command line replaces what the
+// default or the environment set.
+type List struct {
+	p     *[]string
+	fresh bool
+}
+
+// NewList returns a List storing into p, whose current content is the
+// default.
+func NewList(p *[]string) *List { return &List{p: p, fresh: true} }
+
+func (l *List) String() string {
+	if l == nil || l.p == nil {
+		return ""
+	}
+	return strings.Join(*l.p, ",")
+}
+
+// Set adds the comma-separated items of v.
+func (l *List) Set(v string) error {
+	if l.fresh {
+		*l.p = nil
+		l.fresh = false
+	}
+	for _, item := range strings.Split(v, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			*l.p = append(*l.p, item)
+		}
+	}
+	return nil
+}
+
+// Reset makes the next Set replace the list (the environment was applied;
+// the command line comes next).
+func (l *List) Reset() { l.fresh = true }
+
+type stringValue string
+
+func (v *stringValue) String() string { return string(*v) }
+func (v *stringValue) Set(s string) error {
+	*v = stringValue(s)
+	return nil
+}
+
+type intValue int
+
+func (v *intValue) String() string { return strconv.Itoa(int(*v)) }
+func (v *intValue) Set(s string) error {
+	n, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil {
+		return errors.New("want an integer")
+	}
+	*v = intValue(n)
+	return nil
+}
+
+type boolValue bool
+
+func (v *boolValue) String() string   { return strconv.FormatBool(bool(*v)) }
+func (v *boolValue) IsBoolFlag() bool { return true }
+func (v *boolValue) Set(s string) error {
+	b, err := strconv.ParseBool(strings.TrimSpace(s))
+	if err != nil {
+		return errors.New("want true or false")
+	}
+	*v = boolValue(b)
+	return nil
+}
