@@ -1,0 +1,163 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+)
+
+// Config configures a Server. Start from DefaultConfig; Validate (also called
+// by New) reports every problem at once.
+type Config struct {
+	// Addr is the TCP address Listen and ListenAndServe bind, host:port.
+	// The default 127.0.0.1:8080 serves this machine only; use ":8080" or
+	// "0.0.0.0:8080" to serve the network (then set Token, or put the API
+	// behind a proxy that authenticates). Serve with your own listener
+	// ignores it.
+	Addr string
+
+	// Token, when not empty, is the bearer token every /v1/ route (and every
+	// route mounted with Handle) requires: "Authorization: Bearer <Token>",
+	// compared in constant time. /healthz, /readyz and /metrics stay open so
+	// probes and scrapers need no secret; mount them elsewhere or firewall
+	// them if the metrics are sensitive. Use 32 or more random bytes (e.g.
+	// "openssl rand -hex 32"). Printable ASCII without spaces.
+	Token string
+
+	// MaxBatchIDs bounds the ids of one batchGet request (1..1,000,000).
+	// A larger batch is refused whole with 413, before any lookup; clients
+	// split it. Each id costs about 100 bytes of transient memory.
+	MaxBatchIDs int
+
+	// MaxBodyBytes bounds a request body (bytes, at least 1 KiB); a larger
+	// one is refused with 413 without reading it all. The default 4 MiB fits
+	// MaxBatchIDs = 10,000 ids of the longest kind (128 bytes, every byte
+	// escaped). Raise it with MaxBatchIDs.
+	MaxBodyBytes int64
+
+	// Ready reports whether the daemon is ready to serve traffic (hydrated
+	// from Redis, subscribed to the broker, ...): /readyz answers 200 when it
+	// returns nil and 503 with the error text otherwise. It is called on
+	// every /readyz request, so keep it cheap. Nil means always ready.
+	Ready func() error
+
+	// MetricSets are written by /metrics, in order, before the API's own set
+	// (Metrics) and the Go runtime and process metrics. Each component
+	// registers its own set (engine, ingest, writeback, ...). A set listed
+	// twice, or equal to Metrics, is written once.
+	MetricSets []*metrics.Set
+	// Metrics receives the API's own metrics (names presence_api_*); it
+	// must not be shared with another Server. Nil creates a new set; see
+	// Server.Metrics.
+	Metrics *metrics.Set
+	// ProcessMetrics adds the Go runtime and process metrics (go_*,
+	// process_*) to /metrics. Default true; turn it off when another
+	// handler in the process already exports them.
+	ProcessMetrics bool
+
+	// ReadHeaderTimeout bounds reading a request's headers (slow clients
+	// hold a connection and a goroutine until then). Must be positive.
+	ReadHeaderTimeout time.Duration
+	// ReadTimeout bounds reading a whole request, body included; 0 means no
+	// limit. 30 s reads a 4 MiB body at about 140 KB/s.
+	ReadTimeout time.Duration
+	// WriteTimeout bounds writing a response, from the end of the request
+	// headers; 0 means no limit. A streaming handler mounted with Handle
+	// (server-sent events) must lift it for its own response:
+	// http.NewResponseController(w).SetWriteDeadline(time.Time{}).
+	WriteTimeout time.Duration
+	// IdleTimeout closes keep-alive connections idle that long; 0 means
+	// ReadTimeout.
+	IdleTimeout time.Duration
+	// MaxHeaderBytes bounds request headers (at least 1 KiB).
+	MaxHeaderBytes int
+	// ShutdownTimeout bounds the graceful shutdown of Serve once its
+	// context is done: in-flight requests get that long to finish, then
+	// the remaining connections are closed.
+	ShutdownTimeout time.Duration
+
+	// LogInterval limits logging of refused requests and internal errors:
+	// at most one line per reason per interval; the next line says how many
+	// were suppressed. 0 logs every one.
+	LogInterval time.Duration
+	// Logger receives the logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// Defaults of DefaultConfig.
+const (
+	DefaultAddr        = "127.0.0.1:8080"
+	DefaultMaxBatchIDs = 10000
+)
+
+// DefaultConfig returns the defaults described on each Config field.
+func DefaultConfig() Config {
+	return Config{
+		Addr:              DefaultAddr,
+		MaxBatchIDs:       DefaultMaxBatchIDs,
+		MaxBodyBytes:      4 << 20,
+		ProcessMetrics:    true,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ShutdownTimeout:   10 * time.Second,
+		LogInterval:       10 * time.Second,
+	}
+}
+
+// Validate reports every invalid field, joined.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("api: %s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
+		bad("Addr", "%q is not host:port (e.g. 127.0.0.1:8080 or :8080): %v", c.Addr, err)
+	}
+	for i := 0; i < len(c.Token); i++ {
+		if b := c.Token[i]; b <= ' ' || b > '~' {
+			bad("Token", "byte %d is not printable ASCII or is a space; a bearer token cannot carry it", i)
+			break
+		}
+	}
+	if c.MaxBatchIDs < 1 || c.MaxBatchIDs > 1_000_000 {
+		bad("MaxBatchIDs", "%d, want 1..1000000", c.MaxBatchIDs)
+	}
+	if c.MaxBodyBytes < 1<<10 {
+		bad("MaxBodyBytes", "%d, want >= 1024", c.MaxBodyBytes)
+	}
+	for i, set := range c.MetricSets {
+		if set == nil {
+			bad("MetricSets", "entry %d is nil", i)
+		}
+	}
+	if c.ReadHeaderTimeout <= 0 {
+		bad("ReadHeaderTimeout", "%v, want > 0", c.ReadHeaderTimeout)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"ReadTimeout", c.ReadTimeout},
+		{"WriteTimeout", c.WriteTimeout},
+		{"IdleTimeout", c.IdleTimeout},
+		{"LogInterval", c.LogInterval},
+	} {
+		if d.v < 0 {
+			bad(d.name, "%v, want >= 0", d.v)
+		}
+	}
+	if c.MaxHeaderBytes < 1<<10 {
+		bad("MaxHeaderBytes", "%d, want >= 1024", c.MaxHeaderBytes)
+	}
+	if c.ShutdownTimeout <= 0 {
+		bad("ShutdownTimeout", "%v, want > 0", c.ShutdownTimeout)
+	}
+	return errors.Join(errs...)
+}

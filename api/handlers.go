@@ -1,0 +1,87 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/presence-dev/presence/engine"
+)
+
+// invalidIDMsg explains engine.ValidID to a client.
+const invalidIDMsg = ": a device id is 1 to 128 bytes of printable ASCII without spaces, '/', '+' or '#' (percent-encode '?', '%' and '#' in the URL)"
+
+// device serves GET /v1/devices/{id}.
+func (s *Server) device(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if !engine.ValidID(id) {
+		s.reject(w, r, http.StatusBadRequest, reasonInvalidID, "invalid device id "+quoteID(id)+invalidIDMsg)
+		return
+	}
+	st, err := s.store.Device(id)
+	switch {
+	case errors.Is(err, engine.ErrNotFound) || (err == nil && st.Status == engine.StatusUnknown):
+		writeError(w, http.StatusNotFound, "device "+quoteID(id)+" not found")
+		return
+	case errors.Is(err, engine.ErrInvalidID):
+		s.reject(w, r, http.StatusBadRequest, reasonInvalidID, "invalid device id "+quoteID(id)+invalidIDMsg)
+		return
+	case err != nil:
+		s.fail(w, r, err)
+		return
+	}
+	b := appendDevice(make([]byte, 0, 192), &st)
+	writeJSON(w, http.StatusOK, append(b, '\n'))
+}
+
+// statsHandler serves GET /v1/stats.
+func (s *Server) statsHandler(w http.ResponseWriter, r *http.Request) {
+	c := s.store.Counts()
+	st := Stats{Total: c.Total, Online: c.Online, Offline: c.Offline}
+	if s.stats != nil {
+		st.Engine = engineStats(s.stats.Stats())
+	}
+	b, err := json.Marshal(&st)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, append(b, '\n'))
+}
+
+// metricsHandler serves GET /metrics: every set, then the Go runtime and
+// process metrics.
+func (s *Server) metricsHandler(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	for _, set := range s.sets {
+		set.WritePrometheus(w)
+	}
+	if s.cfg.ProcessMetrics {
+		metrics.WriteProcessMetrics(w)
+	}
+}
+
+var (
+	okBody    = []byte(`{"status":"ok"}` + "\n")
+	readyBody = []byte(`{"status":"ready"}` + "\n")
+)
+
+// healthz serves GET /healthz: 200 while the process serves.
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, okBody)
+}
+
+// readyz serves GET /readyz: 200 once Config.Ready returns nil, 503 with
+// its error otherwise.
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Ready != nil {
+		if err := s.cfg.Ready(); err != nil {
+			writeError(w, http.StatusServiceUnavailable, "not ready: "+err.Error())
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, readyBody)
+}

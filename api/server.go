@@ -1,0 +1,331 @@
+package api
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/presence-dev/presence/engine"
+)
+
+// Store is what the API reads: *engine.Engine satisfies it.
+type Store interface {
+	// Device returns one device's state, engine.ErrNotFound if unknown.
+	Device(id string) (engine.DeviceState, error)
+	// Devices appends the state of each id to dst, in order; an unknown id
+	// gets Status engine.StatusUnknown.
+	Devices(ids []string, dst []engine.DeviceState) []engine.DeviceState
+	// Counts returns fleet totals.
+	Counts() engine.Counts
+}
+
+// StatsStore is a Store that also has engine counters; GET /v1/stats then
+// includes them under "engine". *engine.Engine satisfies it.
+type StatsStore interface {
+	Store
+	Stats() engine.Stats
+}
+
+// Server is the HTTP API. New builds it; Handler serves it in any
+// http.Server; Serve and ListenAndServe run one with graceful shutdown. It
+// starts no goroutine outside Serve.
+type Server struct {
+	cfg   Config
+	store Store
+	stats StatsStore // nil when store has no Stats
+	log   *slog.Logger
+
+	mux       *http.ServeMux
+	handler   http.Handler
+	m         *apiMetrics
+	unmatched *routeMetrics
+	sets      []*metrics.Set // written by /metrics
+
+	token [sha256.Size]byte // hash of Config.Token, compared in constant time
+	auth  bool
+
+	rejectLog [numReasons]rateLimiter
+	errorLog  rateLimiter // internal errors and panics
+
+	batchPool sync.Pool // *batchBuf
+}
+
+// New validates cfg and builds a Server over store with the API's routes.
+func New(cfg Config, store Store) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if store == nil {
+		return nil, errors.New("api: nil Store")
+	}
+	s := &Server{cfg: cfg, store: store, log: cfg.Logger, mux: http.NewServeMux()}
+	s.stats, _ = store.(StatsStore)
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Token != "" {
+		s.auth, s.token = true, sha256.Sum256([]byte(cfg.Token))
+	}
+	set := cfg.Metrics
+	if set == nil {
+		set = metrics.NewSet()
+	}
+	s.m = newAPIMetrics(set)
+	s.unmatched = newRouteMetrics(set, "unmatched")
+	for _, x := range append(cfg.MetricSets[:len(cfg.MetricSets):len(cfg.MetricSets)], set) {
+		if !containsSet(s.sets, x) {
+			s.sets = append(s.sets, x)
+		}
+	}
+	s.handler = http.HandlerFunc(s.serveHTTP)
+
+	s.Handle("GET /v1/devices/{id}", http.HandlerFunc(s.device))
+	s.Handle("POST /v1/devices:batchGet", http.HandlerFunc(s.batchGet))
+	s.Handle("GET /v1/stats", http.HandlerFunc(s.statsHandler))
+	s.HandlePublic("GET /metrics", http.HandlerFunc(s.metricsHandler))
+	s.HandlePublic("GET /healthz", http.HandlerFunc(s.healthz))
+	s.HandlePublic("GET /readyz", http.HandlerFunc(s.readyz))
+	return s, nil
+}
+
+func containsSet(sets []*metrics.Set, x *metrics.Set) bool {
+	for _, s := range sets {
+		if s == x {
+			return true
+		}
+	}
+	return false
+}
+
+// Handler returns the API as an http.Handler: routing, metrics, panic
+// recovery and, on protected routes, the bearer token check.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Metrics returns the set holding the API's metrics (Config.Metrics or the
+// one New created). /metrics already writes it.
+func (s *Server) Metrics() *metrics.Set { return s.m.set }
+
+// Handle mounts h at pattern (http.ServeMux syntax, e.g. "GET /v1/events")
+// behind the API's middleware: request metrics labelled with the pattern,
+// panic recovery and, when Config.Token is set, the bearer token. Like
+// http.ServeMux.Handle it panics if pattern is invalid or conflicts with a
+// route already mounted. Safe to call while serving.
+//
+// A catch-all such as "/" or "GET /" also receives the API's unknown paths
+// and wrong methods; mount a dashboard as "GET /{$}" plus its own prefix
+// (e.g. "GET /ui/") to keep JSON 404 and 405 answers for the rest.
+func (s *Server) Handle(pattern string, h http.Handler) { s.handle(pattern, h, false) }
+
+// HandlePublic is Handle without the bearer token: for probes, scrapes and
+// static assets.
+func (s *Server) HandlePublic(pattern string, h http.Handler) { s.handle(pattern, h, true) }
+
+func (s *Server) handle(pattern string, h http.Handler, public bool) {
+	// Metrics first: the route may serve as soon as it is mounted. If the
+	// mux then panics (bad pattern), the unused histogram stays registered.
+	rt := &route{s: s, h: h, m: newRouteMetrics(s.m.set, pattern), public: public || !s.auth}
+	s.mux.Handle(pattern, rt)
+}
+
+// route is one mounted handler with its middleware.
+type route struct {
+	s      *Server
+	h      http.Handler
+	m      *routeMetrics
+	public bool
+}
+
+func (rt *route) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if rec, ok := w.(*recorder); ok {
+		rec.route = rt
+	}
+	if !rt.public && !rt.s.authorized(w, r) {
+		return
+	}
+	rt.h.ServeHTTP(w, r)
+}
+
+// authorized checks the bearer token, answering 401 when it fails. The
+// token is compared as a SHA-256 hash in constant time, so neither its
+// content nor its length leaks through timing.
+func (s *Server) authorized(w http.ResponseWriter, r *http.Request) bool {
+	const scheme = "bearer "
+	h := r.Header.Get("Authorization")
+	if len(h) < len(scheme) || !strings.EqualFold(h[:len(scheme)], scheme) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="presence"`)
+		s.reject(w, r, http.StatusUnauthorized, reasonUnauthorized,
+			"missing bearer token: send the header Authorization: Bearer <token>")
+		return false
+	}
+	got := sha256.Sum256([]byte(strings.TrimSpace(h[len(scheme):])))
+	if subtle.ConstantTimeCompare(got[:], s.token[:]) != 1 {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="presence", error="invalid_token"`)
+		s.reject(w, r, http.StatusUnauthorized, reasonUnauthorized, "invalid bearer token")
+		return false
+	}
+	return true
+}
+
+// serveHTTP is the outer middleware: it routes, times and counts every
+// request, turns the mux's plain-text 404 and 405 into JSON, and recovers
+// from panics.
+func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	rec := &recorder{ResponseWriter: w}
+	s.m.inFlight.Add(1)
+	defer func() {
+		s.m.inFlight.Add(-1)
+		p := recover()
+		if p != nil && p != http.ErrAbortHandler {
+			s.recovered(rec, r, p)
+		}
+		s.finish(rec, r, time.Since(start))
+		if p == http.ErrAbortHandler || (p != nil && !rec.recovered) {
+			// The handler asked for it, or the response was already under
+			// way: abort the connection so the client sees a failure, not a
+			// truncated success. net/http does not log ErrAbortHandler.
+			panic(http.ErrAbortHandler)
+		}
+	}()
+	s.mux.ServeHTTP(rec, r)
+}
+
+// recovered handles a panic of a handler: counted, logged, 500 if nothing
+// was written yet.
+func (s *Server) recovered(rec *recorder, r *http.Request, p any) {
+	s.m.panics.Inc()
+	if ok, n := s.errorLog.allow(time.Now(), s.cfg.LogInterval); ok {
+		s.log.Error("api: handler panic", "method", r.Method, "path", truncate(r.URL.Path, 128),
+			"panic", fmt.Sprint(p), "stack", string(debug.Stack()), "suppressed", n)
+	}
+	if !rec.wroteHeader {
+		rec.recovered = true
+		writeError(rec, http.StatusInternalServerError, "internal error")
+	}
+}
+
+// finish records a request once it is done.
+func (s *Server) finish(rec *recorder, r *http.Request, d time.Duration) {
+	code := rec.code
+	if !rec.wroteHeader {
+		code = http.StatusOK // what net/http sends for a handler that wrote nothing
+	}
+	if rec.route != nil {
+		rec.route.m.observe(code, d)
+		return
+	}
+	s.unmatched.observe(code, d)
+	switch code {
+	case http.StatusNotFound:
+		s.count(r, code, reasonNoRoute, rec.msg)
+	case http.StatusMethodNotAllowed:
+		s.count(r, code, reasonMethodNotAllowed, rec.msg)
+	}
+}
+
+// reject answers a refused request with {"error": msg}, counts it and logs
+// it at a limited rate.
+func (s *Server) reject(w http.ResponseWriter, r *http.Request, code int, why reason, msg string) {
+	writeError(w, code, msg)
+	s.count(r, code, why, msg)
+}
+
+func (s *Server) count(r *http.Request, code int, why reason, msg string) {
+	s.m.rejected[why].Inc()
+	if ok, n := s.rejectLog[why].allow(time.Now(), s.cfg.LogInterval); ok {
+		s.log.Info("api: request rejected", "reason", why.String(), "status", code,
+			"method", r.Method, "path", truncate(r.URL.Path, 128), "remote", r.RemoteAddr,
+			"error", msg, "suppressed", n)
+	}
+}
+
+// fail answers 500 for an unexpected store error, logged at a limited rate.
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	if ok, n := s.errorLog.allow(time.Now(), s.cfg.LogInterval); ok {
+		s.log.Error("api: internal error", "method", r.Method, "path", truncate(r.URL.Path, 128),
+			"error", err.Error(), "suppressed", n)
+	}
+	writeError(w, http.StatusInternalServerError, "internal error")
+}
+
+// truncate bounds client input quoted in a log line.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+// recorder remembers the status of a response and the route that served it.
+// A response of the mux itself (no route: 404, 405) is rewritten to the
+// API's JSON error shape.
+type recorder struct {
+	http.ResponseWriter
+	route       *route // set by the route that serves the request
+	code        int
+	wroteHeader bool
+	recovered   bool   // the 500 of a recovered panic
+	rewrite     bool   // the mux's own error body is being replaced
+	msg         string // the replacement's message
+}
+
+func (rec *recorder) WriteHeader(code int) {
+	if rec.wroteHeader || code < 200 {
+		// 1xx are interim; a second final status is logged by net/http.
+		rec.ResponseWriter.WriteHeader(code)
+		return
+	}
+	rec.wroteHeader, rec.code = true, code
+	if rec.route == nil && code >= 400 {
+		rec.rewriteError(code)
+		return
+	}
+	rec.ResponseWriter.WriteHeader(code)
+}
+
+// rewriteError answers the mux's own error (http.Error with plain text) in
+// JSON, keeping its other headers (Allow).
+func (rec *recorder) rewriteError(code int) {
+	rec.rewrite = true
+	switch code {
+	case http.StatusNotFound:
+		rec.msg = "no such endpoint; see the endpoint list in the api package documentation"
+	case http.StatusMethodNotAllowed:
+		rec.msg = "method not allowed; allowed: " + rec.Header().Get("Allow")
+	default:
+		rec.msg = strings.ToLower(http.StatusText(code))
+	}
+	writeJSON(rec.ResponseWriter, code, appendError(nil, rec.msg))
+}
+
+func (rec *recorder) Write(p []byte) (int, error) {
+	if !rec.wroteHeader {
+		rec.WriteHeader(http.StatusOK)
+	}
+	if rec.rewrite {
+		return len(p), nil // the mux's text body, already replaced
+	}
+	return rec.ResponseWriter.Write(p)
+}
+
+// Flush lets streaming handlers (server-sent events) flush through the
+// middleware.
+func (rec *recorder) Flush() {
+	if !rec.wroteHeader {
+		rec.WriteHeader(http.StatusOK)
+	}
+	http.NewResponseController(rec.ResponseWriter).Flush() //nolint:errcheck // not every writer flushes
+}
+
+// Unwrap gives http.ResponseController the underlying writer (deadlines,
+// hijacking).
+func (rec *recorder) Unwrap() http.ResponseWriter { return rec.ResponseWriter }

@@ -1,0 +1,95 @@
+package api
+
+import "github.com/presence-dev/presence/engine"
+
+// TimeLayout is the format of every time the API returns: UTC, microseconds,
+// explicit offset, e.g. "2025-12-14T10:30:45.123456+00:00". It is the Redis
+// contract's device:lastseen format, which Python's datetime.fromisoformat
+// reads back. (Applied to a UTC time, the layout's "-07:00" prints "+00:00".)
+const TimeLayout = "2006-01-02T15:04:05.000000-07:00"
+
+// The types below document the JSON the API returns; Go clients may decode
+// into them. The server encodes by hand (no reflection on the hot path);
+// tests check both agree.
+
+// Device is one device's state (GET /v1/devices/{id}, and each entry of
+// BatchGetResponse.Devices).
+type Device struct {
+	ID string `json:"id"`
+	// Status is "online" or "offline".
+	Status string `json:"status"`
+	// LastSeen is the time of the device's newest message (TimeLayout).
+	LastSeen string `json:"last_seen"`
+	// Since is when the current status began (TimeLayout): the first
+	// message of this online period, or, for an offline device, its deadline
+	// (last_seen + timeout) or the time of its Last Will.
+	Since string `json:"since"`
+	// TimeoutSeconds is how long the device may stay silent before it is
+	// offline.
+	TimeoutSeconds float64 `json:"timeout_seconds"`
+}
+
+// BatchGetRequest is the body of POST /v1/devices:batchGet.
+type BatchGetRequest struct {
+	IDs []string `json:"ids"`
+}
+
+// BatchGetResponse answers POST /v1/devices:batchGet. Every distinct id of
+// the request lands in exactly one list, in request order; a repeated id is
+// answered once. The three lists are always present, possibly empty.
+type BatchGetResponse struct {
+	// Devices are the known devices.
+	Devices []Device `json:"devices"`
+	// Missing are valid ids this node has never seen.
+	Missing []string `json:"missing"`
+	// Invalid are ids that can never name a device (see engine.ValidID);
+	// they do not fail the batch.
+	Invalid []string `json:"invalid"`
+}
+
+// Stats answers GET /v1/stats.
+type Stats struct {
+	Total   int `json:"total"`
+	Online  int `json:"online"`
+	Offline int `json:"offline"`
+	// Engine holds the engine's counters when the Store provides them
+	// (StatsStore); absent otherwise.
+	Engine *EngineStats `json:"engine,omitempty"`
+}
+
+// EngineStats are engine.Stats: counters since the engine started, except
+// Queued, Resyncing and WheelEntries, which are current sizes.
+type EngineStats struct {
+	Touches            uint64 `json:"touches"`
+	Rejected           uint64 `json:"rejected"`
+	Stale              uint64 `json:"stale"`
+	OnlineTransitions  uint64 `json:"online_transitions"`
+	OfflineTransitions uint64 `json:"offline_transitions"`
+	Delivered          uint64 `json:"delivered"`
+	Queued             int    `json:"queued"`
+	Coalesced          uint64 `json:"coalesced"`
+	Collapsed          uint64 `json:"collapsed"`
+	Resyncing          int    `json:"resyncing"`
+	WheelEntries       int    `json:"wheel_entries"`
+}
+
+func engineStats(s engine.Stats) *EngineStats {
+	return &EngineStats{
+		Touches:            s.Touches,
+		Rejected:           s.Rejected,
+		Stale:              s.Stale,
+		OnlineTransitions:  s.OnlineTransitions,
+		OfflineTransitions: s.OfflineTransitions,
+		Delivered:          s.Delivered,
+		Queued:             s.Queued,
+		Coalesced:          s.Coalesced,
+		Collapsed:          s.Collapsed,
+		Resyncing:          s.Resyncing,
+		WheelEntries:       s.WheelEntries,
+	}
+}
+
+// Error is the body of every error response.
+type Error struct {
+	Error string `json:"error"`
+}
