@@ -4,9 +4,11 @@ PKG := ./...
 
 .PHONY: run test test-short bench bench-engine lint services
 
-## run: presenced with an embedded broker and in-memory state, and a demo fleet
+## run: presenced with an embedded broker, in-memory state and a demo fleet of
+## 200 devices that come and go (10 s timeout); the API is on 127.0.0.1:8080.
+## MQTT_URL, REDIS_URL/REDIS_HOST and DATABASE_URL make it use real services.
 run:
-	$(GO) run ./cmd/presenced -demo 200
+	PRESENCE_DEMO=$${PRESENCE_DEMO:-200} DEVICE_OFFLINE_TIMEOUT=$${DEVICE_OFFLINE_TIMEOUT:-10} $(GO) run ./cmd/presenced
 
 ## test: every test, race detector on, against the real Redis, Postgres and
 ## Mosquitto (started, installed if missing, by scripts/services.sh)

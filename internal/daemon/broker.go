@@ -1,0 +1,68 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"syscall"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/auth"
+	"github.com/mochi-mqtt/server/v2/listeners"
+)
+
+// broker is the embedded MQTT broker (mochi-mqtt) that presenced runs when
+// no MQTT_URL is given, so that a newcomer's devices (or -demo) have
+// somewhere to publish. It accepts anonymous clients: bind it to loopback.
+type broker struct {
+	srv  *mqtt.Server
+	addr string // the address it listens on
+}
+
+// startBroker listens on addr. When addr is the default and taken (another
+// broker runs there), it listens on a free port instead and says so; an
+// address given explicitly must be free.
+func startBroker(addr string, explicit bool, log *slog.Logger) (*broker, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil && errors.Is(err, syscall.EADDRINUSE) && !explicit {
+		host, _, _ := net.SplitHostPort(addr)
+		ln, err = net.Listen("tcp", net.JoinHostPort(host, "0"))
+		if err == nil {
+			log.Warn("an MQTT broker already listens on the default address: the embedded broker takes a free port instead; "+
+				"set MQTT_URL=tcp://"+addr+" to read from the broker already there",
+				"taken", addr, "embedded", ln.Addr().String())
+		}
+	}
+	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return nil, fmt.Errorf("embedded MQTT broker: %s is in use: stop what listens there, choose another "+
+				"-embedded-mqtt-addr (PRESENCE_EMBEDDED_MQTT_ADDR), or set -mqtt-url (MQTT_URL) to use that broker: %w", addr, err)
+		}
+		return nil, fmt.Errorf("embedded MQTT broker: listen on %s: %w", addr, err)
+	}
+	srv := mqtt.New(&mqtt.Options{
+		InlineClient: true,
+		Logger:       slog.New(minLevel{log.Handler(), slog.LevelWarn}).With("component", "embedded-broker"),
+	})
+	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("embedded MQTT broker: %w", err)
+	}
+	if err := srv.AddListener(listeners.NewNet("tcp", ln)); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("embedded MQTT broker: %w", err)
+	}
+	if err := srv.Serve(); err != nil { // starts the listeners and returns
+		srv.Close()
+		return nil, fmt.Errorf("embedded MQTT broker: %w", err)
+	}
+	b := &broker{srv: srv, addr: ln.Addr().String()}
+	log.Info("embedded MQTT broker listening", "addr", b.addr)
+	return b, nil
+}
+
+// url is where MQTT clients reach the broker.
+func (b *broker) url() string { return "tcp://" + b.addr }
+
+func (b *broker) close() error { return b.srv.Close() }

@@ -1,0 +1,106 @@
+package daemon
+
+import (
+	"errors"
+	"flag"
+	"io"
+	"strings"
+	"testing"
+	"time"
+)
+
+func getenv(kv ...string) func(string) string {
+	m := map[string]string{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		m[kv[i]] = kv[i+1]
+	}
+	return func(k string) string { return m[k] }
+}
+
+func TestParseFlags(t *testing.T) {
+	check := func(name string, args []string, env func(string) string, ok func(Config) bool) {
+		t.Helper()
+		c, err := ParseFlags(args, env, io.Discard)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if !ok(c) {
+			t.Fatalf("%s: %+v", name, c)
+		}
+	}
+	check("defaults", nil, getenv(), func(c Config) bool {
+		return c.MQTTURL == "" && !c.redisEnabled() && c.DatabaseURL == "" && c.Timeout == time.Minute &&
+			c.HTTPAddr == "127.0.0.1:8080" && c.TelemetryTopics[0] == "devices/{id}/telemetry"
+	})
+	check("seed environment", nil, getenv("REDIS_HOST", "cache", "REDIS_PORT", "6380", "REDIS_DB", "2", "DEVICE_OFFLINE_TIMEOUT", "300"),
+		func(c Config) bool { return c.redisEnabled() && c.Timeout == 5*time.Minute })
+	check("duration timeout", []string{"-timeout", "90s"}, getenv("DEVICE_OFFLINE_TIMEOUT", "30"),
+		func(c Config) bool { return c.Timeout == 90*time.Second })
+	check("per-topic timeouts", []string{"-telemetry-topic", "sensors/fast/{id}=30s", "-telemetry-topic", "meters/{id}/data=10m"}, getenv(),
+		func(c Config) bool {
+			ts, err := c.topics()
+			return err == nil && len(ts) == 3 && ts[0].Timeout == 30*time.Second && ts[1].Timeout == 10*time.Minute
+		})
+	check("services", nil, getenv("MQTT_URL", "tcp://broker:1883", "REDIS_URL", "redis://r:6379/1", "DATABASE_URL", "postgres://db/x"),
+		func(c Config) bool { return c.MQTTURL == "tcp://broker:1883" && c.redisEnabled() && c.DatabaseURL != "" })
+}
+
+func TestParseFlagsErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		env  func(string) string
+		want string
+	}{
+		{[]string{"-timeout", "0"}, getenv(), "-timeout"},
+		{nil, getenv("DEVICE_OFFLINE_TIMEOUT", "8d"), "DEVICE_OFFLINE_TIMEOUT"},
+		{[]string{"-tick", "1ms"}, getenv(), "-tick"},
+		{[]string{"-mqtt-qos", "3"}, getenv(), "-mqtt-qos"},
+		{[]string{"-telemetry-topic", "devices/{id}/{id}"}, getenv(), "-telemetry-topic"},
+		{[]string{"-telemetry-topic", "devices/{id}=forever"}, getenv(), "-telemetry-topic"},
+		{[]string{"-http-addr", "8080"}, getenv(), "-http-addr"},
+		{[]string{"-log-level", "loud"}, getenv(), "-log-level"},
+		{[]string{"-demo", "-1"}, getenv(), "-demo"},
+		{nil, getenv("REDIS_URL", "mysql://x"), "REDIS_URL"},
+		{[]string{"-redis-host", "r", "-redis-ttl", "1.5"}, getenv(), "TTL"},
+		{[]string{"-database-url", "postgres://x", "-pg-table", ""}, getenv(), "Table"},
+		{[]string{"-mqtt-connections", "2", "-share-group", ""}, getenv(), "Share"},
+	} {
+		_, err := ParseFlags(tc.args, tc.env, io.Discard)
+		if !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: %v, want an error naming %s", tc.args, err, tc.want)
+		}
+	}
+	var out strings.Builder
+	if _, err := ParseFlags([]string{"-h"}, getenv(), &out); !errors.Is(err, flag.ErrHelp) || !strings.Contains(out.String(), "(env REDIS_URL)") {
+		t.Fatalf("-h: %v\n%s", err, out.String())
+	}
+}
+
+// The embedded default: no broker, Redis or Postgres configured; -demo
+// devices come and go through the API.
+func TestEmbeddedDemo(t *testing.T) {
+	if testing.Short() {
+		t.Skip("takes seconds")
+	}
+	c := DefaultConfig()
+	c.EmbeddedMQTTAddr = "127.0.0.1:0"
+	c.HTTPAddr = "127.0.0.1:0"
+	c.Demo = 30
+	c.Timeout = time.Second
+	r := startDaemon(t, c)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		st := r.d.Engine().Stats()
+		if st.OfflineTransitions > 0 && st.OnlineTransitions > 30 {
+			break // some went offline, and some of those came back
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("demo devices did not come and go: %+v", st)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var body string
+	if err := r.get("/v1/devices/1001", &body); err != nil || !strings.Contains(body, `"id":"1001"`) {
+		t.Fatalf("API: %v %s", err, body)
+	}
+}

@@ -1,0 +1,104 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+)
+
+// demo simulates a small fleet for -demo: each device talks for a while,
+// then goes silent long enough to turn offline (a quarter of them announce
+// it with an "offline" status message, as a Last Will would), then comes
+// back. It publishes through the broker like real devices, so everything
+// from ingest on is exercised. The schedule scales with the timeout: with
+// -timeout 10s a device flips every half minute or so.
+type demo struct {
+	n         int
+	telemetry string // topic with {id}
+	status    string // topic with {id}, or "" for none
+	timeout   time.Duration
+	log       *slog.Logger
+	rng       *rand.Rand
+}
+
+type demoDevice struct {
+	id       string
+	online   bool
+	next     time.Time // next message, when online
+	phaseEnd time.Time
+}
+
+// demoTopic picks the first pattern that names one concrete topic per id.
+func demoTopic(patterns []string) string {
+	for _, p := range patterns {
+		p, _, _ = strings.Cut(p, "=")
+		if !strings.ContainsAny(p, "+#") && strings.Count(p, "{id}") == 1 {
+			return p
+		}
+	}
+	return ""
+}
+
+func (d *demo) run(ctx context.Context, brokerURL string) error {
+	if d.telemetry == "" {
+		return fmt.Errorf("demo: no telemetry topic without wildcards to publish on")
+	}
+	opts := paho.NewClientOptions().AddBroker(brokerURL).
+		SetClientID(fmt.Sprintf("presenced-demo-%d", rand.Uint32())).
+		SetAutoReconnect(true).SetConnectRetry(true).SetConnectRetryInterval(time.Second)
+	c := paho.NewClient(opts)
+	c.Connect() // retries in the background until the broker answers
+	defer c.Disconnect(250)
+
+	period := max(d.timeout/4, 100*time.Millisecond)
+	now := time.Now()
+	devs := make([]demoDevice, d.n)
+	for i := range devs {
+		devs[i] = demoDevice{
+			id:       strconv.Itoa(1001 + i),
+			online:   true,
+			next:     now.Add(d.jitter(period)),
+			phaseEnd: now.Add(d.onlineFor()),
+		}
+	}
+	d.log.Info("demo fleet publishing", "devices", d.n, "topic", d.telemetry, "period", period)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case now = <-tick.C:
+		}
+		if !c.IsConnectionOpen() {
+			continue
+		}
+		for i := range devs {
+			dev := &devs[i]
+			switch {
+			case !now.Before(dev.phaseEnd) && dev.online:
+				dev.online, dev.phaseEnd = false, now.Add(d.silentFor())
+				if d.status != "" && d.rng.IntN(4) == 0 {
+					c.Publish(strings.Replace(d.status, "{id}", dev.id, 1), 0, false, "offline")
+				}
+			case !now.Before(dev.phaseEnd):
+				dev.online, dev.phaseEnd, dev.next = true, now.Add(d.onlineFor()), now
+			}
+			if dev.online && !now.Before(dev.next) {
+				payload := fmt.Sprintf(`{"t":%d,"temp":%.1f}`, now.Unix(), 18+4*d.rng.Float64())
+				c.Publish(strings.Replace(d.telemetry, "{id}", dev.id, 1), 0, false, payload)
+				dev.next = now.Add(period)
+			}
+		}
+	}
+}
+
+func (d *demo) jitter(max time.Duration) time.Duration { return time.Duration(d.rng.Int64N(int64(max))) }
+func (d *demo) onlineFor() time.Duration              { return 2*d.timeout + d.jitter(4*d.timeout) }
+func (d *demo) silentFor() time.Duration              { return d.timeout + d.timeout/2 + d.jitter(3*d.timeout) }

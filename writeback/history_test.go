@@ -1,0 +1,220 @@
+package writeback
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/presence-dev/presence/engine"
+)
+
+type historyRow struct {
+	ID, Status, Cause string
+	At                time.Time
+}
+
+func newTestHistory(t *testing.T, pool *pgxpool.Pool, mod func(*HistoryConfig)) (*History, string) {
+	t.Helper()
+	cfg := DefaultHistoryConfig()
+	cfg.Table = uniqueName(t)
+	cfg.Interval = 20 * time.Millisecond
+	cfg.MinBackoff = 10 * time.Millisecond
+	cfg.MaxBackoff = 100 * time.Millisecond
+	cfg.WriteTimeout = 2 * time.Second
+	cfg.Logger = testLogger(t)
+	if mod != nil {
+		mod(&cfg)
+	}
+	direct := newPool(t, "")
+	t.Cleanup(func() { dropTable(t, direct, cfg.Table) })
+	h, err := NewHistory(pool, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h, cfg.Table
+}
+
+func readHistory(t *testing.T, table string) []historyRow {
+	t.Helper()
+	pool := newPool(t, "")
+	rows, err := pool.Query(context.Background(), "SELECT device_id, status, cause, changed_at FROM "+table+" ORDER BY changed_at, device_id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var out []historyRow
+	for rows.Next() {
+		var r historyRow
+		if err := rows.Scan(&r.ID, &r.Status, &r.Cause, &r.At); err != nil {
+			t.Fatal(err)
+		}
+		r.At = r.At.UTC()
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func transition(id string, to engine.Status, at time.Time, c engine.Cause) engine.Transition {
+	return engine.Transition{ID: id, From: engine.StatusUnknown, To: to, At: at, Cause: c}
+}
+
+func TestHistoryWritesEveryTransition(t *testing.T) {
+	h, table := newTestHistory(t, newPool(t, ""), nil)
+	ctx := context.Background()
+	batch := []engine.Transition{
+		transition("a", engine.StatusOnline, t0, engine.CauseTelemetry),
+		transition("a", engine.StatusOffline, t0.Add(time.Minute), engine.CauseTimeout),
+		transition("b", engine.StatusOffline, t0.Add(2*time.Minute), engine.CauseLastWill),
+	}
+	h.HandleTransitions(batch)
+	// The engine reuses the slice: the writer must have copied it.
+	batch[0].ID, batch[1].To = "mutated", engine.StatusOnline
+	h.HandleTransitions([]engine.Transition{transition("a", engine.StatusOnline, t0.Add(3*time.Minute), engine.CauseRestart)})
+	if err := h.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := readHistory(t, table)
+	want := []historyRow{
+		{"a", "online", "telemetry", t0.Truncate(time.Microsecond)},
+		{"a", "offline", "timeout", t0.Add(time.Minute).Truncate(time.Microsecond)},
+		{"b", "offline", "last_will", t0.Add(2 * time.Minute).Truncate(time.Microsecond)},
+		{"a", "online", "restart", t0.Add(3 * time.Minute).Truncate(time.Microsecond)},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %d rows %+v, want %d", len(got), got, len(want))
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("row %d = %+v, want %+v", i, got[i], want[i])
+		}
+	}
+	if n := h.Metrics().GetOrCreateCounter(`presence_writeback_rows_written_total{sink="history"}`).Get(); n != 4 {
+		t.Fatalf("rows_written_total = %d, want 4", n)
+	}
+	// The index exists.
+	var idx int
+	if err := newPool(t, "").QueryRow(ctx, "SELECT count(*) FROM pg_indexes WHERE tablename = $1", table).Scan(&idx); err != nil || idx != 1 {
+		t.Fatalf("indexes = %d, %v; want 1", idx, err)
+	}
+}
+
+func TestHistoryQueueDropsOldest(t *testing.T) {
+	h, table := newTestHistory(t, newPool(t, ""), func(c *HistoryConfig) { c.QueueCapacity = 10 })
+	for i := range 25 {
+		h.HandleTransitions([]engine.Transition{transition("d", engine.StatusOnline, t0.Add(time.Duration(i)*time.Second), engine.CauseTelemetry)})
+	}
+	if q := h.Queued(); q != 10 {
+		t.Fatalf("Queued = %d, want 10", q)
+	}
+	if n := h.Metrics().GetOrCreateCounter("presence_writeback_history_dropped_total").Get(); n != 15 {
+		t.Fatalf("dropped_total = %d, want 15", n)
+	}
+	if err := h.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	got := readHistory(t, table)
+	if len(got) != 10 || !got[0].At.Equal(t0.Add(15*time.Second).Truncate(time.Microsecond)) {
+		t.Fatalf("kept %d rows starting %v; want the newest 10", len(got), got)
+	}
+}
+
+func TestHistoryRunAndClose(t *testing.T) {
+	h, table := newTestHistory(t, newPool(t, ""), func(c *HistoryConfig) { c.BatchSize = 7 })
+	done := make(chan error, 1)
+	go func() { done <- h.Run(context.Background()) }()
+	for i := range 100 {
+		h.HandleTransitions([]engine.Transition{transition("x", engine.Status(1+i%2), t0.Add(time.Duration(i)*time.Millisecond), engine.CauseTelemetry)})
+	}
+	pool := newPool(t, "")
+	eventually(t, 5*time.Second, func() error {
+		var n int
+		if err := pool.QueryRow(context.Background(), "SELECT count(*) FROM "+table).Scan(&n); err != nil {
+			return err // not created yet
+		}
+		if n < 50 {
+			return errNotYet
+		}
+		return nil
+	})
+	for i := 100; i < 120; i++ {
+		h.HandleTransitions([]engine.Transition{transition("x", engine.Status(1+i%2), t0.Add(time.Duration(i)*time.Millisecond), engine.CauseTelemetry)})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := h.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := len(readHistory(t, table)); n != 120 {
+		t.Fatalf("rows = %d, want 120", n)
+	}
+	// After Close: dropped and counted, Close idempotent, Run refused.
+	h.HandleTransitions([]engine.Transition{transition("late", engine.StatusOnline, t0, engine.CauseTelemetry)})
+	if n := h.Metrics().GetOrCreateCounter("presence_writeback_history_dropped_total").Get(); n != 1 {
+		t.Fatalf("dropped after close = %d, want 1", n)
+	}
+	if err := h.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Run(ctx); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Run after Close = %v", err)
+	}
+}
+
+// TestHistoryNeverBlocks: with Postgres unreachable HandleTransitions
+// returns at once, the queue stays at its capacity, and Close reports what
+// it could not write.
+func TestHistoryNeverBlocks(t *testing.T) {
+	px := newProxy(t, pgAddr(t))
+	px.Cut()
+	h, _ := newTestHistory(t, newPool(t, px.Addr()), func(c *HistoryConfig) { c.QueueCapacity = 1000 })
+	go func() { _ = h.Run(context.Background()) }()
+	batch := make([]engine.Transition, 100)
+	for i := range batch {
+		batch[i] = transition("z", engine.StatusOnline, t0, engine.CauseTelemetry)
+	}
+	start := time.Now()
+	for range 1000 {
+		h.HandleTransitions(batch)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("100k transitions took %v with the store down", d)
+	}
+	if q := h.Queued(); q > 1000+h.cfg.BatchSize {
+		t.Fatalf("Queued = %d, capacity 1000", q)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	var ue *UnflushedError
+	if err := h.Close(ctx); !errors.As(err, &ue) || ue.Pending == 0 {
+		t.Fatalf("Close = %v, want an UnflushedError", err)
+	}
+}
+
+func TestHistoryConfigValidate(t *testing.T) {
+	if err := DefaultHistoryConfig().Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for name, mod := range map[string]func(*HistoryConfig){
+		"table":    func(c *HistoryConfig) { c.Table = "" },
+		"capacity": func(c *HistoryConfig) { c.QueueCapacity = 0 },
+		"interval": func(c *HistoryConfig) { c.Interval = 0 },
+		"batch":    func(c *HistoryConfig) { c.BatchSize = -1 },
+		"backoff":  func(c *HistoryConfig) { c.MinBackoff = 0 },
+		"timeout":  func(c *HistoryConfig) { c.WriteTimeout = 0 },
+	} {
+		c := DefaultHistoryConfig()
+		mod(&c)
+		if err := c.Validate(); !errors.Is(err, ErrInvalidConfig) {
+			t.Errorf("%s: Validate = %v", name, err)
+		}
+	}
+}
