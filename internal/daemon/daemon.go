@@ -15,8 +15,10 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/presence-dev/presence/api"
+	"github.com/presence-dev/presence/dashboard"
 	"github.com/presence-dev/presence/engine"
 	"github.com/presence-dev/presence/ingest"
+	"github.com/presence-dev/presence/report"
 	"github.com/presence-dev/presence/writeback"
 )
 
@@ -132,6 +134,21 @@ func (d *Daemon) build() error {
 	if d.api, err = api.New(ac, eng); err != nil {
 		return err
 	}
+	rc := report.DefaultConfig()
+	if cfg.HistoryTable != "" {
+		rc.Table = cfg.HistoryTable
+	}
+	rc.Logger = log.With("component", "report")
+	pool := d.pool
+	if cfg.HistoryTable == "" {
+		pool = nil // no history: history and uptime answer 503
+	}
+	rep, err := report.New(pool, eng, rc)
+	if err != nil {
+		return err
+	}
+	rep.Mount(d.api)
+	dashboard.Mount(d.api)
 	if d.httpLn, err = d.api.Listen(); err != nil {
 		return err
 	}

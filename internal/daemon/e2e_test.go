@@ -111,6 +111,31 @@ func TestEndToEnd(t *testing.T) {
 			t.Fatalf("talking device %d is %q (%v)", id, st, err)
 		}
 	}
+
+	// History, uptime, the operations list and the dashboard are served.
+	var hist, up, list, page string
+	for path, body := range map[string]*string{
+		"/v1/devices/104/history":             &hist,
+		"/v1/devices/104/uptime?from=-1h":     &up,
+		"/v1/devices?status=offline&limit=10": &list,
+		"/":                                   &page,
+	} {
+		if err := r.get(path, body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !strings.Contains(hist, `"cause":"timeout"`) || !strings.Contains(hist, `"cause":"telemetry"`) {
+		t.Fatalf("history: %s", hist)
+	}
+	if !strings.Contains(up, `"changes":2`) || !strings.Contains(up, `"status_at_to":"offline"`) {
+		t.Fatalf("uptime: %s", up)
+	}
+	if !strings.Contains(list, `"104"`) || strings.Contains(list, `"101"`) {
+		t.Fatalf("offline list: %s", list)
+	}
+	if !strings.Contains(page, "<html") {
+		t.Fatalf("dashboard: %.200s", page)
+	}
 }
 
 // An "offline" status message (a Last Will) acts at once, long before the

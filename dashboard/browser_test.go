@@ -1,0 +1,346 @@
+package dashboard_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/presence-dev/presence/api"
+	"github.com/presence-dev/presence/dashboard"
+	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/testenv"
+	"github.com/presence-dev/presence/report"
+	"github.com/presence-dev/presence/writeback"
+)
+
+const chromiumPath = "/usr/bin/chromium"
+
+// The dashboard in a real browser, against a real engine, API, report and
+// (when reachable) PostgreSQL history, with the API token on: the test
+// pastes the token, searches a device, sees it online, lets it time out,
+// sees it offline, in the device panel, the live transitions and the
+// history, then saves a screenshot.
+func TestDashboardInChromium(t *testing.T) {
+	if testing.Short() {
+		t.Skip("browser test")
+	}
+	if _, err := os.Stat(chromiumPath); err != nil {
+		t.Skipf("no %s (apt-get install -y chromium): %v", chromiumPath, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	// History in PostgreSQL when it is there; the page copes without.
+	var pool *pgxpool.Pool
+	var hist *writeback.History
+	table := testenv.Name(t)
+	if p, err := pgxpool.New(ctx, testenv.DatabaseURL()); err == nil {
+		pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
+		err = p.Ping(pctx)
+		pcancel()
+		if err != nil {
+			t.Logf("no PostgreSQL (%v): history not shown", err)
+			p.Close()
+		} else {
+			pool = p
+			t.Cleanup(func() {
+				pool.Exec(context.Background(), "DROP TABLE IF EXISTS "+pgx.Identifier{table}.Sanitize()) //nolint:errcheck
+				pool.Close()
+			})
+			hc := writeback.DefaultHistoryConfig()
+			hc.Table, hc.Interval = table, 50*time.Millisecond
+			if hist, err = writeback.NewHistory(pool, hc); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	events := newBroadcaster()
+	ecfg := engine.DefaultConfig()
+	ecfg.DefaultTimeout, ecfg.Tick = 2*time.Second, 20*time.Millisecond
+	ecfg.Sink = engine.SinkFunc(func(b []engine.Transition) {
+		if hist != nil {
+			hist.HandleTransitions(b)
+		}
+		events.publish(b)
+	})
+	eng, err := engine.New(ecfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	runCtx, stopRun := context.WithCancel(context.Background())
+	wg.Go(func() { eng.Run(runCtx) }) //nolint:errcheck // returns nil
+	if hist != nil {
+		wg.Go(func() { hist.Run(runCtx) }) //nolint:errcheck // ends with runCtx
+	}
+	defer func() {
+		stopRun()
+		wg.Wait()
+		if hist != nil {
+			hist.Close(context.Background()) //nolint:errcheck
+		}
+	}()
+
+	acfg := api.DefaultConfig()
+	acfg.Token = "s3cret-token"
+	srv, err := api.New(acfg, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rcfg := report.DefaultConfig()
+	rcfg.Table = table
+	rep, err := report.New(pool, eng, rcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep.Mount(srv)
+	dashboard.Mount(srv)
+	srv.Handle("GET /v1/events", events)
+	ts := httptest.NewServer(srv.Handler())
+	defer ts.Close()
+	defer events.close() // before ts.Close: ends the open stream
+
+	// Background fleet so the counts and the offline list are not empty.
+	for i := range 5 {
+		eng.Touch(fmt.Sprintf("sensor-%d", i), time.Now().Add(-time.Hour)) //nolint:errcheck
+	}
+	// The device under test, once started, stays online while it keeps
+	// talking.
+	const dev = "dev-42"
+	startTouch, stopTouch := make(chan struct{}), make(chan struct{})
+	wg.Go(func() {
+		select {
+		case <-startTouch:
+		case <-stopTouch:
+			return
+		}
+		tk := time.NewTicker(200 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			eng.Touch(dev, time.Now()) //nolint:errcheck
+			select {
+			case <-stopTouch:
+				return
+			case <-tk.C:
+			}
+		}
+	})
+	stopOnce := sync.OnceFunc(func() { close(stopTouch) })
+	defer stopOnce()
+
+	alloc, cancelAlloc := chromedp.NewExecAllocator(ctx,
+		chromedp.ExecPath(chromiumPath),
+		chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1280, 1100),
+	)
+	defer cancelAlloc()
+	bctx, cancelBrowser := chromedp.NewContext(alloc)
+	defer cancelBrowser()
+
+	// Collect the page's console: an uncaught exception or a CSP violation
+	// fails the test.
+	var consoleMu sync.Mutex
+	var problems []string
+	console := chromedp.Console(bctx)
+	wg.Go(func() {
+		for m, err := range console {
+			if err != nil {
+				return
+			}
+			if m.IsException() || strings.Contains(m.Text, "Content Security Policy") {
+				consoleMu.Lock()
+				problems = append(problems, m.String())
+				consoleMu.Unlock()
+			}
+		}
+	})
+	defer cancelBrowser() // ends the console iterator before wg.Wait
+
+	start := time.Now()
+	step := func(name string, a chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		if err := chromedp.Do(bctx, a); err != nil {
+			if png := shot(t, bctx, "failed"); png != nil {
+				os.WriteFile(filepath.Join(os.TempDir(), "presence-dashboard-failed.png"), png, 0o644) //nolint:errcheck
+			}
+			consoleMu.Lock()
+			for _, p := range problems {
+				t.Logf("browser console: %s", p)
+			}
+			consoleMu.Unlock()
+			t.Fatalf("%s: %v (after %v)", name, err, time.Since(start).Round(time.Millisecond))
+		}
+		t.Logf("%-40s ok after %v", name, time.Since(start).Round(time.Millisecond))
+	}
+	waitFor := func(name, js string) {
+		t.Helper()
+		step(name, func(ctx context.Context, tg *chromedp.Target) (chromedp.Void, error) {
+			_, err := chromedp.Poll[bool](js, chromedp.WithPollingTimeout(10*time.Second), chromedp.WithPollingInterval(100*time.Millisecond))(ctx, tg)
+			return chromedp.Void{}, err
+		})
+	}
+	text := func(sel string) string { return fmt.Sprintf("(document.querySelector(%q)?.textContent || '')", sel) }
+
+	step("open the page", chromedp.Navigate(ts.URL+"/"))
+	waitFor("the page asks for the token", "!document.getElementById('auth-banner').hidden")
+	step("paste the token", chromedp.Steps(
+		chromedp.SendKeys(chromedp.CSS("#token"), acfg.Token),
+		chromedp.Click(chromedp.CSS("#token-save")),
+	))
+	waitFor("fleet counts shown", text("#count-total")+" === '5'")
+	waitFor("live transitions connected", text("#events-state")+" === 'live'")
+	step("search the device", chromedp.Steps(
+		chromedp.SendKeys(chromedp.CSS("#search-id"), dev),
+		chromedp.Click(chromedp.CSS("#search-form button")),
+	))
+	waitFor("device not found yet", text("#dev-status")+" === 'not found'")
+
+	close(startTouch)
+	waitFor("device online", text("#dev-status")+" === 'online'")
+	waitFor("count online", text("#count-online")+" === '1'")
+	waitFor("live event: online", "[...document.querySelectorAll('#events li')].some(li => li.textContent.includes('"+dev+"') && li.textContent.includes('unknown→online'))")
+	waitFor("offline list has the old sensors", "document.querySelectorAll('#offline-list tr').length === 5")
+
+	stopOnce() // silence: offline after the 2 s timeout
+	silent := time.Now()
+	waitFor("device offline", text("#dev-status")+" === 'offline'")
+	t.Logf("offline on the page %v after the last touch (timeout 2 s, page refresh 2 s or on the event)", time.Since(silent).Round(time.Millisecond))
+	waitFor("live event: offline", "[...document.querySelectorAll('#events li')].some(li => li.textContent.includes('"+dev+"') && li.textContent.includes('online→offline'))")
+	events.send(`{"type":"mass_offline","incident":"inc-1","at":"2025-12-14T10:30:45.000000+00:00","count":1200,"fleet":10000,"share":0.12,"window_seconds":30}`)
+	waitFor("incident shown", text("#events")+".includes('mass offline') && "+text("#events")+".includes('1,200 of 10,000 devices (12.00%)')")
+	if pool != nil {
+		waitFor("history shows the timeout", text("#dev-history")+".includes('timeout') && "+text("#dev-history")+".includes('telemetry')")
+		waitFor("uptime shown", text("#dev-uptime")+".includes('%')")
+		waitFor("timeline drawn", "document.querySelectorAll('#dev-timeline rect.online').length >= 1 && document.querySelectorAll('#dev-timeline rect.offline').length >= 1")
+		waitFor("fleet availability shown", text("#fleet-uptime")+".includes('%')")
+	} else {
+		waitFor("history marked unavailable", text("#dev-history-note")+".includes('PostgreSQL')")
+	}
+	waitFor("rates charted", "document.querySelector('#chart-msgs polyline') !== null")
+
+	png := shot(t, bctx, "dashboard")
+	if err := os.WriteFile(filepath.Join("testdata", "screenshot.png"), png, 0o644); err != nil {
+		t.Errorf("copy screenshot: %v", err)
+	}
+	consoleMu.Lock()
+	defer consoleMu.Unlock()
+	for _, p := range problems {
+		t.Errorf("browser console: %s", p)
+	}
+}
+
+// shot saves a full-page screenshot under t.TempDir and returns it.
+func shot(t *testing.T, ctx context.Context, name string) []byte {
+	t.Helper()
+	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Logf("screenshot: %v", err)
+		return nil
+	}
+	p := filepath.Join(t.TempDir(), name+".png")
+	if err := os.WriteFile(p, png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("screenshot %s (%d bytes)", p, len(png))
+	return png
+}
+
+// broadcaster is a stand-in for the events package's GET /v1/events: the
+// same JSON per transition, as server-sent events.
+type broadcaster struct {
+	mu     sync.Mutex
+	subs   map[chan []byte]struct{}
+	done   chan struct{}
+	closed bool
+}
+
+func newBroadcaster() *broadcaster {
+	return &broadcaster{subs: map[chan []byte]struct{}{}, done: make(chan struct{})}
+}
+
+func (b *broadcaster) publish(batch []engine.Transition) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, tr := range batch {
+		msg, _ := json.Marshal(map[string]string{
+			"type": "status", "id": tr.ID, "status": tr.To.String(), "previous": tr.From.String(),
+			"at": tr.At.UTC().Format(api.TimeLayout), "cause": tr.Cause.String(),
+		})
+		for c := range b.subs {
+			select {
+			case c <- msg:
+			default: // a slow reader loses events, never blocks the engine
+			}
+		}
+	}
+}
+
+// send publishes one raw JSON event.
+func (b *broadcaster) send(msg string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for c := range b.subs {
+		select {
+		case c <- []byte(msg):
+		default:
+		}
+	}
+}
+
+func (b *broadcaster) close() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.closed {
+		b.closed = true
+		close(b.done)
+	}
+}
+
+func (b *broadcaster) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	c := make(chan []byte, 256)
+	b.mu.Lock()
+	b.subs[c] = struct{}{}
+	b.mu.Unlock()
+	defer func() {
+		b.mu.Lock()
+		delete(b.subs, c)
+		b.mu.Unlock()
+	}()
+	rc := http.NewResponseController(w)
+	rc.SetWriteDeadline(time.Time{}) //nolint:errcheck
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	fmt.Fprint(w, ": hello\n\n")
+	rc.Flush() //nolint:errcheck
+	for n := 1; ; n++ {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-b.done:
+			return
+		case msg := <-c:
+			fmt.Fprintf(w, "id: %d\ndata: %s\n\n", n, msg)
+			rc.Flush() //nolint:errcheck
+		}
+	}
+}
