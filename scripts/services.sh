@@ -3,7 +3,8 @@
 # machine: Redis (127.0.0.1:6379), PostgreSQL (127.0.0.1:5432, database
 # "test", trust auth) and Mosquitto (127.0.0.1:1883). Installs the Debian
 # package of any that is missing, starts any that is stopped, and waits until
-# each answers. Idempotent; run as root (as CI and the dev machines do).
+# each answers; also installs Chromium for the dashboard's browser test.
+# Idempotent; run as root (as CI and the dev machines do).
 set -euo pipefail
 
 say() { echo "services: $*" >&2; }
@@ -67,3 +68,8 @@ if ! port_open 1883; then
 fi
 wait_port 1883 mosquitto
 say "redis, postgresql and mosquitto are up"
+
+# Headless Chromium for the dashboard's browser test (which skips without it).
+if ! command -v chromium >/dev/null 2>&1; then
+	need_pkg chromium chromium || say "chromium could not be installed: the browser test will skip"
+fi
