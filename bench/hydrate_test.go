@@ -1,0 +1,308 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/daemon"
+	"github.com/presence-dev/presence/internal/testenv"
+	"github.com/presence-dev/presence/writeback"
+)
+
+// The stored fleet of BenchmarkHydrate: device i (1-based) is
+//   - i%10 in 0..5 (60%): online, seen (i%20) s before the preload started,
+//     so still within the default 60 s timeout when it is restored;
+//   - i%10 in 6..7 (20%): online, seen 2-10 min ago: its deadline passed
+//     while presence was down, so the restore turns it offline;
+//   - i%10 in 8..9 (20%): offline, seen an hour ago.
+const hydrateDevices = 1_000_000
+
+type storedDevice struct {
+	status   string
+	lastSeen time.Time
+}
+
+func storedAt(i int, base time.Time) storedDevice {
+	switch i % 10 {
+	case 0, 1, 2, 3, 4, 5:
+		return storedDevice{"online", base.Add(-time.Duration(i%20) * time.Second)}
+	case 6, 7:
+		return storedDevice{"online", base.Add(-2*time.Minute - time.Duration(i%480)*time.Second)}
+	default:
+		return storedDevice{"offline", base.Add(-time.Hour)}
+	}
+}
+
+// BenchmarkHydrate is restart recovery: 1M devices' status and last-seen keys
+// are in Redis; one op rebuilds a fresh engine from them exactly as the
+// daemon's start-up does (internal/daemon/hydrate.go: writeback.Redis.Scan
+// into engine.Restore in chunks of 10,000). The daemon's function is
+// unexported, so hydrate below repeats its ~20 lines. Afterwards the real
+// daemon is started once on the same keys and the duration it logs is
+// reported as daemon-seconds.
+//
+//	go test ./bench -run '^$' -bench BenchmarkHydrate -benchtime 1x -count 3 -timeout 30m
+func BenchmarkHydrate(b *testing.B) {
+	b.Run("devices=1M", func(b *testing.B) { benchHydrate(b, hydrateDevices) })
+}
+
+func benchHydrate(b *testing.B, devices int) {
+	f := newFixture(b, 0)
+	ctx := context.Background()
+	base := time.Now()
+	preloadStart := time.Now()
+	if err := preload(ctx, f, devices, base); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("preloaded %d devices (%d keys) in %v", devices, 2*devices, time.Since(preloadStart).Round(time.Millisecond))
+
+	// SCAN walks the whole keyspace, not only this prefix: the other keys in
+	// the database (other users of the server) cost time too.
+	keyspace, err := f.rdb.DBSize(ctx).Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var took time.Duration
+	var restored int
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		eng, sink := hydrateTarget(b, f)
+		now := time.Now()
+		b.StartTimer()
+		start := time.Now()
+		n, err := hydrate(ctx, eng, sink, now)
+		took += time.Since(start)
+		b.StopTimer()
+		if err != nil {
+			b.Fatal(err)
+		}
+		restored = n
+		verifyHydrated(b, eng, n, devices, base, now)
+		b.StartTimer()
+	}
+	b.StopTimer()
+	b.ReportMetric(took.Seconds()/float64(b.N), "seconds")
+	b.ReportMetric(float64(restored), "devices")
+	b.ReportMetric(float64(restored)/(took.Seconds()/float64(b.N)), "devices/s")
+	b.ReportMetric(float64(keyspace), "redis-keys")
+	if s, err := daemonHydrate(f, devices); err != nil {
+		b.Error(err)
+	} else {
+		b.ReportMetric(s.Seconds(), "daemon-seconds")
+	}
+}
+
+// preload writes every device's two keys, as presence's Redis sink would
+// have left them (24 h TTL), in pipelines of 1000 devices from 4 goroutines.
+func preload(ctx context.Context, f *fixture, devices int, base time.Time) error {
+	const chunk, workers = 1000, 4
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := range workers {
+		wg.Go(func() {
+			buf := make([]byte, 0, 40)
+			for lo := 1 + w*chunk; lo <= devices; lo += workers * chunk {
+				pipe := f.rdb.Pipeline()
+				for i := lo; i < lo+chunk && i <= devices; i++ {
+					d := storedAt(i, base)
+					id := strconv.Itoa(i)
+					pipe.Set(ctx, f.prefix+"status:"+id, d.status, 24*time.Hour)
+					buf = writeback.AppendLastSeen(buf[:0], d.lastSeen)
+					pipe.Set(ctx, f.prefix+"lastseen:"+id, string(buf), 24*time.Hour)
+				}
+				if _, err := pipe.Exec(ctx); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
+
+// hydrateTarget is what the daemon has built when it hydrates: an engine
+// with its default configuration and two trackers (the Redis and Postgres
+// sinks'), and the Redis sink on a fresh client.
+func hydrateTarget(b *testing.B, f *fixture) (*engine.Engine, *writeback.Redis) {
+	ec := engine.DefaultConfig()
+	ec.Logger = slog.New(slog.DiscardHandler)
+	eng, err := engine.New(ec)
+	if err != nil {
+		b.Fatal(err)
+	}
+	tr, err := eng.NewTracker()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := eng.NewTracker(); err != nil { // the Postgres sink's
+		b.Fatal(err)
+	}
+	opts, err := redis.ParseURL(testenv.RedisURL())
+	if err != nil {
+		b.Fatal(err)
+	}
+	client := redis.NewClient(opts)
+	b.Cleanup(func() { client.Close() })
+	rc := writeback.DefaultRedisConfig()
+	rc.KeyPrefix = f.prefix
+	sink, err := writeback.NewRedis(client, tr, rc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return eng, sink
+}
+
+// hydrate is the daemon's hydrateOnce (internal/daemon/hydrate.go), which is
+// unexported: Scan the Redis keys into chunks of 10,000 states and Restore
+// each chunk with the same now.
+func hydrate(ctx context.Context, eng *engine.Engine, sink *writeback.Redis, now time.Time) (int, error) {
+	const hydrateChunk = 10_000
+	buf := make([]engine.DeviceState, 0, hydrateChunk)
+	n := 0
+	var restoreErr error
+	restore := func() {
+		if err := eng.Restore(buf, now); err != nil && restoreErr == nil {
+			restoreErr = err
+		}
+		n += len(buf)
+		buf = buf[:0]
+	}
+	err := sink.Scan(ctx, func(st engine.DeviceState) error {
+		buf = append(buf, st)
+		if len(buf) == cap(buf) {
+			restore()
+		}
+		return nil
+	})
+	if err != nil {
+		return n, err
+	}
+	restore()
+	return n, restoreErr
+}
+
+// verifyHydrated checks the restored fleet against what was stored: every
+// device restored; online exactly those whose deadline is after now; the
+// others offline, with one offline transition (cause restart) for each
+// device that was online in Redis but whose deadline had passed.
+func verifyHydrated(b *testing.B, eng *engine.Engine, n, devices int, base, now time.Time) {
+	b.Helper()
+	timeout := engine.DefaultConfig().DefaultTimeout
+	var online, expired int
+	for i := 1; i <= devices; i++ {
+		d := storedAt(i, base)
+		alive := d.lastSeen.Add(timeout).After(now)
+		switch {
+		case d.status == "online" && alive:
+			online++
+		case d.status == "online":
+			expired++
+		}
+	}
+	c, st := eng.Counts(), eng.Stats()
+	if n != devices || c.Total != devices || c.Online != online || c.Offline != devices-online ||
+		st.OfflineTransitions != uint64(expired) {
+		b.Fatalf("restored %d of %d devices: %+v, %d offline transitions; want %d online, %d offline, %d transitions",
+			n, devices, c, st.OfflineTransitions, online, devices-online, expired)
+	}
+	// Spot checks: one device of each kind.
+	for _, i := range []int{1, 7, 9} {
+		got, err := eng.Device(strconv.Itoa(i))
+		want := storedAt(i, base)
+		if err != nil || !got.LastSeen.Equal(want.lastSeen.Truncate(time.Microsecond)) {
+			b.Fatalf("device %d: %+v, %v; stored %+v", i, got, err, want)
+		}
+	}
+}
+
+// daemonHydrate starts the real daemon (Redis only, no Postgres) on the
+// stored keys and returns how long its start-up hydration took, as it logs
+// it, after checking the device count it logs.
+func daemonHydrate(f *fixture, devices int) (time.Duration, error) {
+	cfg := daemon.DefaultConfig()
+	cfg.MQTTURL = testenv.MQTTURL()
+	cfg.MQTTClientID = f.name
+	cfg.ShareGroup = f.name
+	cfg.TelemetryTopics = []string{f.name + "/devices/{id}/telemetry"}
+	cfg.StatusTopics = []string{f.name + "/devices/{id}/status"}
+	cfg.RedisURL = testenv.RedisURL()
+	cfg.RedisPrefix = f.prefix
+	cfg.HTTPAddr = "127.0.0.1:0"
+	logs := &hydrateLog{}
+	d, err := daemon.New(cfg, slog.New(logs))
+	if err != nil {
+		return 0, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	deadline := time.Now().Add(2 * time.Minute)
+	for logs.get().took == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		return 0, fmt.Errorf("daemon: %w", err)
+	}
+	got := logs.get()
+	if got.took == 0 {
+		return 0, errors.New("daemon: no hydration logged within 2 minutes")
+	}
+	if got.devices != devices {
+		return 0, fmt.Errorf("daemon hydrated %d devices, want %d", got.devices, devices)
+	}
+	return got.took, nil
+}
+
+// hydrateLog is a slog handler that keeps the daemon's "state rebuilt from
+// Redis" record.
+type hydrateLog struct {
+	mu      sync.Mutex
+	devices int
+	took    time.Duration
+}
+
+type hydrateRecord struct {
+	devices int
+	took    time.Duration
+}
+
+func (h *hydrateLog) get() hydrateRecord {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return hydrateRecord{h.devices, h.took}
+}
+
+func (h *hydrateLog) Enabled(context.Context, slog.Level) bool { return true }
+func (h *hydrateLog) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *hydrateLog) WithGroup(string) slog.Handler            { return h }
+
+func (h *hydrateLog) Handle(_ context.Context, r slog.Record) error {
+	if r.Message != "state rebuilt from Redis" {
+		return nil
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	r.Attrs(func(a slog.Attr) bool {
+		switch a.Key {
+		case "devices":
+			h.devices = int(a.Value.Int64())
+		case "took":
+			h.took = a.Value.Duration()
+		}
+		return true
+	})
+	return nil
+}
