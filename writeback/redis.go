@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -180,14 +181,18 @@ func (r *Redis) ReadStates(ctx context.Context, ids []string) ([]engine.DeviceSt
 			}
 		}
 	} else {
+		// One round trip: the MGETs of every chunk in one pipeline.
 		const chunk = 1000
+		pipe := r.client.Pipeline()
+		cmds := make([]*redis.SliceCmd, 0, (len(keys)+chunk-1)/chunk)
 		for lo := 0; lo < len(keys); lo += chunk {
-			hi := min(lo+chunk, len(keys))
-			v, err := r.client.MGet(ctx, keys[lo:hi]...).Result()
-			if err != nil {
-				return nil, fmt.Errorf("redis read: %w", err)
-			}
-			copy(vals[lo:hi], v)
+			cmds = append(cmds, pipe.MGet(ctx, keys[lo:min(lo+chunk, len(keys))]...))
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return nil, fmt.Errorf("redis read: %w", err)
+		}
+		for i, c := range cmds {
+			copy(vals[i*chunk:], c.Val())
 		}
 	}
 	for i, id := range ids {
@@ -214,36 +219,7 @@ func (r *Redis) Scan(ctx context.Context, fn func(engine.DeviceState) error) err
 	statusPrefix := r.cfg.KeyPrefix + "status:"
 	match := escapeGlob(statusPrefix) + "*"
 	scanOne := func(ctx context.Context, c redis.UniversalClient) error {
-		it := c.Scan(ctx, 0, match, 1000).Iterator()
-		ids := make([]string, 0, 1000)
-		emit := func() error {
-			states, err := r.ReadStates(ctx, ids)
-			if err != nil {
-				return err
-			}
-			for _, s := range states {
-				if s.Status == engine.StatusUnknown {
-					continue // expired between SCAN and MGET
-				}
-				if err := fn(s); err != nil {
-					return err
-				}
-			}
-			ids = ids[:0]
-			return nil
-		}
-		for it.Next(ctx) {
-			ids = append(ids, strings.TrimPrefix(it.Val(), statusPrefix))
-			if len(ids) == cap(ids) {
-				if err := emit(); err != nil {
-					return err
-				}
-			}
-		}
-		if err := it.Err(); err != nil {
-			return fmt.Errorf("redis scan: %w", err)
-		}
-		return emit()
+		return r.scanNode(ctx, c, match, statusPrefix, fn)
 	}
 	if cc, ok := r.client.(*redis.ClusterClient); ok {
 		return cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
@@ -251,6 +227,85 @@ func (r *Redis) Scan(ctx context.Context, fn func(engine.DeviceState) error) err
 		})
 	}
 	return scanOne(ctx, r.client)
+}
+
+// Restart recovery reads a million devices in seconds by overlapping the
+// round trips: one goroutine walks the keyspace, scanReaders read the
+// states of the ids it found (one pipelined round trip per batch), and the
+// caller's goroutine hands them to fn, in order of arrival.
+const (
+	scanBatch   = 5000 // ids per SCAN hint and per read
+	scanReaders = 2
+)
+
+// scanNode is Scan on one node.
+func (r *Redis) scanNode(ctx context.Context, c redis.UniversalClient, match, statusPrefix string, fn func(engine.DeviceState) error) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	batches := make(chan []string, scanReaders)
+	results := make(chan []engine.DeviceState, scanReaders)
+
+	go func() {
+		defer close(batches)
+		it := c.Scan(ctx, 0, match, scanBatch).Iterator()
+		ids := make([]string, 0, scanBatch)
+		for it.Next(ctx) {
+			ids = append(ids, strings.TrimPrefix(it.Val(), statusPrefix))
+			if len(ids) == scanBatch {
+				select {
+				case batches <- ids:
+				case <-ctx.Done():
+					return
+				}
+				ids = make([]string, 0, scanBatch)
+			}
+		}
+		if err := it.Err(); err != nil {
+			cancel(fmt.Errorf("redis scan: %w", err))
+			return
+		}
+		if len(ids) > 0 {
+			select {
+			case batches <- ids:
+			case <-ctx.Done():
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	for range scanReaders {
+		wg.Go(func() {
+			for ids := range batches {
+				states, err := r.ReadStates(ctx, ids)
+				if err != nil {
+					cancel(err)
+					return
+				}
+				select {
+				case results <- states:
+				case <-ctx.Done():
+					return
+				}
+			}
+		})
+	}
+	go func() {
+		wg.Wait()
+		close(results)
+	}()
+	for states := range results {
+		for _, s := range states {
+			if s.Status == engine.StatusUnknown {
+				continue // expired between SCAN and MGET
+			}
+			if err := fn(s); err != nil {
+				cancel(err)
+				for range results { // let the readers finish
+				}
+				return err
+			}
+		}
+	}
+	return context.Cause(ctx)
 }
 
 func escapeGlob(s string) string {

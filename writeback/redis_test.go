@@ -88,7 +88,7 @@ func TestRedisScan(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[string]engine.DeviceState{}
-	for i := range 2500 {
+	for i := range 12_000 { // several SCAN batches, read concurrently
 		d := dev(i, engine.Status(1+i%2), t0.Add(time.Duration(i)*time.Second))
 		want[d.ID] = d
 		src.Set(d)
