@@ -7,10 +7,12 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/events"
 	"github.com/presence-dev/presence/ingest"
 	"github.com/presence-dev/presence/internal/envflag"
 	"github.com/presence-dev/presence/writeback"
@@ -55,6 +57,19 @@ type Config struct {
 	PGFlush         time.Duration
 	HistoryTable    string
 
+	// Events: Redis Pub/Sub and Stream (with Redis), retained MQTT presence
+	// messages, webhooks, SSE, alerts.
+	EventsChannel      string
+	EventsStream       string
+	EventsStreamMaxLen int
+	EventsMQTTTopic    string // empty: no retained presence messages
+	WebhookURLs        []string
+	WebhookSecret      string
+	OfflineAlertAfter  time.Duration
+	MassOfflineCount   int
+	MassOfflineShare   float64
+	MassOfflineWindow  time.Duration
+
 	// The engine.
 	Timeout time.Duration
 	Tick    time.Duration
@@ -73,8 +88,15 @@ type Config struct {
 // state, the seed's topics and 60 s timeout, the API on 127.0.0.1:8080.
 func DefaultConfig() Config {
 	rc, pc, hc := writeback.DefaultRedisConfig(), writeback.DefaultPostgresConfig(), writeback.DefaultHistoryConfig()
-	ic := ingest.DefaultConfig()
+	ic, ev := ingest.DefaultConfig(), events.DefaultConfig()
 	return Config{
+		EventsChannel:      ev.PubSub.Channel,
+		EventsStream:       ev.Stream.Key,
+		EventsStreamMaxLen: int(ev.Stream.MaxLen),
+		OfflineAlertAfter:  ev.Alerts.OfflineAfter,
+		MassOfflineCount:   ev.Alerts.Mass.Count,
+		MassOfflineShare:   ev.Alerts.Mass.Share,
+		MassOfflineWindow:  ev.Alerts.Mass.Window,
 		MQTTClientID:     "presenced",
 		MQTTConnections:  ic.Connections,
 		MQTTQoS:          int(ic.QoS),
@@ -163,6 +185,17 @@ func ParseFlags(args []string, getenv func(string) string, out io.Writer) (Confi
 	s.Duration(&c.PGFlush, "pg-flush-interval", "PRESENCE_PG_FLUSH_INTERVAL", "how often changed devices are written to Postgres")
 	s.String(&c.HistoryTable, "history-table", "PRESENCE_HISTORY_TABLE", "table receiving every transition (created if missing); empty disables history")
 
+	s.String(&c.EventsChannel, "events-channel", "PRESENCE_EVENTS_CHANNEL", "Redis Pub/Sub channel receiving every transition as JSON (with Redis); empty: none")
+	s.String(&c.EventsStream, "events-stream", "PRESENCE_EVENTS_STREAM", "Redis Stream receiving every transition, for consumer groups (with Redis); empty: none")
+	s.Int(&c.EventsStreamMaxLen, "events-stream-maxlen", "PRESENCE_EVENTS_STREAM_MAXLEN", "approximate length the stream is trimmed to (XADD MAXLEN ~)")
+	s.String(&c.EventsMQTTTopic, "events-mqtt-topic", "PRESENCE_EVENTS_MQTT_TOPIC", "retained MQTT message online/offline per device on this topic, e.g. devices/{id}/presence; empty: none")
+	s.Var(envflag.NewList(&c.WebhookURLs), "webhook-url", "PRESENCE_WEBHOOK_URLS", "URLs receiving JSON batches of events by HTTP POST, comma-separated or repeated")
+	s.String(&c.WebhookSecret, "webhook-secret", "PRESENCE_WEBHOOK_SECRET", "HMAC-SHA256 key signing webhook bodies (X-Presence-Signature: sha256=...)")
+	s.Duration(&c.OfflineAlertAfter, "offline-alert-after", "PRESENCE_OFFLINE_ALERT_AFTER", "emit one offline_alert event per offline period after this long offline; 0: never")
+	s.Int(&c.MassOfflineCount, "mass-offline-count", "PRESENCE_MASS_OFFLINE_COUNT", "devices going offline within -mass-offline-window that make one mass_offline incident (or the share below)")
+	s.Var((*floatValue)(&c.MassOfflineShare), "mass-offline-share", "PRESENCE_MASS_OFFLINE_SHARE", "share of the fleet (0..1) going offline within the window that makes a mass_offline incident; 0: count only")
+	s.Duration(&c.MassOfflineWindow, "mass-offline-window", "PRESENCE_MASS_OFFLINE_WINDOW", "window of the mass-outage detector; 0 disables it")
+
 	s.Duration(&c.Timeout, "timeout", "DEVICE_OFFLINE_TIMEOUT", "silence after which a device is offline, 1s..168h; per-topic timeouts override it")
 	s.Duration(&c.Tick, "tick", "PRESENCE_TICK", "bound on how late an offline transition may be, 10ms..10s")
 
@@ -234,6 +267,9 @@ func (c Config) Validate() error {
 		if err := pc.Validate(); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if ec := c.eventsConfig("tcp://" + c.EmbeddedMQTTAddr); ec.Validate() != nil {
+		errs = append(errs, ec.Validate())
 	}
 	if c.MQTTConnections < 1 || c.MQTTConnections > 64 {
 		bad("-mqtt-connections must be in [1, 64], got %d", c.MQTTConnections)
@@ -316,6 +352,41 @@ func (c Config) ingestConfig(log *slog.Logger) ingest.Config {
 		ic.Logger = log
 	}
 	return ic
+}
+
+// eventsConfig maps the flags onto the events hub; Redis destinations
+// need Redis.
+func (c Config) eventsConfig(brokerURL string) events.Config {
+	ec := events.DefaultConfig()
+	ec.PubSub.Enabled = c.redisEnabled() && c.EventsChannel != ""
+	ec.PubSub.Channel = c.EventsChannel
+	ec.Stream.Enabled = c.redisEnabled() && c.EventsStream != ""
+	ec.Stream.Key, ec.Stream.MaxLen = c.EventsStream, int64(c.EventsStreamMaxLen)
+	if c.EventsMQTTTopic != "" {
+		ec.MQTT.Enabled, ec.MQTT.Topic = true, c.EventsMQTTTopic
+		ec.MQTT.BrokerURL, ec.MQTT.Username, ec.MQTT.Password = brokerURL, c.MQTTUsername, c.MQTTPassword
+		ec.MQTT.ClientID = c.MQTTClientID + "-events"
+	}
+	for _, u := range c.WebhookURLs {
+		ec.Webhooks = append(ec.Webhooks, events.DefaultWebhookConfig(u, c.WebhookSecret))
+	}
+	ec.Alerts.OfflineAfter = c.OfflineAlertAfter
+	ec.Alerts.Mass.Enabled = c.MassOfflineWindow > 0
+	ec.Alerts.Mass.Count, ec.Alerts.Mass.Share, ec.Alerts.Mass.Window = c.MassOfflineCount, c.MassOfflineShare, c.MassOfflineWindow
+	return ec
+}
+
+// floatValue is a flag.Value for a float64.
+type floatValue float64
+
+func (f *floatValue) String() string { return strconv.FormatFloat(float64(*f), 'g', -1, 64) }
+func (f *floatValue) Set(s string) error {
+	v, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+	if err != nil {
+		return errors.New("want a number")
+	}
+	*f = floatValue(v)
+	return nil
 }
 
 func parseLevel(s string) (slog.Level, error) {

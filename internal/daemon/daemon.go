@@ -17,6 +17,7 @@ import (
 	"github.com/presence-dev/presence/api"
 	"github.com/presence-dev/presence/dashboard"
 	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/events"
 	"github.com/presence-dev/presence/ingest"
 	"github.com/presence-dev/presence/report"
 	"github.com/presence-dev/presence/writeback"
@@ -41,6 +42,7 @@ type Daemon struct {
 	pool      *pgxpool.Pool // nil without Postgres
 	pgSink    *writeback.Postgres
 	history   *writeback.History // nil without Postgres or history
+	events    *events.Hub
 
 	engineMetrics *metrics.Set
 	hydrated      atomic.Bool
@@ -62,6 +64,13 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 
 func (d *Daemon) build() error {
 	cfg, log := d.cfg, d.log
+	if cfg.MQTTURL == "" {
+		explicit := cfg.EmbeddedMQTTAddr != DefaultConfig().EmbeddedMQTTAddr
+		var err error
+		if d.broker, err = startBroker(cfg.EmbeddedMQTTAddr, explicit, log); err != nil {
+			return err
+		}
+	}
 	var sinks fanout
 	sinks = append(sinks, newTransitionCounter(d.metricsSet()))
 
@@ -81,22 +90,35 @@ func (d *Daemon) build() error {
 		}
 	}
 
-	ec := engine.DefaultConfig()
-	ec.DefaultTimeout, ec.Tick = cfg.Timeout, cfg.Tick
-	ec.Sink, ec.Logger = sinks, log.With("component", "engine")
-	eng, err := engine.New(ec)
-	if err != nil {
-		return err
-	}
-	d.eng = eng
-	d.registerEngineMetrics()
-
 	if cfg.redisEnabled() {
 		opts, err := writeback.RedisOptionsFromEnv(cfg.redisEnv)
 		if err != nil {
 			return err
 		}
 		d.redis = redis.NewClient(opts)
+	}
+	var eng *engine.Engine // the hub's fleet size needs it, once built
+	hub, err := events.New(cfg.eventsConfig(d.BrokerURL()), events.Deps{
+		Redis:     d.redis,
+		FleetSize: func() int { return eng.Counts().Total },
+		Logger:    log.With("component", "events"),
+	})
+	if err != nil {
+		return err
+	}
+	d.events = hub
+	sinks = append(sinks, hub)
+
+	ec := engine.DefaultConfig()
+	ec.DefaultTimeout, ec.Tick = cfg.Timeout, cfg.Tick
+	ec.Sink, ec.Logger = sinks, log.With("component", "engine")
+	if eng, err = engine.New(ec); err != nil {
+		return err
+	}
+	d.eng = eng
+	d.registerEngineMetrics()
+
+	if d.redis != nil {
 		tr, err := eng.NewTracker()
 		if err != nil {
 			return err
@@ -116,13 +138,7 @@ func (d *Daemon) build() error {
 	}
 
 	ic := cfg.ingestConfig(log.With("component", "ingest"))
-	if cfg.MQTTURL == "" {
-		explicit := cfg.EmbeddedMQTTAddr != DefaultConfig().EmbeddedMQTTAddr
-		if d.broker, err = startBroker(cfg.EmbeddedMQTTAddr, explicit, log); err != nil {
-			return err
-		}
-		ic.BrokerURL = d.broker.url()
-	}
+	ic.BrokerURL = d.BrokerURL()
 	if d.ing, err = ingest.New(ic, eng); err != nil {
 		return err
 	}
@@ -148,6 +164,7 @@ func (d *Daemon) build() error {
 		return err
 	}
 	rep.Mount(d.api)
+	d.api.Handle("GET /v1/events", hub.SSEHandler())
 	dashboard.Mount(d.api)
 	if d.httpLn, err = d.api.Listen(); err != nil {
 		return err
@@ -157,7 +174,7 @@ func (d *Daemon) build() error {
 
 // metricSets lists the sets of every component for /metrics.
 func (d *Daemon) metricSets() []*metrics.Set {
-	sets := []*metrics.Set{d.engineMetrics, d.ing.Metrics()}
+	sets := []*metrics.Set{d.engineMetrics, d.ing.Metrics(), d.events.Metrics()}
 	if d.redisSink != nil {
 		sets = append(sets, d.redisSink.Metrics())
 	}
@@ -247,6 +264,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if d.history != nil {
 		goRun("history", sinkCtx, d.history.Run)
 	}
+	goRun("events", sinkCtx, d.events.Run)
 	if err := d.ing.Start(); err != nil {
 		errs <- fmt.Errorf("ingest: %w", err)
 	}
@@ -315,6 +333,7 @@ func (d *Daemon) closeSinks(ctx context.Context, stop context.CancelFunc) {
 	if d.history != nil {
 		closeOne("history", d.history.Close)
 	}
+	closeOne("events", d.events.Close)
 	wg.Wait()
 	stop()
 }

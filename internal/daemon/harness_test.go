@@ -92,6 +92,8 @@ func (s *stack) config() Config {
 	c.PGTable = s.devices
 	c.PGFlush = 100 * time.Millisecond
 	c.HistoryTable = s.history
+	c.EventsChannel = s.name + ":events"
+	c.EventsStream = s.name + ":stream"
 	c.Timeout = 2 * time.Second
 	c.HTTPAddr = "127.0.0.1:0"
 	c.ShutdownTimeout = 10 * time.Second
@@ -106,6 +108,7 @@ func (s *stack) env(c Config) []string {
 		"PRESENCE_REDIS_FLUSH_INTERVAL="+c.RedisFlush.String(), "DATABASE_URL="+c.DatabaseURL,
 		"PRESENCE_PG_TABLE="+c.PGTable, "PRESENCE_PG_FLUSH_INTERVAL="+c.PGFlush.String(),
 		"PRESENCE_HISTORY_TABLE="+c.HistoryTable, "DEVICE_OFFLINE_TIMEOUT="+c.Timeout.String(),
+		"PRESENCE_EVENTS_CHANNEL="+c.EventsChannel, "PRESENCE_EVENTS_STREAM="+c.EventsStream,
 		"PRESENCE_HTTP_ADDR="+c.HTTPAddr)
 }
 

@@ -1,0 +1,415 @@
+package events
+
+import (
+	"math"
+	"strconv"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/presence-dev/presence/engine"
+)
+
+// alerts derives offline_alert and mass_offline events from transitions.
+// It has no goroutine and no timer per device: one record per offline
+// device it still cares about, a min-heap of pending alerts ordered by the
+// time the device went offline (checked by the hub's ticker), and a ring
+// of per-bucket counters for the mass-outage window. The hub serializes
+// every call (Hub.pubMu).
+type alerts struct {
+	offlineAfter int64 // µs; 0: no offline alerts
+	mass         MassConfig
+	fleet        func() int
+
+	// One record per tracked offline device; free slots have id "".
+	slots []offRec
+	free  []uint32
+	byID  map[string]uint32
+	peak  int      // most records held at once, for shrinking
+	heap  []uint32 // slots with a pending alert, min-heap by since
+
+	// Mass-outage window: numBuckets counters of Window/numBuckets each,
+	// counting devices that went offline in the bucket and are still
+	// offline. newest is the absolute number of the current bucket.
+	bucketNs int64
+	buckets  [numBuckets]int32
+	newest   int64
+	inWindow int
+
+	active    *activeIncident
+	seq       uint32
+	fleetSize int // FleetSize() cached for one observe call; -1: not fetched
+
+	m alertMetrics
+}
+
+const (
+	numBuckets = 32
+	noBucket   = math.MinInt64
+	// checkChunk bounds the alerts handled under one lock hold, so a burst
+	// of due alerts never holds back HandleTransitions for long.
+	checkChunk = 4096
+)
+
+type offRec struct {
+	id      string
+	since   int64 // µs: the offline transition's At
+	bucket  int64 // absolute bucket of its arrival, noBucket if not counted
+	heapIdx int32 // -1: no pending alert (fired, or suppressed by an incident)
+	inc     uint32
+	cause   engine.Cause
+}
+
+type activeIncident struct {
+	seq      uint32
+	id       string
+	started  int64 // µs
+	members  int
+	back     int
+	fleet    int
+	trigger  int
+	share    float64
+	window   time.Duration
+	recoverN int // members back needed, recomputed as members join
+}
+
+type alertMetrics struct {
+	alerts     [numTypes + 1]*metrics.Counter
+	suppressed *metrics.Counter
+}
+
+func newAlerts(cfg AlertConfig, fleet func() int, set *metrics.Set) *alerts {
+	a := &alerts{
+		offlineAfter: cfg.OfflineAfter.Microseconds(),
+		mass:         cfg.Mass,
+		fleet:        fleet,
+		byID:         make(map[string]uint32),
+		bucketNs:     max(int64(cfg.Mass.Window)/numBuckets, 1),
+		newest:       noBucket,
+	}
+	for _, t := range []Type{TypeOfflineAlert, TypeMassOffline, TypeMassOfflineRecovered} {
+		a.m.alerts[t] = set.NewCounter(`presence_events_alerts_total{type="` + t.String() + `"}`)
+	}
+	a.m.suppressed = set.NewCounter("presence_events_offline_alerts_suppressed_total")
+	return a
+}
+
+// tracked is the number of offline devices held.
+func (a *alerts) tracked() int { return len(a.byID) }
+
+func (a *alerts) incidentActive() bool { return a.active != nil }
+
+// observe updates the state with a batch of transitions that arrived at
+// now and appends the incident events it causes to out.
+func (a *alerts) observe(batch []engine.Transition, now time.Time, out []rec) []rec {
+	a.advance(now.UnixNano())
+	a.fleetSize = -1
+	for i := range batch {
+		t := &batch[i]
+		switch t.To {
+		case engine.StatusOffline:
+			out = a.offline(t, now, out)
+		case engine.StatusOnline:
+			out = a.online(t.ID, now, out)
+		}
+	}
+	return out
+}
+
+// counted reports whether an offline transition counts towards a mass
+// outage. Restart and handoff transitions are artifacts of our own
+// recovery (a node down for longer than the timeout turns its whole fleet
+// offline at start-up), not evidence of an outage happening now.
+func counted(c engine.Cause) bool { return c == engine.CauseTimeout || c == engine.CauseLastWill }
+
+func (a *alerts) offline(t *engine.Transition, now time.Time, out []rec) []rec {
+	count := a.mass.Enabled && counted(t.Cause)
+	if slot, ok := a.byID[t.ID]; ok {
+		// We missed its online transition (cannot happen with the engine's
+		// ordering; defensive): start a new offline period.
+		a.forget(slot)
+	}
+	if a.offlineAfter == 0 && !count {
+		return out
+	}
+	r := offRec{id: t.ID, since: t.At.UnixMicro(), bucket: noBucket, heapIdx: -1, cause: t.Cause}
+	if count {
+		r.bucket = a.newest
+		a.buckets[a.newest%numBuckets]++
+		a.inWindow++
+	}
+	slot := a.alloc(r)
+	if a.offlineAfter > 0 {
+		a.heapPush(slot)
+	}
+	if !count || !a.condition() {
+		return out
+	}
+	if a.active != nil {
+		a.join(slot)
+		return out
+	}
+	return a.trigger(now, out)
+}
+
+func (a *alerts) online(id string, now time.Time, out []rec) []rec {
+	slot, ok := a.byID[id]
+	if !ok {
+		return out
+	}
+	r := &a.slots[slot]
+	member := r.inc != 0 && a.active != nil && r.inc == a.active.seq
+	a.forget(slot)
+	if member {
+		inc := a.active
+		inc.back++
+		if inc.back >= inc.recoverN {
+			out = a.recover(now, out)
+		}
+	}
+	return out
+}
+
+// condition reports whether the devices that went offline within the
+// window (and are still offline) make a mass outage.
+func (a *alerts) condition() bool {
+	n, c := a.inWindow, a.mass
+	if c.Count > 0 && n >= c.Count {
+		return true
+	}
+	if c.Share > 0 && a.fleet != nil && n >= max(c.MinCount, 1) {
+		if f := a.fleetNow(); f > 0 && float64(n) >= c.Share*float64(f) {
+			return true
+		}
+	}
+	return false
+}
+
+func (a *alerts) fleetNow() int {
+	if a.fleetSize < 0 {
+		a.fleetSize = 0
+		if a.fleet != nil {
+			a.fleetSize = a.fleet()
+		}
+	}
+	return a.fleetSize
+}
+
+// trigger opens an incident with every device that went offline within
+// the window and is still offline, and emits mass_offline.
+func (a *alerts) trigger(now time.Time, out []rec) []rec {
+	a.seq++
+	if a.seq == 0 {
+		a.seq = 1
+	}
+	fleet := a.fleetNow()
+	inc := &activeIncident{
+		seq:     a.seq,
+		id:      strconv.FormatInt(now.UnixMilli(), 10) + "-" + strconv.FormatUint(uint64(a.seq), 10),
+		started: now.UnixMicro(),
+		trigger: a.inWindow,
+		fleet:   fleet,
+		window:  a.mass.Window,
+	}
+	if fleet > 0 {
+		inc.share = float64(a.inWindow) / float64(fleet)
+	}
+	a.active = inc
+	oldest := a.newest - numBuckets + 1
+	for i := range a.slots {
+		if r := &a.slots[i]; r.id != "" && r.bucket != noBucket && r.bucket >= oldest {
+			a.join(uint32(i))
+		}
+	}
+	a.m.alerts[TypeMassOffline].Inc()
+	return append(out, rec{typ: TypeMassOffline, at: inc.started, inc: &incident{
+		id: inc.id, started: inc.started, window: inc.window,
+		count: inc.trigger, fleet: inc.fleet, share: inc.share,
+	}})
+}
+
+func (a *alerts) join(slot uint32) {
+	inc := a.active
+	a.slots[slot].inc = inc.seq
+	inc.members++
+	inc.recoverN = max(int(math.Ceil(a.mass.RecoverShare*float64(inc.members))), 1)
+}
+
+// recover closes the active incident, emits mass_offline_recovered, and
+// gives the members still offline their own offline alert back (due at
+// once if their threshold passed during the incident).
+func (a *alerts) recover(now time.Time, out []rec) []rec {
+	inc := a.active
+	a.active = nil
+	for i := range a.slots {
+		r := &a.slots[i]
+		if r.id == "" || r.inc != inc.seq {
+			continue
+		}
+		r.inc = 0
+		if r.heapIdx < 0 && a.offlineAfter > 0 {
+			a.heapPush(uint32(i))
+		}
+	}
+	a.m.alerts[TypeMassOfflineRecovered].Inc()
+	at := now.UnixMicro()
+	return append(out, rec{typ: TypeMassOfflineRecovered, at: at, inc: &incident{
+		id: inc.id, started: inc.started, window: inc.window,
+		count: inc.members, fleet: inc.fleet, share: float64(inc.back) / float64(inc.members),
+		recovered: inc.back, stillOffline: inc.members - inc.back,
+	}})
+}
+
+// check emits the offline alerts due at now, at most checkChunk of them;
+// more reports whether more are due.
+func (a *alerts) check(now time.Time, out []rec) (_ []rec, more bool) {
+	a.advance(now.UnixNano())
+	nowUs := now.UnixMicro()
+	for n := 0; len(a.heap) > 0; n++ {
+		if n == checkChunk {
+			return out, true
+		}
+		slot := a.heap[0]
+		r := &a.slots[slot]
+		due := r.since + a.offlineAfter
+		if due > nowUs {
+			break
+		}
+		a.heapRemove(0)
+		if r.inc != 0 {
+			// Covered by the active incident's mass_offline. The record stays
+			// (the incident counts its members back); recover re-arms it.
+			a.m.suppressed.Inc()
+			continue
+		}
+		a.m.alerts[TypeOfflineAlert].Inc()
+		out = append(out, rec{typ: TypeOfflineAlert, id: r.id, at: due, since: r.since, cause: r.cause})
+		// Nothing is left to do for this device until it comes back. (Were
+		// it still in the mass window, which takes an offline transition
+		// dated OfflineAfter in the past, the window undercounts it by one.)
+		a.forget(slot)
+	}
+	return out, false
+}
+
+// advance moves the mass window to nowNs, expiring old buckets.
+func (a *alerts) advance(nowNs int64) {
+	if !a.mass.Enabled {
+		return
+	}
+	cur := nowNs / a.bucketNs
+	if a.newest == noBucket {
+		a.newest = cur
+		return
+	}
+	if cur <= a.newest {
+		return // the clock did not move (or went back: keep the newest)
+	}
+	for b := a.newest + 1; b <= cur && b <= a.newest+numBuckets; b++ {
+		i := b % numBuckets
+		a.inWindow -= int(a.buckets[i])
+		a.buckets[i] = 0
+	}
+	a.newest = cur
+}
+
+// alloc stores r and returns its slot.
+func (a *alerts) alloc(r offRec) uint32 {
+	var slot uint32
+	if n := len(a.free); n > 0 {
+		slot = a.free[n-1]
+		a.free = a.free[:n-1]
+		a.slots[slot] = r
+	} else {
+		slot = uint32(len(a.slots))
+		a.slots = append(a.slots, r)
+	}
+	a.byID[r.id] = slot
+	a.peak = max(a.peak, len(a.byID))
+	return slot
+}
+
+// forget drops a record: its pending alert, its count in the window.
+func (a *alerts) forget(slot uint32) {
+	r := &a.slots[slot]
+	if r.heapIdx >= 0 {
+		a.heapRemove(int(r.heapIdx))
+	}
+	if r.bucket != noBucket && r.bucket >= a.newest-numBuckets+1 && r.bucket <= a.newest {
+		a.buckets[r.bucket%numBuckets]--
+		a.inWindow--
+	}
+	delete(a.byID, r.id)
+	*r = offRec{}
+	a.free = append(a.free, slot)
+	if len(a.byID) == 0 && a.peak > 1<<14 {
+		// Go maps never shrink: after a big outage is over, start afresh
+		// instead of keeping its memory.
+		a.byID, a.slots, a.free, a.heap, a.peak = make(map[string]uint32), nil, nil, nil, 0
+	}
+}
+
+// Indexed min-heap of slots by since.
+
+func (a *alerts) less(i, j int) bool {
+	return a.slots[a.heap[i]].since < a.slots[a.heap[j]].since
+}
+
+func (a *alerts) swap(i, j int) {
+	a.heap[i], a.heap[j] = a.heap[j], a.heap[i]
+	a.slots[a.heap[i]].heapIdx = int32(i)
+	a.slots[a.heap[j]].heapIdx = int32(j)
+}
+
+func (a *alerts) heapPush(slot uint32) {
+	a.heap = append(a.heap, slot)
+	i := len(a.heap) - 1
+	a.slots[slot].heapIdx = int32(i)
+	a.up(i)
+}
+
+func (a *alerts) heapRemove(i int) {
+	last := len(a.heap) - 1
+	slot := a.heap[i]
+	if i != last {
+		a.swap(i, last)
+	}
+	a.heap = a.heap[:last]
+	a.slots[slot].heapIdx = -1
+	if i != last {
+		if !a.down(i) {
+			a.up(i)
+		}
+	}
+}
+
+func (a *alerts) up(i int) {
+	for i > 0 {
+		p := (i - 1) / 2
+		if !a.less(i, p) {
+			return
+		}
+		a.swap(i, p)
+		i = p
+	}
+}
+
+func (a *alerts) down(i int) bool {
+	start, n := i, len(a.heap)
+	for {
+		l := 2*i + 1
+		if l >= n {
+			break
+		}
+		j := l
+		if r := l + 1; r < n && a.less(r, l) {
+			j = r
+		}
+		if !a.less(j, i) {
+			break
+		}
+		a.swap(i, j)
+		i = j
+	}
+	return i > start
+}

@@ -1,0 +1,309 @@
+package events
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/presence-dev/presence/engine"
+)
+
+// Hub publishes the engine's transitions, and the alerts derived from
+// them, to every configured destination. It implements engine.Sink:
+// HandleTransitions copies each batch into one bounded queue per
+// destination and returns; one worker per destination sends its queue.
+//
+// Lifecycle: New builds without I/O; Run(ctx) starts the workers and the
+// alert ticker and returns when ctx ends or Close is called; Close(ctx)
+// stops accepting events, sends what is queued within ctx, waits for every
+// goroutine and is idempotent.
+type Hub struct {
+	cfg   Config
+	log   *slog.Logger
+	now   func() time.Time
+	set   *metrics.Set
+	dests []*dest
+	sse   *sseHub // nil when disabled
+	al    *alerts // nil when both alerts are disabled
+
+	// pubMu serializes publishing: HandleTransitions and the alert ticker.
+	// It keeps the events of one device in order across the two (an
+	// offline_alert is never queued after the device's later online event)
+	// and guards the alert state and buf.
+	pubMu sync.Mutex
+	buf   []rec
+
+	stateMu   sync.Mutex
+	started   bool
+	closed    bool
+	cancelRun context.CancelFunc
+	stop      chan struct{} // closed by Close
+	runDone   chan struct{} // closed when Run's goroutines are done
+	closeOnce sync.Once
+	closeErr  error
+}
+
+var _ engine.Sink = (*Hub)(nil)
+
+// UnsentError is returned by Close when events were still queued when its
+// context ended (or Run never started): Unsent counts them per
+// destination.
+type UnsentError struct {
+	Unsent map[string]int
+}
+
+func (e *UnsentError) Error() string {
+	return fmt.Sprintf("events: events not sent at close: %v", e.Unsent)
+}
+
+// New validates cfg and builds a hub. It does no I/O.
+func New(cfg Config, deps Deps) (*Hub, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if (cfg.PubSub.Enabled || cfg.Stream.Enabled) && deps.Redis == nil {
+		return nil, fmt.Errorf("%w: Redis Pub/Sub or Stream enabled without Deps.Redis", ErrInvalidConfig)
+	}
+	h := &Hub{
+		cfg:     cfg,
+		log:     deps.Logger,
+		now:     deps.Now,
+		set:     deps.Metrics,
+		stop:    make(chan struct{}),
+		runDone: make(chan struct{}),
+	}
+	if h.log == nil {
+		h.log = slog.Default()
+	}
+	if h.now == nil {
+		h.now = time.Now
+	}
+	if h.set == nil {
+		h.set = metrics.NewSet()
+	}
+	if cfg.PubSub.Enabled {
+		h.add("pubsub", &pubsubSender{client: deps.Redis, channel: cfg.PubSub.Channel}, cfg.PubSub.Delivery)
+	}
+	if cfg.Stream.Enabled {
+		h.add("stream", &streamSender{client: deps.Redis, key: cfg.Stream.Key, maxLen: cfg.Stream.MaxLen}, cfg.Stream.Delivery)
+	}
+	if cfg.MQTT.Enabled {
+		h.add("mqtt", newMQTTSender(cfg.MQTT, h.log), cfg.MQTT.Delivery)
+	}
+	for i, w := range cfg.Webhooks {
+		name := webhookName(w, i)
+		h.add(name, newWebhookSender(name, w), w.Delivery)
+	}
+	if cfg.SSE.Enabled {
+		h.sse = newSSEHub(cfg.SSE, h.log, h.set)
+		h.add("sse", h.sse, cfg.SSE.Delivery)
+	}
+	if cfg.Alerts.OfflineAfter > 0 || cfg.Alerts.Mass.Enabled {
+		h.al = newAlerts(cfg.Alerts, deps.FleetSize, h.set)
+		h.set.NewGauge("presence_events_offline_tracked", func() float64 {
+			h.pubMu.Lock()
+			defer h.pubMu.Unlock()
+			return float64(h.al.tracked())
+		})
+		h.set.NewGauge("presence_events_incident_active", func() float64 {
+			h.pubMu.Lock()
+			defer h.pubMu.Unlock()
+			if h.al.incidentActive() {
+				return 1
+			}
+			return 0
+		})
+	}
+	return h, nil
+}
+
+func (h *Hub) add(name string, s sender, d DeliveryConfig) {
+	h.dests = append(h.dests, newDest(name, s, d, h.log, h.set))
+}
+
+// Metrics returns the set holding the hub's metrics (Deps.Metrics or the
+// one New created), labelled by destination, never by device.
+func (h *Hub) Metrics() *metrics.Set { return h.set }
+
+// SSEHandler serves GET /v1/events (mount it with api.Server.Handle behind
+// the API's authentication). With SSE disabled it answers 404.
+func (h *Hub) SSEHandler() http.Handler {
+	if h.sse == nil {
+		return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			writeError(w, http.StatusNotFound, "event stream disabled")
+		})
+	}
+	return h.sse
+}
+
+// HandleTransitions implements engine.Sink. It turns the batch into
+// events, updates the alerts, and copies the events into each
+// destination's queue; it returns without waiting for any destination. A
+// full queue drops its oldest events and counts them. Safe for concurrent
+// use, though the engine calls it from one goroutine.
+func (h *Hub) HandleTransitions(batch []engine.Transition) {
+	if len(batch) == 0 {
+		return
+	}
+	h.pubMu.Lock()
+	buf := h.buf[:0]
+	for i := range batch {
+		buf = append(buf, statusRec(&batch[i]))
+	}
+	if h.al != nil {
+		n := len(buf)
+		buf = h.al.observe(batch, h.now(), buf)
+		h.logIncidents(buf[n:])
+	}
+	h.publish(buf)
+	clear(buf) // drop the id strings
+	h.buf = buf[:0]
+	h.pubMu.Unlock()
+}
+
+// publish hands events to every destination. Called with pubMu held.
+func (h *Hub) publish(recs []rec) {
+	for _, d := range h.dests {
+		d.push(recs)
+	}
+}
+
+func (h *Hub) logIncidents(recs []rec) {
+	for i := range recs {
+		r := &recs[i]
+		switch r.typ {
+		case TypeMassOffline:
+			h.log.Warn("events: mass offline incident", logKeyIncident, r.inc.id,
+				logKeyCount, r.inc.count, "fleet", r.inc.fleet, "share", r.inc.share)
+		case TypeMassOfflineRecovered:
+			h.log.Info("events: mass offline incident recovered", logKeyIncident, r.inc.id,
+				logKeyCount, r.inc.count, "recovered", r.inc.recovered, "still_offline", r.inc.stillOffline)
+		}
+	}
+}
+
+// checkAlerts emits the offline alerts due at now, in chunks so that
+// HandleTransitions never waits long for pubMu.
+func (h *Hub) checkAlerts(now time.Time) {
+	var out []rec
+	for more := true; more; {
+		h.pubMu.Lock()
+		out, more = h.al.check(now, out[:0])
+		h.publish(out)
+		h.pubMu.Unlock()
+		clear(out)
+	}
+}
+
+// Run starts a worker per destination and the alert ticker, and blocks
+// until ctx ends or Close is called; then it waits for them and returns
+// nil. Events still queued are sent by Close. It returns ErrClosed after
+// Close.
+func (h *Hub) Run(ctx context.Context) error {
+	h.stateMu.Lock()
+	if h.closed {
+		h.stateMu.Unlock()
+		return ErrClosed
+	}
+	if h.started {
+		h.stateMu.Unlock()
+		return fmt.Errorf("events: Run called twice")
+	}
+	h.started = true
+	ctx, cancel := context.WithCancel(ctx)
+	h.cancelRun = cancel
+	h.stateMu.Unlock()
+	defer close(h.runDone)
+	defer cancel()
+
+	var wg sync.WaitGroup
+	for _, d := range h.dests {
+		if lc, ok := d.s.(lifecycle); ok {
+			lc.start(ctx)
+		}
+		wg.Go(func() { d.run(ctx, h.stop) })
+	}
+	if h.al != nil && h.cfg.Alerts.OfflineAfter > 0 {
+		wg.Go(func() {
+			t := time.NewTicker(h.cfg.Alerts.CheckInterval)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-h.stop:
+					return
+				case <-t.C:
+					h.checkAlerts(h.now())
+				}
+			}
+		})
+	}
+	select {
+	case <-ctx.Done():
+	case <-h.stop:
+	}
+	wg.Wait()
+	return nil
+}
+
+// Close stops Run, ends every SSE stream, and sends what is queued for
+// each destination (all in parallel), retrying until ctx is done. Events
+// handed over afterwards are dropped and counted. It returns an
+// *UnsentError when events were left unsent. Idempotent.
+func (h *Hub) Close(ctx context.Context) error {
+	h.closeOnce.Do(func() { h.closeErr = h.close(ctx) })
+	return h.closeErr
+}
+
+func (h *Hub) close(ctx context.Context) error {
+	h.stateMu.Lock()
+	h.closed = true
+	started := h.started
+	h.stateMu.Unlock()
+	close(h.stop)
+	if h.sse != nil {
+		h.sse.close()
+	}
+	if started {
+		select {
+		case <-h.runDone:
+		case <-ctx.Done():
+			h.cancelRun() // abort sends in flight, then wait for them
+			<-h.runDone
+		}
+	}
+	unsent := map[string]int{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, d := range h.dests {
+		wg.Go(func() {
+			dctx := ctx
+			if !started {
+				// Never connected: count what is queued as unsent.
+				c, cancel := context.WithCancel(ctx)
+				cancel()
+				dctx = c
+			}
+			if n := d.drain(dctx); n > 0 {
+				mu.Lock()
+				unsent[d.name] = n
+				mu.Unlock()
+			}
+			if lc, ok := d.s.(lifecycle); ok && started {
+				lc.stop()
+			}
+		})
+	}
+	wg.Wait()
+	if len(unsent) > 0 {
+		h.log.Error("events: closed with events not sent", logKeyPending, unsent)
+		return &UnsentError{Unsent: unsent}
+	}
+	return nil
+}

@@ -1,0 +1,110 @@
+package events
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/presence-dev/presence/internal/testenv"
+)
+
+func mqttClient(t *testing.T, handler mqtt.MessageHandler) mqtt.Client {
+	t.Helper()
+	c := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(testenv.MQTTURL()).
+		SetClientID(testenv.Name(t)).SetOrderMatters(true).SetDefaultPublishHandler(handler))
+	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("mqtt connect to %s: %v", testenv.MQTTURL(), tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(100) })
+	return c
+}
+
+// TestMQTTRetainedOnceInOrder: a subscriber sees every status change
+// once, in order per device, as "online"/"offline" on devices/{id}/presence
+// (here under a unique prefix); a late subscriber gets each device's last
+// status from the retained message; alerts are not published.
+func TestMQTTRetainedOnceInOrder(t *testing.T) {
+	prefix := testenv.Name(t)
+	cfg := bareConfig()
+	cfg.MQTT.Enabled, cfg.MQTT.BrokerURL = true, testenv.MQTTURL()
+	cfg.MQTT.Topic = prefix + "/{id}/presence"
+	h, err := New(cfg, Deps{Logger: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var mu sync.Mutex
+	var got []Event
+	sub := mqttClient(t, func(_ mqtt.Client, m mqtt.Message) {
+		id := strings.TrimSuffix(strings.TrimPrefix(m.Topic(), prefix+"/"), "/presence")
+		mu.Lock()
+		got = append(got, Event{Type: "status", ID: id, Status: string(m.Payload())})
+		mu.Unlock()
+	})
+	if tok := sub.Subscribe(prefix+"/+/presence", 1, nil); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	t.Cleanup(func() {
+		// Clear the retained messages (an empty retained payload).
+		for i := range 10 {
+			sub.Publish(prefix+"/dev-000"+string(rune('0'+i))+"/presence", 1, true, "").WaitTimeout(time.Second)
+		}
+	})
+	runHub(t, h)
+
+	want := trace(10, 30, 5)
+	feed(h, want, 5)
+	// Alerts are not device states: not published.
+	h.HandleTransitions(nil)
+	h.publish([]rec{{typ: TypeOfflineAlert, id: "dev-0000", at: 1}})
+	testenv.Eventually(t, 20*time.Second, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(got) < len(want) {
+			return fmt.Errorf("received %d of %d", len(got), len(want))
+		}
+		return nil
+	})
+	mu.Lock()
+	// Check order per device by status only: MQTT carries no times.
+	for i := range want {
+		want[i].At = t0
+	}
+	for i := range got {
+		got[i].At = t0
+	}
+	checkOnceInOrder(t, want, got)
+	mu.Unlock()
+
+	// A new subscriber gets the last status of each device, retained.
+	last := map[string]string{}
+	for _, w := range want {
+		last[w.ID] = w.To.String()
+	}
+	retained := map[string]string{}
+	var rmu sync.Mutex
+	late := mqttClient(t, func(_ mqtt.Client, m mqtt.Message) {
+		if !m.Retained() {
+			return
+		}
+		id := strings.TrimSuffix(strings.TrimPrefix(m.Topic(), prefix+"/"), "/presence")
+		rmu.Lock()
+		retained[id] = string(m.Payload())
+		rmu.Unlock()
+	})
+	late.Subscribe(prefix+"/+/presence", 1, nil).WaitTimeout(5 * time.Second)
+	testenv.Eventually(t, 10*time.Second, func() error {
+		rmu.Lock()
+		defer rmu.Unlock()
+		for id, st := range last {
+			if retained[id] != st {
+				return fmt.Errorf("device %s: retained %q, want %q", id, retained[id], st)
+			}
+		}
+		return nil
+	})
+}

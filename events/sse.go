@@ -1,0 +1,347 @@
+package events
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/presence-dev/presence/engine"
+)
+
+// sseHub serves GET /v1/events. It is the sender of the "sse" destination:
+// its worker encodes each event once and hands the bytes to every matching
+// client's bounded buffer. A client whose buffer is full is disconnected,
+// never waited for.
+type sseHub struct {
+	cfg SSEConfig
+	log *slog.Logger
+	enc encoder
+	lim logLimiter
+
+	mu      sync.RWMutex
+	clients map[*sseClient]struct{}
+	closed  bool
+	done    chan struct{} // closed by close: every stream ends
+
+	connects  *metrics.Counter
+	slow      *metrics.Counter
+	rejected  *metrics.Counter
+	delivered *metrics.Counter
+}
+
+type sseClient struct {
+	ch       chan []byte
+	kicked   chan struct{}
+	kickOnce sync.Once
+	f        filter
+}
+
+func (c *sseClient) kick() { c.kickOnce.Do(func() { close(c.kicked) }) }
+
+func newSSEHub(cfg SSEConfig, log *slog.Logger, set *metrics.Set) *sseHub {
+	s := &sseHub{
+		cfg:     cfg,
+		log:     log.With(logKeyDest, "sse"),
+		lim:     logLimiter{every: errLogEvery},
+		clients: make(map[*sseClient]struct{}),
+		done:    make(chan struct{}),
+	}
+	set.NewGauge("presence_events_sse_clients", func() float64 {
+		s.mu.RLock()
+		defer s.mu.RUnlock()
+		return float64(len(s.clients))
+	})
+	s.connects = set.NewCounter("presence_events_sse_connections_total")
+	s.slow = set.NewCounter("presence_events_sse_slow_disconnects_total")
+	s.rejected = set.NewCounter("presence_events_sse_rejected_total")
+	s.delivered = set.NewCounter("presence_events_sse_delivered_total")
+	return s
+}
+
+func (*sseHub) accepts(Type) bool { return true }
+
+// send broadcasts a batch. It never blocks and never fails.
+func (s *sseHub) send(_ context.Context, batch []rec) error {
+	s.mu.RLock()
+	if len(s.clients) == 0 {
+		s.mu.RUnlock()
+		return nil
+	}
+	var kicked []*sseClient
+	delivered := 0
+	for i := range batch {
+		r := &batch[i]
+		var msg []byte // encoded on first match, shared by every client
+		for c := range s.clients {
+			if !c.f.match(r) {
+				continue
+			}
+			if msg == nil {
+				msg = append(msg, "data: "...)
+				msg = s.enc.appendJSON(msg, r)
+				msg = append(msg, '\n', '\n')
+			}
+			select {
+			case c.ch <- msg:
+				delivered++
+			default:
+				kicked = append(kicked, c)
+			}
+		}
+	}
+	s.mu.RUnlock()
+	s.delivered.Add(delivered)
+	if len(kicked) > 0 {
+		s.mu.Lock()
+		n := 0
+		for _, c := range kicked {
+			if _, ok := s.clients[c]; ok {
+				delete(s.clients, c)
+				c.kick()
+				n++
+			}
+		}
+		left := len(s.clients)
+		s.mu.Unlock()
+		s.slow.Add(n)
+		if ok, sup := s.lim.allow(time.Now()); ok && n > 0 {
+			s.log.Warn("events: slow SSE clients disconnected (buffer full)",
+				logKeyDropped, n, logKeyClients, left, logKeySuppressed, sup)
+		}
+	}
+	return nil
+}
+
+// close ends every stream; later requests get 503.
+func (s *sseHub) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.closed {
+		s.closed = true
+		close(s.done)
+	}
+}
+
+func (s *sseHub) register(f filter) (*sseClient, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.closed:
+		return nil, ErrClosed
+	case len(s.clients) >= s.cfg.MaxClients:
+		return nil, errTooManyClients
+	}
+	c := &sseClient{ch: make(chan []byte, s.cfg.ClientBuffer), kicked: make(chan struct{}), f: f}
+	s.clients[c] = struct{}{}
+	return c, nil
+}
+
+func (s *sseHub) unregister(c *sseClient) {
+	s.mu.Lock()
+	delete(s.clients, c)
+	s.mu.Unlock()
+}
+
+var errTooManyClients = errors.New("too many event streams")
+
+// ServeHTTP streams events as text/event-stream until the request's
+// context ends, the client falls behind, or the hub closes.
+func (s *sseHub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		writeError(w, http.StatusMethodNotAllowed, "method not allowed; allowed: GET")
+		return
+	}
+	f, err := parseFilter(r.URL.Query(), s.cfg.MaxFilterIDs)
+	if err != nil {
+		s.rejected.Inc()
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	c, err := s.register(f)
+	if err != nil {
+		s.rejected.Inc()
+		w.Header().Set("Retry-After", "5")
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	defer s.unregister(c)
+	s.connects.Inc()
+
+	rc := http.NewResponseController(w)
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodHead {
+		return
+	}
+	// write sends buf with a deadline of its own: it lifts the server's
+	// WriteTimeout (a stream outlives it) and bounds a write to a stalled
+	// client. A writer without deadlines (ErrNotSupported) just writes.
+	write := func(buf []byte) bool {
+		if err := rc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout)); err != nil && !errors.Is(err, http.ErrNotSupported) {
+			return false
+		}
+		if _, err := w.Write(buf); err != nil {
+			return false
+		}
+		return rc.Flush() == nil
+	}
+	// EventSource reconnects after "retry" ms when the stream ends.
+	if !write([]byte("retry: 2000\n: presence events\n\n")) {
+		return
+	}
+	hb := time.NewTicker(s.cfg.Heartbeat)
+	defer hb.Stop()
+	var buf []byte
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-s.done:
+			return
+		case <-c.kicked:
+			return
+		case <-hb.C:
+			if !write([]byte(": ping\n\n")) {
+				return
+			}
+		case msg := <-c.ch:
+			buf = append(buf[:0], msg...)
+			// Take what else is waiting, up to 64 KiB per write.
+		more:
+			for len(buf) < 64<<10 {
+				select {
+				case m := <-c.ch:
+					buf = append(buf, m...)
+				default:
+					break more
+				}
+			}
+			if !write(buf) {
+				return
+			}
+			hb.Reset(s.cfg.Heartbeat)
+		}
+	}
+}
+
+// filter selects the events of one stream. Zero value: everything.
+type filter struct {
+	ids      map[string]struct{} // nil: any (events without an id excluded otherwise)
+	statuses uint8               // bit per engine.Status; 0: any
+	types    uint8               // bit per Type; 0: any
+}
+
+// match applies each filter to the events that have its field: an event
+// without the field (a mass_offline has no id and no status) does not
+// pass a filter on it.
+func (f *filter) match(r *rec) bool {
+	if f.types != 0 && f.types&(1<<r.typ) == 0 {
+		return false
+	}
+	if f.ids != nil {
+		if r.typ != TypeStatus && r.typ != TypeOfflineAlert {
+			return false
+		}
+		if _, ok := f.ids[r.id]; !ok {
+			return false
+		}
+	}
+	if f.statuses != 0 {
+		var st engine.Status
+		switch r.typ {
+		case TypeStatus:
+			st = r.status
+		case TypeOfflineAlert:
+			st = engine.StatusOffline
+		default:
+			return false
+		}
+		if f.statuses&(1<<st) == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// parseFilter reads ?id=a,b&status=offline&type=status,offline_alert. Each
+// parameter may be repeated; values are comma-separated. Unknown
+// parameters are errors (a typo would otherwise stream everything).
+func parseFilter(q url.Values, maxIDs int) (filter, error) {
+	var f filter
+	for key, vals := range q {
+		switch key {
+		case "id":
+			for _, v := range vals {
+				for id := range strings.SplitSeq(v, ",") {
+					if !engine.ValidID(id) {
+						return filter{}, fmt.Errorf("id: invalid device id %s", quote(id))
+					}
+					if f.ids == nil {
+						f.ids = make(map[string]struct{})
+					}
+					f.ids[id] = struct{}{}
+					if len(f.ids) > maxIDs {
+						return filter{}, fmt.Errorf("id: more than %d ids", maxIDs)
+					}
+				}
+			}
+		case "status":
+			for _, v := range vals {
+				for st := range strings.SplitSeq(v, ",") {
+					switch st {
+					case "online":
+						f.statuses |= 1 << engine.StatusOnline
+					case "offline":
+						f.statuses |= 1 << engine.StatusOffline
+					default:
+						return filter{}, fmt.Errorf("status: %s is not online or offline", quote(st))
+					}
+				}
+			}
+		case "type":
+			for _, v := range vals {
+				for name := range strings.SplitSeq(v, ",") {
+					t, ok := ParseType(name)
+					if !ok {
+						return filter{}, fmt.Errorf("type: unknown event type %s (status, offline_alert, mass_offline, mass_offline_recovered)", quote(name))
+					}
+					f.types |= 1 << t
+				}
+			}
+		default:
+			return filter{}, fmt.Errorf("unknown parameter %s (id, status, type)", quote(key))
+		}
+	}
+	return f, nil
+}
+
+func quote(s string) string {
+	if len(s) > 64 {
+		return strconv.Quote(s[:64]) + "..."
+	}
+	return strconv.Quote(s)
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	body := appendJSONString([]byte(`{"error":`), []byte(msg))
+	body = append(body, "}\n"...)
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(code)
+	_, _ = w.Write(body)
+}

@@ -1,0 +1,130 @@
+package events
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"time"
+)
+
+// Webhook request headers.
+const (
+	// HeaderSignature is "sha256=" + lower-case hex HMAC-SHA256 of the raw
+	// body with WebhookConfig.Secret as the key.
+	HeaderSignature = "X-Presence-Signature"
+	// HeaderTimestamp is the Unix time in seconds the request was sent
+	// (each retry has its own).
+	HeaderTimestamp = "X-Presence-Timestamp"
+	// HeaderDelivery is the batch id, the same on every retry of a batch
+	// and in the body's "batch" field: a receiver that saw it already can
+	// acknowledge and ignore the retry.
+	HeaderDelivery = "X-Presence-Delivery"
+)
+
+// Sign returns the X-Presence-Signature value of body under secret.
+// Receivers compute the same and compare with hmac.Equal.
+func Sign(secret, body []byte) string {
+	m := hmac.New(sha256.New, secret)
+	m.Write(body)
+	return "sha256=" + hex.EncodeToString(m.Sum(nil))
+}
+
+// VerifySignature reports whether header (the X-Presence-Signature value)
+// is body's signature under secret, in constant time.
+func VerifySignature(secret, body []byte, header string) bool {
+	return hmac.Equal([]byte(Sign(secret, body)), []byte(header))
+}
+
+// webhookBatches numbers batches; with the process start time it makes
+// batch ids unique across restarts.
+var (
+	webhookEpoch   = strconv.FormatInt(time.Now().UnixMilli(), 36)
+	webhookBatches atomic.Uint64
+)
+
+// webhookSender POSTs batches to one URL. The body of a batch is built
+// once and kept for its retries, so a retry is byte-identical (same
+// signature, same batch id).
+type webhookSender struct {
+	name   string
+	url    string
+	secret []byte
+	client *http.Client
+	enc    encoder
+
+	// The batch being delivered, identified by its first event (the worker
+	// retries the same inflight slice; a fill may append to it).
+	body    []byte
+	batchID string
+	bodyFor int // len(batch) the body was built for
+	first   rec
+}
+
+func newWebhookSender(name string, cfg WebhookConfig) *webhookSender {
+	c := cfg.Client
+	if c == nil {
+		c = &http.Client{Timeout: cfg.Delivery.Timeout}
+	}
+	return &webhookSender{name: name, url: cfg.URL, secret: []byte(cfg.Secret), client: c}
+}
+
+func (*webhookSender) accepts(Type) bool { return true }
+
+func (w *webhookSender) build(batch []rec) {
+	if w.body != nil && w.bodyFor == len(batch) && w.first == batch[0] {
+		return // a retry of the same batch
+	}
+	w.batchID = webhookEpoch + "-" + strconv.FormatUint(webhookBatches.Add(1), 10)
+	b := append(w.body[:0], `{"batch":"`...)
+	b = append(b, w.batchID...)
+	b = append(b, `","events":[`...)
+	for i := range batch {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = w.enc.appendJSON(b, &batch[i])
+	}
+	w.body = append(b, "]}"...)
+	w.bodyFor, w.first = len(batch), batch[0]
+}
+
+func (w *webhookSender) send(ctx context.Context, batch []rec) error {
+	w.build(batch)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, w.url, bytes.NewReader(w.body))
+	if err != nil {
+		return &permanentError{fmt.Errorf("webhook %s: %w", w.name, err)}
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "presence-events")
+	req.Header.Set(HeaderTimestamp, strconv.FormatInt(time.Now().Unix(), 10))
+	req.Header.Set(HeaderDelivery, w.batchID)
+	if len(w.secret) > 0 {
+		req.Header.Set(HeaderSignature, Sign(w.secret, w.body))
+	}
+	resp, err := w.client.Do(req)
+	if err != nil {
+		return fmt.Errorf("webhook %s: %w", w.name, err)
+	}
+	// Drain a little so the connection can be reused.
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	_ = resp.Body.Close()
+	switch code := resp.StatusCode; {
+	case code >= 200 && code < 300:
+		w.body, w.bodyFor = w.body[:0], 0
+		return nil
+	case code == http.StatusRequestTimeout || code == http.StatusTooManyRequests || code >= 500:
+		return fmt.Errorf("webhook %s: HTTP %d", w.name, code)
+	default:
+		// Any other answer (4xx, 3xx that the client did not follow) will not
+		// change on retry: the batch is dropped and counted.
+		w.body, w.bodyFor = w.body[:0], 0
+		return &permanentError{fmt.Errorf("webhook %s: HTTP %d", w.name, code)}
+	}
+}

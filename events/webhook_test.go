@@ -1,0 +1,256 @@
+package events
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/testenv"
+)
+
+// receiver is a webhook endpoint that verifies signatures and fails its
+// first failFirst requests with 500.
+type receiver struct {
+	t         *testing.T
+	secret    string
+	failFirst int32
+
+	requests atomic.Int32
+	mu       sync.Mutex
+	batches  map[string]bool // batch ids accepted
+	events   []Event
+	badSig   int
+	retried  map[string]int // batch id -> failed attempts
+}
+
+func (rv *receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		return
+	}
+	n := rv.requests.Add(1)
+	rv.mu.Lock()
+	defer rv.mu.Unlock()
+	if !VerifySignature([]byte(rv.secret), body, r.Header.Get(HeaderSignature)) {
+		rv.badSig++
+		http.Error(w, "bad signature", http.StatusUnauthorized)
+		return
+	}
+	if ts, err := strconv.ParseInt(r.Header.Get(HeaderTimestamp), 10, 64); err != nil || time.Since(time.Unix(ts, 0)) > time.Minute {
+		rv.badSig++
+		http.Error(w, "bad timestamp", http.StatusBadRequest)
+		return
+	}
+	var b struct {
+		Batch  string            `json:"batch"`
+		Events []json.RawMessage `json:"events"`
+	}
+	if err := json.Unmarshal(body, &b); err != nil || b.Batch != r.Header.Get(HeaderDelivery) {
+		rv.t.Errorf("bad body %.100s: %v", body, err)
+		return
+	}
+	if n <= rv.failFirst {
+		rv.retried[b.Batch]++
+		http.Error(w, "down", http.StatusInternalServerError)
+		return
+	}
+	if rv.batches[b.Batch] {
+		rv.t.Errorf("batch %s delivered twice", b.Batch)
+	}
+	rv.batches[b.Batch] = true
+	for _, e := range b.Events {
+		rv.events = append(rv.events, decode(rv.t, e))
+	}
+}
+
+func newReceiver(t *testing.T, secret string, failFirst int32) (*receiver, *httptest.Server) {
+	rv := &receiver{t: t, secret: secret, failFirst: failFirst, batches: map[string]bool{}, retried: map[string]int{}}
+	srv := httptest.NewServer(rv)
+	t.Cleanup(srv.Close)
+	return rv, srv
+}
+
+func webhookCfg(url, secret string) WebhookConfig {
+	w := DefaultWebhookConfig(url, secret)
+	w.Delivery.MinBackoff, w.Delivery.MaxBackoff, w.Delivery.BatchSize = 5*time.Millisecond, 40*time.Millisecond, 64
+	return w
+}
+
+// TestWebhookFailsThenRecovers: the receiver answers 500 to its first 5
+// requests; every batch is retried (byte-identical: same batch id, valid
+// signature) until accepted, so every transition arrives once, in order.
+func TestWebhookFailsThenRecovers(t *testing.T) {
+	rv, srv := newReceiver(t, "s3cret", 5)
+	cfg := bareConfig()
+	cfg.Webhooks = []WebhookConfig{webhookCfg(srv.URL, "s3cret")}
+	h, err := New(cfg, Deps{Logger: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runHub(t, h)
+	want := trace(30, 20, 6)
+	feed(h, want, 6)
+	testenv.Eventually(t, 20*time.Second, func() error {
+		rv.mu.Lock()
+		defer rv.mu.Unlock()
+		if len(rv.events) < len(want) {
+			return fmt.Errorf("received %d of %d", len(rv.events), len(want))
+		}
+		return nil
+	})
+	rv.mu.Lock()
+	defer rv.mu.Unlock()
+	checkOnceInOrder(t, want, rv.events)
+	if rv.badSig != 0 {
+		t.Fatalf("%d requests with a bad signature", rv.badSig)
+	}
+	// The failed attempts were of one batch, retried until accepted.
+	for id, n := range rv.retried {
+		if !rv.batches[id] {
+			t.Fatalf("batch %s failed %d times and never arrived", id, n)
+		}
+	}
+	d := h.dests[0]
+	if d.m.retries.Get() < 5 || d.m.errors.Get() < 5 {
+		t.Fatalf("retries %d errors %d, want >= 5", d.m.retries.Get(), d.m.errors.Get())
+	}
+}
+
+// TestWebhookNeverAnswers: a receiver that accepts connections and never
+// answers must not slow HandleTransitions. 2,000 batches are handed over
+// while the only webhook worker is stuck in its first request; each call
+// returns at once (no call waits for the receiver: the test would hang
+// otherwise), the queue stays bounded and the overflow is counted.
+func TestWebhookNeverAnswers(t *testing.T) {
+	block := make(chan struct{})
+	var started atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		started.Add(1)
+		select {
+		case <-block:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(block) })
+
+	cfg := bareConfig()
+	w := webhookCfg(srv.URL, "k")
+	w.Delivery.QueueCapacity, w.Delivery.Timeout = 1000, time.Minute
+	cfg.Webhooks = []WebhookConfig{w}
+	h, err := New(cfg, Deps{Logger: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runDone := make(chan error, 1)
+	go func() { runDone <- h.Run(context.Background()) }()
+	h.HandleTransitions([]engine.Transition{tr("first", engine.StatusUnknown, engine.StatusOnline, t0, engine.CauseTelemetry)})
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if started.Load() == 0 {
+			return fmt.Errorf("no request yet")
+		}
+		return nil
+	})
+
+	// Call HandleTransitions from a goroutine and require it to finish
+	// while the receiver is still blocked: if it waited for the webhook it
+	// could only finish after block is closed (at cleanup).
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		batch := make([]engine.Transition, 100)
+		for i := range 2000 {
+			for j := range batch {
+				batch[j] = tr(fmt.Sprint("d", j), engine.StatusOnline, engine.StatusOffline, t0.Add(time.Duration(i)*time.Second), engine.CauseTimeout)
+			}
+			h.HandleTransitions(batch)
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("HandleTransitions blocked behind a stuck webhook")
+	}
+	d := h.dests[0]
+	if q := d.queued(); q > 1000+w.Delivery.BatchSize {
+		t.Fatalf("queue holds %d, capacity 1000", q)
+	}
+	if dr := d.m.dropped.Get(); dr < 2000*100-1000-1 {
+		t.Fatalf("dropped %d, want about %d", dr, 2000*100-1000)
+	}
+	if started.Load() != 1 {
+		t.Fatalf("%d requests, want 1 (the worker is stuck in it)", started.Load())
+	}
+
+	// Close gives up at its deadline, aborting the stuck request, and says
+	// how much was not sent.
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	err = h.Close(ctx)
+	var ue *UnsentError
+	if !errors.As(err, &ue) || ue.Unsent["webhook_0"] != 1001 {
+		t.Fatalf("Close: %v, want 1001 unsent (1000 queued, 1 in flight)", err)
+	}
+	if err := <-runDone; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestWebhookPermanentFailure: a 4xx answer will not change on retry: the
+// batch is dropped and counted, and the next one is sent.
+func TestWebhookPermanentFailure(t *testing.T) {
+	var n atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if n.Add(1) == 1 {
+			w.WriteHeader(http.StatusBadRequest)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	cfg := bareConfig()
+	cfg.Webhooks = []WebhookConfig{webhookCfg(srv.URL, "")}
+	h, err := New(cfg, Deps{Logger: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := h.dests[0]
+	h.HandleTransitions([]engine.Transition{tr("a", engine.StatusUnknown, engine.StatusOnline, t0, engine.CauseTelemetry)})
+	runHub(t, h)
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if d.m.dropped.Get() != 1 {
+			return fmt.Errorf("dropped %d", d.m.dropped.Get())
+		}
+		return nil
+	})
+	h.HandleTransitions([]engine.Transition{tr("a", engine.StatusOnline, engine.StatusOffline, t0, engine.CauseTimeout)})
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if d.m.sent.Get() != 1 {
+			return fmt.Errorf("sent %d", d.m.sent.Get())
+		}
+		return nil
+	})
+	if d.m.retries.Get() != 0 {
+		t.Fatalf("a 400 was retried")
+	}
+}
+
+func TestSign(t *testing.T) {
+	// echo -n '{"batch":"x","events":[]}' | openssl dgst -sha256 -hmac secret
+	body := []byte(`{"batch":"x","events":[]}`)
+	got := Sign([]byte("secret"), body)
+	if want := "sha256=8af452820a0847fc48cdbfbb25931e275fecd3d55d2de1be3904fcdd9cd870df"; got != want {
+		t.Fatalf("Sign = %q, want %q", got, want)
+	}
+	if !VerifySignature([]byte("secret"), body, got) || VerifySignature([]byte("other"), body, got) {
+		t.Fatal("VerifySignature")
+	}
+}
