@@ -42,7 +42,9 @@ func TestParseFlags(t *testing.T) {
 			return err == nil && len(ts) == 3 && ts[0].Timeout == 30*time.Second && ts[1].Timeout == 10*time.Minute
 		})
 	check("services", nil, getenv("MQTT_URL", "tcp://broker:1883", "REDIS_URL", "redis://r:6379/1", "DATABASE_URL", "postgres://db/x"),
-		func(c Config) bool { return c.MQTTURL == "tcp://broker:1883" && c.redisEnabled() && c.DatabaseURL != "" })
+		func(c Config) bool {
+			return c.MQTTURL == "tcp://broker:1883" && c.redisEnabled() && c.DatabaseURL != ""
+		})
 }
 
 func TestParseFlagsErrors(t *testing.T) {

@@ -99,6 +99,8 @@ func (d *demo) run(ctx context.Context, brokerURL string) error {
 	}
 }
 
-func (d *demo) jitter(max time.Duration) time.Duration { return time.Duration(d.rng.Int64N(int64(max))) }
-func (d *demo) onlineFor() time.Duration              { return 2*d.timeout + d.jitter(4*d.timeout) }
-func (d *demo) silentFor() time.Duration              { return d.timeout + d.timeout/2 + d.jitter(3*d.timeout) }
+func (d *demo) jitter(max time.Duration) time.Duration {
+	return time.Duration(d.rng.Int64N(int64(max)))
+}
+func (d *demo) onlineFor() time.Duration { return 2*d.timeout + d.jitter(4*d.timeout) }
+func (d *demo) silentFor() time.Duration { return d.timeout + d.timeout/2 + d.jitter(3*d.timeout) }
