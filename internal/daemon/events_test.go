@@ -127,3 +127,84 @@ func filter(xs []string, drop string) []string {
 	}
 	return out
 }
+
+// A broker loss (the connection between presenced and the broker cut) makes
+// the whole fleet time out together: one mass_offline incident, not one
+// alert per device, and one mass_offline_recovered when the link is back.
+// Ordinary churn before it (a few devices going quiet) raises nothing.
+func TestBrokerLossIsOneIncident(t *testing.T) {
+	s := newStack(t)
+	c := s.config()
+	const fleet = 200
+	link := testenv.NewProxy(t, strings.TrimPrefix(testenv.MQTTURL(), "tcp://"))
+	c.MQTTURL = "tcp://" + link.Addr()
+	c.Timeout = 2 * time.Second
+	c.MassOfflineCount, c.MassOfflineShare, c.MassOfflineWindow = 100, 0, 10*time.Second
+	ctx := context.Background()
+	sub := s.rdb.Subscribe(ctx, c.EventsChannel)
+	defer sub.Close()
+	if _, err := sub.Receive(ctx); err != nil {
+		t.Fatal(err)
+	}
+	startDaemon(t, c)
+
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	quiet := map[int]bool{7: true, 8: true, 9: true} // churn: they stop after the first round
+	go func() {
+		defer close(done)
+		for round := 0; ; round++ {
+			for id := range fleet {
+				if round == 0 || !quiet[id] {
+					s.pub.Publish(fmt.Sprintf("%s/devices/%d/telemetry", s.name, id), 0, false, "{}")
+				}
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(500 * time.Millisecond):
+			}
+		}
+	}()
+	defer func() { close(stop); <-done }()
+
+	counts := map[string]int{}
+	msgs := sub.Channel()
+	// collect counts events until typ was seen (or, with typ "", until
+	// within has passed).
+	collect := func(typ string, within time.Duration) {
+		t.Helper()
+		deadline := time.After(within)
+		for typ == "" || counts[typ] == 0 {
+			select {
+			case m := <-msgs:
+				var e events.Event
+				if err := json.Unmarshal([]byte(m.Payload), &e); err != nil {
+					t.Fatal(err)
+				}
+				key := e.Type
+				if e.Type == "status" {
+					key += "/" + e.Status
+				}
+				counts[key]++
+			case <-deadline:
+				if typ == "" {
+					return
+				}
+				t.Fatalf("no %s within %v: %v", typ, within, counts)
+			}
+		}
+	}
+	collect("status/offline", 5*time.Second) // the churn: 7, 8 and 9 time out
+	collect("", time.Second)
+	if counts["mass_offline"] != 0 || counts["status/offline"] != 3 {
+		t.Fatalf("churn raised %v", counts)
+	}
+	link.Cut()
+	collect("mass_offline", 10*time.Second)
+	link.Restore()
+	collect("mass_offline_recovered", 20*time.Second)
+	if counts["mass_offline"] != 1 || counts["status/offline"] < fleet-3 {
+		t.Fatalf("events %v", counts)
+	}
+}
