@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/presence-dev/presence/engine"
 	"github.com/presence-dev/presence/events"
 	"github.com/presence-dev/presence/ingest"
@@ -42,6 +44,8 @@ type Config struct {
 	RedisPort     string
 	RedisDB       string
 	RedisPassword string
+	RedisAddrs    []string // Cluster seeds, or Sentinels with RedisMaster
+	RedisMaster   string
 	RedisPrefix   string
 	RedisTTL      time.Duration
 	RedisFlush    time.Duration
@@ -171,6 +175,8 @@ func ParseFlags(args []string, getenv func(string) string, out io.Writer) (Confi
 	s.String(&c.RedisPort, "redis-port", "REDIS_PORT", "Redis port (default 6379)")
 	s.String(&c.RedisDB, "redis-db", "REDIS_DB", "Redis database number (default 0)")
 	s.String(&c.RedisPassword, "redis-password", "REDIS_PASSWORD", "Redis password")
+	s.Var(envflag.NewList(&c.RedisAddrs), "redis-addrs", "REDIS_ADDRS", "Redis Cluster seed nodes, or Sentinel addresses with -redis-master, host:port comma-separated; wins over -redis-url and -redis-host (password and db from them still apply)")
+	s.String(&c.RedisMaster, "redis-master", "REDIS_MASTER_NAME", "Sentinel master name: -redis-addrs are Sentinels")
 	s.String(&c.RedisPrefix, "redis-prefix", "PRESENCE_REDIS_PREFIX", "prefix of the Redis keys {prefix}status:{id} and {prefix}lastseen:{id}; change only with every consumer")
 	s.Duration(&c.RedisTTL, "redis-ttl", "PRESENCE_REDIS_TTL", "TTL of the Redis keys, whole seconds")
 	s.Duration(&c.RedisFlush, "redis-flush-interval", "PRESENCE_REDIS_FLUSH_INTERVAL", "how often changed devices are written to Redis")
@@ -254,8 +260,10 @@ func (c Config) Validate() error {
 		bad("-log-format must be text or json, got %q", c.LogFormat)
 	}
 	if c.redisEnabled() {
-		if _, err := writeback.RedisOptionsFromEnv(c.redisEnv); err != nil {
+		if cl, err := c.redisClient(); err != nil {
 			errs = append(errs, err)
+		} else {
+			cl.Close()
 		}
 		rc := c.redisConfig(nil)
 		if err := rc.Validate(); err != nil {
@@ -302,7 +310,46 @@ func (c Config) topics() ([]ingest.Topic, error) {
 	return out, nil
 }
 
-func (c Config) redisEnabled() bool { return c.RedisURL != "" || c.RedisHost != "" }
+func (c Config) redisEnabled() bool {
+	return c.RedisURL != "" || c.RedisHost != "" || len(c.RedisAddrs) > 0
+}
+
+// redisClient builds the client: a single node from REDIS_URL or
+// REDIS_HOST..., or with REDIS_ADDRS a Cluster client (or a Sentinel-backed
+// failover client when REDIS_MASTER_NAME is set). Key names are the seed's
+// in every case: the Cluster client splits pipelines by slot.
+func (c Config) redisClient() (redis.UniversalClient, error) {
+	getenv := c.redisEnv
+	if len(c.RedisAddrs) > 0 && c.RedisURL == "" && c.RedisHost == "" {
+		getenv = func(name string) string {
+			if name == "REDIS_HOST" {
+				return "localhost" // only password and db are used below
+			}
+			return c.redisEnv(name)
+		}
+	}
+	opts, err := writeback.RedisOptionsFromEnv(getenv)
+	if err != nil {
+		return nil, err
+	}
+	if len(c.RedisAddrs) == 0 {
+		return redis.NewClient(opts), nil
+	}
+	for _, a := range c.RedisAddrs {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return nil, fmt.Errorf("REDIS_ADDRS: %q is not host:port", a)
+		}
+	}
+	return redis.NewUniversalClient(&redis.UniversalOptions{
+		Addrs:         c.RedisAddrs,
+		MasterName:    c.RedisMaster,
+		DB:            opts.DB,
+		Username:      opts.Username,
+		Password:      opts.Password,
+		TLSConfig:     opts.TLSConfig,
+		IsClusterMode: c.RedisMaster == "",
+	}), nil
+}
 
 // redisEnv answers writeback.RedisOptionsFromEnv from the flags.
 func (c Config) redisEnv(name string) string {

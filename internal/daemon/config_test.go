@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 func getenv(kv ...string) func(string) string {
@@ -41,6 +43,24 @@ func TestParseFlags(t *testing.T) {
 			ts, err := c.topics()
 			return err == nil && len(ts) == 3 && ts[0].Timeout == 30*time.Second && ts[1].Timeout == 10*time.Minute
 		})
+	check("cluster", nil, getenv("REDIS_ADDRS", "r1:7000,r2:7000", "REDIS_PASSWORD", "pw"), func(c Config) bool {
+		cl, err := c.redisClient()
+		if err != nil {
+			return false
+		}
+		defer cl.Close()
+		_, isCluster := cl.(*redis.ClusterClient)
+		return c.redisEnabled() && isCluster
+	})
+	check("sentinel", nil, getenv("REDIS_ADDRS", "s1:26379", "REDIS_MASTER_NAME", "mymaster"), func(c Config) bool {
+		cl, err := c.redisClient()
+		if err != nil {
+			return false
+		}
+		defer cl.Close()
+		_, isSingle := cl.(*redis.Client) // a failover client
+		return isSingle
+	})
 	check("services", nil, getenv("MQTT_URL", "tcp://broker:1883", "REDIS_URL", "redis://r:6379/1", "DATABASE_URL", "postgres://db/x"),
 		func(c Config) bool {
 			return c.MQTTURL == "tcp://broker:1883" && c.redisEnabled() && c.DatabaseURL != ""
@@ -66,6 +86,7 @@ func TestParseFlagsErrors(t *testing.T) {
 		{[]string{"-redis-host", "r", "-redis-ttl", "1.5"}, getenv(), "TTL"},
 		{[]string{"-database-url", "postgres://x", "-pg-table", ""}, getenv(), "Table"},
 		{[]string{"-mqtt-connections", "2", "-share-group", ""}, getenv(), "Share"},
+		{nil, getenv("REDIS_ADDRS", "r1"), "REDIS_ADDRS"},
 	} {
 		_, err := ParseFlags(tc.args, tc.env, io.Discard)
 		if !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), tc.want) {

@@ -91,11 +91,10 @@ func (d *Daemon) build() error {
 	}
 
 	if cfg.redisEnabled() {
-		opts, err := writeback.RedisOptionsFromEnv(cfg.redisEnv)
-		if err != nil {
+		var err error
+		if d.redis, err = cfg.redisClient(); err != nil {
 			return err
 		}
-		d.redis = redis.NewClient(opts)
 	}
 	var eng *engine.Engine // the hub's fleet size needs it, once built
 	hub, err := events.New(cfg.eventsConfig(d.BrokerURL()), events.Deps{
