@@ -151,12 +151,17 @@ func (e *Engine) touch(id string, at int64, tmo int) error {
 	sh := e.shardOf(h)
 	sh.mu.Lock()
 	slot, ok := sh.lookup(id, h)
-	if !ok {
+	if ok && sh.rec(slot).flags&flagDetached != 0 {
+		sh.reattach(slot)
+		ok = false // from here on, a new device in its old slot
+	} else if !ok {
 		if sh.n >= MaxDevicesPerShard {
 			sh.mu.Unlock()
 			return ErrFull
 		}
 		slot = sh.add(id, h, e.hash)
+	}
+	if !ok {
 		r := sh.rec(slot)
 		r.lastSeen, r.since, r.flags = at, at, flagOnline
 		if tmo != noTimeout {
@@ -237,7 +242,7 @@ func (e *Engine) lockDevice(id string) (*shard, uint32, error) {
 	sh := e.shardOf(h)
 	sh.mu.Lock()
 	slot, ok := sh.lookup(id, h)
-	if !ok {
+	if !ok || sh.rec(slot).flags&flagDetached != 0 {
 		sh.mu.Unlock()
 		return nil, 0, ErrNotFound
 	}
@@ -333,7 +338,7 @@ func (e *Engine) Counts() Counts {
 	for i := range e.shards {
 		sh := &e.shards[i]
 		sh.mu.Lock()
-		c.Total += sh.n
+		c.Total += sh.n - sh.nDetached
 		c.Online += sh.nOnline
 		sh.mu.Unlock()
 	}
@@ -355,16 +360,19 @@ func (e *Engine) Range(fn func(DeviceState) bool) {
 			buf = buf[:0]
 			sh.mu.Lock()
 			for ; next < sh.n && len(buf) < rangeChunk; next++ {
-				buf = append(buf, e.state(sh, uint32(next)))
+				if sh.rec(uint32(next)).flags&flagDetached == 0 {
+					buf = append(buf, e.state(sh, uint32(next)))
+				}
 			}
+			done := next >= sh.n
 			sh.mu.Unlock()
-			if len(buf) == 0 {
-				break
-			}
 			for _, st := range buf {
 				if !fn(st) {
 					return
 				}
+			}
+			if done {
+				break
 			}
 		}
 	}
@@ -380,6 +388,49 @@ func (e *Engine) Range(fn func(DeviceState) bool) {
 // and reported in the error; the rest are restored.
 func (e *Engine) Restore(recs []DeviceState, now time.Time) error {
 	return e.restore(recs, now, CauseRestart)
+}
+
+// Adopt takes over devices from another owner (a cluster handoff): like
+// Restore, but a device whose deadline passed in the gap turns offline with
+// cause handoff. Devices this engine already times keep their live status.
+func (e *Engine) Adopt(recs []DeviceState, now time.Time) error {
+	return e.restore(recs, now, CauseHandoff)
+}
+
+// Remove stops timing devices handed to another owner and forgets them: no
+// more transitions, no longer counted, listed or found; what they had
+// already queued is still delivered. A later message or Adopt brings a
+// device back as new. Their records stay allocated (about 50 bytes each, so
+// memory stays bounded by the fleet, not by how often devices move). It
+// returns how many were removed; unknown and invalid ids are skipped.
+func (e *Engine) Remove(ids ...string) int {
+	n := 0
+	for _, id := range ids {
+		sh, slot, err := e.lockDevice(id)
+		if err != nil {
+			continue
+		}
+		r := sh.rec(slot)
+		if r.flags&flagOnline != 0 {
+			sh.nOnline--
+		}
+		if r.flags&flagResync != 0 {
+			delete(sh.resync, slot) // its new owner reports it from now on
+		}
+		r.flags = flagDetached // the wheel drops its entry when it comes up
+		sh.nDetached++
+		sh.mu.Unlock()
+		n++
+	}
+	return n
+}
+
+// reattach makes a detached record a blank new device again; the caller
+// fills it in. The shard lock is held.
+func (sh *shard) reattach(slot uint32) {
+	r := sh.rec(slot)
+	r.flags, r.tmo, r.lastSeen, r.since = 0, 0, 0, 0
+	sh.nDetached--
 }
 
 func (e *Engine) restore(recs []DeviceState, now time.Time, cause Cause) error {
@@ -417,17 +468,21 @@ func (e *Engine) restoreOne(d *DeviceState, now int64, cause Cause) error {
 	sh := e.shardOf(h)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if slot, ok := sh.lookup(d.ID, h); ok {
+	slot, ok := sh.lookup(d.ID, h)
+	switch {
+	case ok && sh.rec(slot).flags&flagDetached != 0:
+		sh.reattach(slot)
+	case ok:
 		if r := sh.rec(slot); lastSeen > r.lastSeen {
 			r.lastSeen = lastSeen
 			sh.markDirty(slot)
 		}
 		return nil
-	}
-	if sh.n >= MaxDevicesPerShard {
+	case sh.n >= MaxDevicesPerShard:
 		return ErrFull
+	default:
+		slot = sh.add(d.ID, h, e.hash)
 	}
-	slot := sh.add(d.ID, h, e.hash)
 	r := sh.rec(slot)
 	r.lastSeen, r.tmo = lastSeen, tmo
 	deadline := e.deadline(r)
@@ -698,6 +753,7 @@ type Stats struct {
 	// superseded them.
 	Coalesced, Collapsed uint64
 	Resyncing            int // devices waiting for a catch-up transition
+	Detached             int // devices handed to another owner (Remove)
 	WheelEntries         int // live and stale
 }
 
@@ -717,6 +773,7 @@ func (e *Engine) Stats() Stats {
 		s.Coalesced += sh.st.coalesced
 		resynced += sh.st.resynced
 		s.Resyncing += len(sh.resync)
+		s.Detached += sh.nDetached
 		s.WheelEntries += sh.wheel.n
 		sh.mu.Unlock()
 	}

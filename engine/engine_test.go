@@ -549,3 +549,48 @@ func TestRecordLayout(t *testing.T) {
 		t.Fatalf("long id %q", got)
 	}
 }
+
+// A device handed to another owner is forgotten at once: not timed, not
+// counted, not listed; what it had queued is still delivered; a later
+// message brings it back as new, Adopt brings it back with its state.
+func TestRemoveAndAdopt(t *testing.T) {
+	f := newFixture(t, nil)
+	tr, _ := f.e.NewTracker()
+	f.touch("a", 0)
+	f.touch("b", 0)
+	if n := f.e.Remove("a", "ghost", "bad id"); n != 1 {
+		t.Fatalf("removed %d", n)
+	}
+	if _, err := f.e.Device("a"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Device after Remove: %v", err)
+	}
+	if c := f.e.Counts(); c != (Counts{Total: 1, Online: 1}) {
+		t.Fatalf("counts %+v", c)
+	}
+	if got := tr.Drain(nil, 10); len(got) != 1 || got[0].ID != "b" {
+		t.Fatalf("drained %+v", got)
+	}
+	if got := f.at(0); len(got) != 2 { // both online transitions were queued before
+		t.Fatalf("delivered %+v", got)
+	}
+	if got := f.at(2 * time.Minute); len(got) != 1 || got[0].ID != "b" {
+		t.Fatalf("the removed device was still timed: %+v", got)
+	}
+	if s := f.e.Stats(); s.Detached != 1 {
+		t.Fatalf("stats %+v", s)
+	}
+
+	f.touch("a", 3*time.Minute)
+	wantOne(t, f.at(3*time.Minute), "a", StatusUnknown, StatusOnline, t0.Add(3*time.Minute), CauseTelemetry)
+
+	// Adopt: the old owner's state, deadline passed during the handoff.
+	f.e.Remove("a")
+	now := t0.Add(5 * time.Minute)
+	if err := f.e.Adopt([]DeviceState{{ID: "a", Status: StatusOnline, LastSeen: now.Add(-90 * time.Second)}}, now); err != nil {
+		t.Fatal(err)
+	}
+	wantOne(t, f.at(5*time.Minute), "a", StatusOnline, StatusOffline, now.Add(-30*time.Second), CauseHandoff)
+	if c := f.e.Counts(); c != (Counts{Total: 2, Offline: 2}) {
+		t.Fatalf("counts %+v", c)
+	}
+}

@@ -22,7 +22,8 @@ func Example() {
 		panic(err)
 	}
 
-	e.Touch("123", now)                                                          // first message: online
+	e.Touch("123", now) // first message: online
+	e.Deliver()
 	e.TouchBatch([]engine.Touch{{ID: "456", At: now, Timeout: 5 * time.Second}}) // a fast sensor
 	e.Deliver()
 

@@ -146,6 +146,47 @@ func (m *model) setTimeout(id string, tmo time.Duration) {
 	}
 }
 
+// remove hands a device to another owner: it is forgotten, but what it had
+// queued is still delivered.
+func (m *model) remove(id string) {
+	m.t.Helper()
+	want := 0
+	if m.devs[id] != nil {
+		want = 1
+	}
+	if got := m.f.e.Remove(id); got != want {
+		m.t.Fatalf("Remove(%s) = %d, want %d", id, got, want)
+	}
+	delete(m.devs, id)
+	if _, err := m.f.e.Device(id); err == nil {
+		m.t.Fatalf("%s still found after Remove", id)
+	}
+}
+
+// adopt takes a device over from another owner with the state it had there.
+func (m *model) adopt(id string, st Status, lastSeen time.Time, tmo time.Duration) {
+	m.t.Helper()
+	if err := m.f.e.Adopt([]DeviceState{{ID: id, Status: st, LastSeen: lastSeen, Timeout: tmo}}, m.now); err != nil {
+		m.t.Fatalf("Adopt(%s): %v", id, err)
+	}
+	if d := m.devs[id]; d != nil { // known here: only last_seen merges
+		if lastSeen.After(d.lastSeen) {
+			d.lastSeen = lastSeen
+		}
+		return
+	}
+	deadline := lastSeen.Add(tmo)
+	switch {
+	case st == StatusOnline && deadline.After(m.now):
+		m.devs[id] = &modelDev{status: StatusOnline, lastSeen: lastSeen, since: lastSeen, timeout: tmo, armed: m.now}
+	case st == StatusOnline:
+		m.devs[id] = &modelDev{status: StatusOffline, lastSeen: lastSeen, since: deadline, timeout: tmo, armed: m.now}
+		m.expect(Transition{ID: id, From: StatusOnline, To: StatusOffline, At: deadline, Cause: CauseHandoff})
+	default:
+		m.devs[id] = &modelDev{status: StatusOffline, lastSeen: lastSeen, since: deadline, timeout: tmo, armed: m.now}
+	}
+}
+
 // step advances the clock to now and checks everything delivered.
 func (m *model) step(now time.Time) {
 	m.t.Helper()
@@ -156,6 +197,20 @@ func (m *model) step(now time.Time) {
 	got := map[string][]Transition{}
 	for _, tr := range m.f.rec.take() {
 		got[tr.ID] = append(got[tr.ID], tr)
+	}
+	for id, want := range m.want { // transitions of devices removed since
+		if m.devs[id] == nil {
+			g := got[id]
+			if len(g) != len(want) {
+				m.t.Fatalf("removed %s: got %v, want %v", id, g, want)
+			}
+			for i := range want {
+				if !sameTransition(g[i], want[i]) {
+					m.t.Fatalf("removed %s transition %d: got %+v, want %+v", id, i, g[i], want[i])
+				}
+			}
+			delete(got, id)
+		}
 	}
 	for id, d := range m.devs {
 		if id == traceID {
@@ -246,6 +301,11 @@ func TestModel(t *testing.T) {
 					m.markOffline(id, jitter(2*time.Second))
 				case p < 74:
 					m.setTimeout(id, modelTimeouts[rng.IntN(len(modelTimeouts))])
+				case p < 76:
+					m.remove(id)
+				case p < 78:
+					st := []Status{StatusOnline, StatusOffline}[rng.IntN(2)]
+					m.adopt(id, st, jitter(90*time.Second), modelTimeouts[rng.IntN(4)])
 				default:
 					var d time.Duration
 					switch q := rng.IntN(100); {

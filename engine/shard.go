@@ -56,6 +56,12 @@ const (
 	flagReported // the sink was told a status (else it knows none)
 	flagReportedOnline
 	flagResync // coalescing: later transitions go to shard.resync
+	// flagDetached: Remove handed the device to another owner. Its record
+	// and index cell stay (so a device that comes back reuses them and no
+	// queued transition can ever point at another device), but it is not
+	// timed, counted, listed or reported until a message or Adopt brings
+	// it back.
+	flagDetached
 )
 
 func (r *rec) status() Status {
@@ -131,6 +137,7 @@ type shard struct {
 	trackMask uint8 // the bits of the trackers that exist
 	queueCap  int
 	nOnline   int
+	nDetached int
 	st        shardStats
 
 	_ [64]byte // keep neighbouring shards' locks off this cache line

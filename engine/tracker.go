@@ -43,7 +43,12 @@ func (t *Tracker) Drain(dst []DeviceState, max int) []DeviceState {
 		for ; d.head < len(d.items) && max > 0; max-- {
 			slot := d.items[d.head]
 			d.head++
-			sh.rec(slot).dirty &^= 1 << t.idx
+			r := sh.rec(slot)
+			r.dirty &^= 1 << t.idx
+			if r.flags&flagDetached != 0 {
+				max++ // handed over: its new owner writes it
+				continue
+			}
 			dst = append(dst, t.e.state(sh, slot))
 		}
 		if d.head == len(d.items) {
