@@ -149,5 +149,5 @@ func (s *Server) batchGet(w http.ResponseWriter, r *http.Request) {
 	for i, c := range n {
 		s.m.batchIDs[i].Add(c)
 	}
-	writeJSON(w, http.StatusOK, out)
+	WriteJSON(w, http.StatusOK, out)
 }

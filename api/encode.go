@@ -130,9 +130,10 @@ func appendError(b []byte, msg string) []byte {
 	return append(b, "}\n"...)
 }
 
-// writeJSON writes a complete JSON response. API answers describe live state,
-// so none may be cached.
-func writeJSON(w http.ResponseWriter, code int, body []byte) {
+// WriteJSON writes body, a complete JSON document, with code and the API's
+// headers. API answers describe live state, so none may be cached. Handlers
+// mounted with Server.Handle (the report endpoints) answer through it too.
+func WriteJSON(w http.ResponseWriter, code int, body []byte) {
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("Cache-Control", "no-store")
@@ -142,9 +143,9 @@ func writeJSON(w http.ResponseWriter, code int, body []byte) {
 	w.Write(body) //nolint:errcheck // the client went away; nothing to do
 }
 
-// writeError writes {"error": msg} with code.
-func writeError(w http.ResponseWriter, code int, msg string) {
-	writeJSON(w, code, appendError(make([]byte, 0, 32+len(msg)), msg))
+// WriteError writes {"error": msg} (an Error) with code, as WriteJSON.
+func WriteError(w http.ResponseWriter, code int, msg string) {
+	WriteJSON(w, code, appendError(make([]byte, 0, 32+len(msg)), msg))
 }
 
 // quoteID quotes an id for an error message, bounded: ids come from

@@ -23,7 +23,7 @@ func (s *Server) device(w http.ResponseWriter, r *http.Request) {
 	st, err := s.store.Device(id)
 	switch {
 	case errors.Is(err, engine.ErrNotFound) || (err == nil && st.Status == engine.StatusUnknown):
-		writeError(w, http.StatusNotFound, "device "+quoteID(id)+" not found")
+		WriteError(w, http.StatusNotFound, "device "+quoteID(id)+" not found")
 		return
 	case errors.Is(err, engine.ErrInvalidID):
 		s.reject(w, r, http.StatusBadRequest, reasonInvalidID, "invalid device id "+quoteID(id)+invalidIDMsg)
@@ -33,7 +33,7 @@ func (s *Server) device(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	b := appendDevice(make([]byte, 0, 192), &st)
-	writeJSON(w, http.StatusOK, append(b, '\n'))
+	WriteJSON(w, http.StatusOK, append(b, '\n'))
 }
 
 // statsHandler serves GET /v1/stats.
@@ -48,7 +48,7 @@ func (s *Server) statsHandler(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, append(b, '\n'))
+	WriteJSON(w, http.StatusOK, append(b, '\n'))
 }
 
 // metricsHandler serves GET /metrics: every set, then the Go runtime and
@@ -71,7 +71,7 @@ var (
 
 // healthz serves GET /healthz: 200 while the process serves.
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, okBody)
+	WriteJSON(w, http.StatusOK, okBody)
 }
 
 // readyz serves GET /readyz: 200 once Config.Ready returns nil, 503 with
@@ -79,9 +79,9 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	if s.cfg.Ready != nil {
 		if err := s.cfg.Ready(); err != nil {
-			writeError(w, http.StatusServiceUnavailable, "not ready: "+err.Error())
+			WriteError(w, http.StatusServiceUnavailable, "not ready: "+err.Error())
 			return
 		}
 	}
-	writeJSON(w, http.StatusOK, readyBody)
+	WriteJSON(w, http.StatusOK, readyBody)
 }

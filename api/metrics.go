@@ -2,11 +2,12 @@ package api
 
 import (
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/presence-dev/presence/internal/metricsx"
 )
 
 // reason is why a request was refused, a label of
@@ -80,7 +81,7 @@ type routeMetrics struct {
 var durationBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}
 
 func newRouteMetrics(set *metrics.Set, route string) *routeMetrics {
-	rm := &routeMetrics{set: set, label: `route="` + escapeLabel(route) + `"`}
+	rm := &routeMetrics{set: set, label: metricsx.Label("route", route)}
 	rm.dur = set.GetOrCreatePrometheusHistogramExt(
 		"presence_api_request_duration_seconds{"+rm.label+"}", durationBuckets)
 	return rm
@@ -106,28 +107,4 @@ func (rm *routeMetrics) counter(code int) *metrics.Counter {
 
 func (rm *routeMetrics) name(code int) string {
 	return "presence_api_requests_total{" + rm.label + `,code="` + strconv.Itoa(code) + `"}`
-}
-
-// escapeLabel escapes a Prometheus label value.
-func escapeLabel(s string) string {
-	return strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`).Replace(s)
-}
-
-// rateLimiter allows one event per interval and counts the others. It is
-// lock-free.
-type rateLimiter struct {
-	next       atomic.Int64 // unix nanoseconds before which events are suppressed
-	suppressed atomic.Int64
-}
-
-// allow reports whether an event at now may be logged, and how many were
-// suppressed since the last allowed one.
-func (r *rateLimiter) allow(now time.Time, every time.Duration) (ok bool, suppressed int64) {
-	n := now.UnixNano()
-	next := r.next.Load()
-	if n < next || !r.next.CompareAndSwap(next, n+int64(every)) {
-		r.suppressed.Add(1)
-		return false, 0
-	}
-	return true, r.suppressed.Swap(0)
 }

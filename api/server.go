@@ -15,6 +15,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/ratelog"
 )
 
 // Store is what the API reads: *engine.Engine satisfies it.
@@ -53,8 +54,8 @@ type Server struct {
 	token [sha256.Size]byte // hash of Config.Token, compared in constant time
 	auth  bool
 
-	rejectLog [numReasons]rateLimiter
-	errorLog  rateLimiter // internal errors and panics
+	rejectLog *ratelog.Limiter[reason]
+	errorLog  *ratelog.Limiter[struct{}] // internal errors and panics
 
 	batchPool sync.Pool // *batchBuf
 }
@@ -80,6 +81,8 @@ func New(cfg Config, store Store) (*Server, error) {
 		set = metrics.NewSet()
 	}
 	s.m = newAPIMetrics(set)
+	s.rejectLog = ratelog.New[reason](cfg.LogInterval, nil)
+	s.errorLog = ratelog.New[struct{}](cfg.LogInterval, nil)
 	s.unmatched = newRouteMetrics(set, "unmatched")
 	for _, x := range append(cfg.MetricSets[:len(cfg.MetricSets):len(cfg.MetricSets)], set) {
 		if !containsSet(s.sets, x) {
@@ -203,13 +206,13 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 // was written yet.
 func (s *Server) recovered(rec *recorder, r *http.Request, p any) {
 	s.m.panics.Inc()
-	if ok, n := s.errorLog.allow(time.Now(), s.cfg.LogInterval); ok {
+	if ok, n := s.errorLog.Allow(struct{}{}); ok {
 		s.log.Error("api: handler panic", "method", r.Method, "path", truncate(r.URL.Path, 128),
 			"panic", fmt.Sprint(p), "stack", string(debug.Stack()), "suppressed", n)
 	}
 	if !rec.wroteHeader {
 		rec.recovered = true
-		writeError(rec, http.StatusInternalServerError, "internal error")
+		WriteError(rec, http.StatusInternalServerError, "internal error")
 	}
 }
 
@@ -235,13 +238,13 @@ func (s *Server) finish(rec *recorder, r *http.Request, d time.Duration) {
 // reject answers a refused request with {"error": msg}, counts it and logs
 // it at a limited rate.
 func (s *Server) reject(w http.ResponseWriter, r *http.Request, code int, why reason, msg string) {
-	writeError(w, code, msg)
+	WriteError(w, code, msg)
 	s.count(r, code, why, msg)
 }
 
 func (s *Server) count(r *http.Request, code int, why reason, msg string) {
 	s.m.rejected[why].Inc()
-	if ok, n := s.rejectLog[why].allow(time.Now(), s.cfg.LogInterval); ok {
+	if ok, n := s.rejectLog.Allow(why); ok {
 		s.log.Info("api: request rejected", "reason", why.String(), "status", code,
 			"method", r.Method, "path", truncate(r.URL.Path, 128), "remote", r.RemoteAddr,
 			"error", msg, "suppressed", n)
@@ -250,11 +253,11 @@ func (s *Server) count(r *http.Request, code int, why reason, msg string) {
 
 // fail answers 500 for an unexpected store error, logged at a limited rate.
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
-	if ok, n := s.errorLog.allow(time.Now(), s.cfg.LogInterval); ok {
+	if ok, n := s.errorLog.Allow(struct{}{}); ok {
 		s.log.Error("api: internal error", "method", r.Method, "path", truncate(r.URL.Path, 128),
 			"error", err.Error(), "suppressed", n)
 	}
-	writeError(w, http.StatusInternalServerError, "internal error")
+	WriteError(w, http.StatusInternalServerError, "internal error")
 }
 
 // truncate bounds client input quoted in a log line.
@@ -304,7 +307,7 @@ func (rec *recorder) rewriteError(code int) {
 	default:
 		rec.msg = strings.ToLower(http.StatusText(code))
 	}
-	writeJSON(rec.ResponseWriter, code, appendError(nil, rec.msg))
+	WriteJSON(rec.ResponseWriter, code, appendError(nil, rec.msg))
 }
 
 func (rec *recorder) Write(p []byte) (int, error) {

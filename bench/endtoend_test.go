@@ -64,18 +64,10 @@ func BenchmarkEndToEnd(b *testing.B) {
 // reports how long that took (flush-ms, durable-msgs/s).
 func benchPresence(b *testing.B) {
 	f := newFixture(b, e2eDevices)
-	cfg := daemon.DefaultConfig()
-	cfg.MQTTURL = testenv.MQTTURL()
-	cfg.MQTTClientID = f.name
-	cfg.ShareGroup = f.name
-	cfg.TelemetryTopics = []string{f.name + "/devices/{id}/telemetry"}
-	cfg.StatusTopics = []string{f.name + "/devices/{id}/status"}
-	cfg.RedisURL = testenv.RedisURL()
-	cfg.RedisPrefix = f.prefix
+	cfg := f.daemonConfig()
 	cfg.DatabaseURL = testenv.DatabaseURL()
 	cfg.PGTable = f.devices
 	cfg.HistoryTable = f.history
-	cfg.HTTPAddr = "127.0.0.1:0"
 	if cfg.MQTTConnections != e2eConns || cfg.MQTTQoS != e2eSubQoS {
 		b.Fatalf("daemon defaults changed (%d connections, QoS %d): update the benchmark's workload", cfg.MQTTConnections, cfg.MQTTQoS)
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/presence-dev/presence/internal/daemon"
 	"github.com/presence-dev/presence/internal/testenv"
 )
 
@@ -82,6 +83,22 @@ func newFixture(tb testing.TB, n int) *fixture {
 
 // topic is the telemetry topic of device id under the fixture's root.
 func (f *fixture) topic(id int64) string { return fmt.Sprintf("%s/devices/%d/telemetry", f.name, id) }
+
+// daemonConfig is the daemon's DefaultConfig on the fixture's names: its
+// topics, share group and Redis prefix, the test broker and Redis, the HTTP
+// API on a free port. No Postgres: set DatabaseURL and the tables for it.
+func (f *fixture) daemonConfig() daemon.Config {
+	cfg := daemon.DefaultConfig()
+	cfg.MQTTURL = testenv.MQTTURL()
+	cfg.MQTTClientID = f.name
+	cfg.ShareGroup = f.name
+	cfg.TelemetryTopics = []string{f.name + "/devices/{id}/telemetry"}
+	cfg.StatusTopics = []string{f.name + "/devices/{id}/status"}
+	cfg.RedisURL = testenv.RedisURL()
+	cfg.RedisPrefix = f.prefix
+	cfg.HTTPAddr = "127.0.0.1:0"
+	return cfg
+}
 
 // unlinkPrefix removes every key starting with prefix: SCAN, then UNLINK in
 // pipelines of 1000 keys. It returns how many keys it removed.

@@ -231,15 +231,7 @@ func verifyHydrated(b *testing.B, eng *engine.Engine, n, devices int, base, now 
 // stored keys and returns how long its start-up hydration took, as it logs
 // it, after checking the device count it logs.
 func daemonHydrate(f *fixture, devices int) (time.Duration, error) {
-	cfg := daemon.DefaultConfig()
-	cfg.MQTTURL = testenv.MQTTURL()
-	cfg.MQTTClientID = f.name
-	cfg.ShareGroup = f.name
-	cfg.TelemetryTopics = []string{f.name + "/devices/{id}/telemetry"}
-	cfg.StatusTopics = []string{f.name + "/devices/{id}/status"}
-	cfg.RedisURL = testenv.RedisURL()
-	cfg.RedisPrefix = f.prefix
-	cfg.HTTPAddr = "127.0.0.1:0"
+	cfg := f.daemonConfig() // Redis only, no Postgres
 	logs := &hydrateLog{}
 	d, err := daemon.New(cfg, slog.New(logs))
 	if err != nil {

@@ -3,12 +3,15 @@ package events
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/presence-dev/presence/internal/backoff"
+	"github.com/presence-dev/presence/internal/metricsx"
+	"github.com/presence-dev/presence/internal/ratelog"
 )
 
 // sender is one destination's transport. send delivers a whole batch or
@@ -41,8 +44,7 @@ type dest struct {
 	s    sender
 	cfg  DeliveryConfig
 	log  *slog.Logger
-	lim  logLimiter // send failures
-	dlim logLimiter // drops
+	lim  *ratelog.Limiter[logLine] // send failures, drops
 
 	mu       sync.Mutex // guards the ring, closed and the drop count
 	ring     []rec      // grows by doubling up to QueueCapacity
@@ -65,11 +67,10 @@ func newDest(name string, s sender, cfg DeliveryConfig, log *slog.Logger, set *m
 	d := &dest{
 		name: name, s: s, cfg: cfg,
 		log:  log.With(logKeyDest, name),
-		lim:  logLimiter{every: errLogEvery},
-		dlim: logLimiter{every: errLogEvery},
+		lim:  newLogLimiter(),
 		kick: make(chan struct{}, 1),
 	}
-	label := fmt.Sprintf(`{dest=%q}`, name)
+	label := "{" + metricsx.Label("dest", name) + "}"
 	d.m = destMetrics{
 		sent:    set.NewCounter("presence_events_sent_total" + label),
 		dropped: set.NewCounter("presence_events_dropped_total" + label),
@@ -130,7 +131,7 @@ func (d *dest) grow() {
 }
 
 func (d *dest) logDrops() {
-	ok, sup := d.dlim.allow(time.Now())
+	ok, sup := d.lim.Allow(lineDropped)
 	if !ok {
 		return
 	}
@@ -184,7 +185,7 @@ func (d *dest) sendInflight(ctx context.Context) error {
 	case errors.As(err, &perm):
 		d.m.errors.Inc()
 		d.m.dropped.Add(n)
-		if ok, sup := d.lim.allow(time.Now()); ok {
+		if ok, sup := d.lim.Allow(lineSendFailed); ok {
 			d.log.Error("events: batch refused by the destination, dropped",
 				logKeyErr, err, logKeyDropped, n, logKeySuppressed, sup)
 		}
@@ -233,8 +234,8 @@ func (d *dest) run(ctx context.Context, stop <-chan struct{}) {
 			return
 		}
 		failures++
-		wait := backoff(d.cfg.MinBackoff, d.cfg.MaxBackoff, failures)
-		if ok, sup := d.lim.allow(time.Now()); ok {
+		wait := backoff.Delay(d.cfg.MinBackoff, d.cfg.MaxBackoff, failures)
+		if ok, sup := d.lim.Allow(lineSendFailed); ok {
 			d.log.Warn("events: send failed, retrying",
 				logKeyErr, err, logKeyAttempt, failures, logKeyBackoff, wait,
 				logKeyPending, d.queued(), logKeySuppressed, sup)
@@ -261,7 +262,7 @@ func (d *dest) drain(ctx context.Context) int {
 		}
 		if err := d.sendInflight(ctx); err != nil {
 			attempt++
-			if !sleepCtx(ctx, nil, backoff(d.cfg.MinBackoff, d.cfg.MaxBackoff, attempt)) {
+			if !sleepCtx(ctx, nil, backoff.Delay(d.cfg.MinBackoff, d.cfg.MaxBackoff, attempt)) {
 				break
 			}
 			continue

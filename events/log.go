@@ -3,9 +3,9 @@ package events
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
-	"sync"
 	"time"
+
+	"github.com/presence-dev/presence/internal/ratelog"
 )
 
 // Constant log attribute keys (STYLE.md).
@@ -26,38 +26,17 @@ const (
 // per destination per interval, carrying the number suppressed.
 const errLogEvery = 5 * time.Second
 
-// logLimiter lets one log line through per interval and counts the rest.
-type logLimiter struct {
-	mu         sync.Mutex
-	every      time.Duration
-	last       time.Time
-	suppressed int
-}
+// logLine is a kind of rate-limited log line, a key of a
+// ratelog.Limiter: at most one line of each kind per errLogEvery.
+type logLine uint8
 
-func (l *logLimiter) allow(now time.Time) (bool, int) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if !l.last.IsZero() && now.Sub(l.last) < l.every {
-		l.suppressed++
-		return false, 0
-	}
-	n := l.suppressed
-	l.last, l.suppressed = now, 0
-	return true, n
-}
+const (
+	lineSendFailed  logLine = iota // a send failed or was refused
+	lineDropped                    // events dropped from a full queue
+	lineSlowClients                // slow SSE clients disconnected
+)
 
-// backoff is the wait before retry number attempt (1-based): exponential
-// from minD, capped at maxD, with "equal jitter" (uniform in [d/2, d]) so
-// that many destinations failing together do not retry in lockstep.
-func backoff(minD, maxD time.Duration, attempt int) time.Duration {
-	d := minD
-	for i := 1; i < attempt && d < maxD; i++ {
-		d *= 2
-	}
-	d = min(d, maxD)
-	half := d / 2
-	return half + rand.N(d-half+1)
-}
+func newLogLimiter() *ratelog.Limiter[logLine] { return ratelog.New[logLine](errLogEvery, nil) }
 
 // sleepCtx waits d, or until ctx is done or stop is closed (false then).
 func sleepCtx(ctx context.Context, stop <-chan struct{}, d time.Duration) bool {

@@ -15,6 +15,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/ratelog"
 )
 
 // sseHub serves GET /v1/events. It is the sender of the "sse" destination:
@@ -25,7 +26,7 @@ type sseHub struct {
 	cfg SSEConfig
 	log *slog.Logger
 	enc encoder
-	lim logLimiter
+	lim *ratelog.Limiter[logLine]
 
 	mu      sync.RWMutex
 	clients map[*sseClient]struct{}
@@ -51,7 +52,7 @@ func newSSEHub(cfg SSEConfig, log *slog.Logger, set *metrics.Set) *sseHub {
 	s := &sseHub{
 		cfg:     cfg,
 		log:     log.With(logKeyDest, "sse"),
-		lim:     logLimiter{every: errLogEvery},
+		lim:     newLogLimiter(),
 		clients: make(map[*sseClient]struct{}),
 		done:    make(chan struct{}),
 	}
@@ -113,7 +114,7 @@ func (s *sseHub) send(_ context.Context, batch []rec) error {
 		left := len(s.clients)
 		s.mu.Unlock()
 		s.slow.Add(n)
-		if ok, sup := s.lim.allow(time.Now()); ok && n > 0 {
+		if ok, sup := s.lim.Allow(lineSlowClients); ok && n > 0 {
 			s.log.Warn("events: slow SSE clients disconnected (buffer full)",
 				logKeyDropped, n, logKeyClients, left, logKeySuppressed, sup)
 		}

@@ -6,7 +6,6 @@ import (
 	"hash/maphash"
 	"math/rand/v2"
 	"net"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +14,8 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/presence-dev/presence/engine"
+
+	"github.com/presence-dev/presence/internal/testenv"
 )
 
 var benchTopics = []Topic{
@@ -197,10 +198,7 @@ func BenchmarkHandoff(b *testing.B) {
 //
 //	go test -run '^$' -bench 'BenchmarkMosquitto' -benchtime 200000x -count 5 ./ingest/
 func BenchmarkMosquitto(b *testing.B) {
-	url := os.Getenv("MQTT_URL")
-	if url == "" {
-		url = "tcp://127.0.0.1:1883"
-	}
+	url := testenv.MQTTURL()
 	if c, err := net.DialTimeout("tcp", strings.TrimPrefix(url, "tcp://"), time.Second); err != nil {
 		b.Skipf("no broker at %s: %v", url, err)
 	} else {

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/presence-dev/presence/internal/ratelog"
 )
 
 // conn is one subscriber connection.
@@ -29,8 +31,16 @@ type conn struct {
 	subscribed atomic.Bool   // the current connection's SUBACK succeeded
 	lastErr    atomic.Pointer[connError]
 
-	lostLog, failLog rateLimiter
+	log *ratelog.Limiter[connLine] // per LogInterval: one line lost, one line failed
 }
+
+// connLine is a kind of log line of a connection, a key of conn.log.
+type connLine uint8
+
+const (
+	lineLost   connLine = iota // connection lost
+	lineFailed                 // connect or subscribe failed
+)
 
 type connError struct{ err error }
 
@@ -38,7 +48,7 @@ func (in *Ingester) newConns() []*conn {
 	nonce := strconv.FormatUint(uint64(rand.Uint32()), 16)
 	conns := make([]*conn, in.cfg.Connections)
 	for i := range conns {
-		c := &conn{in: in, idx: i}
+		c := &conn{in: in, idx: i, log: ratelog.New[connLine](in.cfg.LogInterval, in.clock)}
 		if in.cfg.CleanSession {
 			c.id = in.cfg.ClientIDPrefix + "-" + nonce + "-" + strconv.Itoa(i)
 		} else {
@@ -137,7 +147,7 @@ func (c *conn) onConnect() {
 		}
 		in.m.subErrs.Inc()
 		c.lastErr.Store(&connError{err})
-		if ok, sup := c.failLog.allow(time.Now(), in.cfg.LogInterval); ok {
+		if ok, sup := c.log.Allow(lineFailed); ok {
 			in.log.Error("ingest: subscribe failed", "conn", c.idx, "error", err, "suppressed", sup)
 		}
 		if !c.client.IsConnectionOpen() || c.gen.Load() != gen {
@@ -183,7 +193,7 @@ func (c *conn) onLost(err error) {
 	in := c.in
 	in.m.lost.Inc()
 	c.lastErr.Store(&connError{err})
-	if ok, sup := c.lostLog.allow(time.Now(), in.cfg.LogInterval); ok {
+	if ok, sup := c.log.Allow(lineLost); ok {
 		in.log.Warn("ingest: connection lost, reconnecting", "conn", c.idx, "error", err, "suppressed", sup)
 	}
 }
@@ -200,7 +210,7 @@ func (c *conn) onNotification(_ mqtt.Client, n mqtt.ConnectionNotification) {
 		return
 	}
 	c.lastErr.Store(&connError{err})
-	if ok, sup := c.failLog.allow(time.Now(), c.in.cfg.LogInterval); ok {
+	if ok, sup := c.log.Allow(lineFailed); ok {
 		c.in.log.Warn("ingest: connection attempt failed", "conn", c.idx,
 			"broker", redact(c.in.cfg.BrokerURL), "error", err, "suppressed", sup)
 	}

@@ -368,23 +368,6 @@ func TestConfigValidate(t *testing.T) {
 	}
 }
 
-func TestRateLimiter(t *testing.T) {
-	var r rateLimiter
-	t0 := time.Unix(1000, 0)
-	if ok, _ := r.allow(t0, time.Second); !ok {
-		t.Fatal("first event suppressed")
-	}
-	for i := range 5 {
-		if ok, _ := r.allow(t0.Add(time.Duration(i)*100*time.Millisecond), time.Second); ok {
-			t.Fatal("event within the interval allowed")
-		}
-	}
-	ok, sup := r.allow(t0.Add(time.Second), time.Second)
-	if !ok || sup != 5 {
-		t.Fatalf("after the interval: ok=%v suppressed=%d, want true 5", ok, sup)
-	}
-}
-
 func TestCloseWhileConnecting(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

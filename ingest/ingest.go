@@ -11,6 +11,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/ratelog"
 )
 
 // Handler receives what ingest heard. *engine.Engine implements it.
@@ -42,8 +43,8 @@ type Ingester struct {
 	shards []shard
 	conns  []*conn
 
-	dropLog    [numReasons]rateLimiter
-	handlerLog rateLimiter
+	dropLog    *ratelog.Limiter[reason]   // one line per drop reason per LogInterval
+	handlerLog *ratelog.Limiter[struct{}] // MarkOffline failures
 
 	mu         sync.Mutex // guards started, connecting, closed and subWG.Add
 	started    bool       // workers running
@@ -86,6 +87,8 @@ func New(cfg Config, h Handler) (*Ingester, error) {
 	if in.clock == nil {
 		in.clock = time.Now
 	}
+	in.dropLog = ratelog.New[reason](cfg.LogInterval, in.clock)
+	in.handlerLog = ratelog.New[struct{}](cfg.LogInterval, in.clock)
 	for _, f := range parser.Filters() {
 		if cfg.ShareGroup != "" {
 			f = "$share/" + cfg.ShareGroup + "/" + f
@@ -296,7 +299,7 @@ func (in *Ingester) onMessage(conn int, topic string, payload []byte) {
 
 func (in *Ingester) drop(r reason, now time.Time, topic string, payloadLen int) {
 	in.m.dropped[r].Inc()
-	if ok, sup := in.dropLog[r].allow(now, in.cfg.LogInterval); ok {
+	if ok, sup := in.dropLog.AllowAt(r, now); ok {
 		in.log.Warn("ingest: message dropped", "reason", r.String(),
 			"topic", truncate(topic, 128), "payload_bytes", payloadLen, "suppressed", sup)
 	}

@@ -3,18 +3,18 @@ package ingest
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/url"
-	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/presence-dev/presence/internal/testenv"
 )
 
 // Integration tests run against the real broker at MQTT_URL (default
@@ -27,10 +27,7 @@ func brokerURL(t testing.TB) string {
 	if testing.Short() {
 		t.Skip("integration test (-short)")
 	}
-	u := os.Getenv("MQTT_URL")
-	if u == "" {
-		u = "tcp://127.0.0.1:1883"
-	}
+	u := testenv.MQTTURL()
 	pu, err := url.Parse(u)
 	if err != nil {
 		t.Fatalf("MQTT_URL %q: %v", u, err)
@@ -47,7 +44,7 @@ func brokerURL(t testing.TB) string {
 type testEnv struct {
 	t      *testing.T
 	url    string
-	prefix string // "test/<random>/"
+	prefix string // "test/<testenv.Name>/"
 	h      *fakeHandler
 	pub    mqtt.Client
 	logw   *testWriter
@@ -56,7 +53,7 @@ type testEnv struct {
 func newTestEnv(t *testing.T) *testEnv {
 	e := &testEnv{t: t, url: brokerURL(t), h: &fakeHandler{}}
 	e.logw = newTestWriter(t) // registered first: its cleanup runs last
-	e.prefix = fmt.Sprintf("test/%s-%08x/", strings.ReplaceAll(t.Name(), "/", "_"), rand.Uint32())
+	e.prefix = "test/" + testenv.Name(t) + "/"
 	opts := mqtt.NewClientOptions().AddBroker(e.url).
 		SetClientID(fmt.Sprintf("ingest-test-pub-%08x", rand.Uint32())).SetCleanSession(true)
 	e.pub = mqtt.NewClient(opts)
@@ -118,13 +115,12 @@ func (e *testEnv) publish(topic string, payload []byte) {
 // waitFor polls cond until it holds or 10 s pass.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if cond() {
+			return nil
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return fmt.Errorf("waiting for %s", what)
+	})
 }
 
 // testWriter sends log lines to the test log until the test ends (paho
@@ -256,7 +252,7 @@ func TestIntegrationReconnectResubscribes(t *testing.T) {
 	e := newTestEnv(t)
 	p := newProxy(t, e.url)
 	c := e.config()
-	c.BrokerURL = "tcp://" + p.addr()
+	c.BrokerURL = "tcp://" + p.Addr()
 	c.Connections = 2
 	in := e.start(c)
 
@@ -264,11 +260,11 @@ func TestIntegrationReconnectResubscribes(t *testing.T) {
 	waitFor(t, "touch before the cut", func() bool { return len(e.h.snapshot()) == 1 })
 
 	// Cut every connection and refuse new ones for a while.
-	p.setDown(true)
+	p.Cut()
 	waitFor(t, "not ready", func() bool { return !in.Ready() })
 	e.publish(e.prefix+"devices/during/telemetry", nil) // no subscriber: lost
 	time.Sleep(700 * time.Millisecond)                  // a few refused reconnect attempts
-	p.setDown(false)
+	p.Restore()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := in.WaitReady(ctx); err != nil {
@@ -282,7 +278,8 @@ func TestIntegrationReconnectResubscribes(t *testing.T) {
 
 	// A plain cut with the proxy up: paho reconnects at once.
 	connects := in.m.connects.Get()
-	p.cut()
+	p.Cut()
+	p.Restore()
 	waitFor(t, "both connections back", func() bool { return in.m.connects.Get() >= connects+2 && in.Ready() })
 	e.publish(e.prefix+"devices/after2/telemetry", nil)
 	waitFor(t, "touch after the second cut", func() bool {
@@ -299,9 +296,9 @@ func TestIntegrationReconnectResubscribes(t *testing.T) {
 func TestIntegrationStartBeforeBroker(t *testing.T) {
 	e := newTestEnv(t)
 	p := newProxy(t, e.url)
-	p.setDown(true)
+	p.Cut()
 	c := e.config()
-	c.BrokerURL = "tcp://" + p.addr()
+	c.BrokerURL = "tcp://" + p.Addr()
 	in, err := New(c, e.h)
 	if err != nil {
 		t.Fatal(err)
@@ -317,7 +314,7 @@ func TestIntegrationStartBeforeBroker(t *testing.T) {
 		t.Fatalf("WaitReady with the broker down = %v, want an error naming the cause", err)
 	}
 	t.Log(err)
-	p.setDown(false)
+	p.Restore()
 	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := in.WaitReady(ctx); err != nil {
@@ -359,94 +356,13 @@ func TestIntegrationRunAndCloseDrains(t *testing.T) {
 	}
 }
 
-// proxy is a TCP relay between the Ingester and the broker that a test can
-// cut (close every relayed connection) and take down (refuse new ones).
-type proxy struct {
-	t      *testing.T
-	ln     net.Listener
-	target string
-
-	mu    sync.Mutex
-	down  bool
-	conns map[net.Conn]bool
-	wg    sync.WaitGroup
-}
-
-func newProxy(t *testing.T, brokerURL string) *proxy {
+// newProxy is a testenv.Proxy between the Ingester and the broker: Cut
+// closes every relayed connection and refuses new ones until Restore.
+func newProxy(t *testing.T, brokerURL string) *testenv.Proxy {
+	t.Helper()
 	u, err := url.Parse(brokerURL)
 	if err != nil || (u.Scheme != "tcp" && u.Scheme != "mqtt") {
 		t.Skipf("proxy test needs a tcp:// broker, have %q", brokerURL)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{t: t, ln: ln, target: u.Host, conns: map[net.Conn]bool{}}
-	p.wg.Go(p.accept)
-	t.Cleanup(func() {
-		ln.Close()
-		p.cut()
-		p.wg.Wait()
-	})
-	return p
-}
-
-func (p *proxy) addr() string { return p.ln.Addr().String() }
-
-func (p *proxy) accept() {
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		p.mu.Lock()
-		down := p.down
-		if !down {
-			p.conns[c] = true
-		}
-		p.mu.Unlock()
-		if down {
-			c.Close()
-			continue
-		}
-		p.wg.Go(func() { p.relay(c) })
-	}
-}
-
-func (p *proxy) relay(c net.Conn) {
-	b, err := net.DialTimeout("tcp", p.target, 2*time.Second)
-	if err != nil {
-		c.Close()
-		return
-	}
-	p.mu.Lock()
-	p.conns[b] = true
-	p.mu.Unlock()
-	var wg sync.WaitGroup
-	wg.Go(func() { io.Copy(b, c); b.Close() })
-	wg.Go(func() { io.Copy(c, b); c.Close() })
-	wg.Wait()
-	p.mu.Lock()
-	delete(p.conns, c)
-	delete(p.conns, b)
-	p.mu.Unlock()
-}
-
-// cut closes every relayed connection.
-func (p *proxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for c := range p.conns {
-		c.Close()
-	}
-}
-
-// setDown(true) cuts and refuses new connections until setDown(false).
-func (p *proxy) setDown(down bool) {
-	p.mu.Lock()
-	p.down = down
-	p.mu.Unlock()
-	if down {
-		p.cut()
-	}
+	return testenv.NewProxy(t, u.Host)
 }

@@ -2,8 +2,6 @@ package ingest
 
 import (
 	"strconv"
-	"sync/atomic"
-	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 )
@@ -58,25 +56,6 @@ func newIngestMetrics(set *metrics.Set, in *Ingester) *ingestMetrics {
 		return 0
 	})
 	return m
-}
-
-// rateLimiter allows one event per interval and counts the others. It is
-// lock-free: the message callback consults it for every drop.
-type rateLimiter struct {
-	next       atomic.Int64 // unix nanoseconds before which events are suppressed
-	suppressed atomic.Int64
-}
-
-// allow reports whether an event at now may be logged, and how many were
-// suppressed since the last allowed one.
-func (r *rateLimiter) allow(now time.Time, every time.Duration) (ok bool, suppressed int64) {
-	n := now.UnixNano()
-	next := r.next.Load()
-	if n < next || !r.next.CompareAndSwap(next, n+int64(every)) {
-		r.suppressed.Add(1)
-		return false, 0
-	}
-	return true, r.suppressed.Swap(0)
 }
 
 // truncate bounds a topic quoted in a log line.

@@ -155,7 +155,7 @@ func (in *Ingester) deliver(q []engine.Touch) {
 			in.m.offlineUnknown.Inc()
 		default:
 			in.m.hErrors.Inc()
-			if ok, sup := in.handlerLog.allow(in.clock(), in.cfg.LogInterval); ok {
+			if ok, sup := in.handlerLog.Allow(struct{}{}); ok {
 				in.log.Warn("ingest: MarkOffline failed", "id", q[0].ID, "error", err, "suppressed", sup)
 			}
 		}

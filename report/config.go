@@ -4,10 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
+	"github.com/presence-dev/presence/internal/pgident"
 )
 
 // ErrInvalidConfig wraps every error of Config.Validate.
@@ -77,7 +76,7 @@ func (c Config) Validate() error {
 	bad := func(format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalidConfig}, args...)...))
 	}
-	if _, err := tableIdent(c.Table); err != nil {
+	if _, err := pgident.ParseTable(c.Table); err != nil {
 		bad("Table: %v", err)
 	}
 	if c.DefaultHistoryLimit < 1 || c.MaxHistoryLimit < c.DefaultHistoryLimit || c.MaxHistoryLimit > 1_000_000 {
@@ -96,24 +95,4 @@ func (c Config) Validate() error {
 		bad("MaxConcurrentScans must be >= 1, got %d", c.MaxConcurrentScans)
 	}
 	return errors.Join(errs...)
-}
-
-// tableIdent splits "schema.table" into a quotable identifier.
-func tableIdent(s string) (pgx.Identifier, error) {
-	if s == "" {
-		return nil, errors.New("empty")
-	}
-	parts := strings.Split(s, ".")
-	if len(parts) > 2 {
-		return nil, fmt.Errorf("%q has more than one '.'", s)
-	}
-	for _, p := range parts {
-		if p == "" {
-			return nil, fmt.Errorf("%q has an empty part", s)
-		}
-		if strings.IndexByte(p, 0) >= 0 {
-			return nil, fmt.Errorf("%q holds a NUL byte", s)
-		}
-	}
-	return pgx.Identifier(parts), nil
 }

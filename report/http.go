@@ -110,12 +110,12 @@ func (r *Report) serveHistory(w http.ResponseWriter, req *http.Request) {
 	now := r.now()
 	from, to, err := r.window(q, now, false)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+		api.WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	limit, err := ParseLimit(q.Get("limit"), r.cfg.DefaultHistoryLimit, r.cfg.MaxHistoryLimit)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+		api.WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	changes, err := r.History(req.Context(), id, from, to, limit+1)
@@ -144,7 +144,7 @@ func (r *Report) serveUptime(w http.ResponseWriter, req *http.Request) {
 	}
 	from, to, err := r.window(q, r.now(), true)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+		api.WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	u, err := r.Uptime(req.Context(), id, from, to)
@@ -171,7 +171,7 @@ func (r *Report) serveFleet(w http.ResponseWriter, req *http.Request) {
 	}
 	from, to, err := r.window(q, r.now(), true)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+		api.WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	f, err := r.FleetUptime(req.Context(), from, to)
@@ -193,7 +193,7 @@ func (r *Report) serveList(w http.ResponseWriter, req *http.Request) {
 	}
 	lq, err := r.listQuery(q)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+		api.WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	l, err := r.Longest(req.Context(), lq)
@@ -277,7 +277,7 @@ func (r *Report) window(q url.Values, now time.Time, defaults bool) (from, to ti
 func deviceID(w http.ResponseWriter, req *http.Request) (string, bool) {
 	id := req.PathValue("id")
 	if !engine.ValidID(id) {
-		writeError(w, http.StatusBadRequest, "invalid device id "+strconv.Quote(truncate(id, 64))+
+		api.WriteError(w, http.StatusBadRequest, "invalid device id "+strconv.Quote(truncate(id, 64))+
 			": a device id is 1 to 128 bytes of printable ASCII without spaces, '/', '+' or '#'")
 		return "", false
 	}
@@ -290,7 +290,7 @@ func deviceID(w http.ResponseWriter, req *http.Request) (string, bool) {
 func query(w http.ResponseWriter, req *http.Request, allowed ...string) (url.Values, bool) {
 	q, err := url.ParseQuery(req.URL.RawQuery)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "malformed query string")
+		api.WriteError(w, http.StatusBadRequest, "malformed query string")
 		return nil, false
 	}
 next:
@@ -298,13 +298,13 @@ next:
 		for _, a := range allowed {
 			if k == a {
 				if len(v) > 1 {
-					writeError(w, http.StatusBadRequest, "parameter "+strconv.Quote(k)+" given more than once")
+					api.WriteError(w, http.StatusBadRequest, "parameter "+strconv.Quote(k)+" given more than once")
 					return nil, false
 				}
 				continue next
 			}
 		}
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("unknown parameter %q; allowed: %v", truncate(k, 32), allowed))
+		api.WriteError(w, http.StatusBadRequest, fmt.Sprintf("unknown parameter %q; allowed: %v", truncate(k, 32), allowed))
 		return nil, false
 	}
 	return q, true
@@ -314,14 +314,14 @@ next:
 func (r *Report) fail(w http.ResponseWriter, req *http.Request, err error) {
 	switch {
 	case errors.Is(err, ErrNoHistory):
-		writeError(w, http.StatusServiceUnavailable, "history is not available: presenced runs without a PostgreSQL history table")
+		api.WriteError(w, http.StatusServiceUnavailable, "history is not available: presenced runs without a PostgreSQL history table")
 	case req.Context().Err() != nil:
 		// The client went away; nobody reads the answer.
-		writeError(w, http.StatusServiceUnavailable, "request cancelled")
+		api.WriteError(w, http.StatusServiceUnavailable, "request cancelled")
 	case errors.Is(err, context.DeadlineExceeded):
-		writeError(w, http.StatusGatewayTimeout, "history query took longer than "+r.cfg.QueryTimeout.String())
+		api.WriteError(w, http.StatusGatewayTimeout, "history query took longer than "+r.cfg.QueryTimeout.String())
 	default:
-		writeError(w, http.StatusInternalServerError, "internal error")
+		api.WriteError(w, http.StatusInternalServerError, "internal error")
 	}
 }
 
@@ -335,22 +335,12 @@ func optTime(t time.Time) *string {
 	return &s
 }
 
-// writeJSON writes v with code, never cached (the api package's rules).
+// writeJSON writes v as JSON with code and the api package's headers.
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	b, err := json.Marshal(v)
 	if err != nil {
-		code, b = http.StatusInternalServerError, []byte(`{"error":"internal error"}`)
+		api.WriteError(w, http.StatusInternalServerError, "internal error")
+		return
 	}
-	b = append(b, '\n')
-	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	h.Set("Cache-Control", "no-store")
-	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Content-Length", strconv.Itoa(len(b)))
-	w.WriteHeader(code)
-	w.Write(b) //nolint:errcheck // the client went away
-}
-
-func writeError(w http.ResponseWriter, code int, msg string) {
-	writeJSON(w, code, api.Error{Error: msg})
+	api.WriteJSON(w, code, append(b, '\n'))
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/pgident"
 )
 
 // ErrNoHistory is returned by the history queries of a Report built without
@@ -55,7 +56,7 @@ func New(pool *pgxpool.Pool, live Live, cfg Config) (*Report, error) {
 	if live == nil {
 		return nil, fmt.Errorf("%w: nil Live", ErrInvalidConfig)
 	}
-	id, _ := tableIdent(cfg.Table)
+	id, _ := pgident.ParseTable(cfg.Table)
 	t := id.Sanitize()
 	r := &Report{
 		pool:  pool,

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/testenv"
 )
 
 // Benchmarks against the real Redis and Postgres. Each flush benchmark runs
@@ -57,7 +58,7 @@ func benchStates(n int, at time.Time) []engine.DeviceState {
 func BenchmarkRedisFlush(b *testing.B) {
 	b.Run("devices=1M", func(b *testing.B) {
 		client := newRedisClient(b, "")
-		prefix := uniqueName(b) + ":"
+		prefix := testenv.Name(b) + ":"
 		cleanupRedisPrefix(b, client, prefix)
 		src := &sliceSource{states: benchStates(benchDevices, time.Now())}
 		cfg := DefaultRedisConfig()
@@ -92,7 +93,7 @@ func BenchmarkRedisFlush(b *testing.B) {
 func BenchmarkRedisPerMessage(b *testing.B) {
 	const messages = 20_000
 	client := newRedisClient(b, "")
-	prefix := uniqueName(b) + ":"
+	prefix := testenv.Name(b) + ":"
 	cleanupRedisPrefix(b, client, prefix)
 	states := benchStates(messages, time.Now())
 	ctx := context.Background()

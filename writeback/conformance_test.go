@@ -12,6 +12,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/testenv"
 )
 
 // stateSink is what every state sink offers; the conformance suite runs
@@ -38,7 +39,7 @@ type harness struct {
 	// monotonic: the store itself refuses an older last_seen (Postgres'
 	// guard); Redis trusts the engine, whose last_seen is monotonic.
 	monotonic bool
-	proxy     *proxy // non-nil when built with viaProxy
+	proxy     *testenv.Proxy // non-nil when built with viaProxy
 }
 
 type harnessOpts struct {
@@ -256,10 +257,10 @@ func runSinkConformance(t *testing.T, newH newHarnessFunc) {
 		done := runSink(t, h.sink)
 		want := []engine.DeviceState{dev(1, engine.StatusOnline, t0), dev(2, engine.StatusOnline, t0)}
 		src.Set(want...)
-		eventually(t, 5*time.Second, func() error { return storedMismatch(h, want) })
+		testenv.Eventually(t, 5*time.Second, func() error { return storedMismatch(h, want) })
 		want[0] = dev(1, engine.StatusOffline, t0.Add(time.Second))
 		src.Set(want[0])
-		eventually(t, 5*time.Second, func() error { return storedMismatch(h, want) })
+		testenv.Eventually(t, 5*time.Second, func() error { return storedMismatch(h, want) })
 		if err := h.sink.Close(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -275,7 +276,7 @@ func runSinkConformance(t *testing.T, newH newHarnessFunc) {
 			want[i] = dev(i+1, engine.StatusOnline, t0)
 		}
 		src.Set(want...)
-		eventually(t, 5*time.Second, func() error { return storedMismatch(h, want) })
+		testenv.Eventually(t, 5*time.Second, func() error { return storedMismatch(h, want) })
 	})
 
 	t.Run("CloseFlushesPending", func(t *testing.T) {
@@ -317,7 +318,7 @@ func runSinkConformance(t *testing.T, newH newHarnessFunc) {
 		want[1] = dev(2, engine.StatusOffline, t0.Add(time.Second)) // changes while down
 		src.Set(want[1])
 		h.proxy.Restore()
-		eventually(t, 5*time.Second, func() error { return h.sink.Flush(ctx) })
+		testenv.Eventually(t, 5*time.Second, func() error { return h.sink.Flush(ctx) })
 		checkStored(t, h, want)
 	})
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -12,6 +11,9 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/backoff"
+	"github.com/presence-dev/presence/internal/metricsx"
+	"github.com/presence-dev/presence/internal/ratelog"
 )
 
 // Constant log attribute keys (STYLE.md: constant keys).
@@ -56,7 +58,7 @@ type flusher struct {
 	cfg  FlushConfig
 	w    batchWriter
 	log  *slog.Logger
-	lim  logLimiter
+	lim  *ratelog.Limiter[struct{}] // one key: the retry loop's warnings
 	m    flushMetrics
 
 	mu    sync.Mutex // serializes flushes (Run, Flush, Close); guards bufs
@@ -91,7 +93,7 @@ func newFlusher(name, unit string, src Source, cfg FlushConfig, w batchWriter) *
 		cfg:     cfg,
 		w:       w,
 		log:     cfg.Logger,
-		lim:     logLimiter{every: errLogEvery},
+		lim:     ratelog.New[struct{}](errLogEvery, nil),
 		bufs:    make([][]engine.DeviceState, 1),
 		stop:    make(chan struct{}),
 		runDone: make(chan struct{}),
@@ -104,7 +106,7 @@ func newFlusher(name, unit string, src Source, cfg FlushConfig, w batchWriter) *
 	if set == nil {
 		set = metrics.NewSet()
 	}
-	label := fmt.Sprintf(`{sink=%q}`, name)
+	label := "{" + metricsx.Label("sink", name) + "}"
 	f.m = flushMetrics{
 		set:      set,
 		duration: set.NewHistogram("presence_writeback_flush_duration_seconds" + label),
@@ -182,9 +184,9 @@ func (f *flusher) run(ctx context.Context) error {
 			return nil
 		}
 		failures++
-		d := backoff(f.cfg.MinBackoff, f.cfg.MaxBackoff, failures)
+		d := backoff.Delay(f.cfg.MinBackoff, f.cfg.MaxBackoff, failures)
 		next = now.Add(d)
-		if ok, n := f.lim.allow(now); ok {
+		if ok, n := f.lim.AllowAt(struct{}{}, now); ok {
 			f.log.Warn("writeback: flush failed, devices stay dirty in the engine",
 				logKeyErr, err, logKeyAttempt, failures, logKeyBackoff, d,
 				logKeyPending, f.src.Len(), logKeySuppressed, n)
@@ -373,8 +375,8 @@ func (f *flusher) drainAll(ctx context.Context) error {
 			return nil
 		}
 		f.m.retries.Inc()
-		d := backoff(f.cfg.MinBackoff, f.cfg.MaxBackoff, attempt)
-		if ok, n := f.lim.allow(time.Now()); ok {
+		d := backoff.Delay(f.cfg.MinBackoff, f.cfg.MaxBackoff, attempt)
+		if ok, n := f.lim.Allow(struct{}{}); ok {
 			f.log.Warn("writeback: final flush failed, retrying until the close deadline",
 				logKeyErr, err, logKeyAttempt, attempt, logKeyBackoff, d, logKeySuppressed, n)
 		}
@@ -391,36 +393,4 @@ func (f *flusher) drainAll(ctx context.Context) error {
 	}
 	f.log.Error("writeback: closed with devices not written", logKeyPending, pending, logKeyErr, err)
 	return &UnflushedError{Sink: f.name, Pending: pending, Err: err}
-}
-
-// backoff is exponential with equal jitter: a delay in [d/2, d) where
-// d = min*2^(attempt-1), capped at max.
-func backoff(minD, maxD time.Duration, attempt int) time.Duration {
-	d := minD
-	for i := 1; i < attempt && d < maxD; i++ {
-		d *= 2
-	}
-	d = min(d, maxD)
-	half := d / 2
-	return half + rand.N(d-half+1)
-}
-
-// logLimiter lets one log line through per interval and counts the rest.
-type logLimiter struct {
-	mu         sync.Mutex
-	every      time.Duration
-	last       time.Time
-	suppressed int
-}
-
-func (l *logLimiter) allow(now time.Time) (bool, int) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if !l.last.IsZero() && now.Sub(l.last) < l.every {
-		l.suppressed++
-		return false, 0
-	}
-	n := l.suppressed
-	l.last, l.suppressed = now, 0
-	return true, n
 }

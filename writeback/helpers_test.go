@@ -2,14 +2,11 @@ package writeback
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"os"
-	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -20,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/testenv"
 )
 
 // fakeSource is an in-memory Source: the current state of every device and
@@ -114,38 +112,10 @@ func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
-var nonWord = regexp.MustCompile(`[^a-z0-9]+`)
-
-// uniqueName returns a lower-case identifier derived from the test name
-// plus random hex, safe as a Postgres table name and a Redis key part.
-func uniqueName(t testing.TB) string {
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	base := strings.Trim(nonWord.ReplaceAllString(strings.ToLower(t.Name()), "_"), "_")
-	if len(base) > 40 {
-		base = base[len(base)-40:]
-	}
-	return "wb_" + base + "_" + hex.EncodeToString(b[:])
-}
-
-func redisURL() string {
-	if u := os.Getenv("REDIS_URL"); u != "" {
-		return u
-	}
-	return "redis://127.0.0.1:6379/0"
-}
-
-func databaseURL() string {
-	if u := os.Getenv("DATABASE_URL"); u != "" {
-		return u
-	}
-	return "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
-}
-
 // newRedisClient connects to the test Redis (through addr if not empty).
 func newRedisClient(t testing.TB, addr string) *redis.Client {
 	t.Helper()
-	opts, err := redis.ParseURL(redisURL())
+	opts, err := redis.ParseURL(testenv.RedisURL())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +171,7 @@ func deleteRedisPrefix(t testing.TB, c redis.UniversalClient, prefix string) {
 // newPool connects to the test Postgres (through addr if not empty).
 func newPool(t testing.TB, addr string) *pgxpool.Pool {
 	t.Helper()
-	cfg, err := pgxpool.ParseConfig(databaseURL())
+	cfg, err := pgxpool.ParseConfig(testenv.DatabaseURL())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,7 +206,7 @@ func newPool(t testing.TB, addr string) *pgxpool.Pool {
 // definitions, and drops it when the test ends.
 func createDevicesTable(t testing.TB, pool *pgxpool.Pool, idType string, extra string) string {
 	t.Helper()
-	name := uniqueName(t)
+	name := testenv.Name(t)
 	sql := "CREATE TABLE " + name + " (id " + idType + " PRIMARY KEY, last_seen timestamptz" + extra + ")"
 	ctx := context.Background()
 	if _, err := pool.Exec(ctx, sql); err != nil {
@@ -251,111 +221,6 @@ func dropTable(t testing.TB, pool *pgxpool.Pool, name string) {
 	defer cancel()
 	if _, err := pool.Exec(ctx, "DROP TABLE IF EXISTS "+name); err != nil {
 		t.Errorf("drop %s: %v", name, err)
-	}
-}
-
-// proxy is a TCP proxy between a client and a store that a test can cut
-// (close every connection and refuse new ones) and restore.
-type proxy struct {
-	ln     net.Listener
-	target string
-
-	mu    sync.Mutex
-	cut   bool
-	conns map[net.Conn]struct{}
-	wg    sync.WaitGroup
-}
-
-func newProxy(t testing.TB, target string) *proxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
-	p.wg.Go(p.accept)
-	t.Cleanup(p.close)
-	return p
-}
-
-func (p *proxy) Addr() string { return p.ln.Addr().String() }
-
-func (p *proxy) accept() {
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		p.mu.Lock()
-		if p.cut {
-			p.mu.Unlock()
-			_ = c.Close()
-			continue
-		}
-		p.mu.Unlock()
-		up, err := net.DialTimeout("tcp", p.target, time.Second)
-		if err != nil {
-			_ = c.Close()
-			continue
-		}
-		p.mu.Lock()
-		if p.cut { // cut while dialing
-			p.mu.Unlock()
-			_ = c.Close()
-			_ = up.Close()
-			continue
-		}
-		p.conns[c], p.conns[up] = struct{}{}, struct{}{}
-		p.mu.Unlock()
-		pipe := func(dst, src net.Conn) {
-			_, _ = io.Copy(dst, src)
-			_ = dst.Close()
-			_ = src.Close()
-			p.mu.Lock()
-			delete(p.conns, dst)
-			delete(p.conns, src)
-			p.mu.Unlock()
-		}
-		p.wg.Go(func() { pipe(up, c) })
-		p.wg.Go(func() { pipe(c, up) })
-	}
-}
-
-// Cut closes every open connection and refuses new ones until Restore.
-func (p *proxy) Cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cut = true
-	for c := range p.conns {
-		_ = c.Close()
-	}
-}
-
-func (p *proxy) Restore() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cut = false
-}
-
-func (p *proxy) close() {
-	_ = p.ln.Close()
-	p.Cut()
-	p.wg.Wait()
-}
-
-// eventually polls cond until it returns nil or timeout passes.
-func eventually(t testing.TB, timeout time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not reached within %v: %v", timeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 

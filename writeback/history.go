@@ -12,6 +12,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/backoff"
+	"github.com/presence-dev/presence/internal/pgident"
+	"github.com/presence-dev/presence/internal/ratelog"
 )
 
 // HistoryConfig configures the history writer.
@@ -64,7 +67,7 @@ func DefaultHistoryConfig() HistoryConfig {
 
 // Validate reports the first invalid field, wrapping ErrInvalidConfig.
 func (c HistoryConfig) Validate() error {
-	switch _, err := parseTableName(c.Table); {
+	switch _, err := pgident.ParseTable(c.Table); {
 	case err != nil:
 		return fmt.Errorf("%w: history: Table: %v", ErrInvalidConfig, err)
 	case c.QueueCapacity <= 0:
@@ -99,7 +102,7 @@ type History struct {
 	cfg   HistoryConfig
 	table pgx.Identifier
 	log   *slog.Logger
-	lim   logLimiter
+	lim   *ratelog.Limiter[struct{}] // one key: failures and drops share the budget
 
 	mu        sync.Mutex // guards the queue and closed
 	ring      []histRec  // grows by doubling up to QueueCapacity
@@ -141,13 +144,13 @@ func NewHistory(pool *pgxpool.Pool, cfg HistoryConfig) (*History, error) {
 	if pool == nil {
 		return nil, fmt.Errorf("%w: history: nil pool", ErrInvalidConfig)
 	}
-	table, _ := parseTableName(cfg.Table)
+	table, _ := pgident.ParseTable(cfg.Table)
 	h := &History{
 		pool:    pool,
 		cfg:     cfg,
 		table:   table,
 		log:     cfg.Logger,
-		lim:     logLimiter{every: errLogEvery},
+		lim:     ratelog.New[struct{}](errLogEvery, nil),
 		kick:    make(chan struct{}, 1),
 		stop:    make(chan struct{}),
 		runDone: make(chan struct{}),
@@ -296,14 +299,14 @@ func (h *History) Run(ctx context.Context) error {
 		}
 		failures++
 		h.m.retries.Inc()
-		d := backoff(h.cfg.MinBackoff, h.cfg.MaxBackoff, failures)
+		d := backoff.Delay(h.cfg.MinBackoff, h.cfg.MaxBackoff, failures)
 		timer.Reset(d)
 		h.logFailure(err, failures, d)
 	}
 }
 
 func (h *History) logFailure(err error, attempt int, d time.Duration) {
-	ok, n := h.lim.allow(time.Now())
+	ok, n := h.lim.Allow(struct{}{})
 	if !ok {
 		return
 	}
@@ -325,7 +328,7 @@ func (h *History) logDrops() {
 	if dropped == 0 {
 		return
 	}
-	if ok, n := h.lim.allow(time.Now()); ok {
+	if ok, n := h.lim.Allow(struct{}{}); ok {
 		h.mu.Lock()
 		dropped, h.dropped = h.dropped, 0
 		h.mu.Unlock()
@@ -439,7 +442,7 @@ func (h *History) drainAll(ctx context.Context) error {
 			break
 		}
 		h.m.retries.Inc()
-		d := backoff(h.cfg.MinBackoff, h.cfg.MaxBackoff, attempt)
+		d := backoff.Delay(h.cfg.MinBackoff, h.cfg.MaxBackoff, attempt)
 		h.logFailure(err, attempt, d)
 		t := time.NewTimer(d)
 		select {

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/testenv"
 )
 
 type historyRow struct {
@@ -19,7 +20,7 @@ type historyRow struct {
 func newTestHistory(t *testing.T, pool *pgxpool.Pool, mod func(*HistoryConfig)) (*History, string) {
 	t.Helper()
 	cfg := DefaultHistoryConfig()
-	cfg.Table = uniqueName(t)
+	cfg.Table = testenv.Name(t)
 	cfg.Interval = 20 * time.Millisecond
 	cfg.MinBackoff = 10 * time.Millisecond
 	cfg.MaxBackoff = 100 * time.Millisecond
@@ -132,7 +133,7 @@ func TestHistoryRunAndClose(t *testing.T) {
 		h.HandleTransitions([]engine.Transition{transition("x", engine.Status(1+i%2), t0.Add(time.Duration(i)*time.Millisecond), engine.CauseTelemetry)})
 	}
 	pool := newPool(t, "")
-	eventually(t, 5*time.Second, func() error {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		var n int
 		if err := pool.QueryRow(context.Background(), "SELECT count(*) FROM "+table).Scan(&n); err != nil {
 			return err // not created yet
@@ -173,7 +174,7 @@ func TestHistoryRunAndClose(t *testing.T) {
 // returns at once, the queue stays at its capacity, and Close reports what
 // it could not write.
 func TestHistoryNeverBlocks(t *testing.T) {
-	px := newProxy(t, pgAddr(t))
+	px := testenv.NewProxy(t, pgAddr(t))
 	px.Cut()
 	h, _ := newTestHistory(t, newPool(t, px.Addr()), func(c *HistoryConfig) { c.QueueCapacity = 1000 })
 	go func() { _ = h.Run(context.Background()) }()

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/testenv"
 )
 
 // TestOutageConvergence cuts the connection to the store (a TCP proxy the
@@ -78,7 +79,7 @@ func TestOutageConvergence(t *testing.T) {
 			close(stop)
 			wg.Wait()
 
-			eventually(t, 10*time.Second, func() error { return storedMismatch(h, src.Snapshot()) })
+			testenv.Eventually(t, 10*time.Second, func() error { return storedMismatch(h, src.Snapshot()) })
 			if m := src.MaxLen(); m > devices {
 				t.Fatalf("dirty set peaked at %d > %d devices", m, devices)
 			}
@@ -97,7 +98,7 @@ func TestOutageConvergence(t *testing.T) {
 // the capacity and the oldest are dropped and counted; after it returns
 // every transition is either written or counted as dropped.
 func TestHistoryOutage(t *testing.T) {
-	px := newProxy(t, pgAddr(t))
+	px := testenv.NewProxy(t, pgAddr(t))
 	const capacity = 2000
 	h, table := newTestHistory(t, newPool(t, px.Addr()), func(c *HistoryConfig) {
 		c.QueueCapacity = capacity
@@ -111,7 +112,7 @@ func TestHistoryOutage(t *testing.T) {
 		}
 	}
 	send(1000, 0)
-	eventually(t, 5*time.Second, func() error {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		if h.Queued() > 0 {
 			return errNotYet
 		}
@@ -124,7 +125,7 @@ func TestHistoryOutage(t *testing.T) {
 	}
 	time.Sleep(200 * time.Millisecond) // a few failed retries
 	px.Restore()
-	eventually(t, 10*time.Second, func() error {
+	testenv.Eventually(t, 10*time.Second, func() error {
 		if h.Queued() > 0 {
 			return errNotYet
 		}

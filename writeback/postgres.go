@@ -3,7 +3,6 @@ package writeback
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -16,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/pgident"
 )
 
 // PostgresConfig configures the Postgres state sink. The devices table
@@ -75,7 +75,7 @@ func DefaultPostgresConfig() PostgresConfig {
 
 // Validate reports the first invalid field, wrapping ErrInvalidConfig.
 func (c PostgresConfig) Validate() error {
-	if _, err := parseTableName(c.Table); err != nil {
+	if _, err := pgident.ParseTable(c.Table); err != nil {
 		return fmt.Errorf("%w: postgres: Table: %v", ErrInvalidConfig, err)
 	}
 	if c.IDColumn == "" || c.LastSeenColumn == "" {
@@ -85,23 +85,6 @@ func (c PostgresConfig) Validate() error {
 		return fmt.Errorf("%w: postgres: column names must differ", ErrInvalidConfig)
 	}
 	return c.Flush.validate("postgres")
-}
-
-// parseTableName splits "schema.table" into an identifier.
-func parseTableName(s string) (pgx.Identifier, error) {
-	if s == "" {
-		return nil, errors.New("empty")
-	}
-	parts := strings.Split(s, ".")
-	if len(parts) > 2 {
-		return nil, fmt.Errorf("%q has more than one '.'", s)
-	}
-	for _, p := range parts {
-		if p == "" {
-			return nil, fmt.Errorf("%q has an empty part", s)
-		}
-	}
-	return pgx.Identifier(parts), nil
 }
 
 // Postgres keeps the devices table in step with the engine: each flush
@@ -201,7 +184,7 @@ func (p *Postgres) prepare(ctx context.Context) (*pgPlan, error) {
 	if p.plan != nil {
 		return p.plan, nil
 	}
-	table, _ := parseTableName(p.cfg.Table)
+	table, _ := pgident.ParseTable(p.cfg.Table)
 	rows, err := p.pool.Query(ctx, `
 		SELECT a.attname, t.typname, t.typtype::text, format_type(a.atttypid, a.atttypmod)
 		FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
@@ -457,7 +440,7 @@ func (p *Postgres) ReadStates(ctx context.Context, ids []string) ([]engine.Devic
 	if err != nil {
 		return nil, err
 	}
-	table, _ := parseTableName(p.cfg.Table)
+	table, _ := pgident.ParseTable(p.cfg.Table)
 	id := pgx.Identifier{p.cfg.IDColumn}.Sanitize()
 	ls := pgx.Identifier{p.cfg.LastSeenColumn}.Sanitize()
 	st := "NULL::text"

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/testenv"
 )
 
 // harnessRows is how many devices (ids 1..n) the Postgres harness tables
@@ -20,7 +21,7 @@ import (
 const harnessRows = 2000
 
 func pgAddr(t testing.TB) string {
-	cfg, err := pgxpool.ParseConfig(databaseURL())
+	cfg, err := pgxpool.ParseConfig(testenv.DatabaseURL())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,9 +40,9 @@ func newPostgresHarness(idType, extra string, insertUnknown bool) newHarnessFunc
 			}
 		}
 		pool := direct
-		var px *proxy
+		var px *testenv.Proxy
 		if o.viaProxy {
-			px = newProxy(t, pgAddr(t))
+			px = testenv.NewProxy(t, pgAddr(t))
 			pool = newPool(t, px.Addr())
 		}
 		cfg := DefaultPostgresConfig()
@@ -61,7 +62,7 @@ func newPostgresHarness(idType, extra string, insertUnknown bool) newHarnessFunc
 func newTestPostgres(t *testing.T, createSQL string, mod func(*PostgresConfig)) (*Postgres, *fakeSource, *pgxpool.Pool, string) {
 	t.Helper()
 	pool := newPool(t, "")
-	table := uniqueName(t)
+	table := testenv.Name(t)
 	if _, err := pool.Exec(context.Background(), fmt.Sprintf(createSQL, pgx.Identifier{table}.Sanitize())); err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +155,7 @@ func TestPostgresColumnTypes(t *testing.T) {
 
 	t.Run("enum", func(t *testing.T) {
 		pool := newPool(t, "")
-		typ := uniqueName(t)
+		typ := testenv.Name(t)
 		ctx := context.Background()
 		if _, err := pool.Exec(ctx, "CREATE TYPE "+typ+" AS ENUM ('online', 'offline')"); err != nil {
 			t.Fatal(err)
@@ -167,7 +168,7 @@ func TestPostgresColumnTypes(t *testing.T) {
 func TestPostgresQuotedNames(t *testing.T) {
 	pool := newPool(t, "")
 	ctx := context.Background()
-	schema := uniqueName(t) + "_S"
+	schema := testenv.Name(t) + "_S"
 	if _, err := pool.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{schema}.Sanitize()); err != nil {
 		t.Fatal(err)
 	}
@@ -203,7 +204,7 @@ func TestPostgresCheck(t *testing.T) {
 	check := func(name string, create string, mod func(*PostgresConfig), want error) {
 		t.Run(name, func(t *testing.T) {
 			cfg := DefaultPostgresConfig()
-			cfg.Table = uniqueName(t)
+			cfg.Table = testenv.Name(t)
 			cfg.Flush.Logger = testLogger(t)
 			if create != "" {
 				if _, err := pool.Exec(ctx, fmt.Sprintf(create, cfg.Table)); err != nil {

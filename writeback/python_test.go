@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/testenv"
 )
 
 // pythonRoundTrip is what an existing Python consumer does with a
@@ -28,7 +29,7 @@ func TestPythonConsumerReadsLastSeen(t *testing.T) {
 		t.Skip("python3 not installed")
 	}
 	client := newRedisClient(t, "")
-	prefix := uniqueName(t) + ":"
+	prefix := testenv.Name(t) + ":"
 	cleanupRedisPrefix(t, client, prefix)
 	src := newFakeSource()
 	cfg := DefaultRedisConfig()

@@ -10,17 +10,18 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/testenv"
 )
 
 func newRedisHarness(t *testing.T, src Source, o harnessOpts) harness {
 	t.Helper()
 	direct := newRedisClient(t, "")
-	prefix := uniqueName(t) + ":"
+	prefix := testenv.Name(t) + ":"
 	cleanupRedisPrefix(t, direct, prefix)
 	client := direct
-	var px *proxy
+	var px *testenv.Proxy
 	if o.viaProxy {
-		px = newProxy(t, direct.Options().Addr)
+		px = testenv.NewProxy(t, direct.Options().Addr)
 		client = newRedisClient(t, px.Addr())
 	}
 	cfg := DefaultRedisConfig()
@@ -35,7 +36,7 @@ func newRedisHarness(t *testing.T, src Source, o harnessOpts) harness {
 
 func TestRedisKeyLayoutAndTTL(t *testing.T) {
 	client := newRedisClient(t, "")
-	prefix := uniqueName(t) + ":"
+	prefix := testenv.Name(t) + ":"
 	cleanupRedisPrefix(t, client, prefix)
 	src := newFakeSource()
 	cfg := DefaultRedisConfig()
@@ -78,7 +79,7 @@ func TestRedisKeyLayoutAndTTL(t *testing.T) {
 
 func TestRedisScan(t *testing.T) {
 	client := newRedisClient(t, "")
-	prefix := uniqueName(t) + ":"
+	prefix := testenv.Name(t) + ":"
 	cleanupRedisPrefix(t, client, prefix)
 	src := newFakeSource()
 	cfg := DefaultRedisConfig()

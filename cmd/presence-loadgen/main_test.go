@@ -13,6 +13,8 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/presence-dev/presence/internal/testenv"
 )
 
 // buildBinary compiles the command into a temporary directory.
@@ -107,10 +109,7 @@ func TestBinary(t *testing.T) {
 	})
 
 	t.Run("SIGINT prints the summary", func(t *testing.T) {
-		broker := "tcp://127.0.0.1:1883"
-		if u := os.Getenv("MQTT_URL"); u != "" {
-			broker = u
-		}
+		broker := testenv.MQTTURL()
 		c := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(broker).SetConnectTimeout(2 * time.Second))
 		if tok := c.Connect(); !tok.WaitTimeout(3*time.Second) || tok.Error() != nil {
 			t.Skipf("no MQTT broker at %s: %v", broker, tok.Error())

@@ -44,6 +44,15 @@ func (s *Set) String(p *string, name, env, usage string) {
 // Int defines an int flag.
 func (s *Set) Int(p *int, name, env, usage string) { s.Var((*intValue)(p), name, env, usage) }
 
+// Uint64 defines a uint64 flag.
+func (s *Set) Uint64(p *uint64, name, env, usage string) { s.Var((*uint64Value)(p), name, env, usage) }
+
+// Float64 defines a float64 flag. It takes what strconv.ParseFloat takes,
+// NaN and Inf included: range checks belong to the caller's Validate.
+func (s *Set) Float64(p *float64, name, env, usage string) {
+	s.Var((*float64Value)(p), name, env, usage)
+}
+
 // Bool defines a bool flag.
 func (s *Set) Bool(p *bool, name, env, usage string) { s.Var((*boolValue)(p), name, env, usage) }
 
@@ -187,6 +196,30 @@ func (v *intValue) Set(s string) error {
 		return errors.New("want an integer")
 	}
 	*v = intValue(n)
+	return nil
+}
+
+type uint64Value uint64
+
+func (v *uint64Value) String() string { return strconv.FormatUint(uint64(*v), 10) }
+func (v *uint64Value) Set(s string) error {
+	n, err := strconv.ParseUint(strings.TrimSpace(s), 10, 64)
+	if err != nil {
+		return errors.New("want a non-negative integer")
+	}
+	*v = uint64Value(n)
+	return nil
+}
+
+type float64Value float64
+
+func (v *float64Value) String() string { return strconv.FormatFloat(float64(*v), 'g', -1, 64) }
+func (v *float64Value) Set(s string) error {
+	f, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+	if err != nil {
+		return errors.New("want a number")
+	}
+	*v = float64Value(f)
 	return nil
 }
 

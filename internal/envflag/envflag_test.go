@@ -3,6 +3,7 @@ package envflag
 import (
 	"errors"
 	"flag"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -100,4 +101,36 @@ func TestUsageAndIsSet(t *testing.T) {
 			t.Fatalf("usage lacks %q:\n%s", want, b.String())
 		}
 	}
+}
+
+func TestUint64AndFloat64(t *testing.T) {
+	parse := func(args []string, getenv func(string) string) (uint64, float64, error) {
+		u, f := uint64(7), 0.5
+		s := New("cmd")
+		s.Uint64(&u, "u", "U", "a count")
+		s.Float64(&f, "f", "F", "a rate")
+		err := s.Parse(args, getenv)
+		return u, f, err
+	}
+	check := func(args []string, getenv func(string) string, wantU uint64, wantF float64) {
+		t.Helper()
+		u, f, err := parse(args, getenv)
+		if err != nil || u != wantU || (f != wantF && !(math.IsNaN(f) && math.IsNaN(wantF))) {
+			t.Fatalf("args %v: %d, %v, %v; want %d, %v", args, u, f, err, wantU, wantF)
+		}
+	}
+	check(nil, env(), 7, 0.5)
+	check(nil, env("U", "18446744073709551615", "F", "2.5e3"), math.MaxUint64, 2500)
+	check([]string{"-u", "3", "-f", "1"}, env("U", "9", "F", "9"), 3, 1)
+	check([]string{"-f", "NaN"}, env(), 7, math.NaN()) // ranges are Validate's job
+	checkErr := func(args []string, getenv func(string) string, want string) {
+		t.Helper()
+		if _, _, err := parse(args, getenv); err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("args %v: error %v, want it to mention %q", args, err, want)
+		}
+	}
+	checkErr([]string{"-u", "-1"}, env(), "-u")
+	checkErr([]string{"-f", "fast"}, env(), "-f")
+	checkErr(nil, env("U", "1.5"), `U="1.5"`)
+	checkErr(nil, env("F", "x"), `F="x"`)
 }

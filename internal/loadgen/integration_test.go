@@ -10,15 +10,9 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
-)
 
-// testBroker is the Mosquitto of this machine, or MQTT_URL.
-func testBroker() string {
-	if u := os.Getenv("MQTT_URL"); u != "" {
-		return u
-	}
-	return "tcp://127.0.0.1:1883"
-}
+	"github.com/presence-dev/presence/internal/testenv"
+)
 
 type received struct {
 	topic   string
@@ -32,12 +26,12 @@ func subscribe(t *testing.T, prefix string) func() []received {
 	t.Helper()
 	var mu sync.Mutex
 	var got []received
-	opts := mqtt.NewClientOptions().AddBroker(testBroker()).
+	opts := mqtt.NewClientOptions().AddBroker(testenv.MQTTURL()).
 		SetClientID(fmt.Sprintf("loadgen-test-sub-%d", time.Now().UnixNano())).
 		SetCleanSession(true).SetOrderMatters(false).SetConnectTimeout(3 * time.Second)
 	c := mqtt.NewClient(opts)
 	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
-		t.Skipf("no MQTT broker at %s (set MQTT_URL): %v", testBroker(), tok.Error())
+		t.Skipf("no MQTT broker at %s (set MQTT_URL): %v", testenv.MQTTURL(), tok.Error())
 	}
 	t.Cleanup(func() { c.Disconnect(100) })
 	tok := c.Subscribe(prefix+"/#", 1, func(_ mqtt.Client, m mqtt.Message) {
@@ -79,7 +73,7 @@ func TestIntegrationMosquitto(t *testing.T) {
 	msgs := subscribe(t, prefix)
 
 	cfg := DefaultConfig()
-	cfg.Broker = testBroker()
+	cfg.Broker = testenv.MQTTURL()
 	cfg.Devices, cfg.IDStart, cfg.Rate, cfg.Conns, cfg.QoS = 200, 1000, 2000, 3, 1
 	cfg.Duration, cfg.Progress = 1500*time.Millisecond, 0
 	cfg.Topic, cfg.StatusTopic = prefix+"/{id}/telemetry", prefix+"/{id}/status"
