@@ -1,0 +1,153 @@
+package cluster
+
+import (
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/presence-dev/presence/engine"
+)
+
+// countLocal counts what reaches it and passes it on to e (if not nil).
+type countLocal struct {
+	n atomic.Int64
+	e *engine.Engine
+}
+
+func (c *countLocal) TouchBatch(b []engine.Touch) int {
+	rej := 0
+	if c.e != nil {
+		rej = c.e.TouchBatch(b)
+	}
+	c.n.Add(int64(len(b)))
+	return rej
+}
+
+func (c *countLocal) MarkOffline(id string, at time.Time) error {
+	c.n.Add(1)
+	if c.e != nil {
+		return c.e.MarkOffline(id, at)
+	}
+	return nil
+}
+
+func newCountLocal(b *testing.B, withEngine bool) *countLocal {
+	if !withEngine {
+		return &countLocal{}
+	}
+	cfg := engine.DefaultConfig()
+	cfg.Sink = engine.SinkFunc(func([]engine.Transition) {})
+	e, err := engine.New(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return &countLocal{e: e}
+}
+
+// BenchmarkForward measures messages per second through a Router: path=local
+// applies the batches to the local engine (the baseline: a node owning every
+// device), path=forward sends every message to a peer over loopback TCP,
+// where the peer's server decodes it, checks ownership and applies it. The
+// engine is the real one (engine=real, 4096 devices, every touch a
+// last_seen update) or a counter (engine=none: the routing and forwarding
+// cost alone). One op is one message; batches of 512 like ingest's. msgs/s
+// counts messages that reached the owner's engine; bytes/msg is the wire
+// size, frame headers included. Sender and receiver share the 2 cores.
+//
+//	go test -run '^$' -bench 'BenchmarkForward$' -benchtime 2000000x -count 6 ./cluster/
+func BenchmarkForward(b *testing.B) {
+	for _, withEngine := range []bool{true, false} {
+		eng := "engine=none"
+		if withEngine {
+			eng = "engine=real"
+		}
+		b.Run(eng+"/path=local", func(b *testing.B) {
+			dst := newCountLocal(b, withEngine)
+			r, _, addr := benchRouter(b, "a", dst)
+			// A table in which a owns everything, without the "alone" fast
+			// path: the router looks up every id's partition, as a node of
+			// a cluster does for the devices it owns.
+			tb := NewTable(DefaultPartitions, []string{"a"})
+			r.route.Store(&routing{table: tb, owners: make([]*peer, tb.Partitions()),
+				addrs: map[string]string{"a": addr}})
+			benchRun(b, r, dst)
+		})
+		b.Run(eng+"/path=forward", func(b *testing.B) {
+			dst := newCountLocal(b, withEngine)
+			rb, _, addrB := benchRouter(b, "b", dst)
+			ra, ma, addrA := benchRouter(b, "a", &countLocal{})
+			// b owns everything; a forwards every message to b.
+			tb := NewTable(DefaultPartitions, []string{"b"})
+			addrs := map[string]string{"a": addrA, "b": addrB}
+			rb.setTable(tb, addrs)
+			ra.setTable(tb, addrs)
+			benchRun(b, ra, dst)
+			if n := ma.fwdMessages.Get(); n > 0 {
+				b.ReportMetric(float64(ma.fwdBytes.Get())/float64(n), "bytes/msg")
+			}
+			var drops uint64
+			for r := range numDropReasons {
+				drops += ma.dropped[r].Get()
+			}
+			b.ReportMetric(float64(drops)/float64(b.N), "drops/op")
+		})
+	}
+}
+
+// benchRouter is a router with its data server on loopback.
+func benchRouter(b *testing.B, name string, local Local) (*Router, *clusterMetrics, string) {
+	cfg := testConfig(b, name)
+	cfg.EnqueueWait = time.Second // measure throughput: wait for room, do not drop
+	m := newClusterMetrics(metrics.NewSet())
+	r := newRouter(&cfg, local, cfg.Logger, m)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := newServer(r, ln, cfg.Logger, time.Now)
+	srv.start()
+	b.Cleanup(func() { r.close(); srv.close() })
+	return r, m, ln.Addr().String()
+}
+
+var benchBatches = func() [][]engine.Touch {
+	const batchSize = 512
+	ids := deviceIDs("sensor", 4096)
+	batches := make([][]engine.Touch, len(ids)/batchSize)
+	now := time.Now()
+	for i := range batches {
+		batches[i] = touchBatch(ids[i*batchSize:(i+1)*batchSize], now)
+		for j := range batches[i] {
+			batches[i][j].At = now.Add(time.Duration(j) * 9731) // ~5 ms spread
+		}
+	}
+	return batches
+}()
+
+// benchRun sends b.N messages into r and waits until dst has them all.
+func benchRun(b *testing.B, r *Router, dst *countLocal) {
+	b.ReportAllocs()
+	b.ResetTimer()
+	sent := 0
+	for i := 0; sent < b.N; i++ {
+		batch := benchBatches[i%len(benchBatches)]
+		// Later rounds are newer, so that the engine updates last_seen.
+		if i%len(benchBatches) == 0 && i > 0 {
+			for _, bt := range benchBatches {
+				for j := range bt {
+					bt[j].At = bt[j].At.Add(10 * time.Millisecond)
+				}
+			}
+		}
+		r.TouchBatch(batch)
+		sent += len(batch)
+	}
+	for dst.n.Load() < int64(sent) && b.Elapsed() < time.Minute {
+		time.Sleep(50 * time.Microsecond)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(dst.n.Load())/b.Elapsed().Seconds(), "msgs/s")
+}

@@ -1,0 +1,356 @@
+package cluster
+
+import (
+	"fmt"
+	"net"
+	"runtime"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+// startNode starts a Node on 127.0.0.1 with ephemeral ports and fast gossip.
+func startNode(t *testing.T, name string, seeds []string, tweak func(*Config)) (*Node, *fakeLocal) {
+	t.Helper()
+	cfg := testConfig(t, name)
+	cfg.Join = seeds
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	local := newFakeLocal()
+	n, err := New(cfg, local)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.halt() })
+	return n, local
+}
+
+func gossipAddr(n *Node) string { return n.ml.LocalNode().Address() }
+
+// waitTables waits until every node's table has exactly members.
+func waitTables(t *testing.T, timeout time.Duration, nodes []*Node, members ...string) time.Duration {
+	t.Helper()
+	slices.Sort(members)
+	start := time.Now()
+	waitFor(t, timeout, func() error {
+		for _, n := range nodes {
+			tb := n.Table()
+			if tb == nil || !slices.Equal(tb.Members(), members) {
+				return fmt.Errorf("%s sees %v, want %v", n.Name(), tb, members)
+			}
+		}
+		return nil
+	})
+	return time.Since(start)
+}
+
+func TestSingleNodeAlone(t *testing.T) {
+	n, local := startNode(t, "solo", nil, nil)
+	if got := n.Table().Members(); !slices.Equal(got, []string{"solo"}) {
+		t.Fatalf("members %v", got)
+	}
+	ids := deviceIDs("s", 100)
+	n.Router().TouchBatch(touchBatch(ids, time.Now()))
+	if got, _ := local.totals(); got != 100 {
+		t.Fatalf("local got %d touches", got)
+	}
+	if ms := n.Members(); len(ms) != 1 || !ms[0].Usable || ms[0].Data != n.DataAddr() {
+		t.Fatalf("members %+v, data %s", ms, n.DataAddr())
+	}
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Close(); err != nil { // idempotent
+		t.Fatal(err)
+	}
+}
+
+func TestClusterThreeNodes(t *testing.T) {
+	var mu sync.Mutex
+	changes := map[string][]Change{}
+	onChange := func(name string) func(*Config) {
+		return func(c *Config) {
+			c.OnChange = func(ch Change) {
+				mu.Lock()
+				changes[name] = append(changes[name], ch)
+				mu.Unlock()
+			}
+		}
+	}
+	a, la := startNode(t, "a", nil, onChange("a"))
+	b, lb := startNode(t, "b", []string{gossipAddr(a)}, onChange("b"))
+	c, lc := startNode(t, "c", []string{gossipAddr(a)}, onChange("c"))
+	nodes := []*Node{a, b, c}
+	locals := map[string]*fakeLocal{"a": la, "b": lb, "c": lc}
+	took := waitTables(t, 10*time.Second, nodes, "a", "b", "c")
+	t.Logf("three-node table agreed in %v", took)
+	for _, n := range nodes[1:] {
+		if !n.Table().Equal(a.Table()) {
+			t.Fatalf("%s's table differs", n.Name())
+		}
+	}
+
+	// Messages sent into any node arrive exactly at the owner.
+	ids := deviceIDs("dev", 1500)
+	for i, n := range nodes {
+		part := ids[i*500 : (i+1)*500]
+		n.Router().TouchBatch(touchBatch(part, time.Now()))
+	}
+	tb := a.Table()
+	waitFor(t, 5*time.Second, func() error {
+		for name, l := range locals {
+			want := tb.devicesOf(name, ids)
+			if got := l.ids(); !slices.Equal(got, want) {
+				return fmt.Errorf("%s holds %d devices, owns %d", name, len(got), len(want))
+			}
+		}
+		return nil
+	})
+	for _, id := range ids {
+		if got := locals[tb.OwnerOf(id)].touchCount(id); got != 1 {
+			t.Fatalf("%s: %d touches at its owner", id, got)
+		}
+	}
+
+	// c leaves gracefully: a and b drop it quickly.
+	start := time.Now()
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	closeTook := time.Since(start)
+	took = waitTables(t, 5*time.Second, nodes[:2], "a", "b")
+	t.Logf("graceful leave: Close took %v, survivors agreed %v later", closeTook, took)
+	// The handoff moved c's devices to their new owners.
+	tb2 := a.Table()
+	waitFor(t, 5*time.Second, func() error {
+		for _, name := range []string{"a", "b"} {
+			if got, want := locals[name].ids(), tb2.devicesOf(name, ids); !slices.Equal(got, want) {
+				return fmt.Errorf("%s holds %d devices after c left, owns %d", name, len(got), len(want))
+			}
+		}
+		if n := len(lc.ids()); n != 0 {
+			return fmt.Errorf("c still holds %d devices", n)
+		}
+		return nil
+	})
+
+	// b dies: a notices within memberlist's failure detection.
+	start = time.Now()
+	if err := b.halt(); err != nil {
+		t.Fatal(err)
+	}
+	took = waitTables(t, 10*time.Second, nodes[:1], "a")
+	t.Logf("crash: a dropped b after %v", time.Since(start))
+
+	mu.Lock()
+	defer mu.Unlock()
+	last := changes["a"][len(changes["a"])-1]
+	if !slices.Contains(last.Failed, "b") {
+		t.Fatalf("last change of a: failed %v, want b", last.Failed)
+	}
+	if got, want := last.Rebuild(), last.Old.Owned("b"); !slices.Equal(got, want) {
+		t.Fatalf("Rebuild %d partitions, b owned %d", len(got), len(want))
+	}
+	for _, ch := range changes["a"] {
+		if slices.Contains(ch.Left, "c") && len(ch.Rebuild()) != 0 {
+			t.Fatalf("graceful leave of c asks for a rebuild of %d partitions", len(ch.Rebuild()))
+		}
+	}
+}
+
+// A node joining takes its share with the devices' state; leaving gives it
+// back. Every device is always held by exactly its owner once things settle.
+func TestClusterHandoffOnJoinAndLeave(t *testing.T) {
+	a, la := startNode(t, "a", nil, nil)
+	ids := deviceIDs("h", 2000)
+	a.Router().TouchBatch(touchBatch(ids, time.Now()))
+	for _, id := range ids[:10] {
+		_ = a.Router().MarkOffline(id, time.Now())
+	}
+	b, lb := startNode(t, "b", []string{gossipAddr(a)}, nil)
+	waitTables(t, 10*time.Second, []*Node{a, b}, "a", "b")
+	tb := a.Table()
+	waitFor(t, 10*time.Second, func() error {
+		if got, want := lb.ids(), tb.devicesOf("b", ids); !slices.Equal(got, want) {
+			return fmt.Errorf("b holds %d devices, owns %d", len(got), len(want))
+		}
+		if got, want := la.ids(), tb.devicesOf("a", ids); !slices.Equal(got, want) {
+			return fmt.Errorf("a holds %d devices, owns %d", len(got), len(want))
+		}
+		return nil
+	})
+	// Offline devices arrive offline.
+	for _, id := range ids[:10] {
+		l := la
+		if tb.OwnerOf(id) == "b" {
+			l = lb
+		}
+		l.mu.Lock()
+		st := l.state[id]
+		l.mu.Unlock()
+		if st.Status.String() != "offline" {
+			t.Fatalf("%s arrived %v", id, st.Status)
+		}
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitTables(t, 5*time.Second, []*Node{a}, "a")
+	if got := la.ids(); len(got) != len(ids) {
+		t.Fatalf("a holds %d of %d devices after b left", len(got), len(ids))
+	}
+	if got := lb.ids(); len(got) != 0 {
+		t.Fatalf("b still holds %d devices", len(got))
+	}
+}
+
+// Without HandoffLocal the node still routes; moved devices are simply not
+// streamed.
+func TestClusterWithoutHandoff(t *testing.T) {
+	cfg := testConfig(t, "p")
+	f := newFakeLocal()
+	n, err := New(cfg, plainLocal{f})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	q, lq := startNode(t, "q", []string{gossipAddr(n)}, nil)
+	waitTables(t, 10*time.Second, []*Node{n, q}, "p", "q")
+	ids := deviceIDs("w", 200)
+	n.Router().TouchBatch(touchBatch(ids, time.Now()))
+	want := n.Table().devicesOf("q", ids)
+	waitFor(t, 5*time.Second, func() error {
+		if got := lq.ids(); !slices.Equal(got, want) {
+			return fmt.Errorf("q holds %d of %d", len(got), len(want))
+		}
+		return nil
+	})
+}
+
+func TestClusterEncrypted(t *testing.T) {
+	key, err := ParseKey("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=")
+	if err != nil {
+		t.Fatal(err)
+	}
+	withKey := func(k []byte) func(*Config) { return func(c *Config) { c.SecretKey = k } }
+	a, _ := startNode(t, "a", nil, withKey(key))
+	b, _ := startNode(t, "b", []string{gossipAddr(a)}, withKey(key))
+	waitTables(t, 10*time.Second, []*Node{a, b}, "a", "b")
+	other := append([]byte(nil), key...)
+	other[0] ^= 1
+	x, _ := startNode(t, "x", []string{gossipAddr(a)}, withKey(other))
+	time.Sleep(500 * time.Millisecond)
+	if a.Table().Has("x") || x.Table().Has("a") {
+		t.Fatal("a node with another key joined")
+	}
+}
+
+// A seed that is down at start-up: the node works alone, and the rejoin
+// loop merges it into the cluster once the seed is up.
+func TestClusterRejoin(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed := ln.Addr().String()
+	ln.Close()
+	c, _ := startNode(t, "c", []string{seed}, func(cfg *Config) { cfg.RejoinInterval = 200 * time.Millisecond })
+	if got := c.Table().Members(); !slices.Equal(got, []string{"c"}) {
+		t.Fatalf("c sees %v", got)
+	}
+	a, _ := startNode(t, "a", nil, func(cfg *Config) { cfg.BindAddr = seed })
+	// b's seed list names a dead address and a.
+	b, _ := startNode(t, "b", []string{"127.0.0.1:1", seed}, nil)
+	waitTables(t, 10*time.Second, []*Node{a, b, c}, "a", "b", "c")
+}
+
+// A member with another partition count would route differently: it is
+// left out of the table (and, seeing us as misconfigured, so are we of its).
+func TestClusterPartitionMismatch(t *testing.T) {
+	a, _ := startNode(t, "a", nil, nil)
+	b, _ := startNode(t, "b", []string{gossipAddr(a)}, func(c *Config) { c.Partitions = 512 })
+	waitFor(t, 5*time.Second, func() error {
+		if len(a.Members()) != 2 {
+			return fmt.Errorf("a sees %d members", len(a.Members()))
+		}
+		return nil
+	})
+	time.Sleep(200 * time.Millisecond) // a few debounce periods
+	if a.Table().Has("b") || b.Table().Has("a") {
+		t.Fatal("members with different partition counts share a table")
+	}
+	for _, m := range a.Members() {
+		if m.Name == "b" && (m.Usable || m.Partitions != 512) {
+			t.Fatalf("b: %+v", m)
+		}
+	}
+}
+
+func TestMetaRoundTrip(t *testing.T) {
+	ip := net.ParseIP("10.0.0.7")
+	for _, c := range []struct {
+		host, want string
+	}{
+		{"", "10.0.0.7:7947"},
+		{"data.example", "data.example:7947"},
+		{"::1", "[::1]:7947"},
+	} {
+		m, err := decodeMeta(encodeMeta(c.host, 7947, 1024), ip)
+		if err != nil || m.data != c.want || m.partitions != 1024 || m.proto != ProtocolVersion {
+			t.Errorf("%q: %+v %v", c.host, m, err)
+		}
+	}
+	for _, bad := range [][]byte{nil, {2}, encodeMeta("x", 0, 1024), encodeMeta("x", 1, 1)[:9]} {
+		if _, err := decodeMeta(bad, ip); err == nil {
+			t.Errorf("%v accepted", bad)
+		}
+	}
+}
+
+// Close waits for every goroutine the node started (memberlist's included).
+func TestCloseStopsGoroutines(t *testing.T) {
+	before := runtime.NumGoroutine()
+	cfgA, cfgB := testConfig(t, "a"), testConfig(t, "b")
+	a, err := New(cfgA, newFakeLocal())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	cfgB.Join = []string{gossipAddr(a)}
+	b, err := New(cfgB, newFakeLocal())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitTables(t, 10*time.Second, []*Node{a, b}, "a", "b")
+	ids := deviceIDs("g", 500)
+	a.Router().TouchBatch(touchBatch(ids, time.Now()))
+	b.Router().TouchBatch(touchBatch(ids, time.Now()))
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, func() error {
+		if n := runtime.NumGoroutine(); n > before {
+			return fmt.Errorf("%d goroutines, %d before", n, before)
+		}
+		return nil
+	})
+	if err := a.Start(); err != ErrClosed {
+		t.Fatalf("Start after Close: %v", err)
+	}
+}

@@ -1,0 +1,183 @@
+package cluster
+
+import (
+	"bytes"
+	"errors"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/presence-dev/presence/engine"
+)
+
+// splitFrame checks the header of one encoded frame and returns its type
+// and body.
+func splitFrame(t testing.TB, b []byte) (byte, []byte) {
+	t.Helper()
+	typ, body, _, err := readFrame(bytes.NewReader(b), nil, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(body)+frameHeaderLen != len(b) {
+		t.Fatalf("frame of %d bytes, body %d", len(b), len(body))
+	}
+	return typ, body
+}
+
+func TestBatchRoundTrip(t *testing.T) {
+	now := time.Now().UnixNano()
+	cases := map[string][]msg{
+		"empty": {},
+		"one":   {{id: "sensor-1", at: now}},
+		"mixed": {
+			{id: "a", at: now},
+			{id: "b", at: now - 5*int64(time.Millisecond), flags: msgOffline},
+			{id: "c", at: now + 3, timeout: 90 * time.Second},
+			{id: "d", at: now, timeout: 1500*time.Millisecond + 7}, // not whole ms
+			{id: "e", flags: msgZeroTime},
+			{id: "f", at: now, flags: msgHop | msgOffline},
+			{id: string(bytes.Repeat([]byte{'x'}, 128)), at: 0},
+			{id: "g", at: -1},
+		},
+		"zero time first": {{id: "z", flags: msgZeroTime}, {id: "y", at: now}},
+	}
+	for name, in := range cases {
+		t.Run(name, func(t *testing.T) {
+			typ, body := splitFrame(t, appendBatch(nil, in))
+			if typ != frameBatch {
+				t.Fatalf("type %d", typ)
+			}
+			out, err := decodeBatch(body, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(in) == 0 && len(out) == 0 {
+				return
+			}
+			if !reflect.DeepEqual(in, out) {
+				t.Fatalf("round trip:\n in  %+v\n out %+v", in, out)
+			}
+		})
+	}
+}
+
+func TestTouchMsg(t *testing.T) {
+	at := time.Date(2025, 12, 14, 10, 30, 45, 123456789, time.UTC)
+	m := touchMsg(&engine.Touch{ID: "x", At: at, Timeout: time.Minute})
+	if !m.time().Equal(at) || m.timeout != time.Minute || m.flags != 0 {
+		t.Fatalf("touchMsg: %+v", m)
+	}
+	m = offlineMsg("x", time.Time{})
+	if !m.time().IsZero() || m.flags != msgOffline|msgZeroTime {
+		t.Fatalf("offlineMsg: %+v", m)
+	}
+}
+
+func TestStateRoundTrip(t *testing.T) {
+	at := time.Unix(1_765_000_000, 123456789)
+	in := []engine.DeviceState{
+		{ID: "a", Status: engine.StatusOnline, LastSeen: at, Since: at.Add(-time.Hour), Timeout: time.Minute},
+		{ID: "b", Status: engine.StatusOffline, LastSeen: at, Since: at.Add(time.Minute)},
+		{ID: "c", Status: engine.StatusUnknown},
+	}
+	typ, body := splitFrame(t, appendState(nil, in))
+	if typ != frameState {
+		t.Fatalf("type %d", typ)
+	}
+	out, err := decodeState(body, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out) != len(in) {
+		t.Fatalf("%d records, want %d", len(out), len(in))
+	}
+	for i := range in {
+		a, b := in[i], out[i]
+		if a.ID != b.ID || a.Status != b.Status || !a.LastSeen.Equal(b.LastSeen) ||
+			!a.Since.Equal(b.Since) || a.Timeout != b.Timeout || a.LastSeen.IsZero() != b.LastSeen.IsZero() {
+			t.Errorf("record %d: in %+v out %+v", i, a, b)
+		}
+	}
+}
+
+func TestControlFrames(t *testing.T) {
+	typ, body := splitFrame(t, appendHello(nil, "node-a"))
+	if name, err := decodeHello(body); typ != frameHello || err != nil || name != "node-a" {
+		t.Fatalf("hello: %d %q %v", typ, name, err)
+	}
+	typ, body = splitFrame(t, appendEnd(nil, 12345))
+	if n, err := decodeCount(body); typ != frameEnd || err != nil || n != 12345 {
+		t.Fatalf("end: %d %d %v", typ, n, err)
+	}
+	typ, body = splitFrame(t, appendAck(nil, 7, "boom"))
+	if n, txt, err := decodeAck(body); typ != frameAck || err != nil || n != 7 || txt != "boom" {
+		t.Fatalf("ack: %d %d %q %v", typ, n, txt, err)
+	}
+	bad := appendHello(nil, "x")
+	bad[frameHeaderLen+len(helloMagic)] = ProtocolVersion + 1
+	if _, err := decodeHello(bad[frameHeaderLen:]); !errors.Is(err, ErrBadFrame) {
+		t.Fatalf("other version accepted: %v", err)
+	}
+}
+
+func TestReadFrameLimits(t *testing.T) {
+	big := appendBatch(nil, []msg{{id: "sensor-1"}})
+	if _, _, _, err := readFrame(bytes.NewReader(big), nil, 4); !errors.Is(err, ErrFrameTooLarge) {
+		t.Fatalf("too large: %v", err)
+	}
+	if _, _, _, err := readFrame(bytes.NewReader([]byte{0, 0, 0, 0, 1}), nil, 100); !errors.Is(err, ErrBadFrame) {
+		t.Fatalf("empty: %v", err)
+	}
+	if _, _, _, err := readFrame(bytes.NewReader(big[:len(big)-1]), nil, 100); err == nil {
+		t.Fatal("truncated frame accepted")
+	}
+}
+
+// Bytes per forwarded message for a typical batch: 512 touches of ids like
+// "sensor-000123" received within a few milliseconds.
+func TestBatchSize(t *testing.T) {
+	msgs := make([]msg, 512)
+	now := time.Now().UnixNano()
+	for i := range msgs {
+		msgs[i] = msg{id: "sensor-" + string(rune('a'+i%26)) + "00123", at: now + int64(i)*9731}
+	}
+	b := appendBatch(nil, msgs)
+	per := float64(len(b)) / float64(len(msgs))
+	t.Logf("%d bytes for %d messages: %.1f bytes/msg (id 13 bytes)", len(b), len(msgs), per)
+	if per > 13+8 {
+		t.Fatalf("%.1f bytes per message", per)
+	}
+}
+
+func FuzzDecodeFrames(f *testing.F) {
+	now := time.Now().UnixNano()
+	f.Add(appendBatch(nil, []msg{{id: "a", at: now}, {id: "b", flags: msgOffline | msgZeroTime, timeout: time.Second}}))
+	f.Add(appendState(nil, []engine.DeviceState{{ID: "a", Status: engine.StatusOnline, LastSeen: time.Now()}}))
+	f.Add(appendHello(nil, "n"))
+	f.Add(appendAck(nil, 3, "x"))
+	f.Add(appendEnd(nil, 3))
+	f.Add([]byte{0, 0, 0, 2, frameBatch, 0})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r := bytes.NewReader(data)
+		var buf []byte
+		for {
+			typ, body, nb, err := readFrame(r, buf, 1<<16)
+			if err != nil {
+				return
+			}
+			buf = nb
+			_, _ = decodeHello(body)
+			_, _ = decodeCount(body)
+			_, _, _ = decodeAck(body)
+			if msgs, err := decodeBatch(body, nil); err == nil && typ == frameBatch {
+				// What decodes re-encodes to a frame that decodes the same.
+				_, again := splitFrame(t, appendBatch(nil, msgs))
+				msgs2, err := decodeBatch(again, nil)
+				if err != nil || len(msgs2) != len(msgs) {
+					t.Fatalf("re-encode: %v, %d vs %d", err, len(msgs2), len(msgs))
+				}
+			}
+			_, _ = decodeState(body, nil)
+		}
+	})
+}

@@ -1,0 +1,259 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Node metadata, gossiped by memberlist with every alive message:
+//
+//	metaVersion:u8 protocol:u8 dataPort:u16be partitions:u32be hostLen:u8 dataHost
+//
+// An empty dataHost means "my gossip address". A member whose metadata is
+// missing, malformed, of another protocol version or of another partition
+// count is left out of the table (and logged): it would route differently,
+// so it must own nothing.
+const metaVersion = 1
+
+// Member is one member of the cluster as this node sees it.
+type Member struct {
+	Name string
+	// Gossip is the memberlist address, host:port.
+	Gossip string
+	// Data is the advertised forwarding address ("" if the metadata is
+	// unusable).
+	Data string
+	// State is "alive", "suspect", "dead" or "left".
+	State string
+	// Protocol is the advertised data protocol version.
+	Protocol int
+	// Partitions is the member's partition count.
+	Partitions int
+	// Usable says the member takes part in the table (valid metadata of
+	// our protocol version and partition count).
+	Usable bool
+}
+
+const metaFixedLen = 9
+
+func encodeMeta(dataHost string, dataPort, partitions int) []byte {
+	b := make([]byte, metaFixedLen, metaFixedLen+len(dataHost))
+	b[0], b[1] = metaVersion, ProtocolVersion
+	binary.BigEndian.PutUint16(b[2:], uint16(dataPort))
+	binary.BigEndian.PutUint32(b[4:], uint32(partitions))
+	b[8] = byte(len(dataHost))
+	return append(b, dataHost...)
+}
+
+// nodeMeta is a member's decoded metadata.
+type nodeMeta struct {
+	data       string // data address; the gossip IP stands in for an empty host
+	proto      int
+	partitions int
+}
+
+func decodeMeta(meta []byte, gossipIP net.IP) (nodeMeta, error) {
+	if len(meta) < metaFixedLen || meta[0] != metaVersion {
+		return nodeMeta{}, errors.New("no presence metadata")
+	}
+	m := nodeMeta{proto: int(meta[1]), partitions: int(binary.BigEndian.Uint32(meta[4:]))}
+	port := binary.BigEndian.Uint16(meta[2:])
+	if len(meta) != metaFixedLen+int(meta[8]) || port == 0 {
+		return m, errors.New("malformed metadata")
+	}
+	host := string(meta[metaFixedLen:])
+	if host == "" {
+		if gossipIP == nil {
+			return m, errors.New("no address")
+		}
+		host = gossipIP.String()
+	}
+	m.data = net.JoinHostPort(host, strconv.Itoa(int(port)))
+	return m, nil
+}
+
+// usable says why a member with this metadata cannot take part in our
+// table, or nil.
+func (m nodeMeta) usable(partitions int) error {
+	if m.proto != ProtocolVersion {
+		return fmt.Errorf("data protocol %d, want %d", m.proto, ProtocolVersion)
+	}
+	if m.partitions != partitions {
+		return fmt.Errorf("%d partitions, want %d", m.partitions, partitions)
+	}
+	return nil
+}
+
+func stateName(s memberlist.NodeStateType) string {
+	switch s {
+	case memberlist.StateAlive:
+		return "alive"
+	case memberlist.StateSuspect:
+		return "suspect"
+	case memberlist.StateDead:
+		return "dead"
+	case memberlist.StateLeft:
+		return "left"
+	}
+	return "unknown"
+}
+
+// delegate answers memberlist's callbacks. They run in memberlist's
+// goroutines, some under its locks: they only record and signal.
+type delegate struct {
+	meta []byte
+	n    *Node
+}
+
+var (
+	_ memberlist.Delegate      = (*delegate)(nil)
+	_ memberlist.EventDelegate = (*delegate)(nil)
+)
+
+func (d *delegate) NodeMeta(limit int) []byte {
+	if len(d.meta) > limit {
+		return nil // cannot happen: host <= 255 bytes < MetaMaxSize
+	}
+	return d.meta
+}
+func (d *delegate) NotifyMsg([]byte)                           {}
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (d *delegate) LocalState(join bool) []byte                { return nil }
+func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
+
+func (d *delegate) NotifyJoin(n *memberlist.Node)   { d.n.noteEvent(n.Name, eventJoin) }
+func (d *delegate) NotifyUpdate(n *memberlist.Node) { d.n.noteEvent(n.Name, eventUpdate) }
+func (d *delegate) NotifyLeave(n *memberlist.Node) {
+	if n.State == memberlist.StateLeft {
+		d.n.noteEvent(n.Name, eventLeft)
+	} else {
+		d.n.noteEvent(n.Name, eventFailed)
+	}
+}
+
+type eventKind uint8
+
+const (
+	eventJoin eventKind = iota
+	eventUpdate
+	eventLeft
+	eventFailed
+)
+
+// pendingEvents accumulates membership events between two tables.
+type pendingEvents struct {
+	mu                   sync.Mutex
+	joined, left, failed map[string]struct{}
+}
+
+func (p *pendingEvents) note(name string, k eventKind) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.joined == nil {
+		p.joined, p.left, p.failed = map[string]struct{}{}, map[string]struct{}{}, map[string]struct{}{}
+	}
+	switch k {
+	case eventJoin:
+		p.joined[name] = struct{}{}
+	case eventLeft:
+		p.left[name] = struct{}{}
+	case eventFailed:
+		p.failed[name] = struct{}{}
+	}
+}
+
+func (p *pendingEvents) take() (joined, left, failed []string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	keys := func(m map[string]struct{}) []string {
+		var s []string
+		for k := range m {
+			s = append(s, k)
+		}
+		return s
+	}
+	joined, left, failed = keys(p.joined), keys(p.left), keys(p.failed)
+	p.joined, p.left, p.failed = nil, nil, nil
+	return joined, left, failed
+}
+
+// memberlistConfig builds memberlist's configuration from ours.
+func memberlistConfig(cfg *Config, d *delegate, logger *slog.Logger) (*memberlist.Config, error) {
+	var mc *memberlist.Config
+	if cfg.GossipProfile == ProfileLocal {
+		mc = memberlist.DefaultLocalConfig()
+		// Faster than DefaultLocalConfig: dead within ~1-2 s on loopback.
+		mc.ProbeInterval = 200 * time.Millisecond
+		mc.ProbeTimeout = 100 * time.Millisecond
+		mc.GossipInterval = 50 * time.Millisecond
+		mc.SuspicionMult = 2
+		mc.PushPullInterval = 2 * time.Second
+	} else {
+		mc = memberlist.DefaultLANConfig()
+	}
+	mc.Name = cfg.NodeName
+	host, port, err := splitHostPort(cfg.BindAddr)
+	if err != nil {
+		return nil, err
+	}
+	if host == "" {
+		host = "0.0.0.0"
+	}
+	mc.BindAddr, mc.BindPort = host, port
+	mc.AdvertisePort = port
+	if cfg.AdvertiseAddr != "" {
+		ah, ap, err := splitHostPort(cfg.AdvertiseAddr)
+		if err != nil {
+			return nil, err
+		}
+		mc.AdvertiseAddr, mc.AdvertisePort = ah, ap
+	}
+	if cfg.SecretKey != nil {
+		mc.SecretKey = append([]byte(nil), cfg.SecretKey...)
+	}
+	mc.Delegate = d
+	mc.Events = d
+	mc.Logger = log.New(&slogWriter{log: logger}, "", 0)
+	return mc, nil
+}
+
+// slogWriter turns memberlist's "[LEVEL] memberlist: text" lines into slog
+// records at the matching level (memberlist logs through a *log.Logger).
+type slogWriter struct{ log *slog.Logger }
+
+func (w *slogWriter) Write(p []byte) (int, error) {
+	line := string(bytes.TrimRight(p, "\n"))
+	level := slog.LevelInfo
+	for _, l := range []struct {
+		prefix string
+		level  slog.Level
+	}{
+		{"[DEBUG] ", slog.LevelDebug},
+		{"[INFO] ", slog.LevelInfo},
+		{"[WARN] ", slog.LevelWarn},
+		{"[ERR] ", slog.LevelError},
+		{"[ERROR] ", slog.LevelError},
+	} {
+		if rest, ok := strings.CutPrefix(line, l.prefix); ok {
+			line, level = rest, l.level
+			break
+		}
+	}
+	w.log.Log(context.Background(), level, line, slog.String("component", "memberlist"))
+	return len(p), nil
+}
+
+var _ io.Writer = (*slogWriter)(nil)

@@ -1,0 +1,439 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/hashicorp/memberlist"
+
+	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/ratelog"
+)
+
+// ErrClosed is returned by Start after Close, or a second Start.
+var ErrClosed = errors.New("cluster: node closed or already started")
+
+// Change describes a new table. Moved partitions changed owner; Joined,
+// Left (gracefully) and Failed (declared dead) name the members whose
+// events led to it since the previous table.
+type Change struct {
+	Self     string
+	Old, New *Table // Old is nil for the first table
+	Moved    []int
+	Joined   []string
+	Left     []string
+	Failed   []string
+}
+
+// Gained returns the partitions Self owns in New and did not own in Old.
+func (c Change) Gained() []int {
+	var ps []int
+	for _, p := range c.Moved {
+		if c.New.Owner(p) == c.Self {
+			ps = append(ps, p)
+		}
+	}
+	return ps
+}
+
+// Lost returns the partitions Self owned in Old and does not own in New:
+// handoff streams their devices to the new owners.
+func (c Change) Lost() []int {
+	if c.Old == nil {
+		return nil
+	}
+	var ps []int
+	for _, p := range c.Moved {
+		if c.Old.Owner(p) == c.Self {
+			ps = append(ps, p)
+		}
+	}
+	return ps
+}
+
+// Rebuild returns the partitions Self gained from a member that failed
+// (crashed, or unreachable long enough to be declared dead): nobody hands
+// them off, so their devices must be rebuilt from the shared store (Redis)
+// and re-armed; those whose deadline passed go offline with cause handoff.
+// Partitions gained from a member that left gracefully arrive by handoff.
+func (c Change) Rebuild() []int {
+	if c.Old == nil {
+		return nil // the first table: start-up recovery covers it
+	}
+	var ps []int
+	for _, p := range c.Gained() {
+		old := c.Old.Owner(p)
+		if slices.Contains(c.Failed, old) || !c.New.Has(old) && !slices.Contains(c.Left, old) {
+			ps = append(ps, p)
+		}
+	}
+	return ps
+}
+
+// Node is this process's membership in the cluster: it gossips with
+// memberlist, keeps the partition table, routes ingest's messages through
+// its Router, serves the data address for peers, and hands devices off when
+// ownership moves. New builds it, Start joins, Close leaves and waits for
+// every goroutine it started.
+type Node struct {
+	cfg    Config
+	log    *slog.Logger
+	m      *clusterMetrics
+	local  Local
+	router *Router
+	events pendingEvents
+	limit  *ratelog.Limiter[string]
+
+	changed chan struct{} // cap 1: a membership event happened
+	stop    chan struct{}
+	wg      sync.WaitGroup
+
+	life    sync.Mutex // Start and Close
+	started bool
+	closed  bool
+
+	rebuildMu sync.Mutex // one rebuild (and OnChange call) at a time
+
+	// Set by Start.
+	ml       *memberlist.Memberlist
+	srv      *server
+	ho       *handoff
+	dataAddr string // the data listener's address
+}
+
+// New validates cfg and builds a Node over local (the engine). Nothing runs
+// until Start; until then the Router applies everything locally.
+func New(cfg Config, local Local) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if local == nil {
+		return nil, errors.New("cluster: nil Local")
+	}
+	cfg.Join = slices.Clone(cfg.Join)
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = metrics.NewSet()
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
+	n := &Node{
+		cfg:     cfg,
+		log:     cfg.Logger.With(slog.String("node", cfg.NodeName)),
+		local:   local,
+		changed: make(chan struct{}, 1),
+		stop:    make(chan struct{}),
+		limit:   ratelog.New[string](cfg.LogInterval, nil),
+	}
+	n.m = newClusterMetrics(cfg.Metrics)
+	n.router = newRouter(&n.cfg, local, n.log, n.m)
+	n.ho = newHandoff(n)
+	cfg.Metrics.NewGauge("presence_cluster_members", func() float64 {
+		if t := n.router.Table(); t != nil {
+			return float64(len(t.members))
+		}
+		return 1
+	})
+	cfg.Metrics.NewGauge("presence_cluster_partitions_owned", func() float64 {
+		if t := n.router.Table(); t != nil {
+			return float64(len(t.Owned(n.cfg.NodeName)))
+		}
+		return float64(n.cfg.Partitions)
+	})
+	return n, nil
+}
+
+// Router returns the router: the ingest.Handler to give ingest.New.
+func (n *Node) Router() *Router { return n.router }
+
+// Metrics returns the node's metric set.
+func (n *Node) Metrics() *metrics.Set { return n.cfg.Metrics }
+
+// Name returns this node's name.
+func (n *Node) Name() string { return n.cfg.NodeName }
+
+// DataAddr returns the address the data listener is bound to ("" before
+// Start).
+func (n *Node) DataAddr() string { return n.dataAddr }
+
+// Table returns the current table (nil before Start).
+func (n *Node) Table() *Table { return n.router.Table() }
+
+// Owns reports whether this node owns device id now.
+func (n *Node) Owns(id string) bool { return n.router.Owns(id) }
+
+// Start listens on the data address, starts gossip on the bind address,
+// installs a first table (this node alone, or with whoever answered), joins
+// the seeds (a seed that does not answer is logged, not fatal: the rejoin
+// loop retries) and starts the background goroutines.
+func (n *Node) Start() error {
+	n.life.Lock()
+	defer n.life.Unlock()
+	if n.started || n.closed {
+		return ErrClosed
+	}
+	dataAddr, err := n.dataListenAddr()
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", dataAddr)
+	if err != nil {
+		return fmt.Errorf("cluster: data listener: %w", err)
+	}
+	n.dataAddr = ln.Addr().String()
+	host, port, _ := splitHostPort(n.dataAddr)
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		host = "" // peers use our gossip address
+	}
+	d := &delegate{meta: encodeMeta(host, port, n.cfg.Partitions), n: n}
+	mc, err := memberlistConfig(&n.cfg, d, n.log)
+	if err != nil {
+		_ = ln.Close()
+		return err
+	}
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		_ = ln.Close()
+		return fmt.Errorf("cluster: memberlist: %w", err)
+	}
+	n.ml = ml
+	n.srv = newServer(n.router, ln, n.log, n.cfg.Clock)
+	n.srv.start()
+	n.started = true
+	n.rebuild() // this node alone: routing is ready from here on
+	if len(n.cfg.Join) > 0 {
+		n.join()
+		n.rebuild() // no debounce for the first view of the cluster
+	}
+	n.wg.Go(n.loop)
+	n.wg.Go(n.ho.run)
+	if len(n.cfg.Join) > 0 && n.cfg.RejoinInterval > 0 {
+		n.wg.Go(n.rejoin)
+	}
+	n.log.Info("cluster: started", slog.String("gossip", ml.LocalNode().Address()),
+		slog.String("data", n.dataAddr), slog.Int("members", ml.NumMembers()))
+	return nil
+}
+
+// dataListenAddr is Config.DataAddr or the gossip bind host with port+1.
+func (n *Node) dataListenAddr() (string, error) {
+	if n.cfg.DataAddr != "" {
+		return n.cfg.DataAddr, nil
+	}
+	host, port, err := splitHostPort(n.cfg.BindAddr)
+	if err != nil {
+		return "", err
+	}
+	return net.JoinHostPort(host, strconv.Itoa(port+1)), nil
+}
+
+// Close leaves the cluster gracefully: it broadcasts the leave (bounded by
+// LeaveTimeout), switches to a table without this node (every message is
+// forwarded from then on), hands every device off to its new owner
+// (bounded by HandoffTimeout), then stops gossip, writes what the peer
+// queues hold (WriteTimeout) and closes the data listener. Close ingest
+// before the Node, so that nothing new arrives meanwhile. Idempotent.
+func (n *Node) Close() error { return n.close(true) }
+
+// halt stops abruptly, as a crash would look to the other nodes: no leave
+// message, no handoff. For tests.
+func (n *Node) halt() error { return n.close(false) }
+
+func (n *Node) close(graceful bool) error {
+	n.life.Lock()
+	defer n.life.Unlock()
+	if n.closed {
+		return nil
+	}
+	n.closed = true
+	if !n.started {
+		n.router.close()
+		return nil
+	}
+	var errs []error
+	if graceful {
+		if err := n.ml.Leave(n.cfg.LeaveTimeout); err != nil {
+			errs = append(errs, fmt.Errorf("cluster: leave: %w", err))
+		}
+		n.rebuild()
+		if _, err := n.ho.pass(time.Now().Add(n.cfg.HandoffTimeout)); err != nil {
+			errs = append(errs, fmt.Errorf("cluster: handoff on leave: %w", err))
+		}
+	}
+	close(n.stop)
+	n.wg.Wait()
+	if err := n.ml.Shutdown(); err != nil {
+		errs = append(errs, fmt.Errorf("cluster: memberlist shutdown: %w", err))
+	}
+	n.router.close()
+	n.srv.close()
+	n.log.Info("cluster: closed", slog.Bool("graceful", graceful))
+	return errors.Join(errs...)
+}
+
+func (n *Node) noteEvent(name string, k eventKind) {
+	n.events.note(name, k)
+	select {
+	case n.changed <- struct{}{}:
+	default:
+	}
+}
+
+// loop rebuilds the table once membership has been quiet for Debounce (at
+// most 4*Debounce after the first event of a burst).
+func (n *Node) loop() {
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	var first time.Time // first event of the pending burst; zero when none
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-n.changed:
+			now := time.Now()
+			if first.IsZero() {
+				first = now
+			}
+			wait := min(n.cfg.Debounce, first.Add(4*n.cfg.Debounce).Sub(now))
+			timer.Reset(max(wait, 0))
+		case <-timer.C:
+			first = time.Time{}
+			n.rebuild()
+		}
+	}
+}
+
+// rebuild computes the table from memberlist's current members and, if it
+// differs, installs it, reports the Change and triggers a handoff pass.
+func (n *Node) rebuild() {
+	n.rebuildMu.Lock()
+	defer n.rebuildMu.Unlock()
+	names, addrs := n.usableMembers()
+	t := NewTable(n.cfg.Partitions, names)
+	old := n.router.Table()
+	joined, left, failed := n.events.take()
+	if old.Equal(t) {
+		return
+	}
+	n.router.setTable(t, addrs)
+	c := Change{Self: n.cfg.NodeName, Old: old, New: t, Moved: Moved(old, t),
+		Joined: joined, Left: left, Failed: failed}
+	n.m.tableChanges.Inc()
+	n.m.moved.Add(len(c.Moved))
+	n.log.Info("cluster: new partition table", slog.Any("members", t.members),
+		slog.Int("moved", len(c.Moved)), slog.Int("owned", len(t.Owned(n.cfg.NodeName))),
+		slog.Any("left", left), slog.Any("failed", failed))
+	if n.cfg.OnChange != nil {
+		n.cfg.OnChange(c)
+	}
+	if old != nil {
+		n.ho.trigger()
+	}
+}
+
+// usableMembers returns the names and data addresses of the members that
+// may own partitions.
+func (n *Node) usableMembers() (names []string, addrs map[string]string) {
+	addrs = make(map[string]string)
+	for _, m := range n.ml.Members() {
+		meta, err := decodeMeta(m.Meta, m.Addr)
+		if err == nil {
+			err = meta.usable(n.cfg.Partitions)
+		}
+		if err != nil {
+			if ok, sup := n.limit.Allow("meta:" + m.Name); ok {
+				n.log.Warn("cluster: member left out of the table", slog.String("member", m.Name),
+					slog.Any("err", err), slog.Int("suppressed", sup))
+			}
+			continue
+		}
+		names = append(names, m.Name)
+		addrs[m.Name] = meta.data
+	}
+	return names, addrs
+}
+
+// Members returns the alive and suspect members as this node sees them
+// (memberlist forgets dead ones), sorted by name.
+func (n *Node) Members() []Member {
+	n.life.Lock()
+	ml := n.ml
+	n.life.Unlock()
+	if ml == nil {
+		return nil
+	}
+	var ms []Member
+	for _, m := range ml.Members() {
+		meta, err := decodeMeta(m.Meta, m.Addr)
+		ms = append(ms, Member{
+			Name:       m.Name,
+			Gossip:     m.Address(),
+			Data:       meta.data,
+			State:      stateName(m.State),
+			Protocol:   meta.proto,
+			Partitions: meta.partitions,
+			Usable:     err == nil && meta.usable(n.cfg.Partitions) == nil,
+		})
+	}
+	slices.SortFunc(ms, func(a, b Member) int {
+		if a.Name < b.Name {
+			return -1
+		}
+		if a.Name > b.Name {
+			return 1
+		}
+		return 0
+	})
+	return ms
+}
+
+// join contacts the seeds (except this node's own address).
+func (n *Node) join() {
+	self := n.ml.LocalNode().Address()
+	seeds := make([]string, 0, len(n.cfg.Join))
+	for _, s := range n.cfg.Join {
+		if s != self && s != n.cfg.BindAddr {
+			seeds = append(seeds, s)
+		}
+	}
+	if len(seeds) == 0 {
+		return
+	}
+	if _, err := n.ml.Join(seeds); err != nil {
+		n.m.rejoinErrors.Inc()
+		if ok, sup := n.limit.Allow("join"); ok {
+			n.log.Warn("cluster: no seed answered", slog.Any("seeds", seeds), slog.Any("err", err),
+				slog.Int("suppressed", sup))
+		}
+	}
+}
+
+// rejoin joins the seeds every RejoinInterval, so that the two sides of a
+// healed network partition merge.
+func (n *Node) rejoin() {
+	t := time.NewTicker(n.cfg.RejoinInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+			n.join()
+		}
+	}
+}
+
+// Compile-time check: a *engine.Engine is a Local (it will be a
+// HandoffLocal once it has Adopt and Remove).
+var _ Local = (*engine.Engine)(nil)

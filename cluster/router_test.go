@@ -1,0 +1,319 @@
+package cluster
+
+import (
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/presence-dev/presence/engine"
+)
+
+// Every message sent into any router reaches exactly its owner's engine,
+// exactly once.
+func TestRouterDeliversToOwner(t *testing.T) {
+	nodes := staticCluster(t, 3, nil)
+	ids := deviceIDs("dev", 3000)
+	at := time.Now()
+	for i, nd := range nodes { // every node receives every id once
+		for chunk := range 10 {
+			part := ids[chunk*300 : (chunk+1)*300]
+			if rej := nd.r.TouchBatch(touchBatch(part, at.Add(time.Duration(i)))); rej != 0 {
+				t.Fatalf("%d rejected", rej)
+			}
+		}
+		if err := nd.r.MarkOffline(ids[i], at); err != nil && nodes[0].r.Table().OwnerOf(ids[i]) == nd.name {
+			t.Fatal(err)
+		}
+	}
+	tb := nodes[0].r.Table()
+	byName := map[string]*staticNode{}
+	for _, nd := range nodes {
+		byName[nd.name] = nd
+	}
+	waitFor(t, 10*time.Second, func() error {
+		for _, nd := range nodes {
+			if got, _ := nd.local.totals(); got != 3*len(tb.devicesOf(nd.name, ids)) {
+				return fmt.Errorf("%s received %d touches", nd.name, got)
+			}
+		}
+		return nil
+	})
+	for _, id := range ids {
+		owner := byName[tb.OwnerOf(id)]
+		if got := owner.local.touchCount(id); got != 3 {
+			t.Fatalf("%s: owner %s got %d touches, want 3", id, owner.name, got)
+		}
+	}
+	waitFor(t, 5*time.Second, func() error {
+		for i := range nodes {
+			owner := byName[tb.OwnerOf(ids[i])]
+			owner.local.mu.Lock()
+			n := owner.local.offline[ids[i]]
+			owner.local.mu.Unlock()
+			if n != 1 {
+				return fmt.Errorf("offline of %s at %s: %d", ids[i], owner.name, n)
+			}
+		}
+		return nil
+	})
+	var fwd int
+	for _, nd := range nodes {
+		fwd += int(nd.m.fwdMessages.Get())
+		for r := range numDropReasons {
+			if n := nd.m.dropped[r].Get(); n != 0 {
+				t.Errorf("%s dropped %d (%s)", nd.name, n, r)
+			}
+		}
+	}
+	t.Logf("forwarded %d of %d messages", fwd, 3*len(ids)+3)
+}
+
+func (t *Table) devicesOf(node string, ids []string) []string {
+	var out []string
+	for _, id := range ids {
+		if t.OwnerOf(id) == node {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+func TestRouterRejectsInvalid(t *testing.T) {
+	nodes := staticCluster(t, 2, nil)
+	r := nodes[0].r
+	var remote string
+	for _, id := range deviceIDs("x", 100) {
+		if !r.Owns(id) {
+			remote = id
+			break
+		}
+	}
+	batch := []engine.Touch{
+		{ID: "bad id", At: time.Now()},
+		{ID: remote, At: time.Now(), Timeout: time.Millisecond}, // below engine.MinTimeout
+		{ID: remote, At: time.Now(), Timeout: -time.Second},
+	}
+	if got := r.TouchBatch(batch); got != 3 {
+		t.Fatalf("rejected %d, want 3", got)
+	}
+}
+
+// A peer that cannot be reached: the router drops and counts once its
+// queue is full and never makes the caller wait.
+func TestRouterDeadPeerNeverBlocks(t *testing.T) {
+	a := newStaticNode(t, "a", func(c *Config) { c.QueueSize = 1000; c.EnqueueWait = 50 * time.Millisecond })
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close() // nothing listens there any more
+	tb := NewTable(a.cfg.Partitions, []string{"a", "b"})
+	a.r.setTable(tb, map[string]string{"a": a.addr, "b": dead})
+	remote := tb.devicesOf("b", deviceIDs("d", 4000))
+	batch := touchBatch(remote[:500], time.Now())
+	var slowest time.Duration
+	for range 20 { // 10000 messages for a queue of 1000
+		start := time.Now()
+		a.r.TouchBatch(batch)
+		slowest = max(slowest, time.Since(start))
+	}
+	if slowest > 25*time.Millisecond { // well under EnqueueWait: no wait at all
+		t.Fatalf("TouchBatch took %v with a dead peer", slowest)
+	}
+	if d := a.r.queueDepth(); d > 1000 {
+		t.Fatalf("queue depth %d > QueueSize", d)
+	}
+	if got := a.m.dropped[dropQueueFull].Get(); got < 10000-1000 {
+		t.Fatalf("dropped %d, want >= 9000", got)
+	}
+	waitFor(t, 5*time.Second, func() error {
+		if a.m.dialErrors.Get() < 2 {
+			return fmt.Errorf("%d dial errors", a.m.dialErrors.Get())
+		}
+		return nil
+	})
+}
+
+// A peer that accepts but does not read: once the socket buffers and the
+// queue are full, a caller waits at most EnqueueWait, then drops.
+func TestRouterSlowPeerBoundedWait(t *testing.T) {
+	const wait = 20 * time.Millisecond
+	a := newStaticNode(t, "a", func(c *Config) { c.QueueSize = 2000; c.EnqueueWait = wait; c.WriteTimeout = 10 * time.Second })
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() { // accept and never read
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	tb := NewTable(a.cfg.Partitions, []string{"a", "b"})
+	a.r.setTable(tb, map[string]string{"a": a.addr, "b": ln.Addr().String()})
+	remote := tb.devicesOf("b", deviceIDs("slow-peer-device-with-a-long-id", 4000))
+	batch := touchBatch(remote[:1000], time.Now())
+	var slowest time.Duration
+	deadline := time.Now().Add(10 * time.Second)
+	for a.m.dropped[dropQueueFull].Get() == 0 && time.Now().Before(deadline) {
+		start := time.Now()
+		a.r.TouchBatch(batch)
+		slowest = max(slowest, time.Since(start))
+	}
+	if a.m.dropped[dropQueueFull].Get() == 0 {
+		t.Fatal("no drop against a peer that does not read")
+	}
+	if slowest > wait+150*time.Millisecond {
+		t.Fatalf("TouchBatch took %v, bound is EnqueueWait %v (plus scheduling)", slowest, wait)
+	}
+	t.Logf("slowest TouchBatch %v, dropped %d", slowest, a.m.dropped[dropQueueFull].Get())
+}
+
+// Tables disagree for a moment during a change: a node that receives a
+// message it does not own forwards it once more (never back to the
+// sender), and a node receiving such a re-forwarded message it does not own
+// either drops it.
+func TestRouterReforwardOnce(t *testing.T) {
+	nodes := staticCluster(t, 3, nil)
+	a, b, c := nodes[0], nodes[1], nodes[2]
+	addrs := map[string]string{a.name: a.addr, b.name: b.addr, c.name: c.addr}
+	full := NewTable(a.cfg.Partitions, []string{a.name, b.name, c.name})
+	ids := full.devicesOf(b.name, deviceIDs("r", 3000))[:100]
+	// b thinks c owns its partitions (b left, as b sees it); c agrees.
+	withoutB := NewTable(a.cfg.Partitions, []string{a.name, c.name})
+	var toC []string
+	for _, id := range ids {
+		if withoutB.OwnerOf(id) == c.name {
+			toC = append(toC, id)
+		}
+	}
+	b.r.setTable(withoutB, addrs)
+	c.r.setTable(withoutB, addrs)
+	a.r.TouchBatch(touchBatch(toC, time.Now())) // a -> b -> c
+	waitFor(t, 5*time.Second, func() error {
+		if n, _ := c.local.totals(); n != len(toC) {
+			return fmt.Errorf("c has %d of %d", n, len(toC))
+		}
+		return nil
+	})
+	if got := b.m.reforwarded.Get(); got != uint64(len(toC)) {
+		t.Fatalf("b re-forwarded %d, want %d", got, len(toC))
+	}
+	// c thinks b owns them, b thinks c does: c keeps them rather than
+	// sending them back to b.
+	c.r.setTable(full, addrs)
+	a.r.TouchBatch(touchBatch(toC, time.Now())) // a -> b -> c, applied
+	waitFor(t, 5*time.Second, func() error {
+		if n, _ := c.local.totals(); n != 2*len(toC) {
+			return fmt.Errorf("c has %d of %d", n, 2*len(toC))
+		}
+		return nil
+	})
+	if got := c.m.bounced.Get(); got != uint64(len(toC)) {
+		t.Fatalf("c bounced %d, want %d", got, len(toC))
+	}
+	// c thinks a third node (a) owns them: a message re-forwarded once is
+	// not forwarded again.
+	c.r.setTable(NewTable(a.cfg.Partitions, []string{a.name}), addrs)
+	a.r.TouchBatch(touchBatch(toC, time.Now())) // a -> b -> c, dropped
+	waitFor(t, 5*time.Second, func() error {
+		if got := c.m.dropped[dropNotOwner].Get(); got != uint64(len(toC)) {
+			return fmt.Errorf("c dropped %d as not owner, want %d", got, len(toC))
+		}
+		return nil
+	})
+	if n, _ := b.local.totals(); n != 0 {
+		t.Fatalf("b applied %d messages it does not own", n)
+	}
+	if n, _ := a.local.totals(); n != 0 {
+		t.Fatalf("a applied %d messages", n)
+	}
+}
+
+// Messages queued for a peer that leaves the table are routed again by the
+// new table instead of being lost.
+func TestRouterReroutesQueueOfRemovedPeer(t *testing.T) {
+	a := newStaticNode(t, "a", func(c *Config) { c.QueueSize = 5000 })
+	tb := NewTable(a.cfg.Partitions, []string{"a", "b"})
+	a.r.setTable(tb, map[string]string{"a": a.addr, "b": "127.0.0.1:1"}) // unreachable
+	remote := tb.devicesOf("b", deviceIDs("q", 3000))
+	a.r.TouchBatch(touchBatch(remote, time.Now()))
+	a.r.setTable(NewTable(a.cfg.Partitions, []string{"a"}), map[string]string{"a": a.addr})
+	waitFor(t, 5*time.Second, func() error {
+		if n, _ := a.local.totals(); n != len(remote) {
+			return fmt.Errorf("%d of %d rerouted to the local engine", n, len(remote))
+		}
+		return nil
+	})
+}
+
+// A peer that restarts: the router reconnects and forwarding resumes.
+func TestRouterReconnects(t *testing.T) {
+	nodes := staticCluster(t, 2, nil)
+	a, b := nodes[0], nodes[1]
+	remote := a.r.Table().devicesOf(b.name, deviceIDs("rc", 2000))
+	a.r.TouchBatch(touchBatch(remote[:10], time.Now()))
+	waitFor(t, 5*time.Second, func() error {
+		if n, _ := b.local.totals(); n != 10 {
+			return fmt.Errorf("b has %d", n)
+		}
+		return nil
+	})
+	// Restart b's server on the same address.
+	addr := b.addr
+	b.srv.close()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Skipf("cannot rebind %s: %v", addr, err)
+	}
+	b.srv = newServer(b.r, ln, b.cfg.Logger, time.Now)
+	b.srv.start()
+	waitFor(t, 10*time.Second, func() error {
+		a.r.TouchBatch(touchBatch(remote[10:20], time.Now()))
+		if n := b.local.touchCount(remote[10]); n == 0 {
+			return fmt.Errorf("nothing arrived after the restart")
+		}
+		return nil
+	})
+	if a.m.connects.Get() < 2 {
+		t.Fatalf("%d connects, want a reconnect", a.m.connects.Get())
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	ok := DefaultConfig()
+	ok.NodeName = "n"
+	if err := ok.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for name, mut := range map[string]func(*Config){
+		"no name":        func(c *Config) { c.NodeName = "" },
+		"bad bind":       func(c *Config) { c.BindAddr = "nope" },
+		"port 0 no data": func(c *Config) { c.BindAddr = "127.0.0.1:0" },
+		"bad key":        func(c *Config) { c.SecretKey = []byte("short") },
+		"bad profile":    func(c *Config) { c.GossipProfile = "wan" },
+		"partitions":     func(c *Config) { c.Partitions = 0 },
+		"frame small":    func(c *Config) { c.MaxFrameSize = 100 },
+		"backoff":        func(c *Config) { c.MaxBackoff = c.MinBackoff / 2 },
+		"wait":           func(c *Config) { c.EnqueueWait = 2 * time.Second },
+		"join":           func(c *Config) { c.Join = []string{"host-without-port"} },
+	} {
+		c := ok
+		mut(&c)
+		if err := c.Validate(); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	if _, err := ParseKey("c2hvcnQ="); err == nil {
+		t.Error("5-byte key accepted")
+	}
+	if k, err := ParseKey("MDEyMzQ1Njc4OWFiY2RlZg=="); err != nil || len(k) != 16 {
+		t.Errorf("16-byte key: %v", err)
+	}
+}
