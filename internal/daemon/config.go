@@ -13,6 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/presence-dev/presence/cluster"
 	"github.com/presence-dev/presence/engine"
 	"github.com/presence-dev/presence/events"
 	"github.com/presence-dev/presence/ingest"
@@ -73,6 +74,13 @@ type Config struct {
 	MassOfflineCount   int
 	MassOfflineShare   float64
 	MassOfflineWindow  time.Duration
+
+	// Cluster: used when ClusterBind or ClusterJoin is set.
+	NodeName        string
+	ClusterBind     string
+	ClusterJoin     []string
+	ClusterKey      string
+	ClusterDataAddr string
 
 	// The engine.
 	Timeout time.Duration
@@ -202,6 +210,12 @@ func ParseFlags(args []string, getenv func(string) string, out io.Writer) (Confi
 	s.Var((*floatValue)(&c.MassOfflineShare), "mass-offline-share", "PRESENCE_MASS_OFFLINE_SHARE", "share of the fleet (0..1) going offline within the window that makes a mass_offline incident; 0: count only")
 	s.Duration(&c.MassOfflineWindow, "mass-offline-window", "PRESENCE_MASS_OFFLINE_WINDOW", "window of the mass-outage detector; 0 disables it")
 
+	s.String(&c.NodeName, "node-name", "PRESENCE_NODE_NAME", "this node's name in the cluster, unique (default: the host name)")
+	s.String(&c.ClusterBind, "cluster-bind", "PRESENCE_CLUSTER_BIND", "gossip address host:port (memberlist); setting it or -cluster-join runs presenced as a cluster node")
+	s.Var(envflag.NewList(&c.ClusterJoin), "cluster-join", "PRESENCE_CLUSTER_JOIN", "seed nodes' gossip addresses, comma-separated; joined at start and again periodically so a healed partition merges")
+	s.String(&c.ClusterKey, "cluster-key", "PRESENCE_CLUSTER_KEY", "gossip encryption key, base64 of 16, 24 or 32 bytes; the same on every node")
+	s.String(&c.ClusterDataAddr, "cluster-data-addr", "PRESENCE_CLUSTER_DATA_ADDR", "address peers forward messages and hand devices to (default: the gossip host, gossip port + 1)")
+
 	s.Duration(&c.Timeout, "timeout", "DEVICE_OFFLINE_TIMEOUT", "silence after which a device is offline, 1s..168h; per-topic timeouts override it")
 	s.Duration(&c.Tick, "tick", "PRESENCE_TICK", "bound on how late an offline transition may be, 10ms..10s")
 
@@ -273,6 +287,13 @@ func (c Config) Validate() error {
 	if c.DatabaseURL != "" {
 		pc := c.postgresConfig(nil)
 		if err := pc.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.clustered() {
+		if cc, err := c.clusterConfig(nil); err != nil {
+			errs = append(errs, err)
+		} else if err := cc.Validate(); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -421,6 +442,29 @@ func (c Config) eventsConfig(brokerURL string) events.Config {
 	ec.Alerts.Mass.Enabled = c.MassOfflineWindow > 0
 	ec.Alerts.Mass.Count, ec.Alerts.Mass.Share, ec.Alerts.Mass.Window = c.MassOfflineCount, c.MassOfflineShare, c.MassOfflineWindow
 	return ec
+}
+
+func (c Config) clustered() bool { return c.ClusterBind != "" || len(c.ClusterJoin) > 0 }
+
+// clusterConfig maps the flags onto a cluster node.
+func (c Config) clusterConfig(log *slog.Logger) (cluster.Config, error) {
+	cc := cluster.DefaultConfig()
+	if c.NodeName != "" {
+		cc.NodeName = c.NodeName
+	}
+	if c.ClusterBind != "" {
+		cc.BindAddr = c.ClusterBind
+	}
+	cc.Join, cc.DataAddr = c.ClusterJoin, c.ClusterDataAddr
+	if c.ClusterKey != "" {
+		k, err := cluster.ParseKey(c.ClusterKey)
+		if err != nil {
+			return cc, fmt.Errorf("PRESENCE_CLUSTER_KEY: %w", err)
+		}
+		cc.SecretKey = k
+	}
+	cc.Logger = log
+	return cc, nil
 }
 
 // floatValue is a flag.Value for a float64.

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"sync"
 	"sync/atomic"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/presence-dev/presence/api"
+	"github.com/presence-dev/presence/cluster"
 	"github.com/presence-dev/presence/dashboard"
 	"github.com/presence-dev/presence/engine"
 	"github.com/presence-dev/presence/events"
@@ -43,6 +45,7 @@ type Daemon struct {
 	pgSink    *writeback.Postgres
 	history   *writeback.History // nil without Postgres or history
 	events    *events.Hub
+	node      *cluster.Node // nil when not clustered
 
 	engineMetrics *metrics.Set
 	hydrated      atomic.Bool
@@ -136,9 +139,21 @@ func (d *Daemon) build() error {
 		}
 	}
 
+	var handler ingest.Handler = eng
+	if cfg.clustered() {
+		cc, err := cfg.clusterConfig(log.With("component", "cluster"))
+		if err != nil {
+			return err
+		}
+		cc.OnChange = d.onClusterChange
+		if d.node, err = cluster.New(cc, eng); err != nil {
+			return err
+		}
+		handler = d.node.Router() // forwards what other nodes own
+	}
 	ic := cfg.ingestConfig(log.With("component", "ingest"))
 	ic.BrokerURL = d.BrokerURL()
-	if d.ing, err = ingest.New(ic, eng); err != nil {
+	if d.ing, err = ingest.New(ic, handler); err != nil {
 		return err
 	}
 
@@ -164,6 +179,7 @@ func (d *Daemon) build() error {
 	}
 	rep.Mount(d.api)
 	d.api.Handle("GET /v1/events", hub.SSEHandler())
+	d.api.Handle("GET /v1/cluster", http.HandlerFunc(d.serveCluster))
 	dashboard.Mount(d.api)
 	if d.httpLn, err = d.api.Listen(); err != nil {
 		return err
@@ -182,6 +198,9 @@ func (d *Daemon) metricSets() []*metrics.Set {
 	}
 	if d.history != nil {
 		sets = append(sets, d.history.Metrics())
+	}
+	if d.node != nil {
+		sets = append(sets, d.node.Metrics())
 	}
 	return sets
 }
@@ -248,6 +267,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 	}()
 
+	if d.node != nil {
+		if err := d.node.Start(); err != nil {
+			errs <- fmt.Errorf("cluster: %w", err)
+		} else {
+			d.settle(ctx) // hydrate only what this node owns
+		}
+	}
 	d.hydrate(ctx)
 	engineDone := make(chan struct{})
 	go func() {
@@ -292,6 +318,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	demoWG.Wait()
 	if err := d.ing.Close(); err != nil { // hands over everything it queued
 		d.log.Warn("ingest close", "err", err)
+	}
+	if d.node != nil { // leave, hand every device to its next owner
+		if err := d.node.Close(); err != nil {
+			d.log.Warn("cluster close", "err", err)
+		}
 	}
 	stopEngine() // Run makes a last Advance and Deliver
 	<-engineDone

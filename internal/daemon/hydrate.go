@@ -74,6 +74,9 @@ func (d *Daemon) hydrateOnce(ctx context.Context) (int, error) {
 		buf = buf[:0]
 	}
 	err := d.redisSink.Scan(ctx, func(st engine.DeviceState) error {
+		if !d.owns(st.ID) {
+			return nil // another node's (clustered)
+		}
 		buf = append(buf, st)
 		if len(buf) == cap(buf) {
 			restore()
