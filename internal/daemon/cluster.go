@@ -48,37 +48,57 @@ func (d *Daemon) onClusterChange(c cluster.Change) {
 
 func (d *Daemon) rebuild(parts []int) {
 	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	n := 0
+	adopt := func(states []engine.DeviceState) error {
+		owned := states[:0]
+		for _, st := range states {
+			if d.owns(st.ID) { // the table may have moved on meanwhile
+				owned = append(owned, st)
+			}
+		}
+		if err := d.eng.Adopt(owned, time.Now()); err != nil {
+			d.log.Warn("cluster rebuild skipped some devices", "err", err)
+		}
+		n += len(owned)
+		return nil
+	}
+	// The per-partition index names the devices; without one (data written
+	// before it existed, or no cluster history) walk the keyspace.
+	how := "index"
+	err := d.index.Devices(ctx, d.redisSink, parts, adopt)
+	if err == nil && n == 0 {
+		how = "scan"
+		err = d.rebuildByScan(ctx, parts, adopt)
+	}
+	if err != nil {
+		d.log.Error("cluster rebuild from Redis failed", "err", err, "rebuilt", n, "via", how)
+		return
+	}
+	d.log.Info("partitions rebuilt from Redis", "partitions", len(parts), "devices", n, "via", how,
+		"took", time.Since(start).Round(time.Millisecond))
+}
+
+func (d *Daemon) rebuildByScan(ctx context.Context, parts []int, adopt func([]engine.DeviceState) error) error {
 	want := make(map[int]bool, len(parts))
 	for _, p := range parts {
 		want[p] = true
 	}
 	table := d.node.Table()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
 	var buf []engine.DeviceState
-	n := 0
-	adopt := func() {
-		if err := d.eng.Adopt(buf, time.Now()); err != nil {
-			d.log.Warn("cluster rebuild skipped some devices", "err", err)
-		}
-		n += len(buf)
-		buf = buf[:0]
-	}
 	err := d.redisSink.Scan(ctx, func(st engine.DeviceState) error {
-		if want[table.PartitionOf(st.ID)] && d.owns(st.ID) {
+		if want[table.PartitionOf(st.ID)] {
 			buf = append(buf, st)
 			if len(buf) == hydrateChunk {
-				adopt()
+				adopt(buf)
+				buf = buf[:0]
 			}
 		}
 		return nil
 	})
-	adopt()
-	if err != nil {
-		d.log.Error("cluster rebuild from Redis failed", "err", err, "rebuilt", n)
-		return
-	}
-	d.log.Info("partitions rebuilt from Redis", "partitions", len(parts), "devices", n, "took", time.Since(start).Round(time.Millisecond))
+	adopt(buf)
+	return err
 }
 
 // clusterView is GET /v1/cluster.

@@ -45,7 +45,8 @@ type Daemon struct {
 	pgSink    *writeback.Postgres
 	history   *writeback.History // nil without Postgres or history
 	events    *events.Hub
-	node      *cluster.Node // nil when not clustered
+	node      *cluster.Node         // nil when not clustered
+	index     *writeback.RedisIndex // per-partition device ids; clustered with Redis
 
 	engineMetrics *metrics.Set
 	hydrated      atomic.Bool
@@ -110,6 +111,12 @@ func (d *Daemon) build() error {
 	}
 	d.events = hub
 	sinks = append(sinks, hub)
+	if cfg.clustered() && d.redis != nil {
+		parts := cluster.DefaultConfig().Partitions
+		d.index = writeback.NewRedisIndex(d.redis, cfg.RedisPrefix,
+			func(id string) int { return cluster.PartitionOf(id, parts) }, 0, log.With("component", "index"), nil)
+		sinks = append(sinks, d.index)
+	}
 
 	ec := engine.DefaultConfig()
 	ec.DefaultTimeout, ec.Tick = cfg.Timeout, cfg.Tick
@@ -290,6 +297,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		goRun("history", sinkCtx, d.history.Run)
 	}
 	goRun("events", sinkCtx, d.events.Run)
+	if d.index != nil {
+		goRun("index", sinkCtx, d.index.Run)
+	}
 	if err := d.ing.Start(); err != nil {
 		errs <- fmt.Errorf("ingest: %w", err)
 	}
@@ -364,6 +374,9 @@ func (d *Daemon) closeSinks(ctx context.Context, stop context.CancelFunc) {
 		closeOne("history", d.history.Close)
 	}
 	closeOne("events", d.events.Close)
+	if d.index != nil {
+		closeOne("index", d.index.Close)
+	}
 	wg.Wait()
 	stop()
 }

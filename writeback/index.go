@@ -1,0 +1,218 @@
+package writeback
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/backoff"
+	"github.com/presence-dev/presence/internal/ratelog"
+)
+
+// RedisIndex keeps, for each cluster partition, the set of device ids seen
+// in it: {KeyPrefix}index:{partition} (a Redis SET). A node that takes over
+// a crashed node's partitions reads their sets (SSCAN) and the devices'
+// keys, instead of walking the whole keyspace.
+//
+// It is written when a device is first seen by a node (its transition from
+// StatusUnknown), not per message: SADD of a few ids per second in steady
+// state. It implements engine.Sink and never blocks: new ids wait in a set
+// bounded by MaxPending (one entry per device, so a burst of a million new
+// devices costs about 100 MB at most) and are flushed by Run in pipelines.
+// Ids whose status key has expired are removed when a rebuild reads them.
+// The sets have no TTL: they hold every device seen, which is bounded by the
+// fleet (about 10 bytes per id in Redis).
+type RedisIndex struct {
+	client      redis.UniversalClient
+	prefix      string
+	partitionOf func(id string) int
+	maxPending  int
+	log         *slog.Logger
+	lim         *ratelog.Limiter[string]
+
+	mu      sync.Mutex
+	pending map[string]struct{}
+	closed  bool
+
+	flushes, added, dropped, errs *metrics.Counter
+}
+
+// NewRedisIndex builds an index under keyPrefix (the sink's, e.g.
+// "device:") with the cluster's partition function. maxPending <= 0 means
+// 1<<20.
+func NewRedisIndex(client redis.UniversalClient, keyPrefix string, partitionOf func(string) int, maxPending int, log *slog.Logger, set *metrics.Set) *RedisIndex {
+	if maxPending <= 0 {
+		maxPending = 1 << 20
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	if set == nil {
+		set = metrics.NewSet()
+	}
+	x := &RedisIndex{
+		client: client, prefix: keyPrefix, partitionOf: partitionOf, maxPending: maxPending,
+		log: log, lim: ratelog.New[string](10*time.Second, nil), pending: map[string]struct{}{},
+		flushes: set.NewCounter("presence_index_flushes_total"),
+		added:   set.NewCounter("presence_index_ids_written_total"),
+		dropped: set.NewCounter("presence_index_ids_dropped_total"),
+		errs:    set.NewCounter("presence_index_errors_total"),
+	}
+	set.NewGauge("presence_index_ids_pending", func() float64 {
+		x.mu.Lock()
+		defer x.mu.Unlock()
+		return float64(len(x.pending))
+	})
+	return x
+}
+
+// Key is the set of partition p.
+func (x *RedisIndex) Key(p int) string { return x.prefix + "index:" + strconv.Itoa(p) }
+
+// HandleTransitions notes the devices seen for the first time.
+func (x *RedisIndex) HandleTransitions(batch []engine.Transition) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for i := range batch {
+		if batch[i].From != engine.StatusUnknown || x.closed {
+			continue
+		}
+		if len(x.pending) >= x.maxPending {
+			x.dropped.Inc()
+			continue
+		}
+		x.pending[batch[i].ID] = struct{}{}
+	}
+}
+
+// Run writes pending ids every interval until ctx is done, retrying with
+// backoff while Redis fails.
+func (x *RedisIndex) Run(ctx context.Context) error {
+	const interval = 500 * time.Millisecond
+	failures := 0
+	for {
+		wait := interval
+		if failures > 0 {
+			wait = backoff.Delay(interval, 15*time.Second, failures)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		if err := x.Flush(ctx); err != nil {
+			failures++
+			if ok, n := x.lim.Allow("flush"); ok {
+				x.log.Warn("writeback: device index flush failed, retrying", "err", err, "suppressed", n)
+			}
+			continue
+		}
+		failures = 0
+	}
+}
+
+// Flush writes the pending ids (SADD per partition, one pipeline); on
+// failure they stay pending.
+func (x *RedisIndex) Flush(ctx context.Context) error {
+	x.mu.Lock()
+	ids := make([]string, 0, len(x.pending))
+	for id := range x.pending {
+		ids = append(ids, id)
+	}
+	clear(x.pending)
+	x.mu.Unlock()
+	if len(ids) == 0 {
+		return nil
+	}
+	byPart := map[int][]any{}
+	for _, id := range ids {
+		p := x.partitionOf(id)
+		byPart[p] = append(byPart[p], id)
+	}
+	pipe := x.client.Pipeline()
+	for p, members := range byPart {
+		pipe.SAdd(ctx, x.Key(p), members...)
+	}
+	x.flushes.Inc()
+	if _, err := pipe.Exec(ctx); err != nil {
+		x.errs.Inc()
+		x.mu.Lock()
+		for _, id := range ids {
+			if len(x.pending) < x.maxPending {
+				x.pending[id] = struct{}{}
+			}
+		}
+		x.mu.Unlock()
+		return fmt.Errorf("redis index: %w", err)
+	}
+	x.added.Add(len(ids))
+	return nil
+}
+
+// Close stops accepting ids and writes what is pending within ctx.
+func (x *RedisIndex) Close(ctx context.Context) error {
+	x.mu.Lock()
+	x.closed = true
+	x.mu.Unlock()
+	var err error
+	for {
+		if err = x.Flush(ctx); err == nil || ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// Devices calls fn with the stored state of every device indexed in the
+// given partitions, in batches, and removes from the index the ids whose
+// keys have expired. It reads the devices through sink (same key prefix).
+func (x *RedisIndex) Devices(ctx context.Context, sink *Redis, partitions []int, fn func([]engine.DeviceState) error) error {
+	for _, p := range partitions {
+		key := x.Key(p)
+		var cursor uint64
+		for {
+			ids, next, err := x.client.SScan(ctx, key, cursor, "", scanBatch).Result()
+			if err != nil {
+				return fmt.Errorf("redis index %s: %w", key, err)
+			}
+			if len(ids) > 0 {
+				states, err := sink.ReadStates(ctx, ids)
+				if err != nil {
+					return err
+				}
+				live, gone := states[:0], []any{}
+				for _, s := range states {
+					if s.Status == engine.StatusUnknown {
+						gone = append(gone, s.ID)
+						continue
+					}
+					live = append(live, s)
+				}
+				if len(gone) > 0 {
+					if err := x.client.SRem(ctx, key, gone...).Err(); err != nil && !errors.Is(err, context.Canceled) {
+						x.errs.Inc()
+					}
+				}
+				if err := fn(live); err != nil {
+					return err
+				}
+			}
+			if cursor = next; cursor == 0 {
+				break
+			}
+		}
+	}
+	return nil
+}
