@@ -69,6 +69,7 @@ func testFlushConfig(t testing.TB, base FlushConfig, o harnessOpts) FlushConfig 
 func sinkKinds() map[string]newHarnessFunc {
 	return map[string]newHarnessFunc{
 		"redis":                   newRedisHarness,
+		"redis/guarded":           newGuardedRedisHarness,
 		"postgres/bigint+status":  newPostgresHarness("bigint", ", status text", false),
 		"postgres/text-no-status": newPostgresHarness("text", "", false),
 		"postgres/insert-unknown": newPostgresHarness("bigint", ", status varchar(16)", true),

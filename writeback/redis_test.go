@@ -15,6 +15,17 @@ import (
 
 func newRedisHarness(t *testing.T, src Source, o harnessOpts) harness {
 	t.Helper()
+	return redisHarness(t, src, o, false)
+}
+
+// newGuardedRedisHarness is the sink as a cluster node runs it.
+func newGuardedRedisHarness(t *testing.T, src Source, o harnessOpts) harness {
+	t.Helper()
+	return redisHarness(t, src, o, true)
+}
+
+func redisHarness(t *testing.T, src Source, o harnessOpts, guarded bool) harness {
+	t.Helper()
 	direct := newRedisClient(t, "")
 	prefix := testenv.Name(t) + ":"
 	cleanupRedisPrefix(t, direct, prefix)
@@ -27,6 +38,7 @@ func newRedisHarness(t *testing.T, src Source, o harnessOpts) harness {
 	cfg := DefaultRedisConfig()
 	cfg.KeyPrefix = prefix
 	cfg.Flush = testFlushConfig(t, cfg.Flush, o)
+	cfg.Guarded = guarded
 	sink, err := NewRedis(client, src, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -237,4 +249,40 @@ func TestRedisConfigValidate(t *testing.T) {
 		t.Errorf("nil client: %v", err)
 	}
 	var _ redis.UniversalClient = (*redis.ClusterClient)(nil)
+}
+
+// A stale owner cannot move last-seen back nor overwrite the status a newer
+// message set; a newer or equal time writes.
+func TestRedisGuardedWrites(t *testing.T) {
+	src := newFakeSource()
+	h := newGuardedRedisHarness(t, src, harnessOpts{})
+	sink := h.sink.(*Redis)
+	ctx := context.Background()
+	write := func(st engine.Status, at time.Time) {
+		t.Helper()
+		src.Set(engine.DeviceState{ID: "7", Status: st, LastSeen: at})
+		if err := sink.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := func(st engine.Status, at time.Time) {
+		t.Helper()
+		got, err := sink.ReadStates(ctx, []string{"7"})
+		if err != nil || got[0].Status != st || !got[0].LastSeen.Equal(at.Truncate(time.Microsecond)) {
+			t.Fatalf("stored %+v (%v), want %v at %v", got, err, st, at)
+		}
+	}
+	write(engine.StatusOnline, t0.Add(time.Minute))
+	write(engine.StatusOffline, t0) // the stale owner: older message time
+	check(engine.StatusOnline, t0.Add(time.Minute))
+	write(engine.StatusOffline, t0.Add(time.Minute)) // a timeout: same time
+	check(engine.StatusOffline, t0.Add(time.Minute))
+	write(engine.StatusOnline, t0.Add(2*time.Minute))
+	check(engine.StatusOnline, t0.Add(2*time.Minute))
+	// After a Redis script flush (a restart) the script is loaded again.
+	if err := sink.client.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	write(engine.StatusOffline, t0.Add(3*time.Minute))
+	check(engine.StatusOffline, t0.Add(3*time.Minute))
 }

@@ -393,6 +393,7 @@ func (c Config) redisConfig(log *slog.Logger) writeback.RedisConfig {
 	rc := writeback.DefaultRedisConfig()
 	rc.KeyPrefix, rc.TTL = c.RedisPrefix, c.RedisTTL
 	rc.Flush.Interval, rc.Flush.Logger = c.RedisFlush, log
+	rc.Guarded = c.clustered() // a stale owner must not move last-seen back
 	return rc
 }
 
