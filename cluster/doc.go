@@ -38,7 +38,8 @@
 // acknowledges; the old owner then forgets them (HandoffLocal.Remove). A
 // graceful Close leaves the cluster, hands everything off, then stops. A
 // crashed node hands nothing off: the survivors see Change.Rebuild and
-// rebuild those partitions from Redis (the daemon's job).
+// rebuild those partitions from Redis (the daemon does, through the
+// per-partition device index writeback.RedisIndex).
 //
 // # Guarantees and limits
 //
@@ -57,8 +58,10 @@
 //     one more pass runs a few seconds after a pass that moved devices, so
 //     such strays reach their owner; until then both may time the device
 //     (at most one duplicate transition).
-//   - Fencing (partition epochs) against a stale owner is planned, not
-//     implemented: see PROTOCOL.md.
+//   - A stale owner is fenced at the store by last-seen: the daemon's Redis
+//     writes are guarded (writeback.RedisConfig.Guarded) and Postgres
+//     updates are too, so neither moves back; partition epochs are planned
+//     (PROTOCOL.md).
 //
 // # Lifecycle
 //
