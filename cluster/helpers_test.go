@@ -101,15 +101,18 @@ func (f *fakeLocal) Adopt(recs []engine.DeviceState, now time.Time) error {
 	return nil
 }
 
-func (f *fakeLocal) Remove(ids ...string) {
+func (f *fakeLocal) Remove(ids ...string) int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	n := 0
 	for _, id := range ids {
 		if _, ok := f.state[id]; ok {
 			f.removed++
+			n++
 			delete(f.state, id)
 		}
 	}
+	return n
 }
 
 func (f *fakeLocal) touchCount(id string) int {

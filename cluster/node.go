@@ -434,6 +434,6 @@ func (n *Node) rejoin() {
 	}
 }
 
-// Compile-time check: a *engine.Engine is a Local (it will be a
-// HandoffLocal once it has Adopt and Remove).
-var _ Local = (*engine.Engine)(nil)
+// Compile-time check: a *engine.Engine can be handed devices and hand them
+// off (a Local that is not a HandoffLocal would route but never hand off).
+var _ HandoffLocal = (*engine.Engine)(nil)

@@ -34,8 +34,9 @@ type HandoffLocal interface {
 	// engine.CauseHandoff; the others are armed for the time they have left.
 	Adopt(recs []engine.DeviceState, now time.Time) error
 	// Remove forgets devices handed off to another node: no more timer, no
-	// transition, no write-behind for them here.
-	Remove(ids ...string)
+	// transition, no write-behind for them here. It returns how many it
+	// knew.
+	Remove(ids ...string) int
 }
 
 // Router routes ingest's messages to the owner of each device: the local
