@@ -42,6 +42,7 @@ type RedisIndex struct {
 	pending map[string]struct{}
 	closed  bool
 
+	set                           *metrics.Set
 	flushes, added, dropped, errs *metrics.Counter
 }
 
@@ -60,7 +61,7 @@ func NewRedisIndex(client redis.UniversalClient, keyPrefix string, partitionOf f
 	}
 	x := &RedisIndex{
 		client: client, prefix: keyPrefix, partitionOf: partitionOf, maxPending: maxPending,
-		log: log, lim: ratelog.New[string](10*time.Second, nil), pending: map[string]struct{}{},
+		log: log, lim: ratelog.New[string](10*time.Second, nil), pending: map[string]struct{}{}, set: set,
 		flushes: set.NewCounter("presence_index_flushes_total"),
 		added:   set.NewCounter("presence_index_ids_written_total"),
 		dropped: set.NewCounter("presence_index_ids_dropped_total"),
@@ -73,6 +74,9 @@ func NewRedisIndex(client redis.UniversalClient, keyPrefix string, partitionOf f
 	})
 	return x
 }
+
+// Metrics is the set the index's metrics are in (presence_index_*).
+func (x *RedisIndex) Metrics() *metrics.Set { return x.set }
 
 // Key is the set of partition p.
 func (x *RedisIndex) Key(p int) string { return x.prefix + "index:" + strconv.Itoa(p) }

@@ -66,48 +66,61 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	return d, nil
 }
 
+// build makes every component; New closes what it opened if it fails.
 func (d *Daemon) build() error {
-	cfg, log := d.cfg, d.log
-	if cfg.MQTTURL == "" {
-		explicit := cfg.EmbeddedMQTTAddr != DefaultConfig().EmbeddedMQTTAddr
+	if d.cfg.MQTTURL == "" {
+		explicit := d.cfg.EmbeddedMQTTAddr != DefaultConfig().EmbeddedMQTTAddr
 		var err error
-		if d.broker, err = startBroker(cfg.EmbeddedMQTTAddr, explicit, log); err != nil {
+		if d.broker, err = startBroker(d.cfg.EmbeddedMQTTAddr, explicit, d.log); err != nil {
 			return err
 		}
 	}
-	var sinks fanout
-	sinks = append(sinks, newTransitionCounter(d.metricsSet()))
+	sinks, err := d.buildTransitionSinks()
+	if err != nil {
+		return err
+	}
+	if err := d.buildEngine(sinks); err != nil {
+		return err
+	}
+	if err := d.buildIngest(); err != nil {
+		return err
+	}
+	return d.buildAPI()
+}
 
+// buildTransitionSinks connects the stores and makes what receives every
+// transition: metrics, history, events, the cluster's device index.
+func (d *Daemon) buildTransitionSinks() (fanout, error) {
+	cfg, log := d.cfg, d.log
+	sinks := fanout{newTransitionCounter(d.metricsSet())}
 	if cfg.DatabaseURL != "" {
 		pool, err := pgxpool.New(context.Background(), cfg.DatabaseURL)
 		if err != nil {
-			return fmt.Errorf("DATABASE_URL: %w", err)
+			return nil, fmt.Errorf("DATABASE_URL: %w", err)
 		}
 		d.pool = pool
 		if cfg.HistoryTable != "" {
 			hc := writeback.DefaultHistoryConfig()
 			hc.Table, hc.Logger = cfg.HistoryTable, log.With("component", "history")
 			if d.history, err = writeback.NewHistory(pool, hc); err != nil {
-				return err
+				return nil, err
 			}
 			sinks = append(sinks, d.history)
 		}
 	}
-
 	if cfg.redisEnabled() {
 		var err error
 		if d.redis, err = cfg.redisClient(); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	var eng *engine.Engine // the hub's fleet size needs it, once built
 	hub, err := events.New(cfg.eventsConfig(d.BrokerURL()), events.Deps{
 		Redis:     d.redis,
-		FleetSize: func() int { return eng.Counts().Total },
+		FleetSize: func() int { return d.eng.Counts().Total }, // called once running
 		Logger:    log.With("component", "events"),
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	d.events = hub
 	sinks = append(sinks, hub)
@@ -117,16 +130,21 @@ func (d *Daemon) build() error {
 			func(id string) int { return cluster.PartitionOf(id, parts) }, 0, log.With("component", "index"), nil)
 		sinks = append(sinks, d.index)
 	}
+	return sinks, nil
+}
 
+// buildEngine makes the engine and its write-behind sinks.
+func (d *Daemon) buildEngine(sinks fanout) error {
+	cfg, log := d.cfg, d.log
 	ec := engine.DefaultConfig()
 	ec.DefaultTimeout, ec.Tick = cfg.Timeout, cfg.Tick
 	ec.Sink, ec.Logger = sinks, log.With("component", "engine")
-	if eng, err = engine.New(ec); err != nil {
+	eng, err := engine.New(ec)
+	if err != nil {
 		return err
 	}
 	d.eng = eng
 	d.registerEngineMetrics()
-
 	if d.redis != nil {
 		tr, err := eng.NewTracker()
 		if err != nil {
@@ -145,53 +163,59 @@ func (d *Daemon) build() error {
 			return err
 		}
 	}
+	return nil
+}
 
-	var handler ingest.Handler = eng
-	if cfg.clustered() {
-		cc, err := cfg.clusterConfig(log.With("component", "cluster"))
+// buildIngest makes ingest, behind the cluster's router when clustered.
+func (d *Daemon) buildIngest() error {
+	var handler ingest.Handler = d.eng
+	if d.cfg.clustered() {
+		cc, err := d.cfg.clusterConfig(d.log.With("component", "cluster"))
 		if err != nil {
 			return err
 		}
 		cc.OnChange = d.onClusterChange
-		if d.node, err = cluster.New(cc, eng); err != nil {
+		if d.node, err = cluster.New(cc, d.eng); err != nil {
 			return err
 		}
 		handler = d.node.Router() // forwards what other nodes own
 	}
-	ic := cfg.ingestConfig(log.With("component", "ingest"))
+	ic := d.cfg.ingestConfig(d.log.With("component", "ingest"))
 	ic.BrokerURL = d.BrokerURL()
-	if d.ing, err = ingest.New(ic, handler); err != nil {
-		return err
-	}
+	var err error
+	d.ing, err = ingest.New(ic, handler)
+	return err
+}
 
+// buildAPI makes the HTTP API with every route and binds its port.
+func (d *Daemon) buildAPI() error {
+	cfg, log := d.cfg, d.log
 	ac := api.DefaultConfig()
 	ac.Addr, ac.Token, ac.Logger = cfg.HTTPAddr, cfg.APIToken, log.With("component", "api")
 	ac.Ready = d.ready
 	ac.MetricSets = d.metricSets()
-	if d.api, err = api.New(ac, eng); err != nil {
+	var err error
+	if d.api, err = api.New(ac, d.eng); err != nil {
 		return err
 	}
 	rc := report.DefaultConfig()
+	pool := d.pool
 	if cfg.HistoryTable != "" {
 		rc.Table = cfg.HistoryTable
-	}
-	rc.Logger = log.With("component", "report")
-	pool := d.pool
-	if cfg.HistoryTable == "" {
+	} else {
 		pool = nil // no history: history and uptime answer 503
 	}
-	rep, err := report.New(pool, eng, rc)
+	rc.Logger = log.With("component", "report")
+	rep, err := report.New(pool, d.eng, rc)
 	if err != nil {
 		return err
 	}
 	rep.Mount(d.api)
-	d.api.Handle("GET /v1/events", hub.SSEHandler())
+	d.api.Handle("GET /v1/events", d.events.SSEHandler())
 	d.api.Handle("GET /v1/cluster", http.HandlerFunc(d.serveCluster))
 	dashboard.Mount(d.api)
-	if d.httpLn, err = d.api.Listen(); err != nil {
-		return err
-	}
-	return nil
+	d.httpLn, err = d.api.Listen()
+	return err
 }
 
 // metricSets lists the sets of every component for /metrics.
@@ -208,6 +232,9 @@ func (d *Daemon) metricSets() []*metrics.Set {
 	}
 	if d.node != nil {
 		sets = append(sets, d.node.Metrics())
+	}
+	if d.index != nil {
+		sets = append(sets, d.index.Metrics())
 	}
 	return sets
 }
