@@ -20,12 +20,11 @@ import (
 	"github.com/presence-dev/presence/api"
 	"github.com/presence-dev/presence/dashboard"
 	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/browsertest"
 	"github.com/presence-dev/presence/internal/testenv"
 	"github.com/presence-dev/presence/report"
 	"github.com/presence-dev/presence/writeback"
 )
-
-const chromiumPath = "/usr/bin/chromium"
 
 // The dashboard in a real browser, against a real engine, API, report and
 // (when reachable) PostgreSQL history, with the API token on: the test
@@ -35,9 +34,6 @@ const chromiumPath = "/usr/bin/chromium"
 func TestDashboardInChromium(t *testing.T) {
 	if testing.Short() {
 		t.Skip("browser test")
-	}
-	if _, err := os.Stat(chromiumPath); err != nil {
-		t.Skipf("no %s (apt-get install -y chromium): %v", chromiumPath, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -141,20 +137,8 @@ func TestDashboardInChromium(t *testing.T) {
 	stopOnce := sync.OnceFunc(func() { close(stopTouch) })
 	defer stopOnce()
 
-	alloc, cancelAlloc := chromedp.NewExecAllocator(ctx,
-		chromedp.ExecPath(chromiumPath),
-		chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-dev-shm-usage", true),
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(1280, 1100),
-	)
-	defer cancelAlloc()
-	bctx, cancelBrowser := chromedp.NewContext(alloc)
-	defer cancelBrowser()
+	bctx := browsertest.Start(t, ctx, 1280, 1100)
+	cancelBrowser := func() { chromedp.Cancel(bctx) } //nolint:errcheck // ends the browser early
 
 	// Collect the page's console: an uncaught exception or a CSP violation
 	// fails the test.

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/presence-dev/presence/internal/browsertest"
 )
 
 // The dashboard of a running presenced, in headless Chromium: a device
@@ -16,10 +18,6 @@ import (
 // and the page shows it offline, in the device panel and in the live
 // transitions read from the real SSE stream; a screenshot is saved.
 func TestDashboardOfRunningDaemon(t *testing.T) {
-	const chromium = "/usr/bin/chromium"
-	if _, err := os.Stat(chromium); err != nil {
-		t.Skipf("no %s (scripts/services.sh installs it): %v", chromium, err)
-	}
 	s := newStack(t)
 	c := s.config()
 	c.Timeout = time.Minute
@@ -27,20 +25,7 @@ func TestDashboardOfRunningDaemon(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	alloc, cancelAlloc := chromedp.NewExecAllocator(ctx,
-		chromedp.ExecPath(chromium),
-		chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-dev-shm-usage", true),
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(1280, 1000),
-	)
-	defer cancelAlloc()
-	bctx, cancelBrowser := chromedp.NewContext(alloc)
-	defer cancelBrowser()
+	bctx := browsertest.Start(t, ctx, 1280, 1000)
 
 	text := func(sel string) string { return fmt.Sprintf("(document.querySelector(%q)?.textContent || '')", sel) }
 	waitFor := func(name, js string) {
