@@ -147,6 +147,15 @@ func TestClusterThreeNodes(t *testing.T) {
 	took = waitTables(t, 10*time.Second, nodes[:1], "a")
 	t.Logf("crash: a dropped b after %v", time.Since(start))
 
+	// OnChange runs just after the table is installed: wait for it.
+	waitFor(t, 2*time.Second, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if l := changes["a"]; len(l) == 0 || !slices.Contains(l[len(l)-1].Failed, "b") {
+			return fmt.Errorf("a's last change does not report b failed yet")
+		}
+		return nil
+	})
 	mu.Lock()
 	defer mu.Unlock()
 	last := changes["a"][len(changes["a"])-1]

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/hashicorp/memberlist"
 )
 
 // ErrInvalidConfig is wrapped by every Config.Validate error.
@@ -70,6 +72,14 @@ type Config struct {
 	// GossipProfile picks memberlist's timings: ProfileLAN (default) or
 	// ProfileLocal.
 	GossipProfile string
+	// Transport, if set, carries the gossip instead of memberlist's default
+	// NetTransport (UDP and TCP on BindAddr); nil (production) is the
+	// default. It is already listening: memberlist ignores BindAddr then
+	// (BindAddr still gives the default DataAddr), asks the Transport for
+	// the advertised address unless AdvertiseAddr is set, and shuts it
+	// down with the Node. One Node per Transport. Tests wrap the real
+	// transport to cut the network between nodes.
+	Transport memberlist.Transport
 
 	// Partitions is the fixed partition count (1..MaxPartitions); every node
 	// must use the same. More partitions spread devices more evenly and make
@@ -96,6 +106,11 @@ type Config struct {
 	EnqueueWait time.Duration
 	// DialTimeout bounds one connection attempt to a peer. Default 2 s.
 	DialTimeout time.Duration
+	// Dial, if set, opens the data connections (forwarding and handoff) in
+	// place of a net.Dialer; network is "tcp" and ctx carries DialTimeout
+	// (and the handoff deadline). Nil (production) is a net.Dialer. Tests
+	// use it to cut the data connections between nodes.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// WriteTimeout bounds writing one frame; a peer that takes longer is
 	// considered gone and its connection is dropped. Default 5 s.
 	WriteTimeout time.Duration
@@ -263,4 +278,21 @@ func splitHostPort(addr string) (host string, port int, err error) {
 		return "", 0, fmt.Errorf("port %q: want 0..65535", ps)
 	}
 	return host, port, nil
+}
+
+// dial opens a data connection to addr within DialTimeout and, if deadline
+// is not zero, before deadline: through Dial if set, else a net.Dialer.
+func (c *Config) dial(addr string, deadline time.Time) (net.Conn, error) {
+	if c.Dial == nil {
+		d := net.Dialer{Timeout: c.DialTimeout, Deadline: deadline}
+		return d.Dial("tcp", addr)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.DialTimeout)
+	defer cancel()
+	if !deadline.IsZero() {
+		var cancel2 context.CancelFunc
+		ctx, cancel2 = context.WithDeadline(ctx, deadline)
+		defer cancel2()
+	}
+	return c.Dial(ctx, "tcp", addr)
 }

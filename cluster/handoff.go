@@ -159,8 +159,7 @@ func (tr *transfer) flushChunk() {
 			tr.err = errors.New("no data address")
 			return
 		}
-		d := net.Dialer{Deadline: tr.deadline, Timeout: tr.h.n.cfg.DialTimeout}
-		c, err := d.Dial("tcp", tr.addr)
+		c, err := tr.h.n.cfg.dial(tr.addr, tr.deadline)
 		if err != nil {
 			tr.err = err
 			return

@@ -224,6 +224,7 @@ func memberlistConfig(cfg *Config, d *delegate, logger *slog.Logger) (*memberlis
 	if cfg.SecretKey != nil {
 		mc.SecretKey = append([]byte(nil), cfg.SecretKey...)
 	}
+	mc.Transport = cfg.Transport // nil: memberlist's NetTransport on BindAddr
 	mc.Delegate = d
 	mc.Events = d
 	mc.Logger = log.New(&slogWriter{log: logger}, "", 0)

@@ -256,7 +256,7 @@ func (p *peer) dial() (net.Conn, error) {
 	if p.addr == "" {
 		return nil, errors.New("no data address advertised")
 	}
-	conn, err := net.DialTimeout("tcp", p.addr, p.r.cfg.DialTimeout)
+	conn, err := p.r.cfg.dial(p.addr, time.Time{})
 	if err != nil {
 		return nil, err
 	}
