@@ -33,7 +33,8 @@ type RedisConfig struct {
 	// Guarded makes every write conditional, for a cluster where a stale
 	// owner (paused, or cut off from its peers) may still flush: a device's
 	// keys are written only if the stored last-seen time is not newer than
-	// the one written (a Lua script per device comparing the fixed-width
+	// the one written, and at the same time "online" never replaces
+	// "offline" (a Lua script per device comparing the fixed-width
 	// timestamps), so last-seen never goes backwards and the newest
 	// information wins. Costs a script call per device instead of two SETs.
 	// Needs both keys of a device in one slot: not on Redis Cluster (whose
@@ -132,10 +133,17 @@ func (r *Redis) LastSeenKey(id string) string { return r.cfg.KeyPrefix + "lastse
 
 // guardedSet writes a device's status and last-seen keys unless the stored
 // last-seen is newer (the format is fixed-width UTC, so strings compare as
-// times). KEYS: status, lastseen; ARGV: status, lastseen, ttl seconds.
+// times), or is the same with status offline while "online" is written: at
+// one last-seen time offline is always the later state (a device comes
+// back online only with a newer message), so a stale owner cannot undo a
+// timeout or a Last Will. KEYS: status, lastseen; ARGV: status, lastseen,
+// ttl seconds.
 var guardedSet = redis.NewScript(`
 local old = redis.call('GET', KEYS[2])
-if old and old > ARGV[2] then return 0 end
+if old then
+  if old > ARGV[2] then return 0 end
+  if old == ARGV[2] and ARGV[1] == 'online' and redis.call('GET', KEYS[1]) == 'offline' then return 0 end
+end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
 redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
 return 1`)

@@ -277,6 +277,8 @@ func TestRedisGuardedWrites(t *testing.T) {
 	check(engine.StatusOnline, t0.Add(time.Minute))
 	write(engine.StatusOffline, t0.Add(time.Minute)) // a timeout: same time
 	check(engine.StatusOffline, t0.Add(time.Minute))
+	write(engine.StatusOnline, t0.Add(time.Minute)) // a stale owner that missed the timeout
+	check(engine.StatusOffline, t0.Add(time.Minute))
 	write(engine.StatusOnline, t0.Add(2*time.Minute))
 	check(engine.StatusOnline, t0.Add(2*time.Minute))
 	// After a Redis script flush (a restart) the script is loaded again.
