@@ -36,8 +36,9 @@ type harness struct {
 	label string // the sink label of its metrics
 	// hasStatus: the store keeps the status (a Postgres table may not).
 	hasStatus bool
-	// monotonic: the store itself refuses an older last_seen (Postgres'
-	// guard); Redis trusts the engine, whose last_seen is monotonic.
+	// monotonic: the store itself refuses an older last_seen, and an online
+	// at the same last_seen as a stored offline (Postgres' guard, guarded
+	// Redis); plain Redis trusts the engine, whose last_seen is monotonic.
 	monotonic bool
 	proxy     *testenv.Proxy // non-nil when built with viaProxy
 }
@@ -208,6 +209,24 @@ func runSinkConformance(t *testing.T, newH newHarnessFunc) {
 			t.Fatal(err)
 		}
 		checkStored(t, h, []engine.DeviceState{newer})
+	})
+
+	t.Run("OfflineNotUndoneAtSameLastSeen", func(t *testing.T) {
+		src := newFakeSource()
+		h := newH(t, src, harnessOpts{})
+		if !h.monotonic || !h.hasStatus {
+			t.Skip("store trusts the engine (or has no status)")
+		}
+		offline := dev(1, engine.StatusOffline, t0) // a timeout, written by the new owner
+		src.Set(offline)
+		if err := h.sink.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		src.Set(dev(1, engine.StatusOnline, t0)) // a stale owner that missed it
+		if err := h.sink.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		checkStored(t, h, []engine.DeviceState{offline})
 	})
 
 	t.Run("ZeroLastSeen", func(t *testing.T) {

@@ -287,13 +287,17 @@ func buildPlan(table pgx.Identifier, cfg PostgresConfig, cols []pgColumn) (*pgPl
 	}
 	// guard: the row moves only forward. A newer last_seen always wins; the
 	// same last_seen (or none: a device known without a message time) may
-	// still change the status (an offline transition keeps last_seen).
+	// still change the status (an offline transition keeps last_seen), but
+	// never from offline back to online: at one last_seen, offline is the
+	// later state, so a stale cluster owner cannot undo a timeout.
+	offline := strings.ReplaceAll(newSt, "s.status", "'offline'::text") // offline in the column's type
 	guard := func(newLS, newSt string) string {
 		if !plan.hasStatus {
 			return "(t." + ls + " IS NULL OR t." + ls + " < " + newLS + ")"
 		}
 		return "((t." + ls + " IS NULL AND " + newLS + " IS NOT NULL) OR t." + ls + " < " + newLS +
-			" OR ((" + newLS + " IS NULL OR t." + ls + " = " + newLS + ") AND t." + st + " IS DISTINCT FROM " + newSt + "))"
+			" OR ((" + newLS + " IS NULL OR t." + ls + " = " + newLS + ") AND t." + st + " IS DISTINCT FROM " + newSt +
+			" AND (" + newSt + " IS NOT DISTINCT FROM " + offline + " OR t." + st + " IS DISTINCT FROM " + offline + ")))"
 	}
 	if !cfg.InsertUnknown {
 		set := ls + " = COALESCE(" + newLS + ", t." + ls + ")"

@@ -43,7 +43,7 @@ func redisHarness(t *testing.T, src Source, o harnessOpts, guarded bool) harness
 	if err != nil {
 		t.Fatal(err)
 	}
-	return harness{sink: sink, label: "redis", hasStatus: true, proxy: px}
+	return harness{sink: sink, label: "redis", hasStatus: true, monotonic: guarded, proxy: px}
 }
 
 func TestRedisKeyLayoutAndTTL(t *testing.T) {
