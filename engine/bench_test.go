@@ -397,3 +397,36 @@ func BenchmarkMassExpiryBaselineAfterFunc(b *testing.B) {
 		b.ReportMetric(float64(peak)/(1<<20), "peak-MB")
 	})
 }
+
+// BenchmarkTouchBatch: the same random touches handed over as ingest does,
+// in batches of 512 (TouchBatch groups them by shard: one lock per shard).
+func BenchmarkTouchBatch(b *testing.B) {
+	b.Run("devices=1M", func(b *testing.B) {
+		v, ok := touchCache.Load(1_000_000)
+		if !ok {
+			e, ids, _ := benchEngine(b, 1_000_000, nil, 2)
+			v = &touchFixture{e, ids}
+			touchCache.Store(1_000_000, v)
+		}
+		fx := v.(*touchFixture)
+		var seq atomic.Uint64
+		b.ResetTimer()
+		start := time.Now()
+		b.RunParallel(func(pb *testing.PB) {
+			rng := rand.New(rand.NewPCG(seq.Add(1), 43))
+			batch := make([]Touch, 0, 512)
+			at := t0
+			n := uint64(len(fx.ids))
+			for pb.Next() {
+				at = at.Add(time.Microsecond)
+				batch = append(batch, Touch{ID: fx.ids[rng.Uint64N(n)], At: at})
+				if len(batch) == cap(batch) {
+					fx.e.TouchBatch(batch)
+					batch = batch[:0]
+				}
+			}
+			fx.e.TouchBatch(batch)
+		})
+		b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "touches/s")
+	})
+}

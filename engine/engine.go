@@ -6,6 +6,7 @@ import (
 	"hash/maphash"
 	"log/slog"
 	"math/bits"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,6 +37,8 @@ type Engine struct {
 
 	trackMu  sync.Mutex
 	trackers int
+
+	groups sync.Pool // *touchGroups
 }
 
 // pending is a transition copied out of a shard, still without its string id.
@@ -69,6 +72,9 @@ func New(cfg Config) (*Engine, error) {
 	e.epoch = e.now().UnixNano()
 	for i := range e.shards {
 		e.shards[i].queueCap = cfg.QueueCapacity / cfg.Shards
+	}
+	e.groups.New = func() any {
+		return &touchGroups{count: make([]int, cfg.Shards), start: make([]int, cfg.Shards)}
 	}
 	return e, nil
 }
@@ -122,23 +128,103 @@ func (e *Engine) Touch(id string, at time.Time) error {
 // TouchBatch applies a batch of touches, as ingest delivers them, and returns
 // how many were rejected (invalid id or timeout; counted in Stats.Rejected).
 func (e *Engine) TouchBatch(batch []Touch) (rejected int) {
+	if len(batch) < minGroupedBatch {
+		for i := range batch {
+			if e.touchOne(&batch[i]) != nil {
+				rejected++
+			}
+		}
+		return rejected
+	}
+	// Grouped by shard: one lock per shard instead of one per touch. A lock
+	// is a full memory fence; without one between them, the index and
+	// record loads of consecutive touches (cache misses, in a large fleet)
+	// overlap.
+	g := e.groups.Get().(*touchGroups)
+	defer e.groups.Put(g)
+	g.items = g.items[:0]
+	clear(g.count)
 	for i := range batch {
 		t := &batch[i]
 		tmo := noTimeout
 		if t.Timeout != 0 {
-			i, err := e.timeouts.index(t.Timeout)
+			ix, err := e.timeouts.index(t.Timeout)
 			if err != nil {
 				e.rejected.Add(1)
 				rejected++
 				continue
 			}
-			tmo = int(i)
+			tmo = int(ix)
 		}
-		if e.touch(t.ID, t.At.UnixNano(), tmo) != nil {
+		if !ValidID(t.ID) {
+			e.rejected.Add(1)
 			rejected++
+			continue
 		}
+		h := e.hash(t.ID)
+		s := int(h >> (64 - e.shardBits) & (1<<e.shardBits - 1))
+		g.items = append(g.items, groupItem{h: h, at: t.At.UnixNano(), i: int32(i), tmo: int32(tmo), shard: uint32(s)})
+		g.count[s]++
+	}
+	// Counting sort by shard.
+	pos := 0
+	for s, c := range g.count {
+		g.start[s] = pos
+		pos += c
+	}
+	g.sorted = slices.Grow(g.sorted[:0], len(g.items))[:len(g.items)]
+	for _, it := range g.items {
+		g.sorted[g.start[it.shard]] = it
+		g.start[it.shard]++
+	}
+	for lo := 0; lo < len(g.sorted); {
+		s := g.sorted[lo].shard
+		hi := lo
+		for hi < len(g.sorted) && g.sorted[hi].shard == s {
+			hi++
+		}
+		sh := &e.shards[s]
+		sh.mu.Lock()
+		for _, it := range g.sorted[lo:hi] {
+			if e.touchLocked(sh, batch[it.i].ID, it.h, it.at, int(it.tmo)) != nil {
+				rejected++
+			}
+		}
+		sh.mu.Unlock()
+		lo = hi
 	}
 	return rejected
+}
+
+// minGroupedBatch is the smallest batch TouchBatch sorts by shard.
+const minGroupedBatch = 32
+
+// touchOne is one Touch of a batch, locked on its own.
+func (e *Engine) touchOne(t *Touch) error {
+	tmo := noTimeout
+	if t.Timeout != 0 {
+		ix, err := e.timeouts.index(t.Timeout)
+		if err != nil {
+			e.rejected.Add(1)
+			return err
+		}
+		tmo = int(ix)
+	}
+	return e.touch(t.ID, t.At.UnixNano(), tmo)
+}
+
+// touchGroups is TouchBatch's scratch space, pooled.
+type touchGroups struct {
+	items, sorted []groupItem
+	count, start  []int // per shard
+}
+
+type groupItem struct {
+	h     uint64
+	at    int64
+	i     int32 // index in the batch
+	tmo   int32
+	shard uint32
 }
 
 // touch is Touch with tmo the index of a new timeout, or noTimeout.
@@ -150,13 +236,19 @@ func (e *Engine) touch(id string, at int64, tmo int) error {
 	h := e.hash(id)
 	sh := e.shardOf(h)
 	sh.mu.Lock()
+	err := e.touchLocked(sh, id, h, at, tmo)
+	sh.mu.Unlock()
+	return err
+}
+
+// touchLocked applies one touch to a device of sh, whose lock is held.
+func (e *Engine) touchLocked(sh *shard, id string, h uint64, at int64, tmo int) error {
 	slot, ok := sh.lookup(id, h)
 	if ok && sh.rec(slot).flags&flagDetached != 0 {
 		sh.reattach(slot)
 		ok = false // from here on, a new device in its old slot
 	} else if !ok {
 		if sh.n >= MaxDevicesPerShard {
-			sh.mu.Unlock()
 			return ErrFull
 		}
 		slot = sh.add(id, h, e.hash)
@@ -172,14 +264,12 @@ func (e *Engine) touch(id string, at int64, tmo int) error {
 		e.noteCoalescing(sh.transition(slot, StatusUnknown, StatusOnline, at, CauseTelemetry))
 		e.arm(sh, slot)
 		sh.markDirty(slot)
-		sh.mu.Unlock()
 		return nil
 	}
 	sh.st.touches++
 	r := sh.rec(slot)
 	if r.flags&flagOnline != 0 && at <= r.lastSeen && (tmo == noTimeout || tmo == int(r.tmo)) {
-		sh.mu.Unlock() // the common case of reordered input: nothing to do
-		return nil
+		return nil // the common case of reordered input: nothing to do
 	}
 	changed := false
 	if at > r.lastSeen {
@@ -205,7 +295,6 @@ func (e *Engine) touch(id string, at int64, tmo int) error {
 	if changed {
 		sh.markDirty(slot)
 	}
-	sh.mu.Unlock()
 	return nil
 }
 

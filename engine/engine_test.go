@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"testing"
@@ -592,5 +593,69 @@ func TestRemoveAndAdopt(t *testing.T) {
 	wantOne(t, f.at(5*time.Minute), "a", StatusOnline, StatusOffline, now.Add(-30*time.Second), CauseHandoff)
 	if c := f.e.Counts(); c != (Counts{Total: 2, Offline: 2}) {
 		t.Fatalf("counts %+v", c)
+	}
+}
+
+// A large batch is grouped by shard; it must leave exactly the state, and
+// the per-device transitions, that the same touches one by one leave.
+func TestTouchBatchGroupedMatchesOneByOne(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	a, b := newFixture(t, nil), newFixture(t, nil)
+	var batch []Touch
+	for i := range 5000 {
+		id := fmt.Sprint(rng.IntN(300))
+		switch i % 97 {
+		case 5:
+			id = "bad id"
+		case 7:
+			id = strings.Repeat("long-", 10) + id
+		}
+		tc := Touch{ID: id, At: t0.Add(time.Duration(rng.IntN(5000)) * time.Millisecond)}
+		if i%13 == 0 {
+			tc.Timeout = time.Duration(1+rng.IntN(3)) * time.Minute
+		}
+		if i%211 == 0 {
+			tc.Timeout = time.Millisecond // invalid
+		}
+		batch = append(batch, tc)
+	}
+	rejA := a.e.TouchBatch(batch)
+	rejB := 0
+	for _, tc := range batch {
+		rejB += b.e.TouchBatch([]Touch{tc}) // below the grouping threshold
+	}
+	if rejA != rejB || rejA == 0 {
+		t.Fatalf("rejected %d grouped, %d one by one", rejA, rejB)
+	}
+	perDevice := func(trs []Transition) map[string][]Transition {
+		m := map[string][]Transition{}
+		for _, tr := range trs {
+			m[tr.ID] = append(m[tr.ID], tr)
+		}
+		return m
+	}
+	ga, gb := perDevice(a.at(time.Hour)), perDevice(b.at(time.Hour))
+	if len(ga) != len(gb) {
+		t.Fatalf("%d devices with transitions grouped, %d one by one", len(ga), len(gb))
+	}
+	for id, trs := range gb {
+		if len(ga[id]) != len(trs) {
+			t.Fatalf("%s: %v vs %v", id, ga[id], trs)
+		}
+		for i := range trs {
+			if !sameTransition(ga[id][i], trs[i]) {
+				t.Fatalf("%s transition %d: %+v vs %+v", id, i, ga[id][i], trs[i])
+			}
+		}
+	}
+	b.e.Range(func(want DeviceState) bool {
+		got, err := a.e.Device(want.ID)
+		if err != nil || got != want {
+			t.Fatalf("%s: grouped %+v (%v), one by one %+v", want.ID, got, err, want)
+		}
+		return true
+	})
+	if sa, sb := a.e.Stats(), b.e.Stats(); sa.Touches != sb.Touches || sa.Rejected != sb.Rejected {
+		t.Fatalf("stats %+v vs %+v", sa, sb)
 	}
 }
