@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"syscall"
@@ -65,8 +64,8 @@ func benchCluster(b *testing.B, n int) {
 		if n > 1 {
 			name = fmt.Sprintf("node-%d", i+1)
 			cfg.NodeName = name
-			cfg.ClusterBind = freeGossipAddr(b)
-			cfg.ClusterDataAddr = freeGossipAddr(b)
+			cfg.ClusterBind = testenv.FreeAddr(b)
+			cfg.ClusterDataAddr = testenv.FreeAddr(b)
 			if i == 0 {
 				seed = cfg.ClusterBind
 			} else {
@@ -234,26 +233,4 @@ func getJSON(url string, v any) error {
 		return fmt.Errorf("GET %s: %d %s", url, resp.StatusCode, body)
 	}
 	return json.Unmarshal(body, v)
-}
-
-// freeGossipAddr returns 127.0.0.1:port with the port free for TCP and UDP
-// (memberlist needs both) at the time of the call.
-func freeGossipAddr(b *testing.B) string {
-	b.Helper()
-	for range 50 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			b.Fatal(err)
-		}
-		addr := ln.Addr().String()
-		pc, err := net.ListenPacket("udp", addr)
-		ln.Close()
-		if err != nil {
-			continue
-		}
-		pc.Close()
-		return addr
-	}
-	b.Fatal("no free port")
-	return ""
 }

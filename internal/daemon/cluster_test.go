@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -51,33 +50,11 @@ type clusterNode struct {
 	gossip string
 }
 
-// freeAddr returns 127.0.0.1:port with the port free for TCP and UDP (the
-// gossip port needs both) at the time of the call.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	for range 50 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := ln.Addr().String()
-		pc, err := net.ListenPacket("udp", addr)
-		ln.Close()
-		if err != nil {
-			continue
-		}
-		pc.Close()
-		return addr
-	}
-	t.Fatal("no free port")
-	return ""
-}
-
 func startClusterNode(t *testing.T, s *stack, c Config, name string, join string) *clusterNode {
 	t.Helper()
-	n := &clusterNode{name: name, gossip: freeAddr(t)}
+	n := &clusterNode{name: name, gossip: testenv.FreeAddr(t)}
 	env := append(s.env(c), "PRESENCE_NODE_NAME="+name, "PRESENCE_CLUSTER_BIND="+n.gossip,
-		"PRESENCE_CLUSTER_DATA_ADDR="+freeAddr(t))
+		"PRESENCE_CLUSTER_DATA_ADDR="+testenv.FreeAddr(t))
 	if join != "" {
 		env = append(env, "PRESENCE_CLUSTER_JOIN="+join)
 	}

@@ -163,3 +163,25 @@ func (p *Proxy) close() {
 	p.Cut()
 	p.wg.Wait()
 }
+
+// FreeAddr returns 127.0.0.1:port with the port free for both TCP and UDP
+// at the time of the call (memberlist's gossip port needs both).
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	for range 50 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		pc, err := net.ListenPacket("udp", addr)
+		ln.Close()
+		if err != nil {
+			continue
+		}
+		pc.Close()
+		return addr
+	}
+	t.Fatal("no free TCP+UDP port on 127.0.0.1")
+	return ""
+}
