@@ -2,7 +2,6 @@ package writeback
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -22,9 +21,9 @@ import (
 // a crashed node's partitions reads their sets (SSCAN) and the devices'
 // keys, instead of walking the whole keyspace.
 //
-// It is written when a device is first seen by a node (its transition from
-// StatusUnknown), not per message: SADD of a few ids per second in steady
-// state. It implements engine.Sink and never blocks: new ids wait in a set
+// It is written when a device comes online (first seen, or back after
+// going offline), not per message: an id whose keys expired is dropped from
+// its set by a rebuild, and must be added again when the device returns. It implements engine.Sink and never blocks: new ids wait in a set
 // bounded by MaxPending (one entry per device, so a burst of a million new
 // devices costs about 100 MB at most) and are flushed by Run in pipelines.
 // Ids whose status key has expired are removed when a rebuild reads them.
@@ -81,12 +80,12 @@ func (x *RedisIndex) Metrics() *metrics.Set { return x.set }
 // Key is the set of partition p.
 func (x *RedisIndex) Key(p int) string { return x.prefix + "index:" + strconv.Itoa(p) }
 
-// HandleTransitions notes the devices seen for the first time.
+// HandleTransitions notes the devices that came online.
 func (x *RedisIndex) HandleTransitions(batch []engine.Transition) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	for i := range batch {
-		if batch[i].From != engine.StatusUnknown || x.closed {
+		if batch[i].To != engine.StatusOnline || x.closed {
 			continue
 		}
 		if len(x.pending) >= x.maxPending {
@@ -158,6 +157,9 @@ func (x *RedisIndex) Flush(ctx context.Context) error {
 		return fmt.Errorf("redis index: %w", err)
 	}
 	x.added.Add(len(ids))
+	if x.dropped.Get() > 0 { // an id was lost: the next start must scan
+		x.client.Del(ctx, x.completeKey())
+	}
 	return nil
 }
 
@@ -181,20 +183,51 @@ func (x *RedisIndex) Close(ctx context.Context) error {
 
 // Devices calls fn with the stored state of every device indexed in the
 // given partitions, in batches, and removes from the index the ids whose
-// keys have expired. It reads the devices through sink (same key prefix).
+// keys have expired. It reads the devices through sink (same key prefix),
+// overlapping the round trips as Redis.Scan does: one goroutine walks the
+// sets (SSCAN), scanReaders read the states, and fn runs on the caller's
+// goroutine.
 func (x *RedisIndex) Devices(ctx context.Context, sink *Redis, partitions []int, fn func([]engine.DeviceState) error) error {
-	for _, p := range partitions {
-		key := x.Key(p)
-		var cursor uint64
-		for {
-			ids, next, err := x.client.SScan(ctx, key, cursor, "", scanBatch).Result()
-			if err != nil {
-				return fmt.Errorf("redis index %s: %w", key, err)
-			}
-			if len(ids) > 0 {
-				states, err := sink.ReadStates(ctx, ids)
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	type batch struct {
+		key string
+		ids []string
+	}
+	batches := make(chan batch, scanReaders)
+	results := make(chan []engine.DeviceState, scanReaders)
+	go func() {
+		defer close(batches)
+		for _, p := range partitions {
+			key := x.Key(p)
+			var cursor uint64
+			for {
+				ids, next, err := x.client.SScan(ctx, key, cursor, "", scanBatch).Result()
 				if err != nil {
-					return err
+					cancel(fmt.Errorf("redis index %s: %w", key, err))
+					return
+				}
+				if len(ids) > 0 {
+					select {
+					case batches <- batch{key, ids}:
+					case <-ctx.Done():
+						return
+					}
+				}
+				if cursor = next; cursor == 0 {
+					break
+				}
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	for range scanReaders {
+		wg.Go(func() {
+			for b := range batches {
+				states, err := sink.ReadStates(ctx, b.ids)
+				if err != nil {
+					cancel(err)
+					return
 				}
 				live, gone := states[:0], []any{}
 				for _, s := range states {
@@ -204,19 +237,68 @@ func (x *RedisIndex) Devices(ctx context.Context, sink *Redis, partitions []int,
 					}
 					live = append(live, s)
 				}
-				if len(gone) > 0 {
-					if err := x.client.SRem(ctx, key, gone...).Err(); err != nil && !errors.Is(err, context.Canceled) {
-						x.errs.Inc()
-					}
+				if len(gone) > 0 && x.client.SRem(ctx, b.key, gone...).Err() != nil {
+					x.errs.Inc() // pruned next time
 				}
-				if err := fn(live); err != nil {
-					return err
+				select {
+				case results <- live:
+				case <-ctx.Done():
+					return
 				}
 			}
-			if cursor = next; cursor == 0 {
-				break
+		})
+	}
+	go func() {
+		wg.Wait()
+		close(results)
+	}()
+	for states := range results {
+		if err := fn(states); err != nil {
+			cancel(err)
+			for range results { // let the readers finish
 			}
+			return err
 		}
 	}
-	return nil
+	return context.Cause(ctx)
+}
+
+// completeKey marks an index that holds every device with keys, so that
+// restart recovery may read it instead of walking the keyspace.
+func (x *RedisIndex) completeKey() string { return x.prefix + "index:complete" }
+
+// Complete reports whether the index holds every stored device: it was
+// filled from a full scan (Fill) and has dropped no id since.
+func (x *RedisIndex) Complete(ctx context.Context) (bool, error) {
+	if x.dropped.Get() > 0 {
+		return false, nil
+	}
+	n, err := x.client.Exists(ctx, x.completeKey()).Result()
+	return n == 1, err
+}
+
+// Fill adds ids (every device found by a full scan of the keyspace) to the
+// index and marks it complete: later starts read the index. Called once
+// after a start that had to scan (an index that was never filled, or that
+// dropped ids).
+func (x *RedisIndex) Fill(ctx context.Context, ids []string) error {
+	const chunk = 10_000
+	for lo := 0; lo < len(ids); lo += chunk {
+		byPart := map[int][]any{}
+		for _, id := range ids[lo:min(lo+chunk, len(ids))] {
+			p := x.partitionOf(id)
+			byPart[p] = append(byPart[p], id)
+		}
+		pipe := x.client.Pipeline()
+		for p, members := range byPart {
+			pipe.SAdd(ctx, x.Key(p), members...)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return fmt.Errorf("redis index fill: %w", err)
+		}
+	}
+	if x.dropped.Get() > 0 {
+		return nil // ids were lost meanwhile: stay incomplete
+	}
+	return x.client.Set(ctx, x.completeKey(), "1", 0).Err()
 }

@@ -34,8 +34,9 @@ func TestRedisIndex(t *testing.T) {
 		d := dev(i, engine.StatusOnline, t0.Add(time.Duration(i)*time.Second))
 		src.Set(d)
 		batch = append(batch, engine.Transition{ID: d.ID, From: engine.StatusUnknown, To: engine.StatusOnline, At: d.LastSeen})
-		// later transitions of the same device are not new
+		// going offline adds nothing; coming back adds it again (a set: once)
 		batch = append(batch, engine.Transition{ID: d.ID, From: engine.StatusOnline, To: engine.StatusOffline, At: d.LastSeen})
+		batch = append(batch, engine.Transition{ID: d.ID, From: engine.StatusOffline, To: engine.StatusOnline, At: d.LastSeen})
 	}
 	x.HandleTransitions(batch)
 	ctx := context.Background()
@@ -106,5 +107,93 @@ func TestRedisIndexBounded(t *testing.T) {
 	}
 	if n, _ := client.SCard(context.Background(), x.Key(0)).Result(); n != 3 {
 		t.Fatalf("index holds %d ids after the retry, want 3", n)
+	}
+}
+
+// An index filled from a full scan is complete until it loses an id.
+func TestRedisIndexComplete(t *testing.T) {
+	client := newRedisClient(t, "")
+	prefix := testenv.Name(t) + ":"
+	cleanupRedisPrefix(t, client, prefix)
+	ctx := context.Background()
+	x := NewRedisIndex(client, prefix, func(id string) int { n, _ := strconv.Atoi(id); return n % 3 }, 2, testLogger(t), nil)
+	if ok, err := x.Complete(ctx); err != nil || ok {
+		t.Fatalf("a new index is complete: %v %v", ok, err)
+	}
+	ids := make([]string, 25_000) // more than one fill chunk
+	for i := range ids {
+		ids[i] = strconv.Itoa(i)
+	}
+	if err := x.Fill(ctx, ids); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := x.Complete(ctx); err != nil || !ok {
+		t.Fatalf("filled index not complete: %v %v", ok, err)
+	}
+	total := int64(0)
+	for p := range 3 {
+		n, _ := client.SCard(ctx, x.Key(p)).Result()
+		total += n
+	}
+	if total != int64(len(ids)) {
+		t.Fatalf("index holds %d ids, want %d", total, len(ids))
+	}
+	var batch []engine.Transition // 3 new ids with room for 2: one dropped
+	for _, id := range []string{"a1", "a2", "a3"} {
+		batch = append(batch, engine.Transition{ID: id, From: engine.StatusUnknown, To: engine.StatusOnline})
+	}
+	x.HandleTransitions(batch)
+	if err := x.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := x.Complete(ctx); ok {
+		t.Fatal("an index that dropped an id still claims to be complete")
+	}
+	if n, _ := client.Exists(ctx, x.completeKey()).Result(); n != 0 {
+		t.Fatal("the marker survived a dropped id")
+	}
+}
+
+// With an index, a device's keys are never written before its index entry:
+// when the index cannot be written, the keys wait (dirty) too.
+func TestRedisIndexBeforeKeys(t *testing.T) {
+	direct := newRedisClient(t, "")
+	prefix := testenv.Name(t) + ":"
+	cleanupRedisPrefix(t, direct, prefix)
+	px := testenv.NewProxy(t, direct.Options().Addr)
+	viaProxy := newRedisClient(t, px.Addr())
+	x := NewRedisIndex(viaProxy, prefix, func(string) int { return 0 }, 0, testLogger(t), nil)
+	src := newFakeSource()
+	cfg := DefaultRedisConfig()
+	cfg.KeyPrefix, cfg.Index = prefix, x
+	sink, err := NewRedis(direct, src, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := dev(5, engine.StatusOnline, t0)
+	src.Set(d)
+	x.HandleTransitions([]engine.Transition{{ID: d.ID, From: engine.StatusUnknown, To: engine.StatusOnline, At: t0}})
+	ctx := context.Background()
+	px.Cut()
+	if err := sink.Flush(ctx); err == nil {
+		t.Fatal("flush succeeded without the index")
+	}
+	if n, _ := direct.Exists(ctx, sink.StatusKey(d.ID)).Result(); n != 0 {
+		t.Fatal("keys written before the index entry")
+	}
+	px.Restore()
+	testenv.Eventually(t, 5*time.Second, func() error { return sink.Flush(ctx) })
+	if ok, _ := direct.SIsMember(ctx, x.Key(0), d.ID).Result(); !ok {
+		t.Fatal("not indexed")
+	}
+	checkStoredDirect := func() error {
+		got, err := sink.ReadStates(ctx, []string{d.ID})
+		if err != nil || got[0].Status != engine.StatusOnline {
+			return fmt.Errorf("stored %+v %v", got, err)
+		}
+		return nil
+	}
+	if err := checkStoredDirect(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -40,6 +40,13 @@ type RedisConfig struct {
 	// Needs both keys of a device in one slot: not on Redis Cluster (whose
 	// client is refused with this option).
 	Guarded bool
+	// Index, when set, is written before every batch of keys (its pending
+	// ids, in one pipeline), and a batch is not written while the index
+	// cannot be: a device's keys never reach Redis before its index entry
+	// does, so a complete index stays complete across a kill -9. (A device
+	// whose online transition the engine has not delivered yet, at most one
+	// engine tick, can still be written first.)
+	Index *RedisIndex
 	// Flush is the write-behind loop. BatchSize is devices per pipeline (two
 	// SETs each). Defaults: Interval 250 ms, FlushAt 20000, BatchSize 1000,
 	// Concurrency 2 (measured on 2 cores, where the single-threaded Redis
@@ -149,6 +156,11 @@ redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
 return 1`)
 
 func (r *Redis) writeBatch(ctx context.Context, states []engine.DeviceState) (writeResult, error) {
+	if r.cfg.Index != nil {
+		if err := r.cfg.Index.Flush(ctx); err != nil {
+			return writeResult{}, err
+		}
+	}
 	if r.cfg.Guarded {
 		return r.writeGuarded(ctx, states)
 	}

@@ -46,7 +46,7 @@ type Daemon struct {
 	history   *writeback.History // nil without Postgres or history
 	events    *events.Hub
 	node      *cluster.Node         // nil when not clustered
-	index     *writeback.RedisIndex // per-partition device ids; clustered with Redis
+	index     *writeback.RedisIndex // per-partition device ids; with Redis
 
 	engineMetrics *metrics.Set
 	hydrated      atomic.Bool
@@ -124,8 +124,8 @@ func (d *Daemon) buildTransitionSinks() (fanout, error) {
 	}
 	d.events = hub
 	sinks = append(sinks, hub)
-	if cfg.clustered() && d.redis != nil {
-		parts := cluster.DefaultConfig().Partitions
+	if d.redis != nil { // restart recovery and cluster rebuilds read it
+		parts := cluster.DefaultPartitions
 		d.index = writeback.NewRedisIndex(d.redis, cfg.RedisPrefix,
 			func(id string) int { return cluster.PartitionOf(id, parts) }, 0, log.With("component", "index"), nil)
 		sinks = append(sinks, d.index)
@@ -150,7 +150,9 @@ func (d *Daemon) buildEngine(sinks fanout) error {
 		if err != nil {
 			return err
 		}
-		if d.redisSink, err = writeback.NewRedis(d.redis, tr, cfg.redisConfig(log.With("component", "redis"))); err != nil {
+		rc := cfg.redisConfig(log.With("component", "redis"))
+		rc.Index = d.index // entries before keys: the index stays complete
+		if d.redisSink, err = writeback.NewRedis(d.redis, tr, rc); err != nil {
 			return err
 		}
 	}

@@ -2,9 +2,9 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"time"
 
+	"github.com/presence-dev/presence/cluster"
 	"github.com/presence-dev/presence/engine"
 )
 
@@ -59,33 +59,65 @@ func (d *Daemon) hydrate(ctx context.Context) {
 	d.hydrated.Store(true)
 }
 
-// hydrateOnce scans Redis into the engine and returns how many devices it
-// restored. A retry after a partial scan is safe: Restore merges devices it
-// already has.
+// hydrateOnce rebuilds the engine from Redis and returns how many devices
+// it restored. When the device index is complete it reads the index (only
+// the partitions this node owns, when clustered); otherwise it walks the
+// keyspace and then fills the index, so that the next start is faster. A
+// retry after a partial read is safe: Restore merges devices it already has.
 func (d *Daemon) hydrateOnce(ctx context.Context) (int, error) {
 	now := time.Now()
-	buf := make([]engine.DeviceState, 0, hydrateChunk)
 	n := 0
-	restore := func() {
-		if err := d.eng.Restore(buf, now); err != nil {
+	restore := func(states []engine.DeviceState) {
+		owned := states[:0]
+		for _, st := range states {
+			if d.owns(st.ID) { // another node's, when clustered
+				owned = append(owned, st)
+			}
+		}
+		if err := d.eng.Restore(owned, now); err != nil {
 			d.log.Warn("some stored devices were skipped", "err", err)
 		}
-		n += len(buf)
-		buf = buf[:0]
+		n += len(owned)
 	}
+	if complete, err := d.index.Complete(ctx); err != nil {
+		return 0, err
+	} else if complete {
+		err := d.index.Devices(ctx, d.redisSink, d.hydrateParts(), func(states []engine.DeviceState) error {
+			restore(states)
+			return nil
+		})
+		return n, err
+	}
+
+	buf := make([]engine.DeviceState, 0, hydrateChunk)
+	var all []string // every stored device, for the index
 	err := d.redisSink.Scan(ctx, func(st engine.DeviceState) error {
-		if !d.owns(st.ID) {
-			return nil // another node's (clustered)
-		}
+		all = append(all, st.ID)
 		buf = append(buf, st)
 		if len(buf) == cap(buf) {
-			restore()
+			restore(buf)
+			buf = buf[:0]
 		}
 		return nil
 	})
-	if err != nil && !errors.Is(err, context.Canceled) {
+	if err != nil {
 		return n, err
 	}
-	restore()
-	return n, err
+	restore(buf)
+	if err := d.index.Fill(ctx, all); err != nil {
+		d.log.Warn("could not fill the device index: the next start scans again", "err", err)
+	}
+	return n, nil
+}
+
+// hydrateParts are the partitions whose devices this node restores.
+func (d *Daemon) hydrateParts() []int {
+	if d.node != nil {
+		return d.node.Table().Owned(d.node.Name())
+	}
+	parts := make([]int, cluster.DefaultPartitions)
+	for i := range parts {
+		parts[i] = i
+	}
+	return parts
 }
