@@ -16,7 +16,8 @@ const (
 	hydrateAttempts = 6
 )
 
-// hydrate rebuilds the engine from Redis (restart recovery): devices whose
+// hydrate rebuilds the engine from Redis (restart recovery; see
+// hydrateOnce for how it reads Redis): devices whose
 // deadline passed while presenced was down turn offline at once (cause
 // restart: Redis status, history row, event); the others are armed for the
 // time they have left. It runs before ingest starts, so that no message can
