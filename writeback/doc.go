@@ -14,7 +14,8 @@
 //     RedisConfig.Flush.BatchSize devices; any redis.UniversalClient
 //     (single node, Sentinel, Cluster). RedisOptionsFromEnv reads the seed's
 //     REDIS_HOST/PORT/DB or REDIS_URL. Scan reads everything back for
-//     restart recovery.
+//     restart recovery. With RedisConfig.Guarded (cluster nodes) each device
+//     is written by a script that keeps newer stored state (fencing).
 //   - Postgres (NewPostgres) updates last_seen (and status, if the column
 //     exists) of the user's devices table: per batch one COPY into a
 //     temporary staging table and one UPDATE ... FROM, deduplicated and
@@ -24,6 +25,12 @@
 //   - History (NewHistory) appends every transition to
 //     device_status_history (device_id, status, changed_at, cause) with
 //     COPY. It implements engine.Sink.
+//
+// RedisIndex (NewRedisIndex, an engine.Sink too) keeps, per cluster
+// partition, the set of device ids in Redis ({prefix}index:{partition}),
+// added when a device comes online and written before the device's keys.
+// Once filled from a full scan it is complete, and restart recovery and a
+// cluster node's rebuild read it (Devices) instead of walking the keyspace.
 //
 // # Coalescing
 //
