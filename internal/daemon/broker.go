@@ -43,7 +43,7 @@ func startBroker(addr string, explicit bool, log *slog.Logger) (*broker, error) 
 	}
 	srv := mqtt.New(&mqtt.Options{
 		InlineClient: true,
-		Logger:       slog.New(minLevel{log.Handler(), slog.LevelWarn}).With("component", "embedded-broker"),
+		Logger:       slog.New(minLevel{log.Handler(), slog.LevelError}).With("component", "embedded-broker"), // it warns about every closed client
 	})
 	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
 		ln.Close()

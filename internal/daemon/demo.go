@@ -17,7 +17,10 @@ import (
 // it with an "offline" status message, as a Last Will would), then comes
 // back. It publishes through the broker like real devices, so everything
 // from ingest on is exercised. The schedule scales with the timeout: with
-// -timeout 10s a device flips every half minute or so.
+// -timeout 10s a device talks for 100-300 s and stays silent 15-45 s, and
+// the phases are spread out, so 200 devices make about one transition a
+// second: ordinary churn, well below what the mass-outage detector calls an
+// incident.
 type demo struct {
 	n         int
 	telemetry string // topic with {id}
@@ -64,7 +67,7 @@ func (d *demo) run(ctx context.Context, brokerURL string) error {
 			id:       strconv.Itoa(1001 + i),
 			online:   true,
 			next:     now.Add(d.jitter(period)),
-			phaseEnd: now.Add(d.onlineFor()),
+			phaseEnd: now.Add(d.jitter(d.onlineFor())), // spread out: churn, not an outage
 		}
 	}
 	d.log.Info("demo fleet publishing", "devices", d.n, "topic", d.telemetry, "period", period)
@@ -102,5 +105,5 @@ func (d *demo) run(ctx context.Context, brokerURL string) error {
 func (d *demo) jitter(max time.Duration) time.Duration {
 	return time.Duration(d.rng.Int64N(int64(max)))
 }
-func (d *demo) onlineFor() time.Duration { return 2*d.timeout + d.jitter(4*d.timeout) }
+func (d *demo) onlineFor() time.Duration { return 10*d.timeout + d.jitter(20*d.timeout) }
 func (d *demo) silentFor() time.Duration { return d.timeout + d.timeout/2 + d.jitter(3*d.timeout) }
