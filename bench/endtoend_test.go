@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -19,7 +18,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/presence-dev/presence/engine"
-	"github.com/presence-dev/presence/internal/daemon"
 	"github.com/presence-dev/presence/internal/loadgen"
 	"github.com/presence-dev/presence/internal/testenv"
 	"github.com/presence-dev/presence/writeback"
@@ -71,28 +69,7 @@ func benchPresence(b *testing.B) {
 	if cfg.MQTTConnections != e2eConns || cfg.MQTTQoS != e2eSubQoS {
 		b.Fatalf("daemon defaults changed (%d connections, QoS %d): update the benchmark's workload", cfg.MQTTConnections, cfg.MQTTQoS)
 	}
-	log := slog.New(slog.DiscardHandler)
-	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	}
-	d, err := daemon.New(cfg, log)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	b.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				b.Errorf("daemon stopped with %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			b.Error("daemon did not stop within 30 s")
-		}
-	})
+	d := startBenchDaemon(b, cfg)
 	testenv.Eventually(b, 30*time.Second, func() error { return getOK("http://" + d.HTTPAddr() + "/readyz") })
 
 	eng := d.Engine()

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/presence-dev/presence/internal/testenv"
 )
 
 // startNode starts a Node on 127.0.0.1 with ephemeral ports and fast gossip.
@@ -37,7 +39,7 @@ func waitTables(t *testing.T, timeout time.Duration, nodes []*Node, members ...s
 	t.Helper()
 	slices.Sort(members)
 	start := time.Now()
-	waitFor(t, timeout, func() error {
+	testenv.Eventually(t, timeout, func() error {
 		for _, n := range nodes {
 			tb := n.Table()
 			if tb == nil || !slices.Equal(tb.Members(), members) {
@@ -102,7 +104,7 @@ func TestClusterThreeNodes(t *testing.T) {
 		n.Router().TouchBatch(touchBatch(part, time.Now()))
 	}
 	tb := a.Table()
-	waitFor(t, 5*time.Second, func() error {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		for name, l := range locals {
 			want := tb.devicesOf(name, ids)
 			if got := l.ids(); !slices.Equal(got, want) {
@@ -127,7 +129,7 @@ func TestClusterThreeNodes(t *testing.T) {
 	t.Logf("graceful leave: Close took %v, survivors agreed %v later", closeTook, took)
 	// The handoff moved c's devices to their new owners.
 	tb2 := a.Table()
-	waitFor(t, 5*time.Second, func() error {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		for _, name := range []string{"a", "b"} {
 			if got, want := locals[name].ids(), tb2.devicesOf(name, ids); !slices.Equal(got, want) {
 				return fmt.Errorf("%s holds %d devices after c left, owns %d", name, len(got), len(want))
@@ -148,7 +150,7 @@ func TestClusterThreeNodes(t *testing.T) {
 	t.Logf("crash: a dropped b after %v", time.Since(start))
 
 	// OnChange runs just after the table is installed: wait for it.
-	waitFor(t, 2*time.Second, func() error {
+	testenv.Eventually(t, 2*time.Second, func() error {
 		mu.Lock()
 		defer mu.Unlock()
 		if l := changes["a"]; len(l) == 0 || !slices.Contains(l[len(l)-1].Failed, "b") {
@@ -184,7 +186,7 @@ func TestClusterHandoffOnJoinAndLeave(t *testing.T) {
 	b, lb := startNode(t, "b", []string{gossipAddr(a)}, nil)
 	waitTables(t, 10*time.Second, []*Node{a, b}, "a", "b")
 	tb := a.Table()
-	waitFor(t, 10*time.Second, func() error {
+	testenv.Eventually(t, 10*time.Second, func() error {
 		if got, want := lb.ids(), tb.devicesOf("b", ids); !slices.Equal(got, want) {
 			return fmt.Errorf("b holds %d devices, owns %d", len(got), len(want))
 		}
@@ -236,7 +238,7 @@ func TestClusterWithoutHandoff(t *testing.T) {
 	ids := deviceIDs("w", 200)
 	n.Router().TouchBatch(touchBatch(ids, time.Now()))
 	want := n.Table().devicesOf("q", ids)
-	waitFor(t, 5*time.Second, func() error {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		if got := lq.ids(); !slices.Equal(got, want) {
 			return fmt.Errorf("q holds %d of %d", len(got), len(want))
 		}
@@ -286,7 +288,7 @@ func TestClusterRejoin(t *testing.T) {
 func TestClusterPartitionMismatch(t *testing.T) {
 	a, _ := startNode(t, "a", nil, nil)
 	b, _ := startNode(t, "b", []string{gossipAddr(a)}, func(c *Config) { c.Partitions = 512 })
-	waitFor(t, 5*time.Second, func() error {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		if len(a.Members()) != 2 {
 			return fmt.Errorf("a sees %d members", len(a.Members()))
 		}
@@ -353,7 +355,7 @@ func TestCloseStopsGoroutines(t *testing.T) {
 	if err := a.Close(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, func() error {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		if n := runtime.NumGoroutine(); n > before {
 			return fmt.Errorf("%d goroutines, %d before", n, before)
 		}

@@ -237,22 +237,6 @@ func staticCluster(t testing.TB, n int, tweak func(*Config)) []*staticNode {
 	return nodes
 }
 
-// waitFor polls cond every 10 ms until it returns nil or timeout passes.
-func waitFor(t testing.TB, timeout time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not reached within %v: %v", timeout, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func touchBatch(ids []string, at time.Time) []engine.Touch {
 	b := make([]engine.Touch, len(ids))
 	for i, id := range ids {

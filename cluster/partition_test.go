@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/presence-dev/presence/internal/testenv"
 )
 
 // netSplit simulates a network partition between groups of in-process
@@ -327,7 +329,7 @@ func TestNetworkPartition(t *testing.T) {
 	// before the split are not there: the daemon rebuilds them from Redis,
 	// the fake Locals do not.)
 	preAB := slices.DeleteFunc(slices.Clone(before), func(id string) bool { return full.OwnerOf(id) == "c" })
-	waitFor(t, 5*time.Second, func() error {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		for _, name := range []string{"a", "b"} {
 			want := ab.devicesOf(name, slices.Concat(preAB, during))
 			if got := locals[name].ids(); !slices.Equal(got, want) {
@@ -361,7 +363,7 @@ func TestNetworkPartition(t *testing.T) {
 	// Heal: c's rejoin (every 300 ms) merges the sides.
 	t1 := time.Now()
 	s.set(false)
-	waitFor(t, 15*time.Second, func() error {
+	testenv.Eventually(t, 15*time.Second, func() error {
 		if n := c.n.ml.NumMembers(); n != 3 {
 			return fmt.Errorf("c sees %d members", n)
 		}
@@ -383,7 +385,7 @@ func TestNetworkPartition(t *testing.T) {
 // tb, and nothing else is held.
 func waitHeld(t *testing.T, locals map[string]*fakeLocal, tb *Table, ids []string) {
 	t.Helper()
-	waitFor(t, 15*time.Second, func() error {
+	testenv.Eventually(t, 15*time.Second, func() error {
 		for name, l := range locals {
 			if got, want := l.ids(), tb.devicesOf(name, ids); !slices.Equal(got, want) {
 				return fmt.Errorf("%s holds %d devices, owns %d", name, len(got), len(want))

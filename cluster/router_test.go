@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/testenv"
 )
 
 // Every message sent into any router reaches exactly its owner's engine,
@@ -31,7 +32,7 @@ func TestRouterDeliversToOwner(t *testing.T) {
 	for _, nd := range nodes {
 		byName[nd.name] = nd
 	}
-	waitFor(t, 10*time.Second, func() error {
+	testenv.Eventually(t, 10*time.Second, func() error {
 		for _, nd := range nodes {
 			if got, _ := nd.local.totals(); got != 3*len(tb.devicesOf(nd.name, ids)) {
 				return fmt.Errorf("%s received %d touches", nd.name, got)
@@ -45,7 +46,7 @@ func TestRouterDeliversToOwner(t *testing.T) {
 			t.Fatalf("%s: owner %s got %d touches, want 3", id, owner.name, got)
 		}
 	}
-	waitFor(t, 5*time.Second, func() error {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		for i := range nodes {
 			owner := byName[tb.OwnerOf(ids[i])]
 			owner.local.mu.Lock()
@@ -128,7 +129,7 @@ func TestRouterDeadPeerNeverBlocks(t *testing.T) {
 	if got := a.m.dropped[dropQueueFull].Get(); got < 10000-1000 {
 		t.Fatalf("dropped %d, want >= 9000", got)
 	}
-	waitFor(t, 5*time.Second, func() error {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		if a.m.dialErrors.Get() < 2 {
 			return fmt.Errorf("%d dial errors", a.m.dialErrors.Get())
 		}
@@ -196,7 +197,7 @@ func TestRouterReforwardOnce(t *testing.T) {
 	b.r.setTable(withoutB, addrs)
 	c.r.setTable(withoutB, addrs)
 	a.r.TouchBatch(touchBatch(toC, time.Now())) // a -> b -> c
-	waitFor(t, 5*time.Second, func() error {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		if n, _ := c.local.totals(); n != len(toC) {
 			return fmt.Errorf("c has %d of %d", n, len(toC))
 		}
@@ -209,7 +210,7 @@ func TestRouterReforwardOnce(t *testing.T) {
 	// sending them back to b.
 	c.r.setTable(full, addrs)
 	a.r.TouchBatch(touchBatch(toC, time.Now())) // a -> b -> c, applied
-	waitFor(t, 5*time.Second, func() error {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		if n, _ := c.local.totals(); n != 2*len(toC) {
 			return fmt.Errorf("c has %d of %d", n, 2*len(toC))
 		}
@@ -222,7 +223,7 @@ func TestRouterReforwardOnce(t *testing.T) {
 	// not forwarded again.
 	c.r.setTable(NewTable(a.cfg.Partitions, []string{a.name}), addrs)
 	a.r.TouchBatch(touchBatch(toC, time.Now())) // a -> b -> c, dropped
-	waitFor(t, 5*time.Second, func() error {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		if got := c.m.dropped[dropNotOwner].Get(); got != uint64(len(toC)) {
 			return fmt.Errorf("c dropped %d as not owner, want %d", got, len(toC))
 		}
@@ -245,7 +246,7 @@ func TestRouterReroutesQueueOfRemovedPeer(t *testing.T) {
 	remote := tb.devicesOf("b", deviceIDs("q", 3000))
 	a.r.TouchBatch(touchBatch(remote, time.Now()))
 	a.r.setTable(NewTable(a.cfg.Partitions, []string{"a"}), map[string]string{"a": a.addr})
-	waitFor(t, 5*time.Second, func() error {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		if n, _ := a.local.totals(); n != len(remote) {
 			return fmt.Errorf("%d of %d rerouted to the local engine", n, len(remote))
 		}
@@ -259,7 +260,7 @@ func TestRouterReconnects(t *testing.T) {
 	a, b := nodes[0], nodes[1]
 	remote := a.r.Table().devicesOf(b.name, deviceIDs("rc", 2000))
 	a.r.TouchBatch(touchBatch(remote[:10], time.Now()))
-	waitFor(t, 5*time.Second, func() error {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		if n, _ := b.local.totals(); n != 10 {
 			return fmt.Errorf("b has %d", n)
 		}
@@ -274,7 +275,7 @@ func TestRouterReconnects(t *testing.T) {
 	}
 	b.srv = newServer(b.r, ln, b.cfg.Logger, time.Now)
 	b.srv.start()
-	waitFor(t, 10*time.Second, func() error {
+	testenv.Eventually(t, 10*time.Second, func() error {
 		a.r.TouchBatch(touchBatch(remote[10:20], time.Now()))
 		if n := b.local.touchCount(remote[10]); n == 0 {
 			return fmt.Errorf("nothing arrived after the restart")

@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"strconv"
 	"strings"
 	"time"
 
@@ -179,7 +178,7 @@ func ParseFlags(args []string, getenv func(string) string, out io.Writer) (Confi
 		`status topic patterns whose payload "online"/"offline" (a Last Will) is an explicit transition`)
 
 	s.String(&c.RedisURL, "redis-url", "REDIS_URL", "Redis URL: redis://[user:password@]host:port/db, rediss:// for TLS; wins over -redis-host")
-	s.String(&c.RedisHost, "redis-host", "REDIS_HOST", "Redis host; Redis is used when this or -redis-url is set")
+	s.String(&c.RedisHost, "redis-host", "REDIS_HOST", "Redis host; Redis is used when this, -redis-url or -redis-addrs is set")
 	s.String(&c.RedisPort, "redis-port", "REDIS_PORT", "Redis port (default 6379)")
 	s.String(&c.RedisDB, "redis-db", "REDIS_DB", "Redis database number (default 0)")
 	s.String(&c.RedisPassword, "redis-password", "REDIS_PASSWORD", "Redis password")
@@ -207,7 +206,7 @@ func ParseFlags(args []string, getenv func(string) string, out io.Writer) (Confi
 	s.String(&c.WebhookSecret, "webhook-secret", "PRESENCE_WEBHOOK_SECRET", "HMAC-SHA256 key signing webhook bodies (X-Presence-Signature: sha256=...)")
 	s.Duration(&c.OfflineAlertAfter, "offline-alert-after", "PRESENCE_OFFLINE_ALERT_AFTER", "emit one offline_alert event per offline period after this long offline; 0: never")
 	s.Int(&c.MassOfflineCount, "mass-offline-count", "PRESENCE_MASS_OFFLINE_COUNT", "devices going offline within -mass-offline-window that make one mass_offline incident (or the share below)")
-	s.Var((*floatValue)(&c.MassOfflineShare), "mass-offline-share", "PRESENCE_MASS_OFFLINE_SHARE", "share of the fleet (0..1) going offline within the window that makes a mass_offline incident; 0: count only")
+	s.Float64(&c.MassOfflineShare, "mass-offline-share", "PRESENCE_MASS_OFFLINE_SHARE", "share of the fleet (0..1) going offline within the window that makes a mass_offline incident; 0: count only")
 	s.Duration(&c.MassOfflineWindow, "mass-offline-window", "PRESENCE_MASS_OFFLINE_WINDOW", "window of the mass-outage detector; 0 disables it")
 
 	s.String(&c.NodeName, "node-name", "PRESENCE_NODE_NAME", "this node's name in the cluster, unique (default: the host name)")
@@ -466,19 +465,6 @@ func (c Config) clusterConfig(log *slog.Logger) (cluster.Config, error) {
 	}
 	cc.Logger = log
 	return cc, nil
-}
-
-// floatValue is a flag.Value for a float64.
-type floatValue float64
-
-func (f *floatValue) String() string { return strconv.FormatFloat(float64(*f), 'g', -1, 64) }
-func (f *floatValue) Set(s string) error {
-	v, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
-	if err != nil {
-		return errors.New("want a number")
-	}
-	*f = floatValue(v)
-	return nil
 }
 
 func parseLevel(s string) (slog.Level, error) {
