@@ -12,8 +12,8 @@ import (
 	"github.com/presence-dev/presence/internal/testenv"
 )
 
-// The index records each device once, in its partition's set, when it is
-// first seen; a rebuild reads the partition's devices back with their
+// The index records each device once, in its partition's set, when it
+// comes online; a rebuild reads the partition's devices back with their
 // stored state and forgets the ids whose keys have expired.
 func TestRedisIndex(t *testing.T) {
 	client := newRedisClient(t, "")
