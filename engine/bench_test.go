@@ -61,20 +61,79 @@ func benchEngine(b testing.TB, n int, sink Sink, trackers int) (*Engine, []strin
 	return e, ids, clk
 }
 
-// touchLoop runs parallel touches of ids in random order through touch and
-// reports touches/s.
-func touchLoop(b *testing.B, ids []string, touch func(id string, at time.Time)) {
-	var seq atomic.Uint64
+// streamLen is the length of a benchmark goroutine's touch stream: a power
+// of two, a multiple of batchLen, and long enough that the devices it
+// touches are far more than the caches hold at any fleet size.
+const (
+	streamLen = 1 << 20
+	batchLen  = 512 // ingest's default batch
+)
+
+// touchStreams returns one pre-generated stream of random touches over n
+// devices per goroutine that RunParallel starts. Each id is its own string,
+// laid out in the order it is used, as ingest hands over ids just parsed
+// from the network: the benchmarks measure finding and updating a device,
+// not a random walk over a slice of ids or the generation of random
+// numbers. Every benchmark of touches, baselines included, uses them.
+func touchStreams(n int) [][]Touch {
+	streams := make([][]Touch, runtime.GOMAXPROCS(0))
+	for g := range streams {
+		rng := rand.New(rand.NewPCG(uint64(g), uint64(n)))
+		s := make([]Touch, streamLen)
+		for i := range s {
+			s[i].ID = strconv.Itoa(1_000_000 + rng.IntN(n))
+		}
+		streams[g] = s
+	}
+	return streams
+}
+
+// touchLoop runs parallel touches of streams one at a time through touch
+// and reports touches/s.
+func touchLoop(b *testing.B, streams [][]Touch, touch func(id string, at time.Time)) {
+	var seq atomic.Int64
 	b.ResetTimer()
 	start := time.Now()
 	b.RunParallel(func(pb *testing.PB) {
-		rng := rand.New(rand.NewPCG(seq.Add(1), 42))
+		s := streams[int(seq.Add(1)-1)%len(streams)]
 		at := t0
-		n := uint64(len(ids))
+		i := 0
 		for pb.Next() {
 			at = at.Add(time.Microsecond)
-			touch(ids[rng.Uint64N(n)], at)
+			touch(s[i].ID, at)
+			i = (i + 1) & (len(s) - 1)
 		}
+	})
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "touches/s")
+}
+
+// batchLoop runs parallel touches of streams in batches of batchLen through
+// touchBatch, each batch stamped with one time as ingest stamps a batch
+// received together, and reports touches/s.
+func batchLoop(b *testing.B, streams [][]Touch, touchBatch func([]Touch)) {
+	var seq atomic.Int64
+	b.ResetTimer()
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		s := streams[int(seq.Add(1)-1)%len(streams)]
+		at := t0
+		lo, i := 0, 0
+		flush := func() {
+			at = at.Add(time.Microsecond)
+			batch := s[lo:i]
+			for k := range batch {
+				batch[k].At = at
+			}
+			touchBatch(batch)
+			lo = i & (len(s) - 1)
+			i = lo
+		}
+		for pb.Next() {
+			if i++; i-lo == batchLen {
+				flush()
+			}
+		}
+		flush()
 	})
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "touches/s")
 }
@@ -82,63 +141,140 @@ func touchLoop(b *testing.B, ids []string, touch func(id string, at time.Time)) 
 var touchCache sync.Map // n -> *touchFixture
 
 type touchFixture struct {
-	e   *Engine
-	ids []string
+	e       *Engine
+	streams [][]Touch
+}
+
+// touchFixture returns an engine of n online devices with the two dirty
+// trackers the daemon runs (Redis and Postgres), and touch streams over
+// them, built once per size for the benchmarks of one run.
+func loadTouchFixture(b *testing.B, n int) *touchFixture {
+	if v, ok := touchCache.Load(n); ok {
+		return v.(*touchFixture)
+	}
+	e, _, _ := benchEngine(b, n, nil, 2)
+	fx := &touchFixture{e, touchStreams(n)}
+	touchCache.Store(n, fx)
+	return fx
+}
+
+func checkStillOnline(b *testing.B, e *Engine) {
+	if s := e.Stats(); s.OfflineTransitions != 0 {
+		b.Fatalf("devices went offline during the benchmark: %+v", s)
+	}
 }
 
 // BenchmarkTouch: parallel touches of known online devices in random order,
-// with the two dirty trackers the daemon runs (Redis and Postgres).
+// handed over as ingest hands them over: TouchBatch, batches of 512.
 func BenchmarkTouch(b *testing.B) {
 	for _, sz := range sizes {
 		b.Run(sz.name, func(b *testing.B) {
-			v, ok := touchCache.Load(sz.n)
-			if !ok {
-				e, ids, _ := benchEngine(b, sz.n, nil, 2)
-				v = &touchFixture{e, ids}
-				touchCache.Store(sz.n, v)
-			}
-			fx := v.(*touchFixture)
-			touchLoop(b, fx.ids, func(id string, at time.Time) { fx.e.Touch(id, at) })
-			if s := fx.e.Stats(); s.OfflineTransitions != 0 {
-				b.Fatalf("devices went offline during the benchmark: %+v", s)
-			}
+			fx := loadTouchFixture(b, sz.n)
+			batchLoop(b, fx.streams, func(batch []Touch) { fx.e.TouchBatch(batch) })
+			checkStillOnline(b, fx.e)
+		})
+	}
+}
+
+// BenchmarkTouchOne: the same touches one Touch call at a time.
+func BenchmarkTouchOne(b *testing.B) {
+	for _, sz := range sizes {
+		b.Run(sz.name, func(b *testing.B) {
+			fx := loadTouchFixture(b, sz.n)
+			touchLoop(b, fx.streams, func(id string, at time.Time) { fx.e.Touch(id, at) })
+			checkStillOnline(b, fx.e)
 		})
 	}
 	touchCache.Clear()
 }
 
-// mapShard is a shard of the floor: a bare map behind a lock.
+// mapFloor is the floor: a bare map[uint64]int64 in 256 shards behind
+// locks, keyed by the same hash of the id, storing the newest timestamp.
+// No validation, no timers, no status.
+type mapFloor struct {
+	seed   maphash.Seed
+	shards [256]mapShard
+}
+
 type mapShard struct {
 	mu sync.Mutex
 	m  map[uint64]int64
 	_  [40]byte
 }
 
-// BenchmarkTouchBaselineMap is the floor: a bare sharded map[uint64]int64
-// keyed by the same hash of the id, storing the newest timestamp. No
-// validation, no timers, no status.
-func BenchmarkTouchBaselineMap(b *testing.B) {
-	b.Run("devices=1M", func(b *testing.B) {
-		ids := benchIDs(1_000_000)
-		seed := maphash.MakeSeed()
-		shards := make([]mapShard, 256)
-		for i := range shards {
-			shards[i].m = make(map[uint64]int64)
-		}
-		touch := func(id string, at time.Time) {
-			h := maphash.String(seed, id)
-			sh := &shards[h>>56]
-			ns := at.UnixNano()
-			sh.mu.Lock()
-			if ns > sh.m[h] {
-				sh.m[h] = ns
+func newMapFloor(n int) *mapFloor {
+	f := &mapFloor{seed: maphash.MakeSeed()}
+	for i := range f.shards {
+		f.shards[i].m = make(map[uint64]int64)
+	}
+	for _, id := range benchIDs(n) {
+		f.touch(id, t0)
+	}
+	return f
+}
+
+func (f *mapFloor) touch(id string, at time.Time) {
+	h := maphash.String(f.seed, id)
+	sh := &f.shards[h>>56]
+	ns := at.UnixNano()
+	sh.mu.Lock()
+	if ns > sh.m[h] {
+		sh.m[h] = ns
+	}
+	sh.mu.Unlock()
+}
+
+// touchBatch groups a batch by shard and takes each lock once, as
+// TouchBatch does (without warming: a map does not expose where an entry
+// lives).
+func (f *mapFloor) touchBatch(batch []Touch, hs []uint64, order []int32) {
+	var count [257]int32
+	for i := range batch {
+		hs[i] = maphash.String(f.seed, batch[i].ID)
+		count[hs[i]>>56+1]++
+	}
+	for s := 1; s <= 256; s++ {
+		count[s] += count[s-1]
+	}
+	for i, h := range hs[:len(batch)] {
+		order[count[h>>56]] = int32(i)
+		count[h>>56]++
+	}
+	for lo := 0; lo < len(batch); {
+		s := hs[order[lo]] >> 56
+		sh := &f.shards[s]
+		sh.mu.Lock()
+		for ; lo < len(batch) && hs[order[lo]]>>56 == s; lo++ {
+			i := order[lo]
+			if ns := batch[i].At.UnixNano(); ns > sh.m[hs[i]] {
+				sh.m[hs[i]] = ns
 			}
-			sh.mu.Unlock()
 		}
-		for _, id := range ids {
-			touch(id, t0)
+		sh.mu.Unlock()
+	}
+}
+
+// BenchmarkTouchBaselineMap is the floor, one touch at a time.
+func BenchmarkTouchBaselineMap(b *testing.B) {
+	f, streams := newMapFloor(1_000_000), touchStreams(1_000_000)
+	b.Run("devices=1M", func(b *testing.B) { touchLoop(b, streams, f.touch) })
+}
+
+// BenchmarkTouchBaselineMapBatch is the floor fed as BenchmarkTouch feeds
+// the engine: batches of 512, one lock per shard per batch.
+func BenchmarkTouchBaselineMapBatch(b *testing.B) {
+	f, streams := newMapFloor(1_000_000), touchStreams(1_000_000)
+	b.Run("devices=1M", func(b *testing.B) {
+		type scratch struct {
+			hs    []uint64
+			order []int32
 		}
-		touchLoop(b, ids, touch)
+		pool := sync.Pool{New: func() any { return &scratch{make([]uint64, batchLen), make([]int32, batchLen)} }}
+		batchLoop(b, streams, func(batch []Touch) {
+			sc := pool.Get().(*scratch)
+			f.touchBatch(batch, sc.hs, sc.order)
+			pool.Put(sc)
+		})
 	})
 }
 
@@ -202,15 +338,14 @@ func (f *afterFuncFleet) stop() {
 // BenchmarkTouchBaselineAfterFunc: a sharded map of devices, each with a
 // time.AfterFunc reset per touch.
 func BenchmarkTouchBaselineAfterFunc(b *testing.B) {
-	b.Run("devices=1M", func(b *testing.B) {
-		ids := benchIDs(1_000_000)
-		f := newAfterFuncFleet(time.Hour, func(string, *afterFuncDev) {})
-		defer f.stop()
-		for _, id := range ids {
-			f.touch(id, t0)
-		}
-		touchLoop(b, ids, f.touch)
-	})
+	// Built once: b.Run calls the function again for each b.N it tries.
+	f := newAfterFuncFleet(time.Hour, func(string, *afterFuncDev) {})
+	defer f.stop()
+	for _, id := range benchIDs(1_000_000) {
+		f.touch(id, t0)
+	}
+	streams := touchStreams(1_000_000)
+	b.Run("devices=1M", func(b *testing.B) { touchLoop(b, streams, f.touch) })
 }
 
 func liveHeap() uint64 {
@@ -395,38 +530,5 @@ func BenchmarkMassExpiryBaselineAfterFunc(b *testing.B) {
 		}
 		b.ReportMetric(float64(elapsed.Nanoseconds())/float64(b.N*n), "ns/expiry")
 		b.ReportMetric(float64(peak)/(1<<20), "peak-MB")
-	})
-}
-
-// BenchmarkTouchBatch: the same random touches handed over as ingest does,
-// in batches of 512 (TouchBatch groups them by shard: one lock per shard).
-func BenchmarkTouchBatch(b *testing.B) {
-	b.Run("devices=1M", func(b *testing.B) {
-		v, ok := touchCache.Load(1_000_000)
-		if !ok {
-			e, ids, _ := benchEngine(b, 1_000_000, nil, 2)
-			v = &touchFixture{e, ids}
-			touchCache.Store(1_000_000, v)
-		}
-		fx := v.(*touchFixture)
-		var seq atomic.Uint64
-		b.ResetTimer()
-		start := time.Now()
-		b.RunParallel(func(pb *testing.PB) {
-			rng := rand.New(rand.NewPCG(seq.Add(1), 43))
-			batch := make([]Touch, 0, 512)
-			at := t0
-			n := uint64(len(fx.ids))
-			for pb.Next() {
-				at = at.Add(time.Microsecond)
-				batch = append(batch, Touch{ID: fx.ids[rng.Uint64N(n)], At: at})
-				if len(batch) == cap(batch) {
-					fx.e.TouchBatch(batch)
-					batch = batch[:0]
-				}
-			}
-			fx.e.TouchBatch(batch)
-		})
-		b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "touches/s")
 	})
 }

@@ -19,6 +19,7 @@ type Engine struct {
 	cfg       Config
 	seed      maphash.Seed
 	shards    []shard
+	views     []atomic.Pointer[shardView] // by shard; apart from the locks
 	shardBits uint
 	epoch     int64 // unix ns of wheel tick 0
 	gran      int64 // ns per wheel tick (Tick/4)
@@ -57,6 +58,7 @@ func New(cfg Config) (*Engine, error) {
 		cfg:       cfg,
 		seed:      maphash.MakeSeed(),
 		shards:    make([]shard, cfg.Shards),
+		views:     make([]atomic.Pointer[shardView], cfg.Shards),
 		shardBits: uint(bits.TrailingZeros(uint(cfg.Shards))),
 		gran:      int64(cfg.Tick / 4),
 		timeouts:  newTimeoutTable(cfg.DefaultTimeout),
@@ -72,6 +74,8 @@ func New(cfg Config) (*Engine, error) {
 	e.epoch = e.now().UnixNano()
 	for i := range e.shards {
 		e.shards[i].queueCap = cfg.QueueCapacity / cfg.Shards
+		e.shards[i].view = &e.views[i]
+		e.shards[i].publish()
 	}
 	e.groups.New = func() any {
 		return &touchGroups{count: make([]int, cfg.Shards), start: make([]int, cfg.Shards)}
@@ -136,10 +140,9 @@ func (e *Engine) TouchBatch(batch []Touch) (rejected int) {
 		}
 		return rejected
 	}
-	// Grouped by shard: one lock per shard instead of one per touch. A lock
-	// is a full memory fence; without one between them, the index and
-	// record loads of consecutive touches (cache misses, in a large fleet)
-	// overlap.
+	// Grouped by shard: one lock per shard instead of one per touch, and
+	// the index cells and records of the whole batch pulled into the cache
+	// first (warm), so that the work under the locks hits the cache.
 	g := e.groups.Get().(*touchGroups)
 	defer e.groups.Put(g)
 	g.items = g.items[:0]
@@ -166,6 +169,7 @@ func (e *Engine) TouchBatch(batch []Touch) (rejected int) {
 		g.items = append(g.items, groupItem{h: h, at: t.At.UnixNano(), i: int32(i), tmo: int32(tmo), shard: uint32(s)})
 		g.count[s]++
 	}
+	e.warm(g)
 	// Counting sort by shard.
 	pos := 0
 	for s, c := range g.count {
@@ -186,7 +190,7 @@ func (e *Engine) TouchBatch(batch []Touch) (rejected int) {
 		sh := &e.shards[s]
 		sh.mu.Lock()
 		for _, it := range g.sorted[lo:hi] {
-			if e.touchLocked(sh, batch[it.i].ID, it.h, it.at, int(it.tmo)) != nil {
+			if e.touchLocked(sh, batch[it.i].ID, it.h, it.hint, it.at, int(it.tmo)) != nil {
 				rejected++
 			}
 		}
@@ -213,10 +217,53 @@ func (e *Engine) touchOne(t *Touch) error {
 	return e.touch(t.ID, t.At.UnixNano(), tmo)
 }
 
+// warm loads the index cell and the record of every device of g, without
+// the shard locks, before TouchBatch takes them. In a large fleet each is a
+// cache (and TLB) miss; the loads of different devices are independent, and
+// issued from loops this small the CPU keeps many of them in flight at once
+// (on the 2-core test VM a miss costs ~25 ns this way against ~80 ns from a
+// loop that does more per device, and ~200 ns one touch at a time). What it
+// reads is a hint: a stale view or an unlucky probe only costs a useless
+// load, the touch itself looks the device up again under the lock.
+func (e *Engine) warm(g *touchGroups) {
+	n := len(g.items)
+	g.cellAt = slices.Grow(g.cellAt[:0], n)[:n]
+	g.wordAt = slices.Grow(g.wordAt[:0], n)[:n]
+	g.views = slices.Grow(g.views[:0], n)[:n]
+	for i, it := range g.items {
+		v := e.views[it.shard].Load()
+		g.views[i] = v
+		g.cellAt[i] = v.cellAt(it.h)
+	}
+	for i, p := range g.cellAt {
+		g.items[i].cell = atomic.LoadUint32(p)
+	}
+	for i := range g.items {
+		it := &g.items[i]
+		it.hint, g.wordAt[i] = g.views[i].idWordAt(it.h, it.cell)
+	}
+	var sum uint64
+	for _, p := range g.wordAt {
+		sum += atomic.LoadUint64(p)
+	}
+	g.sink = sum
+	// Drop the references: an index array replaced by a grow must not be
+	// kept alive by an idle pool entry.
+	clear(g.cellAt)
+	clear(g.wordAt)
+	clear(g.views)
+}
+
 // touchGroups is TouchBatch's scratch space, pooled.
 type touchGroups struct {
 	items, sorted []groupItem
 	count, start  []int // per shard
+
+	// warm's
+	views  []*shardView
+	cellAt []*uint32
+	wordAt []*uint64
+	sink   uint64 // what warm loaded, so that the loads are not dropped
 }
 
 type groupItem struct {
@@ -225,6 +272,8 @@ type groupItem struct {
 	i     int32 // index in the batch
 	tmo   int32
 	shard uint32
+	cell  uint32 // the first index cell of the device, as warm read it
+	hint  uint32 // slot+1 of the record warm loaded, 0 if none
 }
 
 // touch is Touch with tmo the index of a new timeout, or noTimeout.
@@ -236,14 +285,15 @@ func (e *Engine) touch(id string, at int64, tmo int) error {
 	h := e.hash(id)
 	sh := e.shardOf(h)
 	sh.mu.Lock()
-	err := e.touchLocked(sh, id, h, at, tmo)
+	err := e.touchLocked(sh, id, h, 0, at, tmo)
 	sh.mu.Unlock()
 	return err
 }
 
-// touchLocked applies one touch to a device of sh, whose lock is held.
-func (e *Engine) touchLocked(sh *shard, id string, h uint64, at int64, tmo int) error {
-	slot, ok := sh.lookup(id, h)
+// touchLocked applies one touch to a device of sh, whose lock is held; hint
+// is where warm found it, if it did (see shard.find).
+func (e *Engine) touchLocked(sh *shard, id string, h uint64, hint uint32, at int64, tmo int) error {
+	slot, ok := sh.find(id, h, hint)
 	if ok && sh.rec(slot).flags&flagDetached != 0 {
 		sh.reattach(slot)
 		ok = false // from here on, a new device in its old slot

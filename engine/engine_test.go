@@ -659,3 +659,89 @@ func TestTouchBatchGroupedMatchesOneByOne(t *testing.T) {
 		t.Fatalf("stats %+v vs %+v", sa, sb)
 	}
 }
+
+// TestFindHint: a hint is only trusted when the hinted record holds the id.
+func TestFindHint(t *testing.T) {
+	f := newFixture(t, nil)
+	for _, id := range []string{"a", "b", strings.Repeat("long", 5)} {
+		f.touch(id, 0)
+	}
+	slotOf := func(id string) (*shard, uint32) {
+		h := f.e.hash(id)
+		sh := f.e.shardOf(h)
+		slot, ok := sh.lookup(id, h)
+		if !ok {
+			t.Fatalf("%s not found", id)
+		}
+		return sh, slot
+	}
+	for _, id := range []string{"a", "b", strings.Repeat("long", 5)} {
+		sh, want := slotOf(id)
+		h := f.e.hash(id)
+		for _, hint := range []uint32{0, want + 1, want + 2, uint32(sh.n) + 1, 1 << 23} {
+			if got, ok := sh.find(id, h, hint); !ok || got != want {
+				t.Errorf("find(%q, hint %d) = %d, %v; want %d", id, hint, got, ok, want)
+			}
+		}
+	}
+	h := f.e.hash("absent")
+	sh := f.e.shardOf(h)
+	for hint := uint32(0); hint <= uint32(sh.n)+1; hint++ {
+		if _, ok := sh.find("absent", h, hint); ok {
+			t.Fatalf("find(absent, hint %d) found a device", hint)
+		}
+	}
+}
+
+// TestTouchBatchConcurrentGrowth runs grouped batches from several
+// goroutines while the shards grow (new index arrays and record pages), so
+// that warm reads views that go stale under it; run with -race. Every
+// device must end up known, online, with the newest time it was touched
+// at.
+func TestTouchBatchConcurrentGrowth(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.Shards = 2 })
+	const workers, rounds, per = 4, 40, 64
+	ids := func(w, r, k int) string {
+		id := fmt.Sprintf("%d-%d-%d", w, r, k)
+		if k%5 == 0 {
+			id += "-with-a-long-tail" // arena ids: no hint, index lookup
+		}
+		return id
+	}
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			batch := make([]Touch, 0, 2*per)
+			for r := range rounds {
+				batch = batch[:0]
+				for k := range per {
+					batch = append(batch, Touch{ID: ids(w, r, k), At: t0.Add(time.Duration(r) * time.Millisecond)})
+					if r > 0 { // and the previous round's devices again
+						batch = append(batch, Touch{ID: ids(w, r-1, k), At: t0.Add(time.Duration(r) * time.Millisecond)})
+					}
+				}
+				if rej := f.e.TouchBatch(batch); rej != 0 {
+					t.Errorf("rejected %d", rej)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if c := f.e.Counts(); c.Total != workers*rounds*per || c.Online != c.Total {
+		t.Fatalf("counts %+v, want %d online", c, workers*rounds*per)
+	}
+	for w := range workers {
+		for r := range rounds {
+			for k := range per {
+				id := ids(w, r, k)
+				st, err := f.e.Device(id)
+				want := t0.Add(time.Duration(min(r+1, rounds-1)) * time.Millisecond)
+				if err != nil || st.Status != StatusOnline || !st.LastSeen.Equal(want) {
+					t.Fatalf("%s: %+v %v, want online last seen %v", id, st, err, want)
+				}
+			}
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"math/bits"
 	"sync"
+	"sync/atomic"
 )
 
 // rec is one device: 32 bytes, pointer-free, so the GC never scans the
@@ -134,6 +135,8 @@ type shard struct {
 	resync map[uint32]resyncEnt
 	dirty  [MaxTrackers]dirtyList
 
+	view *atomic.Pointer[shardView] // Engine.views[this shard]
+
 	trackMask uint8 // the bits of the trackers that exist
 	queueCap  int
 	nOnline   int
@@ -189,6 +192,21 @@ func (sh *shard) lookup(id string, h uint64) (uint32, bool) {
 	}
 }
 
+// find is lookup with a hint: hint is slot+1 of the record that warm, not
+// holding the lock, found for the device (0: none). A record whose id is
+// the device's is the device's (a shard holds one record per id, and a
+// record keeps its id for good), so checking the hinted record's id skips
+// the index, which warm may have seen in an older state. Ids longer than 8
+// bytes, kept in the arena, take the index.
+func (sh *shard) find(id string, h uint64, hint uint32) (uint32, bool) {
+	if hint != 0 && len(id) <= 8 && int(hint) <= sh.n {
+		if sh.rec(hint-1).idWord == packID(id) {
+			return hint - 1, true
+		}
+	}
+	return sh.lookup(id, h)
+}
+
 // add stores a new device and returns its slot. The caller checked that it
 // is absent and that the shard has room.
 func (sh *shard) add(id string, h uint64, hash func(string) uint64) uint32 {
@@ -198,13 +216,16 @@ func (sh *shard) add(id string, h uint64, hash func(string) uint64) uint32 {
 	slot := uint32(sh.n)
 	if slot&(pageSize-1) == 0 {
 		sh.pages = append(sh.pages, make([]rec, pageSize))
+		sh.publish()
 	}
 	sh.n++
 	r := sh.rec(slot)
+	// Atomic: TouchBatch's warm-up reads idWord and the index cells
+	// without the lock (see shardView).
 	if len(id) <= 8 {
-		r.idWord = packID(id)
+		atomic.StoreUint64(&r.idWord, packID(id))
 	} else {
-		r.idWord = longWord(uint32(len(sh.arena)), len(id))
+		atomic.StoreUint64(&r.idWord, longWord(uint32(len(sh.arena)), len(id)))
 		sh.arena = append(sh.arena, id...)
 	}
 	sh.insertCell(h, slot)
@@ -217,7 +238,7 @@ func (sh *shard) insertCell(h uint64, slot uint32) {
 	for sh.cells[i] != 0 {
 		i = (i + 1) & mask
 	}
-	sh.cells[i] = tagOf(h)<<slotBits | (slot + 1)
+	atomic.StoreUint32(&sh.cells[i], tagOf(h)<<slotBits|(slot+1))
 }
 
 // grow doubles the index and re-inserts every device.
@@ -230,6 +251,68 @@ func (sh *shard) grow(hash func(string) uint64) {
 	for slot := range sh.n {
 		sh.insertCell(hash(sh.id(uint32(slot))), uint32(slot))
 	}
+	sh.publish()
+}
+
+// shardView is what TouchBatch reads of a shard without taking its lock:
+// the index and the record pages as they were at some moment. Neither
+// array is ever written below what the view covers except through atomic
+// stores of cells and idWords, so a view is always safe to read; it may be
+// stale, which costs only a useless cache fill.
+type shardView struct {
+	cells []uint32
+	pages [][]rec
+}
+
+// publish makes the shard's current index and pages the view.
+func (sh *shard) publish() {
+	if sh.view != nil {
+		sh.view.Store(&shardView{cells: sh.cells, pages: sh.pages})
+	}
+}
+
+// warmCell and warmWord are what the warm-up reads when a view has no
+// cell or record for a device: real memory, never written.
+var (
+	warmCell uint32
+	warmWord uint64
+)
+
+// cellAt is the address of the first index cell a lookup of hash h reads.
+func (v *shardView) cellAt(h uint64) *uint32 {
+	if len(v.cells) == 0 {
+		return &warmCell
+	}
+	return &v.cells[h&uint64(len(v.cells)-1)]
+}
+
+// idWordAt is the address of the id of the record that a lookup of hash h
+// most likely ends at, given c, the content of its first cell (already in
+// the cache: the cells after it usually share its cache line), and that
+// record's slot+1 (0 if none).
+func (v *shardView) idWordAt(h uint64, c uint32) (uint32, *uint64) {
+	if len(v.cells) == 0 {
+		return 0, &warmWord
+	}
+	mask := uint64(len(v.cells) - 1)
+	tag := tagOf(h)
+	i := h & mask
+	for range 8 {
+		if c == 0 {
+			return 0, &warmWord
+		}
+		if c>>slotBits == tag {
+			slot := c&slotMask - 1
+			page := int(slot >> pageBits)
+			if page >= len(v.pages) {
+				return 0, &warmWord
+			}
+			return slot + 1, &v.pages[page][slot&(pageSize-1)].idWord
+		}
+		i = (i + 1) & mask
+		c = atomic.LoadUint32(&v.cells[i])
+	}
+	return 0, &warmWord
 }
 
 // id returns the device id of slot as a new string.
