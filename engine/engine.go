@@ -176,26 +176,25 @@ func (e *Engine) TouchBatch(batch []Touch) (rejected int) {
 		g.start[s] = pos
 		pos += c
 	}
-	g.sorted = slices.Grow(g.sorted[:0], len(g.items))[:len(g.items)]
-	for _, it := range g.items {
-		g.sorted[g.start[it.shard]] = it
+	g.order = slices.Grow(g.order[:0], len(g.items))[:len(g.items)]
+	for i, it := range g.items {
+		g.order[g.start[it.shard]] = int32(i)
 		g.start[it.shard]++
 	}
-	for lo := 0; lo < len(g.sorted); {
-		s := g.sorted[lo].shard
-		hi := lo
-		for hi < len(g.sorted) && g.sorted[hi].shard == s {
-			hi++
-		}
+	for lo := 0; lo < len(g.order); {
+		s := g.items[g.order[lo]].shard
 		sh := &e.shards[s]
 		sh.mu.Lock()
-		for _, it := range g.sorted[lo:hi] {
+		for ; lo < len(g.order); lo++ {
+			it := &g.items[g.order[lo]]
+			if it.shard != s {
+				break
+			}
 			if e.touchLocked(sh, batch[it.i].ID, it.h, it.hint, it.at, int(it.tmo)) != nil {
 				rejected++
 			}
 		}
 		sh.mu.Unlock()
-		lo = hi
 	}
 	return rejected
 }
@@ -256,8 +255,10 @@ func (e *Engine) warm(g *touchGroups) {
 
 // touchGroups is TouchBatch's scratch space, pooled.
 type touchGroups struct {
-	items, sorted []groupItem
-	count, start  []int // per shard
+	items []groupItem
+	order []int32 // indices of items, sorted by shard
+	count []int   // per shard
+	start []int   // per shard
 
 	// warm's
 	views  []*shardView
