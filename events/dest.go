@@ -12,6 +12,7 @@ import (
 	"github.com/presence-dev/presence/internal/backoff"
 	"github.com/presence-dev/presence/internal/metricsx"
 	"github.com/presence-dev/presence/internal/ratelog"
+	"github.com/presence-dev/presence/internal/ring"
 )
 
 // sender is one destination's transport. send delivers a whole batch or
@@ -46,9 +47,8 @@ type dest struct {
 	log  *slog.Logger
 	lim  *ratelog.Limiter[logLine] // send failures, drops
 
-	mu       sync.Mutex // guards the ring, closed and the drop count
-	ring     []rec      // grows by doubling up to QueueCapacity
-	head, n  int
+	mu       sync.Mutex      // guards the queue, closed and the drop count
+	queue    *ring.Ring[rec] // grows by doubling up to QueueCapacity
 	closed   bool
 	dropLog  uint64        // drops since the last drop log line
 	kick     chan struct{} // 1-buffered: events are waiting
@@ -66,9 +66,10 @@ type destMetrics struct {
 func newDest(name string, s sender, cfg DeliveryConfig, log *slog.Logger, set *metrics.Set) *dest {
 	d := &dest{
 		name: name, s: s, cfg: cfg,
-		log:  log.With(logKeyDest, name),
-		lim:  newLogLimiter(),
-		kick: make(chan struct{}, 1),
+		log:   log.With(logKeyDest, name),
+		lim:   newLogLimiter(),
+		kick:  make(chan struct{}, 1),
+		queue: ring.New[rec](256, cfg.QueueCapacity),
 	}
 	label := "{" + metricsx.Label("dest", name) + "}"
 	d.m = destMetrics{
@@ -97,17 +98,9 @@ func (d *dest) push(recs []rec) {
 			dropped++
 			continue
 		}
-		if d.n == d.cfg.QueueCapacity {
-			d.ring[d.head] = rec{}
-			d.head = (d.head + 1) % len(d.ring)
-			d.n--
+		if d.queue.Push(*r) {
 			dropped++
 		}
-		if d.n == len(d.ring) {
-			d.grow()
-		}
-		d.ring[(d.head+d.n)%len(d.ring)] = *r
-		d.n++
 	}
 	d.dropLog += uint64(dropped)
 	d.mu.Unlock()
@@ -119,15 +112,6 @@ func (d *dest) push(recs []rec) {
 	case d.kick <- struct{}{}:
 	default:
 	}
-}
-
-func (d *dest) grow() {
-	size := min(max(2*len(d.ring), 256), d.cfg.QueueCapacity)
-	ring := make([]rec, size)
-	for i := range d.n {
-		ring[i] = d.ring[(d.head+i)%len(d.ring)]
-	}
-	d.ring, d.head = ring, 0
 }
 
 func (d *dest) logDrops() {
@@ -147,7 +131,7 @@ func (d *dest) logDrops() {
 func (d *dest) queued() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.n + d.inflN
+	return d.queue.Len() + d.inflN
 }
 
 // fill moves up to BatchSize queued events to inflight, unless inflight
@@ -159,13 +143,7 @@ func (d *dest) fill() {
 	if len(d.inflight) > 0 {
 		return
 	}
-	k := min(d.n, d.cfg.BatchSize)
-	for range k {
-		d.inflight = append(d.inflight, d.ring[d.head])
-		d.ring[d.head] = rec{}
-		d.head = (d.head + 1) % len(d.ring)
-		d.n--
-	}
+	d.inflight = d.queue.PopTo(d.inflight, d.cfg.BatchSize)
 	d.inflN = len(d.inflight)
 }
 

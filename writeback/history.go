@@ -15,6 +15,7 @@ import (
 	"github.com/presence-dev/presence/internal/backoff"
 	"github.com/presence-dev/presence/internal/pgident"
 	"github.com/presence-dev/presence/internal/ratelog"
+	"github.com/presence-dev/presence/internal/ring"
 )
 
 // HistoryConfig configures the history writer.
@@ -104,10 +105,9 @@ type History struct {
 	log   *slog.Logger
 	lim   *ratelog.Limiter[struct{}] // one key: failures and drops share the budget
 
-	mu        sync.Mutex // guards the queue and closed
-	ring      []histRec  // grows by doubling up to QueueCapacity
-	head, n   int
-	dropped   uint64 // since the last log line
+	mu        sync.Mutex          // guards the queue and closed
+	queue     *ring.Ring[histRec] // grows by doubling up to QueueCapacity
+	dropped   uint64              // since the last log line
 	closed    bool
 	inflightN int           // len(inflight), readable under mu for Queued
 	kick      chan struct{} // 1-buffered: BatchSize transitions wait
@@ -152,6 +152,7 @@ func NewHistory(pool *pgxpool.Pool, cfg HistoryConfig) (*History, error) {
 		log:     cfg.Logger,
 		lim:     ratelog.New[struct{}](errLogEvery, nil),
 		kick:    make(chan struct{}, 1),
+		queue:   ring.New[histRec](1024, cfg.QueueCapacity),
 		stop:    make(chan struct{}),
 		runDone: make(chan struct{}),
 	}
@@ -191,20 +192,12 @@ func (h *History) HandleTransitions(batch []engine.Transition) {
 			dropped++
 			continue
 		}
-		if h.n == h.cfg.QueueCapacity {
-			h.ring[h.head] = histRec{}
-			h.head = (h.head + 1) % len(h.ring)
-			h.n--
+		if h.queue.Push(histRec{id: t.ID, at: t.At.UnixMicro(), to: t.To, cause: t.Cause}) {
 			dropped++
 		}
-		if h.n == len(h.ring) {
-			h.grow()
-		}
-		h.ring[(h.head+h.n)%len(h.ring)] = histRec{id: t.ID, at: t.At.UnixMicro(), to: t.To, cause: t.Cause}
-		h.n++
 	}
 	h.dropped += uint64(dropped)
-	full := h.n >= h.cfg.BatchSize
+	full := h.queue.Len() >= h.cfg.BatchSize
 	h.mu.Unlock()
 	if dropped > 0 {
 		h.m.dropped.Add(dropped)
@@ -217,34 +210,19 @@ func (h *History) HandleTransitions(batch []engine.Transition) {
 	}
 }
 
-func (h *History) grow() {
-	size := min(max(2*len(h.ring), 1024), h.cfg.QueueCapacity)
-	ring := make([]histRec, size)
-	for i := range h.n {
-		ring[i] = h.ring[(h.head+i)%len(h.ring)]
-	}
-	h.ring, h.head = ring, 0
-}
-
 // Queued is the number of transitions waiting (queued plus the batch being
 // written).
 func (h *History) Queued() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.n + h.inflightN
+	return h.queue.Len() + h.inflightN
 }
 
 // pop moves up to BatchSize queued transitions to inflight.
 func (h *History) pop() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	k := min(h.n, h.cfg.BatchSize-len(h.inflight))
-	for range k {
-		h.inflight = append(h.inflight, h.ring[h.head])
-		h.ring[h.head] = histRec{}
-		h.head = (h.head + 1) % len(h.ring)
-		h.n--
-	}
+	h.inflight = h.queue.PopTo(h.inflight, h.cfg.BatchSize-len(h.inflight))
 	h.inflightN = len(h.inflight)
 }
 
