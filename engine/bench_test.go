@@ -9,6 +9,7 @@ package engine
 // same benchmark (it is not what is measured).
 
 import (
+	"fmt"
 	"hash/maphash"
 	"log/slog"
 	"math/rand/v2"
@@ -88,38 +89,70 @@ func touchStreams(n int) [][]Touch {
 	return streams
 }
 
+// benchClock hands out the touches' timestamps, in unix ns, for every
+// benchmark of the process: always newer than any before, so that no run
+// replays stamps an earlier run over the same fixture already stored (a
+// touch no newer than last_seen changes nothing and costs less).
+var benchClock atomic.Int64
+
+func init() { benchClock.Store(t0.UnixNano()) }
+
+// stamps reserves k consecutive timestamps and returns the first.
+func stamps(k int64) int64 { return benchClock.Add(k) - k + 1 }
+
+// streamFor returns the stream of the g-th goroutine of RunParallel,
+// failing if there are fewer streams than goroutines (GOMAXPROCS changed
+// since they were made): two goroutines must not share one.
+func streamFor(streams [][]Touch, g int64) []Touch {
+	if int(g) >= len(streams) {
+		panic(fmt.Sprintf("benchmark goroutine %d of %d streams: make them after setting GOMAXPROCS", g, len(streams)))
+	}
+	return streams[g]
+}
+
+// lastSeenFunc returns the newest stamp stored for a device.
+type lastSeenFunc func(id string) (ns int64, ok bool)
+
 // touchLoop runs parallel touches of streams one at a time through touch
-// and reports touches/s.
-func touchLoop(b *testing.B, streams [][]Touch, touch func(id string, at time.Time)) {
+// and reports touches/s. last verifies that they were stored.
+func touchLoop(b *testing.B, streams [][]Touch, touch func(id string, at time.Time), last lastSeenFunc) {
 	var seq atomic.Int64
+	runStart := benchClock.Load()
 	b.ResetTimer()
 	start := time.Now()
 	b.RunParallel(func(pb *testing.PB) {
-		s := streams[int(seq.Add(1)-1)%len(streams)]
-		at := t0
+		s := streamFor(streams, seq.Add(1)-1)
+		var next, end int64
 		i := 0
 		for pb.Next() {
-			at = at.Add(time.Microsecond)
-			touch(s[i].ID, at)
+			if next == end {
+				next = stamps(64)
+				end = next + 64
+			}
+			touch(s[i].ID, time.Unix(0, next))
+			next++
 			i = (i + 1) & (len(s) - 1)
 		}
 	})
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "touches/s")
+	b.StopTimer()
+	checkStamped(b, streams, runStart, last)
 }
 
 // batchLoop runs parallel touches of streams in batches of batchLen through
 // touchBatch, each batch stamped with one time as ingest stamps a batch
-// received together, and reports touches/s.
-func batchLoop(b *testing.B, streams [][]Touch, touchBatch func([]Touch)) {
+// received together, and reports touches/s. last verifies that they were
+// stored.
+func batchLoop(b *testing.B, streams [][]Touch, touchBatch func([]Touch), last lastSeenFunc) {
 	var seq atomic.Int64
+	runStart := benchClock.Load()
 	b.ResetTimer()
 	start := time.Now()
 	b.RunParallel(func(pb *testing.PB) {
-		s := streams[int(seq.Add(1)-1)%len(streams)]
-		at := t0
+		s := streamFor(streams, seq.Add(1)-1)
 		lo, i := 0, 0
 		flush := func() {
-			at = at.Add(time.Microsecond)
+			at := time.Unix(0, stamps(1))
 			batch := s[lo:i]
 			for k := range batch {
 				batch[k].At = at
@@ -136,6 +169,19 @@ func batchLoop(b *testing.B, streams [][]Touch, touchBatch func([]Touch)) {
 		flush()
 	})
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "touches/s")
+	b.StopTimer()
+	checkStamped(b, streams, runStart, last)
+}
+
+// checkStamped verifies that the run's touches were stored (newer than
+// runStart), not ignored as replays.
+func checkStamped(b *testing.B, streams [][]Touch, runStart int64, last lastSeenFunc) {
+	for _, s := range streams { // a goroutine that ran touched its stream's first device
+		if ns, ok := last(s[0].ID); ok && ns > runStart {
+			return
+		}
+	}
+	b.Fatalf("no stream's first device was stored with a stamp of this run")
 }
 
 var touchCache sync.Map // n -> *touchFixture
@@ -149,13 +195,24 @@ type touchFixture struct {
 // trackers the daemon runs (Redis and Postgres), and touch streams over
 // them, built once per size for the benchmarks of one run.
 func loadTouchFixture(b *testing.B, n int) *touchFixture {
+	var fx *touchFixture
 	if v, ok := touchCache.Load(n); ok {
-		return v.(*touchFixture)
+		fx = v.(*touchFixture)
+	} else {
+		e, _, _ := benchEngine(b, n, nil, 2)
+		fx = &touchFixture{e: e}
+		touchCache.Store(n, fx)
 	}
-	e, _, _ := benchEngine(b, n, nil, 2)
-	fx := &touchFixture{e, touchStreams(n)}
-	touchCache.Store(n, fx)
+	if len(fx.streams) != runtime.GOMAXPROCS(0) { // -cpu
+		fx.streams = touchStreams(n)
+	}
 	return fx
+}
+
+// lastSeen is the engine's lastSeenFunc.
+func (fx *touchFixture) lastSeen(id string) (int64, bool) {
+	st, err := fx.e.Device(id)
+	return st.LastSeen.UnixNano(), err == nil
 }
 
 func checkStillOnline(b *testing.B, e *Engine) {
@@ -170,7 +227,7 @@ func BenchmarkTouch(b *testing.B) {
 	for _, sz := range sizes {
 		b.Run(sz.name, func(b *testing.B) {
 			fx := loadTouchFixture(b, sz.n)
-			batchLoop(b, fx.streams, func(batch []Touch) { fx.e.TouchBatch(batch) })
+			batchLoop(b, fx.streams, func(batch []Touch) { fx.e.TouchBatch(batch) }, fx.lastSeen)
 			checkStillOnline(b, fx.e)
 		})
 	}
@@ -181,7 +238,7 @@ func BenchmarkTouchOne(b *testing.B) {
 	for _, sz := range sizes {
 		b.Run(sz.name, func(b *testing.B) {
 			fx := loadTouchFixture(b, sz.n)
-			touchLoop(b, fx.streams, func(id string, at time.Time) { fx.e.Touch(id, at) })
+			touchLoop(b, fx.streams, func(id string, at time.Time) { fx.e.Touch(id, at) }, fx.lastSeen)
 			checkStillOnline(b, fx.e)
 		})
 	}
@@ -224,6 +281,15 @@ func (f *mapFloor) touch(id string, at time.Time) {
 	sh.mu.Unlock()
 }
 
+func (f *mapFloor) lastSeen(id string) (int64, bool) {
+	h := maphash.String(f.seed, id)
+	sh := &f.shards[h>>56]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	ns, ok := sh.m[h]
+	return ns, ok
+}
+
 // touchBatch groups a batch by shard and takes each lock once, as
 // TouchBatch does (without warming: a map does not expose where an entry
 // lives).
@@ -257,7 +323,7 @@ func (f *mapFloor) touchBatch(batch []Touch, hs []uint64, order []int32) {
 // BenchmarkTouchBaselineMap is the floor, one touch at a time.
 func BenchmarkTouchBaselineMap(b *testing.B) {
 	f, streams := newMapFloor(1_000_000), touchStreams(1_000_000)
-	b.Run("devices=1M", func(b *testing.B) { touchLoop(b, streams, f.touch) })
+	b.Run("devices=1M", func(b *testing.B) { touchLoop(b, streams, f.touch, f.lastSeen) })
 }
 
 // BenchmarkTouchBaselineMapBatch is the floor fed as BenchmarkTouch feeds
@@ -274,7 +340,7 @@ func BenchmarkTouchBaselineMapBatch(b *testing.B) {
 			sc := pool.Get().(*scratch)
 			f.touchBatch(batch, sc.hs, sc.order)
 			pool.Put(sc)
-		})
+		}, f.lastSeen)
 	})
 }
 
@@ -327,6 +393,16 @@ func (f *afterFuncFleet) touch(id string, at time.Time) {
 	sh.mu.Unlock()
 }
 
+func (f *afterFuncFleet) lastSeen(id string) (int64, bool) {
+	sh := &f.shards[maphash.String(f.seed, id)>>56]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if d := sh.m[id]; d != nil {
+		return d.lastSeen, true
+	}
+	return 0, false
+}
+
 func (f *afterFuncFleet) stop() {
 	for i := range f.shards {
 		for _, d := range f.shards[i].m {
@@ -345,7 +421,7 @@ func BenchmarkTouchBaselineAfterFunc(b *testing.B) {
 		f.touch(id, t0)
 	}
 	streams := touchStreams(1_000_000)
-	b.Run("devices=1M", func(b *testing.B) { touchLoop(b, streams, f.touch) })
+	b.Run("devices=1M", func(b *testing.B) { touchLoop(b, streams, f.touch, f.lastSeen) })
 }
 
 func liveHeap() uint64 {

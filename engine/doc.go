@@ -42,16 +42,16 @@
 // With a million devices and more, finding a device is two cache (and TLB)
 // misses, its index cell and its record, and a touch one at a time pays
 // them in turn: a lock is a full memory fence, so the misses of consecutive
-// touches cannot overlap. TouchBatch, what ingest calls, first loads the
-// index cells of the whole batch, then its records, from loops that take no
-// lock and do little else, so the CPU keeps many misses in flight at once;
+// touches cannot overlap. TouchBatch, what ingest calls, first loads (for a
+// batch of 32 touches or more) the index cells of the whole batch, then its
+// records, from loops that take no lock and do little else, so the CPU keeps many misses in flight at once;
 // then it takes each shard's lock once for all of that shard's touches,
 // which now hit the cache. The loads read a view of each shard's index and
 // pages published atomically (cells and ids are stored atomically, the
 // rest of a record is not read), and what they find is only a hint: under
 // the lock a touch checks that the hinted record holds its id, else it
-// looks the device up. On the 2-core test VM this makes a batched touch
-// 2-3 times as fast as one at a time (BENCHMARKS.md).
+// looks the device up. On the 2-core test VM a batched touch is 3-4 times
+// as fast as one at a time (BENCHMARKS.md).
 //
 // # Transitions and a slow consumer
 //

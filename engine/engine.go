@@ -223,9 +223,11 @@ func (e *Engine) touchOne(t *Touch) error {
 // (on the 2-core test VM a miss costs ~25 ns this way against ~80 ns from a
 // loop that does more per device, and ~200 ns one touch at a time). What it
 // reads is a hint: a stale view or an unlucky probe only costs a useless
-// load, the touch itself looks the device up again under the lock.
+// load. Under the lock, a touch checks that the record found holds its id
+// (shard.find) and looks the device up in the index if not.
 func (e *Engine) warm(g *touchGroups) {
 	n := len(g.items)
+	g.cells = slices.Grow(g.cells[:0], n)[:n]
 	g.cellAt = slices.Grow(g.cellAt[:0], n)[:n]
 	g.wordAt = slices.Grow(g.wordAt[:0], n)[:n]
 	g.views = slices.Grow(g.views[:0], n)[:n]
@@ -235,11 +237,11 @@ func (e *Engine) warm(g *touchGroups) {
 		g.cellAt[i] = v.cellAt(it.h)
 	}
 	for i, p := range g.cellAt {
-		g.items[i].cell = atomic.LoadUint32(p)
+		g.cells[i] = atomic.LoadUint32(p)
 	}
 	for i := range g.items {
 		it := &g.items[i]
-		it.hint, g.wordAt[i] = g.views[i].idWordAt(it.h, it.cell)
+		it.hint, g.wordAt[i] = g.views[i].idWordAt(it.h, g.cells[i])
 	}
 	var sum uint64
 	for _, p := range g.wordAt {
@@ -261,6 +263,7 @@ type touchGroups struct {
 	start []int   // per shard
 
 	// warm's
+	cells  []uint32 // the first index cell of each item
 	views  []*shardView
 	cellAt []*uint32
 	wordAt []*uint64
@@ -273,7 +276,6 @@ type groupItem struct {
 	i     int32 // index in the batch
 	tmo   int32
 	shard uint32
-	cell  uint32 // the first index cell of the device, as warm read it
 	hint  uint32 // slot+1 of the record warm loaded, 0 if none
 }
 

@@ -255,10 +255,11 @@ func (sh *shard) grow(hash func(string) uint64) {
 }
 
 // shardView is what TouchBatch reads of a shard without taking its lock:
-// the index and the record pages as they were at some moment. Neither
-// array is ever written below what the view covers except through atomic
-// stores of cells and idWords, so a view is always safe to read; it may be
-// stale, which costs only a useless cache fill.
+// the index and the record pages as they were at some moment. Through a
+// view, warm reads index cells and records' idWords only, and those are
+// written only by atomic stores (the rest of a record is never read without
+// the lock); an array a view covers is never reallocated under it. So a
+// view is always safe to read; it may be stale, which costs a useless load.
 type shardView struct {
 	cells []uint32
 	pages [][]rec
