@@ -113,15 +113,23 @@ func streamFor(streams [][]Touch, g int64) []Touch {
 // lastSeenFunc returns the newest stamp stored for a device.
 type lastSeenFunc func(id string) (ns int64, ok bool)
 
-// touchLoop runs parallel touches of streams one at a time through touch
-// and reports touches/s. last verifies that they were stored.
-func touchLoop(b *testing.B, streams [][]Touch, touch func(id string, at time.Time), last lastSeenFunc) {
+// runStreams runs body in each goroutine of RunParallel with the
+// goroutine's own stream, reports touches/s, and checks that the run's
+// touches were stored.
+func runStreams(b *testing.B, streams [][]Touch, last lastSeenFunc, body func(s []Touch, pb *testing.PB)) {
 	var seq atomic.Int64
 	runStart := benchClock.Load()
 	b.ResetTimer()
 	start := time.Now()
-	b.RunParallel(func(pb *testing.PB) {
-		s := streamFor(streams, seq.Add(1)-1)
+	b.RunParallel(func(pb *testing.PB) { body(streamFor(streams, seq.Add(1)-1), pb) })
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "touches/s")
+	b.StopTimer()
+	checkStamped(b, streams, runStart, last)
+}
+
+// touchLoop runs parallel touches of streams one at a time through touch.
+func touchLoop(b *testing.B, streams [][]Touch, touch func(id string, at time.Time), last lastSeenFunc) {
+	runStreams(b, streams, last, func(s []Touch, pb *testing.PB) {
 		var next, end int64
 		i := 0
 		for pb.Next() {
@@ -134,22 +142,13 @@ func touchLoop(b *testing.B, streams [][]Touch, touch func(id string, at time.Ti
 			i = (i + 1) & (len(s) - 1)
 		}
 	})
-	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "touches/s")
-	b.StopTimer()
-	checkStamped(b, streams, runStart, last)
 }
 
 // batchLoop runs parallel touches of streams in batches of batchLen through
 // touchBatch, each batch stamped with one time as ingest stamps a batch
-// received together, and reports touches/s. last verifies that they were
-// stored.
+// received together.
 func batchLoop(b *testing.B, streams [][]Touch, touchBatch func([]Touch), last lastSeenFunc) {
-	var seq atomic.Int64
-	runStart := benchClock.Load()
-	b.ResetTimer()
-	start := time.Now()
-	b.RunParallel(func(pb *testing.PB) {
-		s := streamFor(streams, seq.Add(1)-1)
+	runStreams(b, streams, last, func(s []Touch, pb *testing.PB) {
 		lo, i := 0, 0
 		flush := func() {
 			at := time.Unix(0, stamps(1))
@@ -168,9 +167,6 @@ func batchLoop(b *testing.B, streams [][]Touch, touchBatch func([]Touch), last l
 		}
 		flush()
 	})
-	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "touches/s")
-	b.StopTimer()
-	checkStamped(b, streams, runStart, last)
 }
 
 // checkStamped verifies that the run's touches were stored (newer than
