@@ -28,7 +28,9 @@
 //
 // RedisIndex (NewRedisIndex, an engine.Sink too) keeps, per cluster
 // partition, the set of device ids in Redis ({prefix}index:{partition}),
-// added when a device comes online and written before the device's keys.
+// added when a device comes online and written before the device's keys
+// (given a Source that has the engine deliver what it drained: see
+// RedisConfig.Index).
 // Once filled from a full scan it is complete, and restart recovery and a
 // cluster node's rebuild read it (Devices) instead of walking the keyspace.
 //

@@ -43,9 +43,11 @@ type RedisConfig struct {
 	// Index, when set, is written before every batch of keys (its pending
 	// ids, in one pipeline), and a batch is not written while the index
 	// cannot be: a device's keys never reach Redis before its index entry
-	// does, so a complete index stays complete across a kill -9. (A device
-	// whose online transition the engine has not delivered yet, at most one
-	// engine tick, can still be written first.)
+	// does, so a complete index stays complete across a kill -9. The
+	// index learns of a device from its online transition: the Source must
+	// have the engine deliver the transitions of what it drained before
+	// Drain returns (the daemon's does), or a device drained within one
+	// engine tick of coming online can be written first.
 	Index *RedisIndex
 	// Flush is the write-behind loop. BatchSize is devices per pipeline (two
 	// SETs each). Defaults: Interval 250 ms, FlushAt 20000, BatchSize 1000,

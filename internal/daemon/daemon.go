@@ -133,6 +133,27 @@ func (d *Daemon) buildTransitionSinks() (fanout, error) {
 	return sinks, nil
 }
 
+// deliverAfterDrain is the Redis sink's source when there is a device
+// index. After taking dirty devices it has the engine deliver the
+// transitions queued so far: a device is marked dirty and its online
+// transition queued at the same moment, so by then the index (a transition
+// sink, called synchronously) has every drained device that came online,
+// and the Redis sink writes the index before the keys. Without it, a device
+// drained within one engine tick of coming online could reach Redis before
+// its index entry and, after a kill -9, be missed by a restart that
+// hydrates from the index. (Not covered: a device whose transition the
+// engine is coalescing because the sinks fell a whole queue behind.)
+type deliverAfterDrain struct {
+	writeback.Source
+	eng *engine.Engine
+}
+
+func (s deliverAfterDrain) Drain(dst []engine.DeviceState, max int) []engine.DeviceState {
+	dst = s.Source.Drain(dst, max)
+	s.eng.Deliver()
+	return dst
+}
+
 // buildEngine makes the engine and its write-behind sinks.
 func (d *Daemon) buildEngine(sinks fanout) error {
 	cfg, log := d.cfg, d.log
@@ -152,7 +173,11 @@ func (d *Daemon) buildEngine(sinks fanout) error {
 		}
 		rc := cfg.redisConfig(log.With("component", "redis"))
 		rc.Index = d.index // entries before keys: the index stays complete
-		if d.redisSink, err = writeback.NewRedis(d.redis, tr, rc); err != nil {
+		var src writeback.Source = tr
+		if d.index != nil {
+			src = deliverAfterDrain{tr, eng}
+		}
+		if d.redisSink, err = writeback.NewRedis(d.redis, src, rc); err != nil {
 			return err
 		}
 	}
