@@ -134,6 +134,17 @@ type Config struct {
 	// a goroutine). The daemon rebuilds partitions gained from crashed nodes
 	// from Redis (Change.Rebuild).
 	OnChange func(Change)
+	// RebuildHold, for an OnChange that rebuilds the partitions of
+	// Change.Rebuild and then calls Node.RebuildDone, is how long their
+	// messages wait for RebuildDone before they are applied anyway. Applied
+	// before its device's state is rebuilt, a message makes the device new
+	// here: an online transition (and history row, and event) that the
+	// device already had. Default 0: nothing is held. The daemon uses 30 s.
+	RebuildHold time.Duration
+	// RebuildHoldSize bounds the messages held, over all partitions; when
+	// it is full further messages are applied at once (counted in
+	// presence_cluster_hold_overflow_total). Default 262144 (~12 MiB).
+	RebuildHoldSize int
 
 	// LogInterval limits repeated log lines (drops, reconnects) to one per
 	// kind per interval. Default 10 s.
@@ -168,7 +179,9 @@ func DefaultConfig() Config {
 		MaxFrameSize:   4 << 20,
 		HandoffChunk:   1024,
 		HandoffTimeout: 30 * time.Second,
-		LogInterval:    10 * time.Second,
+
+		RebuildHoldSize: 1 << 18,
+		LogInterval:     10 * time.Second,
 	}
 }
 
@@ -237,6 +250,9 @@ func (c *Config) Validate() error {
 	if c.HandoffChunk < 1 {
 		bad("HandoffChunk", "%d, want >= 1", c.HandoffChunk)
 	}
+	if c.RebuildHold > 0 && c.RebuildHoldSize < 1 {
+		bad("RebuildHoldSize", "%d, want >= 1 with RebuildHold %v", c.RebuildHoldSize, c.RebuildHold)
+	}
 	// A batch frame holds MaxBatch messages of up to ~290 bytes each; a
 	// state frame HandoffChunk records of up to ~300.
 	if need := 64 + max(c.MaxBatch*290, c.HandoffChunk*300); c.MaxFrameSize < need {
@@ -255,6 +271,7 @@ func (c *Config) Validate() error {
 		{"MinBackoff", c.MinBackoff, time.Millisecond},
 		{"MaxBackoff", c.MaxBackoff, c.MinBackoff},
 		{"HandoffTimeout", c.HandoffTimeout, time.Millisecond},
+		{"RebuildHold", c.RebuildHold, 0},
 		{"LogInterval", c.LogInterval, 0},
 	} {
 		if d.v < d.min {

@@ -39,7 +39,12 @@
 // graceful Close leaves the cluster, hands everything off, then stops. A
 // crashed node hands nothing off: the survivors see Change.Rebuild and
 // rebuild those partitions from Redis (the daemon does, through the
-// per-partition device index writeback.RedisIndex).
+// per-partition device index writeback.RedisIndex). With
+// Config.RebuildHold set, the Router holds those partitions' messages from
+// the moment the new table is installed until Node.RebuildDone (or the
+// hold's deadline) and then applies them in arrival order: a device's
+// first message at its new owner lands after its rebuilt state, not before
+// it as a new device (which would report it online a second time).
 //
 // # Guarantees and limits
 //

@@ -35,7 +35,8 @@ func ExampleNode() {
 	cfg.Logger = slog.Default()
 	cfg.OnChange = func(c cluster.Change) {
 		if ps := c.Rebuild(); len(ps) > 0 {
-			// hand ps to a goroutine that rebuilds them from Redis
+			// hand ps to a goroutine that rebuilds them from Redis and
+			// then calls node.RebuildDone(ps), with cfg.RebuildHold set
 		}
 	}
 	node, err := cluster.New(cfg, eng)

@@ -71,6 +71,11 @@ type clusterMetrics struct {
 	handoffRecv    *metrics.Counter
 	handoffErrors  *metrics.Counter
 	handoffRemoved *metrics.Counter
+
+	// rebuild hold
+	holdPartitions *metrics.Counter // partitions held for a rebuild
+	holdExpired    *metrics.Counter // of them, released by RebuildHold, not RebuildDone
+	holdOverflow   *metrics.Counter // messages applied at once: the hold was full
 }
 
 func newClusterMetrics(set *metrics.Set) *clusterMetrics {
@@ -98,6 +103,9 @@ func newClusterMetrics(set *metrics.Set) *clusterMetrics {
 	m.handoffSent = set.NewCounter("presence_cluster_handoff_sent_records_total")
 	m.handoffRecv = set.NewCounter("presence_cluster_handoff_received_records_total")
 	m.handoffErrors = set.NewCounter("presence_cluster_handoff_errors_total")
+	m.holdPartitions = set.NewCounter("presence_cluster_hold_partitions_total")
+	m.holdExpired = set.NewCounter("presence_cluster_hold_expired_partitions_total")
+	m.holdOverflow = set.NewCounter("presence_cluster_hold_overflow_total")
 	m.handoffRemoved = set.NewCounter("presence_cluster_handoff_removed_records_total")
 	return m
 }

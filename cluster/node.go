@@ -101,6 +101,9 @@ type Node struct {
 
 	rebuildMu sync.Mutex // one rebuild (and OnChange call) at a time
 
+	holdMu     sync.Mutex
+	holdTimers []holdTimer // RebuildHold expiries, stopped by Close
+
 	// Set by Start.
 	ml       *memberlist.Memberlist
 	srv      *server
@@ -262,6 +265,7 @@ func (n *Node) close(graceful bool) error {
 	}
 	var errs []error
 	if graceful {
+		n.stopHolds() // into the engine, so that the handoff takes them along
 		if err := n.ml.Leave(n.cfg.LeaveTimeout); err != nil {
 			errs = append(errs, fmt.Errorf("cluster: leave: %w", err))
 		}
@@ -272,6 +276,7 @@ func (n *Node) close(graceful bool) error {
 	}
 	close(n.stop)
 	n.wg.Wait()
+	n.stopHolds()
 	if err := n.ml.Shutdown(); err != nil {
 		errs = append(errs, fmt.Errorf("cluster: memberlist shutdown: %w", err))
 	}
@@ -326,9 +331,12 @@ func (n *Node) rebuild() {
 	if old.Equal(t) {
 		return
 	}
-	n.router.setTable(t, addrs)
 	c := Change{Self: n.cfg.NodeName, Old: old, New: t, Moved: Moved(old, t),
 		Joined: joined, Left: left, Failed: failed}
+	if n.cfg.RebuildHold > 0 {
+		n.holdForRebuild(c.Rebuild())
+	}
+	n.router.setTable(t, addrs)
 	n.m.tableChanges.Inc()
 	n.m.moved.Add(len(c.Moved))
 	n.log.Info("cluster: new partition table", slog.Any("members", t.members),
@@ -340,6 +348,51 @@ func (n *Node) rebuild() {
 	if old != nil {
 		n.ho.trigger()
 	}
+}
+
+// holdForRebuild holds the messages of parts, gained from a crashed
+// member, until RebuildDone or RebuildHold from now.
+func (n *Node) holdForRebuild(parts []int) {
+	if len(parts) == 0 {
+		return
+	}
+	now := time.Now()
+	deadline := now.Add(n.cfg.RebuildHold)
+	n.router.startHold(parts, deadline)
+	n.holdMu.Lock()
+	defer n.holdMu.Unlock()
+	n.holdTimers = slices.DeleteFunc(n.holdTimers, func(h holdTimer) bool { return h.at.Before(now) })
+	t := time.AfterFunc(n.cfg.RebuildHold, func() {
+		if k := n.router.expireHolds(time.Now()); k > 0 {
+			n.log.Warn("cluster: partitions not rebuilt in time, their held messages applied",
+				slog.Int("partitions", k), slog.Duration("rebuild_hold", n.cfg.RebuildHold))
+		}
+	})
+	n.holdTimers = append(n.holdTimers, holdTimer{t, deadline})
+}
+
+type holdTimer struct {
+	*time.Timer
+	at time.Time // when it fires
+}
+
+// stopHolds stops the expiry timers and applies whatever is held.
+func (n *Node) stopHolds() {
+	n.holdMu.Lock()
+	for _, t := range n.holdTimers {
+		t.Stop()
+	}
+	n.holdTimers = nil
+	n.holdMu.Unlock()
+	n.router.releaseAllHolds()
+}
+
+// RebuildDone tells the node that the devices of parts, which it gained
+// from a member that crashed (Change.Rebuild), have been rebuilt (or that
+// the rebuild gave up): the messages it held for them are applied now, in
+// the order they arrived. Calling it for partitions not held does nothing.
+func (n *Node) RebuildDone(parts []int) {
+	n.router.releaseHold(parts)
 }
 
 // usableMembers returns the names and data addresses of the members that

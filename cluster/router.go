@@ -62,6 +62,7 @@ type Router struct {
 	limit *ratelog.Limiter[string]
 
 	route atomic.Pointer[routing]
+	hold  hold // partitions waiting for their rebuild
 
 	mu     sync.Mutex // guards peers and closed, serializes setTable
 	peers  map[string]*peer
@@ -98,8 +99,10 @@ func newRouter(cfg *Config, local Local, log *slog.Logger, m *clusterMetrics) *R
 		peers: make(map[string]*peer),
 	}
 	r.route.Store(&routing{alone: true})
+	r.hold.size = cfg.RebuildHoldSize
 	r.scratch.New = func() any { return new(scratch) }
 	m.set.NewGauge("presence_cluster_queue_depth", func() float64 { return float64(r.queueDepth()) })
+	m.set.NewGauge("presence_cluster_held_messages", func() float64 { return float64(r.heldMessages()) })
 	return r
 }
 
@@ -157,7 +160,8 @@ func (r *Router) setTable(t *Table, addrs map[string]string) {
 // forwarding. Safe for concurrent use.
 func (r *Router) TouchBatch(batch []engine.Touch) (rejected int) {
 	rt := r.route.Load()
-	if rt.alone {
+	holding := r.hold.active.Load()
+	if rt.alone && !holding {
 		r.m.localMsgs.Add(len(batch))
 		return r.local.TouchBatch(batch)
 	}
@@ -165,8 +169,11 @@ func (r *Router) TouchBatch(batch []engine.Touch) (rejected int) {
 	local := sc.touches[:0]
 	for i := range batch {
 		t := &batch[i]
-		pr := rt.owners[rt.table.PartitionOf(t.ID)]
+		pr := rt.peerOf(t.ID)
 		if pr == nil {
+			if holding && forwardable(t.ID, t.Timeout) && r.holdBack(touchMsg(t)) {
+				continue
+			}
 			local = append(local, *t)
 			continue
 		}
@@ -196,6 +203,9 @@ func (r *Router) TouchBatch(batch []engine.Touch) (rejected int) {
 func (r *Router) MarkOffline(id string, at time.Time) error {
 	pr := r.route.Load().peerOf(id)
 	if pr == nil {
+		if r.hold.active.Load() && forwardable(id, 0) && r.holdBack(offlineMsg(id, at)) {
+			return nil
+		}
 		r.m.localMsgs.Inc()
 		return r.local.MarkOffline(id, at)
 	}
@@ -217,7 +227,14 @@ func (r *Router) MarkOffline(id string, at time.Time) error {
 // message already is: it is applied here), and a message marked msgHop
 // (re-forwarded once already) that is not ours is dropped (not_owner).
 func (r *Router) dispatch(msgs []msg, deadline time.Time, from string) {
+	r.route1(msgs, deadline, from, true)
+}
+
+// route1 is dispatch; with checkHold false (releasing held messages) it
+// applies messages of held partitions too.
+func (r *Router) route1(msgs []msg, deadline time.Time, from string, checkHold bool) {
 	rt := r.route.Load()
+	holding := checkHold && r.hold.active.Load()
 	sc := r.scratch.Get().(*scratch)
 	local := sc.touches[:0]
 	for i := range msgs {
@@ -235,7 +252,9 @@ func (r *Router) dispatch(msgs []msg, deadline time.Time, from string) {
 			mm.flags |= msgHop
 			sc.add(pr, mm)
 			r.m.reforwarded.Inc()
+		case holding && r.holdBack(*m):
 		case m.flags&msgOffline != 0:
+			local = r.applyLocal(local) // the touches before it first: order per device
 			r.m.localMsgs.Inc()
 			if err := r.local.MarkOffline(m.id, m.time()); err != nil {
 				r.m.dropped[dropLocalError].Inc()
@@ -244,16 +263,24 @@ func (r *Router) dispatch(msgs []msg, deadline time.Time, from string) {
 			local = append(local, engine.Touch{ID: m.id, At: m.time(), Timeout: m.timeout})
 		}
 	}
-	if len(local) > 0 {
-		r.m.localMsgs.Add(len(local))
-		if n := r.local.TouchBatch(local); n > 0 {
-			r.m.rejected.Add(n)
-		}
-	}
-	clear(local) // drop the id references
+	local = r.applyLocal(local)
 	sc.touches = local[:0]
 	r.flush(sc, deadline)
 	r.scratch.Put(sc)
+}
+
+// applyLocal hands touches to the local engine and returns the emptied
+// slice, its id references dropped.
+func (r *Router) applyLocal(local []engine.Touch) []engine.Touch {
+	if len(local) == 0 {
+		return local
+	}
+	r.m.localMsgs.Add(len(local))
+	if n := r.local.TouchBatch(local); n > 0 {
+		r.m.rejected.Add(n)
+	}
+	clear(local)
+	return local[:0]
 }
 
 // flush hands the grouped messages of sc to their peers and resets sc.

@@ -46,9 +46,16 @@ func (d *Daemon) onClusterChange(c cluster.Change) {
 	go d.rebuild(parts) // the callback must not block membership
 }
 
+// rebuildHold bounds how long the messages of partitions gained from a
+// crashed node wait for their rebuild; rebuild gives up sooner.
+const rebuildHold = 30 * time.Second
+
 func (d *Daemon) rebuild(parts []int) {
 	start := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	// Then the messages held meanwhile are applied: after the devices'
+	// state, so that a device that was online is not reported online again.
+	defer d.node.RebuildDone(parts)
+	ctx, cancel := context.WithTimeout(context.Background(), rebuildHold-5*time.Second)
 	defer cancel()
 	n := 0
 	adopt := func(states []engine.DeviceState) error {

@@ -202,6 +202,11 @@ func (d *Daemon) buildIngest() error {
 			return err
 		}
 		cc.OnChange = d.onClusterChange
+		if d.redisSink != nil {
+			// Messages of partitions gained from a crashed node wait for
+			// their rebuild from Redis (rebuild calls RebuildDone).
+			cc.RebuildHold = rebuildHold
+		}
 		if d.node, err = cluster.New(cc, d.eng); err != nil {
 			return err
 		}

@@ -1,0 +1,168 @@
+package cluster
+
+import (
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/presence-dev/presence/engine"
+)
+
+// orderLocal records what reaches the engine, in order.
+type orderLocal struct {
+	mu  sync.Mutex
+	got []string // "touch id at" or "offline id at"
+}
+
+func (o *orderLocal) TouchBatch(batch []engine.Touch) int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, t := range batch {
+		o.got = append(o.got, fmt.Sprintf("touch %s %d", t.ID, t.At.Unix()))
+	}
+	return 0
+}
+
+func (o *orderLocal) MarkOffline(id string, at time.Time) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.got = append(o.got, fmt.Sprintf("offline %s %d", id, at.Unix()))
+	return nil
+}
+
+func (o *orderLocal) take() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	g := o.got
+	o.got = nil
+	return g
+}
+
+// holdRouter is a router that owns every partition, with size messages of
+// hold room, and two ids of one partition p and one of another.
+func holdRouter(t *testing.T, size int) (r *Router, local *orderLocal, p int, inP []string, other string) {
+	t.Helper()
+	cfg := testConfig(t, "self")
+	cfg.RebuildHoldSize = size
+	local = &orderLocal{}
+	r = newRouter(&cfg, local, slog.New(slog.DiscardHandler), newClusterMetrics(metrics.NewSet()))
+	t.Cleanup(r.close)
+	r.setTable(NewTable(cfg.Partitions, []string{"self"}), map[string]string{"self": "127.0.0.1:1"})
+	p = PartitionOf("dev-0", cfg.Partitions)
+	inP = []string{"dev-0"}
+	for i := 1; len(inP) < 2 || other == ""; i++ {
+		id := fmt.Sprintf("dev-%d", i)
+		if PartitionOf(id, cfg.Partitions) == p {
+			inP = append(inP, id)
+		} else if other == "" {
+			other = id
+		}
+	}
+	return r, local, p, inP[:2], other
+}
+
+func at(s int64) time.Time { return time.Unix(s, 0) }
+
+// TestHoldUntilRebuildDone: messages of a held partition, from ingest and
+// from peers, wait; the others pass; RebuildDone applies the held ones in
+// arrival order, and later ones go straight through.
+func TestHoldUntilRebuildDone(t *testing.T) {
+	r, local, p, inP, other := holdRouter(t, 100)
+	r.startHold([]int{p}, time.Now().Add(time.Hour))
+
+	r.TouchBatch([]engine.Touch{{ID: inP[0], At: at(1)}, {ID: other, At: at(1)}})
+	if err := r.MarkOffline(inP[0], at(2)); err != nil {
+		t.Fatal(err)
+	}
+	r.dispatch([]msg{touchMsg(&engine.Touch{ID: inP[1], At: at(3)})}, time.Time{}, "peer")
+	r.TouchBatch([]engine.Touch{{ID: "bad id", At: at(4)}}) // invalid: the engine rejects it now
+	if got, want := local.take(), []string{"touch " + other + " 1", "touch bad id 4"}; !slices.Equal(got, want) {
+		t.Fatalf("applied while held: %q, want %q", got, want)
+	}
+	if n := r.heldMessages(); n != 3 {
+		t.Fatalf("%d messages held, want 3", n)
+	}
+
+	if n := r.releaseHold([]int{p + 1}); n != 0 { // not held: nothing happens
+		t.Fatalf("released %d partitions not held", n)
+	}
+	if n := r.releaseHold([]int{p}); n != 1 {
+		t.Fatalf("released %d partitions, want 1", n)
+	}
+	want := []string{"touch " + inP[0] + " 1", "offline " + inP[0] + " 2", "touch " + inP[1] + " 3"}
+	if got := local.take(); !slices.Equal(got, want) {
+		t.Fatalf("released %q, want %q", got, want)
+	}
+	if r.hold.active.Load() || r.heldMessages() != 0 {
+		t.Fatal("still holding after release")
+	}
+	r.TouchBatch([]engine.Touch{{ID: inP[0], At: at(5)}})
+	if got := local.take(); !slices.Equal(got, []string{"touch " + inP[0] + " 5"}) {
+		t.Fatalf("after release: %q", got)
+	}
+}
+
+// TestHoldExpiresAndOverflows: a full hold applies further messages at
+// once; a hold not released by RebuildDone expires at its deadline.
+func TestHoldExpiresAndOverflows(t *testing.T) {
+	r, local, p, inP, _ := holdRouter(t, 2)
+	now := time.Now()
+	r.startHold([]int{p}, now.Add(time.Minute))
+	r.TouchBatch([]engine.Touch{{ID: inP[0], At: at(1)}, {ID: inP[1], At: at(2)}, {ID: inP[0], At: at(3)}})
+	if got := local.take(); !slices.Equal(got, []string{"touch " + inP[0] + " 3"}) {
+		t.Fatalf("applied: %q, want the overflowing touch only", got)
+	}
+	if n := r.m.holdOverflow.Get(); n != 1 {
+		t.Fatalf("overflow counted %d, want 1", n)
+	}
+	if n := r.expireHolds(now); n != 0 {
+		t.Fatalf("expired %d partitions before their deadline", n)
+	}
+	if n := r.expireHolds(now.Add(time.Minute)); n != 1 {
+		t.Fatalf("expired %d partitions at the deadline, want 1", n)
+	}
+	if got := local.take(); len(got) != 2 {
+		t.Fatalf("expiry applied %q, want the 2 held touches", got)
+	}
+	if n := r.m.holdExpired.Get(); n != 1 {
+		t.Fatalf("expiries counted %d, want 1", n)
+	}
+}
+
+// TestHoldFollowsTheTable: held messages of a partition that moved to a
+// peer meanwhile are forwarded there on release, not applied here.
+func TestHoldFollowsTheTable(t *testing.T) {
+	nodes := staticCluster(t, 2, nil)
+	a, b := nodes[0], nodes[1]
+	var id string
+	for i := 0; ; i++ {
+		id = fmt.Sprintf("dev-%d", i)
+		if a.r.Owns(id) {
+			break
+		}
+	}
+	p := PartitionOf(id, a.cfg.Partitions)
+	a.r.startHold([]int{p}, time.Now().Add(time.Hour))
+	a.r.TouchBatch([]engine.Touch{{ID: id, At: at(1)}})
+	// b takes every partition; a's table says so too.
+	tb := NewTable(a.cfg.Partitions, []string{b.name})
+	addrs := map[string]string{b.name: b.addr}
+	a.r.setTable(tb, addrs)
+	b.r.setTable(tb, addrs)
+	a.r.releaseHold([]int{p})
+	deadline := time.Now().Add(5 * time.Second)
+	for b.local.touchCount(id) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the held touch never reached the new owner (a got %d)", a.local.touchCount(id))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := a.local.touchCount(id); n != 0 {
+		t.Fatalf("applied at the old owner %d times", n)
+	}
+}
