@@ -141,9 +141,12 @@ type Config struct {
 	// here: an online transition (and history row, and event) that the
 	// device already had. Default 0: nothing is held. The daemon uses 30 s.
 	RebuildHold time.Duration
-	// RebuildHoldSize bounds the messages held, over all partitions; when
-	// it is full further messages are applied at once (counted in
-	// presence_cluster_hold_overflow_total). Default 262144 (~12 MiB).
+	// RebuildHoldSize bounds the messages held, over all partitions. When
+	// it is full, everything held is applied at once, in order, and nothing
+	// more is held until the next crash (counted in
+	// presence_cluster_hold_overflow_total): duplicate online transitions
+	// rather than unbounded memory. Default 262144 (about 25 MiB with the
+	// topics the ids point into).
 	RebuildHoldSize int
 
 	// LogInterval limits repeated log lines (drops, reconnects) to one per

@@ -42,9 +42,11 @@
 // per-partition device index writeback.RedisIndex). With
 // Config.RebuildHold set, the Router holds those partitions' messages from
 // the moment the new table is installed until Node.RebuildDone (or the
-// hold's deadline) and then applies them in arrival order: a device's
-// first message at its new owner lands after its rebuilt state, not before
-// it as a new device (which would report it online a second time).
+// hold's deadline, or the hold filling up) and then applies them in
+// arrival order: a device's first message at its new owner lands after its
+// rebuilt state, not before it as a new device (which would report it
+// online a second time). A held partition that a later table gives to
+// another node is applied here first, and handed off with the rest.
 //
 // # Guarantees and limits
 //

@@ -14,9 +14,12 @@ import (
 // transition the device already had, reported again (a duplicate history
 // row and event). Held messages are applied in arrival order on release.
 //
-// Checking costs one atomic load while nothing is held.
+// Checking costs one atomic load while nothing is held, and one more per
+// message while something is: only messages of held partitions take the
+// lock.
 type hold struct {
-	active atomic.Bool // some partition is held
+	active atomic.Bool   // some partition is held
+	held   []atomic.Bool // by partition
 
 	mu    sync.Mutex
 	parts map[int]time.Time // held partition -> release at the latest
@@ -25,8 +28,11 @@ type hold struct {
 }
 
 // add queues m, of partition p, if p is held, and reports whether it did.
-// It reports false when the queue is full (overflow: apply it now).
+// It reports overflow when the queue is full.
 func (h *hold) add(p int, m msg) (held, overflow bool) {
+	if !h.held[p].Load() {
+		return false, false
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if _, ok := h.parts[p]; !ok {
@@ -40,11 +46,20 @@ func (h *hold) add(p int, m msg) (held, overflow bool) {
 }
 
 // holdBack queues m if its partition is held and reports whether it did.
-// Callers check r.hold.active first.
+// Callers check r.hold.active first. When the hold is full, everything
+// held is applied (in order) and nothing is held any more: then m, like
+// every later message, goes to the engine at once. Duplicate online
+// transitions are the price, not unbounded memory or reordering.
 func (r *Router) holdBack(m msg) bool {
 	held, overflow := r.hold.add(PartitionOf(m.id, r.cfg.Partitions), m)
 	if overflow {
 		r.m.holdOverflow.Inc()
+		if n := r.releaseAllHolds(); n > 0 {
+			if ok, sup := r.limit.Allow("hold-full"); ok {
+				r.log.Warn("cluster: rebuild hold full, held messages applied before their rebuild",
+					"partitions", n, "rebuild_hold_size", r.hold.size, "suppressed", sup)
+			}
+		}
 	}
 	return held
 }
@@ -63,6 +78,7 @@ func (r *Router) startHold(parts []int, deadline time.Time) {
 	}
 	for _, p := range parts {
 		h.parts[p] = deadline
+		h.held[p].Store(true)
 	}
 	h.active.Store(true)
 	h.mu.Unlock()
@@ -81,27 +97,36 @@ func (r *Router) expireHolds(now time.Time) int {
 	return n
 }
 
-// releaseAllHolds releases every held partition (the node is leaving).
+// releaseAllHolds releases every held partition (the node is leaving, or
+// the hold is full).
 func (r *Router) releaseAllHolds() int {
 	return r.release(func(int, time.Time) bool { return true })
 }
 
+// releaseLost releases the held partitions that t does not give to this
+// node, before t is installed: their messages are applied here, where the
+// devices still are, and the handoff then takes them to the new owner.
+func (r *Router) releaseLost(t *Table) int {
+	return r.release(func(p int, _ time.Time) bool { return t.Owner(p) != r.self })
+}
+
 // release stops holding the partitions that match and applies their held
 // messages, and returns how many partitions it released. It works under
-// the hold's lock, so that a message arriving meanwhile waits and lands
-// after the held ones: a device's messages stay in order.
+// the hold's lock and clears the partitions' flags only afterwards, so
+// that a message arriving meanwhile waits for the lock and lands after the
+// held ones: a device's messages stay in order.
 func (r *Router) release(match func(p int, deadline time.Time) bool) int {
 	h := &r.hold
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	n := 0
+	var released []int
 	for p, deadline := range h.parts {
 		if match(p, deadline) {
 			delete(h.parts, p)
-			n++
+			released = append(released, p)
 		}
 	}
-	if n == 0 {
+	if len(released) == 0 {
 		return 0
 	}
 	var out, kept []msg
@@ -114,9 +139,12 @@ func (r *Router) release(match func(p int, deadline time.Time) bool) int {
 	}
 	clear(h.queue) // drop the id references
 	h.queue = kept
-	h.active.Store(len(h.parts) > 0)
 	r.route1(out, time.Time{}, "", false) // by the current table: it may have moved on
-	return n
+	for _, p := range released {
+		h.held[p].Store(false)
+	}
+	h.active.Store(len(h.parts) > 0)
+	return len(released)
 }
 
 // heldMessages is the number of messages held.

@@ -107,30 +107,116 @@ func TestHoldUntilRebuildDone(t *testing.T) {
 	}
 }
 
-// TestHoldExpiresAndOverflows: a full hold applies further messages at
-// once; a hold not released by RebuildDone expires at its deadline.
-func TestHoldExpiresAndOverflows(t *testing.T) {
+// TestHoldOverflowReleasesAll: a full hold applies everything held, in
+// order, before the message that did not fit, and stops holding.
+func TestHoldOverflowReleasesAll(t *testing.T) {
 	r, local, p, inP, _ := holdRouter(t, 2)
-	now := time.Now()
-	r.startHold([]int{p}, now.Add(time.Minute))
+	r.startHold([]int{p}, time.Now().Add(time.Minute))
 	r.TouchBatch([]engine.Touch{{ID: inP[0], At: at(1)}, {ID: inP[1], At: at(2)}, {ID: inP[0], At: at(3)}})
-	if got := local.take(); !slices.Equal(got, []string{"touch " + inP[0] + " 3"}) {
-		t.Fatalf("applied: %q, want the overflowing touch only", got)
+	want := []string{"touch " + inP[0] + " 1", "touch " + inP[1] + " 2", "touch " + inP[0] + " 3"}
+	if got := local.take(); !slices.Equal(got, want) {
+		t.Fatalf("applied %q, want %q", got, want)
 	}
 	if n := r.m.holdOverflow.Get(); n != 1 {
 		t.Fatalf("overflow counted %d, want 1", n)
 	}
+	if r.hold.active.Load() || r.heldMessages() != 0 {
+		t.Fatal("still holding after an overflow")
+	}
+}
+
+// TestHoldExpires: a hold not released by RebuildDone ends at its
+// deadline.
+func TestHoldExpires(t *testing.T) {
+	r, local, p, inP, _ := holdRouter(t, 10)
+	now := time.Now()
+	r.startHold([]int{p}, now.Add(time.Minute))
+	r.TouchBatch([]engine.Touch{{ID: inP[0], At: at(1)}})
 	if n := r.expireHolds(now); n != 0 {
 		t.Fatalf("expired %d partitions before their deadline", n)
+	}
+	if got := local.take(); len(got) != 0 {
+		t.Fatalf("applied before the deadline: %q", got)
 	}
 	if n := r.expireHolds(now.Add(time.Minute)); n != 1 {
 		t.Fatalf("expired %d partitions at the deadline, want 1", n)
 	}
-	if got := local.take(); len(got) != 2 {
-		t.Fatalf("expiry applied %q, want the 2 held touches", got)
+	if got := local.take(); !slices.Equal(got, []string{"touch " + inP[0] + " 1"}) {
+		t.Fatalf("expiry applied %q", got)
 	}
 	if n := r.m.holdExpired.Get(); n != 1 {
 		t.Fatalf("expiries counted %d, want 1", n)
+	}
+}
+
+// gateLocal blocks its first TouchBatch until the gate opens.
+type gateLocal struct {
+	orderLocal
+	once    sync.Once
+	entered chan struct{}
+	gate    chan struct{}
+}
+
+func (g *gateLocal) TouchBatch(batch []engine.Touch) int {
+	g.once.Do(func() {
+		close(g.entered)
+		<-g.gate
+	})
+	return g.orderLocal.TouchBatch(batch)
+}
+
+// TestHoldReleaseKeepsOrder: a message that arrives while the held ones
+// are being applied lands after them.
+func TestHoldReleaseKeepsOrder(t *testing.T) {
+	cfg := testConfig(t, "self")
+	local := &gateLocal{entered: make(chan struct{}), gate: make(chan struct{})}
+	r := newRouter(&cfg, local, slog.New(slog.DiscardHandler), newClusterMetrics(metrics.NewSet()))
+	t.Cleanup(r.close)
+	r.setTable(NewTable(cfg.Partitions, []string{"self"}), map[string]string{"self": "127.0.0.1:1"})
+	p := PartitionOf("dev-0", cfg.Partitions)
+	r.startHold([]int{p}, time.Now().Add(time.Hour))
+	r.TouchBatch([]engine.Touch{{ID: "dev-0", At: at(1)}})
+	released := make(chan struct{})
+	go func() { r.releaseHold([]int{p}); close(released) }()
+	<-local.entered // the release is applying the held touch
+	marked := make(chan struct{})
+	go func() { r.MarkOffline("dev-0", at(2)); close(marked) }()
+	select {
+	case <-marked:
+		t.Fatal("a new message of a partition being released went through before the held ones")
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(local.gate)
+	<-released
+	<-marked
+	if got := local.take(); !slices.Equal(got, []string{"touch dev-0 1", "offline dev-0 2"}) {
+		t.Fatalf("order %q", got)
+	}
+}
+
+// TestHoldReleasedWhenLost: a held partition that a new table gives to
+// another node is applied here first, where the handoff takes it from.
+func TestHoldReleasedWhenLost(t *testing.T) {
+	r, local, p, inP, other := holdRouter(t, 10)
+	q := PartitionOf(other, r.cfg.Partitions)
+	r.startHold([]int{p, q}, time.Now().Add(time.Hour))
+	r.TouchBatch([]engine.Touch{{ID: inP[0], At: at(1)}, {ID: other, At: at(2)}})
+	// A table where self keeps q but not p.
+	var tb *Table
+	for i := 0; ; i++ {
+		tb = NewTable(r.cfg.Partitions, []string{"self", fmt.Sprintf("peer-%d", i)})
+		if tb.Owner(p) != "self" && tb.Owner(q) == "self" {
+			break
+		}
+	}
+	if n := r.releaseLost(tb); n != 1 {
+		t.Fatalf("released %d partitions, want 1 (p)", n)
+	}
+	if got := local.take(); !slices.Equal(got, []string{"touch " + inP[0] + " 1"}) {
+		t.Fatalf("applied %q, want p's held touch", got)
+	}
+	if r.heldMessages() != 1 || !r.hold.active.Load() {
+		t.Fatal("q is no longer held")
 	}
 }
 

@@ -334,6 +334,7 @@ func (n *Node) rebuild() {
 	c := Change{Self: n.cfg.NodeName, Old: old, New: t, Moved: Moved(old, t),
 		Joined: joined, Left: left, Failed: failed}
 	if n.cfg.RebuildHold > 0 {
+		n.router.releaseLost(t)
 		n.holdForRebuild(c.Rebuild())
 	}
 	n.router.setTable(t, addrs)

@@ -100,6 +100,7 @@ func newRouter(cfg *Config, local Local, log *slog.Logger, m *clusterMetrics) *R
 	}
 	r.route.Store(&routing{alone: true})
 	r.hold.size = cfg.RebuildHoldSize
+	r.hold.held = make([]atomic.Bool, cfg.Partitions)
 	r.scratch.New = func() any { return new(scratch) }
 	m.set.NewGauge("presence_cluster_queue_depth", func() float64 { return float64(r.queueDepth()) })
 	m.set.NewGauge("presence_cluster_held_messages", func() float64 { return float64(r.heldMessages()) })

@@ -37,6 +37,10 @@ type RedisIndex struct {
 	log         *slog.Logger
 	lim         *ratelog.Limiter[string]
 
+	// flushMu makes a Flush wait for one in flight: "the index is written"
+	// must not be answered while another caller's SADD of the same ids is
+	// still on its way (or about to fail and put them back).
+	flushMu sync.Mutex
 	mu      sync.Mutex
 	pending map[string]struct{}
 	closed  bool
@@ -123,8 +127,11 @@ func (x *RedisIndex) Run(ctx context.Context) error {
 }
 
 // Flush writes the pending ids (SADD per partition, one pipeline); on
-// failure they stay pending.
+// failure they stay pending. When it returns nil, every id pending when it
+// was called is in Redis, whoever wrote it.
 func (x *RedisIndex) Flush(ctx context.Context) error {
+	x.flushMu.Lock()
+	defer x.flushMu.Unlock()
 	x.mu.Lock()
 	ids := make([]string, 0, len(x.pending))
 	for id := range x.pending {

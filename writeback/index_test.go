@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/presence-dev/presence/engine"
 	"github.com/presence-dev/presence/internal/testenv"
@@ -195,5 +198,59 @@ func TestRedisIndexBeforeKeys(t *testing.T) {
 	}
 	if err := checkStoredDirect(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// gatePipeline blocks the first pipeline it sees until gate is closed.
+type gatePipeline struct {
+	once    *sync.Once
+	entered chan struct{}
+	gate    chan struct{}
+}
+
+func (g gatePipeline) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (g gatePipeline) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (g gatePipeline) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		g.once.Do(func() {
+			close(g.entered)
+			<-g.gate
+		})
+		return next(ctx, cmds)
+	}
+}
+
+// TestRedisIndexFlushWaitsForOneInFlight: a Flush that finds the pending
+// ids taken by another Flush still writing them does not report them
+// written: the Redis sink would write keys before their index entries.
+func TestRedisIndexFlushWaitsForOneInFlight(t *testing.T) {
+	client := newRedisClient(t, "")
+	prefix := testenv.Name(t) + ":"
+	cleanupRedisPrefix(t, client, prefix)
+	g := gatePipeline{once: new(sync.Once), entered: make(chan struct{}), gate: make(chan struct{})}
+	client.AddHook(g)
+	x := NewRedisIndex(client, prefix, func(string) int { return 0 }, 0, testLogger(t), nil)
+	x.HandleTransitions([]engine.Transition{{ID: "7", From: engine.StatusUnknown, To: engine.StatusOnline, At: t0}})
+
+	ctx := context.Background()
+	first := make(chan error, 1)
+	go func() { first <- x.Flush(ctx) }()
+	<-g.entered // the first Flush is writing "7"
+	second := make(chan error, 1)
+	go func() { second <- x.Flush(ctx) }()
+	select {
+	case err := <-second:
+		t.Fatalf("second Flush returned (%v) while the first was still writing", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(g.gate)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-second; err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := client.SIsMember(ctx, x.Key(0), "7").Result(); err != nil || !ok {
+		t.Fatalf("7 not in the index after both flushes: %v %v", ok, err)
 	}
 }
