@@ -14,9 +14,9 @@ import (
 // transition the device already had, reported again (a duplicate history
 // row and event). Held messages are applied in arrival order on release.
 //
-// Checking costs one atomic load while nothing is held, and one more per
-// message while something is: only messages of held partitions take the
-// lock.
+// Checking costs one atomic load while nothing is held, and a partition
+// hash and one more load per message while something is: only messages of
+// held partitions take the lock.
 type hold struct {
 	active atomic.Bool   // some partition is held
 	held   []atomic.Bool // by partition

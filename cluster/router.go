@@ -184,15 +184,12 @@ func (r *Router) TouchBatch(batch []engine.Touch) (rejected int) {
 		}
 		sc.add(pr, touchMsg(t))
 	}
-	if len(local) > 0 {
-		r.m.localMsgs.Add(len(local))
-		rejected += r.local.TouchBatch(local)
-	}
 	if rejected > 0 {
-		r.m.rejected.Add(rejected)
+		r.m.rejected.Add(rejected) // invalid before forwarding
 	}
-	clear(local)
-	sc.touches = local[:0]
+	var n int
+	sc.touches, n = r.applyLocal(local)
+	rejected += n
 	r.flush(sc, time.Now().Add(r.cfg.EnqueueWait))
 	r.scratch.Put(sc)
 	return rejected
@@ -255,7 +252,7 @@ func (r *Router) route1(msgs []msg, deadline time.Time, from string, checkHold b
 			r.m.reforwarded.Inc()
 		case holding && r.holdBack(*m):
 		case m.flags&msgOffline != 0:
-			local = r.applyLocal(local) // the touches before it first: order per device
+			local, _ = r.applyLocal(local) // the touches before it first: order per device
 			r.m.localMsgs.Inc()
 			if err := r.local.MarkOffline(m.id, m.time()); err != nil {
 				r.m.dropped[dropLocalError].Inc()
@@ -264,24 +261,25 @@ func (r *Router) route1(msgs []msg, deadline time.Time, from string, checkHold b
 			local = append(local, engine.Touch{ID: m.id, At: m.time(), Timeout: m.timeout})
 		}
 	}
-	local = r.applyLocal(local)
-	sc.touches = local[:0]
+	sc.touches, _ = r.applyLocal(local)
 	r.flush(sc, deadline)
 	r.scratch.Put(sc)
 }
 
-// applyLocal hands touches to the local engine and returns the emptied
-// slice, its id references dropped.
-func (r *Router) applyLocal(local []engine.Touch) []engine.Touch {
+// applyLocal hands touches to the local engine (counting them, and those
+// it rejected) and returns the emptied slice, its id references dropped,
+// and how many were rejected.
+func (r *Router) applyLocal(local []engine.Touch) ([]engine.Touch, int) {
 	if len(local) == 0 {
-		return local
+		return local, 0
 	}
 	r.m.localMsgs.Add(len(local))
-	if n := r.local.TouchBatch(local); n > 0 {
+	n := r.local.TouchBatch(local)
+	if n > 0 {
 		r.m.rejected.Add(n)
 	}
 	clear(local)
-	return local[:0]
+	return local[:0], n
 }
 
 // flush hands the grouped messages of sc to their peers and resets sc.

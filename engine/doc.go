@@ -50,8 +50,8 @@
 // pages published atomically (cells and ids are stored atomically, the
 // rest of a record is not read), and what they find is only a hint: under
 // the lock a touch checks that the hinted record holds its id, else it
-// looks the device up. On the 2-core test VM a batched touch is 3-4 times
-// as fast as one at a time (BENCHMARKS.md).
+// looks the device up. On the 2-core test VM a batched touch is 2.5-4
+// times as fast as one at a time (BENCHMARKS.md).
 //
 // # Transitions and a slow consumer
 //
