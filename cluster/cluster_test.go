@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/memberlist"
+
 	"github.com/presence-dev/presence/internal/testenv"
 )
 
@@ -323,6 +325,74 @@ func TestMetaRoundTrip(t *testing.T) {
 		if _, err := decodeMeta(bad, ip); err == nil {
 			t.Errorf("%v accepted", bad)
 		}
+	}
+}
+
+// The node's member list is a copy taken in memberlist's event callbacks:
+// memberlist rewrites a member's Addr, Port and Meta in place (under its
+// node lock, which the callbacks run under), and a reader of the list must
+// neither race with that nor see it half done (hashicorp/memberlist#306).
+func TestMemberViewCopies(t *testing.T) {
+	n, err := New(testConfig(t, "self"), newFakeLocal())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &delegate{n: n}
+	var nodeLock sync.Mutex // stands for memberlist's
+	peer := &memberlist.Node{Name: "peer", Addr: net.IPv4(10, 0, 0, 1).To4(), Port: 7946,
+		Meta: encodeMeta("", 7947, n.cfg.Partitions), State: memberlist.StateAlive}
+	nodeLock.Lock()
+	d.NotifyJoin(peer)
+	nodeLock.Unlock()
+
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() { // memberlist's alive handler: a new address, then new metadata
+		defer close(done)
+		for i := range 200 {
+			nodeLock.Lock()
+			peer.Addr[3] = byte(2 + i%2)
+			peer.Port = uint16(7946 + i%2)
+			peer.Meta = encodeMeta("", 8000+i, n.cfg.Partitions)
+			d.NotifyUpdate(peer)
+			nodeLock.Unlock()
+		}
+	})
+	wg.Go(func() { // the table loop and the API read at the same time
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			for _, m := range n.Members() {
+				if m.Name != "peer" || !m.Usable || m.State != "alive" {
+					t.Errorf("member %+v", m)
+					return
+				}
+			}
+			if names, addrs := n.usableMembers(); len(names) != 1 || addrs["peer"] == "" {
+				t.Errorf("usable %v %v", names, addrs)
+				return
+			}
+		}
+	})
+	wg.Wait()
+	ms := n.Members()
+	if len(ms) != 1 || ms[0].Gossip != "10.0.0.3:7947" || ms[0].Data != "10.0.0.3:8199" {
+		t.Fatalf("after the updates: %+v", ms)
+	}
+	peer.Addr[3], peer.Meta = 99, nil // memberlist reusing its memory
+	if ms := n.Members(); ms[0].Gossip != "10.0.0.3:7947" || !ms[0].Usable {
+		t.Fatalf("the view shares memory with memberlist's node: %+v", ms[0])
+	}
+	peer.State = memberlist.StateDead
+	d.NotifyLeave(peer)
+	if ms := n.Members(); len(ms) != 0 {
+		t.Fatalf("after leave: %+v", ms)
+	}
+	if _, _, failed := n.events.take(); !slices.Equal(failed, []string{"peer"}) {
+		t.Fatalf("failed %v", failed)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"log"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,7 +37,9 @@ type Member struct {
 	// Data is the advertised forwarding address ("" if the metadata is
 	// unusable).
 	Data string
-	// State is "alive", "suspect", "dead" or "left".
+	// State is "alive": Members lists the members memberlist has not
+	// declared dead or left, and it tells no one when it merely suspects
+	// one (a suspect keeps its partitions until declared dead).
 	State string
 	// Protocol is the advertised data protocol version.
 	Protocol int
@@ -134,14 +137,67 @@ func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
 func (d *delegate) LocalState(join bool) []byte                { return nil }
 func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
 
-func (d *delegate) NotifyJoin(n *memberlist.Node)   { d.n.noteEvent(n.Name, eventJoin) }
-func (d *delegate) NotifyUpdate(n *memberlist.Node) { d.n.noteEvent(n.Name, eventUpdate) }
+// The event callbacks run under memberlist's node lock, the one place the
+// fields of a memberlist.Node may be read: they copy it into the node's
+// memberView before signalling.
+func (d *delegate) NotifyJoin(n *memberlist.Node) {
+	d.n.view.put(n)
+	d.n.noteEvent(n.Name, eventJoin)
+}
+
+func (d *delegate) NotifyUpdate(n *memberlist.Node) {
+	d.n.view.put(n)
+	d.n.noteEvent(n.Name, eventUpdate)
+}
+
 func (d *delegate) NotifyLeave(n *memberlist.Node) {
+	d.n.view.remove(n.Name)
 	if n.State == memberlist.StateLeft {
 		d.n.noteEvent(n.Name, eventLeft)
 	} else {
 		d.n.noteEvent(n.Name, eventFailed)
 	}
+}
+
+// memberView is this node's copy of the live members (joined, not yet
+// declared dead or left), kept by the event callbacks. memberlist's own
+// Members() returns pointers into nodes that its alive handler rewrites in
+// place (Addr, Port, Meta, State) while the caller reads them, a data race
+// (hashicorp/memberlist#306); copies taken under its lock are safe. A
+// suspect member stays in the view, as it stays in Members(): it keeps its
+// partitions until declared dead.
+type memberView struct {
+	mu    sync.Mutex
+	nodes map[string]memberlist.Node
+}
+
+func (v *memberView) put(n *memberlist.Node) {
+	c := *n
+	c.Meta = bytes.Clone(n.Meta)
+	c.Addr = slices.Clone(n.Addr)
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.nodes == nil {
+		v.nodes = make(map[string]memberlist.Node)
+	}
+	v.nodes[c.Name] = c
+}
+
+func (v *memberView) remove(name string) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	delete(v.nodes, name)
+}
+
+// list returns copies of the live members.
+func (v *memberView) list() []memberlist.Node {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	ns := make([]memberlist.Node, 0, len(v.nodes))
+	for _, n := range v.nodes {
+		ns = append(ns, n)
+	}
+	return ns
 }
 
 type eventKind uint8

@@ -89,6 +89,7 @@ type Node struct {
 	local  Local
 	router *Router
 	events pendingEvents
+	view   memberView // the live members, copied by the event callbacks
 	limit  *ratelog.Limiter[string]
 
 	changed chan struct{} // cap 1: a membership event happened
@@ -400,7 +401,7 @@ func (n *Node) RebuildDone(parts []int) {
 // may own partitions.
 func (n *Node) usableMembers() (names []string, addrs map[string]string) {
 	addrs = make(map[string]string)
-	for _, m := range n.ml.Members() {
+	for _, m := range n.view.list() {
 		meta, err := decodeMeta(m.Meta, m.Addr)
 		if err == nil {
 			err = meta.usable(n.cfg.Partitions)
@@ -418,17 +419,12 @@ func (n *Node) usableMembers() (names []string, addrs map[string]string) {
 	return names, addrs
 }
 
-// Members returns the alive and suspect members as this node sees them
-// (memberlist forgets dead ones), sorted by name.
+// Members returns the live members as this node sees them (joined and not
+// declared dead or left; memberlist forgets dead ones), sorted by name.
+// Nil before Start.
 func (n *Node) Members() []Member {
-	n.life.Lock()
-	ml := n.ml
-	n.life.Unlock()
-	if ml == nil {
-		return nil
-	}
 	var ms []Member
-	for _, m := range ml.Members() {
+	for _, m := range n.view.list() {
 		meta, err := decodeMeta(m.Meta, m.Addr)
 		ms = append(ms, Member{
 			Name:       m.Name,
