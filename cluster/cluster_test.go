@@ -86,7 +86,10 @@ func TestClusterThreeNodes(t *testing.T) {
 			}
 		}
 	}
-	a, la := startNode(t, "a", nil, onChange("a"))
+	a, la := startNode(t, "a", nil, func(c *Config) {
+		onChange("a")(c)
+		c.RebuildHold = time.Hour // released by RebuildDone below
+	})
 	b, lb := startNode(t, "b", []string{gossipAddr(a)}, onChange("b"))
 	c, lc := startNode(t, "c", []string{gossipAddr(a)}, onChange("c"))
 	nodes := []*Node{a, b, c}
@@ -173,6 +176,30 @@ func TestClusterThreeNodes(t *testing.T) {
 		if slices.Contains(ch.Left, "c") && len(ch.Rebuild()) != 0 {
 			t.Fatalf("graceful leave of c asks for a rebuild of %d partitions", len(ch.Rebuild()))
 		}
+	}
+
+	// a holds the messages of b's partitions until their rebuild is done.
+	var id string
+	for _, d := range ids {
+		if tb2.OwnerOf(d) == "b" {
+			id = d
+			break
+		}
+	}
+	before := la.touchCount(id)
+	a.Router().TouchBatch(touchBatch([]string{id}, time.Now()))
+	if got := la.touchCount(id); got != before {
+		t.Fatalf("a touch of a partition gained from a crash was applied before its rebuild")
+	}
+	for _, ch := range changes["a"][:len(changes["a"])-1] {
+		a.RebuildDone(ch) // earlier changes: nothing of theirs is held
+	}
+	if got := la.touchCount(id); got != before {
+		t.Fatalf("an earlier change's RebuildDone released the hold")
+	}
+	a.RebuildDone(last)
+	if got := la.touchCount(id); got != before+1 {
+		t.Fatalf("after RebuildDone the touch was applied %d times, want once", got-before)
 	}
 }
 

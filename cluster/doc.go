@@ -41,7 +41,7 @@
 // rebuild those partitions from Redis (the daemon does, through the
 // per-partition device index writeback.RedisIndex). With
 // Config.RebuildHold set, the Router holds those partitions' messages from
-// the moment the new table is installed until Node.RebuildDone (or the
+// the moment the new table is installed until Node.RebuildDone(change) (or the
 // hold's deadline, or the hold filling up) and then applies them in
 // arrival order: a device's first message at its new owner lands after its
 // rebuilt state, not before it as a new device (which would report it

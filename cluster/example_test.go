@@ -36,7 +36,7 @@ func ExampleNode() {
 	cfg.OnChange = func(c cluster.Change) {
 		if ps := c.Rebuild(); len(ps) > 0 {
 			// hand ps to a goroutine that rebuilds them from Redis and
-			// then calls node.RebuildDone(ps), with cfg.RebuildHold set
+			// then calls node.RebuildDone(c), with cfg.RebuildHold set
 		}
 	}
 	node, err := cluster.New(cfg, eng)

@@ -22,9 +22,17 @@ type hold struct {
 	held   []atomic.Bool // by partition
 
 	mu    sync.Mutex
-	parts map[int]time.Time // held partition -> release at the latest
+	parts map[int]holdEntry // by held partition
+	gen   uint64            // of the last startHold
 	queue []msg             // held messages, in arrival order
 	size  int               // bound on len(queue)
+}
+
+// holdEntry is one held partition: which hold (startHold call) holds it,
+// and when it is released at the latest.
+type holdEntry struct {
+	gen      uint64
+	deadline time.Time
 }
 
 // add queues m, of partition p, if p is held, and reports whether it did.
@@ -64,35 +72,41 @@ func (r *Router) holdBack(m msg) bool {
 	return held
 }
 
-// startHold holds parts until RebuildDone or the deadline. It is called
-// before the table that gives them to this node is installed, so no message
-// of theirs reaches the engine first.
-func (r *Router) startHold(parts []int, deadline time.Time) {
+// startHold holds parts until releaseHold with the generation it returns,
+// or the deadline. It is called before the table that gives them to this
+// node is installed, so no message of theirs reaches the engine first. A
+// partition still held by an earlier hold moves to this one (the earlier
+// rebuild's end must not release it).
+func (r *Router) startHold(parts []int, deadline time.Time) (gen uint64) {
 	if len(parts) == 0 {
-		return
+		return 0
 	}
 	h := &r.hold
 	h.mu.Lock()
 	if h.parts == nil {
-		h.parts = make(map[int]time.Time)
+		h.parts = make(map[int]holdEntry)
 	}
+	h.gen++
 	for _, p := range parts {
-		h.parts[p] = deadline
+		h.parts[p] = holdEntry{gen: h.gen, deadline: deadline}
 		h.held[p].Store(true)
 	}
 	h.active.Store(true)
+	gen = h.gen
 	h.mu.Unlock()
 	r.m.holdPartitions.Add(len(parts))
+	return gen
 }
 
-// releaseHold applies the held messages of parts and stops holding them.
-func (r *Router) releaseHold(parts []int) int {
-	return r.release(func(p int, _ time.Time) bool { return slices.Contains(parts, p) })
+// releaseHold applies the held messages of those of parts that the hold
+// gen still holds, and stops holding them.
+func (r *Router) releaseHold(gen uint64, parts []int) int {
+	return r.release(func(p int, e holdEntry) bool { return e.gen == gen && slices.Contains(parts, p) })
 }
 
 // expireHolds releases the partitions whose deadline is not after now.
 func (r *Router) expireHolds(now time.Time) int {
-	n := r.release(func(_ int, deadline time.Time) bool { return !now.Before(deadline) })
+	n := r.release(func(_ int, e holdEntry) bool { return !now.Before(e.deadline) })
 	r.m.holdExpired.Add(n)
 	return n
 }
@@ -100,14 +114,14 @@ func (r *Router) expireHolds(now time.Time) int {
 // releaseAllHolds releases every held partition (the node is leaving, or
 // the hold is full).
 func (r *Router) releaseAllHolds() int {
-	return r.release(func(int, time.Time) bool { return true })
+	return r.release(func(int, holdEntry) bool { return true })
 }
 
 // releaseLost releases the held partitions that t does not give to this
 // node, before t is installed: their messages are applied here, where the
 // devices still are, and the handoff then takes them to the new owner.
 func (r *Router) releaseLost(t *Table) int {
-	return r.release(func(p int, _ time.Time) bool { return t.Owner(p) != r.self })
+	return r.release(func(p int, _ holdEntry) bool { return t.Owner(p) != r.self })
 }
 
 // release stops holding the partitions that match and applies their held
@@ -115,13 +129,13 @@ func (r *Router) releaseLost(t *Table) int {
 // the hold's lock and clears the partitions' flags only afterwards, so
 // that a message arriving meanwhile waits for the lock and lands after the
 // held ones: a device's messages stay in order.
-func (r *Router) release(match func(p int, deadline time.Time) bool) int {
+func (r *Router) release(match func(p int, e holdEntry) bool) int {
 	h := &r.hold
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	var released []int
-	for p, deadline := range h.parts {
-		if match(p, deadline) {
+	for p, e := range h.parts {
+		if match(p, e) {
 			delete(h.parts, p)
 			released = append(released, p)
 		}

@@ -73,7 +73,7 @@ func at(s int64) time.Time { return time.Unix(s, 0) }
 // arrival order, and later ones go straight through.
 func TestHoldUntilRebuildDone(t *testing.T) {
 	r, local, p, inP, other := holdRouter(t, 100)
-	r.startHold([]int{p}, time.Now().Add(time.Hour))
+	gen := r.startHold([]int{p}, time.Now().Add(time.Hour))
 
 	r.TouchBatch([]engine.Touch{{ID: inP[0], At: at(1)}, {ID: other, At: at(1)}})
 	if err := r.MarkOffline(inP[0], at(2)); err != nil {
@@ -88,10 +88,10 @@ func TestHoldUntilRebuildDone(t *testing.T) {
 		t.Fatalf("%d messages held, want 3", n)
 	}
 
-	if n := r.releaseHold([]int{p + 1}); n != 0 { // not held: nothing happens
+	if n := r.releaseHold(gen, []int{p + 1}); n != 0 { // not held: nothing happens
 		t.Fatalf("released %d partitions not held", n)
 	}
-	if n := r.releaseHold([]int{p}); n != 1 {
+	if n := r.releaseHold(gen, []int{p}); n != 1 {
 		t.Fatalf("released %d partitions, want 1", n)
 	}
 	want := []string{"touch " + inP[0] + " 1", "offline " + inP[0] + " 2", "touch " + inP[1] + " 3"}
@@ -104,6 +104,29 @@ func TestHoldUntilRebuildDone(t *testing.T) {
 	r.TouchBatch([]engine.Touch{{ID: inP[0], At: at(5)}})
 	if got := local.take(); !slices.Equal(got, []string{"touch " + inP[0] + " 5"}) {
 		t.Fatalf("after release: %q", got)
+	}
+}
+
+// TestHoldGenerations: a partition lost and gained again, to be rebuilt
+// again, is not released by the end of the first rebuild, only by the end
+// of the second.
+func TestHoldGenerations(t *testing.T) {
+	r, local, p, inP, other := holdRouter(t, 100)
+	q := PartitionOf(other, r.cfg.Partitions)
+	first := r.startHold([]int{p, q}, time.Now().Add(time.Hour))
+	second := r.startHold([]int{p}, time.Now().Add(time.Hour)) // p gained again
+	r.TouchBatch([]engine.Touch{{ID: inP[0], At: at(1)}, {ID: other, At: at(2)}})
+	if n := r.releaseHold(first, []int{p, q}); n != 1 {
+		t.Fatalf("the first rebuild's end released %d partitions, want 1 (q)", n)
+	}
+	if got := local.take(); !slices.Equal(got, []string{"touch " + other + " 2"}) {
+		t.Fatalf("applied %q, want q's touch only", got)
+	}
+	if n := r.releaseHold(second, []int{p}); n != 1 {
+		t.Fatalf("the second rebuild's end released %d partitions, want 1 (p)", n)
+	}
+	if got := local.take(); !slices.Equal(got, []string{"touch " + inP[0] + " 1"}) {
+		t.Fatalf("applied %q, want p's touch", got)
 	}
 }
 
@@ -174,10 +197,10 @@ func TestHoldReleaseKeepsOrder(t *testing.T) {
 	t.Cleanup(r.close)
 	r.setTable(NewTable(cfg.Partitions, []string{"self"}), map[string]string{"self": "127.0.0.1:1"})
 	p := PartitionOf("dev-0", cfg.Partitions)
-	r.startHold([]int{p}, time.Now().Add(time.Hour))
+	gen := r.startHold([]int{p}, time.Now().Add(time.Hour))
 	r.TouchBatch([]engine.Touch{{ID: "dev-0", At: at(1)}})
 	released := make(chan struct{})
-	go func() { r.releaseHold([]int{p}); close(released) }()
+	go func() { r.releaseHold(gen, []int{p}); close(released) }()
 	<-local.entered // the release is applying the held touch
 	marked := make(chan struct{})
 	go func() { r.MarkOffline("dev-0", at(2)); close(marked) }()
@@ -233,14 +256,14 @@ func TestHoldFollowsTheTable(t *testing.T) {
 		}
 	}
 	p := PartitionOf(id, a.cfg.Partitions)
-	a.r.startHold([]int{p}, time.Now().Add(time.Hour))
+	gen := a.r.startHold([]int{p}, time.Now().Add(time.Hour))
 	a.r.TouchBatch([]engine.Touch{{ID: id, At: at(1)}})
 	// b takes every partition; a's table says so too.
 	tb := NewTable(a.cfg.Partitions, []string{b.name})
 	addrs := map[string]string{b.name: b.addr}
 	a.r.setTable(tb, addrs)
 	b.r.setTable(tb, addrs)
-	a.r.releaseHold([]int{p})
+	a.r.releaseHold(gen, []int{p})
 	deadline := time.Now().Add(5 * time.Second)
 	for b.local.touchCount(id) != 1 {
 		if time.Now().After(deadline) {

@@ -30,6 +30,8 @@ type Change struct {
 	Joined   []string
 	Left     []string
 	Failed   []string
+
+	hold uint64 // the hold of Rebuild's partitions (Config.RebuildHold), 0 if none
 }
 
 // Gained returns the partitions Self owns in New and did not own in Old.
@@ -336,7 +338,7 @@ func (n *Node) rebuild() {
 		Joined: joined, Left: left, Failed: failed}
 	if n.cfg.RebuildHold > 0 {
 		n.router.releaseLost(t)
-		n.holdForRebuild(c.Rebuild())
+		c.hold = n.holdForRebuild(c.Rebuild())
 	}
 	n.router.setTable(t, addrs)
 	n.m.tableChanges.Inc()
@@ -353,14 +355,15 @@ func (n *Node) rebuild() {
 }
 
 // holdForRebuild holds the messages of parts, gained from a crashed
-// member, until RebuildDone or RebuildHold from now.
-func (n *Node) holdForRebuild(parts []int) {
+// member, until RebuildDone or RebuildHold from now, and returns the hold's
+// generation.
+func (n *Node) holdForRebuild(parts []int) uint64 {
 	if len(parts) == 0 {
-		return
+		return 0
 	}
 	now := time.Now()
 	deadline := now.Add(n.cfg.RebuildHold)
-	n.router.startHold(parts, deadline)
+	gen := n.router.startHold(parts, deadline)
 	n.holdMu.Lock()
 	defer n.holdMu.Unlock()
 	n.holdTimers = slices.DeleteFunc(n.holdTimers, func(h holdTimer) bool { return h.at.Before(now) })
@@ -371,6 +374,7 @@ func (n *Node) holdForRebuild(parts []int) {
 		}
 	})
 	n.holdTimers = append(n.holdTimers, holdTimer{t, deadline})
+	return gen
 }
 
 type holdTimer struct {
@@ -389,12 +393,17 @@ func (n *Node) stopHolds() {
 	n.router.releaseAllHolds()
 }
 
-// RebuildDone tells the node that the devices of parts, which it gained
-// from a member that crashed (Change.Rebuild), have been rebuilt (or that
-// the rebuild gave up): the messages it held for them are applied now, in
-// the order they arrived. Calling it for partitions not held does nothing.
-func (n *Node) RebuildDone(parts []int) {
-	n.router.releaseHold(parts)
+// RebuildDone tells the node that the devices of c.Rebuild(), the
+// partitions it gained from a member that crashed, have been rebuilt (or
+// that the rebuild gave up): the messages it held for them since c are
+// applied now, in the order they arrived. A partition that a later Change
+// gave back to this node, to be rebuilt again, stays held for that later
+// rebuild. Calling it more than once, or for a Change without a hold, does
+// nothing.
+func (n *Node) RebuildDone(c Change) {
+	if c.hold != 0 {
+		n.router.releaseHold(c.hold, c.Rebuild())
+	}
 }
 
 // usableMembers returns the names and data addresses of the members that

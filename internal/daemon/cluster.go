@@ -43,18 +43,19 @@ func (d *Daemon) onClusterChange(c cluster.Change) {
 	if len(parts) == 0 || d.redisSink == nil {
 		return
 	}
-	go d.rebuild(parts) // the callback must not block membership
+	go d.rebuild(c, parts) // the callback must not block membership
 }
 
 // rebuildHold bounds how long the messages of partitions gained from a
 // crashed node wait for their rebuild; rebuild gives up sooner.
 const rebuildHold = 30 * time.Second
 
-func (d *Daemon) rebuild(parts []int) {
+// rebuild rebuilds parts, c.Rebuild(), from Redis.
+func (d *Daemon) rebuild(c cluster.Change, parts []int) {
 	start := time.Now()
 	// Then the messages held meanwhile are applied: after the devices'
 	// state, so that a device that was online is not reported online again.
-	defer d.node.RebuildDone(parts)
+	defer d.node.RebuildDone(c)
 	ctx, cancel := context.WithTimeout(context.Background(), rebuildHold-5*time.Second)
 	defer cancel()
 	n := 0
