@@ -296,12 +296,7 @@ func TestClusterEncrypted(t *testing.T) {
 // A seed that is down at start-up: the node works alone, and the rejoin
 // loop merges it into the cluster once the seed is up.
 func TestClusterRejoin(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	seed := ln.Addr().String()
-	ln.Close()
+	seed := testenv.FreeAddr(t) // memberlist needs it for TCP and UDP
 	c, _ := startNode(t, "c", []string{seed}, func(cfg *Config) { cfg.RejoinInterval = 200 * time.Millisecond })
 	if got := c.Table().Members(); !slices.Equal(got, []string{"c"}) {
 		t.Fatalf("c sees %v", got)

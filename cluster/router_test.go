@@ -103,13 +103,10 @@ func TestRouterRejectsInvalid(t *testing.T) {
 // A peer that cannot be reached: the router drops and counts once its
 // queue is full and never makes the caller wait.
 func TestRouterDeadPeerNeverBlocks(t *testing.T) {
-	a := newStaticNode(t, "a", func(c *Config) { c.QueueSize = 1000; c.EnqueueWait = 50 * time.Millisecond })
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := ln.Addr().String()
-	ln.Close() // nothing listens there any more
+	// EnqueueWait is the longest allowed: a caller that waited at all
+	// would take a second, far from any scheduling delay.
+	a := newStaticNode(t, "a", func(c *Config) { c.QueueSize = 1000; c.EnqueueWait = time.Second })
+	const dead = "127.0.0.1:1" // nothing listens on port 1 (tcpmux) here
 	tb := NewTable(a.cfg.Partitions, []string{"a", "b"})
 	a.r.setTable(tb, map[string]string{"a": a.addr, "b": dead})
 	remote := tb.devicesOf("b", deviceIDs("d", 4000))
@@ -120,9 +117,10 @@ func TestRouterDeadPeerNeverBlocks(t *testing.T) {
 		a.r.TouchBatch(batch)
 		slowest = max(slowest, time.Since(start))
 	}
-	if slowest > 25*time.Millisecond { // well under EnqueueWait: no wait at all
-		t.Fatalf("TouchBatch took %v with a dead peer", slowest)
+	if slowest > 500*time.Millisecond { // well under EnqueueWait: no wait at all
+		t.Fatalf("TouchBatch took %v with a dead peer (EnqueueWait 1s)", slowest)
 	}
+	t.Logf("slowest TouchBatch %v", slowest)
 	if d := a.r.queueDepth(); d > 1000 {
 		t.Fatalf("queue depth %d > QueueSize", d)
 	}
@@ -170,7 +168,9 @@ func TestRouterSlowPeerBoundedWait(t *testing.T) {
 	if a.m.dropped[dropQueueFull].Get() == 0 {
 		t.Fatal("no drop against a peer that does not read")
 	}
-	if slowest > wait+150*time.Millisecond {
+	// The bound is EnqueueWait, not the 10 s WriteTimeout (plus a
+	// generous allowance for a loaded machine).
+	if slowest > wait+2*time.Second {
 		t.Fatalf("TouchBatch took %v, bound is EnqueueWait %v (plus scheduling)", slowest, wait)
 	}
 	t.Logf("slowest TouchBatch %v, dropped %d", slowest, a.m.dropped[dropQueueFull].Get())

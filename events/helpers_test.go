@@ -27,7 +27,9 @@ func bareConfig() Config {
 	c.PubSub.Enabled, c.Stream.Enabled, c.SSE.Enabled = false, false, false
 	c.Alerts.OfflineAfter, c.Alerts.Mass.Enabled = 0, false
 	fast := func(d *DeliveryConfig) {
-		d.MinBackoff, d.MaxBackoff, d.Timeout = 5*time.Millisecond, 50*time.Millisecond, 2*time.Second
+		// A generous Timeout: a retry after one sends the whole batch again,
+		// duplicates the exactly-once-in-order checks would count.
+		d.MinBackoff, d.MaxBackoff, d.Timeout = 5*time.Millisecond, 50*time.Millisecond, 10*time.Second
 	}
 	fast(&c.PubSub.Delivery)
 	fast(&c.Stream.Delivery)

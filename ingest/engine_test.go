@@ -45,6 +45,9 @@ func TestIntegrationWithEngine(t *testing.T) {
 	before := time.Now()
 	e.publish(e.prefix+"slow/lp-1/telemetry", []byte("x"))
 	e.publish(e.prefix+"devices/d-1/telemetry", []byte("x"))
+	// The status after the telemetry (they may travel on different
+	// subscriber connections).
+	waitFor(t, "the telemetry", func() bool { return in.Stats().Touches == 2 })
 	e.publish(e.prefix+"devices/d-1/status", []byte("offline"))
 	e.publish(e.prefix+"devices/ghost/status", []byte("offline"))
 	waitFor(t, "messages handed over", func() bool {

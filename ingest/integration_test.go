@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -157,6 +158,9 @@ func TestIntegrationTelemetryStatusAndGarbage(t *testing.T) {
 		e.publish(fmt.Sprintf("%sdevices/d%d/telemetry", e.prefix, i), []byte(`{"t":21.5}`))
 	}
 	e.publish(e.prefix+"slow/s1/telemetry", []byte("x"))
+	// d1's status must come after its telemetry: the two may travel on
+	// different subscriber connections, so wait for the telemetry first.
+	waitFor(t, "the telemetry", func() bool { return len(e.h.snapshot()) == 51 })
 	e.publish(e.prefix+"devices/d1/status", []byte("offline\n"))
 	e.publish(e.prefix+"devices/d2/status", []byte("ONLINE"))
 	// Garbage: every kind the broker lets through.
@@ -307,6 +311,13 @@ func TestIntegrationStartBeforeBroker(t *testing.T) {
 	if err := in.Start(); err != nil {
 		t.Fatal(err)
 	}
+	// Once a connection attempt has failed, WaitReady's error names it.
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if in.lastConnError() == nil {
+			return errors.New("no connection attempt has failed yet")
+		}
+		return nil
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	err = in.WaitReady(ctx)
 	cancel()

@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"strings"
@@ -11,6 +12,8 @@ import (
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/presence-dev/presence/internal/testenv"
 )
 
 // passwordHook admits one username/password (and the inline publisher).
@@ -96,6 +99,12 @@ func TestWebsocketAndAuth(t *testing.T) {
 	if err := in2.Start(); err != nil {
 		t.Fatal(err)
 	}
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if in2.lastConnError() == nil {
+			return errors.New("no connection attempt has failed yet")
+		}
+		return nil
+	})
 	ctx2, cancel2 := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel2()
 	err = in2.WaitReady(ctx2)

@@ -23,6 +23,10 @@ func Start(t testing.TB, ctx context.Context, width, height int) context.Context
 	if _, err := os.Stat(Path); err != nil {
 		t.Skipf("no %s (apt-get install -y chromium; scripts/services.sh does): %v", Path, err)
 	}
+	// No UserDataDir: chromedp then makes a temporary profile directory
+	// and removes it itself, retrying while Chromium's helper processes
+	// still write to it (t.TempDir's cleanup does not retry and can fail
+	// the test with "directory not empty").
 	alloc, cancelAlloc := chromedp.NewExecAllocator(ctx,
 		chromedp.ExecPath(Path),
 		chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
@@ -31,7 +35,6 @@ func Start(t testing.TB, ctx context.Context, width, height int) context.Context
 		chromedp.Flag("disable-component-update", true),
 		chromedp.Flag("disable-sync", true),
 		chromedp.Flag("disable-dev-shm-usage", true),
-		chromedp.UserDataDir(t.TempDir()),
 		chromedp.WindowSize(width, height),
 	)
 	bctx, cancelBrowser := chromedp.NewContext(alloc)

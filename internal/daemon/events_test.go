@@ -52,7 +52,14 @@ func TestEventsReachEveryDestination(t *testing.T) {
 
 	s.publish(501, "telemetry", "{}")
 	s.publish(502, "telemetry", "{}") // filtered out of the SSE stream
-	time.Sleep(300 * time.Millisecond)
+	// The status after the telemetry has been handled (they may travel on
+	// different subscriber connections).
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if st, _, err := s.redisState(501); err != nil || st != "online" {
+			return fmt.Errorf("501 is %q (%v)", st, err)
+		}
+		return nil
+	})
 	s.publish(501, "status", "offline")
 
 	want := []string{"online/telemetry", "offline/last_will"}
