@@ -15,7 +15,9 @@ import (
 	"math/rand/v2"
 	"runtime"
 	rtmetrics "runtime/metrics"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -602,5 +604,158 @@ func BenchmarkMassExpiryBaselineAfterFunc(b *testing.B) {
 		}
 		b.ReportMetric(float64(elapsed.Nanoseconds())/float64(b.N*n), "ns/expiry")
 		b.ReportMetric(float64(peak)/(1<<20), "peak-MB")
+	})
+}
+
+// massExpiryLive is how many other devices keep being touched, one call at
+// a time, while the 1M expire in BenchmarkMassExpiryTouches and its
+// baseline.
+const massExpiryLive = 100_000
+
+// touchLatencies touches live round-robin, one call at a time, with ever
+// newer stamps from at on, and records how long each call took, until
+// stop is closed.
+func touchLatencies(live []string, at time.Time, touch func(string, time.Time), stop <-chan struct{}) []time.Duration {
+	lat := make([]time.Duration, 0, 1<<20)
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+			return lat
+		default:
+		}
+		s := time.Now()
+		touch(live[i%len(live)], at.Add(time.Duration(i)*time.Microsecond))
+		lat = append(lat, time.Since(s))
+	}
+}
+
+// reportLatencies reports the slowest touch, the 99.9th percentile and how
+// many touches per second went through during d.
+func reportLatencies(b *testing.B, lat []time.Duration, d time.Duration) {
+	if len(lat) == 0 {
+		b.Fatal("no touch went through during the expiry")
+	}
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)-1].Nanoseconds())/1e3, "touch-max-us")
+	b.ReportMetric(float64(lat[len(lat)*999/1000].Nanoseconds())/1e3, "touch-p999-us")
+	b.ReportMetric(float64(len(lat))/d.Seconds(), "touches/s")
+}
+
+// BenchmarkMassExpiryTouches: the mass expiry of BenchmarkMassExpiry while
+// another goroutine keeps touching 100K other online devices, one Touch at
+// a time: how long a touch waits while 1M devices expire (the expiry holds
+// a shard's lock for Config.ChunkSize entries at most), and how many go
+// through. Measured from Advance to the last transition handed over.
+func BenchmarkMassExpiryTouches(b *testing.B) {
+	b.Run("devices=1M", func(b *testing.B) {
+		const n = 1_000_000
+		var lat []time.Duration
+		var elapsed time.Duration
+		live := make([]string, massExpiryLive)
+		for i := range live {
+			live[i] = "live-" + strconv.Itoa(i)
+		}
+		for range b.N {
+			b.StopTimer()
+			var got atomic.Int64
+			sink := SinkFunc(func(batch []Transition) { got.Add(int64(len(batch))) })
+			e, _, clk := benchEngine(b, n, sink, 2)
+			for _, id := range live { // seen 30 s later: online through the expiry
+				if err := e.Touch(id, t0.Add(30*time.Second)); err != nil {
+					b.Fatal(err)
+				}
+			}
+			for e.Deliver() > 0 {
+			}
+			got.Store(0)
+			stop := make(chan struct{})
+			var run []time.Duration
+			var wg sync.WaitGroup
+			b.StartTimer()
+			wg.Go(func() {
+				run = touchLatencies(live, t0.Add(31*time.Second), func(id string, at time.Time) { _ = e.Touch(id, at) }, stop)
+			})
+			start := time.Now()
+			now := t0.Add(time.Minute + DefaultConfig().Tick)
+			clk.Set(now)
+			e.Advance(now)
+			for got.Load() < n {
+				if e.Deliver() == 0 {
+					b.Fatalf("only %d of %d expired: %+v", got.Load(), n, e.Stats())
+				}
+			}
+			elapsed += time.Since(start)
+			close(stop)
+			wg.Wait()
+			b.StopTimer()
+			if c := e.Counts(); c.Online != massExpiryLive || c.Offline != n {
+				b.Fatalf("counts %+v after the expiry", c)
+			}
+			lat = append(lat, run...)
+		}
+		b.ReportMetric(float64(elapsed.Nanoseconds())/float64(b.N*n), "ns/expiry")
+		reportLatencies(b, lat, elapsed)
+	})
+}
+
+// BenchmarkMassExpiryTouchesBaselineAfterFunc: the same for the AfterFunc
+// design: 1M timers fire at one instant while 100K other devices keep
+// being touched (a map lookup and a timer Reset each).
+func BenchmarkMassExpiryTouchesBaselineAfterFunc(b *testing.B) {
+	b.Run("devices=1M", func(b *testing.B) {
+		const n = 1_000_000
+		var lat []time.Duration
+		var elapsed time.Duration
+		live := make([]string, massExpiryLive)
+		for i := range live {
+			live[i] = "live-" + strconv.Itoa(i)
+		}
+		for range b.N {
+			b.StopTimer()
+			done := make(chan struct{})
+			var fired atomic.Int64
+			f := newAfterFuncFleet(time.Hour, func(string, *afterFuncDev) {
+				if fired.Add(1) == n {
+					close(done)
+				}
+			})
+			popStart := time.Now()
+			for i := range n {
+				f.touch(strconv.Itoa(1_000_000+i), t0)
+			}
+			for _, id := range live {
+				f.touch(id, t0.Add(30*time.Second))
+			}
+			// Re-aim the 1M timers at one instant (the live ones stay an
+			// hour away): they all expire together.
+			fireAt := time.Now().Add(2*time.Since(popStart) + time.Second)
+			for i := range f.shards {
+				for id, d := range f.shards[i].m {
+					if !strings.HasPrefix(id, "live-") {
+						d.timer.Reset(time.Until(fireAt))
+					}
+				}
+			}
+			if wait := time.Until(fireAt); wait > 5*time.Millisecond {
+				time.Sleep(wait - 5*time.Millisecond)
+			} else {
+				b.Fatal("re-aiming the timers took longer than their delay")
+			}
+			stop := make(chan struct{})
+			var run []time.Duration
+			var wg sync.WaitGroup
+			b.StartTimer()
+			wg.Go(func() { run = touchLatencies(live, t0.Add(31*time.Second), f.touch, stop) })
+			start := time.Now()
+			<-done
+			elapsed += time.Since(start)
+			close(stop)
+			wg.Wait()
+			b.StopTimer()
+			f.stop()
+			lat = append(lat, run...)
+		}
+		b.ReportMetric(float64(elapsed.Nanoseconds())/float64(b.N*n), "ns/expiry")
+		reportLatencies(b, lat, elapsed)
 	})
 }
