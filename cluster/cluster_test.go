@@ -34,7 +34,7 @@ func startNode(t *testing.T, name string, seeds []string, tweak func(*Config)) (
 	return n, local
 }
 
-func gossipAddr(n *Node) string { return n.ml.LocalNode().Address() }
+func gossipAddr(n *Node) string { return n.gossip }
 
 // waitTables waits until every node's table has exactly members.
 func waitTables(t *testing.T, timeout time.Duration, nodes []*Node, members ...string) time.Duration {
@@ -172,9 +172,23 @@ func TestClusterThreeNodes(t *testing.T) {
 	if got, want := last.Rebuild(), last.Old.Owned("b"); !slices.Equal(got, want) {
 		t.Fatalf("Rebuild %d partitions, b owned %d", len(got), len(want))
 	}
-	for _, ch := range changes["a"] {
-		if slices.Contains(ch.Left, "c") && len(ch.Rebuild()) != 0 {
-			t.Fatalf("graceful leave of c asks for a rebuild of %d partitions", len(ch.Rebuild()))
+	// c's graceful leave: left, not failed, so nothing to rebuild (the
+	// handoff brought its devices).
+	for _, name := range []string{"a", "b"} {
+		sawLeft := false
+		for _, ch := range changes[name] {
+			if slices.Contains(ch.Failed, "c") {
+				t.Fatalf("%s took c's graceful leave for a failure", name)
+			}
+			if slices.Contains(ch.Left, "c") {
+				sawLeft = true
+				if len(ch.Rebuild()) != 0 {
+					t.Fatalf("graceful leave of c asks %s for a rebuild of %d partitions", name, len(ch.Rebuild()))
+				}
+			}
+		}
+		if !sawLeft {
+			t.Fatalf("no change of %s reports c left", name)
 		}
 	}
 
@@ -338,12 +352,19 @@ func TestMetaRoundTrip(t *testing.T) {
 		{"data.example", "data.example:7947"},
 		{"::1", "[::1]:7947"},
 	} {
-		m, err := decodeMeta(encodeMeta(c.host, 7947, 1024), ip)
-		if err != nil || m.data != c.want || m.partitions != 1024 || m.proto != ProtocolVersion {
-			t.Errorf("%q: %+v %v", c.host, m, err)
+		for _, leaving := range []bool{false, true} {
+			m, err := decodeMeta(encodeMeta(c.host, 7947, 1024, leaving), ip)
+			if err != nil || m.data != c.want || m.partitions != 1024 || m.proto != ProtocolVersion || m.leaving != leaving {
+				t.Errorf("%q leaving=%v: %+v %v", c.host, leaving, m, err)
+			}
 		}
 	}
-	for _, bad := range [][]byte{nil, {2}, encodeMeta("x", 0, 1024), encodeMeta("x", 1, 1)[:9]} {
+	// Flag bits not known yet are ignored.
+	if m, err := decodeMeta(append(encodeMeta("x", 1, 1, false), 0x80), ip); err != nil || m.leaving {
+		t.Errorf("unknown flag: %+v %v", m, err)
+	}
+	for _, bad := range [][]byte{nil, {2}, encodeMeta("x", 0, 1024, false), encodeMeta("x", 1, 1, false)[:9],
+		append(encodeMeta("x", 1, 1, true), 0)} {
 		if _, err := decodeMeta(bad, ip); err == nil {
 			t.Errorf("%v accepted", bad)
 		}
@@ -354,6 +375,8 @@ func TestMetaRoundTrip(t *testing.T) {
 // memberlist rewrites a member's Addr, Port and Meta in place (under its
 // node lock, which the callbacks run under), and a reader of the list must
 // neither race with that nor see it half done (hashicorp/memberlist#306).
+// A member that goes away after gossiping the leaving flag has left; one
+// that goes away without it has failed.
 func TestMemberViewCopies(t *testing.T) {
 	n, err := New(testConfig(t, "self"), newFakeLocal())
 	if err != nil {
@@ -362,10 +385,15 @@ func TestMemberViewCopies(t *testing.T) {
 	d := &delegate{n: n}
 	var nodeLock sync.Mutex // stands for memberlist's
 	peer := &memberlist.Node{Name: "peer", Addr: net.IPv4(10, 0, 0, 1).To4(), Port: 7946,
-		Meta: encodeMeta("", 7947, n.cfg.Partitions), State: memberlist.StateAlive}
+		Meta: encodeMeta("", 7947, n.cfg.Partitions, false)}
+	crashing := &memberlist.Node{Name: "crashing", Addr: net.IPv4(10, 0, 0, 9).To4(), Port: 7946,
+		Meta: encodeMeta("", 7947, n.cfg.Partitions, false)}
 	nodeLock.Lock()
 	d.NotifyJoin(peer)
 	nodeLock.Unlock()
+	if _, joined, _, _ := n.view.take(); !slices.Equal(joined, []string{"peer"}) {
+		t.Fatalf("joined %v", joined)
+	}
 
 	done := make(chan struct{})
 	var wg sync.WaitGroup
@@ -375,7 +403,7 @@ func TestMemberViewCopies(t *testing.T) {
 			nodeLock.Lock()
 			peer.Addr[3] = byte(2 + i%2)
 			peer.Port = uint16(7946 + i%2)
-			peer.Meta = encodeMeta("", 8000+i, n.cfg.Partitions)
+			peer.Meta = encodeMeta("", 8000+i, n.cfg.Partitions, false)
 			d.NotifyUpdate(peer)
 			nodeLock.Unlock()
 		}
@@ -393,7 +421,7 @@ func TestMemberViewCopies(t *testing.T) {
 					return
 				}
 			}
-			if names, addrs := n.usableMembers(); len(names) != 1 || addrs["peer"] == "" {
+			if names, addrs := n.usableMembers(n.view.list()); len(names) != 1 || addrs["peer"] == "" {
 				t.Errorf("usable %v %v", names, addrs)
 				return
 			}
@@ -408,13 +436,20 @@ func TestMemberViewCopies(t *testing.T) {
 	if ms := n.Members(); ms[0].Gossip != "10.0.0.3:7947" || !ms[0].Usable {
 		t.Fatalf("the view shares memory with memberlist's node: %+v", ms[0])
 	}
-	peer.State = memberlist.StateDead
-	d.NotifyLeave(peer)
-	if ms := n.Members(); len(ms) != 0 {
-		t.Fatalf("after leave: %+v", ms)
+
+	// peer leaves gracefully (its leaving flag, then the leave), crashing
+	// crashes. memberlist passes both with State alive (memberlist#293).
+	d.NotifyJoin(crashing)
+	peer.Meta = encodeMeta("", 8199, n.cfg.Partitions, true)
+	d.NotifyUpdate(peer)
+	if ms := n.Members(); len(ms) != 2 || !ms[1].Usable {
+		t.Fatalf("a leaving member stays usable until it has left: %+v", ms)
 	}
-	if _, _, failed := n.events.take(); !slices.Equal(failed, []string{"peer"}) {
-		t.Fatalf("failed %v", failed)
+	d.NotifyLeave(peer)
+	d.NotifyLeave(crashing)
+	members, _, left, failed := n.view.take()
+	if len(members) != 0 || !slices.Equal(left, []string{"peer"}) || !slices.Equal(failed, []string{"crashing"}) {
+		t.Fatalf("after the leaves: members %v, left %v, failed %v", members, left, failed)
 	}
 }
 

@@ -107,15 +107,29 @@ func TestHoldUntilRebuildDone(t *testing.T) {
 	}
 }
 
-// TestHoldGenerations: a partition lost and gained again, to be rebuilt
-// again, is not released by the end of the first rebuild, only by the end
-// of the second.
+// TestHoldGenerations: a partition lost (and applied here, for the
+// handoff) and gained again, to be rebuilt again, is not released by the
+// end of the first rebuild, only by the end of the second.
 func TestHoldGenerations(t *testing.T) {
 	r, local, p, inP, other := holdRouter(t, 100)
 	q := PartitionOf(other, r.cfg.Partitions)
 	first := r.startHold([]int{p, q}, time.Now().Add(time.Hour))
-	second := r.startHold([]int{p}, time.Now().Add(time.Hour)) // p gained again
 	r.TouchBatch([]engine.Touch{{ID: inP[0], At: at(1)}, {ID: other, At: at(2)}})
+	var lose *Table // self keeps q, loses p
+	for i := 0; ; i++ {
+		lose = NewTable(r.cfg.Partitions, []string{"self", fmt.Sprintf("peer-%d", i)})
+		if lose.Owner(p) != "self" && lose.Owner(q) == "self" {
+			break
+		}
+	}
+	if n := r.releaseLost(lose); n != 1 {
+		t.Fatalf("losing p released %d partitions, want 1", n)
+	}
+	if got := local.take(); !slices.Equal(got, []string{"touch " + inP[0] + " 1"}) {
+		t.Fatalf("losing p applied %q", got)
+	}
+	second := r.startHold([]int{p}, time.Now().Add(time.Hour)) // p gained again
+	r.TouchBatch([]engine.Touch{{ID: inP[0], At: at(3)}})
 	if n := r.releaseHold(first, []int{p, q}); n != 1 {
 		t.Fatalf("the first rebuild's end released %d partitions, want 1 (q)", n)
 	}
@@ -125,8 +139,8 @@ func TestHoldGenerations(t *testing.T) {
 	if n := r.releaseHold(second, []int{p}); n != 1 {
 		t.Fatalf("the second rebuild's end released %d partitions, want 1 (p)", n)
 	}
-	if got := local.take(); !slices.Equal(got, []string{"touch " + inP[0] + " 1"}) {
-		t.Fatalf("applied %q, want p's touch", got)
+	if got := local.take(); !slices.Equal(got, []string{"touch " + inP[0] + " 3"}) {
+		t.Fatalf("applied %q, want p's second touch", got)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log"
 	"log/slog"
+	"maps"
 	"net"
 	"slices"
 	"strconv"
@@ -21,9 +22,11 @@ import (
 
 // Node metadata, gossiped by memberlist with every alive message:
 //
-//	metaVersion:u8 protocol:u8 dataPort:u16be partitions:u32be hostLen:u8 dataHost
+//	metaVersion:u8 protocol:u8 dataPort:u16be partitions:u32be hostLen:u8 dataHost [flags:u8]
 //
-// An empty dataHost means "my gossip address". A member whose metadata is
+// An empty dataHost means "my gossip address". flags, optional: bit 0 =
+// leaving (Node.Close gossips it before the leave, so that the others tell
+// a graceful leave from a crash); other bits are ignored. A member whose metadata is
 // missing, malformed, of another protocol version or of another partition
 // count is left out of the table (and logged): it would route differently,
 // so it must own nothing.
@@ -52,13 +55,20 @@ type Member struct {
 
 const metaFixedLen = 9
 
-func encodeMeta(dataHost string, dataPort, partitions int) []byte {
-	b := make([]byte, metaFixedLen, metaFixedLen+len(dataHost))
+// metaLeaving is the flag of a node leaving gracefully.
+const metaLeaving = 1
+
+func encodeMeta(dataHost string, dataPort, partitions int, leaving bool) []byte {
+	b := make([]byte, metaFixedLen, metaFixedLen+len(dataHost)+1)
 	b[0], b[1] = metaVersion, ProtocolVersion
 	binary.BigEndian.PutUint16(b[2:], uint16(dataPort))
 	binary.BigEndian.PutUint32(b[4:], uint32(partitions))
 	b[8] = byte(len(dataHost))
-	return append(b, dataHost...)
+	b = append(b, dataHost...)
+	if leaving {
+		b = append(b, metaLeaving)
+	}
+	return b
 }
 
 // nodeMeta is a member's decoded metadata.
@@ -66,6 +76,7 @@ type nodeMeta struct {
 	data       string // data address; the gossip IP stands in for an empty host
 	proto      int
 	partitions int
+	leaving    bool // the member is leaving gracefully
 }
 
 func decodeMeta(meta []byte, gossipIP net.IP) (nodeMeta, error) {
@@ -74,10 +85,14 @@ func decodeMeta(meta []byte, gossipIP net.IP) (nodeMeta, error) {
 	}
 	m := nodeMeta{proto: int(meta[1]), partitions: int(binary.BigEndian.Uint32(meta[4:]))}
 	port := binary.BigEndian.Uint16(meta[2:])
-	if len(meta) != metaFixedLen+int(meta[8]) || port == 0 {
+	end := metaFixedLen + int(meta[8])
+	if len(meta) < end || len(meta) > end+1 || port == 0 {
 		return m, errors.New("malformed metadata")
 	}
-	host := string(meta[metaFixedLen:])
+	if len(meta) > end {
+		m.leaving = meta[end]&metaLeaving != 0
+	}
+	host := string(meta[metaFixedLen:end])
 	if host == "" {
 		if gossipIP == nil {
 			return m, errors.New("no address")
@@ -117,8 +132,18 @@ func stateName(s memberlist.NodeStateType) string {
 // delegate answers memberlist's callbacks. They run in memberlist's
 // goroutines, some under its locks: they only record and signal.
 type delegate struct {
-	meta []byte
-	n    *Node
+	n          *Node
+	host       string // the data address's host ("": the gossip address)
+	port       int    // the data address's port
+	partitions int
+
+	mu   sync.Mutex
+	meta []byte // this node's metadata, as NodeMeta hands it out
+}
+
+func newDelegate(n *Node, host string, port, partitions int) *delegate {
+	return &delegate{n: n, host: host, port: port, partitions: partitions,
+		meta: encodeMeta(host, port, partitions, false)}
 }
 
 var (
@@ -127,11 +152,22 @@ var (
 )
 
 func (d *delegate) NodeMeta(limit int) []byte {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	if len(d.meta) > limit {
 		return nil // cannot happen: host <= 255 bytes < MetaMaxSize
 	}
 	return d.meta
 }
+
+// setLeaving adds the leaving flag to the metadata; memberlist gossips it
+// on the next UpdateNode.
+func (d *delegate) setLeaving() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.meta = encodeMeta(d.host, d.port, d.partitions, true)
+}
+
 func (d *delegate) NotifyMsg([]byte)                           {}
 func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
 func (d *delegate) LocalState(join bool) []byte                { return nil }
@@ -141,37 +177,41 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
 // fields of a memberlist.Node may be read: they copy it into the node's
 // memberView before signalling.
 func (d *delegate) NotifyJoin(n *memberlist.Node) {
-	d.n.view.put(n)
-	d.n.noteEvent(n.Name, eventJoin)
+	d.n.view.put(n, eventJoin)
+	d.n.signal()
 }
 
 func (d *delegate) NotifyUpdate(n *memberlist.Node) {
-	d.n.view.put(n)
-	d.n.noteEvent(n.Name, eventUpdate)
+	d.n.view.put(n, eventUpdate)
+	d.n.signal()
 }
 
+// NotifyLeave tells a graceful leave from a failure by the member's last
+// metadata: a node leaving gracefully first gossips its metadata with the
+// leaving flag (Node.Close). memberlist's own mark, the Left state, does
+// not reach this callback: it passes a Node whose State field memberlist
+// never sets (hashicorp/memberlist#293).
 func (d *delegate) NotifyLeave(n *memberlist.Node) {
 	d.n.view.remove(n.Name)
-	if n.State == memberlist.StateLeft {
-		d.n.noteEvent(n.Name, eventLeft)
-	} else {
-		d.n.noteEvent(n.Name, eventFailed)
-	}
+	d.n.signal()
 }
 
 // memberView is this node's copy of the live members (joined, not yet
-// declared dead or left), kept by the event callbacks. memberlist's own
-// Members() returns pointers into nodes that its alive handler rewrites in
-// place (Addr, Port, Meta, State) while the caller reads them, a data race
-// (hashicorp/memberlist#306); copies taken under its lock are safe. A
-// suspect member stays in the view, as it stays in Members(): it keeps its
-// partitions until declared dead.
+// declared dead or left) and of the membership events since the last
+// table, kept by the event callbacks. memberlist's own Members() returns
+// pointers into nodes that its alive handler rewrites in place (Addr, Port,
+// Meta) while the caller reads them, a data race (hashicorp/memberlist#306);
+// copies taken under its lock are safe. A suspect member stays in the
+// view, as it stays in Members(): it keeps its partitions until declared
+// dead. Members and events are read together (take), so that a table and
+// the events that explain it agree.
 type memberView struct {
-	mu    sync.Mutex
-	nodes map[string]memberlist.Node
+	mu     sync.Mutex
+	nodes  map[string]memberlist.Node
+	events pendingEvents
 }
 
-func (v *memberView) put(n *memberlist.Node) {
+func (v *memberView) put(n *memberlist.Node, k eventKind) {
 	c := *n
 	c.Meta = bytes.Clone(n.Meta)
 	c.Addr = slices.Clone(n.Addr)
@@ -181,23 +221,38 @@ func (v *memberView) put(n *memberlist.Node) {
 		v.nodes = make(map[string]memberlist.Node)
 	}
 	v.nodes[c.Name] = c
+	v.events.note(c.Name, k)
 }
 
+// remove drops the member and notes a graceful leave if its last metadata
+// said it was leaving, a failure otherwise.
 func (v *memberView) remove(name string) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	k := eventFailed
+	if n, ok := v.nodes[name]; ok {
+		if m, err := decodeMeta(n.Meta, n.Addr); err == nil && m.leaving {
+			k = eventLeft
+		}
+	}
 	delete(v.nodes, name)
+	v.events.note(name, k)
 }
 
 // list returns copies of the live members.
 func (v *memberView) list() []memberlist.Node {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	ns := make([]memberlist.Node, 0, len(v.nodes))
-	for _, n := range v.nodes {
-		ns = append(ns, n)
-	}
-	return ns
+	return slices.Collect(maps.Values(v.nodes))
+}
+
+// take returns copies of the live members and the events since the last
+// take.
+func (v *memberView) take() (nodes []memberlist.Node, joined, left, failed []string) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	joined, left, failed = v.events.take()
+	return slices.Collect(maps.Values(v.nodes)), joined, left, failed
 }
 
 type eventKind uint8
@@ -209,15 +264,13 @@ const (
 	eventFailed
 )
 
-// pendingEvents accumulates membership events between two tables.
+// pendingEvents accumulates membership events between two tables (guarded
+// by memberView's lock).
 type pendingEvents struct {
-	mu                   sync.Mutex
 	joined, left, failed map[string]struct{}
 }
 
 func (p *pendingEvents) note(name string, k eventKind) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	if p.joined == nil {
 		p.joined, p.left, p.failed = map[string]struct{}{}, map[string]struct{}{}, map[string]struct{}{}
 	}
@@ -232,14 +285,8 @@ func (p *pendingEvents) note(name string, k eventKind) {
 }
 
 func (p *pendingEvents) take() (joined, left, failed []string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	keys := func(m map[string]struct{}) []string {
-		var s []string
-		for k := range m {
-			s = append(s, k)
-		}
-		return s
+		return slices.Sorted(maps.Keys(m))
 	}
 	joined, left, failed = keys(p.joined), keys(p.left), keys(p.failed)
 	p.joined, p.left, p.failed = nil, nil, nil

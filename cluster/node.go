@@ -21,7 +21,8 @@ import (
 var ErrClosed = errors.New("cluster: node closed or already started")
 
 // Change describes a new table. Moved partitions changed owner; Joined,
-// Left (gracefully) and Failed (declared dead) name the members whose
+// Left (gracefully: it gossiped its leaving flag first, see Close) and
+// Failed (declared dead, or gone without the flag) name the members whose
 // events led to it since the previous table.
 type Change struct {
 	Self     string
@@ -90,8 +91,7 @@ type Node struct {
 	m      *clusterMetrics
 	local  Local
 	router *Router
-	events pendingEvents
-	view   memberView // the live members, copied by the event callbacks
+	view   memberView // the live members and the events, kept by the event callbacks
 	limit  *ratelog.Limiter[string]
 
 	changed chan struct{} // cap 1: a membership event happened
@@ -109,9 +109,11 @@ type Node struct {
 
 	// Set by Start.
 	ml       *memberlist.Memberlist
+	del      *delegate
 	srv      *server
 	ho       *handoff
 	dataAddr string // the data listener's address
+	gossip   string // this node's gossip address, as the others see it
 }
 
 // New validates cfg and builds a Node over local (the engine). Nothing runs
@@ -201,7 +203,7 @@ func (n *Node) Start() error {
 	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
 		host = "" // peers use our gossip address
 	}
-	d := &delegate{meta: encodeMeta(host, port, n.cfg.Partitions), n: n}
+	d := newDelegate(n, host, port, n.cfg.Partitions)
 	mc, err := memberlistConfig(&n.cfg, d, n.log)
 	if err != nil {
 		_ = ln.Close()
@@ -212,7 +214,10 @@ func (n *Node) Start() error {
 		_ = ln.Close()
 		return fmt.Errorf("cluster: memberlist: %w", err)
 	}
-	n.ml = ml
+	n.ml, n.del = ml, d
+	// Read once: memberlist rewrites the local node in place on an
+	// UpdateNode (Close does one), without a lock a reader could take.
+	n.gossip = ml.LocalNode().Address()
 	n.srv = newServer(n.router, ln, n.log, n.cfg.Clock)
 	n.srv.start()
 	n.started = true
@@ -226,7 +231,7 @@ func (n *Node) Start() error {
 	if len(n.cfg.Join) > 0 && n.cfg.RejoinInterval > 0 {
 		n.wg.Go(n.rejoin)
 	}
-	n.log.Info("cluster: started", slog.String("gossip", ml.LocalNode().Address()),
+	n.log.Info("cluster: started", slog.String("gossip", n.gossip),
 		slog.String("data", n.dataAddr), slog.Int("members", ml.NumMembers()))
 	return nil
 }
@@ -243,8 +248,9 @@ func (n *Node) dataListenAddr() (string, error) {
 	return net.JoinHostPort(host, strconv.Itoa(port+1)), nil
 }
 
-// Close leaves the cluster gracefully: it broadcasts the leave (bounded by
-// LeaveTimeout), switches to a table without this node (every message is
+// Close leaves the cluster gracefully: it gossips its leaving flag, so
+// that the others report it in Change.Left rather than Failed, and
+// broadcasts the leave (each bounded by LeaveTimeout), switches to a table without this node (every message is
 // forwarded from then on), hands every device off to its new owner
 // (bounded by HandoffTimeout), then stops gossip, writes what the peer
 // queues hold (WriteTimeout) and closes the data listener. Close ingest
@@ -269,6 +275,15 @@ func (n *Node) close(graceful bool) error {
 	var errs []error
 	if graceful {
 		n.stopHolds() // into the engine, so that the handoff takes them along
+		// First gossip the leaving flag, so that the others record a
+		// graceful leave (and wait for the handoff), not a crash (and
+		// rebuild from Redis). Should it not get through in time, they
+		// take it for a crash: slower, not wrong.
+		n.del.setLeaving()
+		if err := n.ml.UpdateNode(n.cfg.LeaveTimeout); err != nil {
+			n.log.Warn("cluster: leaving flag not gossiped in time; the others may take the leave for a crash",
+				slog.Any("err", err))
+		}
 		if err := n.ml.Leave(n.cfg.LeaveTimeout); err != nil {
 			errs = append(errs, fmt.Errorf("cluster: leave: %w", err))
 		}
@@ -289,8 +304,8 @@ func (n *Node) close(graceful bool) error {
 	return errors.Join(errs...)
 }
 
-func (n *Node) noteEvent(name string, k eventKind) {
-	n.events.note(name, k)
+// signal wakes the table loop: a membership event happened.
+func (n *Node) signal() {
 	select {
 	case n.changed <- struct{}{}:
 	default:
@@ -327,10 +342,10 @@ func (n *Node) loop() {
 func (n *Node) rebuild() {
 	n.rebuildMu.Lock()
 	defer n.rebuildMu.Unlock()
-	names, addrs := n.usableMembers()
+	members, joined, left, failed := n.view.take()
+	names, addrs := n.usableMembers(members)
 	t := NewTable(n.cfg.Partitions, names)
 	old := n.router.Table()
-	joined, left, failed := n.events.take()
 	if old.Equal(t) {
 		return
 	}
@@ -408,9 +423,9 @@ func (n *Node) RebuildDone(c Change) {
 
 // usableMembers returns the names and data addresses of the members that
 // may own partitions.
-func (n *Node) usableMembers() (names []string, addrs map[string]string) {
+func (n *Node) usableMembers(members []memberlist.Node) (names []string, addrs map[string]string) {
 	addrs = make(map[string]string)
-	for _, m := range n.view.list() {
+	for _, m := range members {
 		meta, err := decodeMeta(m.Meta, m.Addr)
 		if err == nil {
 			err = meta.usable(n.cfg.Partitions)
@@ -459,7 +474,7 @@ func (n *Node) Members() []Member {
 
 // join contacts the seeds (except this node's own address).
 func (n *Node) join() {
-	self := n.ml.LocalNode().Address()
+	self := n.gossip
 	seeds := make([]string, 0, len(n.cfg.Join))
 	for _, s := range n.cfg.Join {
 		if s != self && s != n.cfg.BindAddr {

@@ -562,6 +562,14 @@ func TestClusterProcesses(t *testing.T) {
 	if out := b.p.output(); !strings.Contains(out, "msg=stopped") {
 		t.Errorf("no clean stop in B's log:\n%s", out)
 	}
+	// A and D saw a graceful leave (B gossiped its leaving flag): no
+	// rebuild from Redis, the handoff brought the devices.
+	for _, n := range []*clusterNode{a, d} {
+		out := n.p.output()
+		if !strings.Contains(out, "left=["+b.name+"]") || strings.Contains(out, "failed=["+b.name+"]") {
+			t.Errorf("%s did not see %s leave gracefully:\n%s", n.name, b.name, grepLines(out, "membership changed"))
+		}
+	}
 
 	// 7. Every device's Redis status is what it published; no publishing
 	// device was ever offline.
@@ -666,4 +674,15 @@ func firstN(m map[string]string, n int) []string {
 	}
 	slices.Sort(out)
 	return out[:min(n, len(out))]
+}
+
+// grepLines returns the lines of out that contain s.
+func grepLines(out, s string) string {
+	var lines []string
+	for line := range strings.Lines(out) {
+		if strings.Contains(line, s) {
+			lines = append(lines, line)
+		}
+	}
+	return strings.Join(lines, "")
 }

@@ -75,7 +75,9 @@ func TestIntegrationMosquitto(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Broker = testenv.MQTTURL()
 	cfg.Devices, cfg.IDStart, cfg.Rate, cfg.Conns, cfg.QoS = 200, 1000, 2000, 3, 1
-	cfg.Duration, cfg.Progress = 1500*time.Millisecond, 0
+	// Long enough past silent-after that the wall-time check below can
+	// fail: a silencer still talking near the end would be heard late.
+	cfg.Duration, cfg.Progress = 3*time.Second, 0
 	cfg.Topic, cfg.StatusTopic = prefix+"/{id}/telemetry", prefix+"/{id}/status"
 	cfg.SilentFraction, cfg.SilentAfter, cfg.Announce = 0.25, 700*time.Millisecond, true
 	r, err := New(cfg, Options{Logger: newTextLogger(testWriter{t})})
@@ -88,6 +90,9 @@ func TestIntegrationMosquitto(t *testing.T) {
 	}
 	t.Logf("summary: %s", sum)
 	got := waitQuiet(msgs)
+	if len(got) == 0 {
+		t.Fatal("the subscriber heard nothing")
+	}
 
 	// What the schedule says must have been sent.
 	s := r.Schedule()
