@@ -26,10 +26,10 @@ import (
 //
 // An empty dataHost means "my gossip address". flags, optional: bit 0 =
 // leaving (Node.Close gossips it before the leave, so that the others tell
-// a graceful leave from a crash); other bits are ignored. A member whose metadata is
-// missing, malformed, of another protocol version or of another partition
-// count is left out of the table (and logged): it would route differently,
-// so it must own nothing.
+// a graceful leave from a crash); other bits are ignored. A member whose
+// metadata is missing, malformed, of another protocol version or of
+// another partition count is left out of the table (and logged): it would
+// route differently, so it must own nothing.
 const metaVersion = 1
 
 // Member is one member of the cluster as this node sees it.

@@ -250,11 +250,12 @@ func (n *Node) dataListenAddr() (string, error) {
 
 // Close leaves the cluster gracefully: it gossips its leaving flag, so
 // that the others report it in Change.Left rather than Failed, and
-// broadcasts the leave (each bounded by LeaveTimeout), switches to a table without this node (every message is
-// forwarded from then on), hands every device off to its new owner
-// (bounded by HandoffTimeout), then stops gossip, writes what the peer
-// queues hold (WriteTimeout) and closes the data listener. Close ingest
-// before the Node, so that nothing new arrives meanwhile. Idempotent.
+// broadcasts the leave (each bounded by LeaveTimeout), switches to a table
+// without this node (every message is forwarded from then on), hands every
+// device off to its new owner (bounded by HandoffTimeout), then stops
+// gossip, writes what the peer queues hold (WriteTimeout) and closes the
+// data listener. Close ingest before the Node, so that nothing new arrives
+// meanwhile. Idempotent.
 func (n *Node) Close() error { return n.close(true) }
 
 // halt stops abruptly, as a crash would look to the other nodes: no leave
