@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net"
 	"runtime"
@@ -369,6 +370,27 @@ func TestMetaRoundTrip(t *testing.T) {
 			t.Errorf("%v accepted", bad)
 		}
 	}
+}
+
+// Metadata comes from any member's gossip: decoding never panics, and
+// what decodes encodes back to metadata that decodes the same.
+func FuzzDecodeMeta(f *testing.F) {
+	f.Add(encodeMeta("", 7947, 1024, false))
+	f.Add(encodeMeta("data.example", 7947, 1024, true))
+	f.Add([]byte{1, 1, 0, 1, 0, 0, 4, 0, 255})
+	ip := net.IPv4(10, 0, 0, 1)
+	f.Fuzz(func(t *testing.T, meta []byte) {
+		m, err := decodeMeta(meta, ip)
+		if err != nil {
+			return
+		}
+		host := string(meta[metaFixedLen : metaFixedLen+int(meta[8])])
+		again := encodeMeta(host, int(binary.BigEndian.Uint16(meta[2:])), m.partitions, m.leaving)
+		again[1] = meta[1] // the protocol byte is whatever the member sent
+		if m2, err := decodeMeta(again, ip); err != nil || m2 != m {
+			t.Fatalf("%x decodes to %+v; encoded back, %x decodes to %+v, %v", meta, m, again, m2, err)
+		}
+	})
 }
 
 // The node's member list is a copy taken in memberlist's event callbacks:
