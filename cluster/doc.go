@@ -39,7 +39,8 @@
 // graceful Close leaves the cluster, hands everything off, then stops. A
 // crashed node hands nothing off: the survivors see Change.Rebuild and
 // rebuild those partitions from Redis (the daemon does, through the
-// per-partition device index writeback.RedisIndex). With
+// per-partition device index writeback.RedisIndex); they do the same for a
+// node that left, in case its handoff did not get through. With
 // Config.RebuildHold set, the Router holds those partitions' messages from
 // the moment the new table is installed until Node.RebuildDone(change) (or the
 // hold's deadline, or the hold filling up) and then applies them in

@@ -61,11 +61,15 @@ func (c Change) Lost() []int {
 	return ps
 }
 
-// Rebuild returns the partitions Self gained from a member that failed
-// (crashed, or unreachable long enough to be declared dead): nobody hands
-// them off, so their devices must be rebuilt from the shared store (Redis)
+// Rebuild returns the partitions Self gained from a member that is gone:
+// one that failed (crashed, or unreachable long enough to be declared
+// dead), whose devices nobody hands off, and one that left gracefully,
+// whose handoff may not have got through (its Close gives up after
+// HandoffTimeout). Their devices are rebuilt from the shared store (Redis)
 // and re-armed; those whose deadline passed go offline with cause handoff.
-// Partitions gained from a member that left gracefully arrive by handoff.
+// A device both rebuilt and handed off is merged (engine.Adopt keeps the
+// newest). Partitions gained from a member still in New (a join) arrive by
+// handoff only.
 func (c Change) Rebuild() []int {
 	if c.Old == nil {
 		return nil // the first table: start-up recovery covers it
@@ -73,7 +77,7 @@ func (c Change) Rebuild() []int {
 	var ps []int
 	for _, p := range c.Gained() {
 		old := c.Old.Owner(p)
-		if slices.Contains(c.Failed, old) || !c.New.Has(old) && !slices.Contains(c.Left, old) {
+		if slices.Contains(c.Failed, old) || !c.New.Has(old) {
 			ps = append(ps, p)
 		}
 	}
