@@ -367,12 +367,14 @@ func TestMetaRoundTrip(t *testing.T) {
 			}
 		}
 	}
-	// Flag bits not known yet are ignored.
+	// Flag bits not known yet, and bytes after the flags, are ignored.
 	if m, err := decodeMeta(append(encodeMeta("x", 1, 1, false), 0x80), ip); err != nil || m.leaving {
 		t.Errorf("unknown flag: %+v %v", m, err)
 	}
-	for _, bad := range [][]byte{nil, {2}, encodeMeta("x", 0, 1024, false), encodeMeta("x", 1, 1, false)[:9],
-		append(encodeMeta("x", 1, 1, true), 0)} {
+	if m, err := decodeMeta(append(encodeMeta("x", 1, 1, true), 7, 7), ip); err != nil || !m.leaving || m.data != "x:1" {
+		t.Errorf("a later version's fields: %+v %v", m, err)
+	}
+	for _, bad := range [][]byte{nil, {2}, encodeMeta("x", 0, 1024, false), encodeMeta("x", 1, 1, false)[:9]} {
 		if _, err := decodeMeta(bad, ip); err == nil {
 			t.Errorf("%v accepted", bad)
 		}

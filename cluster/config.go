@@ -89,8 +89,9 @@ type Config struct {
 	// rebuilt: a burst of joins (a cluster starting) yields one table, not
 	// one per node. A change waits at most 4*Debounce. Default 200 ms.
 	Debounce time.Duration
-	// LeaveTimeout bounds the wait for the leave broadcast in Close.
-	// Default 5 s.
+	// LeaveTimeout bounds each of Close's two gossip waits: for the
+	// leaving flag, then for the leave broadcast (so Close may spend twice
+	// this before its handoff). Default 5 s.
 	LeaveTimeout time.Duration
 
 	// QueueSize is how many messages wait for one peer (about 48 bytes each

@@ -26,7 +26,8 @@ import (
 //
 // An empty dataHost means "my gossip address". flags, optional: bit 0 =
 // leaving (Node.Close gossips it before the leave, so that the others tell
-// a graceful leave from a crash); other bits are ignored. A member whose
+// a graceful leave from a crash); other bits, and any bytes after flags
+// (fields a later version may add), are ignored. A member whose
 // metadata is missing, malformed, of another protocol version or of
 // another partition count is left out of the table (and logged): it would
 // route differently, so it must own nothing.
@@ -86,7 +87,7 @@ func decodeMeta(meta []byte, gossipIP net.IP) (nodeMeta, error) {
 	m := nodeMeta{proto: int(meta[1]), partitions: int(binary.BigEndian.Uint32(meta[4:]))}
 	port := binary.BigEndian.Uint16(meta[2:])
 	end := metaFixedLen + int(meta[8])
-	if len(meta) < end || len(meta) > end+1 || port == 0 {
+	if len(meta) < end || port == 0 {
 		return m, errors.New("malformed metadata")
 	}
 	if len(meta) > end {
