@@ -612,6 +612,15 @@ func BenchmarkMassExpiryBaselineAfterFunc(b *testing.B) {
 // baseline.
 const massExpiryLive = 100_000
 
+// liveIDs are the ids of the devices touched during a mass expiry.
+func liveIDs() []string {
+	live := make([]string, massExpiryLive)
+	for i := range live {
+		live[i] = "live-" + strconv.Itoa(i)
+	}
+	return live
+}
+
 // touchLatencies touches live round-robin, one call at a time, with ever
 // newer stamps from at on, and records how long each call took, until
 // stop is closed.
@@ -651,10 +660,7 @@ func BenchmarkMassExpiryTouches(b *testing.B) {
 		const n = 1_000_000
 		var lat []time.Duration
 		var elapsed time.Duration
-		live := make([]string, massExpiryLive)
-		for i := range live {
-			live[i] = "live-" + strconv.Itoa(i)
-		}
+		live := liveIDs()
 		for range b.N {
 			b.StopTimer()
 			var got atomic.Int64
@@ -706,10 +712,7 @@ func BenchmarkMassExpiryTouchesBaselineAfterFunc(b *testing.B) {
 		const n = 1_000_000
 		var lat []time.Duration
 		var elapsed time.Duration
-		live := make([]string, massExpiryLive)
-		for i := range live {
-			live[i] = "live-" + strconv.Itoa(i)
-		}
+		live := liveIDs()
 		for range b.N {
 			b.StopTimer()
 			done := make(chan struct{})
