@@ -514,6 +514,20 @@ func (p *peakSampler) end() uint64 {
 	return max(p.peak, inUse())
 }
 
+// expireAll moves the clock past the deadline of the n devices touched at
+// t0, advances the wheel and delivers until the sink (counting into got)
+// has every offline transition.
+func expireAll(b *testing.B, e *Engine, clk *clock, got *atomic.Int64, n int64) {
+	now := t0.Add(time.Minute + DefaultConfig().Tick)
+	clk.Set(now)
+	e.Advance(now)
+	for got.Load() < n {
+		if e.Deliver() == 0 {
+			b.Fatalf("only %d of %d expired: %+v", got.Load(), n, e.Stats())
+		}
+	}
+}
+
 // BenchmarkMassExpiry: 1M devices silent since the same instant expire in
 // the same tick; measured from Advance to the last transition handed to the
 // sink. peak-MB is the most heap (objects and stacks) in use beyond what was
@@ -533,14 +547,7 @@ func BenchmarkMassExpiry(b *testing.B) {
 			b.StartTimer()
 			p := startPeak()
 			start := time.Now()
-			now := t0.Add(time.Minute + DefaultConfig().Tick)
-			clk.Set(now)
-			e.Advance(now)
-			for got.Load() < n {
-				if e.Deliver() == 0 {
-					b.Fatalf("only %d of %d expired: %+v", got.Load(), n, e.Stats())
-				}
-			}
+			expireAll(b, e, clk, &got, n)
 			elapsed += time.Since(start)
 			peak = max(peak, p.end()-base)
 			b.StopTimer()
@@ -682,14 +689,7 @@ func BenchmarkMassExpiryTouches(b *testing.B) {
 				run = touchLatencies(live, t0.Add(31*time.Second), func(id string, at time.Time) { _ = e.Touch(id, at) }, stop)
 			})
 			start := time.Now()
-			now := t0.Add(time.Minute + DefaultConfig().Tick)
-			clk.Set(now)
-			e.Advance(now)
-			for got.Load() < n {
-				if e.Deliver() == 0 {
-					b.Fatalf("only %d of %d expired: %+v", got.Load(), n, e.Stats())
-				}
-			}
+			expireAll(b, e, clk, &got, n)
 			elapsed += time.Since(start)
 			close(stop)
 			wg.Wait()
