@@ -222,7 +222,7 @@ func ParseFlags(args []string, getenv func(string) string, out io.Writer) (Confi
 	s.String(&c.APIToken, "api-token", "PRESENCE_API_TOKEN", "bearer token required by /v1/ routes; empty: no authentication")
 
 	s.Int(&c.Demo, "demo", "PRESENCE_DEMO", "simulate this many devices publishing to the broker, going silent and coming back (0: none)")
-	s.Duration(&c.ShutdownTimeout, "shutdown-timeout", "PRESENCE_SHUTDOWN_TIMEOUT", "how long SIGTERM may take to flush what is pending")
+	s.Duration(&c.ShutdownTimeout, "shutdown-timeout", "PRESENCE_SHUTDOWN_TIMEOUT", "how long SIGTERM may take to flush what is pending (after a cluster node's leave and handoff, bounded separately: at most 45 s)")
 	s.String(&c.LogLevel, "log-level", "PRESENCE_LOG_LEVEL", "debug, info, warn or error")
 	s.String(&c.LogFormat, "log-format", "PRESENCE_LOG_FORMAT", "text or json")
 
