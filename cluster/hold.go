@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -98,10 +97,10 @@ func (r *Router) startHold(parts []int, deadline time.Time) (gen uint64) {
 	return gen
 }
 
-// releaseHold applies the held messages of those of parts that the hold
-// gen still holds, and stops holding them.
-func (r *Router) releaseHold(gen uint64, parts []int) int {
-	return r.release(func(p int, e holdEntry) bool { return e.gen == gen && slices.Contains(parts, p) })
+// releaseHold applies the held messages of the partitions that hold gen
+// still holds (not those a later hold took over), and stops holding them.
+func (r *Router) releaseHold(gen uint64) int {
+	return r.release(func(_ int, e holdEntry) bool { return e.gen == gen })
 }
 
 // expireHolds releases the partitions whose deadline is not after now.

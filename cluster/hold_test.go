@@ -88,10 +88,10 @@ func TestHoldUntilRebuildDone(t *testing.T) {
 		t.Fatalf("%d messages held, want 3", n)
 	}
 
-	if n := r.releaseHold(gen, []int{p + 1}); n != 0 { // not held: nothing happens
-		t.Fatalf("released %d partitions not held", n)
+	if n := r.releaseHold(gen + 1); n != 0 { // a hold that holds nothing
+		t.Fatalf("released %d partitions of a hold that holds none", n)
 	}
-	if n := r.releaseHold(gen, []int{p}); n != 1 {
+	if n := r.releaseHold(gen); n != 1 {
 		t.Fatalf("released %d partitions, want 1", n)
 	}
 	want := []string{"touch " + inP[0] + " 1", "offline " + inP[0] + " 2", "touch " + inP[1] + " 3"}
@@ -130,13 +130,13 @@ func TestHoldGenerations(t *testing.T) {
 	}
 	second := r.startHold([]int{p}, time.Now().Add(time.Hour)) // p gained again
 	r.TouchBatch([]engine.Touch{{ID: inP[0], At: at(3)}})
-	if n := r.releaseHold(first, []int{p, q}); n != 1 {
+	if n := r.releaseHold(first); n != 1 {
 		t.Fatalf("the first rebuild's end released %d partitions, want 1 (q)", n)
 	}
 	if got := local.take(); !slices.Equal(got, []string{"touch " + other + " 2"}) {
 		t.Fatalf("applied %q, want q's touch only", got)
 	}
-	if n := r.releaseHold(second, []int{p}); n != 1 {
+	if n := r.releaseHold(second); n != 1 {
 		t.Fatalf("the second rebuild's end released %d partitions, want 1 (p)", n)
 	}
 	if got := local.take(); !slices.Equal(got, []string{"touch " + inP[0] + " 3"}) {
@@ -214,7 +214,7 @@ func TestHoldReleaseKeepsOrder(t *testing.T) {
 	gen := r.startHold([]int{p}, time.Now().Add(time.Hour))
 	r.TouchBatch([]engine.Touch{{ID: "dev-0", At: at(1)}})
 	released := make(chan struct{})
-	go func() { r.releaseHold(gen, []int{p}); close(released) }()
+	go func() { r.releaseHold(gen); close(released) }()
 	<-local.entered // the release is applying the held touch
 	marked := make(chan struct{})
 	go func() { r.MarkOffline("dev-0", at(2)); close(marked) }()
@@ -277,7 +277,7 @@ func TestHoldFollowsTheTable(t *testing.T) {
 	addrs := map[string]string{b.name: b.addr}
 	a.r.setTable(tb, addrs)
 	b.r.setTable(tb, addrs)
-	a.r.releaseHold(gen, []int{p})
+	a.r.releaseHold(gen)
 	deadline := time.Now().Add(5 * time.Second)
 	for b.local.touchCount(id) != 1 {
 		if time.Now().After(deadline) {

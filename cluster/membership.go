@@ -116,20 +116,6 @@ func (m nodeMeta) usable(partitions int) error {
 	return nil
 }
 
-func stateName(s memberlist.NodeStateType) string {
-	switch s {
-	case memberlist.StateAlive:
-		return "alive"
-	case memberlist.StateSuspect:
-		return "suspect"
-	case memberlist.StateDead:
-		return "dead"
-	case memberlist.StateLeft:
-		return "left"
-	}
-	return "unknown"
-}
-
 // delegate answers memberlist's callbacks. They run in memberlist's
 // goroutines, some under its locks: they only record and signal.
 type delegate struct {

@@ -414,7 +414,7 @@ func (n *Node) stopHolds() {
 }
 
 // RebuildDone tells the node that the devices of c.Rebuild(), the
-// partitions it gained from a member that crashed, have been rebuilt (or
+// partitions it gained from a member that is gone, have been rebuilt (or
 // that the rebuild gave up): the messages it held for them since c are
 // applied now, in the order they arrived. A partition that a later Change
 // gave back to this node, to be rebuilt again, stays held for that later
@@ -422,7 +422,7 @@ func (n *Node) stopHolds() {
 // nothing.
 func (n *Node) RebuildDone(c Change) {
 	if c.hold != 0 {
-		n.router.releaseHold(c.hold, c.Rebuild())
+		n.router.releaseHold(c.hold)
 	}
 }
 
@@ -459,7 +459,7 @@ func (n *Node) Members() []Member {
 			Name:       m.Name,
 			Gossip:     m.Address(),
 			Data:       meta.data,
-			State:      stateName(m.State),
+			State:      "alive", // see Member.State
 			Protocol:   meta.proto,
 			Partitions: meta.partitions,
 			Usable:     err == nil && meta.usable(n.cfg.Partitions) == nil,
