@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/presence-dev/presence/cluster"
-	"github.com/presence-dev/presence/internal/daemon"
-	"github.com/presence-dev/presence/internal/testenv"
+	"github.com/presence-dev/presence/internal/app/daemon"
+	"github.com/presence-dev/presence/internal/testsupport/testenv"
 )
 
 // BenchmarkCluster pushes BenchmarkEndToEnd's input (same broker, same two

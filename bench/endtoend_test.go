@@ -18,8 +18,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/presence-dev/presence/engine"
-	"github.com/presence-dev/presence/internal/loadgen"
-	"github.com/presence-dev/presence/internal/testenv"
+	"github.com/presence-dev/presence/internal/app/loadgen"
+	"github.com/presence-dev/presence/internal/testsupport/testenv"
 	"github.com/presence-dev/presence/writeback"
 )
 

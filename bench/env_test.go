@@ -10,8 +10,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/presence-dev/presence/internal/daemon"
-	"github.com/presence-dev/presence/internal/testenv"
+	"github.com/presence-dev/presence/internal/app/daemon"
+	"github.com/presence-dev/presence/internal/testsupport/testenv"
 )
 
 // fixture is the real Redis and Postgres with names private to one test or

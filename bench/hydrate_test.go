@@ -14,8 +14,8 @@ import (
 
 	"github.com/presence-dev/presence/cluster"
 	"github.com/presence-dev/presence/engine"
-	"github.com/presence-dev/presence/internal/daemon"
-	"github.com/presence-dev/presence/internal/testenv"
+	"github.com/presence-dev/presence/internal/app/daemon"
+	"github.com/presence-dev/presence/internal/testsupport/testenv"
 	"github.com/presence-dev/presence/writeback"
 )
 

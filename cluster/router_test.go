@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/presence-dev/presence/engine"
-	"github.com/presence-dev/presence/internal/testenv"
+	"github.com/presence-dev/presence/internal/testsupport/testenv"
 )
 
 // Every message sent into any router reaches exactly its owner's engine,

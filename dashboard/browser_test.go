@@ -20,8 +20,8 @@ import (
 	"github.com/presence-dev/presence/api"
 	"github.com/presence-dev/presence/dashboard"
 	"github.com/presence-dev/presence/engine"
-	"github.com/presence-dev/presence/internal/browsertest"
-	"github.com/presence-dev/presence/internal/testenv"
+	"github.com/presence-dev/presence/internal/testsupport/browsertest"
+	"github.com/presence-dev/presence/internal/testsupport/testenv"
 	"github.com/presence-dev/presence/report"
 	"github.com/presence-dev/presence/writeback"
 )

@@ -14,7 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/presence-dev/presence/engine"
-	"github.com/presence-dev/presence/internal/testenv"
+	"github.com/presence-dev/presence/internal/testsupport/testenv"
 )
 
 var t0 = time.Date(2025, 12, 14, 10, 30, 45, 123456789, time.UTC)

@@ -15,7 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/presence-dev/presence/engine"
-	"github.com/presence-dev/presence/internal/testenv"
+	"github.com/presence-dev/presence/internal/testsupport/testenv"
 )
 
 // TestAllDestinationsOnceInOrder runs every destination at once, plus a

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/presence-dev/presence/engine"
-	"github.com/presence-dev/presence/internal/testenv"
+	"github.com/presence-dev/presence/internal/testsupport/testenv"
 )
 
 func sseHubForTest(t *testing.T, mod func(*SSEConfig)) (*Hub, *httptest.Server) {

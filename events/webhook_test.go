@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/presence-dev/presence/engine"
-	"github.com/presence-dev/presence/internal/testenv"
+	"github.com/presence-dev/presence/internal/testsupport/testenv"
 )
 
 // receiver is a webhook endpoint that verifies signatures and fails its

@@ -18,7 +18,7 @@ import (
 
 	"github.com/presence-dev/presence/api"
 	"github.com/presence-dev/presence/engine"
-	"github.com/presence-dev/presence/internal/testenv"
+	"github.com/presence-dev/presence/internal/testsupport/testenv"
 )
 
 // histDB is a real PostgreSQL with a history table of its own, laid out as

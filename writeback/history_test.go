@@ -9,7 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/presence-dev/presence/engine"
-	"github.com/presence-dev/presence/internal/testenv"
+	"github.com/presence-dev/presence/internal/testsupport/testenv"
 )
 
 type historyRow struct {

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/presence-dev/presence/engine"
-	"github.com/presence-dev/presence/internal/testenv"
+	"github.com/presence-dev/presence/internal/testsupport/testenv"
 )
 
 // TestOutageConvergence cuts the connection to the store (a TCP proxy the

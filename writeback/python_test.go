@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/presence-dev/presence/engine"
-	"github.com/presence-dev/presence/internal/testenv"
+	"github.com/presence-dev/presence/internal/testsupport/testenv"
 )
 
 // pythonRoundTrip is what an existing Python consumer does with a

@@ -1,6 +1,6 @@
 // Command presence-loadgen simulates a fleet of MQTT devices publishing
 // telemetry, for load tests and for watching offline detection at scale.
-// Run it with -h for every flag; the logic lives in internal/loadgen.
+// Run it with -h for every flag; the logic lives in internal/app/loadgen.
 package main
 
 import (
@@ -15,7 +15,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/presence-dev/presence/internal/loadgen"
+	"github.com/presence-dev/presence/internal/app/loadgen"
 )
 
 const name = "presence-loadgen"

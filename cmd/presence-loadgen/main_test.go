@@ -14,7 +14,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/presence-dev/presence/internal/testenv"
+	"github.com/presence-dev/presence/internal/testsupport/testenv"
 )
 
 // buildBinary compiles the command into a temporary directory.

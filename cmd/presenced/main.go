@@ -11,7 +11,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/presence-dev/presence/internal/daemon"
+	"github.com/presence-dev/presence/internal/app/daemon"
 )
 
 func main() { os.Exit(run(os.Args[1:])) }

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/presence-dev/presence/internal/loadgen"
+	"github.com/presence-dev/presence/internal/app/loadgen"
 )
 
 // Four devices at 8 msg/s publish every 500ms each, spread evenly over time

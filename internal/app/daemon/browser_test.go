@@ -10,7 +10,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
-	"github.com/presence-dev/presence/internal/browsertest"
+	"github.com/presence-dev/presence/internal/testsupport/browsertest"
 )
 
 // The dashboard of a running presenced, in headless Chromium: a device

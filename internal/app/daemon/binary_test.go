@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/presence-dev/presence/internal/testenv"
+	"github.com/presence-dev/presence/internal/testsupport/testenv"
 )
 
 var (

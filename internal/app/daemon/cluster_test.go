@@ -20,8 +20,8 @@ import (
 	"time"
 
 	"github.com/presence-dev/presence/cluster"
-	"github.com/presence-dev/presence/internal/loadgen"
-	"github.com/presence-dev/presence/internal/testenv"
+	"github.com/presence-dev/presence/internal/app/loadgen"
+	"github.com/presence-dev/presence/internal/testsupport/testenv"
 )
 
 // The cluster test's fleet: devices clusterFirstID.. publish every

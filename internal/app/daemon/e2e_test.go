@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/presence-dev/presence/internal/testenv"
+	"github.com/presence-dev/presence/internal/testsupport/testenv"
 )
 
 // Devices publish; Redis and Postgres show them online with a fresh
