@@ -9,6 +9,7 @@ import (
 	"strconv"
 
 	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/wire"
 )
 
 // requestError is a refused request: status, reason, message.
@@ -133,7 +134,7 @@ func (s *Server) batchGet(w http.ResponseWriter, r *http.Request) {
 			if n[idMissing] > 0 {
 				out = append(out, ',')
 			}
-			out = appendJSONString(out, id)
+			out = wire.AppendJSONString(out, id)
 			n[idMissing]++
 		}
 	}
@@ -142,12 +143,12 @@ func (s *Server) batchGet(w http.ResponseWriter, r *http.Request) {
 		if i > 0 {
 			out = append(out, ',')
 		}
-		out = appendJSONString(out, id)
+		out = wire.AppendJSONString(out, id)
 	}
 	out = append(out, "]}\n"...)
 	b.out = out
 	for i, c := range n {
 		s.m.batchIDs[i].Add(c)
 	}
-	WriteJSON(w, http.StatusOK, out)
+	wire.WriteJSON(w, http.StatusOK, out)
 }

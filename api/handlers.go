@@ -8,6 +8,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/wire"
 )
 
 // invalidIDMsg explains engine.ValidID to a client.
@@ -17,23 +18,23 @@ const invalidIDMsg = ": a device id is 1 to 128 bytes of printable ASCII without
 func (s *Server) device(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	if !engine.ValidID(id) {
-		s.reject(w, r, http.StatusBadRequest, reasonInvalidID, "invalid device id "+quoteID(id)+invalidIDMsg)
+		s.reject(w, r, http.StatusBadRequest, reasonInvalidID, "invalid device id "+wire.Quote(id, 64)+invalidIDMsg)
 		return
 	}
 	st, err := s.store.Device(id)
 	switch {
 	case errors.Is(err, engine.ErrNotFound) || (err == nil && st.Status == engine.StatusUnknown):
-		WriteError(w, http.StatusNotFound, "device "+quoteID(id)+" not found")
+		wire.WriteError(w, http.StatusNotFound, "device "+wire.Quote(id, 64)+" not found")
 		return
 	case errors.Is(err, engine.ErrInvalidID):
-		s.reject(w, r, http.StatusBadRequest, reasonInvalidID, "invalid device id "+quoteID(id)+invalidIDMsg)
+		s.reject(w, r, http.StatusBadRequest, reasonInvalidID, "invalid device id "+wire.Quote(id, 64)+invalidIDMsg)
 		return
 	case err != nil:
 		s.fail(w, r, err)
 		return
 	}
 	b := appendDevice(make([]byte, 0, 192), &st)
-	WriteJSON(w, http.StatusOK, append(b, '\n'))
+	wire.WriteJSON(w, http.StatusOK, append(b, '\n'))
 }
 
 // statsHandler serves GET /v1/stats.
@@ -48,7 +49,7 @@ func (s *Server) statsHandler(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	WriteJSON(w, http.StatusOK, append(b, '\n'))
+	wire.WriteJSON(w, http.StatusOK, append(b, '\n'))
 }
 
 // metricsHandler serves GET /metrics: every set, then the Go runtime and
@@ -71,7 +72,7 @@ var (
 
 // healthz serves GET /healthz: 200 while the process serves.
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
-	WriteJSON(w, http.StatusOK, okBody)
+	wire.WriteJSON(w, http.StatusOK, okBody)
 }
 
 // readyz serves GET /readyz: 200 once Config.Ready returns nil, 503 with
@@ -79,9 +80,9 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	if s.cfg.Ready != nil {
 		if err := s.cfg.Ready(); err != nil {
-			WriteError(w, http.StatusServiceUnavailable, "not ready: "+err.Error())
+			wire.WriteError(w, http.StatusServiceUnavailable, "not ready: "+err.Error())
 			return
 		}
 	}
-	WriteJSON(w, http.StatusOK, readyBody)
+	wire.WriteJSON(w, http.StatusOK, readyBody)
 }

@@ -7,7 +7,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 
-	"github.com/presence-dev/presence/internal/metricsx"
+	"github.com/presence-dev/presence/internal/wire"
 )
 
 // reason is why a request was refused, a label of
@@ -81,7 +81,7 @@ type routeMetrics struct {
 var durationBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}
 
 func newRouteMetrics(set *metrics.Set, route string) *routeMetrics {
-	rm := &routeMetrics{set: set, label: metricsx.Label("route", route)}
+	rm := &routeMetrics{set: set, label: wire.Label("route", route)}
 	rm.dur = set.GetOrCreatePrometheusHistogramExt(
 		"presence_api_request_duration_seconds{"+rm.label+"}", durationBuckets)
 	return rm

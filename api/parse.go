@@ -6,6 +6,8 @@ import (
 	"strings"
 	"unicode/utf16"
 	"unicode/utf8"
+
+	"github.com/presence-dev/presence/internal/wire"
 )
 
 // parseBatch reads a BatchGetRequest from body, appending the ids to ids.
@@ -49,7 +51,7 @@ func parseBatch(body string, max int, ids []string) ([]string, *requestError) {
 			p.i++
 			p.ws()
 			if key != "ids" {
-				return ids, invalidBody("unknown field %s; the only field is \"ids\"", quoteID(key))
+				return ids, invalidBody("unknown field %s; the only field is \"ids\"", wire.Quote(key, 64))
 			}
 			if seen {
 				return ids, invalidBody(`field "ids" given twice`)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/presence-dev/presence/engine"
 	"github.com/presence-dev/presence/internal/ratelog"
+	"github.com/presence-dev/presence/internal/wire"
 )
 
 // Store is what the API reads: *engine.Engine satisfies it.
@@ -207,12 +208,12 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 func (s *Server) recovered(rec *recorder, r *http.Request, p any) {
 	s.m.panics.Inc()
 	if ok, n := s.errorLog.Allow(struct{}{}); ok {
-		s.log.Error("api: handler panic", "method", r.Method, "path", truncate(r.URL.Path, 128),
+		s.log.Error("api: handler panic", "method", r.Method, "path", wire.Truncate(r.URL.Path, 128),
 			"panic", fmt.Sprint(p), "stack", string(debug.Stack()), "suppressed", n)
 	}
 	if !rec.wroteHeader {
 		rec.recovered = true
-		WriteError(rec, http.StatusInternalServerError, "internal error")
+		wire.WriteError(rec, http.StatusInternalServerError, "internal error")
 	}
 }
 
@@ -238,7 +239,7 @@ func (s *Server) finish(rec *recorder, r *http.Request, d time.Duration) {
 // reject answers a refused request with {"error": msg}, counts it and logs
 // it at a limited rate.
 func (s *Server) reject(w http.ResponseWriter, r *http.Request, code int, why reason, msg string) {
-	WriteError(w, code, msg)
+	wire.WriteError(w, code, msg)
 	s.count(r, code, why, msg)
 }
 
@@ -246,7 +247,7 @@ func (s *Server) count(r *http.Request, code int, why reason, msg string) {
 	s.m.rejected[why].Inc()
 	if ok, n := s.rejectLog.Allow(why); ok {
 		s.log.Info("api: request rejected", "reason", why.String(), "status", code,
-			"method", r.Method, "path", truncate(r.URL.Path, 128), "remote", r.RemoteAddr,
+			"method", r.Method, "path", wire.Truncate(r.URL.Path, 128), "remote", r.RemoteAddr,
 			"error", msg, "suppressed", n)
 	}
 }
@@ -254,18 +255,10 @@ func (s *Server) count(r *http.Request, code int, why reason, msg string) {
 // fail answers 500 for an unexpected store error, logged at a limited rate.
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	if ok, n := s.errorLog.Allow(struct{}{}); ok {
-		s.log.Error("api: internal error", "method", r.Method, "path", truncate(r.URL.Path, 128),
+		s.log.Error("api: internal error", "method", r.Method, "path", wire.Truncate(r.URL.Path, 128),
 			"error", err.Error(), "suppressed", n)
 	}
-	WriteError(w, http.StatusInternalServerError, "internal error")
-}
-
-// truncate bounds client input quoted in a log line.
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
+	wire.WriteError(w, http.StatusInternalServerError, "internal error")
 }
 
 // recorder remembers the status of a response and the route that served it.
@@ -307,7 +300,7 @@ func (rec *recorder) rewriteError(code int) {
 	default:
 		rec.msg = strings.ToLower(http.StatusText(code))
 	}
-	WriteJSON(rec.ResponseWriter, code, appendError(nil, rec.msg))
+	wire.WriteJSON(rec.ResponseWriter, code, wire.AppendError(nil, rec.msg))
 }
 
 func (rec *recorder) Write(p []byte) (int, error) {

@@ -20,7 +20,7 @@ import (
 	"github.com/presence-dev/presence/engine"
 	"github.com/presence-dev/presence/internal/app/loadgen"
 	"github.com/presence-dev/presence/internal/testsupport/testenv"
-	"github.com/presence-dev/presence/writeback"
+	"github.com/presence-dev/presence/internal/wire"
 )
 
 // The workload of BenchmarkEndToEnd, the same for every system.
@@ -359,7 +359,7 @@ func waitDurable(b *testing.B, f *fixture, eng *engine.Engine, ids []string) tim
 		if s.Status != engine.StatusOnline {
 			b.Fatalf("device %s is %v after the run", s.ID, s.Status)
 		}
-		want[i] = writeback.FormatLastSeen(s.LastSeen)
+		want[i] = wire.FormatTime(s.LastSeen)
 		pgIDs[i], _ = strconv.ParseInt(s.ID, 10, 64)
 		pgWant[i] = s.LastSeen.Truncate(time.Microsecond)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/presence-dev/presence/engine"
 	"github.com/presence-dev/presence/internal/app/daemon"
 	"github.com/presence-dev/presence/internal/testsupport/testenv"
+	"github.com/presence-dev/presence/internal/wire"
 	"github.com/presence-dev/presence/writeback"
 )
 
@@ -146,7 +147,7 @@ func preload(ctx context.Context, f *fixture, devices int, base time.Time) error
 					d := storedAt(i, base)
 					id := strconv.Itoa(i)
 					pipe.Set(ctx, f.prefix+"status:"+id, d.status, 24*time.Hour)
-					buf = writeback.AppendLastSeen(buf[:0], d.lastSeen)
+					buf = wire.AppendTime(buf[:0], d.lastSeen)
 					pipe.Set(ctx, f.prefix+"lastseen:"+id, string(buf), 24*time.Hour)
 				}
 				if _, err := pipe.Exec(ctx); err != nil {

@@ -12,7 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/presence-dev/presence/writeback"
+	"github.com/presence-dev/presence/internal/wire"
 )
 
 // SeedStatus is what the seed tracker reports for a device.
@@ -108,7 +108,7 @@ func (s *SeedTracker) UpdateDeviceActivity(ctx context.Context, id int64) error 
 	if err := s.rdb.Set(ctx, s.statusKey(id), string(SeedOnline), s.cfg.TTL).Err(); err != nil {
 		return fmt.Errorf("seed: set status: %w", err)
 	}
-	if err := s.rdb.Set(ctx, s.lastSeenKey(id), writeback.FormatLastSeen(now), s.cfg.TTL).Err(); err != nil {
+	if err := s.rdb.Set(ctx, s.lastSeenKey(id), wire.FormatTime(now), s.cfg.TTL).Err(); err != nil {
 		return fmt.Errorf("seed: set last seen: %w", err)
 	}
 	if s.cfg.DisableDBSync {
@@ -143,7 +143,7 @@ func (s *SeedTracker) LastSeen(ctx context.Context, id int64) (t time.Time, ok b
 	if err != nil {
 		return time.Time{}, false, fmt.Errorf("seed: get last seen: %w", err)
 	}
-	t, err = writeback.ParseLastSeen(v) // datetime.fromisoformat
+	t, err = wire.ParseTime(v) // datetime.fromisoformat
 	if err != nil {
 		return time.Time{}, false, fmt.Errorf("seed: last seen %q: %w", v, err)
 	}

@@ -12,7 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/presence-dev/presence/internal/testsupport/testenv"
-	"github.com/presence-dev/presence/writeback"
+	"github.com/presence-dev/presence/internal/wire"
 )
 
 // clock is a settable clock for the seed tracker.
@@ -258,8 +258,8 @@ func TestDeviceID(t *testing.T) {
 
 func TestLastSeenFormatMatchesSeed(t *testing.T) {
 	// The seed writes datetime.now(timezone.utc).isoformat(); the port
-	// writes the same bytes through writeback.FormatLastSeen.
-	got := writeback.FormatLastSeen(time.Date(2025, 12, 14, 10, 30, 45, 123456000, time.UTC))
+	// writes the same bytes through wire.FormatTime.
+	got := wire.FormatTime(time.Date(2025, 12, 14, 10, 30, 45, 123456000, time.UTC))
 	if want := "2025-12-14T10:30:45.123456+00:00"; got != want {
 		t.Fatalf("got %q, want %q", got, want)
 	}

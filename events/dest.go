@@ -10,9 +10,9 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/presence-dev/presence/internal/backoff"
-	"github.com/presence-dev/presence/internal/metricsx"
 	"github.com/presence-dev/presence/internal/ratelog"
 	"github.com/presence-dev/presence/internal/ring"
+	"github.com/presence-dev/presence/internal/wire"
 )
 
 // sender is one destination's transport. send delivers a whole batch or
@@ -71,7 +71,7 @@ func newDest(name string, s sender, cfg DeliveryConfig, log *slog.Logger, set *m
 		kick:  make(chan struct{}, 1),
 		queue: ring.New[rec](256, cfg.QueueCapacity),
 	}
-	label := "{" + metricsx.Label("dest", name) + "}"
+	label := "{" + wire.Label("dest", name) + "}"
 	d.m = destMetrics{
 		sent:    set.NewCounter("presence_events_sent_total" + label),
 		dropped: set.NewCounter("presence_events_dropped_total" + label),

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/wire"
 )
 
 // Type is the kind of an event; its String is the JSON "type" field.
@@ -45,14 +46,7 @@ func ParseType(s string) (Type, bool) {
 // TimeLayout is the layout of every time in an event: UTC, microseconds,
 // explicit "+00:00" offset, like the Redis last-seen contract. Python reads
 // it with datetime.fromisoformat, Go with time.Parse(time.RFC3339, ...).
-const TimeLayout = "2006-01-02T15:04:05.000000+00:00"
-
-const timeLayoutUTC = "2006-01-02T15:04:05.000000"
-
-func appendTime(dst []byte, unixMicro int64) []byte {
-	dst = time.UnixMicro(unixMicro).UTC().AppendFormat(dst, timeLayoutUTC)
-	return append(dst, "+00:00"...)
-}
+const TimeLayout = wire.TimeLayout
 
 // Event is one published event as consumers decode it: every destination
 // carries this JSON (the stream carries the same fields as entry fields).
@@ -143,7 +137,9 @@ func (r *rec) fields(dst []field, buf []byte) ([]field, []byte) {
 		n++
 	}
 	str := func(s string) func([]byte) []byte { return func(b []byte) []byte { return append(b, s...) } }
-	tm := func(us int64) func([]byte) []byte { return func(b []byte) []byte { return appendTime(b, us) } }
+	tm := func(us int64) func([]byte) []byte {
+		return func(b []byte) []byte { return wire.AppendTime(b, time.UnixMicro(us)) }
+	}
 	num := func(v int) func([]byte) []byte {
 		return func(b []byte) []byte { return strconv.AppendInt(b, int64(v), 10) }
 	}
@@ -227,28 +223,8 @@ func (e *encoder) appendJSON(dst []byte, r *rec) []byte {
 		if f.raw {
 			dst = append(dst, f.val...)
 		} else {
-			dst = appendJSONString(dst, f.val)
+			dst = wire.AppendJSONString(dst, f.val)
 		}
 	}
 	return append(dst, '}')
-}
-
-const hexDigits = "0123456789abcdef"
-
-// appendJSONString appends s quoted. Device ids are printable ASCII
-// (engine.ErrInvalidID), so only '"' and '\\' need escaping in practice;
-// control bytes are escaped anyway. Other bytes are copied as they are.
-func appendJSONString(dst, s []byte) []byte {
-	dst = append(dst, '"')
-	for _, c := range s {
-		switch {
-		case c == '"' || c == '\\':
-			dst = append(dst, '\\', c)
-		case c < 0x20:
-			dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-		default:
-			dst = append(dst, c)
-		}
-	}
-	return append(dst, '"')
 }

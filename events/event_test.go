@@ -60,21 +60,6 @@ func TestEventJSON(t *testing.T) {
 	}
 }
 
-// The at format is the Redis last-seen contract's: Python's fromisoformat
-// reads it, and it always has six fraction digits.
-func TestTimeLayout(t *testing.T) {
-	for _, ts := range []time.Time{t0, time.Date(2025, 1, 2, 3, 4, 5, 0, time.FixedZone("x", 3600))} {
-		got := string(appendTime(nil, ts.UnixMicro()))
-		if want := ts.UTC().Format(TimeLayout); got != want || len(got) != len("2025-12-14T10:30:45.123456+00:00") {
-			t.Fatalf("appendTime = %q, want %q", got, want)
-		}
-		back, err := time.Parse(time.RFC3339, got)
-		if err != nil || !back.Equal(ts.Truncate(time.Microsecond)) {
-			t.Fatalf("parse back %q: %v %v", got, back, err)
-		}
-	}
-}
-
 func TestParseFilter(t *testing.T) {
 	check := func(q string, match []rec, nomatch []rec) {
 		t.Helper()

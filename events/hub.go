@@ -11,6 +11,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/wire"
 )
 
 // Hub publishes the engine's transitions, and the alerts derived from
@@ -135,7 +136,7 @@ func (h *Hub) Metrics() *metrics.Set { return h.set }
 func (h *Hub) SSEHandler() http.Handler {
 	if h.sse == nil {
 		return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-			writeError(w, http.StatusNotFound, "event stream disabled")
+			wire.WriteError(w, http.StatusNotFound, "event stream disabled")
 		})
 	}
 	return h.sse

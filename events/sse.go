@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/presence-dev/presence/engine"
 	"github.com/presence-dev/presence/internal/ratelog"
+	"github.com/presence-dev/presence/internal/wire"
 )
 
 // sseHub serves GET /v1/events. It is the sender of the "sse" destination:
@@ -159,20 +159,20 @@ var errTooManyClients = errors.New("too many event streams")
 func (s *sseHub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
-		writeError(w, http.StatusMethodNotAllowed, "method not allowed; allowed: GET")
+		wire.WriteError(w, http.StatusMethodNotAllowed, "method not allowed; allowed: GET")
 		return
 	}
 	f, err := parseFilter(r.URL.Query(), s.cfg.MaxFilterIDs)
 	if err != nil {
 		s.rejected.Inc()
-		writeError(w, http.StatusBadRequest, err.Error())
+		wire.WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	c, err := s.register(f)
 	if err != nil {
 		s.rejected.Inc()
 		w.Header().Set("Retry-After", "5")
-		writeError(w, http.StatusServiceUnavailable, err.Error())
+		wire.WriteError(w, http.StatusServiceUnavailable, err.Error())
 		return
 	}
 	defer s.unregister(c)
@@ -288,7 +288,7 @@ func parseFilter(q url.Values, maxIDs int) (filter, error) {
 			for _, v := range vals {
 				for id := range strings.SplitSeq(v, ",") {
 					if !engine.ValidID(id) {
-						return filter{}, fmt.Errorf("id: invalid device id %s", quote(id))
+						return filter{}, fmt.Errorf("id: invalid device id %s", wire.Quote(id, 64))
 					}
 					if f.ids == nil {
 						f.ids = make(map[string]struct{})
@@ -308,7 +308,7 @@ func parseFilter(q url.Values, maxIDs int) (filter, error) {
 					case "offline":
 						f.statuses |= 1 << engine.StatusOffline
 					default:
-						return filter{}, fmt.Errorf("status: %s is not online or offline", quote(st))
+						return filter{}, fmt.Errorf("status: %s is not online or offline", wire.Quote(st, 64))
 					}
 				}
 			}
@@ -317,32 +317,14 @@ func parseFilter(q url.Values, maxIDs int) (filter, error) {
 				for name := range strings.SplitSeq(v, ",") {
 					t, ok := ParseType(name)
 					if !ok {
-						return filter{}, fmt.Errorf("type: unknown event type %s (status, offline_alert, mass_offline, mass_offline_recovered)", quote(name))
+						return filter{}, fmt.Errorf("type: unknown event type %s (status, offline_alert, mass_offline, mass_offline_recovered)", wire.Quote(name, 64))
 					}
 					f.types |= 1 << t
 				}
 			}
 		default:
-			return filter{}, fmt.Errorf("unknown parameter %s (id, status, type)", quote(key))
+			return filter{}, fmt.Errorf("unknown parameter %s (id, status, type)", wire.Quote(key, 64))
 		}
 	}
 	return f, nil
-}
-
-func quote(s string) string {
-	if len(s) > 64 {
-		return strconv.Quote(s[:64]) + "..."
-	}
-	return strconv.Quote(s)
-}
-
-func writeError(w http.ResponseWriter, code int, msg string) {
-	body := appendJSONString([]byte(`{"error":`), []byte(msg))
-	body = append(body, "}\n"...)
-	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	h.Set("Cache-Control", "no-store")
-	h.Set("Content-Length", strconv.Itoa(len(body)))
-	w.WriteHeader(code)
-	_, _ = w.Write(body)
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+
 	"github.com/presence-dev/presence/engine"
 
 	"github.com/presence-dev/presence/internal/testsupport/testenv"

@@ -10,8 +10,10 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+
 	"github.com/presence-dev/presence/engine"
 	"github.com/presence-dev/presence/internal/ratelog"
+	"github.com/presence-dev/presence/internal/wire"
 )
 
 // Handler receives what ingest heard. *engine.Engine implements it.
@@ -301,6 +303,6 @@ func (in *Ingester) drop(r reason, now time.Time, topic string, payloadLen int) 
 	in.m.dropped[r].Inc()
 	if ok, sup := in.dropLog.AllowAt(r, now); ok {
 		in.log.Warn("ingest: message dropped", "reason", r.String(),
-			"topic", truncate(topic, 128), "payload_bytes", payloadLen, "suppressed", sup)
+			"topic", wire.Truncate(topic, 128), "payload_bytes", payloadLen, "suppressed", sup)
 	}
 }

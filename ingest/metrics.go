@@ -57,11 +57,3 @@ func newIngestMetrics(set *metrics.Set, in *Ingester) *ingestMetrics {
 	})
 	return m
 }
-
-// truncate bounds a topic quoted in a log line.
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
-}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/presence-dev/presence/api"
 	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/wire"
 )
 
 // Mounter is where Mount puts the routes: *api.Server, whose Handle adds
@@ -110,12 +111,12 @@ func (r *Report) serveHistory(w http.ResponseWriter, req *http.Request) {
 	now := r.now()
 	from, to, err := r.window(q, now, false)
 	if err != nil {
-		api.WriteError(w, http.StatusBadRequest, err.Error())
+		wire.WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	limit, err := ParseLimit(q.Get("limit"), r.cfg.DefaultHistoryLimit, r.cfg.MaxHistoryLimit)
 	if err != nil {
-		api.WriteError(w, http.StatusBadRequest, err.Error())
+		wire.WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	changes, err := r.History(req.Context(), id, from, to, limit+1)
@@ -128,7 +129,7 @@ func (r *Report) serveHistory(w http.ResponseWriter, req *http.Request) {
 		changes, resp.Truncated = changes[:limit], true
 	}
 	for _, c := range changes {
-		resp.Changes = append(resp.Changes, ChangeJSON{Status: c.Status.String(), At: formatTime(c.At), Cause: c.Cause})
+		resp.Changes = append(resp.Changes, ChangeJSON{Status: c.Status.String(), At: wire.FormatTime(c.At), Cause: c.Cause})
 	}
 	writeJSON(w, http.StatusOK, &resp)
 }
@@ -144,7 +145,7 @@ func (r *Report) serveUptime(w http.ResponseWriter, req *http.Request) {
 	}
 	from, to, err := r.window(q, r.now(), true)
 	if err != nil {
-		api.WriteError(w, http.StatusBadRequest, err.Error())
+		wire.WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	u, err := r.Uptime(req.Context(), id, from, to)
@@ -153,7 +154,7 @@ func (r *Report) serveUptime(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	resp := UptimeResponse{
-		ID: id, From: formatTime(u.From), To: formatTime(u.To),
+		ID: id, From: wire.FormatTime(u.From), To: wire.FormatTime(u.To),
 		WindowSeconds: u.Window().Seconds(), OnlineSeconds: u.Online.Seconds(),
 		OfflineSeconds: u.Offline.Seconds(), UnknownSeconds: u.Unknown.Seconds(),
 		Changes: u.Changes, StatusAtFrom: u.Initial.String(), StatusAtTo: u.Final.String(),
@@ -171,7 +172,7 @@ func (r *Report) serveFleet(w http.ResponseWriter, req *http.Request) {
 	}
 	from, to, err := r.window(q, r.now(), true)
 	if err != nil {
-		api.WriteError(w, http.StatusBadRequest, err.Error())
+		wire.WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	f, err := r.FleetUptime(req.Context(), from, to)
@@ -180,7 +181,7 @@ func (r *Report) serveFleet(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, &FleetResponse{
-		From: formatTime(f.From), To: formatTime(f.To), WindowSeconds: f.To.Sub(f.From).Seconds(),
+		From: wire.FormatTime(f.From), To: wire.FormatTime(f.To), WindowSeconds: f.To.Sub(f.From).Seconds(),
 		Devices: f.Devices, MeanFraction: f.MeanFraction,
 		OnlineSeconds: f.OnlineSeconds, KnownSeconds: f.KnownSeconds, Availability: f.Availability,
 	})
@@ -193,7 +194,7 @@ func (r *Report) serveList(w http.ResponseWriter, req *http.Request) {
 	}
 	lq, err := r.listQuery(q)
 	if err != nil {
-		api.WriteError(w, http.StatusBadRequest, err.Error())
+		wire.WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	l, err := r.Longest(req.Context(), lq)
@@ -201,13 +202,13 @@ func (r *Report) serveList(w http.ResponseWriter, req *http.Request) {
 		r.fail(w, req, err)
 		return
 	}
-	resp := ListResponse{Devices: make([]ListedDevice, 0, len(l.Devices)), Matched: l.Matched, AsOf: formatTime(l.AsOf)}
+	resp := ListResponse{Devices: make([]ListedDevice, 0, len(l.Devices)), Matched: l.Matched, AsOf: wire.FormatTime(l.AsOf)}
 	for i := range l.Devices {
 		st := &l.Devices[i]
 		resp.Devices = append(resp.Devices, ListedDevice{
 			Device: api.Device{
-				ID: st.ID, Status: st.Status.String(), LastSeen: formatTime(st.LastSeen),
-				Since: formatTime(st.Since), TimeoutSeconds: st.Timeout.Seconds(),
+				ID: st.ID, Status: st.Status.String(), LastSeen: wire.FormatTime(st.LastSeen),
+				Since: wire.FormatTime(st.Since), TimeoutSeconds: st.Timeout.Seconds(),
 			},
 			ForSeconds: max(l.AsOf.Sub(st.Since).Seconds(), 0),
 		})
@@ -225,7 +226,7 @@ func (r *Report) listQuery(q url.Values) (ListQuery, error) {
 	case "offline":
 		lq.Status = engine.StatusOffline
 	default:
-		return lq, fmt.Errorf("status %q: want online, offline or all", truncate(s, 32))
+		return lq, fmt.Errorf("status %q: want online, offline or all", wire.Truncate(s, 32))
 	}
 	lt, olt := q.Get("longer_than"), q.Get("offline_longer_than")
 	switch {
@@ -268,7 +269,7 @@ func (r *Report) window(q url.Values, now time.Time, defaults bool) (from, to ti
 		from = to.Add(-r.cfg.DefaultWindow)
 	}
 	if !from.IsZero() && !to.IsZero() && !from.Before(to) {
-		return from, to, fmt.Errorf("from (%s) must be before to (%s)", formatTime(from), formatTime(to))
+		return from, to, fmt.Errorf("from (%s) must be before to (%s)", wire.FormatTime(from), wire.FormatTime(to))
 	}
 	return from, to, nil
 }
@@ -277,7 +278,7 @@ func (r *Report) window(q url.Values, now time.Time, defaults bool) (from, to ti
 func deviceID(w http.ResponseWriter, req *http.Request) (string, bool) {
 	id := req.PathValue("id")
 	if !engine.ValidID(id) {
-		api.WriteError(w, http.StatusBadRequest, "invalid device id "+strconv.Quote(truncate(id, 64))+
+		wire.WriteError(w, http.StatusBadRequest, "invalid device id "+wire.Quote(id, 64)+
 			": a device id is 1 to 128 bytes of printable ASCII without spaces, '/', '+' or '#'")
 		return "", false
 	}
@@ -290,7 +291,7 @@ func deviceID(w http.ResponseWriter, req *http.Request) (string, bool) {
 func query(w http.ResponseWriter, req *http.Request, allowed ...string) (url.Values, bool) {
 	q, err := url.ParseQuery(req.URL.RawQuery)
 	if err != nil {
-		api.WriteError(w, http.StatusBadRequest, "malformed query string")
+		wire.WriteError(w, http.StatusBadRequest, "malformed query string")
 		return nil, false
 	}
 next:
@@ -298,13 +299,13 @@ next:
 		for _, a := range allowed {
 			if k == a {
 				if len(v) > 1 {
-					api.WriteError(w, http.StatusBadRequest, "parameter "+strconv.Quote(k)+" given more than once")
+					wire.WriteError(w, http.StatusBadRequest, "parameter "+strconv.Quote(k)+" given more than once")
 					return nil, false
 				}
 				continue next
 			}
 		}
-		api.WriteError(w, http.StatusBadRequest, fmt.Sprintf("unknown parameter %q; allowed: %v", truncate(k, 32), allowed))
+		wire.WriteError(w, http.StatusBadRequest, fmt.Sprintf("unknown parameter %q; allowed: %v", wire.Truncate(k, 32), allowed))
 		return nil, false
 	}
 	return q, true
@@ -314,24 +315,22 @@ next:
 func (r *Report) fail(w http.ResponseWriter, req *http.Request, err error) {
 	switch {
 	case errors.Is(err, ErrNoHistory):
-		api.WriteError(w, http.StatusServiceUnavailable, "history is not available: presenced runs without a PostgreSQL history table")
+		wire.WriteError(w, http.StatusServiceUnavailable, "history is not available: presenced runs without a PostgreSQL history table")
 	case req.Context().Err() != nil:
 		// The client went away; nobody reads the answer.
-		api.WriteError(w, http.StatusServiceUnavailable, "request cancelled")
+		wire.WriteError(w, http.StatusServiceUnavailable, "request cancelled")
 	case errors.Is(err, context.DeadlineExceeded):
-		api.WriteError(w, http.StatusGatewayTimeout, "history query took longer than "+r.cfg.QueryTimeout.String())
+		wire.WriteError(w, http.StatusGatewayTimeout, "history query took longer than "+r.cfg.QueryTimeout.String())
 	default:
-		api.WriteError(w, http.StatusInternalServerError, "internal error")
+		wire.WriteError(w, http.StatusInternalServerError, "internal error")
 	}
 }
-
-func formatTime(t time.Time) string { return t.UTC().Format(api.TimeLayout) }
 
 func optTime(t time.Time) *string {
 	if t.IsZero() {
 		return nil
 	}
-	s := formatTime(t)
+	s := wire.FormatTime(t)
 	return &s
 }
 
@@ -339,8 +338,8 @@ func optTime(t time.Time) *string {
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	b, err := json.Marshal(v)
 	if err != nil {
-		api.WriteError(w, http.StatusInternalServerError, "internal error")
+		wire.WriteError(w, http.StatusInternalServerError, "internal error")
 		return
 	}
-	api.WriteJSON(w, code, append(b, '\n'))
+	wire.WriteJSON(w, code, append(b, '\n'))
 }

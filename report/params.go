@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/presence-dev/presence/internal/wire"
 )
 
 // maxSpan bounds a duration parameter (and a relative time): 100 years.
@@ -102,18 +104,10 @@ func ParseLimit(s string, def, max int) (int, error) {
 	}
 	n, err := strconv.Atoi(s)
 	if err != nil || n < 1 {
-		return 0, fmt.Errorf("limit %q: want a whole number from 1 to %d", truncate(s, 32), max)
+		return 0, fmt.Errorf("limit %q: want a whole number from 1 to %d", wire.Truncate(s, 32), max)
 	}
 	if n > max {
 		return 0, fmt.Errorf("limit %d is above the maximum %d", n, max)
 	}
 	return n, nil
-}
-
-// truncate bounds client input quoted in an error.
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/presence-dev/presence/engine"
 	"github.com/presence-dev/presence/internal/testsupport/testenv"
+	"github.com/presence-dev/presence/internal/wire"
 )
 
 // Benchmarks against the real Redis and Postgres. Each flush benchmark runs
@@ -106,7 +107,7 @@ func BenchmarkRedisPerMessage(b *testing.B) {
 			if err := client.Set(ctx, prefix+"status:"+s.ID, s.Status.String(), ttl).Err(); err != nil {
 				b.Fatal(err)
 			}
-			if err := client.Set(ctx, prefix+"lastseen:"+s.ID, FormatLastSeen(s.LastSeen), ttl).Err(); err != nil {
+			if err := client.Set(ctx, prefix+"lastseen:"+s.ID, wire.FormatTime(s.LastSeen), ttl).Err(); err != nil {
 				b.Fatal(err)
 			}
 		}

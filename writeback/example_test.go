@@ -2,7 +2,6 @@ package writeback_test
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"os"
 	"time"
@@ -76,13 +75,4 @@ func Example() {
 			log.Error("writeback close", "err", err)
 		}
 	}
-}
-
-func ExampleFormatLastSeen() {
-	at := time.Date(2025, 12, 14, 11, 30, 45, 123456789, time.FixedZone("CET", 3600))
-	fmt.Println(writeback.FormatLastSeen(at))
-	fmt.Println(writeback.FormatLastSeen(at.Truncate(time.Second)))
-	// Output:
-	// 2025-12-14T10:30:45.123456+00:00
-	// 2025-12-14T10:30:45.000000+00:00
 }

@@ -12,8 +12,8 @@ import (
 
 	"github.com/presence-dev/presence/engine"
 	"github.com/presence-dev/presence/internal/backoff"
-	"github.com/presence-dev/presence/internal/metricsx"
 	"github.com/presence-dev/presence/internal/ratelog"
+	"github.com/presence-dev/presence/internal/wire"
 )
 
 // Constant log attribute keys (STYLE.md: constant keys).
@@ -106,7 +106,7 @@ func newFlusher(name, unit string, src Source, cfg FlushConfig, w batchWriter) *
 	if set == nil {
 		set = metrics.NewSet()
 	}
-	label := "{" + metricsx.Label("sink", name) + "}"
+	label := "{" + wire.Label("sink", name) + "}"
 	f.m = flushMetrics{
 		set:      set,
 		duration: set.NewHistogram("presence_writeback_flush_duration_seconds" + label),

@@ -10,6 +10,7 @@ import (
 
 	"github.com/presence-dev/presence/engine"
 	"github.com/presence-dev/presence/internal/testsupport/testenv"
+	"github.com/presence-dev/presence/internal/wire"
 )
 
 // pythonRoundTrip is what an existing Python consumer does with a
@@ -89,7 +90,7 @@ func TestPythonConsumerReadsLastSeen(t *testing.T) {
 		if want.Nanosecond() != 0 && lines[i] != stored[i] {
 			t.Errorf("python round trip %q -> %q", stored[i], lines[i])
 		}
-		got, err := ParseLastSeen(lines[i])
+		got, err := wire.ParseTime(lines[i])
 		if err != nil || !got.Equal(want) {
 			t.Errorf("python read %q as %q = %v, want %v", stored[i], lines[i], got, want)
 		}

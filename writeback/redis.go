@@ -14,12 +14,13 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/wire"
 )
 
 // RedisConfig configures the Redis state sink. The key layout is a contract
 // with existing consumers (DESIGN.md): {KeyPrefix}status:{id} holds
 // "online" or "offline", {KeyPrefix}lastseen:{id} holds the last message time
-// formatted by FormatLastSeen, both with TTL.
+// in wire.TimeLayout, both with TTL.
 type RedisConfig struct {
 	// KeyPrefix is put before "status:{id}" and "lastseen:{id}". Default
 	// "device:" (the seed's layout); change it only together with every
@@ -178,7 +179,7 @@ func (r *Redis) writeBatch(ctx context.Context, states []engine.DeviceState) (wr
 		pipe.Set(ctx, r.StatusKey(s.ID), s.Status.String(), r.ttl)
 		res.units++
 		if !s.LastSeen.IsZero() {
-			pipe.Set(ctx, r.LastSeenKey(s.ID), string(AppendLastSeen(buf[:0], s.LastSeen)), r.ttl)
+			pipe.Set(ctx, r.LastSeenKey(s.ID), string(wire.AppendTime(buf[:0], s.LastSeen)), r.ttl)
 			res.units++
 		}
 	}
@@ -212,7 +213,7 @@ func (r *Redis) writeGuarded(ctx context.Context, states []engine.DeviceState) (
 				continue
 			}
 			guardedSet.EvalSha(ctx, pipe, []string{r.StatusKey(s.ID), r.LastSeenKey(s.ID)},
-				s.Status.String(), FormatLastSeen(s.LastSeen), ttl)
+				s.Status.String(), wire.FormatTime(s.LastSeen), ttl)
 		}
 		_, err := pipe.Exec(ctx)
 		return err
@@ -293,7 +294,7 @@ func (r *Redis) ReadStates(ctx context.Context, ids []string) ([]engine.DeviceSt
 			out[i].Status = parseStatus(s)
 		}
 		if s, ok := vals[len(ids)+i].(string); ok {
-			t, err := ParseLastSeen(s)
+			t, err := wire.ParseTime(s)
 			if err != nil {
 				return nil, fmt.Errorf("redis read %s: %w", keys[len(ids)+i], err)
 			}
@@ -420,35 +421,6 @@ func parseStatus(s string) engine.Status {
 		return engine.StatusOffline
 	}
 	return engine.StatusUnknown
-}
-
-// lastSeenLayout is Python's datetime.isoformat() of an aware UTC datetime
-// without the offset, which AppendLastSeen adds.
-const lastSeenLayout = "2006-01-02T15:04:05.000000"
-
-// AppendLastSeen appends t in the stored last-seen format: UTC, always six
-// digits of microseconds (truncated), offset "+00:00", e.g.
-// "2025-12-14T10:30:45.123456+00:00". Python's datetime.fromisoformat reads
-// it back to the same aware datetime. (Python's own isoformat() drops the
-// fraction when microseconds are zero; we always write it, fromisoformat
-// accepts both.)
-func AppendLastSeen(dst []byte, t time.Time) []byte {
-	dst = t.UTC().AppendFormat(dst, lastSeenLayout)
-	return append(dst, "+00:00"...)
-}
-
-// FormatLastSeen returns AppendLastSeen(nil, t) as a string.
-func FormatLastSeen(t time.Time) string { return string(AppendLastSeen(nil, t)) }
-
-// ParseLastSeen parses a stored last-seen value: what FormatLastSeen
-// writes, and the other ISO 8601 forms the seed may have written (no
-// fraction, any offset, "Z"). The result is in UTC.
-func ParseLastSeen(s string) (time.Time, error) {
-	t, err := time.Parse(time.RFC3339Nano, s)
-	if err != nil {
-		return time.Time{}, fmt.Errorf("writeback: bad last-seen value %q: %w", s, err)
-	}
-	return t.UTC(), nil
 }
 
 // RedisOptionsFromEnv builds client options from the environment, as the

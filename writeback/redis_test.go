@@ -129,64 +129,6 @@ func TestRedisScan(t *testing.T) {
 	}
 }
 
-func TestFormatLastSeen(t *testing.T) {
-	check := func(in time.Time, want string) {
-		t.Helper()
-		if got := FormatLastSeen(in); got != want {
-			t.Fatalf("FormatLastSeen(%v) = %q, want %q", in, got, want)
-		}
-		back, err := ParseLastSeen(want)
-		if err != nil || !back.Equal(in.Truncate(time.Microsecond)) {
-			t.Fatalf("ParseLastSeen(%q) = %v, %v; want %v", want, back, err, in.Truncate(time.Microsecond))
-		}
-	}
-	check(t0, "2025-12-14T10:30:45.123456+00:00")
-	check(time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC), "2025-01-02T03:04:05.000000+00:00")
-	check(time.Date(2025, 1, 2, 3, 4, 5, 999, time.UTC), "2025-01-02T03:04:05.000000+00:00")
-	check(time.Date(2025, 6, 1, 12, 0, 0, 1000, time.FixedZone("CEST", 2*3600)), "2025-06-01T10:00:00.000001+00:00")
-	check(time.Date(999, 12, 31, 23, 59, 59, 999999000, time.UTC), "0999-12-31T23:59:59.999999+00:00")
-}
-
-func TestParseLastSeenForms(t *testing.T) {
-	for in, want := range map[string]time.Time{
-		"2025-12-14T10:30:45+00:00":        time.Date(2025, 12, 14, 10, 30, 45, 0, time.UTC),
-		"2025-12-14T10:30:45.5Z":           time.Date(2025, 12, 14, 10, 30, 45, 5e8, time.UTC),
-		"2025-12-14T12:30:45.123456+02:00": time.Date(2025, 12, 14, 10, 30, 45, 123456000, time.UTC),
-	} {
-		got, err := ParseLastSeen(in)
-		if err != nil || !got.Equal(want) || got.Location() != time.UTC {
-			t.Errorf("ParseLastSeen(%q) = %v, %v; want %v", in, got, err, want)
-		}
-	}
-	for _, bad := range []string{"", "yesterday", "2025-12-14", "2025-12-14T10:30:45"} {
-		if _, err := ParseLastSeen(bad); err == nil {
-			t.Errorf("ParseLastSeen(%q) succeeded", bad)
-		}
-	}
-}
-
-func FuzzParseLastSeen(f *testing.F) {
-	f.Add("2025-12-14T10:30:45.123456+00:00")
-	f.Add("2025-12-14T10:30:45Z")
-	f.Add("0001-01-01T00:00:00.000000+00:00")
-	f.Fuzz(func(t *testing.T, s string) {
-		got, err := ParseLastSeen(s)
-		if err != nil {
-			return
-		}
-		// Whatever parses formats to the canonical form, which parses back
-		// to the same instant (at microsecond precision).
-		canon := FormatLastSeen(got)
-		back, err := ParseLastSeen(canon)
-		if got.Year() < 0 || got.Year() > 9999 {
-			return // Python cannot hold it either
-		}
-		if err != nil || !back.Equal(got.Truncate(time.Microsecond)) {
-			t.Fatalf("%q -> %v -> %q -> %v, %v", s, got, canon, back, err)
-		}
-	})
-}
-
 func TestRedisOptionsFromEnv(t *testing.T) {
 	env := func(kv ...string) func(string) string {
 		m := map[string]string{}

@@ -15,7 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/presence-dev/presence/internal/testsupport/testenv"
-	"github.com/presence-dev/presence/writeback"
+	"github.com/presence-dev/presence/internal/wire"
 )
 
 // stack is the real Redis, Postgres and Mosquitto with names private to one
@@ -139,7 +139,7 @@ func (s *stack) redisState(id int) (status string, lastSeen time.Time, err error
 	if vals[0] == nil || vals[1] == nil {
 		return "", time.Time{}, fmt.Errorf("device %d: no keys", id)
 	}
-	lastSeen, err = writeback.ParseLastSeen(vals[1].(string))
+	lastSeen, err = wire.ParseTime(vals[1].(string))
 	return vals[0].(string), lastSeen, err
 }
 
