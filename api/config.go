@@ -84,7 +84,7 @@ type Config struct {
 	// at most one line per reason per interval; the next line says how many
 	// were suppressed. 0 logs every one.
 	LogInterval time.Duration
-	// Logger receives the logs; nil discards them.
+	// Logger receives the logs; nil is slog.Default().
 	Logger *slog.Logger
 }
 

@@ -72,7 +72,7 @@ func New(cfg Config, store Store) (*Server, error) {
 	s := &Server{cfg: cfg, store: store, log: cfg.Logger, mux: http.NewServeMux()}
 	s.stats, _ = store.(StatsStore)
 	if s.log == nil {
-		s.log = slog.New(slog.DiscardHandler)
+		s.log = slog.Default()
 	}
 	if cfg.Token != "" {
 		s.auth, s.token = true, sha256.Sum256([]byte(cfg.Token))

@@ -153,12 +153,15 @@ type Config struct {
 	// LogInterval limits repeated log lines (drops, reconnects) to one per
 	// kind per interval. Default 10 s.
 	LogInterval time.Duration
-	// Logger receives the logs, memberlist's included; nil discards them.
+	// Logger receives the logs, memberlist's included; nil is
+	// slog.Default().
 	Logger *slog.Logger
 	// Metrics receives the metrics (names presence_cluster_*); it must not
 	// be shared with another Node. Nil creates a set; see Node.Metrics.
 	Metrics *metrics.Set
-	// Clock is the time given to Adopt; nil is time.Now.
+	// Clock is the node's now: the time handed devices are adopted at, the
+	// deadlines of rebuild holds and the debounce of table changes. Nil is
+	// time.Now. Socket deadlines are the kernel's, in real time.
 	Clock func() time.Time
 }
 

@@ -131,7 +131,7 @@ func New(cfg Config, local Local) (*Node, error) {
 	}
 	cfg.Join = slices.Clone(cfg.Join)
 	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
+		cfg.Logger = slog.Default()
 	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = metrics.NewSet()
@@ -329,7 +329,7 @@ func (n *Node) loop() {
 		case <-n.stop:
 			return
 		case <-n.changed:
-			now := time.Now()
+			now := n.cfg.Clock()
 			if first.IsZero() {
 				first = now
 			}
@@ -381,14 +381,14 @@ func (n *Node) holdForRebuild(parts []int) uint64 {
 	if len(parts) == 0 {
 		return 0
 	}
-	now := time.Now()
+	now := n.cfg.Clock()
 	deadline := now.Add(n.cfg.RebuildHold)
 	gen := n.router.startHold(parts, deadline)
 	n.holdMu.Lock()
 	defer n.holdMu.Unlock()
 	n.holdTimers = slices.DeleteFunc(n.holdTimers, func(h holdTimer) bool { return h.at.Before(now) })
 	t := time.AfterFunc(n.cfg.RebuildHold, func() {
-		if k := n.router.expireHolds(time.Now()); k > 0 {
+		if k := n.router.expireHolds(n.cfg.Clock()); k > 0 {
 			n.log.Warn("cluster: partitions not rebuilt in time, their held messages applied",
 				slog.Int("partitions", k), slog.Duration("rebuild_hold", n.cfg.RebuildHold))
 		}

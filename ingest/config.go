@@ -102,7 +102,7 @@ type Config struct {
 	// connection event kind, per interval; the next line says how many were
 	// suppressed.
 	LogInterval time.Duration
-	// Logger receives the logs; nil discards them.
+	// Logger receives the logs; nil is slog.Default().
 	Logger *slog.Logger
 	// Metrics receives this Ingester's metrics (names
 	// presence_ingest_*); it must not be shared with another Ingester.

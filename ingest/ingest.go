@@ -84,7 +84,7 @@ func New(cfg Config, h Handler) (*Ingester, error) {
 		done:   make(chan struct{}),
 	}
 	if in.log == nil {
-		in.log = slog.New(slog.DiscardHandler)
+		in.log = slog.Default()
 	}
 	if in.clock == nil {
 		in.clock = time.Now

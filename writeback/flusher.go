@@ -3,6 +3,7 @@ package writeback
 import (
 	"context"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -59,6 +60,7 @@ type flusher struct {
 	w    batchWriter
 	log  *slog.Logger
 	lim  *ratelog.Limiter[struct{}] // one key: the retry loop's warnings
+	seed maphash.Seed               // routes devices to workers
 	m    flushMetrics
 
 	mu    sync.Mutex // serializes flushes (Run, Flush, Close); guards bufs
@@ -95,6 +97,7 @@ func newFlusher(name, unit string, src Source, cfg FlushConfig, w batchWriter) *
 		log:     cfg.Logger,
 		lim:     ratelog.New[struct{}](errLogEvery, nil),
 		bufs:    make([][]engine.DeviceState, 1),
+		seed:    maphash.MakeSeed(),
 		stop:    make(chan struct{}),
 		runDone: make(chan struct{}),
 	}
@@ -276,7 +279,7 @@ func (f *flusher) flush(ctx context.Context) error {
 		}
 		budget -= len(drained)
 		for i := range drained {
-			w := int(hashID(drained[i].ID) % uint32(n))
+			w := int(maphash.String(f.seed, drained[i].ID) % uint64(n))
 			if cur[w] == nil {
 				cur[w] = <-free
 			}
@@ -321,16 +324,6 @@ func (f *flusher) writeOne(ctx context.Context, batch []engine.DeviceState) erro
 		f.m.skipped.Add(res.skipped)
 	}
 	return nil
-}
-
-// hashID is FNV-1a, to spread devices over the workers.
-func hashID(id string) uint32 {
-	h := uint32(2166136261)
-	for i := 0; i < len(id); i++ {
-		h ^= uint32(id[i])
-		h *= 16777619
-	}
-	return h
 }
 
 func (f *flusher) markDirty(states []engine.DeviceState) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -457,7 +458,7 @@ func RedisOptionsFromEnv(getenv func(string) string) (*redis.Options, error) {
 		db = n
 	}
 	opts := &redis.Options{
-		Addr:     hostPort(host, port),
+		Addr:     net.JoinHostPort(host, port),
 		DB:       db,
 		Username: getenv("REDIS_USERNAME"),
 		Password: getenv("REDIS_PASSWORD"),
@@ -473,13 +474,6 @@ func RedisOptionsFromEnv(getenv func(string) string) (*redis.Options, error) {
 		opts.TLSConfig = u.TLSConfig
 	}
 	return opts, nil
-}
-
-func hostPort(host, port string) string {
-	if strings.Contains(host, ":") && !strings.HasPrefix(host, "[") {
-		return "[" + host + "]:" + port
-	}
-	return host + ":" + port
 }
 
 func parseBoolEnv(s string) (bool, error) {
