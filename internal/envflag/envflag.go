@@ -18,7 +18,8 @@ import (
 // Set is a flag.FlagSet whose flags have environment twins.
 type Set struct {
 	*flag.FlagSet
-	envs map[string]string // flag name -> variable
+	envs    map[string]string // flag name -> variable
+	secrets []*secret         // in registration order
 }
 
 // New returns an empty Set for the command name.
@@ -27,6 +28,36 @@ func New(name string) *Set {
 	fs.SetOutput(io.Discard) // errors are returned; usage printed only for -h
 	fs.Usage = func() {}
 	return &Set{FlagSet: fs, envs: map[string]string{}}
+}
+
+// Secret defines flag name like Var, for a value that must never be
+// printed: a bad value is reported by the flag and variable names alone,
+// and its default is not shown by -h.
+func (s *Set) Secret(v flag.Value, name, env, usage string) {
+	sv := &secret{Value: v, name: name, env: env}
+	s.secrets = append(s.secrets, sv)
+	s.Var(sv, name, env, usage)
+}
+
+// SecretString defines a string flag holding a secret (see Secret).
+func (s *Set) SecretString(p *string, name, env, usage string) {
+	s.Secret((*stringValue)(p), name, env, usage)
+}
+
+// secret defers a bad value's error to Parse, which reports it without the
+// value (the flag package's own message would quote it).
+type secret struct {
+	flag.Value
+	name, env string
+	err       error
+}
+
+func (v *secret) String() string { return "" }
+func (v *secret) Set(x string) error {
+	if err := v.Value.Set(x); err != nil {
+		v.err = fmt.Errorf("-%s (%s): %w", v.name, v.env, err)
+	}
+	return nil
 }
 
 // Var defines flag name with its environment twin env (the usage gets
@@ -44,6 +75,9 @@ func (s *Set) String(p *string, name, env, usage string) {
 // Int defines an int flag.
 func (s *Set) Int(p *int, name, env, usage string) { s.Var((*intValue)(p), name, env, usage) }
 
+// Int64 defines an int64 flag.
+func (s *Set) Int64(p *int64, name, env, usage string) { s.Var((*int64Value)(p), name, env, usage) }
+
 // Uint64 defines a uint64 flag.
 func (s *Set) Uint64(p *uint64, name, env, usage string) { s.Var((*uint64Value)(p), name, env, usage) }
 
@@ -53,8 +87,24 @@ func (s *Set) Float64(p *float64, name, env, usage string) {
 	s.Var((*float64Value)(p), name, env, usage)
 }
 
-// Bool defines a bool flag.
+// Bool defines a bool flag; it takes what ParseBool takes.
 func (s *Set) Bool(p *bool, name, env, usage string) { s.Var((*boolValue)(p), name, env, usage) }
+
+// Uint8 defines a uint8 flag (an MQTT QoS, say).
+func (s *Set) Uint8(p *uint8, name, env, usage string) { s.Var((*uint8Value)(p), name, env, usage) }
+
+// StringSwitch defines a string flag whose empty value turns a feature
+// off: on is set to whether the value is not empty. -h shows the default
+// only when the feature is on.
+func (s *Set) StringSwitch(p *string, on *bool, name, env, usage string) {
+	s.Var(&stringSwitch{p, on}, name, env, usage)
+}
+
+// DurationSwitch defines a duration flag whose zero value turns a feature
+// off: on is set to whether the value is positive.
+func (s *Set) DurationSwitch(p *time.Duration, on *bool, name, env, usage string) {
+	s.Var(&durationSwitch{(*Duration)(p), on}, name, env, usage+"; a duration like 1m30s, or seconds")
+}
 
 // Duration defines a duration flag that also takes a bare number of seconds,
 // as DEVICE_OFFLINE_TIMEOUT always has.
@@ -79,16 +129,31 @@ func (s *Set) Parse(args []string, getenv func(string) string) error {
 	if err != nil {
 		return err
 	}
+	if err := s.secretErr(); err != nil {
+		return err
+	}
 	s.VisitAll(func(f *flag.Flag) {
-		if l, ok := f.Value.(*List); ok {
-			l.Reset() // the command line replaces what the environment set
+		if r, ok := f.Value.(Resetter); ok {
+			r.Reset() // the command line replaces what the environment set
 		}
 	})
 	if err := s.FlagSet.Parse(args); err != nil {
 		return err
 	}
+	if err := s.secretErr(); err != nil {
+		return err
+	}
 	if s.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", s.Arg(0))
+	}
+	return nil
+}
+
+func (s *Set) secretErr() error {
+	for _, v := range s.secrets {
+		if v.err != nil {
+			return v.err
+		}
 	}
 	return nil
 }
@@ -140,6 +205,14 @@ func (d *Duration) Set(v string) error {
 	}
 	*d = Duration(p)
 	return nil
+}
+
+// Resetter is a list-like flag.Value: Parse calls Reset after the
+// environment was applied, so that the first value given on the command
+// line replaces the environment's instead of adding to it.
+type Resetter interface {
+	flag.Value
+	Reset()
 }
 
 // List is a flag.Value collecting a comma-separated list; repeating the flag
@@ -199,6 +272,18 @@ func (v *intValue) Set(s string) error {
 	return nil
 }
 
+type int64Value int64
+
+func (v *int64Value) String() string { return strconv.FormatInt(int64(*v), 10) }
+func (v *int64Value) Set(s string) error {
+	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+	if err != nil {
+		return errors.New("want an integer")
+	}
+	*v = int64Value(n)
+	return nil
+}
+
 type uint64Value uint64
 
 func (v *uint64Value) String() string { return strconv.FormatUint(uint64(*v), 10) }
@@ -228,10 +313,72 @@ type boolValue bool
 func (v *boolValue) String() string   { return strconv.FormatBool(bool(*v)) }
 func (v *boolValue) IsBoolFlag() bool { return true }
 func (v *boolValue) Set(s string) error {
-	b, err := strconv.ParseBool(strings.TrimSpace(s))
+	b, err := ParseBool(s)
 	if err != nil {
-		return errors.New("want true or false")
+		return err
 	}
 	*v = boolValue(b)
+	return nil
+}
+
+// ParseBool is how every boolean flag and variable is read: 1, t, true,
+// yes, on, and 0, f, false, no, off, in any case, surrounding space
+// ignored.
+func ParseBool(s string) (bool, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "1", "t", "true", "yes", "on":
+		return true, nil
+	case "0", "f", "false", "no", "off":
+		return false, nil
+	}
+	return false, errors.New("want true or false")
+}
+
+type uint8Value uint8
+
+func (v *uint8Value) String() string { return strconv.Itoa(int(*v)) }
+func (v *uint8Value) Set(s string) error {
+	n, err := strconv.ParseUint(strings.TrimSpace(s), 10, 8)
+	if err != nil {
+		return errors.New("want an integer from 0 to 255")
+	}
+	*v = uint8Value(n)
+	return nil
+}
+
+type stringSwitch struct {
+	p  *string
+	on *bool
+}
+
+func (v *stringSwitch) String() string {
+	if v.p == nil || !*v.on {
+		return ""
+	}
+	return *v.p
+}
+
+func (v *stringSwitch) Set(s string) error {
+	*v.p, *v.on = s, s != ""
+	return nil
+}
+
+type durationSwitch struct {
+	d  *Duration
+	on *bool
+}
+
+func (v *durationSwitch) String() string {
+	if v.d == nil || !*v.on {
+		return "0s"
+	}
+	return v.d.String()
+}
+
+func (v *durationSwitch) Set(s string) error {
+	if err := v.d.Set(s); err != nil {
+		return err
+	}
+	*v.on = *v.d > 0
 	return nil
 }

@@ -134,3 +134,93 @@ func TestUint64AndFloat64(t *testing.T) {
 	checkErr(nil, env("U", "1.5"), `U="1.5"`)
 	checkErr(nil, env("F", "x"), `F="x"`)
 }
+
+// A secret's bad value is named by its flag and variable, never quoted:
+// not from the environment, not from the command line.
+func TestSecretNeverEchoed(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		env  func(string) string
+	}{
+		{nil, env("KEY", "hunter2!")},
+		{[]string{"-key", "hunter2!"}, env()},
+	} {
+		s := New("cmd")
+		s.Secret(funcValue(func(v string) error {
+			if len(v) != 16 {
+				return errors.New("want 16 bytes")
+			}
+			return nil
+		}), "key", "KEY", "a key")
+		err := s.Parse(tc.args, tc.env)
+		if err == nil || strings.Contains(err.Error(), "hunter2") || !strings.Contains(err.Error(), "-key (KEY): want 16 bytes") {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+	}
+	s := New("cmd")
+	var pw string
+	s.SecretString(&pw, "password", "PASSWORD", "a password")
+	var out strings.Builder
+	if err := s.Parse(nil, env("PASSWORD", "pw")); err != nil || pw != "pw" {
+		t.Fatalf("%v %q", err, pw)
+	}
+	s.PrintUsage(&out, "")
+	if strings.Contains(out.String(), "pw") && strings.Contains(out.String(), "default") {
+		t.Fatalf("-h shows the secret:\n%s", out.String())
+	}
+}
+
+type funcValue func(string) error
+
+func (f funcValue) String() string     { return "" }
+func (f funcValue) Set(v string) error { return f(v) }
+
+func TestSwitches(t *testing.T) {
+	check := func(args []string, getenv func(string) string, wantCh string, wantOn bool, wantWin time.Duration, wantMass bool) {
+		t.Helper()
+		s := New("cmd")
+		ch, on := "events", true
+		win, mass := 30*time.Second, true
+		s.StringSwitch(&ch, &on, "channel", "CHANNEL", "a channel; empty: none")
+		s.DurationSwitch(&win, &mass, "window", "WINDOW", "a window; 0: off")
+		if err := s.Parse(args, getenv); err != nil {
+			t.Fatal(err)
+		}
+		if ch != wantCh || on != wantOn || win != wantWin || mass != wantMass {
+			t.Fatalf("%v: %q %v %v %v", args, ch, on, win, mass)
+		}
+	}
+	check(nil, env(), "events", true, 30*time.Second, true)
+	check([]string{"-channel", "", "-window", "0"}, env(), "", false, 0, false)
+	check(nil, env("CHANNEL", "x", "WINDOW", "1m"), "x", true, time.Minute, true)
+}
+
+func TestParseBool(t *testing.T) {
+	for in, want := range map[string]bool{"1": true, "TRUE": true, " yes ": true, "on": true, "0": false, "False": false, "no": false, "OFF": false} {
+		if got, err := ParseBool(in); err != nil || got != want {
+			t.Errorf("ParseBool(%q) = %v, %v", in, got, err)
+		}
+	}
+	for _, bad := range []string{"", "2", "y", "enabled"} {
+		if _, err := ParseBool(bad); err == nil {
+			t.Errorf("ParseBool(%q) succeeded", bad)
+		}
+	}
+}
+
+func TestUint8(t *testing.T) {
+	s := New("cmd")
+	var q uint8 = 1
+	s.Uint8(&q, "qos", "QOS", "qos")
+	if err := s.Parse([]string{"-qos", "2"}, env()); err != nil || q != 2 {
+		t.Fatalf("%v %d", err, q)
+	}
+	if err := New("x").Parse(nil, env()); err != nil {
+		t.Fatal(err)
+	}
+	s2 := New("cmd")
+	s2.Uint8(&q, "qos", "QOS", "qos")
+	if err := s2.Parse([]string{"-qos", "300"}, env()); err == nil {
+		t.Fatal("300 accepted as a uint8")
+	}
+}
