@@ -1,0 +1,192 @@
+package lifecycle
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestRunner(t *testing.T) {
+	var r Runner
+	drained := 0
+	drain := func(context.Context) error { drained++; return errors.New("left 3") }
+	loopDone := make(chan struct{})
+	var workErr error
+	err := r.Start(context.Background(), func(ctx context.Context) {
+		defer close(loopDone)
+		<-ctx.Done()
+		workErr = r.Work().Err() // the stop does not cancel work in flight
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !errors.Is(r.Start(context.Background()), ErrStarted) {
+		t.Fatal("second Start did not fail with ErrStarted")
+	}
+	err = r.Close(context.Background(), drain)
+	<-loopDone
+	if err == nil || err.Error() != "left 3" || drained != 1 || workErr != nil {
+		t.Fatalf("Close = %v, drained %d, work ctx during stop %v", err, drained, workErr)
+	}
+	if again := r.Close(context.Background(), drain); again != err || drained != 1 {
+		t.Fatalf("second Close = %v (drained %d), want the first's result without draining", again, drained)
+	}
+	if !errors.Is(r.Start(context.Background()), ErrClosed) {
+		t.Fatal("Start after Close did not fail with ErrClosed")
+	}
+}
+
+// When Close's ctx ends before the goroutines return, work in flight is
+// cancelled and Close still waits for them.
+func TestRunnerAbortsWorkAtDeadline(t *testing.T) {
+	var r Runner
+	var returned bool
+	r.Start(context.Background(), func(ctx context.Context) {
+		<-r.Work().Done() // a write that only a cancel ends
+		returned = true
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	r.Close(ctx, nil)
+	if !returned {
+		t.Fatal("Close returned before its goroutine")
+	}
+}
+
+func TestRunnerCloseWithoutStart(t *testing.T) {
+	var r Runner
+	called := false
+	if err := r.Close(context.Background(), func(context.Context) error { called = true; return nil }); err != nil || !called {
+		t.Fatalf("Close = %v, drained %v", err, called)
+	}
+	if r.Started() || !r.Closing() {
+		t.Fatal("state")
+	}
+}
+
+// comp records its starts and closes in a shared log.
+type comp struct {
+	name     string
+	log      *[]string
+	mu       *sync.Mutex
+	startErr error
+	closeErr error
+	delay    time.Duration
+	sawDL    bool
+}
+
+func (c *comp) Start(context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	*c.log = append(*c.log, "start "+c.name)
+	return c.startErr
+}
+
+func (c *comp) Close(ctx context.Context) error {
+	time.Sleep(c.delay)
+	_, c.sawDL = ctx.Deadline()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	*c.log = append(*c.log, "close "+c.name)
+	return c.closeErr
+}
+
+func TestGroupOrder(t *testing.T) {
+	var log []string
+	var mu sync.Mutex
+	mk := func(name string) *comp { return &comp{name: name, log: &log, mu: &mu} }
+	a, b, c, d := mk("a"), mk("b"), mk("c"), mk("d")
+	var none *comp
+	g := NewGroup(slog.New(slog.DiscardHandler))
+	g.Add(0, Named("a", a))
+	g.Add(0, Named("b", b), Named("none", none), Named("c", c)) // closed in parallel
+	g.Add(time.Second, Named("d", d))
+	if err := g.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	c.closeErr = errors.New("3 pending")
+	err := g.Close(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "c: 3 pending") {
+		t.Fatalf("Close = %v, want c's error named", err)
+	}
+	if !slices.Equal(log[:4], []string{"start a", "start b", "start c", "start d"}) || log[4] != "close d" || log[7] != "close a" {
+		t.Fatalf("order %v", log)
+	}
+	if !d.sawDL || a.sawDL {
+		t.Fatal("the stage budget gives d a deadline, and only d")
+	}
+	if err := g.Close(context.Background()); err != nil || len(log) != 8 {
+		t.Fatalf("second Close = %v, closed again: %v", err, log)
+	}
+}
+
+// A stage's components close in parallel: two slow closes take the time
+// of one.
+func TestGroupStageClosesInParallel(t *testing.T) {
+	var log []string
+	var mu sync.Mutex
+	slow := func(name string) *comp { return &comp{name: name, log: &log, mu: &mu, delay: 200 * time.Millisecond} }
+	g := NewGroup(nil)
+	g.Add(0, Named("x", slow("x")), Named("y", slow("y")))
+	g.Start(context.Background())
+	start := time.Now()
+	g.Close(context.Background())
+	if d := time.Since(start); d >= 400*time.Millisecond {
+		t.Fatalf("two 200 ms closes took %v: not in parallel", d)
+	}
+}
+
+// A failed start closes what was started, in reverse, and names the
+// component that failed.
+func TestGroupFailedStart(t *testing.T) {
+	var log []string
+	var mu sync.Mutex
+	mk := func(name string) *comp { return &comp{name: name, log: &log, mu: &mu} }
+	a, b, c := mk("a"), mk("b"), mk("c")
+	b.startErr = errors.New("port taken")
+	g := NewGroup(slog.New(slog.DiscardHandler))
+	g.Add(0, Named("a", a))
+	g.Add(0, Named("b", b))
+	g.Add(0, Named("c", c))
+	err := g.Start(context.Background())
+	if err == nil || err.Error() != "b: port taken" {
+		t.Fatalf("Start = %v", err)
+	}
+	if want := []string{"start a", "start b", "close a"}; !slices.Equal(log, want) {
+		t.Fatalf("log %v, want %v", log, want)
+	}
+}
+
+type failing struct {
+	comp
+	ch chan error
+}
+
+func (f *failing) Failed() <-chan error { return f.ch }
+
+// A started component's runtime failure reaches Group.Failed, named.
+func TestGroupFailed(t *testing.T) {
+	var log []string
+	var mu sync.Mutex
+	f := &failing{comp: comp{name: "api", log: &log, mu: &mu}, ch: make(chan error, 1)}
+	g := NewGroup(slog.New(slog.DiscardHandler))
+	g.Add(0, Named("api", f))
+	if err := g.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	f.ch <- errors.New("listener closed")
+	select {
+	case err := <-g.Failed():
+		if err.Error() != "api: listener closed" {
+			t.Fatalf("Failed: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no failure reported")
+	}
+	g.Close(context.Background())
+}
