@@ -13,11 +13,10 @@ import (
 // Config configures a Server. Start from DefaultConfig; Validate (also called
 // by New) reports every problem at once.
 type Config struct {
-	// Addr is the TCP address Listen and ListenAndServe bind, host:port.
+	// Addr is the TCP address Start binds, host:port.
 	// The default 127.0.0.1:8080 serves this machine only; use ":8080" or
 	// "0.0.0.0:8080" to serve the network (then set Token, or put the API
-	// behind a proxy that authenticates). Serve with your own listener
-	// ignores it.
+	// behind a proxy that authenticates).
 	Addr string
 
 	// Token, when not empty, is the bearer token every /v1/ route (and every
@@ -75,9 +74,9 @@ type Config struct {
 	IdleTimeout time.Duration
 	// MaxHeaderBytes bounds request headers (at least 1 KiB).
 	MaxHeaderBytes int
-	// ShutdownTimeout bounds the graceful shutdown of Serve once its
-	// context is done: in-flight requests get that long to finish, then
-	// the remaining connections are closed.
+	// ShutdownTimeout bounds the graceful shutdown of Close: in-flight
+	// requests get that long to finish, then the remaining connections are
+	// closed.
 	ShutdownTimeout time.Duration
 
 	// LogInterval limits logging of refused requests and internal errors:
@@ -118,11 +117,11 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("api: %s: %s", field, fmt.Sprintf(format, args...)))
 	}
 	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
-		bad("Addr", "%q is not host:port (e.g. 127.0.0.1:8080 or :8080): %v", c.Addr, err)
+		bad("Addr (-http-addr)", "%q is not host:port (e.g. 127.0.0.1:8080 or :8080): %v", c.Addr, err)
 	}
 	for i := 0; i < len(c.Token); i++ {
 		if b := c.Token[i]; b <= ' ' || b > '~' {
-			bad("Token", "byte %d is not printable ASCII or is a space; a bearer token cannot carry it", i)
+			bad("Token (-api-token)", "byte %d is not printable ASCII or is a space; a bearer token cannot carry it", i)
 			break
 		}
 	}

@@ -29,7 +29,7 @@ func Example() {
 	if err != nil {
 		panic(err)
 	}
-	// The daemon runs srv.ListenAndServe(ctx); here the handler serves in
+	// The daemon runs srv.Start(ctx) and srv.Close(ctx); here the handler serves in
 	// memory.
 	do := func(method, path, body string) {
 		req := httptest.NewRequest(method, path, strings.NewReader(body))

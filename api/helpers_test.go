@@ -42,6 +42,7 @@ func newFixture(t testing.TB, mod func(*Config)) *fixture {
 	f.eng = eng
 	cfg := DefaultConfig()
 	cfg.ProcessMetrics = false
+	cfg.Addr = "127.0.0.1:0" // serve() binds a free port
 	cfg.Logger = slog.New(slog.NewTextHandler(f.log, nil))
 	if mod != nil {
 		mod(&cfg)

@@ -13,34 +13,17 @@ import (
 	"time"
 )
 
-// serve runs f's server on a free local port until the test ends, and
-// returns its base URL and a function that stops it and returns Serve's
-// result.
+// serve starts f's server (its Config.Addr is a free local port) until the
+// test ends, and returns its base URL and a function that closes it and
+// returns Close's result.
 func (f *fixture) serve() (base string, stop func() error) {
 	f.t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
+	if err := f.srv.Start(context.Background()); err != nil {
 		f.t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- f.srv.Serve(ctx, ln) }()
-	var result error
-	stopped := false
-	stop = func() error {
-		if !stopped {
-			stopped = true
-			cancel()
-			select {
-			case result = <-done:
-			case <-time.After(15 * time.Second):
-				f.t.Fatal("Serve did not return after its context was cancelled")
-			}
-		}
-		return result
-	}
+	stop = func() error { return f.srv.Close(context.Background()) }
 	f.t.Cleanup(func() { stop() })
-	return "http://" + ln.Addr().String(), stop
+	return "http://" + f.srv.Addr(), stop
 }
 
 func TestServe(t *testing.T) {
@@ -68,7 +51,13 @@ func TestServe(t *testing.T) {
 		t.Errorf("batchGet over the network: %d %s", resp.StatusCode, body)
 	}
 	if err := stop(); err != nil {
-		t.Fatalf("Serve after a clean shutdown: %v", err)
+		t.Fatalf("Close after a clean shutdown: %v", err)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if err := f.srv.Start(context.Background()); err == nil {
+		t.Error("Start after Close succeeded")
 	}
 	if _, err := http.Get(base + "/healthz"); err == nil {
 		t.Error("still serving after shutdown")
@@ -127,7 +116,7 @@ func TestServeStreaming(t *testing.T) {
 	}
 	start := time.Now()
 	if err := stop(); err != nil {
-		t.Fatalf("Serve: %v", err)
+		t.Fatalf("Close: %v", err)
 	}
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("shutdown took %v: the stream's context was not cancelled", d)
@@ -157,7 +146,7 @@ func TestServeShutdownTimeout(t *testing.T) {
 	err := stop()
 	if err == nil || !strings.Contains(err.Error(), "did not finish within 100ms") ||
 		!errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("Serve: %v, want a shutdown deadline error", err)
+		t.Fatalf("Close: %v, want a shutdown deadline error", err)
 	}
 }
 
@@ -205,7 +194,7 @@ func TestPanicAfterWriteAborts(t *testing.T) {
 	}
 }
 
-func TestListenErrors(t *testing.T) {
+func TestStartErrors(t *testing.T) {
 	taken, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -213,35 +202,43 @@ func TestListenErrors(t *testing.T) {
 	defer taken.Close()
 	addr := taken.Addr().String()
 	f := newFixture(t, func(c *Config) { c.Addr = addr })
-	check := func(err error) {
-		t.Helper()
-		if err == nil {
-			t.Fatal("no error for a taken port")
-		}
-		for _, want := range []string{addr + " is in use", "stop the other process", "PRESENCE_HTTP_ADDR", "-http-addr"} {
-			if !strings.Contains(err.Error(), want) {
-				t.Errorf("error %q lacks %q", err, want)
-			}
-		}
-		if !errors.Is(err, syscall.EADDRINUSE) {
-			t.Errorf("error %v does not wrap EADDRINUSE", err)
+	err = f.srv.Start(context.Background())
+	if err == nil {
+		t.Fatal("no error for a taken port")
+	}
+	for _, want := range []string{addr + " is in use", "stop the other process", "PRESENCE_HTTP_ADDR", "-http-addr"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q lacks %q", err, want)
 		}
 	}
-	_, err = f.srv.Listen()
-	check(err)
-	check(f.srv.ListenAndServe(context.Background()))
-
+	if !errors.Is(err, syscall.EADDRINUSE) {
+		t.Errorf("error %v does not wrap EADDRINUSE", err)
+	}
 	f2 := newFixture(t, func(c *Config) { c.Addr = "192.0.2.1:0" }) // TEST-NET-1, not ours
-	if _, err := f2.srv.Listen(); err == nil || !strings.Contains(err.Error(), "not an address of this machine") {
+	if err := f2.srv.Start(context.Background()); err == nil || !strings.Contains(err.Error(), "not an address of this machine") {
 		t.Errorf("foreign address: %v", err)
+	}
+	// Close of a server that never started is a no-op.
+	if err := f2.srv.Close(context.Background()); err != nil {
+		t.Errorf("Close without Start: %v", err)
 	}
 }
 
-func TestListenAndServe(t *testing.T) {
-	f := newFixture(t, func(c *Config) { c.Addr = "127.0.0.1:0" })
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel() // already done: binds, serves, shuts down at once
-	if err := f.srv.ListenAndServe(ctx); err != nil {
-		t.Fatalf("ListenAndServe: %v", err)
+// Serving that fails (the listener closed under the server) is reported on
+// Failed, and by Close.
+func TestFailed(t *testing.T) {
+	f := newFixture(t, nil)
+	f.serve()
+	f.srv.run.ln.Close() // what an accept failure looks like
+	select {
+	case err := <-f.srv.Failed():
+		if err == nil || !strings.Contains(err.Error(), "api: serve on") {
+			t.Fatalf("Failed: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no failure reported")
+	}
+	if err := f.srv.Close(context.Background()); err == nil {
+		t.Error("Close after a serving failure returned nil")
 	}
 }

@@ -37,9 +37,9 @@ type StatsStore interface {
 	Stats() engine.Stats
 }
 
-// Server is the HTTP API. New builds it; Handler serves it in any
-// http.Server; Serve and ListenAndServe run one with graceful shutdown. It
-// starts no goroutine outside Serve.
+// Server is the HTTP API. New builds it; Start binds Config.Addr and
+// serves; Close shuts down gracefully. Handler serves it in any other
+// http.Server. It starts no goroutine outside Start.
 type Server struct {
 	cfg   Config
 	store Store
@@ -59,6 +59,8 @@ type Server struct {
 	errorLog  *ratelog.Limiter[struct{}] // internal errors and panics
 
 	batchPool sync.Pool // *batchBuf
+
+	run server // Start and Close
 }
 
 // New validates cfg and builds a Server over store with the API's routes.

@@ -53,23 +53,23 @@ func benchCluster(b *testing.B, n int) {
 	var seed string
 	for i := range n {
 		cfg := f.daemonConfig()
-		cfg.DatabaseURL = testenv.DatabaseURL()
-		cfg.PGTable = f.devices
-		cfg.HistoryTable = f.history
-		cfg.MQTTClientID = fmt.Sprintf("%s-n%d", f.name, i+1)
-		if cfg.MQTTConnections != e2eConns || cfg.MQTTQoS != e2eSubQoS {
-			b.Fatalf("daemon defaults changed (%d connections, QoS %d): update the benchmark's workload", cfg.MQTTConnections, cfg.MQTTQoS)
+		cfg.Postgres.URL = testenv.DatabaseURL()
+		cfg.Devices.Table = f.devices
+		cfg.History.Table = f.history
+		cfg.Ingest.ClientIDPrefix = fmt.Sprintf("%s-n%d", f.name, i+1)
+		if cfg.Ingest.Connections != e2eConns || cfg.Ingest.QoS != e2eSubQoS {
+			b.Fatalf("daemon defaults changed (%d connections, QoS %d): update the benchmark's workload", cfg.Ingest.Connections, cfg.Ingest.QoS)
 		}
 		name := "standalone"
 		if n > 1 {
 			name = fmt.Sprintf("node-%d", i+1)
-			cfg.NodeName = name
-			cfg.ClusterBind = testenv.FreeAddr(b)
-			cfg.ClusterDataAddr = testenv.FreeAddr(b)
+			cfg.Cluster.NodeName = name
+			cfg.Cluster.BindAddr = testenv.FreeAddr(b)
+			cfg.Cluster.DataAddr = testenv.FreeAddr(b)
 			if i == 0 {
-				seed = cfg.ClusterBind
+				seed = cfg.Cluster.BindAddr
 			} else {
-				cfg.ClusterJoin = []string{seed}
+				cfg.Cluster.Join = []string{seed}
 			}
 		}
 		// One after the other: the first creates the history table.
@@ -160,7 +160,7 @@ func startBenchDaemon(b *testing.B, cfg daemon.Config) *daemon.Daemon {
 	b.Helper()
 	log := slog.New(slog.DiscardHandler)
 	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).With("node", cfg.NodeName)
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).With("node", cfg.Cluster.NodeName)
 	}
 	d, err := daemon.New(cfg, log)
 	if err != nil {
@@ -174,10 +174,10 @@ func startBenchDaemon(b *testing.B, cfg daemon.Config) *daemon.Daemon {
 		select {
 		case err := <-done:
 			if err != nil {
-				b.Errorf("daemon %s stopped with %v", cfg.NodeName, err)
+				b.Errorf("daemon %s stopped with %v", cfg.Cluster.NodeName, err)
 			}
 		case <-time.After(30 * time.Second):
-			b.Errorf("daemon %s did not stop within 30 s", cfg.NodeName)
+			b.Errorf("daemon %s did not stop within 30 s", cfg.Cluster.NodeName)
 		}
 	})
 	return d

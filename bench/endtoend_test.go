@@ -63,11 +63,11 @@ func BenchmarkEndToEnd(b *testing.B) {
 func benchPresence(b *testing.B) {
 	f := newFixture(b, e2eDevices)
 	cfg := f.daemonConfig()
-	cfg.DatabaseURL = testenv.DatabaseURL()
-	cfg.PGTable = f.devices
-	cfg.HistoryTable = f.history
-	if cfg.MQTTConnections != e2eConns || cfg.MQTTQoS != e2eSubQoS {
-		b.Fatalf("daemon defaults changed (%d connections, QoS %d): update the benchmark's workload", cfg.MQTTConnections, cfg.MQTTQoS)
+	cfg.Postgres.URL = testenv.DatabaseURL()
+	cfg.Devices.Table = f.devices
+	cfg.History.Table = f.history
+	if cfg.Ingest.Connections != e2eConns || cfg.Ingest.QoS != e2eSubQoS {
+		b.Fatalf("daemon defaults changed (%d connections, QoS %d): update the benchmark's workload", cfg.Ingest.Connections, cfg.Ingest.QoS)
 	}
 	d := startBenchDaemon(b, cfg)
 	testenv.Eventually(b, 30*time.Second, func() error { return getOK("http://" + d.HTTPAddr() + "/readyz") })

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/presence-dev/presence/ingest"
 	"github.com/presence-dev/presence/internal/app/daemon"
 	"github.com/presence-dev/presence/internal/testsupport/testenv"
 )
@@ -89,14 +90,16 @@ func (f *fixture) topic(id int64) string { return fmt.Sprintf("%s/devices/%d/tel
 // API on a free port. No Postgres: set DatabaseURL and the tables for it.
 func (f *fixture) daemonConfig() daemon.Config {
 	cfg := daemon.DefaultConfig()
-	cfg.MQTTURL = testenv.MQTTURL()
-	cfg.MQTTClientID = f.name
-	cfg.ShareGroup = f.name
-	cfg.TelemetryTopics = []string{f.name + "/devices/{id}/telemetry"}
-	cfg.StatusTopics = []string{f.name + "/devices/{id}/status"}
-	cfg.RedisURL = testenv.RedisURL()
-	cfg.RedisPrefix = f.prefix
-	cfg.HTTPAddr = "127.0.0.1:0"
+	cfg.Ingest.BrokerURL = testenv.MQTTURL()
+	cfg.Ingest.ClientIDPrefix = f.name
+	cfg.Ingest.ShareGroup = f.name
+	cfg.Ingest.Topics = []ingest.Topic{
+		{Pattern: f.name + "/devices/{id}/telemetry", Kind: ingest.KindTelemetry},
+		{Pattern: f.name + "/devices/{id}/status", Kind: ingest.KindStatus},
+	}
+	cfg.Redis.URL = testenv.RedisURL()
+	cfg.Keys.KeyPrefix = f.prefix
+	cfg.API.Addr = "127.0.0.1:0"
 	return cfg
 }
 

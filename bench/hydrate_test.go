@@ -10,14 +10,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	wbredis "github.com/presence-dev/presence/writeback/redis"
 
-	"github.com/presence-dev/presence/cluster"
 	"github.com/presence-dev/presence/engine"
 	"github.com/presence-dev/presence/internal/app/daemon"
 	"github.com/presence-dev/presence/internal/testsupport/testenv"
 	"github.com/presence-dev/presence/internal/wire"
-	"github.com/presence-dev/presence/writeback"
+	"github.com/presence-dev/presence/recovery"
 )
 
 // The stored fleet of BenchmarkHydrate: device i (1-based) is
@@ -45,15 +44,15 @@ func storedAt(i int, base time.Time) storedDevice {
 }
 
 // BenchmarkHydrate is restart recovery: 1M devices' status and last-seen keys
-// are in Redis; one op rebuilds a fresh engine from them exactly as the
-// daemon's start-up does (internal/daemon/hydrate.go, whose function is
-// unexported, so the ~20 lines are repeated here), once each way:
+// are in Redis; one op rebuilds a fresh engine from them with the daemon's
+// own recovery (recovery.Recovery.Start), once each way:
 //
-//   - scan-seconds: the first start (no complete device index): Redis.Scan
-//     walks the keyspace into engine.Restore in chunks of 10,000;
-//   - seconds: every later start: the daemon filled the per-partition device
-//     index after its first scan, so RedisIndex.Devices reads the 1024 sets
-//     (SSCAN) and the devices' keys, without walking the keyspace.
+//   - scan-seconds: the first start (no complete device index): the Redis
+//     sink's Scan walks the keyspace into engine.Restore in chunks of
+//     10,000, then the per-partition device index is filled;
+//   - seconds: every later start: the index is complete, so Index.Devices
+//     reads the 1024 sets (SSCAN) and the devices' keys, without walking
+//     the keyspace.
 //
 // Afterwards the real daemon is started once on the same keys (index
 // complete) and the duration it logs is reported as daemon-seconds.
@@ -79,51 +78,47 @@ func benchHydrate(b *testing.B, devices int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	index := writeback.NewRedisIndex(f.rdb, f.prefix,
-		func(id string) int { return cluster.PartitionOf(id, cluster.DefaultPartitions) }, 0, nil, nil)
-	parts := make([]int, cluster.DefaultPartitions)
-	for i := range parts {
-		parts[i] = i
-	}
 	var tookScan, tookIndex time.Duration
-	var restored int
 	b.ResetTimer()
 	for range b.N {
 		b.StopTimer()
-		eng, sink := hydrateTarget(b, f)
+		// The first start: no complete index.
+		if err := f.rdb.Del(ctx, f.prefix+"index:complete").Err(); err != nil {
+			b.Fatal(err)
+		}
 		now := time.Now()
+		eng, rec := hydrateTarget(b, f, now)
 		b.StartTimer()
 		start := time.Now()
-		n, ids, err := hydrate(ctx, eng, sink, now)
+		err := rec.Start(ctx)
 		tookScan += time.Since(start)
 		b.StopTimer()
 		if err != nil {
 			b.Fatal(err)
 		}
-		verifyHydrated(b, eng, n, devices, base, now)
-		if err := index.Fill(ctx, ids); err != nil { // what the daemon does after a scan
-			b.Fatal(err)
+		verifyHydrated(b, eng, rec, devices, base, now)
+		if ok, err := rec.Index().Complete(ctx); err != nil || !ok {
+			b.Fatalf("index not complete after the first start: %v %v", ok, err)
 		}
 
-		eng, sink = hydrateTarget(b, f)
 		now = time.Now()
+		eng, rec = hydrateTarget(b, f, now)
 		b.StartTimer()
 		start = time.Now()
-		n, err = hydrateIndexed(ctx, eng, index, sink, parts, now)
+		err = rec.Start(ctx)
 		tookIndex += time.Since(start)
 		b.StopTimer()
 		if err != nil {
 			b.Fatal(err)
 		}
-		restored = n
-		verifyHydrated(b, eng, n, devices, base, now)
+		verifyHydrated(b, eng, rec, devices, base, now)
 		b.StartTimer()
 	}
 	b.StopTimer()
 	b.ReportMetric(tookIndex.Seconds()/float64(b.N), "seconds")
 	b.ReportMetric(tookScan.Seconds()/float64(b.N), "scan-seconds")
-	b.ReportMetric(float64(restored), "devices")
-	b.ReportMetric(float64(restored)/(tookIndex.Seconds()/float64(b.N)), "devices/s")
+	b.ReportMetric(float64(devices), "devices")
+	b.ReportMetric(float64(devices)/(tookIndex.Seconds()/float64(b.N)), "devices/s")
 	b.ReportMetric(float64(keyspace), "redis-keys")
 	if s, err := daemonHydrate(f, devices); err != nil {
 		b.Error(err)
@@ -164,8 +159,8 @@ func preload(ctx context.Context, f *fixture, devices int, base time.Time) error
 
 // hydrateTarget is what the daemon has built when it hydrates: an engine
 // with its default configuration and two trackers (the Redis and Postgres
-// sinks'), and the Redis sink on a fresh client.
-func hydrateTarget(b *testing.B, f *fixture) (*engine.Engine, *writeback.Redis) {
+// sinks'), the Redis sink on a fresh client, and recovery restoring at now.
+func hydrateTarget(b *testing.B, f *fixture, now time.Time) (*engine.Engine, *recovery.Recovery) {
 	ec := engine.DefaultConfig()
 	ec.Logger = slog.New(slog.DiscardHandler)
 	eng, err := engine.New(ec)
@@ -179,76 +174,37 @@ func hydrateTarget(b *testing.B, f *fixture) (*engine.Engine, *writeback.Redis) 
 	if _, err := eng.NewTracker(); err != nil { // the Postgres sink's
 		b.Fatal(err)
 	}
-	opts, err := redis.ParseURL(testenv.RedisURL())
+	client := testenv.RedisClient(b, "")
+	kc := wbredis.DefaultConfig()
+	kc.KeyPrefix = f.prefix
+	sink, err := wbredis.New(client, tr, kc)
 	if err != nil {
 		b.Fatal(err)
 	}
-	client := redis.NewClient(opts)
-	b.Cleanup(func() { client.Close() })
-	rc := writeback.DefaultRedisConfig()
-	rc.KeyPrefix = f.prefix
-	sink, err := writeback.NewRedis(client, tr, rc)
+	rc := recovery.DefaultConfig()
+	rc.Index.KeyPrefix = f.prefix
+	rc.Clock = func() time.Time { return now }
+	rc.Logger = slog.New(slog.DiscardHandler)
+	index, err := recovery.NewIndex(client, rc.Index, rc.Logger, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
-	return eng, sink
-}
-
-// hydrate is the daemon's first-start path (internal/daemon/hydrate.go):
-// Scan the Redis keys into chunks of 10,000 states and Restore each chunk
-// with the same now. It also returns every id found, for the index.
-func hydrate(ctx context.Context, eng *engine.Engine, sink *writeback.Redis, now time.Time) (int, []string, error) {
-	const hydrateChunk = 10_000
-	buf := make([]engine.DeviceState, 0, hydrateChunk)
-	var ids []string
-	n := 0
-	var restoreErr error
-	restore := func() {
-		if err := eng.Restore(buf, now); err != nil && restoreErr == nil {
-			restoreErr = err
-		}
-		n += len(buf)
-		buf = buf[:0]
-	}
-	err := sink.Scan(ctx, func(st engine.DeviceState) error {
-		ids = append(ids, st.ID)
-		buf = append(buf, st)
-		if len(buf) == cap(buf) {
-			restore()
-		}
-		return nil
-	})
+	rec, err := recovery.New(rc, index, sink, eng)
 	if err != nil {
-		return n, ids, err
+		b.Fatal(err)
 	}
-	restore()
-	return n, ids, restoreErr
-}
-
-// hydrateIndexed is the daemon's path once the index is complete: the
-// devices of every partition, restored batch by batch.
-func hydrateIndexed(ctx context.Context, eng *engine.Engine, index *writeback.RedisIndex, sink *writeback.Redis, parts []int, now time.Time) (int, error) {
-	n := 0
-	var restoreErr error
-	err := index.Devices(ctx, sink, parts, func(states []engine.DeviceState) error {
-		if err := eng.Restore(states, now); err != nil && restoreErr == nil {
-			restoreErr = err
-		}
-		n += len(states)
-		return nil
-	})
-	if err != nil {
-		return n, err
-	}
-	return n, restoreErr
+	return eng, rec
 }
 
 // verifyHydrated checks the restored fleet against what was stored: every
 // device restored; online exactly those whose deadline is after now; the
 // others offline, with one offline transition (cause restart) for each
 // device that was online in Redis but whose deadline had passed.
-func verifyHydrated(b *testing.B, eng *engine.Engine, n, devices int, base, now time.Time) {
+func verifyHydrated(b *testing.B, eng *engine.Engine, rec *recovery.Recovery, devices int, base, now time.Time) {
 	b.Helper()
+	if err := rec.Ready(); err != nil {
+		b.Fatal(err)
+	}
 	timeout := engine.DefaultConfig().DefaultTimeout
 	var online, expired int
 	for i := 1; i <= devices; i++ {
@@ -262,10 +218,10 @@ func verifyHydrated(b *testing.B, eng *engine.Engine, n, devices int, base, now 
 		}
 	}
 	c, st := eng.Counts(), eng.Stats()
-	if n != devices || c.Total != devices || c.Online != online || c.Offline != devices-online ||
+	if c.Total != devices || c.Online != online || c.Offline != devices-online ||
 		st.OfflineTransitions != uint64(expired) {
 		b.Fatalf("restored %d of %d devices: %+v, %d offline transitions; want %d online, %d offline, %d transitions",
-			n, devices, c, st.OfflineTransitions, online, devices-online, expired)
+			c.Total, devices, c, st.OfflineTransitions, online, devices-online, expired)
 	}
 	// Spot checks: one device of each kind.
 	for _, i := range []int{1, 7, 9} {

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"encoding/binary"
 	"fmt"
 	"net"
@@ -28,7 +29,7 @@ func startNode(t *testing.T, name string, seeds []string, tweak func(*Config)) (
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := n.Start(); err != nil {
+	if err := n.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = n.halt() })
@@ -67,10 +68,10 @@ func TestSingleNodeAlone(t *testing.T) {
 	if ms := n.Members(); len(ms) != 1 || !ms[0].Usable || ms[0].Data != n.DataAddr() {
 		t.Fatalf("members %+v, data %s", ms, n.DataAddr())
 	}
-	if err := n.Close(); err != nil {
+	if err := n.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if err := n.Close(); err != nil { // idempotent
+	if err := n.Close(context.Background()); err != nil { // idempotent
 		t.Fatal(err)
 	}
 }
@@ -127,7 +128,7 @@ func TestClusterThreeNodes(t *testing.T) {
 
 	// c leaves gracefully: a and b drop it quickly.
 	start := time.Now()
-	if err := c.Close(); err != nil {
+	if err := c.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	closeTook := time.Since(start)
@@ -259,7 +260,7 @@ func TestClusterHandoffOnJoinAndLeave(t *testing.T) {
 			t.Fatalf("%s arrived %v", id, st.Status)
 		}
 	}
-	if err := b.Close(); err != nil {
+	if err := b.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	waitTables(t, 5*time.Second, []*Node{a}, "a")
@@ -280,10 +281,10 @@ func TestClusterWithoutHandoff(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := n.Start(); err != nil {
+	if err := n.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	defer n.Close()
+	defer n.Close(context.Background())
 	q, lq := startNode(t, "q", []string{gossipAddr(n)}, nil)
 	waitTables(t, 10*time.Second, []*Node{n, q}, "p", "q")
 	ids := deviceIDs("w", 200)
@@ -492,7 +493,7 @@ func TestCloseStopsGoroutines(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Start(); err != nil {
+	if err := a.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	cfgB.Join = []string{gossipAddr(a)}
@@ -500,17 +501,17 @@ func TestCloseStopsGoroutines(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := b.Start(); err != nil {
+	if err := b.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	waitTables(t, 10*time.Second, []*Node{a, b}, "a", "b")
 	ids := deviceIDs("g", 500)
 	a.Router().TouchBatch(touchBatch(ids, time.Now()))
 	b.Router().TouchBatch(touchBatch(ids, time.Now()))
-	if err := b.Close(); err != nil {
+	if err := b.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Close(); err != nil {
+	if err := a.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	testenv.Eventually(t, 5*time.Second, func() error {
@@ -519,7 +520,7 @@ func TestCloseStopsGoroutines(t *testing.T) {
 		}
 		return nil
 	})
-	if err := a.Start(); err != ErrClosed {
+	if err := a.Start(context.Background()); err != ErrClosed {
 		t.Fatalf("Start after Close: %v", err)
 	}
 }

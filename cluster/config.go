@@ -214,13 +214,13 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("%w: %s: %s", ErrInvalidConfig, field, fmt.Sprintf(format, args...)))
 	}
 	if c.NodeName == "" {
-		bad("NodeName", "empty")
+		bad("NodeName (-node-name)", "empty")
 	} else if len(c.NodeName) > 128 {
-		bad("NodeName", "%d bytes, want at most 128", len(c.NodeName))
+		bad("NodeName (-node-name)", "%d bytes, want at most 128", len(c.NodeName))
 	}
 	_, bindPort, err := splitHostPort(c.BindAddr)
 	if err != nil {
-		bad("BindAddr", "%v", err)
+		bad("BindAddr (-cluster-bind)", "%v", err)
 	}
 	if c.AdvertiseAddr != "" {
 		if _, _, err := splitHostPort(c.AdvertiseAddr); err != nil {
@@ -229,14 +229,14 @@ func (c *Config) Validate() error {
 	}
 	if c.DataAddr != "" {
 		if _, _, err := splitHostPort(c.DataAddr); err != nil {
-			bad("DataAddr", "%v", err)
+			bad("DataAddr (-cluster-data-addr)", "%v", err)
 		}
 	} else if err == nil && (bindPort == 0 || bindPort == 65535) {
-		bad("DataAddr", "empty with gossip port %d: set it explicitly", bindPort)
+		bad("DataAddr (-cluster-data-addr)", "empty with gossip port %d: set it explicitly", bindPort)
 	}
 	for _, j := range c.Join {
 		if _, _, err := splitHostPort(j); err != nil {
-			bad("Join", "%q: %v", j, err)
+			bad("Join (-cluster-join)", "%q: %v", j, err)
 		}
 	}
 	if c.SecretKey != nil && !validKeyLen(len(c.SecretKey)) {

@@ -1,6 +1,7 @@
 package cluster_test
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -43,17 +44,17 @@ func ExampleNode() {
 	if err != nil {
 		panic(err)
 	}
-	if err := node.Start(); err != nil {
+	if err := node.Start(context.Background()); err != nil {
 		panic(err)
 	}
 	in, err := ingest.New(ingest.DefaultConfig(), node.Router())
 	if err != nil {
 		panic(err)
 	}
-	_ = in.Start()
+	_ = in.Start(context.Background())
 	// ... on shutdown: ingest first, then the node (leave + handoff).
-	_ = in.Close()
-	_ = node.Close()
+	_ = in.Close(context.Background())
+	_ = node.Close(context.Background())
 }
 
 // Every node computes the same table from the same member names; a node

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -184,11 +185,47 @@ func (n *Node) Table() *Table { return n.router.Table() }
 // Owns reports whether this node owns device id now.
 func (n *Node) Owns(id string) bool { return n.router.Owns(id) }
 
+// Owned returns the partitions this node owns now (all of them before
+// Start).
+func (n *Node) Owned() []int {
+	if t := n.router.Table(); t != nil {
+		return t.Owned(n.cfg.NodeName)
+	}
+	all := make([]int, n.cfg.Partitions)
+	for i := range all {
+		all[i] = i
+	}
+	return all
+}
+
+// Settle waits, after Start, until the membership has been stable for a
+// second (at most 5 s, or until ctx is done), so that what this node then
+// reads as its own (restart recovery) is what it keeps, and restart
+// transitions are not reported by several nodes at once.
+func (n *Node) Settle(ctx context.Context) {
+	const quiet, most, poll = time.Second, 5 * time.Second, 100 * time.Millisecond
+	deadline := time.Now().Add(most)
+	last, stableSince := len(n.Members()), time.Now()
+	t := time.NewTicker(poll)
+	defer t.Stop()
+	for time.Now().Before(deadline) && time.Since(stableSince) < quiet {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if m := len(n.Members()); m != last {
+			last, stableSince = m, time.Now()
+		}
+	}
+}
+
 // Start listens on the data address, starts gossip on the bind address,
 // installs a first table (this node alone, or with whoever answered), joins
 // the seeds (a seed that does not answer is logged, not fatal: the rejoin
-// loop retries) and starts the background goroutines.
-func (n *Node) Start() error {
+// loop retries) and starts the background goroutines. ctx is unused: the
+// join is bounded by memberlist's own timeouts.
+func (n *Node) Start(context.Context) error {
 	n.life.Lock()
 	defer n.life.Unlock()
 	if n.started || n.closed {
@@ -259,14 +296,15 @@ func (n *Node) dataListenAddr() (string, error) {
 // device off to its new owner (bounded by HandoffTimeout), then stops
 // gossip, writes what the peer queues hold (WriteTimeout) and closes the
 // data listener. Close ingest before the Node, so that nothing new arrives
-// meanwhile. Idempotent.
-func (n *Node) Close() error { return n.close(true) }
+// meanwhile. The handoff ends at ctx's deadline if that comes first.
+// Idempotent.
+func (n *Node) Close(ctx context.Context) error { return n.close(ctx, true) }
 
 // halt stops abruptly, as a crash would look to the other nodes: no leave
 // message, no handoff. For tests.
-func (n *Node) halt() error { return n.close(false) }
+func (n *Node) halt() error { return n.close(context.Background(), false) }
 
-func (n *Node) close(graceful bool) error {
+func (n *Node) close(ctx context.Context, graceful bool) error {
 	n.life.Lock()
 	defer n.life.Unlock()
 	if n.closed {
@@ -293,7 +331,11 @@ func (n *Node) close(graceful bool) error {
 			errs = append(errs, fmt.Errorf("cluster: leave: %w", err))
 		}
 		n.rebuild()
-		if _, err := n.ho.pass(time.Now().Add(n.cfg.HandoffTimeout)); err != nil {
+		deadline := time.Now().Add(n.cfg.HandoffTimeout)
+		if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+			deadline = d
+		}
+		if _, err := n.ho.pass(deadline); err != nil {
 			errs = append(errs, fmt.Errorf("cluster: handoff on leave: %w", err))
 		}
 	}

@@ -23,7 +23,7 @@ import (
 	"github.com/presence-dev/presence/internal/testsupport/browsertest"
 	"github.com/presence-dev/presence/internal/testsupport/testenv"
 	"github.com/presence-dev/presence/report"
-	"github.com/presence-dev/presence/writeback"
+	"github.com/presence-dev/presence/writeback/postgres"
 )
 
 // The dashboard in a real browser, against a real engine, API, report and
@@ -40,7 +40,7 @@ func TestDashboardInChromium(t *testing.T) {
 
 	// History in PostgreSQL when it is there; the page copes without.
 	var pool *pgxpool.Pool
-	var hist *writeback.History
+	var hist *postgres.History
 	table := testenv.Name(t)
 	if p, err := pgxpool.New(ctx, testenv.DatabaseURL()); err == nil {
 		pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
@@ -55,9 +55,9 @@ func TestDashboardInChromium(t *testing.T) {
 				pool.Exec(context.Background(), "DROP TABLE IF EXISTS "+pgx.Identifier{table}.Sanitize()) //nolint:errcheck
 				pool.Close()
 			})
-			hc := writeback.DefaultHistoryConfig()
+			hc := postgres.DefaultHistoryConfig()
 			hc.Table, hc.Interval = table, 50*time.Millisecond
-			if hist, err = writeback.NewHistory(pool, hc); err != nil {
+			if hist, err = postgres.NewHistory(pool, hc); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -77,14 +77,17 @@ func TestDashboardInChromium(t *testing.T) {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
-	runCtx, stopRun := context.WithCancel(context.Background())
-	wg.Go(func() { eng.Run(runCtx) }) //nolint:errcheck // returns nil
+	if err := eng.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
 	if hist != nil {
-		wg.Go(func() { hist.Run(runCtx) }) //nolint:errcheck // ends with runCtx
+		if err := hist.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
 	}
 	defer func() {
-		stopRun()
 		wg.Wait()
+		eng.Close(context.Background()) //nolint:errcheck // delivers what is left
 		if hist != nil {
 			hist.Close(context.Background()) //nolint:errcheck
 		}

@@ -2,9 +2,12 @@ package engine
 
 import (
 	"fmt"
+
 	"log/slog"
 	"math/bits"
 	"time"
+
+	"github.com/presence-dev/presence/internal/envflag"
 )
 
 // Config configures an Engine. Start from DefaultConfig.
@@ -21,9 +24,10 @@ type Config struct {
 	DefaultTimeout time.Duration
 
 	// Tick bounds lateness: an offline transition is made no later than
-	// deadline + Tick when Run drives the engine (plus the time to process a
-	// mass expiry; see Advance). The wheel advances in Tick/4 steps, so a
-	// smaller Tick costs more wake-ups: 10 ms..10 s, default 100 ms.
+	// deadline + Tick while the engine's clock runs (Start), plus the time
+	// to process a mass expiry (see Advance). The wheel advances in Tick/4
+	// steps, so a smaller Tick costs more wake-ups: 10 ms..10 s, default
+	// 100 ms.
 	Tick time.Duration
 
 	// QueueCapacity bounds the transitions waiting for the Sink, over all
@@ -42,13 +46,21 @@ type Config struct {
 	// counted).
 	Sink Sink
 
-	// Now is the clock Run uses; nil means time.Now. Tests inject their own
-	// and call Advance directly.
+	// Now is the clock Start runs on; nil means time.Now. Tests inject
+	// their own and call Advance directly.
 	Now func() time.Time
 
 	// Logger receives rare operational messages (coalescing started). nil
 	// means slog.Default().
 	Logger *slog.Logger
+}
+
+// RegisterFlags registers the flags (and environment twins) of the fields
+// an operator sets: -timeout (DEVICE_OFFLINE_TIMEOUT, the seed's) and
+// -tick.
+func (c *Config) RegisterFlags(s *envflag.Set) {
+	s.Duration(&c.DefaultTimeout, "timeout", "DEVICE_OFFLINE_TIMEOUT", "silence after which a device is offline, 1s..168h; per-topic timeouts override it")
+	s.Duration(&c.Tick, "tick", "PRESENCE_TICK", "bound on how late an offline transition may be, 10ms..10s")
 }
 
 // DefaultConfig returns the defaults described on each Config field.
@@ -69,9 +81,9 @@ func (c Config) Validate() error {
 	case c.Shards < 1 || c.Shards > 1<<16 || bits.OnesCount(uint(c.Shards)) != 1:
 		return fmt.Errorf("engine: Shards must be a power of two in [1, 65536], got %d", c.Shards)
 	case c.DefaultTimeout < MinTimeout || c.DefaultTimeout > MaxTimeout:
-		return fmt.Errorf("engine: DefaultTimeout must be in [%v, %v], got %v", MinTimeout, MaxTimeout, c.DefaultTimeout)
+		return fmt.Errorf("engine: DefaultTimeout (-timeout, DEVICE_OFFLINE_TIMEOUT) must be in [%v, %v], got %v", MinTimeout, MaxTimeout, c.DefaultTimeout)
 	case c.Tick < 10*time.Millisecond || c.Tick > 10*time.Second:
-		return fmt.Errorf("engine: Tick must be in [10ms, 10s], got %v", c.Tick)
+		return fmt.Errorf("engine: Tick (-tick) must be in [10ms, 10s], got %v", c.Tick)
 	case c.QueueCapacity < c.Shards:
 		return fmt.Errorf("engine: QueueCapacity must be at least Shards (%d), got %d", c.Shards, c.QueueCapacity)
 	case c.BatchSize < 1:

@@ -9,10 +9,12 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/presence-dev/presence/internal/lifecycle"
 )
 
 // Engine holds the presence state of every device. All methods are safe for
-// concurrent use. New builds one; Run drives its clock; nothing else starts
+// concurrent use. New builds one; Start runs its clock; nothing else starts
 // goroutines.
 type Engine struct {
 	cfg       Config
@@ -39,6 +41,8 @@ type Engine struct {
 	trackers int
 
 	groups sync.Pool // *touchGroups
+
+	run lifecycle.Runner // the clock (Start, Close)
 }
 
 // pending is a transition copied out of a shard, still without its string id.
@@ -710,23 +714,40 @@ func (e *Engine) backlog() int {
 	return n
 }
 
-// Run advances the wheel and delivers transitions every Tick/4 until ctx is
-// done, then delivers what is left and returns nil. It is the engine's only
-// goroutine; call it once.
-func (e *Engine) Run(ctx context.Context) error {
+// Start starts the engine's clock, its only goroutine: every Tick/4 it
+// advances the wheel and delivers transitions. Without it the engine is
+// driven by hand (Advance, Deliver), as tests do. It fails after Close or
+// when called twice.
+func (e *Engine) Start(ctx context.Context) error {
+	if err := e.run.Start(ctx, e.clock); err != nil {
+		return fmt.Errorf("engine: %w", err)
+	}
+	return nil
+}
+
+func (e *Engine) clock(ctx context.Context) {
 	t := time.NewTicker(time.Duration(e.gran))
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			e.Advance(e.now())
-			e.Deliver()
-			return nil
+			return
 		case <-t.C:
 			e.Advance(e.now())
 			e.Deliver()
 		}
 	}
+}
+
+// Close stops the clock, then makes a last Advance and delivers what is
+// left: when it returns, every transition made so far has reached the
+// Sink. Idempotent.
+func (e *Engine) Close(ctx context.Context) error {
+	return e.run.Close(ctx, func(context.Context) error {
+		e.Advance(e.now())
+		e.Deliver()
+		return nil
+	})
 }
 
 // Stats are the engine's counters since New.

@@ -9,9 +9,10 @@ import (
 	"time"
 )
 
-// Run, on the real time API inside a synctest bubble: the offline transition
-// reaches the sink no earlier than the deadline and no later than deadline +
-// Tick, and Run delivers what is left when its context ends.
+// The engine's clock (Start), on the real time API inside a synctest
+// bubble: the offline transition reaches the sink no earlier than the
+// deadline and no later than deadline + Tick, and Close delivers what is
+// left.
 func TestRunDeliversWithinTick(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		type delivered struct {
@@ -33,9 +34,9 @@ func TestRunDeliversWithinTick(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithCancel(t.Context())
-		done := make(chan error)
-		go func() { done <- e.Run(ctx) }()
+		if err := e.Start(t.Context()); err != nil {
+			t.Fatal(err)
+		}
 
 		time.Sleep(37 * time.Millisecond) // off the tick grid
 		start := time.Now()
@@ -71,8 +72,7 @@ func TestRunDeliversWithinTick(t *testing.T) {
 
 		// Shutdown delivers what is pending.
 		e.Touch("4", time.Now())
-		cancel()
-		if err := <-done; err != nil {
+		if err := e.Close(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 		if len(got) != 1 || got[0].tr.ID != "4" {

@@ -107,19 +107,15 @@ func BenchmarkHandleTransitions(b *testing.B) {
 		for i := range dests {
 			h.add(fmt.Sprint("d", i), &encodeSender{}, defaultDelivery())
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error)
+		ctx := context.Background()
 		if workers {
-			go func() { done <- h.Run(ctx) }()
+			h.Start(ctx)
 		}
 		run(b, h.HandleTransitions)
 		b.StopTimer()
 		if workers {
 			_ = h.Close(ctx)
-			cancel()
-			<-done
 		}
-		cancel()
 	}
 	b.Run("hub/dests=0/alerts=off", func(b *testing.B) { hub(b, 0, false, false) })
 	b.Run("hub/dests=0/alerts=on", func(b *testing.B) { hub(b, 0, true, false) })

@@ -40,6 +40,9 @@ type Config struct {
 	// Webhooks POSTs JSON batches of events to each URL, each with its own
 	// queue and worker. None by default.
 	Webhooks []WebhookConfig
+	// WebhookSecret signs the bodies of every webhook whose own Secret is
+	// empty (PRESENCE_WEBHOOK_SECRET). Empty: those are not signed.
+	WebhookSecret string
 	// SSE serves GET /v1/events (Hub.SSEHandler). Enabled by default.
 	SSE SSEConfig
 	// Alerts derives offline_alert and mass_offline events from the
@@ -284,7 +287,7 @@ func (c Config) Validate() error {
 			return fmt.Errorf("%w: stream: empty Key", ErrInvalidConfig)
 		}
 		if c.Stream.MaxLen < 0 {
-			return fmt.Errorf("%w: stream: MaxLen must be >= 0, got %d", ErrInvalidConfig, c.Stream.MaxLen)
+			return fmt.Errorf("%w: stream: MaxLen (-events-stream-maxlen) must be >= 0, got %d", ErrInvalidConfig, c.Stream.MaxLen)
 		}
 		if err := c.Stream.Delivery.validate("stream"); err != nil {
 			return err
@@ -296,7 +299,7 @@ func (c Config) Validate() error {
 		case m.BrokerURL == "":
 			return fmt.Errorf("%w: mqtt: empty BrokerURL", ErrInvalidConfig)
 		case strings.Count(m.Topic, "{id}") != 1 || strings.ContainsAny(m.Topic, "+#"):
-			return fmt.Errorf("%w: mqtt: Topic %q must hold {id} once and no wildcard", ErrInvalidConfig, m.Topic)
+			return fmt.Errorf("%w: mqtt: Topic (-events-mqtt-topic) %q must hold {id} once and no wildcard", ErrInvalidConfig, m.Topic)
 		case m.QoS > 2:
 			return fmt.Errorf("%w: mqtt: QoS must be 0, 1 or 2, got %d", ErrInvalidConfig, m.QoS)
 		case m.ConnectTimeout <= 0:
@@ -318,7 +321,7 @@ func (c Config) Validate() error {
 		names[name] = true
 		u, err := url.Parse(w.URL)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return fmt.Errorf("%w: webhook %s: URL must be an absolute http(s) URL", ErrInvalidConfig, name)
+			return fmt.Errorf("%w: webhook %s: URL (-webhook-url) must be an absolute http(s) URL", ErrInvalidConfig, name)
 		}
 		if err := w.Delivery.validate("webhook " + name); err != nil {
 			return err
@@ -344,7 +347,7 @@ func (c Config) Validate() error {
 	}
 	a := c.Alerts
 	if a.OfflineAfter < 0 {
-		return fmt.Errorf("%w: alerts: OfflineAfter must be >= 0 (0 disables)", ErrInvalidConfig)
+		return fmt.Errorf("%w: alerts: OfflineAfter (-offline-alert-after) must be >= 0 (0 disables)", ErrInvalidConfig)
 	}
 	if (a.OfflineAfter > 0 || a.Mass.Enabled) && a.CheckInterval <= 0 {
 		return fmt.Errorf("%w: alerts: CheckInterval must be > 0", ErrInvalidConfig)
@@ -352,13 +355,13 @@ func (c Config) Validate() error {
 	if m := a.Mass; m.Enabled {
 		switch {
 		case m.Window <= 0:
-			return fmt.Errorf("%w: alerts: Mass.Window must be > 0", ErrInvalidConfig)
+			return fmt.Errorf("%w: alerts: Mass.Window (-mass-offline-window) must be > 0", ErrInvalidConfig)
 		case m.Count < 0 || m.MinCount < 0:
-			return fmt.Errorf("%w: alerts: Mass.Count and Mass.MinCount must be >= 0", ErrInvalidConfig)
+			return fmt.Errorf("%w: alerts: Mass.Count (-mass-offline-count) and Mass.MinCount must be >= 0", ErrInvalidConfig)
 		case m.Share < 0 || m.Share > 1:
-			return fmt.Errorf("%w: alerts: Mass.Share must be in [0, 1], got %v", ErrInvalidConfig, m.Share)
+			return fmt.Errorf("%w: alerts: Mass.Share (-mass-offline-share) must be in [0, 1], got %v", ErrInvalidConfig, m.Share)
 		case m.Count == 0 && m.Share == 0:
-			return fmt.Errorf("%w: alerts: Mass needs Count or Share (or Enabled false)", ErrInvalidConfig)
+			return fmt.Errorf("%w: alerts: Mass needs Count or Share (-mass-offline-count, -mass-offline-share; or -mass-offline-window 0)", ErrInvalidConfig)
 		case m.RecoverShare <= 0 || m.RecoverShare > 1:
 			return fmt.Errorf("%w: alerts: Mass.RecoverShare must be in (0, 1], got %v", ErrInvalidConfig, m.RecoverShare)
 		}

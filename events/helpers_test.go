@@ -55,18 +55,14 @@ func newRedis(t testing.TB) *redis.Client {
 // runHub runs h until the test ends, then closes it.
 func runHub(t testing.TB, h *Hub) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- h.Run(ctx) }()
+	if err := h.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
 		cctx, ccancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer ccancel()
 		if err := h.Close(cctx); err != nil {
 			t.Errorf("Close: %v", err)
-		}
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
 		}
 	})
 }
@@ -193,20 +189,6 @@ func (c *captureSender) take() []rec {
 	g := c.got
 	c.got = nil
 	return g
-}
-
-// queuedRecs empties a destination's queue without a worker (tests that
-// drive the hub by hand).
-func queuedRecs(d *dest) []rec {
-	var out []rec
-	for {
-		d.fill()
-		if len(d.inflight) == 0 {
-			return out
-		}
-		out = append(out, d.inflight...)
-		d.inflight = d.inflight[:0]
-	}
 }
 
 func ofType(recs []rec, t Type) []rec {

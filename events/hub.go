@@ -2,6 +2,7 @@ package events
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -11,6 +12,8 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/lifecycle"
+	"github.com/presence-dev/presence/internal/queue"
 	"github.com/presence-dev/presence/internal/wire"
 )
 
@@ -19,10 +22,9 @@ import (
 // HandleTransitions copies each batch into one bounded queue per
 // destination and returns; one worker per destination sends its queue.
 //
-// Lifecycle: New builds without I/O; Run(ctx) starts the workers and the
-// alert ticker and returns when ctx ends or Close is called; Close(ctx)
-// stops accepting events, sends what is queued within ctx, waits for every
-// goroutine and is idempotent.
+// Lifecycle: New builds without I/O; Start starts the workers and the
+// alert ticker; Close stops accepting events, sends what is queued within
+// its ctx, waits for every goroutine and is idempotent.
 type Hub struct {
 	cfg   Config
 	log   *slog.Logger
@@ -39,14 +41,7 @@ type Hub struct {
 	pubMu sync.Mutex
 	buf   []rec
 
-	stateMu   sync.Mutex
-	started   bool
-	closed    bool
-	cancelRun context.CancelFunc
-	stop      chan struct{} // closed by Close
-	runDone   chan struct{} // closed when Run's goroutines are done
-	closeOnce sync.Once
-	closeErr  error
+	run lifecycle.Runner // the alert ticker
 }
 
 var _ engine.Sink = (*Hub)(nil)
@@ -71,12 +66,10 @@ func New(cfg Config, deps Deps) (*Hub, error) {
 		return nil, fmt.Errorf("%w: Redis Pub/Sub or Stream enabled without Deps.Redis", ErrInvalidConfig)
 	}
 	h := &Hub{
-		cfg:     cfg,
-		log:     deps.Logger,
-		now:     deps.Now,
-		set:     deps.Metrics,
-		stop:    make(chan struct{}),
-		runDone: make(chan struct{}),
+		cfg: cfg,
+		log: deps.Logger,
+		now: deps.Now,
+		set: deps.Metrics,
 	}
 	if h.log == nil {
 		h.log = slog.Default()
@@ -97,6 +90,9 @@ func New(cfg Config, deps Deps) (*Hub, error) {
 		h.add("mqtt", newMQTTSender(cfg.MQTT, h.log), cfg.MQTT.Delivery)
 	}
 	for i, w := range cfg.Webhooks {
+		if w.Secret == "" {
+			w.Secret = cfg.WebhookSecret
+		}
 		name := webhookName(w, i)
 		h.add(name, newWebhookSender(name, w), w.Delivery)
 	}
@@ -201,84 +197,58 @@ func (h *Hub) checkAlerts(now time.Time) {
 	}
 }
 
-// Run starts a worker per destination and the alert ticker, and blocks
-// until ctx ends or Close is called; then it waits for them and returns
-// nil. Events still queued are sent by Close. It returns ErrClosed after
-// Close.
-func (h *Hub) Run(ctx context.Context) error {
-	h.stateMu.Lock()
-	if h.closed {
-		h.stateMu.Unlock()
-		return ErrClosed
-	}
-	if h.started {
-		h.stateMu.Unlock()
-		return fmt.Errorf("events: Run called twice")
-	}
-	h.started = true
-	ctx, cancel := context.WithCancel(ctx)
-	h.cancelRun = cancel
-	h.stateMu.Unlock()
-	defer close(h.runDone)
-	defer cancel()
-
-	var wg sync.WaitGroup
-	for _, d := range h.dests {
-		if lc, ok := d.s.(lifecycle); ok {
-			lc.start(ctx)
-		}
-		wg.Go(func() { d.run(ctx, h.stop) })
-	}
+// Start connects the destinations that have a connection of their own,
+// and starts a worker per destination and the alert ticker. It fails after
+// Close or when called twice.
+func (h *Hub) Start(ctx context.Context) error {
+	var loops []func(context.Context)
 	if h.al != nil && h.cfg.Alerts.OfflineAfter > 0 {
-		wg.Go(func() {
-			t := time.NewTicker(h.cfg.Alerts.CheckInterval)
-			defer t.Stop()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-h.stop:
-					return
-				case <-t.C:
-					h.checkAlerts(h.now())
-				}
-			}
-		})
+		loops = append(loops, h.alertLoop)
 	}
-	select {
-	case <-ctx.Done():
-	case <-h.stop:
+	if err := h.run.Start(ctx, loops...); errors.Is(err, lifecycle.ErrClosed) {
+		return ErrClosed
+	} else if err != nil {
+		return fmt.Errorf("events: %w", err)
 	}
-	wg.Wait()
+	for _, d := range h.dests {
+		if c, ok := d.s.(connector); ok {
+			c.connect()
+		}
+		if err := d.q.Start(ctx); err != nil {
+			return fmt.Errorf("events: %s: %w", d.name, err)
+		}
+	}
 	return nil
 }
 
-// Close stops Run, ends every SSE stream, and sends what is queued for
-// each destination (all in parallel), retrying until ctx is done. Events
-// handed over afterwards are dropped and counted. It returns an
-// *UnsentError when events were left unsent. Idempotent.
-func (h *Hub) Close(ctx context.Context) error {
-	h.closeOnce.Do(func() { h.closeErr = h.close(ctx) })
-	return h.closeErr
+// alertLoop emits the offline alerts that are due, every CheckInterval.
+func (h *Hub) alertLoop(ctx context.Context) {
+	t := time.NewTicker(h.cfg.Alerts.CheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			h.checkAlerts(h.now())
+		}
+	}
 }
 
-func (h *Hub) close(ctx context.Context) error {
-	h.stateMu.Lock()
-	h.closed = true
-	started := h.started
-	h.stateMu.Unlock()
-	close(h.stop)
+// Close ends every SSE stream, stops the alert ticker, and sends what is
+// queued for each destination (all in parallel), retrying until ctx is
+// done. Events handed over afterwards are dropped and counted. It returns
+// an *UnsentError when events were left unsent (a hub never started sends
+// nothing: everything queued is unsent). Idempotent.
+func (h *Hub) Close(ctx context.Context) error {
 	if h.sse != nil {
 		h.sse.close()
 	}
-	if started {
-		select {
-		case <-h.runDone:
-		case <-ctx.Done():
-			h.cancelRun() // abort sends in flight, then wait for them
-			<-h.runDone
-		}
-	}
+	return h.run.Close(ctx, h.drain)
+}
+
+func (h *Hub) drain(ctx context.Context) error {
+	started := h.run.Started()
 	unsent := map[string]int{}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -291,19 +261,19 @@ func (h *Hub) close(ctx context.Context) error {
 				cancel()
 				dctx = c
 			}
-			if n := d.drain(dctx); n > 0 {
+			var ue *queue.UnsentError
+			if err := d.q.Close(dctx); errors.As(err, &ue) {
 				mu.Lock()
-				unsent[d.name] = n
+				unsent[d.name] = ue.Unsent
 				mu.Unlock()
 			}
-			if lc, ok := d.s.(lifecycle); ok && started {
-				lc.stop()
+			if c, ok := d.s.(connector); ok && started {
+				c.disconnect()
 			}
 		})
 	}
 	wg.Wait()
 	if len(unsent) > 0 {
-		h.log.Error("events: closed with events not sent", logKeyPending, unsent)
 		return &UnsentError{Unsent: unsent}
 	}
 	return nil

@@ -67,10 +67,9 @@ func TestAllDestinationsOnceInOrder(t *testing.T) {
 	srvSSE := httptest.NewServer(h.SSEHandler())
 	t.Cleanup(srvSSE.Close)
 	sse := openStream(t, srvSSE.URL, "")
-	runCtx, stop := context.WithCancel(ctx)
-	runDone := make(chan error, 1)
-	go func() { runDone <- h.Run(runCtx) }()
-	t.Cleanup(func() { stop(); <-runDone })
+	if err := h.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
 
 	want := trace(25, 40, 8)
 	feed(h, want, 8)
@@ -122,8 +121,8 @@ func TestAllDestinationsOnceInOrder(t *testing.T) {
 			deadDest = d
 		}
 	}
-	if deadDest.m.dropped.Get() == 0 || deadDest.m.sent.Get() != 0 {
-		t.Fatalf("dead webhook: dropped %d sent %d", deadDest.m.dropped.Get(), deadDest.m.sent.Get())
+	if deadDest.m.Dropped.Get() == 0 || deadDest.m.Sent.Get() != 0 {
+		t.Fatalf("dead webhook: dropped %d sent %d", deadDest.m.Dropped.Get(), deadDest.m.Sent.Get())
 	}
 	// The dead webhook cannot be flushed at Close: close with a short
 	// deadline here so the cleanup's Close returns the same result fast.

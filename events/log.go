@@ -1,8 +1,6 @@
 package events
 
 import (
-	"context"
-	"errors"
 	"time"
 
 	"github.com/presence-dev/presence/internal/ratelog"
@@ -31,27 +29,7 @@ const errLogEvery = 5 * time.Second
 type logLine uint8
 
 const (
-	lineSendFailed  logLine = iota // a send failed or was refused
-	lineDropped                    // events dropped from a full queue
-	lineSlowClients                // slow SSE clients disconnected
+	lineSlowClients logLine = iota // slow SSE clients disconnected
 )
 
 func newLogLimiter() *ratelog.Limiter[logLine] { return ratelog.New[logLine](errLogEvery, nil) }
-
-// sleepCtx waits d, or until ctx is done or stop is closed (false then).
-func sleepCtx(ctx context.Context, stop <-chan struct{}, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	case <-stop:
-		return false
-	}
-}
-
-func isCtxErr(err error) bool {
-	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
-}

@@ -65,11 +65,11 @@ func newMQTTSender(cfg MQTTConfig, log *slog.Logger) *mqttSender {
 
 func (*mqttSender) accepts(t Type) bool { return t == TypeStatus }
 
-func (s *mqttSender) start(context.Context) {
+func (s *mqttSender) connect() {
 	s.client.Connect() // retries in the background (SetConnectRetry)
 }
 
-func (s *mqttSender) stop() { s.client.Disconnect(250) }
+func (s *mqttSender) disconnect() { s.client.Disconnect(250) }
 
 func (s *mqttSender) topic(id string) string { return s.prefix + id + s.suffix }
 

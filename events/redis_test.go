@@ -189,7 +189,7 @@ func TestStreamMaxLen(t *testing.T) {
 	runHub(t, h)
 	feed(h, trace(100, 50, 3), 3)
 	testenv.Eventually(t, 20*time.Second, func() error {
-		if s := h.dests[0].m.sent.Get(); s != 5000 {
+		if s := h.dests[0].m.Sent.Get(); s != 5000 {
 			return fmt.Errorf("sent %d", s)
 		}
 		return nil
@@ -225,14 +225,14 @@ func TestRedisOutageRetries(t *testing.T) {
 	feed(h, want, 4)
 	d := h.dests[0]
 	testenv.Eventually(t, 10*time.Second, func() error {
-		if d.m.retries.Get() < 2 {
-			return fmt.Errorf("retries %d", d.m.retries.Get())
+		if d.m.Retries.Get() < 2 {
+			return fmt.Errorf("retries %d", d.m.Retries.Get())
 		}
 		return nil
 	})
 	proxy.Restore()
 	testenv.Eventually(t, 20*time.Second, func() error {
-		if q := d.queued(); q != 0 {
+		if q := d.q.Len(); q != 0 {
 			return fmt.Errorf("%d queued", q)
 		}
 		return nil

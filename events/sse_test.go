@@ -273,10 +273,9 @@ func TestSSEStalledReaderOverHTTP(t *testing.T) {
 // (the handler unregisters) and when the hub closes.
 func TestSSEEndsWithRequestAndClose(t *testing.T) {
 	h, srv := sseHubForTest(t, nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	runDone := make(chan error, 1)
-	go func() { runDone <- h.Run(ctx) }()
-	defer cancel()
+	if err := h.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	a := openStream(t, srv.URL, "")
 	b := openStream(t, srv.URL, "")
 	testenv.Eventually(t, 5*time.Second, func() error {
@@ -308,9 +307,6 @@ func TestSSEEndsWithRequestAndClose(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("after Close: %d", resp.StatusCode)
-	}
-	if err := <-runDone; err != nil {
-		t.Fatal(err)
 	}
 }
 

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"sync/atomic"
 	"time"
+
+	"github.com/presence-dev/presence/internal/queue"
 )
 
 // Webhook request headers.
@@ -99,7 +101,7 @@ func (w *webhookSender) send(ctx context.Context, batch []rec) error {
 	w.build(batch)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, w.url, bytes.NewReader(w.body))
 	if err != nil {
-		return &permanentError{fmt.Errorf("webhook %s: %w", w.name, err)}
+		return queue.Permanent(fmt.Errorf("webhook %s: %w", w.name, err))
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "presence-events")
@@ -125,6 +127,6 @@ func (w *webhookSender) send(ctx context.Context, batch []rec) error {
 		// Any other answer (4xx, 3xx that the client did not follow) will not
 		// change on retry: the batch is dropped and counted.
 		w.body, w.bodyFor = w.body[:0], 0
-		return &permanentError{fmt.Errorf("webhook %s: HTTP %d", w.name, code)}
+		return queue.Permanent(fmt.Errorf("webhook %s: HTTP %d", w.name, code))
 	}
 }

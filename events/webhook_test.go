@@ -121,8 +121,8 @@ func TestWebhookFailsThenRecovers(t *testing.T) {
 		}
 	}
 	d := h.dests[0]
-	if d.m.retries.Get() < 5 || d.m.errors.Get() < 5 {
-		t.Fatalf("retries %d errors %d, want >= 5", d.m.retries.Get(), d.m.errors.Get())
+	if d.m.Retries.Get() < 5 || d.m.Errors.Get() < 5 {
+		t.Fatalf("retries %d errors %d, want >= 5", d.m.Retries.Get(), d.m.Errors.Get())
 	}
 }
 
@@ -152,8 +152,9 @@ func TestWebhookNeverAnswers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	runDone := make(chan error, 1)
-	go func() { runDone <- h.Run(context.Background()) }()
+	if err := h.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	h.HandleTransitions([]engine.Transition{tr("first", engine.StatusUnknown, engine.StatusOnline, t0, engine.CauseTelemetry)})
 	testenv.Eventually(t, 5*time.Second, func() error {
 		if started.Load() == 0 {
@@ -182,10 +183,10 @@ func TestWebhookNeverAnswers(t *testing.T) {
 		t.Fatal("HandleTransitions blocked behind a stuck webhook")
 	}
 	d := h.dests[0]
-	if q := d.queued(); q > 1000+w.Delivery.BatchSize {
+	if q := d.q.Len(); q > 1000+w.Delivery.BatchSize {
 		t.Fatalf("queue holds %d, capacity 1000", q)
 	}
-	if dr := d.m.dropped.Get(); dr < 2000*100-1000-1 {
+	if dr := d.m.Dropped.Get(); dr < 2000*100-1000-1 {
 		t.Fatalf("dropped %d, want about %d", dr, 2000*100-1000)
 	}
 	if started.Load() != 1 {
@@ -200,9 +201,6 @@ func TestWebhookNeverAnswers(t *testing.T) {
 	var ue *UnsentError
 	if !errors.As(err, &ue) || ue.Unsent["webhook_0"] != 1001 {
 		t.Fatalf("Close: %v, want 1001 unsent (1000 queued, 1 in flight)", err)
-	}
-	if err := <-runDone; err != nil {
-		t.Fatal(err)
 	}
 }
 
@@ -226,19 +224,19 @@ func TestWebhookPermanentFailure(t *testing.T) {
 	h.HandleTransitions([]engine.Transition{tr("a", engine.StatusUnknown, engine.StatusOnline, t0, engine.CauseTelemetry)})
 	runHub(t, h)
 	testenv.Eventually(t, 5*time.Second, func() error {
-		if d.m.dropped.Get() != 1 {
-			return fmt.Errorf("dropped %d", d.m.dropped.Get())
+		if d.m.Dropped.Get() != 1 {
+			return fmt.Errorf("dropped %d", d.m.Dropped.Get())
 		}
 		return nil
 	})
 	h.HandleTransitions([]engine.Transition{tr("a", engine.StatusOnline, engine.StatusOffline, t0, engine.CauseTimeout)})
 	testenv.Eventually(t, 5*time.Second, func() error {
-		if d.m.sent.Get() != 1 {
-			return fmt.Errorf("sent %d", d.m.sent.Get())
+		if d.m.Sent.Get() != 1 {
+			return fmt.Errorf("sent %d", d.m.Sent.Get())
 		}
 		return nil
 	})
-	if d.m.retries.Get() != 0 {
+	if d.m.Retries.Get() != 0 {
 		t.Fatalf("a 400 was retried")
 	}
 }

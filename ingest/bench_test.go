@@ -127,7 +127,7 @@ func BenchmarkHandoff(b *testing.B) {
 				in.onMessage(0, topics[i%uint64(len(topics))], payload)
 			}
 		})
-		in.Close() // timed: delivering what is queued is part of the work
+		in.Close(context.Background()) // timed: delivering what is queued is part of the work
 		b.StopTimer()
 		b.ReportMetric(float64(in.Stats().Dropped["queue_full"])/float64(b.N), "drops/op")
 		b.ReportMetric(float64(h.n.Load())/b.Elapsed().Seconds(), "delivered/s")
@@ -282,8 +282,8 @@ func BenchmarkMosquitto(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			defer in.Close()
-			if err := in.Start(); err != nil {
+			defer in.Close(context.Background())
+			if err := in.Start(context.Background()); err != nil {
 				b.Fatal(err)
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -151,24 +151,24 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("ingest: %s: %s", field, fmt.Sprintf(format, args...)))
 	}
 	if err := validateBrokerURL(c.BrokerURL); err != nil {
-		bad("BrokerURL", "%v", err)
+		bad("BrokerURL (-mqtt-url)", "%v", err)
 	}
 	if len(c.Topics) == 0 {
-		bad("Topics", "at least one topic pattern is needed")
+		bad("Topics", "no topic to subscribe to: give -telemetry-topic or -status-topic")
 	} else if _, err := NewParser(c.Topics, max(c.MaxTopicLen, 1), max(c.MaxPayloadLen, 0)); err != nil {
 		errs = append(errs, err)
 	}
 	if c.Connections < 1 || c.Connections > 64 {
-		bad("Connections", "%d, want 1..64", c.Connections)
+		bad("Connections (-mqtt-connections)", "%d, want 1..64", c.Connections)
 	}
 	if c.ShareGroup == "" && c.Connections > 1 {
-		bad("ShareGroup", "empty (sharing disabled) with %d connections: every connection would receive every message; set a group or use 1 connection", c.Connections)
+		bad("ShareGroup (-share-group)", "empty (sharing disabled) with %d connections: every connection would receive every message; set a group or use 1 connection", c.Connections)
 	}
 	if strings.ContainsAny(c.ShareGroup, "/+#") {
-		bad("ShareGroup", "%q must not contain '/', '+' or '#'", c.ShareGroup)
+		bad("ShareGroup (-share-group)", "%q must not contain '/', '+' or '#'", c.ShareGroup)
 	}
 	if c.QoS > 2 {
-		bad("QoS", "%d, want 0, 1 or 2", c.QoS)
+		bad("QoS (-mqtt-qos)", "%d, want 0, 1 or 2", c.QoS)
 	}
 	if c.Shards < 1 || c.Shards > 1024 {
 		bad("Shards", "%d, want 1..1024", c.Shards)

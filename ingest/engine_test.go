@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"context"
 	"sync"
 	"testing"
 	"time"
@@ -36,10 +37,10 @@ func TestIntegrationWithEngine(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.h = nil // not used: the engine is the handler
-	if err := in.Start(); err != nil {
+	if err := in.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { in.Close() })
+	t.Cleanup(func() { in.Close(context.Background()) })
 	waitFor(t, "ready", in.Ready)
 
 	before := time.Now()

@@ -71,7 +71,7 @@ func ExampleNew() {
 		fmt.Fprintln(os.Stderr, err) // every invalid field, one per line
 		os.Exit(2)
 	}
-	if err := in.Start(); err != nil {
+	if err := in.Start(context.Background()); err != nil {
 		panic(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -80,6 +80,6 @@ func ExampleNew() {
 		fmt.Fprintln(os.Stderr, err)
 	}
 	// ... on SIGTERM:
-	in.Close() // input stopped, every accepted message handed to the engine
+	in.Close(context.Background()) // input stopped, every accepted message handed to the engine
 	// then flush the engine's transitions and the write-behind.
 }

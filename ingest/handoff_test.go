@@ -82,7 +82,7 @@ func newUnstarted(t testing.TB, h Handler, edit func(*Config)) *Ingester {
 	in.mu.Lock()
 	in.startWorkersLocked()
 	in.mu.Unlock()
-	t.Cleanup(func() { in.Close() })
+	t.Cleanup(func() { in.Close(context.Background()) })
 	return in
 }
 
@@ -115,7 +115,7 @@ func TestHandoffNeverBlocks(t *testing.T) {
 	t.Logf("%d callbacks against a blocked handler: %v (slowest %v), %d dropped", n, elapsed, slowest, dropped)
 
 	close(h.gate) // unblock; Close delivers every accepted message
-	in.Close()
+	in.Close(context.Background())
 	if got, want := len(h.snapshot()), n-int(dropped); got != want {
 		t.Errorf("handler got %d touches, want %d accepted", got, want)
 	}
@@ -156,7 +156,7 @@ func TestOrderPerDeviceAndOffline(t *testing.T) {
 			}
 		}
 	}
-	in.Close()
+	in.Close(context.Background())
 	perDevice := map[string][]event{}
 	for _, e := range h.snapshot() {
 		perDevice[e.ID] = append(perDevice[e.ID], e)
@@ -208,7 +208,7 @@ func TestDropsCountedByReason(t *testing.T) {
 	in.onMessage(0, "devices/"+strings.Repeat("x", 300)+"/telemetry", nil)
 	in.onMessage(0, "devices/ok/telemetry", []byte("123456789"))
 	in.onMessage(0, "devices/ok/status", []byte("sleeping"))
-	in.Close()
+	in.Close(context.Background())
 	st := in.Stats()
 	want := map[string]uint64{"invalid_id": 2, "no_match": 1, "topic_too_long": 1, "payload_too_large": 1, "bad_status": 1}
 	if fmt.Sprint(st.Dropped) != fmt.Sprint(want) {
@@ -270,7 +270,7 @@ func TestBatchDelay(t *testing.T) {
 			t.Fatalf("batches %s after a full batch, want [3 4]", got)
 		}
 		send(2)
-		in.Close() // Close does not wait for BatchDelay
+		in.Close(context.Background()) // Close does not wait for BatchDelay
 		if got := fmt.Sprint(h.batchSizes()); got != "[3 4 2]" {
 			t.Fatalf("batches %s after Close, want [3 4 2]", got)
 		}
@@ -283,7 +283,7 @@ func TestCallbackNoAllocs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer in.Close()
+	defer in.Close(context.Background())
 	payload := []byte(`{"t":1}`)
 	allocs := testing.AllocsPerRun(1000, func() {
 		in.onMessage(0, "devices/sensor-000123/telemetry", payload)
@@ -303,13 +303,13 @@ func TestStartCloseLifecycle(t *testing.T) {
 	if in.Ready() {
 		t.Error("ready before Start")
 	}
-	if err := in.Close(); err != nil {
+	if err := in.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if err := in.Close(); err != nil {
+	if err := in.Close(context.Background()); err != nil {
 		t.Fatal("second Close:", err)
 	}
-	if err := in.Start(); err != ErrClosed {
+	if err := in.Start(context.Background()); err != ErrClosed {
 		t.Errorf("Start after Close = %v, want ErrClosed", err)
 	}
 	if _, err := New(DefaultConfig(), nil); err == nil {
@@ -327,12 +327,12 @@ func TestConfigValidate(t *testing.T) {
 		edit func(*Config)
 		want string
 	}{
-		{"no url", func(c *Config) { c.BrokerURL = "" }, "BrokerURL: empty"},
+		{"no url", func(c *Config) { c.BrokerURL = "" }, "BrokerURL (-mqtt-url): empty"},
 		{"bare host", func(c *Config) { c.BrokerURL = "localhost:1883" }, "not supported"},
 		{"bad scheme", func(c *Config) { c.BrokerURL = "http://x:1883" }, "not supported"},
 		{"no host", func(c *Config) { c.BrokerURL = "tcp://" }, "no host"},
 		{"password redacted", func(c *Config) { c.BrokerURL = "foo://u:secret@x" }, "u:xxxxx@x"},
-		{"no topics", func(c *Config) { c.Topics = nil }, "at least one"},
+		{"no topics", func(c *Config) { c.Topics = nil }, "no topic to subscribe to"},
 		{"bad pattern", func(c *Config) { c.Topics = []Topic{{Pattern: "a/b{id}"}} }, "whole segment"},
 		{"connections", func(c *Config) { c.Connections = 0 }, "Connections"},
 		{"no share with 2", func(c *Config) { c.ShareGroup = "" }, "every connection would receive"},
@@ -382,7 +382,7 @@ func TestCloseWhileConnecting(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := in.Start(); err != nil {
+	if err := in.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(100 * time.Millisecond)
@@ -390,7 +390,7 @@ func TestCloseWhileConnecting(t *testing.T) {
 		t.Fatal("ready without a broker")
 	}
 	start := time.Now()
-	in.Close()
+	in.Close(context.Background())
 	if d := time.Since(start); d > 2*time.Second {
 		t.Errorf("Close took %v while connecting", d)
 	}

@@ -111,8 +111,9 @@ func New(cfg Config, h Handler) (*Ingester, error) {
 
 // Start starts the workers and the connections and returns at once: the
 // connections keep retrying in the background until Close. Use Ready or
-// WaitReady to know when every connection is subscribed.
-func (in *Ingester) Start() error {
+// WaitReady to know when every connection is subscribed. It fails with
+// ErrClosed after Close, and when called twice.
+func (in *Ingester) Start(context.Context) error {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	switch {
@@ -139,22 +140,15 @@ func (in *Ingester) startWorkersLocked() {
 	}
 }
 
-// Run starts the Ingester, waits for ctx to end, then closes it (see Close).
-func (in *Ingester) Run(ctx context.Context) error {
-	if err := in.Start(); err != nil {
-		return err
-	}
-	<-ctx.Done()
-	return in.Close()
-}
-
 // Close stops ingest in the order a graceful shutdown needs: it
 // disconnects every connection (no new input), waits for the subscribe
 // loops, then lets every worker hand its pending messages to the Handler
 // and waits for the workers. When Close returns the Handler has received
 // every message that was accepted and will not be called again. Close is
-// idempotent; a concurrent call waits for the first.
-func (in *Ingester) Close() error {
+// idempotent; a concurrent call waits for the first. It needs no deadline
+// of its own: handing over is in memory, and disconnecting is bounded by
+// DisconnectQuiesce.
+func (in *Ingester) Close(context.Context) error {
 	in.closeOnce.Do(func() {
 		in.mu.Lock()
 		in.closed = true

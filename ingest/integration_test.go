@@ -93,10 +93,10 @@ func (e *testEnv) start(c Config) *Ingester {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	if err := in.Start(); err != nil {
+	if err := in.Start(context.Background()); err != nil {
 		e.t.Fatal(err)
 	}
-	e.t.Cleanup(func() { in.Close() })
+	e.t.Cleanup(func() { in.Close(context.Background()) })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := in.WaitReady(ctx); err != nil {
@@ -307,8 +307,8 @@ func TestIntegrationStartBeforeBroker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer in.Close()
-	if err := in.Start(); err != nil {
+	defer in.Close(context.Background())
+	if err := in.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	// Once a connection attempt has failed, WaitReady's error names it.
@@ -335,7 +335,7 @@ func TestIntegrationStartBeforeBroker(t *testing.T) {
 	waitFor(t, "touch", func() bool { return len(e.h.snapshot()) == 1 })
 }
 
-func TestIntegrationRunAndCloseDrains(t *testing.T) {
+func TestIntegrationStartAndCloseDrains(t *testing.T) {
 	e := newTestEnv(t)
 	c := e.config()
 	c.BatchDelay = time.Second // messages wait in the queues until Close
@@ -343,9 +343,9 @@ func TestIntegrationRunAndCloseDrains(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- in.Run(ctx) }()
+	if err := in.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	ready, cancelReady := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancelReady()
 	if err := in.WaitReady(ready); err != nil {
@@ -355,8 +355,7 @@ func TestIntegrationRunAndCloseDrains(t *testing.T) {
 		e.publish(fmt.Sprintf("%sdevices/d%d/telemetry", e.prefix, i), nil)
 	}
 	waitFor(t, "queued", func() bool { return in.Stats().QueueDepth == 10 })
-	cancel()
-	if err := <-done; err != nil {
+	if err := in.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if got := len(e.h.snapshot()); got != 10 {

@@ -47,6 +47,15 @@ type Topic struct {
 	Timeout time.Duration
 }
 
+// Spec is the topic as ParseTopicSpec reads it: "PATTERN", or
+// "PATTERN=TIMEOUT" with a timeout of its own.
+func (t Topic) Spec() string {
+	if t.Timeout == 0 {
+		return t.Pattern
+	}
+	return t.Pattern + "=" + t.Timeout.String()
+}
+
 // DefaultTopics returns the default patterns: telemetry on
 // "devices/{id}/telemetry" and status on "devices/{id}/status".
 func DefaultTopics() []Topic {

@@ -2,11 +2,13 @@ package ingest
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/envflag"
 )
 
 func TestCompilePattern(t *testing.T) {
@@ -324,4 +326,38 @@ func splitMatch(pattern, topic string) (id string, ok bool) {
 		}
 	}
 	return id, true
+}
+
+// The topic flags: a kind's first value replaces its defaults (or the
+// environment's), repeats add, per-pattern timeouts are read, and
+// telemetry patterns stay before status ones.
+func TestTopicFlags(t *testing.T) {
+	check := func(args []string, env map[string]string, want ...string) {
+		t.Helper()
+		c := DefaultConfig()
+		s := envflag.New("x")
+		c.RegisterFlags(s)
+		if err := s.Parse(args, func(k string) string { return env[k] }); err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, tp := range c.Topics {
+			got = append(got, tp.Kind.String()+":"+tp.Spec())
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("%v %v: topics %v, want %v", args, env, got, want)
+		}
+	}
+	check(nil, nil, "telemetry:devices/{id}/telemetry", "status:devices/{id}/status")
+	check([]string{"-telemetry-topic", "sensors/fast/{id}=30s", "-telemetry-topic", "meters/{id}/data=10m,x/{id}"}, nil,
+		"telemetry:sensors/fast/{id}=30s", "telemetry:meters/{id}/data=10m0s", "telemetry:x/{id}", "status:devices/{id}/status")
+	check([]string{"-status-topic", "s/{id}"}, map[string]string{"PRESENCE_TELEMETRY_TOPICS": "t/{id}", "PRESENCE_STATUS_TOPICS": "e/{id}"},
+		"telemetry:t/{id}", "status:s/{id}")
+	c := DefaultConfig()
+	s := envflag.New("x")
+	c.RegisterFlags(s)
+	if err := s.Parse([]string{"-telemetry-topic", "devices/{id}/{id}"}, func(string) string { return "" }); err == nil ||
+		!strings.Contains(err.Error(), "-telemetry-topic") {
+		t.Fatalf("bad pattern: %v", err)
+	}
 }

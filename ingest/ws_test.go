@@ -69,8 +69,8 @@ func TestWebsocketAndAuth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer in.Close()
-	if err := in.Start(); err != nil {
+	defer in.Close(context.Background())
+	if err := in.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -95,8 +95,8 @@ func TestWebsocketAndAuth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer in2.Close()
-	if err := in2.Start(); err != nil {
+	defer in2.Close(context.Background())
+	if err := in2.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	testenv.Eventually(t, 10*time.Second, func() error {

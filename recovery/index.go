@@ -1,4 +1,4 @@
-package writeback
+package recovery
 
 import (
 	"context"
@@ -9,52 +9,102 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
-	"github.com/redis/go-redis/v9"
+	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/presence-dev/presence/cluster"
 	"github.com/presence-dev/presence/engine"
-	"github.com/presence-dev/presence/internal/backoff"
-	"github.com/presence-dev/presence/internal/ratelog"
+	"github.com/presence-dev/presence/internal/queue"
 )
 
-// RedisIndex keeps, for each cluster partition, the set of device ids seen
-// in it: {KeyPrefix}index:{partition} (a Redis SET). A node that takes over
-// a crashed node's partitions reads their sets (SSCAN) and the devices'
-// keys, instead of walking the whole keyspace.
-//
-// It is written when a device comes online (first seen, or back after
-// going offline), not per message: an id whose keys expired is dropped from
-// its set by a rebuild, and must be added again when the device returns. It implements engine.Sink and never blocks: new ids wait in a set
-// bounded by MaxPending (one entry per device, so a burst of a million new
-// devices costs about 100 MB at most) and are flushed by Run in pipelines.
-// Ids whose status key has expired are removed when a rebuild reads them.
-// The sets have no TTL: they hold every device seen, which is bounded by the
-// fleet (about 10 bytes per id in Redis).
-type RedisIndex struct {
-	client      redis.UniversalClient
-	prefix      string
-	partitionOf func(id string) int
-	maxPending  int
-	log         *slog.Logger
-	lim         *ratelog.Limiter[string]
-
-	// flushMu makes a Flush wait for one in flight: "the index is written"
-	// must not be answered while another caller's SADD of the same ids is
-	// still on its way (or about to fail and put them back).
-	flushMu sync.Mutex
-	mu      sync.Mutex
-	pending map[string]struct{}
-	closed  bool
-
-	set                           *metrics.Set
-	flushes, added, dropped, errs *metrics.Counter
+// IndexConfig configures the device index.
+type IndexConfig struct {
+	// KeyPrefix is the Redis sink's (e.g. "device:"): partition p's set is
+	// {KeyPrefix}index:{p}, the completeness marker {KeyPrefix}index:complete.
+	KeyPrefix string
+	// Partitions is the cluster's partition count (cluster.DefaultPartitions
+	// on every node): the index is laid out by partition so that a node
+	// rebuilding some partitions reads only theirs.
+	Partitions int
+	// PartitionOf maps a device to its partition. Nil: cluster.PartitionOf
+	// with Partitions (tests use a smaller function).
+	PartitionOf func(id string) int
+	// MaxPending bounds the ids waiting to be written (one per device that
+	// came online, about 100 bytes each). When it is full the oldest is
+	// dropped, counted, and the index is no longer complete: the next
+	// start walks the keyspace again. Default 1<<20.
+	MaxPending int
+	// Interval between two writes of the pending ids. Default 500 ms. The
+	// Redis sink also writes them before every batch of keys (BeforeKeys).
+	Interval time.Duration
+	// MinBackoff and MaxBackoff bound the retries of a failed write.
+	// Defaults 500 ms and 15 s.
+	MinBackoff, MaxBackoff time.Duration
+	// WriteTimeout bounds one write (one pipeline). Default 10 s.
+	WriteTimeout time.Duration
 }
 
-// NewRedisIndex builds an index under keyPrefix (the sink's, e.g.
-// "device:") with the cluster's partition function. maxPending <= 0 means
-// 1<<20.
-func NewRedisIndex(client redis.UniversalClient, keyPrefix string, partitionOf func(string) int, maxPending int, log *slog.Logger, set *metrics.Set) *RedisIndex {
-	if maxPending <= 0 {
-		maxPending = 1 << 20
+// DefaultIndexConfig returns the defaults documented on IndexConfig.
+func DefaultIndexConfig() IndexConfig {
+	return IndexConfig{
+		KeyPrefix:    "device:",
+		Partitions:   cluster.DefaultPartitions,
+		MaxPending:   1 << 20,
+		Interval:     500 * time.Millisecond,
+		MinBackoff:   500 * time.Millisecond,
+		MaxBackoff:   15 * time.Second,
+		WriteTimeout: 10 * time.Second,
+	}
+}
+
+func (c IndexConfig) validate() error {
+	switch {
+	case c.Partitions < 1 || c.Partitions > cluster.MaxPartitions:
+		return fmt.Errorf("%w: Index.Partitions must be in [1, %d], got %d", ErrInvalidConfig, cluster.MaxPartitions, c.Partitions)
+	case c.MaxPending < 1:
+		return fmt.Errorf("%w: Index.MaxPending must be > 0, got %d", ErrInvalidConfig, c.MaxPending)
+	case c.Interval <= 0:
+		return fmt.Errorf("%w: Index.Interval must be > 0, got %v", ErrInvalidConfig, c.Interval)
+	case c.MinBackoff <= 0 || c.MaxBackoff < c.MinBackoff:
+		return fmt.Errorf("%w: Index: need 0 < MinBackoff <= MaxBackoff, got %v, %v", ErrInvalidConfig, c.MinBackoff, c.MaxBackoff)
+	case c.WriteTimeout <= 0:
+		return fmt.Errorf("%w: Index.WriteTimeout must be > 0, got %v", ErrInvalidConfig, c.WriteTimeout)
+	}
+	return nil
+}
+
+// Index keeps, for each cluster partition, the set of device ids seen in
+// it: {KeyPrefix}index:{partition} (a Redis SET). Restart recovery and a
+// node that takes over a crashed node's partitions read their sets (SSCAN)
+// and the devices' keys, instead of walking the whole keyspace.
+//
+// It is written when a device comes online (first seen, or back after
+// going offline), not per message: an id whose keys expired is dropped
+// from its set by a read, and added again when the device returns. It
+// implements engine.Sink and never blocks: new ids wait in a bounded queue
+// (internal/queue) written every Interval and before every batch of the
+// Redis sink's keys (BeforeKeys), so that a complete index stays complete
+// across a kill -9. The sets have no TTL: they hold every device seen,
+// which is bounded by the fleet (about 10 bytes per id in Redis).
+type Index struct {
+	client      goredis.UniversalClient
+	cfg         IndexConfig
+	partitionOf func(string) int
+	q           *queue.Queue[string]
+
+	set                    *metrics.Set
+	flushes, dropped, errs *metrics.Counter
+}
+
+var _ engine.Sink = (*Index)(nil)
+
+// NewIndex builds an index over client. It does no I/O; Start starts
+// writing. log and set may be nil (slog.Default(), a new set).
+func NewIndex(client goredis.UniversalClient, cfg IndexConfig, log *slog.Logger, set *metrics.Set) (*Index, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if client == nil {
+		return nil, fmt.Errorf("%w: nil Redis client", ErrInvalidConfig)
 	}
 	if log == nil {
 		log = slog.Default()
@@ -62,86 +112,61 @@ func NewRedisIndex(client redis.UniversalClient, keyPrefix string, partitionOf f
 	if set == nil {
 		set = metrics.NewSet()
 	}
-	x := &RedisIndex{
-		client: client, prefix: keyPrefix, partitionOf: partitionOf, maxPending: maxPending,
-		log: log, lim: ratelog.New[string](10*time.Second, nil), pending: map[string]struct{}{}, set: set,
+	x := &Index{client: client, cfg: cfg, partitionOf: cfg.PartitionOf, set: set,
 		flushes: set.NewCounter("presence_index_flushes_total"),
-		added:   set.NewCounter("presence_index_ids_written_total"),
 		dropped: set.NewCounter("presence_index_ids_dropped_total"),
 		errs:    set.NewCounter("presence_index_errors_total"),
 	}
-	set.NewGauge("presence_index_ids_pending", func() float64 {
-		x.mu.Lock()
-		defer x.mu.Unlock()
-		return float64(len(x.pending))
-	})
-	return x
+	if x.partitionOf == nil {
+		parts := cfg.Partitions
+		x.partitionOf = func(id string) int { return cluster.PartitionOf(id, parts) }
+	}
+	x.q = queue.New(queue.Config{
+		Name:       "recovery: device index",
+		Capacity:   cfg.MaxPending,
+		BatchSize:  10_000,
+		Interval:   cfg.Interval,
+		MinBackoff: cfg.MinBackoff,
+		MaxBackoff: cfg.MaxBackoff,
+		Timeout:    cfg.WriteTimeout,
+		LogEvery:   10 * time.Second,
+		Logger:     log,
+		Metrics: queue.Metrics{
+			Sent:    set.NewCounter("presence_index_ids_written_total"),
+			Dropped: x.dropped,
+			Errors:  x.errs,
+		},
+	}, x.write)
+	set.NewGauge("presence_index_ids_pending", func() float64 { return float64(x.q.Len()) })
+	return x, nil
 }
 
 // Metrics is the set the index's metrics are in (presence_index_*).
-func (x *RedisIndex) Metrics() *metrics.Set { return x.set }
+func (x *Index) Metrics() *metrics.Set { return x.set }
 
 // Key is the set of partition p.
-func (x *RedisIndex) Key(p int) string { return x.prefix + "index:" + strconv.Itoa(p) }
+func (x *Index) Key(p int) string { return x.cfg.KeyPrefix + "index:" + strconv.Itoa(p) }
 
 // HandleTransitions notes the devices that came online.
-func (x *RedisIndex) HandleTransitions(batch []engine.Transition) {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	for i := range batch {
-		if batch[i].To != engine.StatusOnline || x.closed {
-			continue
-		}
-		if len(x.pending) >= x.maxPending {
-			x.dropped.Inc()
-			continue
-		}
-		x.pending[batch[i].ID] = struct{}{}
-	}
+func (x *Index) HandleTransitions(batch []engine.Transition) {
+	x.q.PushFunc(len(batch), func(i int) (string, bool) { return batch[i].ID, batch[i].To == engine.StatusOnline })
 }
 
-// Run writes pending ids every interval until ctx is done, retrying with
+// Start starts writing the pending ids every Interval, retrying with
 // backoff while Redis fails.
-func (x *RedisIndex) Run(ctx context.Context) error {
-	const interval = 500 * time.Millisecond
-	failures := 0
-	for {
-		wait := interval
-		if failures > 0 {
-			wait = backoff.Delay(interval, 15*time.Second, failures)
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(wait):
-		}
-		if err := x.Flush(ctx); err != nil {
-			failures++
-			if ok, n := x.lim.Allow("flush"); ok {
-				x.log.Warn("writeback: device index flush failed, retrying", "err", err, "suppressed", n)
-			}
-			continue
-		}
-		failures = 0
-	}
-}
+func (x *Index) Start(ctx context.Context) error { return x.q.Start(ctx) }
 
-// Flush writes the pending ids (SADD per partition, one pipeline); on
-// failure they stay pending. When it returns nil, every id pending when it
-// was called is in Redis, whoever wrote it.
-func (x *RedisIndex) Flush(ctx context.Context) error {
-	x.flushMu.Lock()
-	defer x.flushMu.Unlock()
-	x.mu.Lock()
-	ids := make([]string, 0, len(x.pending))
-	for id := range x.pending {
-		ids = append(ids, id)
-	}
-	clear(x.pending)
-	x.mu.Unlock()
-	if len(ids) == 0 {
-		return nil
-	}
+// Flush writes the pending ids now; on failure they stay pending. When it
+// returns nil, every id pending when it was called is in Redis, whoever
+// wrote it.
+func (x *Index) Flush(ctx context.Context) error { return x.q.Flush(ctx) }
+
+// Close stops accepting ids and writes what is pending within ctx.
+func (x *Index) Close(ctx context.Context) error { return x.q.Close(ctx) }
+
+// write adds one batch of ids (SADD per partition, one pipeline): the
+// queue's send.
+func (x *Index) write(ctx context.Context, ids []string) error {
 	byPart := map[int][]any{}
 	for _, id := range ids {
 		p := x.partitionOf(id)
@@ -153,63 +178,35 @@ func (x *RedisIndex) Flush(ctx context.Context) error {
 	}
 	x.flushes.Inc()
 	if _, err := pipe.Exec(ctx); err != nil {
-		x.errs.Inc()
-		x.mu.Lock()
-		for _, id := range ids {
-			if len(x.pending) < x.maxPending {
-				x.pending[id] = struct{}{}
-			}
-		}
-		x.mu.Unlock()
 		return fmt.Errorf("redis index: %w", err)
 	}
-	x.added.Add(len(ids))
 	if x.dropped.Get() > 0 { // an id was lost: the next start must scan
 		x.client.Del(ctx, x.completeKey())
 	}
 	return nil
 }
 
-// Close stops accepting ids and writes what is pending within ctx.
-func (x *RedisIndex) Close(ctx context.Context) error {
-	x.mu.Lock()
-	x.closed = true
-	x.mu.Unlock()
-	var err error
-	for {
-		if err = x.Flush(ctx); err == nil || ctx.Err() != nil {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
 // Devices calls fn with the stored state of every device indexed in the
 // given partitions, in batches, and removes from the index the ids whose
-// keys have expired. It reads the devices through sink (same key prefix),
-// overlapping the round trips as Redis.Scan does: one goroutine walks the
-// sets (SSCAN), scanReaders read the states, and fn runs on the caller's
-// goroutine.
-func (x *RedisIndex) Devices(ctx context.Context, sink *Redis, partitions []int, fn func([]engine.DeviceState) error) error {
+// keys have expired. It reads the devices from store, overlapping the
+// round trips: one goroutine walks the sets (SSCAN), readers read the
+// states, and fn runs on the caller's goroutine.
+func (x *Index) Devices(ctx context.Context, store Store, partitions []int, fn func([]engine.DeviceState) error) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	type batch struct {
 		key string
 		ids []string
 	}
-	batches := make(chan batch, scanReaders)
-	results := make(chan []engine.DeviceState, scanReaders)
+	batches := make(chan batch, readers)
+	results := make(chan []engine.DeviceState, readers)
 	go func() {
 		defer close(batches)
 		for _, p := range partitions {
 			key := x.Key(p)
 			var cursor uint64
 			for {
-				ids, next, err := x.client.SScan(ctx, key, cursor, "", scanBatch).Result()
+				ids, next, err := x.client.SScan(ctx, key, cursor, "", readBatch).Result()
 				if err != nil {
 					cancel(fmt.Errorf("redis index %s: %w", key, err))
 					return
@@ -228,10 +225,10 @@ func (x *RedisIndex) Devices(ctx context.Context, sink *Redis, partitions []int,
 		}
 	}()
 	var wg sync.WaitGroup
-	for range scanReaders {
+	for range readers {
 		wg.Go(func() {
 			for b := range batches {
-				states, err := sink.ReadStates(ctx, b.ids)
+				states, err := store.ReadStates(ctx, b.ids)
 				if err != nil {
 					cancel(err)
 					return
@@ -272,11 +269,11 @@ func (x *RedisIndex) Devices(ctx context.Context, sink *Redis, partitions []int,
 
 // completeKey marks an index that holds every device with keys, so that
 // restart recovery may read it instead of walking the keyspace.
-func (x *RedisIndex) completeKey() string { return x.prefix + "index:complete" }
+func (x *Index) completeKey() string { return x.cfg.KeyPrefix + "index:complete" }
 
 // Complete reports whether the index holds every stored device: it was
 // filled from a full scan (Fill) and has dropped no id since.
-func (x *RedisIndex) Complete(ctx context.Context) (bool, error) {
+func (x *Index) Complete(ctx context.Context) (bool, error) {
 	if x.dropped.Get() > 0 {
 		return false, nil
 	}
@@ -288,7 +285,7 @@ func (x *RedisIndex) Complete(ctx context.Context) (bool, error) {
 // index and marks it complete: later starts read the index. Called once
 // after a start that had to scan (an index that was never filled, or that
 // dropped ids).
-func (x *RedisIndex) Fill(ctx context.Context, ids []string) error {
+func (x *Index) Fill(ctx context.Context, ids []string) error {
 	const chunk = 10_000
 	for lo := 0; lo < len(ids); lo += chunk {
 		byPart := map[int][]any{}

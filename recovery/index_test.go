@@ -1,4 +1,4 @@
-package writeback
+package recovery
 
 import (
 	"context"
@@ -9,32 +9,35 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	wbredis "github.com/presence-dev/presence/writeback/redis"
+
+	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/presence-dev/presence/engine"
 	"github.com/presence-dev/presence/internal/testsupport/testenv"
+	"github.com/presence-dev/presence/writeback/writebacktest"
 )
 
 // The index records each device once, in its partition's set, when it
 // comes online; a rebuild reads the partition's devices back with their
 // stored state and forgets the ids whose keys have expired.
-func TestRedisIndex(t *testing.T) {
-	client := newRedisClient(t, "")
+func TestIndex(t *testing.T) {
+	client := testenv.RedisClient(t, "")
 	prefix := testenv.Name(t) + ":"
-	cleanupRedisPrefix(t, client, prefix)
+	testenv.CleanupRedisPrefix(t, client, prefix)
 	part := func(id string) int { n, _ := strconv.Atoi(id); return n % 4 }
-	x := NewRedisIndex(client, prefix, part, 0, testLogger(t), nil)
+	x := newTestIndex(t, client, prefix, part, 0)
 
-	src := newFakeSource()
-	cfg := DefaultRedisConfig()
+	src := writebacktest.NewFakeSource()
+	cfg := wbredis.DefaultConfig()
 	cfg.KeyPrefix = prefix
-	sink, err := NewRedis(client, src, cfg)
+	sink, err := wbredis.New(client, src, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var batch []engine.Transition
 	for i := range 40 {
-		d := dev(i, engine.StatusOnline, t0.Add(time.Duration(i)*time.Second))
+		d := writebacktest.Dev(i, engine.StatusOnline, writebacktest.T0.Add(time.Duration(i)*time.Second))
 		src.Set(d)
 		batch = append(batch, engine.Transition{ID: d.ID, From: engine.StatusUnknown, To: engine.StatusOnline, At: d.LastSeen})
 		// going offline adds nothing; coming back adds it again (a set: once)
@@ -63,7 +66,7 @@ func TestRedisIndex(t *testing.T) {
 
 	// Device 1's keys expire: a rebuild of partition 1 returns the other 9
 	// and drops it from the index.
-	client.Del(ctx, sink.StatusKey(dev(1, 0, time.Time{}).ID), sink.LastSeenKey(dev(1, 0, time.Time{}).ID))
+	client.Del(ctx, sink.StatusKey(writebacktest.Dev(1, 0, time.Time{}).ID), sink.LastSeenKey(writebacktest.Dev(1, 0, time.Time{}).ID))
 	var got []string
 	err = x.Devices(ctx, sink, []int{1}, func(states []engine.DeviceState) error {
 		for _, s := range states {
@@ -78,7 +81,7 @@ func TestRedisIndex(t *testing.T) {
 		t.Fatal(err)
 	}
 	sort.Strings(got)
-	if len(got) != 9 || got[0] == dev(1, 0, time.Time{}).ID {
+	if len(got) != 9 || got[0] == writebacktest.Dev(1, 0, time.Time{}).ID {
 		t.Fatalf("rebuilt %v", got)
 	}
 	if n, _ := client.SCard(ctx, x.Key(1)).Result(); n != 9 {
@@ -86,12 +89,13 @@ func TestRedisIndex(t *testing.T) {
 	}
 }
 
-// A full pending set drops and counts; an outage keeps ids pending.
-func TestRedisIndexBounded(t *testing.T) {
-	client := newRedisClient(t, "")
+// A full queue of pending ids drops and counts; an outage keeps ids
+// pending.
+func TestIndexBounded(t *testing.T) {
+	client := testenv.RedisClient(t, "")
 	prefix := testenv.Name(t) + ":"
-	cleanupRedisPrefix(t, client, prefix)
-	x := NewRedisIndex(client, prefix, func(string) int { return 0 }, 3, testLogger(t), nil)
+	testenv.CleanupRedisPrefix(t, client, prefix)
+	x := newTestIndex(t, client, prefix, func(string) int { return 0 }, 3)
 	var batch []engine.Transition
 	for i := range 5 {
 		batch = append(batch, engine.Transition{ID: strconv.Itoa(i), From: engine.StatusUnknown, To: engine.StatusOnline})
@@ -114,12 +118,12 @@ func TestRedisIndexBounded(t *testing.T) {
 }
 
 // An index filled from a full scan is complete until it loses an id.
-func TestRedisIndexComplete(t *testing.T) {
-	client := newRedisClient(t, "")
+func TestIndexComplete(t *testing.T) {
+	client := testenv.RedisClient(t, "")
 	prefix := testenv.Name(t) + ":"
-	cleanupRedisPrefix(t, client, prefix)
+	testenv.CleanupRedisPrefix(t, client, prefix)
 	ctx := context.Background()
-	x := NewRedisIndex(client, prefix, func(id string) int { n, _ := strconv.Atoi(id); return n % 3 }, 2, testLogger(t), nil)
+	x := newTestIndex(t, client, prefix, func(id string) int { n, _ := strconv.Atoi(id); return n % 3 }, 2)
 	if ok, err := x.Complete(ctx); err != nil || ok {
 		t.Fatalf("a new index is complete: %v %v", ok, err)
 	}
@@ -159,23 +163,23 @@ func TestRedisIndexComplete(t *testing.T) {
 
 // With an index, a device's keys are never written before its index entry:
 // when the index cannot be written, the keys wait (dirty) too.
-func TestRedisIndexBeforeKeys(t *testing.T) {
-	direct := newRedisClient(t, "")
+func TestIndexBeforeKeys(t *testing.T) {
+	direct := testenv.RedisClient(t, "")
 	prefix := testenv.Name(t) + ":"
-	cleanupRedisPrefix(t, direct, prefix)
+	testenv.CleanupRedisPrefix(t, direct, prefix)
 	px := testenv.NewProxy(t, direct.Options().Addr)
-	viaProxy := newRedisClient(t, px.Addr())
-	x := NewRedisIndex(viaProxy, prefix, func(string) int { return 0 }, 0, testLogger(t), nil)
-	src := newFakeSource()
-	cfg := DefaultRedisConfig()
-	cfg.KeyPrefix, cfg.Index = prefix, x
-	sink, err := NewRedis(direct, src, cfg)
+	viaProxy := testenv.RedisClient(t, px.Addr())
+	x := newTestIndex(t, viaProxy, prefix, func(string) int { return 0 }, 0)
+	src := writebacktest.NewFakeSource()
+	cfg := wbredis.DefaultConfig()
+	cfg.KeyPrefix, cfg.BeforeWrite = prefix, x.Flush
+	sink, err := wbredis.New(direct, src, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := dev(5, engine.StatusOnline, t0)
+	d := writebacktest.Dev(5, engine.StatusOnline, writebacktest.T0)
 	src.Set(d)
-	x.HandleTransitions([]engine.Transition{{ID: d.ID, From: engine.StatusUnknown, To: engine.StatusOnline, At: t0}})
+	x.HandleTransitions([]engine.Transition{{ID: d.ID, From: engine.StatusUnknown, To: engine.StatusOnline, At: writebacktest.T0}})
 	ctx := context.Background()
 	px.Cut()
 	if err := sink.Flush(ctx); err == nil {
@@ -208,10 +212,10 @@ type gatePipeline struct {
 	gate    chan struct{}
 }
 
-func (g gatePipeline) DialHook(next redis.DialHook) redis.DialHook          { return next }
-func (g gatePipeline) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
-func (g gatePipeline) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
+func (g gatePipeline) DialHook(next goredis.DialHook) goredis.DialHook          { return next }
+func (g gatePipeline) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook { return next }
+func (g gatePipeline) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []goredis.Cmder) error {
 		g.once.Do(func() {
 			close(g.entered)
 			<-g.gate
@@ -220,17 +224,17 @@ func (g gatePipeline) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.
 	}
 }
 
-// TestRedisIndexFlushWaitsForOneInFlight: a Flush that finds the pending
+// TestIndexFlushWaitsForOneInFlight: a Flush that finds the pending
 // ids taken by another Flush still writing them does not report them
 // written: the Redis sink would write keys before their index entries.
-func TestRedisIndexFlushWaitsForOneInFlight(t *testing.T) {
-	client := newRedisClient(t, "")
+func TestIndexFlushWaitsForOneInFlight(t *testing.T) {
+	client := testenv.RedisClient(t, "")
 	prefix := testenv.Name(t) + ":"
-	cleanupRedisPrefix(t, client, prefix)
+	testenv.CleanupRedisPrefix(t, client, prefix)
 	g := gatePipeline{once: new(sync.Once), entered: make(chan struct{}), gate: make(chan struct{})}
 	client.AddHook(g)
-	x := NewRedisIndex(client, prefix, func(string) int { return 0 }, 0, testLogger(t), nil)
-	x.HandleTransitions([]engine.Transition{{ID: "7", From: engine.StatusUnknown, To: engine.StatusOnline, At: t0}})
+	x := newTestIndex(t, client, prefix, func(string) int { return 0 }, 0)
+	x.HandleTransitions([]engine.Transition{{ID: "7", From: engine.StatusUnknown, To: engine.StatusOnline, At: writebacktest.T0}})
 
 	ctx := context.Background()
 	first := make(chan error, 1)
@@ -253,4 +257,21 @@ func TestRedisIndexFlushWaitsForOneInFlight(t *testing.T) {
 	if ok, err := client.SIsMember(ctx, x.Key(0), "7").Result(); err != nil || !ok {
 		t.Fatalf("7 not in the index after both flushes: %v %v", ok, err)
 	}
+}
+
+// newTestIndex is an index under prefix with partition function part
+// (maxPending 0: the default), closed when the test ends.
+func newTestIndex(t *testing.T, client goredis.UniversalClient, prefix string, part func(string) int, maxPending int) *Index {
+	t.Helper()
+	cfg := DefaultIndexConfig()
+	cfg.KeyPrefix, cfg.PartitionOf = prefix, part
+	if maxPending > 0 {
+		cfg.MaxPending = maxPending
+	}
+	cfg.MinBackoff, cfg.MaxBackoff = 10*time.Millisecond, 100*time.Millisecond
+	x, err := NewIndex(client, cfg, testenv.Logger(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return x
 }

@@ -2,6 +2,7 @@ package writeback
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash/maphash"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/presence-dev/presence/engine"
 	"github.com/presence-dev/presence/internal/backoff"
+	"github.com/presence-dev/presence/internal/lifecycle"
 	"github.com/presence-dev/presence/internal/ratelog"
 	"github.com/presence-dev/presence/internal/wire"
 )
@@ -35,29 +37,29 @@ const errLogEvery = 5 * time.Second
 // flushAtPoll is how often Run checks the dirty count against FlushAt.
 const flushAtPoll = 25 * time.Millisecond
 
-// writeResult counts what one batch write did, for metrics.
-type writeResult struct {
-	units   int // Redis keys or Postgres rows written
-	skipped int // devices skipped as unwritable (bad id, unknown status)
+// WriteResult counts what one batch write did, for metrics.
+type WriteResult struct {
+	Units   int // Redis keys or Postgres rows written
+	Skipped int // devices skipped as unwritable (bad id, unknown status)
 }
 
-// batchWriter is one backend's write path; flusher drives it. A batch
-// write is all or nothing from the flusher's point of view: on error every
-// device of the batch is marked dirty again. Writes are idempotent (SET,
-// guarded UPDATE), so rewriting a partially applied batch is harmless.
-type batchWriter interface {
-	writeBatch(ctx context.Context, states []engine.DeviceState) (writeResult, error)
-}
+// WriteFunc is one backend's write path; the Flusher drives it. A batch
+// write is all or nothing from the Flusher's point of view: on error every
+// device of the batch is marked dirty again. Writes must be idempotent
+// (SET, a guarded UPDATE), so that rewriting a partially applied batch is
+// harmless.
+type WriteFunc func(ctx context.Context, states []engine.DeviceState) (WriteResult, error)
 
-// flusher is the write-behind loop shared by the state sinks: it drains the
-// Source in batches, writes them, and on failure puts the devices back into
-// the Source and backs off. It holds no device state of its own between
-// flushes, so its memory does not grow while a store is down.
-type flusher struct {
+// Flusher is the write-behind loop every state sink runs on: it drains the
+// Source in batches, writes them with a WriteFunc, and on failure puts
+// the devices back into the Source and backs off. It holds no device state
+// of its own between flushes, so its memory does not grow while a store is
+// down.
+type Flusher struct {
 	name string
 	src  Source
 	cfg  FlushConfig
-	w    batchWriter
+	w    WriteFunc
 	log  *slog.Logger
 	lim  *ratelog.Limiter[struct{}] // one key: the retry loop's warnings
 	seed maphash.Seed               // routes devices to workers
@@ -68,14 +70,7 @@ type flusher struct {
 	idsMu sync.Mutex // guards ids (workers mark failed batches dirty)
 	ids   []string
 
-	stateMu sync.Mutex
-	started bool
-	closed  bool
-	stop    chan struct{} // closed by Close: Run returns
-	runDone chan struct{} // closed when Run returns
-
-	closeOnce sync.Once
-	closeErr  error
+	run lifecycle.Runner
 }
 
 type flushMetrics struct {
@@ -88,18 +83,20 @@ type flushMetrics struct {
 	errors   *metrics.Counter
 }
 
-func newFlusher(name, unit string, src Source, cfg FlushConfig, w batchWriter) *flusher {
-	f := &flusher{
-		name:    name,
-		src:     src,
-		cfg:     cfg,
-		w:       w,
-		log:     cfg.Logger,
-		lim:     ratelog.New[struct{}](errLogEvery, nil),
-		bufs:    make([][]engine.DeviceState, 1),
-		seed:    maphash.MakeSeed(),
-		stop:    make(chan struct{}),
-		runDone: make(chan struct{}),
+// NewFlusher returns the loop of the sink name (the metrics' sink label)
+// over src, writing with w; unit names what w writes ("keys", "rows": the
+// metric presence_writeback_{unit}_written_total). cfg must be valid
+// (FlushConfig.Validate).
+func NewFlusher(name, unit string, src Source, cfg FlushConfig, w WriteFunc) *Flusher {
+	f := &Flusher{
+		name: name,
+		src:  src,
+		cfg:  cfg,
+		w:    w,
+		log:  cfg.Logger,
+		lim:  ratelog.New[struct{}](errLogEvery, nil),
+		bufs: make([][]engine.DeviceState, 1),
+		seed: maphash.MakeSeed(),
 	}
 	if f.log == nil {
 		f.log = slog.Default()
@@ -123,24 +120,30 @@ func newFlusher(name, unit string, src Source, cfg FlushConfig, w batchWriter) *
 	return f
 }
 
-// run is the flush loop; see Redis.Run.
-func (f *flusher) run(ctx context.Context) error {
-	f.stateMu.Lock()
-	if f.closed {
-		f.stateMu.Unlock()
-		return ErrClosed
-	}
-	if f.started {
-		f.stateMu.Unlock()
-		return fmt.Errorf("writeback: %s: Run called twice", f.name)
-	}
-	f.started = true
-	f.stateMu.Unlock()
-	defer close(f.runDone)
+// Metrics is the set holding the loop's metrics.
+func (f *Flusher) Metrics() *metrics.Set { return f.m.set }
 
-	// Close does not cancel a write in flight (it waits for it, within
-	// its own deadline): a canceled COPY may have been applied anyway,
-	// and writing it again would duplicate history rows.
+// Logger is the sink's logger (with its sink attribute).
+func (f *Flusher) Logger() *slog.Logger { return f.log }
+
+// Start starts the loop: a flush every Interval, earlier once FlushAt
+// devices are dirty. Failed flushes are retried with backoff; the loop
+// never stops on store errors. It fails after Close or when called twice.
+func (f *Flusher) Start(ctx context.Context) error {
+	if err := f.run.Start(ctx, f.loop); errors.Is(err, lifecycle.ErrClosed) {
+		return ErrClosed
+	} else if err != nil {
+		return fmt.Errorf("writeback: %s: %w", f.name, err)
+	}
+	return nil
+}
+
+func (f *Flusher) loop(ctx context.Context) {
+	// Close does not cancel a write in flight (it waits for it, within its
+	// own deadline): a cancelled COPY may have been applied anyway. So the
+	// flushes run under the Runner's work context, and ctx only stops the
+	// loop between them.
+	work := f.run.Work()
 
 	// Wake up often enough to notice FlushAt (Len is cheap); otherwise
 	// once per Interval.
@@ -159,9 +162,7 @@ func (f *flusher) run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
-		case <-f.stop:
-			return nil
+			return
 		case <-ticker.C:
 		}
 		now := time.Now()
@@ -175,7 +176,7 @@ func (f *flusher) run(ctx context.Context) error {
 		if failures > 0 {
 			f.m.retries.Inc()
 		}
-		err := f.flush(ctx)
+		err := f.Flush(work)
 		if err == nil {
 			if failures > 0 {
 				f.log.Info("writeback: store recovered", logKeyAttempt, failures+1)
@@ -184,7 +185,7 @@ func (f *flusher) run(ctx context.Context) error {
 			continue
 		}
 		if ctx.Err() != nil {
-			return nil
+			return
 		}
 		failures++
 		d := backoff.Delay(f.cfg.MinBackoff, f.cfg.MaxBackoff, failures)
@@ -197,15 +198,16 @@ func (f *flusher) run(ctx context.Context) error {
 	}
 }
 
-// flush writes every device that is dirty now and returns the first
-// error; the devices of failed batches are dirty again.
+// Flush writes every device that is dirty now and returns the first
+// error; the devices of failed batches are dirty again. Safe to call
+// concurrently with the loop (flushes are serialized).
 //
 // With Concurrency > 1 the drained devices are routed to the workers by a
 // hash of their id, each worker writing its batches in order on its own
 // connection. A device is thus never in flight on two connections at once,
 // so a later state can never be overtaken by an earlier one (Redis has no
 // last_seen guard), and the store is never idle between batches.
-func (f *flusher) flush(ctx context.Context) error {
+func (f *Flusher) Flush(ctx context.Context) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	start := time.Now()
@@ -309,9 +311,9 @@ func (f *flusher) flush(ctx context.Context) error {
 
 // writeOne writes one batch with its timeout and accounts for it; on error
 // the batch's devices are dirty again.
-func (f *flusher) writeOne(ctx context.Context, batch []engine.DeviceState) error {
+func (f *Flusher) writeOne(ctx context.Context, batch []engine.DeviceState) error {
 	wctx, cancel := context.WithTimeout(ctx, f.cfg.WriteTimeout)
-	res, err := f.w.writeBatch(wctx, batch)
+	res, err := f.w(wctx, batch)
 	cancel()
 	if err != nil {
 		f.m.errors.Inc()
@@ -319,14 +321,14 @@ func (f *flusher) writeOne(ctx context.Context, batch []engine.DeviceState) erro
 		return err
 	}
 	f.m.devices.Add(len(batch))
-	f.m.units.Add(res.units)
-	if res.skipped > 0 {
-		f.m.skipped.Add(res.skipped)
+	f.m.units.Add(res.Units)
+	if res.Skipped > 0 {
+		f.m.skipped.Add(res.Skipped)
 	}
 	return nil
 }
 
-func (f *flusher) markDirty(states []engine.DeviceState) {
+func (f *Flusher) markDirty(states []engine.DeviceState) {
 	f.idsMu.Lock()
 	defer f.idsMu.Unlock()
 	f.ids = f.ids[:0]
@@ -337,34 +339,20 @@ func (f *flusher) markDirty(states []engine.DeviceState) {
 	clear(f.ids) // do not pin id strings
 }
 
-// close stops Run, then flushes until nothing is dirty, the store keeps
-// failing past ctx's deadline, or ctx is done. Idempotent: later calls
-// return the first call's result.
-func (f *flusher) close(ctx context.Context) error {
-	f.closeOnce.Do(func() {
-		f.stateMu.Lock()
-		f.closed = true
-		started := f.started
-		f.stateMu.Unlock()
-		close(f.stop)
-		if started {
-			select {
-			case <-f.runDone:
-			case <-ctx.Done():
-			}
-		}
-		f.closeErr = f.drainAll(ctx)
-	})
-	return f.closeErr
-}
+// Close stops the loop, waits for it (a flush in flight is awaited within
+// ctx), then flushes what is still dirty, retrying until nothing is, or
+// ctx is done. It returns an *UnflushedError with the count if devices
+// remain unwritten. Idempotent. Pass a ctx with a deadline: with the store
+// down and no deadline Close retries forever.
+func (f *Flusher) Close(ctx context.Context) error { return f.run.Close(ctx, f.drainAll) }
 
-func (f *flusher) drainAll(ctx context.Context) error {
+func (f *Flusher) drainAll(ctx context.Context) error {
 	var err error
 	for attempt := 1; ; attempt++ {
 		if err = ctx.Err(); err != nil {
 			break
 		}
-		if err = f.flush(ctx); err == nil {
+		if err = f.Flush(ctx); err == nil {
 			return nil
 		}
 		f.m.retries.Inc()

@@ -36,17 +36,12 @@ var (
 	ErrClosed = errors.New("writeback: sink closed")
 	// ErrInvalidConfig wraps every Validate failure.
 	ErrInvalidConfig = errors.New("writeback: invalid config")
-	// ErrUnsupportedColumn: a configured Postgres column has a type this
-	// package cannot write (see PostgresConfig).
-	ErrUnsupportedColumn = errors.New("writeback: unsupported column type")
-	// ErrNoTable: the configured devices table or one of its required
-	// columns does not exist.
-	ErrNoTable = errors.New("writeback: devices table or column not found")
 )
 
-// UnflushedError is returned by Close when the deadline passed (or the
-// store kept failing) before everything pending was written. Pending is the
-// number of devices (state sinks) or transitions (history) left unwritten.
+// UnflushedError is returned by a sink's Close when the deadline passed
+// (or the store kept failing) before everything pending was written.
+// Pending is the number of devices (state sinks) or transitions (history)
+// left unwritten.
 type UnflushedError struct {
 	Sink    string
 	Pending int
@@ -59,8 +54,8 @@ func (e *UnflushedError) Error() string {
 
 func (e *UnflushedError) Unwrap() error { return e.Err }
 
-// FlushConfig is the write-behind loop shared by the state sinks (Redis and
-// Postgres). Each sink's config embeds one with its own defaults.
+// FlushConfig is the write-behind loop of a state sink (Flusher). Each
+// sink's config embeds one with its own defaults.
 type FlushConfig struct {
 	// Interval between two flushes. Shorter: stores lag the engine less but
 	// each flush carries fewer devices (more round trips per device).
@@ -94,14 +89,16 @@ type FlushConfig struct {
 	// Logger receives errors (rate-limited in retry loops) and the close
 	// summary. Nil: slog.Default().
 	Logger *slog.Logger
-	// Metrics is the set this instance registers its metrics in; the
-	// daemon exposes it with metrics.RegisterSet. Nil: a new private set
-	// (see the sink's Metrics method). Metric names carry a sink label
-	// but no instance label: two sinks of the same kind need two sets.
+	// Metrics is the set this instance registers its metrics in. Nil: a
+	// new private set (see the sink's Metrics method). Metric names carry
+	// a sink label but no instance label: two sinks of the same kind need
+	// two sets.
 	Metrics *metrics.Set
 }
 
-func (c FlushConfig) validate(name string) error {
+// Validate reports the first invalid field of the loop of sink name,
+// wrapping ErrInvalidConfig.
+func (c FlushConfig) Validate(name string) error {
 	switch {
 	case c.Interval <= 0:
 		return fmt.Errorf("%w: %s: Interval must be > 0, got %v", ErrInvalidConfig, name, c.Interval)

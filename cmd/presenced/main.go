@@ -22,17 +22,18 @@ func run(args []string) int {
 		return 0
 	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "presenced: %v\nRun presenced -h for the flags and their environment variables.\n", err)
-		return 2
+		return invalid(err)
 	}
 	log, err := daemon.NewLogger(os.Stderr, cfg.LogLevel, cfg.LogFormat)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "presenced: %v\n", err)
-		return 2
+		return invalid(err)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	d, err := daemon.New(cfg, log)
+	if errors.Is(err, daemon.ErrInvalidConfig) {
+		return invalid(err)
+	}
 	if err != nil {
 		log.Error("cannot start", "err", err)
 		return 1
@@ -51,4 +52,10 @@ func run(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// invalid reports a configuration error: exit status 2.
+func invalid(err error) int {
+	fmt.Fprintf(os.Stderr, "presenced: %v\nRun presenced -h for the flags and their environment variables.\n", err)
+	return 2
 }

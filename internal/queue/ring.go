@@ -1,32 +1,30 @@
-// Package ring is a bounded first-in first-out queue that, when full, drops
-// its oldest element to make room: what write-behind and event delivery
-// keep while a destination is down, so that an outage costs bounded memory
-// and loses the oldest news first. It grows by doubling up to its bound,
-// so an idle queue stays small. It is not safe for concurrent use: its
-// owners call it under their own locks.
-package ring
+package queue
 
-// Ring is the queue. The zero value is not usable; call New.
-type Ring[T any] struct {
+// ring is a bounded first-in first-out buffer that, when full, drops its
+// oldest element to make room. It grows by doubling up to its bound, so an
+// idle queue stays small. Not safe for concurrent use: Queue calls it under
+// its lock.
+type ring[T any] struct {
 	buf     []T
 	head, n int
 	initial int // first allocation
 	bound   int // most elements held
 }
 
-// New returns an empty ring that holds at most bound elements (at least 1)
-// and allocates initial of them (at most bound) when the first arrives.
-func New[T any](initial, bound int) *Ring[T] {
+// newRing returns an empty ring that holds at most bound elements (at
+// least 1) and allocates initial of them (at most bound) when the first
+// arrives.
+func newRing[T any](initial, bound int) *ring[T] {
 	bound = max(bound, 1)
-	return &Ring[T]{initial: min(max(initial, 1), bound), bound: bound}
+	return &ring[T]{initial: min(max(initial, 1), bound), bound: bound}
 }
 
 // Len is the number of elements held.
-func (r *Ring[T]) Len() int { return r.n }
+func (r *ring[T]) Len() int { return r.n }
 
 // Push appends v. When the ring holds its bound, the oldest element is
 // dropped first and Push reports it.
-func (r *Ring[T]) Push(v T) (droppedOldest bool) {
+func (r *ring[T]) Push(v T) (droppedOldest bool) {
 	if r.n == r.bound {
 		var zero T
 		r.buf[r.head] = zero // release what it references
@@ -44,7 +42,7 @@ func (r *Ring[T]) Push(v T) (droppedOldest bool) {
 
 // PopTo removes up to k of the oldest elements and appends them to dst, in
 // order.
-func (r *Ring[T]) PopTo(dst []T, k int) []T {
+func (r *ring[T]) PopTo(dst []T, k int) []T {
 	var zero T
 	for range min(k, r.n) {
 		dst = append(dst, r.buf[r.head])
@@ -55,7 +53,7 @@ func (r *Ring[T]) PopTo(dst []T, k int) []T {
 	return dst
 }
 
-func (r *Ring[T]) grow() {
+func (r *ring[T]) grow() {
 	size := min(max(2*len(r.buf), r.initial), r.bound)
 	buf := make([]T, size)
 	for i := range r.n {

@@ -1,4 +1,4 @@
-package ring
+package queue
 
 import (
 	"math/rand/v2"
@@ -12,7 +12,7 @@ func TestAgainstSlice(t *testing.T) {
 	for seed := range uint64(50) {
 		rng := rand.New(rand.NewPCG(seed, 1))
 		bound := 1 + rng.IntN(40)
-		r := New[int](rng.IntN(8), bound)
+		r := newRing[int](rng.IntN(8), bound)
 		var model []int
 		next := 0
 		for step := range 2000 {
@@ -47,7 +47,7 @@ func TestAgainstSlice(t *testing.T) {
 // TestReleasesReferences: dropped and popped slots are zeroed, so a ring
 // of pointers does not keep what it no longer holds alive.
 func TestReleasesReferences(t *testing.T) {
-	r := New[*int](2, 2)
+	r := newRing[*int](2, 2)
 	a, b, c := new(int), new(int), new(int)
 	r.Push(a)
 	r.Push(b)
@@ -68,7 +68,7 @@ func TestReleasesReferences(t *testing.T) {
 }
 
 func TestGrowsByDoublingToBound(t *testing.T) {
-	r := New[int](4, 20)
+	r := newRing[int](4, 20)
 	for i := range 20 {
 		r.Push(i)
 	}

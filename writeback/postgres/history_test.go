@@ -1,4 +1,4 @@
-package writeback
+package postgres
 
 import (
 	"context"
@@ -10,6 +10,8 @@ import (
 
 	"github.com/presence-dev/presence/engine"
 	"github.com/presence-dev/presence/internal/testsupport/testenv"
+	"github.com/presence-dev/presence/writeback"
+	"github.com/presence-dev/presence/writeback/writebacktest"
 )
 
 type historyRow struct {
@@ -25,12 +27,12 @@ func newTestHistory(t *testing.T, pool *pgxpool.Pool, mod func(*HistoryConfig)) 
 	cfg.MinBackoff = 10 * time.Millisecond
 	cfg.MaxBackoff = 100 * time.Millisecond
 	cfg.WriteTimeout = 2 * time.Second
-	cfg.Logger = testLogger(t)
+	cfg.Logger = testenv.Logger(t)
 	if mod != nil {
 		mod(&cfg)
 	}
-	direct := newPool(t, "")
-	t.Cleanup(func() { dropTable(t, direct, cfg.Table) })
+	direct := testenv.Pool(t, "")
+	t.Cleanup(func() { testenv.DropTable(t, direct, cfg.Table) })
 	h, err := NewHistory(pool, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -40,7 +42,7 @@ func newTestHistory(t *testing.T, pool *pgxpool.Pool, mod func(*HistoryConfig)) 
 
 func readHistory(t *testing.T, table string) []historyRow {
 	t.Helper()
-	pool := newPool(t, "")
+	pool := testenv.Pool(t, "")
 	rows, err := pool.Query(context.Background(), "SELECT device_id, status, cause, changed_at FROM "+table+" ORDER BY changed_at, device_id")
 	if err != nil {
 		t.Fatal(err)
@@ -66,26 +68,26 @@ func transition(id string, to engine.Status, at time.Time, c engine.Cause) engin
 }
 
 func TestHistoryWritesEveryTransition(t *testing.T) {
-	h, table := newTestHistory(t, newPool(t, ""), nil)
+	h, table := newTestHistory(t, testenv.Pool(t, ""), nil)
 	ctx := context.Background()
 	batch := []engine.Transition{
-		transition("a", engine.StatusOnline, t0, engine.CauseTelemetry),
-		transition("a", engine.StatusOffline, t0.Add(time.Minute), engine.CauseTimeout),
-		transition("b", engine.StatusOffline, t0.Add(2*time.Minute), engine.CauseLastWill),
+		transition("a", engine.StatusOnline, writebacktest.T0, engine.CauseTelemetry),
+		transition("a", engine.StatusOffline, writebacktest.T0.Add(time.Minute), engine.CauseTimeout),
+		transition("b", engine.StatusOffline, writebacktest.T0.Add(2*time.Minute), engine.CauseLastWill),
 	}
 	h.HandleTransitions(batch)
 	// The engine reuses the slice: the writer must have copied it.
 	batch[0].ID, batch[1].To = "mutated", engine.StatusOnline
-	h.HandleTransitions([]engine.Transition{transition("a", engine.StatusOnline, t0.Add(3*time.Minute), engine.CauseRestart)})
+	h.HandleTransitions([]engine.Transition{transition("a", engine.StatusOnline, writebacktest.T0.Add(3*time.Minute), engine.CauseRestart)})
 	if err := h.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
 	got := readHistory(t, table)
 	want := []historyRow{
-		{"a", "online", "telemetry", t0.Truncate(time.Microsecond)},
-		{"a", "offline", "timeout", t0.Add(time.Minute).Truncate(time.Microsecond)},
-		{"b", "offline", "last_will", t0.Add(2 * time.Minute).Truncate(time.Microsecond)},
-		{"a", "online", "restart", t0.Add(3 * time.Minute).Truncate(time.Microsecond)},
+		{"a", "online", "telemetry", writebacktest.T0.Truncate(time.Microsecond)},
+		{"a", "offline", "timeout", writebacktest.T0.Add(time.Minute).Truncate(time.Microsecond)},
+		{"b", "offline", "last_will", writebacktest.T0.Add(2 * time.Minute).Truncate(time.Microsecond)},
+		{"a", "online", "restart", writebacktest.T0.Add(3 * time.Minute).Truncate(time.Microsecond)},
 	}
 	if len(got) != len(want) {
 		t.Fatalf("got %d rows %+v, want %d", len(got), got, len(want))
@@ -100,15 +102,15 @@ func TestHistoryWritesEveryTransition(t *testing.T) {
 	}
 	// The index exists.
 	var idx int
-	if err := newPool(t, "").QueryRow(ctx, "SELECT count(*) FROM pg_indexes WHERE tablename = $1", table).Scan(&idx); err != nil || idx != 1 {
+	if err := testenv.Pool(t, "").QueryRow(ctx, "SELECT count(*) FROM pg_indexes WHERE tablename = $1", table).Scan(&idx); err != nil || idx != 1 {
 		t.Fatalf("indexes = %d, %v; want 1", idx, err)
 	}
 }
 
 func TestHistoryQueueDropsOldest(t *testing.T) {
-	h, table := newTestHistory(t, newPool(t, ""), func(c *HistoryConfig) { c.QueueCapacity = 10 })
+	h, table := newTestHistory(t, testenv.Pool(t, ""), func(c *HistoryConfig) { c.QueueCapacity = 10 })
 	for i := range 25 {
-		h.HandleTransitions([]engine.Transition{transition("d", engine.StatusOnline, t0.Add(time.Duration(i)*time.Second), engine.CauseTelemetry)})
+		h.HandleTransitions([]engine.Transition{transition("d", engine.StatusOnline, writebacktest.T0.Add(time.Duration(i)*time.Second), engine.CauseTelemetry)})
 	}
 	if q := h.Queued(); q != 10 {
 		t.Fatalf("Queued = %d, want 10", q)
@@ -120,19 +122,20 @@ func TestHistoryQueueDropsOldest(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := readHistory(t, table)
-	if len(got) != 10 || !got[0].At.Equal(t0.Add(15*time.Second).Truncate(time.Microsecond)) {
+	if len(got) != 10 || !got[0].At.Equal(writebacktest.T0.Add(15*time.Second).Truncate(time.Microsecond)) {
 		t.Fatalf("kept %d rows starting %v; want the newest 10", len(got), got)
 	}
 }
 
 func TestHistoryRunAndClose(t *testing.T) {
-	h, table := newTestHistory(t, newPool(t, ""), func(c *HistoryConfig) { c.BatchSize = 7 })
-	done := make(chan error, 1)
-	go func() { done <- h.Run(context.Background()) }()
-	for i := range 100 {
-		h.HandleTransitions([]engine.Transition{transition("x", engine.Status(1+i%2), t0.Add(time.Duration(i)*time.Millisecond), engine.CauseTelemetry)})
+	h, table := newTestHistory(t, testenv.Pool(t, ""), func(c *HistoryConfig) { c.BatchSize = 7 })
+	if err := h.Start(context.Background()); err != nil {
+		t.Fatal(err)
 	}
-	pool := newPool(t, "")
+	for i := range 100 {
+		h.HandleTransitions([]engine.Transition{transition("x", engine.Status(1+i%2), writebacktest.T0.Add(time.Duration(i)*time.Millisecond), engine.CauseTelemetry)})
+	}
+	pool := testenv.Pool(t, "")
 	testenv.Eventually(t, 5*time.Second, func() error {
 		var n int
 		if err := pool.QueryRow(context.Background(), "SELECT count(*) FROM "+table).Scan(&n); err != nil {
@@ -144,29 +147,26 @@ func TestHistoryRunAndClose(t *testing.T) {
 		return nil
 	})
 	for i := 100; i < 120; i++ {
-		h.HandleTransitions([]engine.Transition{transition("x", engine.Status(1+i%2), t0.Add(time.Duration(i)*time.Millisecond), engine.CauseTelemetry)})
+		h.HandleTransitions([]engine.Transition{transition("x", engine.Status(1+i%2), writebacktest.T0.Add(time.Duration(i)*time.Millisecond), engine.CauseTelemetry)})
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := h.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
 	if n := len(readHistory(t, table)); n != 120 {
 		t.Fatalf("rows = %d, want 120", n)
 	}
-	// After Close: dropped and counted, Close idempotent, Run refused.
-	h.HandleTransitions([]engine.Transition{transition("late", engine.StatusOnline, t0, engine.CauseTelemetry)})
+	// After Close: dropped and counted, Close idempotent, Start refused.
+	h.HandleTransitions([]engine.Transition{transition("late", engine.StatusOnline, writebacktest.T0, engine.CauseTelemetry)})
 	if n := h.Metrics().GetOrCreateCounter("presence_writeback_history_dropped_total").Get(); n != 1 {
 		t.Fatalf("dropped after close = %d, want 1", n)
 	}
 	if err := h.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.Run(ctx); !errors.Is(err, ErrClosed) {
-		t.Fatalf("Run after Close = %v", err)
+	if err := h.Start(ctx); !errors.Is(err, writeback.ErrClosed) {
+		t.Fatalf("Start after Close = %v", err)
 	}
 }
 
@@ -176,11 +176,13 @@ func TestHistoryRunAndClose(t *testing.T) {
 func TestHistoryNeverBlocks(t *testing.T) {
 	px := testenv.NewProxy(t, pgAddr(t))
 	px.Cut()
-	h, _ := newTestHistory(t, newPool(t, px.Addr()), func(c *HistoryConfig) { c.QueueCapacity = 1000 })
-	go func() { _ = h.Run(context.Background()) }()
+	h, _ := newTestHistory(t, testenv.Pool(t, px.Addr()), func(c *HistoryConfig) { c.QueueCapacity = 1000 })
+	if err := h.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	batch := make([]engine.Transition, 100)
 	for i := range batch {
-		batch[i] = transition("z", engine.StatusOnline, t0, engine.CauseTelemetry)
+		batch[i] = transition("z", engine.StatusOnline, writebacktest.T0, engine.CauseTelemetry)
 	}
 	start := time.Now()
 	for range 1000 {
@@ -194,7 +196,7 @@ func TestHistoryNeverBlocks(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	var ue *UnflushedError
+	var ue *writeback.UnflushedError
 	if err := h.Close(ctx); !errors.As(err, &ue) || ue.Pending == 0 {
 		t.Fatalf("Close = %v, want an UnflushedError", err)
 	}
@@ -214,8 +216,60 @@ func TestHistoryConfigValidate(t *testing.T) {
 	} {
 		c := DefaultHistoryConfig()
 		mod(&c)
-		if err := c.Validate(); !errors.Is(err, ErrInvalidConfig) {
+		if err := c.Validate(); !errors.Is(err, writeback.ErrInvalidConfig) {
 			t.Errorf("%s: Validate = %v", name, err)
 		}
 	}
 }
+
+// TestHistoryOutage: while Postgres is cut off, transitions queue up to
+// the capacity and the oldest are dropped and counted; after it returns
+// every transition is either written or counted as dropped.
+func TestHistoryOutage(t *testing.T) {
+	px := testenv.NewProxy(t, pgAddr(t))
+	const capacity = 2000
+	h, table := newTestHistory(t, testenv.Pool(t, px.Addr()), func(c *HistoryConfig) {
+		c.QueueCapacity = capacity
+		c.BatchSize = 500
+	})
+	if err := h.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	send := func(n int, from int) {
+		for i := range n {
+			h.HandleTransitions([]engine.Transition{transition("d", engine.StatusOnline, writebacktest.T0.Add(time.Duration(from+i)*time.Microsecond), engine.CauseTelemetry)})
+		}
+	}
+	send(1000, 0)
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if h.Queued() > 0 {
+			return errNotYet
+		}
+		return nil
+	})
+	px.Cut()
+	send(5000, 1000)
+	if q := h.Queued(); q > capacity+500 {
+		t.Fatalf("Queued = %d during the outage, capacity %d (+ one batch in flight)", q, capacity)
+	}
+	time.Sleep(200 * time.Millisecond) // a few failed retries
+	px.Restore()
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if h.Queued() > 0 {
+			return errNotYet
+		}
+		return nil
+	})
+	dropped := h.Metrics().GetOrCreateCounter("presence_writeback_history_dropped_total").Get()
+	written := len(readHistory(t, table))
+	if written+int(dropped) != 6000 || dropped == 0 {
+		t.Fatalf("written %d + dropped %d != 6000 sent (or nothing dropped)", written, dropped)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := h.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+var errNotYet = errors.New("not yet")

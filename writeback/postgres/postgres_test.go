@@ -1,4 +1,4 @@
-package writeback
+package postgres
 
 import (
 	"context"
@@ -14,6 +14,8 @@ import (
 
 	"github.com/presence-dev/presence/engine"
 	"github.com/presence-dev/presence/internal/testsupport/testenv"
+	"github.com/presence-dev/presence/writeback"
+	"github.com/presence-dev/presence/writeback/writebacktest"
 )
 
 // harnessRows is how many devices (ids 1..n) the Postgres harness tables
@@ -28,11 +30,11 @@ func pgAddr(t testing.TB) string {
 	return net.JoinHostPort(cfg.ConnConfig.Host, strconv.Itoa(int(cfg.ConnConfig.Port)))
 }
 
-func newPostgresHarness(idType, extra string, insertUnknown bool) newHarnessFunc {
-	return func(t *testing.T, src Source, o harnessOpts) harness {
+func newPostgresHarness(idType, extra string, insertUnknown bool) writebacktest.NewHarness {
+	return func(t *testing.T, src writeback.Source, o writebacktest.Opts) writebacktest.Harness {
 		t.Helper()
-		direct := newPool(t, "")
-		table := createDevicesTable(t, direct, idType, extra)
+		direct := testenv.Pool(t, "")
+		table := testenv.DevicesTable(t, direct, idType, extra)
 		if !insertUnknown {
 			if _, err := direct.Exec(context.Background(),
 				"INSERT INTO "+table+" (id) SELECT g::text::"+idType+" FROM generate_series(0, $1::int) g", harnessRows); err != nil {
@@ -41,40 +43,40 @@ func newPostgresHarness(idType, extra string, insertUnknown bool) newHarnessFunc
 		}
 		pool := direct
 		var px *testenv.Proxy
-		if o.viaProxy {
+		if o.ViaProxy {
 			px = testenv.NewProxy(t, pgAddr(t))
-			pool = newPool(t, px.Addr())
+			pool = testenv.Pool(t, px.Addr())
 		}
-		cfg := DefaultPostgresConfig()
+		cfg := DefaultConfig()
 		cfg.Table = table
 		cfg.InsertUnknown = insertUnknown
-		cfg.Flush = testFlushConfig(t, cfg.Flush, o)
-		sink, err := NewPostgres(pool, src, cfg)
+		cfg.Flush = writebacktest.FlushConfig(t, cfg.Flush, o)
+		sink, err := New(pool, src, cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return harness{sink: sink, label: "postgres", hasStatus: extra != "", monotonic: true, proxy: px}
+		return writebacktest.Harness{Sink: sink, Label: "postgres", HasStatus: extra != "", Monotonic: true, Proxy: px}
 	}
 }
 
 // newTestPostgres builds a sink over a fresh table created with createSQL
 // (%s is the table name) and returns it with the table name.
-func newTestPostgres(t *testing.T, createSQL string, mod func(*PostgresConfig)) (*Postgres, *fakeSource, *pgxpool.Pool, string) {
+func newTestPostgres(t *testing.T, createSQL string, mod func(*Config)) (*Sink, *writebacktest.FakeSource, *pgxpool.Pool, string) {
 	t.Helper()
-	pool := newPool(t, "")
+	pool := testenv.Pool(t, "")
 	table := testenv.Name(t)
 	if _, err := pool.Exec(context.Background(), fmt.Sprintf(createSQL, pgx.Identifier{table}.Sanitize())); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { dropTable(t, pool, pgx.Identifier{table}.Sanitize()) })
-	cfg := DefaultPostgresConfig()
+	t.Cleanup(func() { testenv.DropTable(t, pool, pgx.Identifier{table}.Sanitize()) })
+	cfg := DefaultConfig()
 	cfg.Table = table
-	cfg.Flush.Logger = testLogger(t)
+	cfg.Flush.Logger = testenv.Logger(t)
 	if mod != nil {
 		mod(&cfg)
 	}
-	src := newFakeSource()
-	sink, err := NewPostgres(pool, src, cfg)
+	src := writebacktest.NewFakeSource()
+	sink, err := New(pool, src, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,25 +89,25 @@ func TestPostgresSkipsNonIntegerIDs(t *testing.T) {
 	if _, err := pool.Exec(ctx, "INSERT INTO "+table+" (id) VALUES (1), (42)"); err != nil {
 		t.Fatal(err)
 	}
-	src.Set(dev(1, engine.StatusOnline, t0),
-		engine.DeviceState{ID: "abc", Status: engine.StatusOnline, LastSeen: t0},
-		engine.DeviceState{ID: "1.5", Status: engine.StatusOnline, LastSeen: t0},
-		engine.DeviceState{ID: "99999999999999999999", Status: engine.StatusOnline, LastSeen: t0},
+	src.Set(writebacktest.Dev(1, engine.StatusOnline, writebacktest.T0),
+		engine.DeviceState{ID: "abc", Status: engine.StatusOnline, LastSeen: writebacktest.T0},
+		engine.DeviceState{ID: "1.5", Status: engine.StatusOnline, LastSeen: writebacktest.T0},
+		engine.DeviceState{ID: "99999999999999999999", Status: engine.StatusOnline, LastSeen: writebacktest.T0},
 		// "0042" and "42" are the same row: the newer wins.
-		engine.DeviceState{ID: "0042", Status: engine.StatusOnline, LastSeen: t0.Add(time.Hour)},
-		engine.DeviceState{ID: "42", Status: engine.StatusOnline, LastSeen: t0},
+		engine.DeviceState{ID: "0042", Status: engine.StatusOnline, LastSeen: writebacktest.T0.Add(time.Hour)},
+		engine.DeviceState{ID: "42", Status: engine.StatusOnline, LastSeen: writebacktest.T0},
 	)
 	if err := sink.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got := counter(sink.Metrics(), "presence_writeback_skipped_total", "postgres"); got != 3 {
+	if got := writebacktest.Counter(sink.Metrics(), "presence_writeback_skipped_total", "postgres"); got != 3 {
 		t.Fatalf("skipped_total = %d, want 3", got)
 	}
 	got, err := sink.ReadStates(ctx, []string{"1", "42"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !got[0].LastSeen.Equal(t0.Truncate(time.Microsecond)) || !got[1].LastSeen.Equal(t0.Add(time.Hour).Truncate(time.Microsecond)) {
+	if !got[0].LastSeen.Equal(writebacktest.T0.Truncate(time.Microsecond)) || !got[1].LastSeen.Equal(writebacktest.T0.Add(time.Hour).Truncate(time.Microsecond)) {
 		t.Fatalf("got %+v", got)
 	}
 }
@@ -113,7 +115,7 @@ func TestPostgresSkipsNonIntegerIDs(t *testing.T) {
 func TestPostgresUnknownDevicesNotInserted(t *testing.T) {
 	sink, src, pool, table := newTestPostgres(t, "CREATE TABLE %s (id bigint PRIMARY KEY, last_seen timestamptz, status text)", nil)
 	ctx := context.Background()
-	src.Set(dev(5, engine.StatusOnline, t0))
+	src.Set(writebacktest.Dev(5, engine.StatusOnline, writebacktest.T0))
 	if err := sink.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -126,9 +128,9 @@ func TestPostgresUnknownDevicesNotInserted(t *testing.T) {
 func TestPostgresColumnTypes(t *testing.T) {
 	check := func(name, create string, st engine.Status, wantStatus string) {
 		t.Run(name, func(t *testing.T) {
-			sink, src, pool, table := newTestPostgres(t, create, func(c *PostgresConfig) { c.InsertUnknown = true })
+			sink, src, pool, table := newTestPostgres(t, create, func(c *Config) { c.InsertUnknown = true })
 			ctx := context.Background()
-			src.Set(engine.DeviceState{ID: "7", Status: st, LastSeen: t0})
+			src.Set(engine.DeviceState{ID: "7", Status: st, LastSeen: writebacktest.T0})
 			if err := sink.Flush(ctx); err != nil {
 				t.Fatal(err)
 			}
@@ -144,7 +146,7 @@ func TestPostgresColumnTypes(t *testing.T) {
 				t.Fatalf("got status %q last_seen %q", status, seen)
 			}
 			got, err := sink.ReadStates(ctx, []string{"7"})
-			if err != nil || got[0].Status != st || !got[0].LastSeen.Equal(t0.Truncate(time.Microsecond)) {
+			if err != nil || got[0].Status != st || !got[0].LastSeen.Equal(writebacktest.T0.Truncate(time.Microsecond)) {
 				t.Fatalf("ReadStates = %+v, %v", got, err)
 			}
 		})
@@ -154,7 +156,7 @@ func TestPostgresColumnTypes(t *testing.T) {
 	check("timestamp without tz", "CREATE TABLE %s (id bigint PRIMARY KEY, last_seen timestamp, status text)", engine.StatusOnline, "online")
 
 	t.Run("enum", func(t *testing.T) {
-		pool := newPool(t, "")
+		pool := testenv.Pool(t, "")
 		typ := testenv.Name(t)
 		ctx := context.Background()
 		if _, err := pool.Exec(ctx, "CREATE TYPE "+typ+" AS ENUM ('online', 'offline')"); err != nil {
@@ -166,7 +168,7 @@ func TestPostgresColumnTypes(t *testing.T) {
 }
 
 func TestPostgresQuotedNames(t *testing.T) {
-	pool := newPool(t, "")
+	pool := testenv.Pool(t, "")
 	ctx := context.Background()
 	schema := testenv.Name(t) + "_S"
 	if _, err := pool.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{schema}.Sanitize()); err != nil {
@@ -182,40 +184,42 @@ func TestPostgresQuotedNames(t *testing.T) {
 	if _, err := pool.Exec(ctx, "INSERT INTO "+tbl.Sanitize()+` ("Device ID") VALUES (3)`); err != nil {
 		t.Fatal(err)
 	}
-	cfg := DefaultPostgresConfig()
+	cfg := DefaultConfig()
 	cfg.Table = schema + `.My "Devices"`
 	cfg.IDColumn, cfg.LastSeenColumn, cfg.StatusColumn = "Device ID", "Seen; DROP", "St"
-	src := newFakeSource()
-	sink, err := NewPostgres(pool, src, cfg)
+	src := writebacktest.NewFakeSource()
+	sink, err := New(pool, src, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := dev(3, engine.StatusOffline, t0)
+	want := writebacktest.Dev(3, engine.StatusOffline, writebacktest.T0)
 	src.Set(want)
 	if err := sink.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
-	checkStored(t, harness{sink: sink, hasStatus: true}, []engine.DeviceState{want})
+	if err := writebacktest.StoredMismatch(writebacktest.Harness{Sink: sink, HasStatus: true}, []engine.DeviceState{want}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestPostgresCheck(t *testing.T) {
 	ctx := context.Background()
-	pool := newPool(t, "")
-	check := func(name string, create string, mod func(*PostgresConfig), want error) {
+	pool := testenv.Pool(t, "")
+	check := func(name string, create string, mod func(*Config), want error) {
 		t.Run(name, func(t *testing.T) {
-			cfg := DefaultPostgresConfig()
+			cfg := DefaultConfig()
 			cfg.Table = testenv.Name(t)
-			cfg.Flush.Logger = testLogger(t)
+			cfg.Flush.Logger = testenv.Logger(t)
 			if create != "" {
 				if _, err := pool.Exec(ctx, fmt.Sprintf(create, cfg.Table)); err != nil {
 					t.Fatal(err)
 				}
-				t.Cleanup(func() { dropTable(t, pool, cfg.Table) })
+				t.Cleanup(func() { testenv.DropTable(t, pool, cfg.Table) })
 			}
 			if mod != nil {
 				mod(&cfg)
 			}
-			sink, err := NewPostgres(pool, newFakeSource(), cfg)
+			sink, err := New(pool, writebacktest.NewFakeSource(), cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -231,7 +235,7 @@ func TestPostgresCheck(t *testing.T) {
 	check("int last_seen", "CREATE TABLE %s (id bigint, last_seen bigint)", nil, ErrUnsupportedColumn)
 	check("json status", "CREATE TABLE %s (id bigint, last_seen timestamptz, status jsonb)", nil, ErrUnsupportedColumn)
 	check("status disabled", "CREATE TABLE %s (id bigint, last_seen timestamptz, status jsonb)",
-		func(c *PostgresConfig) { c.StatusColumn = "" }, nil)
+		func(c *Config) { c.StatusColumn = "" }, nil)
 }
 
 // TestPostgresNeverAltersDevicesTable: the user's table keeps its exact
@@ -249,7 +253,7 @@ func TestPostgresNeverAltersDevicesTable(t *testing.T) {
 		return s
 	}
 	before := def()
-	src.Set(dev(1, engine.StatusOnline, t0))
+	src.Set(writebacktest.Dev(1, engine.StatusOnline, writebacktest.T0))
 	if err := sink.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -261,26 +265,26 @@ func TestPostgresNeverAltersDevicesTable(t *testing.T) {
 // TestPostgresConcurrentSinks: two nodes writing overlapping devices to
 // the same table (sorted batches) neither deadlock nor move last_seen back.
 func TestPostgresConcurrentSinks(t *testing.T) {
-	pool := newPool(t, "")
-	table := createDevicesTable(t, pool, "bigint", ", status text")
+	pool := testenv.Pool(t, "")
+	table := testenv.DevicesTable(t, pool, "bigint", ", status text")
 	ctx := context.Background()
 	if _, err := pool.Exec(ctx, "INSERT INTO "+table+" (id) SELECT generate_series(1, 3000)"); err != nil {
 		t.Fatal(err)
 	}
-	srcs := []*fakeSource{newFakeSource(), newFakeSource()}
+	srcs := []*writebacktest.FakeSource{writebacktest.NewFakeSource(), writebacktest.NewFakeSource()}
 	for k, src := range srcs {
-		cfg := DefaultPostgresConfig()
+		cfg := DefaultConfig()
 		cfg.Table = table
 		cfg.Flush.BatchSize = 500
-		cfg.Flush.Logger = testLogger(t)
-		sink, err := NewPostgres(pool, src, cfg)
+		cfg.Flush.Logger = testenv.Logger(t)
+		sink, err := New(pool, src, cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for i := range 3000 {
 			// Node k is newer on every other device.
 			off := time.Duration((i+k)%2) * time.Second
-			src.Set(dev(3000-i, engine.StatusOnline, t0.Add(off)))
+			src.Set(writebacktest.Dev(3000-i, engine.StatusOnline, writebacktest.T0.Add(off)))
 		}
 		t.Run(strconv.Itoa(k), func(t *testing.T) {
 			t.Parallel()
@@ -291,7 +295,7 @@ func TestPostgresConcurrentSinks(t *testing.T) {
 	}
 	t.Cleanup(func() {
 		var older int
-		if err := pool.QueryRow(ctx, "SELECT count(*) FROM "+table+" WHERE last_seen IS NULL OR last_seen < $1", t0.Add(time.Second)).Scan(&older); err != nil {
+		if err := pool.QueryRow(ctx, "SELECT count(*) FROM "+table+" WHERE last_seen IS NULL OR last_seen < $1", writebacktest.T0.Add(time.Second)).Scan(&older); err != nil {
 			t.Error(err)
 		} else if older != 0 {
 			t.Errorf("%d rows kept the older last_seen", older)
@@ -300,22 +304,36 @@ func TestPostgresConcurrentSinks(t *testing.T) {
 }
 
 func TestPostgresConfigValidate(t *testing.T) {
-	if err := DefaultPostgresConfig().Validate(); err != nil {
+	if err := DefaultConfig().Validate(); err != nil {
 		t.Fatal(err)
 	}
-	for name, mod := range map[string]func(*PostgresConfig){
-		"no table":       func(c *PostgresConfig) { c.Table = "" },
-		"three parts":    func(c *PostgresConfig) { c.Table = "a.b.c" },
-		"empty part":     func(c *PostgresConfig) { c.Table = "a." },
-		"no id":          func(c *PostgresConfig) { c.IDColumn = "" },
-		"same columns":   func(c *PostgresConfig) { c.StatusColumn = c.IDColumn },
-		"no batch":       func(c *PostgresConfig) { c.Flush.BatchSize = 0 },
-		"too concurrent": func(c *PostgresConfig) { c.Flush.Concurrency = 1000 },
+	for name, mod := range map[string]func(*Config){
+		"no table":       func(c *Config) { c.Table = "" },
+		"three parts":    func(c *Config) { c.Table = "a.b.c" },
+		"empty part":     func(c *Config) { c.Table = "a." },
+		"no id":          func(c *Config) { c.IDColumn = "" },
+		"same columns":   func(c *Config) { c.StatusColumn = c.IDColumn },
+		"no batch":       func(c *Config) { c.Flush.BatchSize = 0 },
+		"too concurrent": func(c *Config) { c.Flush.Concurrency = 1000 },
 	} {
-		c := DefaultPostgresConfig()
+		c := DefaultConfig()
 		mod(&c)
-		if err := c.Validate(); !errors.Is(err, ErrInvalidConfig) {
+		if err := c.Validate(); !errors.Is(err, writeback.ErrInvalidConfig) {
 			t.Errorf("%s: Validate = %v", name, err)
 		}
 	}
 }
+
+func postgresKinds() map[string]writebacktest.NewHarness {
+	return map[string]writebacktest.NewHarness{
+		"postgres/bigint+status":  newPostgresHarness("bigint", ", status text", false),
+		"postgres/text-no-status": newPostgresHarness("text", "", false),
+		"postgres/insert-unknown": newPostgresHarness("bigint", ", status varchar(16)", true),
+	}
+}
+
+// TestConformance runs the state sinks' shared behaviour tests.
+func TestConformance(t *testing.T) { writebacktest.RunConformance(t, postgresKinds()) }
+
+// TestOutage: see writebacktest.RunOutage.
+func TestOutage(t *testing.T) { writebacktest.RunOutage(t, postgresKinds()) }

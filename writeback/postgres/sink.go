@@ -1,8 +1,9 @@
-package writeback
+package postgres
 
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -16,12 +17,23 @@ import (
 
 	"github.com/presence-dev/presence/engine"
 	"github.com/presence-dev/presence/internal/pgident"
+	"github.com/presence-dev/presence/writeback"
 )
 
-// PostgresConfig configures the Postgres state sink. The devices table
+// Errors of this package. Compare with errors.Is.
+var (
+	// ErrUnsupportedColumn: a configured column has a type this package
+	// cannot write (see Config).
+	ErrUnsupportedColumn = errors.New("writeback: unsupported column type")
+	// ErrNoTable: the configured devices table or one of its required
+	// columns does not exist.
+	ErrNoTable = errors.New("writeback: devices table or column not found")
+)
+
+// Config configures the Postgres state sink. The devices table
 // belongs to the user: this package never creates or alters it; it only
 // updates (and, with InsertUnknown, inserts) rows.
-type PostgresConfig struct {
+type Config struct {
 	// Table is the devices table, optionally schema-qualified
 	// ("public.devices"; split on '.'). Default "devices". Names are
 	// quoted, so they are case-sensitive.
@@ -51,17 +63,17 @@ type PostgresConfig struct {
 	// (one COPY into a temporary staging table plus one UPDATE ... FROM).
 	// Defaults: Interval 1 s, FlushAt 100000, BatchSize 20000,
 	// Concurrency 1 (see BENCHMARKS.fragment.md).
-	Flush FlushConfig
+	Flush writeback.FlushConfig
 }
 
-// DefaultPostgresConfig returns the defaults documented on PostgresConfig.
-func DefaultPostgresConfig() PostgresConfig {
-	return PostgresConfig{
+// DefaultConfig returns the defaults documented on Config.
+func DefaultConfig() Config {
+	return Config{
 		Table:          "devices",
 		IDColumn:       "id",
 		LastSeenColumn: "last_seen",
 		StatusColumn:   "status",
-		Flush: FlushConfig{
+		Flush: writeback.FlushConfig{
 			Interval:     time.Second,
 			FlushAt:      100000,
 			BatchSize:    20000,
@@ -73,31 +85,32 @@ func DefaultPostgresConfig() PostgresConfig {
 	}
 }
 
-// Validate reports the first invalid field, wrapping ErrInvalidConfig.
-func (c PostgresConfig) Validate() error {
+// Validate reports the first invalid field, wrapping
+// writeback.ErrInvalidConfig.
+func (c Config) Validate() error {
 	if _, err := pgident.ParseTable(c.Table); err != nil {
-		return fmt.Errorf("%w: postgres: Table: %v", ErrInvalidConfig, err)
+		return fmt.Errorf("%w: postgres: Table (-pg-table): %v", writeback.ErrInvalidConfig, err)
 	}
 	if c.IDColumn == "" || c.LastSeenColumn == "" {
-		return fmt.Errorf("%w: postgres: IDColumn and LastSeenColumn must be set", ErrInvalidConfig)
+		return fmt.Errorf("%w: postgres: IDColumn and LastSeenColumn (-pg-id-column, -pg-last-seen-column) must be set", writeback.ErrInvalidConfig)
 	}
 	if c.IDColumn == c.LastSeenColumn || (c.StatusColumn != "" && (c.StatusColumn == c.IDColumn || c.StatusColumn == c.LastSeenColumn)) {
-		return fmt.Errorf("%w: postgres: column names must differ", ErrInvalidConfig)
+		return fmt.Errorf("%w: postgres: column names must differ", writeback.ErrInvalidConfig)
 	}
-	return c.Flush.validate("postgres")
+	return c.Flush.Validate("postgres")
 }
 
-// Postgres keeps the devices table in step with the engine: each flush
+// Sink keeps the devices table in step with the engine: each flush
 // drains the dirty devices from the Source and writes them in batches of
 // Flush.BatchSize, each deduplicated and sorted by id, with one COPY into a
 // temporary staging table and one UPDATE ... FROM.
 //
 // The table layout is detected on the first flush (and again after a
 // failed one), so the sink starts while Postgres is down.
-type Postgres struct {
+type Sink struct {
 	pool *pgxpool.Pool
-	cfg  PostgresConfig
-	f    *flusher
+	cfg  Config
+	f    *writeback.Flusher
 
 	mu     sync.Mutex // guards plan
 	plan   *pgPlan
@@ -105,16 +118,16 @@ type Postgres struct {
 	bufIdx chan int
 }
 
-// NewPostgres builds a Postgres sink. It does no I/O; Run starts the flush
-// loop. The pool is the caller's: Close does not close it.
-func NewPostgres(pool *pgxpool.Pool, src Source, cfg PostgresConfig) (*Postgres, error) {
+// New builds a Postgres sink. It does no I/O; Start starts the flush loop.
+// The pool is the caller's: Close does not close it.
+func New(pool *pgxpool.Pool, src writeback.Source, cfg Config) (*Sink, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	if pool == nil || src == nil {
-		return nil, fmt.Errorf("%w: postgres: nil pool or source", ErrInvalidConfig)
+		return nil, fmt.Errorf("%w: postgres: nil pool or source", writeback.ErrInvalidConfig)
 	}
-	p := &Postgres{
+	p := &Sink{
 		pool:   pool,
 		cfg:    cfg,
 		rows:   make([][]pgRow, cfg.Flush.Concurrency),
@@ -123,29 +136,28 @@ func NewPostgres(pool *pgxpool.Pool, src Source, cfg PostgresConfig) (*Postgres,
 	for i := range cfg.Flush.Concurrency {
 		p.bufIdx <- i
 	}
-	p.f = newFlusher("postgres", "rows", src, cfg.Flush, p)
+	p.f = writeback.NewFlusher("postgres", "rows", src, cfg.Flush, p.writeBatch)
 	return p, nil
 }
 
-// Run flushes every Flush.Interval (earlier once Flush.FlushAt devices are
-// dirty) until ctx is done or Close is called; see Redis.Run.
-func (p *Postgres) Run(ctx context.Context) error { return p.f.run(ctx) }
+// Start starts the flush loop (writeback.Flusher.Start).
+func (p *Sink) Start(ctx context.Context) error { return p.f.Start(ctx) }
 
-// Flush writes every device that is dirty now; see Redis.Flush.
-func (p *Postgres) Flush(ctx context.Context) error { return p.f.flush(ctx) }
+// Flush writes every device that is dirty now and returns the first error.
+func (p *Sink) Flush(ctx context.Context) error { return p.f.Flush(ctx) }
 
-// Close stops Run and flushes what is still dirty within ctx; see
-// Redis.Close.
-func (p *Postgres) Close(ctx context.Context) error { return p.f.close(ctx) }
+// Close stops the loop and flushes what is still dirty within ctx; see
+// writeback.Flusher.Close.
+func (p *Sink) Close(ctx context.Context) error { return p.f.Close(ctx) }
 
 // Metrics returns the set holding this sink's metrics.
-func (p *Postgres) Metrics() *metrics.Set { return p.f.m.set }
+func (p *Sink) Metrics() *metrics.Set { return p.f.Metrics() }
 
 // Check detects the table layout now and returns what is wrong with it
 // (ErrNoTable, ErrUnsupportedColumn) or the connection error. Optional: the
 // flush loop does the same on its first flush; the daemon may call Check to
 // fail fast at start-up on a misconfigured table.
-func (p *Postgres) Check(ctx context.Context) error {
+func (p *Sink) Check(ctx context.Context) error {
 	_, err := p.prepare(ctx)
 	return err
 }
@@ -178,7 +190,7 @@ type pgColumn struct {
 	format  string // format_type(), e.g. "bigint"
 }
 
-func (p *Postgres) prepare(ctx context.Context) (*pgPlan, error) {
+func (p *Sink) prepare(ctx context.Context) (*pgPlan, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.plan != nil {
@@ -207,13 +219,13 @@ func (p *Postgres) prepare(ctx context.Context) (*pgPlan, error) {
 	}
 	p.plan = plan
 	if p.cfg.StatusColumn != "" && !plan.hasStatus {
-		p.f.log.Info("writeback: status column not found, writing last_seen only",
+		p.f.Logger().Info("writeback: status column not found, writing last_seen only",
 			"table", p.cfg.Table, "column", p.cfg.StatusColumn)
 	}
 	return plan, nil
 }
 
-func buildPlan(table pgx.Identifier, cfg PostgresConfig, cols []pgColumn) (*pgPlan, error) {
+func buildPlan(table pgx.Identifier, cfg Config, cols []pgColumn) (*pgPlan, error) {
 	find := func(name string) (pgColumn, bool) {
 		for _, c := range cols {
 			if c.name == name {
@@ -329,8 +341,8 @@ type pgRow struct {
 
 var stageColumns = []string{"id", "last_seen", "status"}
 
-func (p *Postgres) writeBatch(ctx context.Context, states []engine.DeviceState) (writeResult, error) {
-	var res writeResult
+func (p *Sink) writeBatch(ctx context.Context, states []engine.DeviceState) (writeback.WriteResult, error) {
+	var res writeback.WriteResult
 	plan, err := p.prepare(ctx)
 	if err != nil {
 		return res, err
@@ -343,7 +355,7 @@ func (p *Postgres) writeBatch(ctx context.Context, states []engine.DeviceState) 
 	for i := range states {
 		s := &states[i]
 		if s.Status != engine.StatusOnline && s.Status != engine.StatusOffline {
-			res.skipped++
+			res.Skipped++
 			continue
 		}
 		if s.LastSeen.IsZero() && !plan.hasStatus {
@@ -353,7 +365,7 @@ func (p *Postgres) writeBatch(ctx context.Context, states []engine.DeviceState) 
 		if plan.id == idInt {
 			n, err := strconv.ParseInt(s.ID, 10, 64)
 			if err != nil || n < plan.idMin || n > plan.idMax {
-				res.skipped++
+				res.Skipped++
 				continue
 			}
 			r.intID = n
@@ -372,9 +384,9 @@ func (p *Postgres) writeBatch(ctx context.Context, states []engine.DeviceState) 
 		p.mu.Lock()
 		p.plan = nil // the table may have changed: detect again
 		p.mu.Unlock()
-		return writeResult{}, err
+		return writeback.WriteResult{}, err
 	}
-	res.units = int(n)
+	res.Units = int(n)
 	return res, nil
 }
 
@@ -396,7 +408,7 @@ func dedupeRows(rows []pgRow, kind idKind) []pgRow {
 	return slices.CompactFunc(rows, func(a, b pgRow) bool { return cmpID(&a, &b) == 0 })
 }
 
-func (p *Postgres) apply(ctx context.Context, plan *pgPlan, rows []pgRow) (int64, error) {
+func (p *Sink) apply(ctx context.Context, plan *pgPlan, rows []pgRow) (int64, error) {
 	tx, err := p.pool.Begin(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("postgres begin: %w", err)
@@ -432,75 +444,4 @@ func (p *Postgres) apply(ctx context.Context, plan *pgPlan, rows []pgRow) (int64
 		return 0, fmt.Errorf("postgres commit: %w", err)
 	}
 	return tag.RowsAffected(), nil
-}
-
-// ReadStates reads the stored last_seen (and status, if the column
-// exists) of the given devices. Status is StatusUnknown without a status
-// column; devices without a row (or ids the table cannot hold) have
-// StatusUnknown and a zero LastSeen.
-// Used by tests and tools.
-func (p *Postgres) ReadStates(ctx context.Context, ids []string) ([]engine.DeviceState, error) {
-	plan, err := p.prepare(ctx)
-	if err != nil {
-		return nil, err
-	}
-	table, _ := pgident.ParseTable(p.cfg.Table)
-	id := pgx.Identifier{p.cfg.IDColumn}.Sanitize()
-	ls := pgx.Identifier{p.cfg.LastSeenColumn}.Sanitize()
-	st := "NULL::text"
-	if plan.hasStatus {
-		st = pgx.Identifier{p.cfg.StatusColumn}.Sanitize() + "::text"
-	}
-	out := make([]engine.DeviceState, len(ids))
-	byID := make(map[string][]int, len(ids))
-	keys := make([]string, 0, len(ids))
-	for i, s := range ids {
-		out[i].ID = s
-		k := s
-		if plan.id == idInt {
-			n, err := strconv.ParseInt(s, 10, 64)
-			if err != nil {
-				continue
-			}
-			k = strconv.FormatInt(n, 10)
-		}
-		if _, ok := byID[k]; !ok {
-			keys = append(keys, k)
-		}
-		byID[k] = append(byID[k], i)
-	}
-	lsExpr := ls
-	if plan.lsNoTZ {
-		lsExpr = "(" + ls + " AT TIME ZONE 'UTC')"
-	}
-	q := "SELECT " + id + "::text, " + lsExpr + ", " + st + " FROM " + table.Sanitize() + " WHERE " + id + "::text = ANY($1)"
-	rows, err := p.pool.Query(ctx, q, keys)
-	if err != nil {
-		return nil, fmt.Errorf("postgres read: %w", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var (
-			k      string
-			seen   *time.Time
-			status *string
-		)
-		if err := rows.Scan(&k, &seen, &status); err != nil {
-			return nil, fmt.Errorf("postgres read: %w", err)
-		}
-		for _, i := range byID[k] {
-			if seen != nil {
-				out[i].LastSeen = seen.UTC()
-			}
-			if status != nil {
-				switch *status {
-				case "online", "true":
-					out[i].Status = engine.StatusOnline
-				case "offline", "false":
-					out[i].Status = engine.StatusOffline
-				}
-			}
-		}
-	}
-	return out, rows.Err()
 }

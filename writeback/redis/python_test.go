@@ -1,4 +1,4 @@
-package writeback
+package redis
 
 import (
 	"bytes"
@@ -11,6 +11,7 @@ import (
 	"github.com/presence-dev/presence/engine"
 	"github.com/presence-dev/presence/internal/testsupport/testenv"
 	"github.com/presence-dev/presence/internal/wire"
+	"github.com/presence-dev/presence/writeback/writebacktest"
 )
 
 // pythonRoundTrip is what an existing Python consumer does with a
@@ -29,19 +30,19 @@ func TestPythonConsumerReadsLastSeen(t *testing.T) {
 	if err != nil {
 		t.Skip("python3 not installed")
 	}
-	client := newRedisClient(t, "")
+	client := testenv.RedisClient(t, "")
 	prefix := testenv.Name(t) + ":"
-	cleanupRedisPrefix(t, client, prefix)
-	src := newFakeSource()
-	cfg := DefaultRedisConfig()
+	testenv.CleanupRedisPrefix(t, client, prefix)
+	src := writebacktest.NewFakeSource()
+	cfg := DefaultConfig()
 	cfg.KeyPrefix = prefix
-	cfg.Flush.Logger = testLogger(t)
-	sink, err := NewRedis(client, src, cfg)
+	cfg.Flush.Logger = testenv.Logger(t)
+	sink, err := New(client, src, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	times := []time.Time{
-		t0,
+		writebacktest.T0,
 		time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC),             // zero microseconds
 		time.Date(2025, 1, 1, 0, 0, 0, 1000, time.UTC),          // one microsecond
 		time.Date(2024, 2, 29, 23, 59, 59, 999999999, time.UTC), // truncated, not rounded
@@ -49,7 +50,7 @@ func TestPythonConsumerReadsLastSeen(t *testing.T) {
 		time.Date(1999, 12, 31, 23, 59, 59, 42000, time.UTC),
 	}
 	for i, at := range times {
-		src.Set(dev(i, engine.StatusOnline, at))
+		src.Set(writebacktest.Dev(i, engine.StatusOnline, at))
 	}
 	ctx := context.Background()
 	if err := sink.Flush(ctx); err != nil {
@@ -58,7 +59,7 @@ func TestPythonConsumerReadsLastSeen(t *testing.T) {
 	var in bytes.Buffer
 	stored := make([]string, len(times))
 	for i := range times {
-		v, err := client.Get(ctx, sink.LastSeenKey(dev(i, 0, time.Time{}).ID)).Result()
+		v, err := client.Get(ctx, sink.LastSeenKey(writebacktest.Dev(i, 0, time.Time{}).ID)).Result()
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,4 +1,4 @@
-package writeback
+package redis
 
 import (
 	"context"
@@ -7,58 +7,61 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/envflag"
 	"github.com/presence-dev/presence/internal/testsupport/testenv"
+	"github.com/presence-dev/presence/writeback"
+	"github.com/presence-dev/presence/writeback/writebacktest"
 )
 
-func newRedisHarness(t *testing.T, src Source, o harnessOpts) harness {
+func newRedisHarness(t *testing.T, src writeback.Source, o writebacktest.Opts) writebacktest.Harness {
 	t.Helper()
 	return redisHarness(t, src, o, false)
 }
 
 // newGuardedRedisHarness is the sink as a cluster node runs it.
-func newGuardedRedisHarness(t *testing.T, src Source, o harnessOpts) harness {
+func newGuardedRedisHarness(t *testing.T, src writeback.Source, o writebacktest.Opts) writebacktest.Harness {
 	t.Helper()
 	return redisHarness(t, src, o, true)
 }
 
-func redisHarness(t *testing.T, src Source, o harnessOpts, guarded bool) harness {
+func redisHarness(t *testing.T, src writeback.Source, o writebacktest.Opts, guarded bool) writebacktest.Harness {
 	t.Helper()
-	direct := newRedisClient(t, "")
+	direct := testenv.RedisClient(t, "")
 	prefix := testenv.Name(t) + ":"
-	cleanupRedisPrefix(t, direct, prefix)
+	testenv.CleanupRedisPrefix(t, direct, prefix)
 	client := direct
 	var px *testenv.Proxy
-	if o.viaProxy {
+	if o.ViaProxy {
 		px = testenv.NewProxy(t, direct.Options().Addr)
-		client = newRedisClient(t, px.Addr())
+		client = testenv.RedisClient(t, px.Addr())
 	}
-	cfg := DefaultRedisConfig()
+	cfg := DefaultConfig()
 	cfg.KeyPrefix = prefix
-	cfg.Flush = testFlushConfig(t, cfg.Flush, o)
+	cfg.Flush = writebacktest.FlushConfig(t, cfg.Flush, o)
 	cfg.Guarded = guarded
-	sink, err := NewRedis(client, src, cfg)
+	sink, err := New(client, src, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return harness{sink: sink, label: "redis", hasStatus: true, monotonic: guarded, proxy: px}
+	return writebacktest.Harness{Sink: sink, Label: "redis", HasStatus: true, Monotonic: guarded, Proxy: px}
 }
 
 func TestRedisKeyLayoutAndTTL(t *testing.T) {
-	client := newRedisClient(t, "")
+	client := testenv.RedisClient(t, "")
 	prefix := testenv.Name(t) + ":"
-	cleanupRedisPrefix(t, client, prefix)
-	src := newFakeSource()
-	cfg := DefaultRedisConfig()
+	testenv.CleanupRedisPrefix(t, client, prefix)
+	src := writebacktest.NewFakeSource()
+	cfg := DefaultConfig()
 	cfg.KeyPrefix = prefix
-	cfg.Flush.Logger = testLogger(t)
-	sink, err := NewRedis(client, src, cfg)
+	cfg.Flush.Logger = testenv.Logger(t)
+	sink, err := New(client, src, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	src.Set(engine.DeviceState{ID: "42", Status: engine.StatusOnline, LastSeen: t0},
+	src.Set(engine.DeviceState{ID: "42", Status: engine.StatusOnline, LastSeen: writebacktest.T0},
 		engine.DeviceState{ID: "43", Status: engine.StatusOffline}) // no last seen
 	ctx := context.Background()
 	if err := sink.Flush(ctx); err != nil {
@@ -81,7 +84,7 @@ func TestRedisKeyLayoutAndTTL(t *testing.T) {
 	if n, _ := client.Exists(ctx, prefix+"lastseen:43").Result(); n != 0 {
 		t.Fatal("lastseen written for a zero LastSeen")
 	}
-	if got := counter(sink.Metrics(), "presence_writeback_keys_written_total", "redis"); got != 3 {
+	if got := writebacktest.Counter(sink.Metrics(), "presence_writeback_keys_written_total", "redis"); got != 3 {
 		t.Fatalf("keys_written_total = %d, want 3", got)
 	}
 	if sink.StatusKey("9") != prefix+"status:9" || sink.LastSeenKey("9") != prefix+"lastseen:9" {
@@ -90,19 +93,19 @@ func TestRedisKeyLayoutAndTTL(t *testing.T) {
 }
 
 func TestRedisScan(t *testing.T) {
-	client := newRedisClient(t, "")
+	client := testenv.RedisClient(t, "")
 	prefix := testenv.Name(t) + ":"
-	cleanupRedisPrefix(t, client, prefix)
-	src := newFakeSource()
-	cfg := DefaultRedisConfig()
+	testenv.CleanupRedisPrefix(t, client, prefix)
+	src := writebacktest.NewFakeSource()
+	cfg := DefaultConfig()
 	cfg.KeyPrefix = prefix
-	sink, err := NewRedis(client, src, cfg)
+	sink, err := New(client, src, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := map[string]engine.DeviceState{}
 	for i := range 12_000 { // several SCAN batches, read concurrently
-		d := dev(i, engine.Status(1+i%2), t0.Add(time.Duration(i)*time.Second))
+		d := writebacktest.Dev(i, engine.Status(1+i%2), writebacktest.T0.Add(time.Duration(i)*time.Second))
 		want[d.ID] = d
 		src.Set(d)
 	}
@@ -129,76 +132,115 @@ func TestRedisScan(t *testing.T) {
 	}
 }
 
-func TestRedisOptionsFromEnv(t *testing.T) {
-	env := func(kv ...string) func(string) string {
-		m := map[string]string{}
-		for i := 0; i < len(kv); i += 2 {
-			m[kv[i]] = kv[i+1]
-		}
-		return func(k string) string { return m[k] }
+func TestClientConfig(t *testing.T) {
+	parse := func(args []string, env map[string]string) (ClientConfig, error) {
+		c := DefaultClientConfig()
+		s := envflag.New("x")
+		c.RegisterFlags(s)
+		err := s.Parse(args, func(k string) string { return env[k] })
+		return c, err
 	}
-	check := func(name string, getenv func(string) string, addr string, db int, pass string, tls bool) {
+	check := func(name string, env map[string]string, addr string, db int, pass string, tls bool) {
 		t.Run(name, func(t *testing.T) {
-			o, err := RedisOptionsFromEnv(getenv)
+			c, err := parse(nil, env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			o, err := c.options()
 			if err != nil {
 				t.Fatal(err)
 			}
 			if o.Addr != addr || o.DB != db || o.Password != pass || (o.TLSConfig != nil) != tls {
 				t.Fatalf("got addr %q db %d password %q tls %v", o.Addr, o.DB, o.Password, o.TLSConfig != nil)
 			}
+			if !c.Enabled() && len(env) > 0 {
+				t.Fatal("not enabled")
+			}
 		})
 	}
-	check("defaults", env(), "localhost:6379", 0, "", false)
-	check("seed vars", env("REDIS_HOST", "redis.local", "REDIS_PORT", "6380", "REDIS_DB", "3", "REDIS_PASSWORD", "s3cret"), "redis.local:6380", 3, "s3cret", false)
-	check("ipv6 host", env("REDIS_HOST", "::1"), "[::1]:6379", 0, "", false)
-	check("seed vars with TLS", env("REDIS_HOST", "r", "REDIS_TLS", "true"), "r:6379", 0, "", true)
-	check("url wins", env("REDIS_URL", "redis://:pw@u.local:7000/5", "REDIS_HOST", "ignored", "REDIS_DB", "9"), "u.local:7000", 5, "pw", false)
-	check("rediss", env("REDIS_URL", "rediss://user:pw@secure:6390/1"), "secure:6390", 1, "pw", true)
+	check("defaults", map[string]string{}, "localhost:6379", 0, "", false)
+	check("seed vars", map[string]string{"REDIS_HOST": "redis.local", "REDIS_PORT": "6380", "REDIS_DB": "3", "REDIS_PASSWORD": "s3cret"}, "redis.local:6380", 3, "s3cret", false)
+	check("ipv6 host", map[string]string{"REDIS_HOST": "::1"}, "[::1]:6379", 0, "", false)
+	check("bracketed ipv6 host", map[string]string{"REDIS_HOST": "[::1]"}, "[::1]:6379", 0, "", false)
+	check("seed vars with TLS", map[string]string{"REDIS_HOST": "r", "REDIS_TLS": "yes"}, "r:6379", 0, "", true)
+	check("url wins", map[string]string{"REDIS_URL": "redis://:pw@u.local:7000/5", "REDIS_HOST": "ignored", "REDIS_DB": "9"}, "u.local:7000", 5, "pw", false)
+	check("rediss", map[string]string{"REDIS_URL": "rediss://user:pw@secure:6390/1"}, "secure:6390", 1, "pw", true)
+	if c, _ := parse(nil, nil); c.Enabled() {
+		t.Fatal("enabled with nothing set")
+	}
 
-	for name, getenv := range map[string]func(string) string{
-		"bad url":  env("REDIS_URL", "http://x"),
-		"bad port": env("REDIS_PORT", "sixty"),
-		"bad db":   env("REDIS_DB", "-1"),
-		"bad tls":  env("REDIS_TLS", "maybe"),
+	// Bad values are refused, named, and a password is never echoed.
+	for name, env := range map[string]map[string]string{
+		"bad scheme": {"REDIS_URL": "http://x"},
+		"bad url":    {"REDIS_URL": "redis://user:hunter2@host:port/0"},
+		"bad port":   {"REDIS_HOST": "r", "REDIS_PORT": "70000"},
+		"bad db":     {"REDIS_HOST": "r", "REDIS_DB": "-1"},
+		"bad addrs":  {"REDIS_ADDRS": "r1"},
+		"sentinel":   {"REDIS_HOST": "r", "REDIS_MASTER_NAME": "m"},
 	} {
-		if _, err := RedisOptionsFromEnv(getenv); err == nil {
-			t.Errorf("%s: no error", name)
+		c, err := parse(nil, env)
+		if err == nil {
+			err = c.Validate()
 		}
+		if err == nil || strings.Contains(err.Error(), "hunter2") || !strings.Contains(err.Error(), "REDIS_") {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if _, err := parse(nil, map[string]string{"REDIS_TLS": "maybe"}); err == nil {
+		t.Error("REDIS_TLS=maybe accepted")
 	}
 }
 
+// Addrs make a Cluster client, or with a master name a Sentinel-backed one.
+func TestClientConfigKinds(t *testing.T) {
+	check := func(c ClientConfig, cluster bool) {
+		t.Helper()
+		cl, err := c.NewClient()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cl.Close()
+		if _, ok := cl.(*goredis.ClusterClient); ok != cluster {
+			t.Fatalf("%+v: %T", c, cl)
+		}
+	}
+	check(ClientConfig{Host: "r", Port: 6379}, false)
+	check(ClientConfig{Port: 6379, Addrs: []string{"r1:7000", "r2:7000"}, Password: "pw"}, true)
+	check(ClientConfig{Port: 6379, Addrs: []string{"s1:26379"}, MasterName: "mymaster"}, false)
+}
+
 func TestRedisConfigValidate(t *testing.T) {
-	if err := DefaultRedisConfig().Validate(); err != nil {
+	if err := DefaultConfig().Validate(); err != nil {
 		t.Fatal(err)
 	}
-	for name, mod := range map[string]func(*RedisConfig){
-		"ttl zero":       func(c *RedisConfig) { c.TTL = 0 },
-		"ttl fraction":   func(c *RedisConfig) { c.TTL = 1500 * time.Millisecond },
-		"no interval":    func(c *RedisConfig) { c.Flush.Interval = 0 },
-		"no batch":       func(c *RedisConfig) { c.Flush.BatchSize = 0 },
-		"concurrency":    func(c *RedisConfig) { c.Flush.Concurrency = 0 },
-		"backoff order":  func(c *RedisConfig) { c.Flush.MaxBackoff = c.Flush.MinBackoff / 2 },
-		"write timeout":  func(c *RedisConfig) { c.Flush.WriteTimeout = 0 },
-		"negative flush": func(c *RedisConfig) { c.Flush.FlushAt = -1 },
+	for name, mod := range map[string]func(*Config){
+		"ttl zero":       func(c *Config) { c.TTL = 0 },
+		"ttl fraction":   func(c *Config) { c.TTL = 1500 * time.Millisecond },
+		"no interval":    func(c *Config) { c.Flush.Interval = 0 },
+		"no batch":       func(c *Config) { c.Flush.BatchSize = 0 },
+		"concurrency":    func(c *Config) { c.Flush.Concurrency = 0 },
+		"backoff order":  func(c *Config) { c.Flush.MaxBackoff = c.Flush.MinBackoff / 2 },
+		"write timeout":  func(c *Config) { c.Flush.WriteTimeout = 0 },
+		"negative flush": func(c *Config) { c.Flush.FlushAt = -1 },
 	} {
-		c := DefaultRedisConfig()
+		c := DefaultConfig()
 		mod(&c)
-		if err := c.Validate(); !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), "redis") {
+		if err := c.Validate(); !errors.Is(err, writeback.ErrInvalidConfig) || !strings.Contains(err.Error(), "redis") {
 			t.Errorf("%s: Validate = %v", name, err)
 		}
 	}
-	if _, err := NewRedis(nil, newFakeSource(), DefaultRedisConfig()); !errors.Is(err, ErrInvalidConfig) {
+	if _, err := New(nil, writebacktest.NewFakeSource(), DefaultConfig()); !errors.Is(err, writeback.ErrInvalidConfig) {
 		t.Errorf("nil client: %v", err)
 	}
-	var _ redis.UniversalClient = (*redis.ClusterClient)(nil)
+	var _ goredis.UniversalClient = (*goredis.ClusterClient)(nil)
 }
 
 // A stale owner cannot move last-seen back nor overwrite the status a newer
 // message set; a newer or equal time writes.
 func TestRedisGuardedWrites(t *testing.T) {
-	src := newFakeSource()
-	h := newGuardedRedisHarness(t, src, harnessOpts{})
-	sink := h.sink.(*Redis)
+	src := writebacktest.NewFakeSource()
+	h := newGuardedRedisHarness(t, src, writebacktest.Opts{})
+	sink := h.Sink.(*Sink)
 	ctx := context.Background()
 	write := func(st engine.Status, at time.Time) {
 		t.Helper()
@@ -214,19 +256,32 @@ func TestRedisGuardedWrites(t *testing.T) {
 			t.Fatalf("stored %+v (%v), want %v at %v", got, err, st, at)
 		}
 	}
-	write(engine.StatusOnline, t0.Add(time.Minute))
-	write(engine.StatusOffline, t0) // the stale owner: older message time
-	check(engine.StatusOnline, t0.Add(time.Minute))
-	write(engine.StatusOffline, t0.Add(time.Minute)) // a timeout: same time
-	check(engine.StatusOffline, t0.Add(time.Minute))
-	write(engine.StatusOnline, t0.Add(time.Minute)) // a stale owner that missed the timeout
-	check(engine.StatusOffline, t0.Add(time.Minute))
-	write(engine.StatusOnline, t0.Add(2*time.Minute))
-	check(engine.StatusOnline, t0.Add(2*time.Minute))
+	write(engine.StatusOnline, writebacktest.T0.Add(time.Minute))
+	write(engine.StatusOffline, writebacktest.T0) // the stale owner: older message time
+	check(engine.StatusOnline, writebacktest.T0.Add(time.Minute))
+	write(engine.StatusOffline, writebacktest.T0.Add(time.Minute)) // a timeout: same time
+	check(engine.StatusOffline, writebacktest.T0.Add(time.Minute))
+	write(engine.StatusOnline, writebacktest.T0.Add(time.Minute)) // a stale owner that missed the timeout
+	check(engine.StatusOffline, writebacktest.T0.Add(time.Minute))
+	write(engine.StatusOnline, writebacktest.T0.Add(2*time.Minute))
+	check(engine.StatusOnline, writebacktest.T0.Add(2*time.Minute))
 	// After a Redis script flush (a restart) the script is loaded again.
 	if err := sink.client.ScriptFlush(ctx).Err(); err != nil {
 		t.Fatal(err)
 	}
-	write(engine.StatusOffline, t0.Add(3*time.Minute))
-	check(engine.StatusOffline, t0.Add(3*time.Minute))
+	write(engine.StatusOffline, writebacktest.T0.Add(3*time.Minute))
+	check(engine.StatusOffline, writebacktest.T0.Add(3*time.Minute))
 }
+
+func redisKinds() map[string]writebacktest.NewHarness {
+	return map[string]writebacktest.NewHarness{
+		"redis":         newRedisHarness,
+		"redis/guarded": newGuardedRedisHarness,
+	}
+}
+
+// TestConformance runs the state sinks' shared behaviour tests.
+func TestConformance(t *testing.T) { writebacktest.RunConformance(t, redisKinds()) }
+
+// TestOutage: see writebacktest.RunOutage.
+func TestOutage(t *testing.T) { writebacktest.RunOutage(t, redisKinds()) }

@@ -1,7 +1,6 @@
-package writeback
+package writebacktest
 
 import (
-	"context"
 	"math/rand/v2"
 	"sync"
 	"testing"
@@ -11,21 +10,21 @@ import (
 	"github.com/presence-dev/presence/internal/testsupport/testenv"
 )
 
-// TestOutageConvergence cuts the connection to the store (a TCP proxy the
+// RunOutage cuts the connection to the store (a TCP proxy the
 // test controls) while devices keep changing, and shows that (1) the
 // engine-side dirty set stays bounded by the device count, however many
 // changes happen during the outage, and (2) after the store returns it
 // converges to the engine's latest state.
-func TestOutageConvergence(t *testing.T) {
-	for name, newH := range sinkKinds() {
+func RunOutage(t *testing.T, kinds map[string]NewHarness) {
+	for name, newH := range kinds {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			const devices = 300
-			src := newFakeSource()
-			h := newH(t, src, harnessOpts{viaProxy: true})
-			runSink(t, h.sink)
+			src := NewFakeSource()
+			h := newH(t, src, Opts{ViaProxy: true})
+			startSink(t, h.Sink)
 			errorsTotal := func() uint64 {
-				return counter(h.sink.Metrics(), "presence_writeback_errors_total", h.label)
+				return Counter(h.Sink.Metrics(), "presence_writeback_errors_total", h.Label)
 			}
 
 			var (
@@ -49,7 +48,7 @@ func TestOutageConvergence(t *testing.T) {
 						st = engine.StatusOffline
 					}
 					// A global clock: each device's last_seen only grows.
-					src.Set(dev(1+rand.IntN(devices), st, t0.Add(time.Duration(i)*time.Millisecond)))
+					src.Set(Dev(1+rand.IntN(devices), st, T0.Add(time.Duration(i)*time.Millisecond)))
 					countsMu.Lock()
 					counts[phase()]++
 					countsMu.Unlock()
@@ -61,7 +60,7 @@ func TestOutageConvergence(t *testing.T) {
 
 			time.Sleep(200 * time.Millisecond)
 			changes.Store("phase", "outage")
-			h.proxy.Cut()
+			h.Proxy.Cut()
 			before := errorsTotal()
 			deadline := time.Now().Add(700 * time.Millisecond)
 			for time.Now().Before(deadline) {
@@ -74,12 +73,12 @@ func TestOutageConvergence(t *testing.T) {
 				t.Fatal("no write failed while the store was cut off")
 			}
 			changes.Store("phase", "after")
-			h.proxy.Restore()
+			h.Proxy.Restore()
 			time.Sleep(200 * time.Millisecond)
 			close(stop)
 			wg.Wait()
 
-			testenv.Eventually(t, 10*time.Second, func() error { return storedMismatch(h, src.Snapshot()) })
+			testenv.Eventually(t, 10*time.Second, func() error { return StoredMismatch(h, src.Snapshot()) })
 			if m := src.MaxLen(); m > devices {
 				t.Fatalf("dirty set peaked at %d > %d devices", m, devices)
 			}
@@ -92,54 +91,4 @@ func TestOutageConvergence(t *testing.T) {
 				counts["before"], counts["outage"], counts["after"], src.MaxLen(), devices, errorsTotal())
 		})
 	}
-}
-
-// TestHistoryOutage: while Postgres is cut off, transitions queue up to
-// the capacity and the oldest are dropped and counted; after it returns
-// every transition is either written or counted as dropped.
-func TestHistoryOutage(t *testing.T) {
-	px := testenv.NewProxy(t, pgAddr(t))
-	const capacity = 2000
-	h, table := newTestHistory(t, newPool(t, px.Addr()), func(c *HistoryConfig) {
-		c.QueueCapacity = capacity
-		c.BatchSize = 500
-	})
-	runDone := make(chan struct{})
-	go func() { defer close(runDone); _ = h.Run(context.Background()) }()
-	send := func(n int, from int) {
-		for i := range n {
-			h.HandleTransitions([]engine.Transition{transition("d", engine.StatusOnline, t0.Add(time.Duration(from+i)*time.Microsecond), engine.CauseTelemetry)})
-		}
-	}
-	send(1000, 0)
-	testenv.Eventually(t, 5*time.Second, func() error {
-		if h.Queued() > 0 {
-			return errNotYet
-		}
-		return nil
-	})
-	px.Cut()
-	send(5000, 1000)
-	if q := h.Queued(); q > capacity+500 {
-		t.Fatalf("Queued = %d during the outage, capacity %d (+ one batch in flight)", q, capacity)
-	}
-	time.Sleep(200 * time.Millisecond) // a few failed retries
-	px.Restore()
-	testenv.Eventually(t, 10*time.Second, func() error {
-		if h.Queued() > 0 {
-			return errNotYet
-		}
-		return nil
-	})
-	dropped := h.Metrics().GetOrCreateCounter("presence_writeback_history_dropped_total").Get()
-	written := len(readHistory(t, table))
-	if written+int(dropped) != 6000 || dropped == 0 {
-		t.Fatalf("written %d + dropped %d != 6000 sent (or nothing dropped)", written, dropped)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := h.Close(ctx); err != nil {
-		t.Fatal(err)
-	}
-	<-runDone
 }

@@ -136,7 +136,7 @@ func TestKill9ThenRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-p.done
-	time.Sleep(c.Timeout + 500*time.Millisecond)
+	time.Sleep(c.Engine.DefaultTimeout + 500*time.Millisecond)
 
 	q := startProc(t, env)
 	q.waitServing(t)

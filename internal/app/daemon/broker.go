@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,12 +19,14 @@ import (
 type broker struct {
 	srv  *mqtt.Server
 	addr string // the address it listens on
+	log  *slog.Logger
 }
 
-// startBroker listens on addr. When addr is the default and taken (another
-// broker runs there), it listens on a free port instead and says so; an
-// address given explicitly must be free.
-func startBroker(addr string, explicit bool, log *slog.Logger) (*broker, error) {
+// newBroker binds addr (so that a taken port fails at once; Start serves).
+// When addr is the default and taken (another broker runs there), it
+// listens on a free port instead and says so; an address given explicitly
+// must be free.
+func newBroker(addr string, explicit bool, log *slog.Logger) (*broker, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil && errors.Is(err, syscall.EADDRINUSE) && !explicit {
 		host, _, _ := net.SplitHostPort(addr)
@@ -53,16 +56,20 @@ func startBroker(addr string, explicit bool, log *slog.Logger) (*broker, error) 
 		ln.Close()
 		return nil, fmt.Errorf("embedded MQTT broker: %w", err)
 	}
-	if err := srv.Serve(); err != nil { // starts the listeners and returns
-		srv.Close()
-		return nil, fmt.Errorf("embedded MQTT broker: %w", err)
-	}
-	b := &broker{srv: srv, addr: ln.Addr().String()}
-	log.Info("embedded MQTT broker listening", "addr", b.addr)
-	return b, nil
+	return &broker{srv: srv, addr: ln.Addr().String(), log: log}, nil
 }
+
+// Start serves (it starts the listener's goroutine and returns).
+func (b *broker) Start(context.Context) error {
+	if err := b.srv.Serve(); err != nil {
+		return fmt.Errorf("embedded MQTT broker: %w", err)
+	}
+	b.log.Info("embedded MQTT broker listening", "addr", b.addr)
+	return nil
+}
+
+// Close closes the listener and every client. Idempotent.
+func (b *broker) Close(context.Context) error { return b.srv.Close() }
 
 // url is where MQTT clients reach the broker.
 func (b *broker) url() string { return "tcp://" + b.addr }
-
-func (b *broker) close() error { return b.srv.Close() }

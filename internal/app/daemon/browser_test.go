@@ -20,7 +20,7 @@ import (
 func TestDashboardOfRunningDaemon(t *testing.T) {
 	s := newStack(t)
 	c := s.config()
-	c.Timeout = time.Minute
+	c.Engine.DefaultTimeout = time.Minute
 	r := startDaemon(t, c)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)

@@ -367,7 +367,7 @@ func TestClusterProcesses(t *testing.T) {
 	}
 	s := newStack(t)
 	c := s.config()
-	c.Timeout = clusterTimeout
+	c.Engine.DefaultTimeout = clusterTimeout
 	presenced(t) // build before the clock matters
 
 	ids := make([]string, clusterDevices)

@@ -23,6 +23,9 @@ func TestParseFlags(t *testing.T) {
 	check := func(name string, args []string, env func(string) string, ok func(Config) bool) {
 		t.Helper()
 		c, err := ParseFlags(args, env, io.Discard)
+		if err == nil {
+			err = c.Validate()
+		}
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
@@ -31,29 +34,29 @@ func TestParseFlags(t *testing.T) {
 		}
 	}
 	check("defaults", nil, getenv(), func(c Config) bool {
-		return c.MQTTURL == "" && !c.redisEnabled() && c.DatabaseURL == "" && c.Timeout == time.Minute &&
-			c.HTTPAddr == "127.0.0.1:8080" && c.TelemetryTopics[0] == "devices/{id}/telemetry"
+		return c.Ingest.BrokerURL == "" && !c.Redis.Enabled() && !c.Postgres.Enabled() && c.Engine.DefaultTimeout == time.Minute &&
+			c.API.Addr == "127.0.0.1:8080" && c.Ingest.Topics[0].Pattern == "devices/{id}/telemetry" && !c.clustered()
 	})
 	check("seed environment", nil, getenv("REDIS_HOST", "cache", "REDIS_PORT", "6380", "REDIS_DB", "2", "DEVICE_OFFLINE_TIMEOUT", "300"),
-		func(c Config) bool { return c.redisEnabled() && c.Timeout == 5*time.Minute })
+		func(c Config) bool { return c.Redis.Enabled() && c.Engine.DefaultTimeout == 5*time.Minute })
 	check("duration timeout", []string{"-timeout", "90s"}, getenv("DEVICE_OFFLINE_TIMEOUT", "30"),
-		func(c Config) bool { return c.Timeout == 90*time.Second })
+		func(c Config) bool { return c.Engine.DefaultTimeout == 90*time.Second })
 	check("per-topic timeouts", []string{"-telemetry-topic", "sensors/fast/{id}=30s", "-telemetry-topic", "meters/{id}/data=10m"}, getenv(),
 		func(c Config) bool {
-			ts, err := c.topics()
-			return err == nil && len(ts) == 3 && ts[0].Timeout == 30*time.Second && ts[1].Timeout == 10*time.Minute
+			ts := c.Ingest.Topics
+			return len(ts) == 3 && ts[0].Timeout == 30*time.Second && ts[1].Timeout == 10*time.Minute
 		})
 	check("cluster", nil, getenv("REDIS_ADDRS", "r1:7000,r2:7000", "REDIS_PASSWORD", "pw"), func(c Config) bool {
-		cl, err := c.redisClient()
+		cl, err := c.Redis.NewClient()
 		if err != nil {
 			return false
 		}
 		defer cl.Close()
 		_, isCluster := cl.(*redis.ClusterClient)
-		return c.redisEnabled() && isCluster
+		return c.Redis.Enabled() && isCluster
 	})
 	check("sentinel", nil, getenv("REDIS_ADDRS", "s1:26379", "REDIS_MASTER_NAME", "mymaster"), func(c Config) bool {
-		cl, err := c.redisClient()
+		cl, err := c.Redis.NewClient()
 		if err != nil {
 			return false
 		}
@@ -63,7 +66,7 @@ func TestParseFlags(t *testing.T) {
 	})
 	check("services", nil, getenv("MQTT_URL", "tcp://broker:1883", "REDIS_URL", "redis://r:6379/1", "DATABASE_URL", "postgres://db/x"),
 		func(c Config) bool {
-			return c.MQTTURL == "tcp://broker:1883" && c.redisEnabled() && c.DatabaseURL != ""
+			return c.Ingest.BrokerURL == "tcp://broker:1883" && c.Redis.Enabled() && c.Postgres.URL != ""
 		})
 }
 
@@ -88,7 +91,10 @@ func TestParseFlagsErrors(t *testing.T) {
 		{[]string{"-mqtt-connections", "2", "-share-group", ""}, getenv(), "Share"},
 		{nil, getenv("REDIS_ADDRS", "r1"), "REDIS_ADDRS"},
 	} {
-		_, err := ParseFlags(tc.args, tc.env, io.Discard)
+		c, err := ParseFlags(tc.args, tc.env, io.Discard)
+		if err == nil {
+			err = c.Validate()
+		}
 		if !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: %v, want an error naming %s", tc.args, err, tc.want)
 		}
@@ -107,9 +113,9 @@ func TestEmbeddedDemo(t *testing.T) {
 	}
 	c := DefaultConfig()
 	c.EmbeddedMQTTAddr = "127.0.0.1:0"
-	c.HTTPAddr = "127.0.0.1:0"
+	c.API.Addr = "127.0.0.1:0"
 	c.Demo = 30
-	c.Timeout = time.Second
+	c.Engine.DefaultTimeout = time.Second
 	r := startDaemon(t, c)
 	deadline := time.Now().Add(20 * time.Second)
 	for {

@@ -3,17 +3,14 @@ package daemon
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"net/http"
-	"sync"
-	"sync/atomic"
+	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/redis/go-redis/v9"
+	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/presence-dev/presence/api"
 	"github.com/presence-dev/presence/cluster"
@@ -21,59 +18,97 @@ import (
 	"github.com/presence-dev/presence/engine"
 	"github.com/presence-dev/presence/events"
 	"github.com/presence-dev/presence/ingest"
+	"github.com/presence-dev/presence/internal/lifecycle"
+	"github.com/presence-dev/presence/recovery"
 	"github.com/presence-dev/presence/report"
-	"github.com/presence-dev/presence/writeback"
+	"github.com/presence-dev/presence/writeback/postgres"
+	"github.com/presence-dev/presence/writeback/redis"
 )
 
 // Daemon is presenced: ingest feeds the engine, write-behind keeps Redis and
-// Postgres in step, the API answers questions. New builds and binds
-// everything (so a taken port fails at once); Run serves until its context
-// ends, then shuts down in order and flushes what is pending.
+// Postgres in step, the API answers questions. New builds every component;
+// Run starts them in order, serves until its context ends, then closes them
+// in the reverse order (docs/ARCHITECTURE.md draws it).
 type Daemon struct {
-	cfg Config
+	cfg Config // resolved
 	log *slog.Logger
 
-	eng    *engine.Engine
-	broker *broker // nil with an external broker
-	ing    *ingest.Ingester
-	api    *api.Server
-	httpLn net.Listener
-
-	redis     redis.UniversalClient // nil without Redis
-	redisSink *writeback.Redis
-	pool      *pgxpool.Pool // nil without Postgres
-	pgSink    *writeback.Postgres
-	history   *writeback.History // nil without Postgres or history
-	events    *events.Hub
-	node      *cluster.Node         // nil when not clustered
-	index     *writeback.RedisIndex // per-partition device ids; with Redis
+	stores  *stores
+	broker  *broker // nil with an external broker
+	api     *api.Server
+	keys    *redis.Sink // the Redis sink; nil without Redis
+	devices *postgres.Sink
+	history *postgres.History
+	events  *events.Hub
+	index   *recovery.Index
+	eng     *engine.Engine
+	node    *cluster.Node // nil when not clustered
+	rec     *recovery.Recovery
+	ing     *ingest.Ingester
+	demo    *demo
 
 	engineMetrics *metrics.Set
-	hydrated      atomic.Bool
-	hydrateErr    atomic.Pointer[error]
+	group         *lifecycle.Group
 }
 
-// New builds a daemon from a validated configuration. Nothing runs until Run.
+// New validates cfg and builds a daemon: it opens nothing but the embedded
+// broker's port (so that a taken port fails at once); Run starts the rest.
 func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	d := &Daemon{cfg: cfg, log: log}
-	if err := d.build(); err != nil {
-		d.closeResources()
+	d := &Daemon{log: log, stores: &stores{}}
+	if err := d.build(cfg); err != nil {
+		d.stores.Close(context.Background())
+		if d.broker != nil {
+			d.broker.Close(context.Background())
+		}
 		return nil, err
 	}
 	return d, nil
 }
 
+// stage is one stage of Run's start order (lifecycle.Group.Add).
+type stage struct {
+	budget time.Duration
+	parts  []lifecycle.Part
+}
+
+// stages are the components in start order; Close goes the other way.
+// Components that are not configured are nil and left out.
+func (d *Daemon) stages() []stage {
+	p := lifecycle.Named
+	return []stage{
+		{0, []lifecycle.Part{p("stores", d.stores)}}, // the clients, closed last
+		{0, []lifecycle.Part{p("broker", d.broker)}},
+		{0, []lifecycle.Part{p("api", d.api)}}, // health and readiness first
+		// The sinks, flushed together at shutdown within ShutdownTimeout.
+		{d.cfg.ShutdownTimeout, []lifecycle.Part{p("redis", d.keys), p("postgres", d.devices),
+			p("history", d.history), p("events", d.events), p("index", d.index)}},
+		{0, []lifecycle.Part{p("engine", d.eng)}},   // closed after ingest and cluster: the last Deliver
+		{0, []lifecycle.Part{p("cluster", d.node)}}, // closed: leave, hand off (its own bounds)
+		{0, []lifecycle.Part{p("recovery", d.rec)}}, // started: rebuilt from Redis
+		{0, []lifecycle.Part{p("ingest", d.ing)}},   // subscribed last; closed first: hands over
+		{0, []lifecycle.Part{p("demo", d.demo)}},    // publishes to the broker
+	}
+}
+
 // build makes every component; New closes what it opened if it fails.
-func (d *Daemon) build() error {
-	if d.cfg.MQTTURL == "" {
-		explicit := d.cfg.EmbeddedMQTTAddr != DefaultConfig().EmbeddedMQTTAddr
+func (d *Daemon) build(cfg Config) error {
+	log := d.log
+	brokerURL := cfg.Ingest.BrokerURL
+	if brokerURL == "" {
+		explicit := cfg.EmbeddedMQTTAddr != defaultEmbeddedMQTTAddr
 		var err error
-		if d.broker, err = startBroker(d.cfg.EmbeddedMQTTAddr, explicit, d.log); err != nil {
+		if d.broker, err = newBroker(cfg.EmbeddedMQTTAddr, explicit, log); err != nil {
 			return err
 		}
+		brokerURL = d.broker.url()
+	}
+	cfg = cfg.resolve(brokerURL)
+	d.cfg = cfg
+	if err := d.buildStores(); err != nil {
+		return err
 	}
 	sinks, err := d.buildTransitionSinks()
 	if err != nil {
@@ -82,148 +117,149 @@ func (d *Daemon) build() error {
 	if err := d.buildEngine(sinks); err != nil {
 		return err
 	}
-	if err := d.buildIngest(); err != nil {
+	if err := d.buildCluster(); err != nil {
 		return err
 	}
-	return d.buildAPI()
-}
-
-// buildTransitionSinks connects the stores and makes what receives every
-// transition: metrics, history, events, the cluster's device index.
-func (d *Daemon) buildTransitionSinks() (fanout, error) {
-	cfg, log := d.cfg, d.log
-	sinks := fanout{newTransitionCounter(d.metricsSet())}
-	if cfg.DatabaseURL != "" {
-		pool, err := pgxpool.New(context.Background(), cfg.DatabaseURL)
-		if err != nil {
-			return nil, fmt.Errorf("DATABASE_URL: %w", err)
-		}
-		d.pool = pool
-		if cfg.HistoryTable != "" {
-			hc := writeback.DefaultHistoryConfig()
-			hc.Table, hc.Logger = cfg.HistoryTable, log.With("component", "history")
-			if d.history, err = writeback.NewHistory(pool, hc); err != nil {
-				return nil, err
-			}
-			sinks = append(sinks, d.history)
-		}
+	ic := cfg.Ingest
+	ic.Logger = log.With("component", "ingest")
+	var handler ingest.Handler = d.eng
+	if d.node != nil {
+		handler = d.node.Router() // forwards what other nodes own
 	}
-	if cfg.redisEnabled() {
-		var err error
-		if d.redis, err = cfg.redisClient(); err != nil {
-			return nil, err
-		}
-	}
-	hub, err := events.New(cfg.eventsConfig(d.BrokerURL()), events.Deps{
-		Redis:     d.redis,
-		FleetSize: func() int { return d.eng.Counts().Total }, // called once running
-		Logger:    log.With("component", "events"),
-	})
-	if err != nil {
-		return nil, err
-	}
-	d.events = hub
-	sinks = append(sinks, hub)
-	if d.redis != nil { // restart recovery and cluster rebuilds read it
-		parts := cluster.DefaultPartitions
-		d.index = writeback.NewRedisIndex(d.redis, cfg.RedisPrefix,
-			func(id string) int { return cluster.PartitionOf(id, parts) }, 0, log.With("component", "index"), nil)
-		sinks = append(sinks, d.index)
-	}
-	return sinks, nil
-}
-
-// deliverAfterDrain is the Redis sink's source when there is a device
-// index. After taking dirty devices it has the engine deliver the
-// transitions queued so far: a device is marked dirty and its online
-// transition queued at the same moment, so by then the index (a transition
-// sink, called synchronously) has every drained device that came online,
-// and the Redis sink writes the index before the keys. Without it, a device
-// drained within one engine tick of coming online could reach Redis before
-// its index entry and, after a kill -9, be missed by a restart that
-// hydrates from the index. (Not covered: a device whose transition the
-// engine is coalescing because the sinks fell a whole queue behind.)
-type deliverAfterDrain struct {
-	writeback.Source
-	eng *engine.Engine
-}
-
-func (s deliverAfterDrain) Drain(dst []engine.DeviceState, max int) []engine.DeviceState {
-	dst = s.Source.Drain(dst, max)
-	s.eng.Deliver()
-	return dst
-}
-
-// buildEngine makes the engine and its write-behind sinks.
-func (d *Daemon) buildEngine(sinks fanout) error {
-	cfg, log := d.cfg, d.log
-	ec := engine.DefaultConfig()
-	ec.DefaultTimeout, ec.Tick = cfg.Timeout, cfg.Tick
-	ec.Sink, ec.Logger = sinks, log.With("component", "engine")
-	eng, err := engine.New(ec)
-	if err != nil {
+	if d.ing, err = ingest.New(ic, handler); err != nil {
 		return err
 	}
-	d.eng = eng
-	d.registerEngineMetrics()
-	if d.redis != nil {
-		tr, err := eng.NewTracker()
-		if err != nil {
-			return err
-		}
-		rc := cfg.redisConfig(log.With("component", "redis"))
-		rc.Index = d.index // entries before keys: the index stays complete
-		var src writeback.Source = tr
-		if d.index != nil {
-			src = deliverAfterDrain{tr, eng}
-		}
-		if d.redisSink, err = writeback.NewRedis(d.redis, src, rc); err != nil {
+	if cfg.Demo > 0 {
+		d.demo = newDemo(cfg, brokerURL, log.With("component", "demo"))
+	}
+	if err := d.buildAPI(); err != nil {
+		return err
+	}
+	d.group = lifecycle.NewGroup(log)
+	for _, s := range d.stages() {
+		d.group.Add(s.budget, s.parts...)
+	}
+	return nil
+}
+
+// buildStores opens the clients of Redis and Postgres (they connect on
+// first use).
+func (d *Daemon) buildStores() error {
+	var err error
+	if d.cfg.Redis.Enabled() {
+		if d.stores.redis, err = d.cfg.Redis.NewClient(); err != nil {
 			return err
 		}
 	}
-	if d.pool != nil {
-		tr, err := eng.NewTracker()
-		if err != nil {
-			return err
-		}
-		if d.pgSink, err = writeback.NewPostgres(d.pool, tr, cfg.postgresConfig(log.With("component", "postgres"))); err != nil {
+	if d.cfg.Postgres.Enabled() {
+		if d.stores.pool, err = d.cfg.Postgres.Open(context.Background()); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// buildIngest makes ingest, behind the cluster's router when clustered.
-func (d *Daemon) buildIngest() error {
-	var handler ingest.Handler = d.eng
-	if d.cfg.clustered() {
-		cc, err := d.cfg.clusterConfig(d.log.With("component", "cluster"))
+// buildTransitionSinks makes what receives every transition: metrics,
+// history, events, the device index.
+func (d *Daemon) buildTransitionSinks() (fanout, error) {
+	cfg, log := d.cfg, d.log
+	d.engineMetrics = metrics.NewSet()
+	sinks := fanout{newTransitionCounter(d.engineMetrics)}
+	var err error
+	if d.stores.pool != nil && cfg.History.Table != "" {
+		hc := cfg.History
+		hc.Logger = log.With("component", "history")
+		if d.history, err = postgres.NewHistory(d.stores.pool, hc); err != nil {
+			return nil, err
+		}
+		sinks = append(sinks, d.history)
+	}
+	d.events, err = events.New(cfg.Events, events.Deps{
+		Redis:     d.stores.redis,
+		FleetSize: func() int { return d.eng.Counts().Total }, // called once running
+		Logger:    log.With("component", "events"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	sinks = append(sinks, d.events)
+	if d.stores.redis != nil { // restart recovery and cluster rebuilds read it
+		if d.index, err = recovery.NewIndex(d.stores.redis, cfg.Recovery.Index, log.With("component", "index"), nil); err != nil {
+			return nil, err
+		}
+		sinks = append(sinks, d.index)
+	}
+	return sinks, nil
+}
+
+// buildEngine makes the engine, its write-behind sinks and restart
+// recovery.
+func (d *Daemon) buildEngine(sinks fanout) error {
+	cfg, log := d.cfg, d.log
+	ec := cfg.Engine
+	ec.Sink, ec.Logger = sinks, log.With("component", "engine")
+	var err error
+	if d.eng, err = engine.New(ec); err != nil {
+		return err
+	}
+	registerEngineMetrics(d.engineMetrics, d.eng)
+	if d.stores.redis != nil {
+		tr, err := d.eng.NewTracker()
 		if err != nil {
 			return err
 		}
-		cc.OnChange = d.onClusterChange
-		if d.redisSink != nil {
-			// Messages of partitions gained from a crashed node wait for
-			// their rebuild from Redis (rebuild calls RebuildDone).
-			cc.RebuildHold = rebuildHold
-		}
-		if d.node, err = cluster.New(cc, d.eng); err != nil {
+		kc := cfg.Keys
+		kc.Flush.Logger = log.With("component", "redis")
+		// Index entries before keys: the index stays complete.
+		kc.BeforeWrite = func(ctx context.Context) error { return d.rec.BeforeKeys(ctx) }
+		if d.keys, err = redis.New(d.stores.redis, tr, kc); err != nil {
 			return err
 		}
-		handler = d.node.Router() // forwards what other nodes own
+		rc := cfg.Recovery
+		rc.Logger = log.With("component", "recovery")
+		if d.rec, err = recovery.New(rc, d.index, d.keys, d.eng); err != nil {
+			return err
+		}
 	}
-	ic := d.cfg.ingestConfig(d.log.With("component", "ingest"))
-	ic.BrokerURL = d.BrokerURL()
-	var err error
-	d.ing, err = ingest.New(ic, handler)
-	return err
+	if d.stores.pool != nil {
+		tr, err := d.eng.NewTracker()
+		if err != nil {
+			return err
+		}
+		pc := cfg.Devices
+		pc.Flush.Logger = log.With("component", "postgres")
+		if d.devices, err = postgres.New(d.stores.pool, tr, pc); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
-// buildAPI makes the HTTP API with every route and binds its port.
+// buildCluster makes the cluster node, when clustered.
+func (d *Daemon) buildCluster() error {
+	if !d.cfg.clustered() {
+		return nil
+	}
+	cc := d.cfg.Cluster
+	cc.Logger = d.log.With("component", "cluster")
+	if d.rec != nil {
+		cc.OnChange = func(c cluster.Change) { d.rec.OnChange(c) } // called once started
+	}
+	var err error
+	if d.node, err = cluster.New(cc, d.eng); err != nil {
+		return err
+	}
+	if d.rec != nil {
+		d.rec.SetCluster(d.node)
+	}
+	return nil
+}
+
+// buildAPI makes the HTTP API with every route.
 func (d *Daemon) buildAPI() error {
 	cfg, log := d.cfg, d.log
-	ac := api.DefaultConfig()
-	ac.Addr, ac.Token, ac.Logger = cfg.HTTPAddr, cfg.APIToken, log.With("component", "api")
+	ac := cfg.API
+	ac.Logger = log.With("component", "api")
 	ac.Ready = d.ready
 	ac.MetricSets = d.metricSets()
 	var err error
@@ -231,9 +267,9 @@ func (d *Daemon) buildAPI() error {
 		return err
 	}
 	rc := report.DefaultConfig()
-	pool := d.pool
-	if cfg.HistoryTable != "" {
-		rc.Table = cfg.HistoryTable
+	pool := d.stores.pool
+	if d.history != nil {
+		rc.Table = cfg.History.Table
 	} else {
 		pool = nil // no history: history and uptime answer 503
 	}
@@ -246,38 +282,28 @@ func (d *Daemon) buildAPI() error {
 	d.api.Handle("GET /v1/events", d.events.SSEHandler())
 	d.api.Handle("GET /v1/cluster", http.HandlerFunc(d.serveCluster))
 	dashboard.Mount(d.api)
-	d.httpLn, err = d.api.Listen()
-	return err
+	return nil
 }
 
-// metricSets lists the sets of every component for /metrics.
+// metricSets are the metric sets of every component, for /metrics.
 func (d *Daemon) metricSets() []*metrics.Set {
-	sets := []*metrics.Set{d.engineMetrics, d.ing.Metrics(), d.events.Metrics()}
-	if d.redisSink != nil {
-		sets = append(sets, d.redisSink.Metrics())
-	}
-	if d.pgSink != nil {
-		sets = append(sets, d.pgSink.Metrics())
-	}
-	if d.history != nil {
-		sets = append(sets, d.history.Metrics())
-	}
-	if d.node != nil {
-		sets = append(sets, d.node.Metrics())
-	}
-	if d.index != nil {
-		sets = append(sets, d.index.Metrics())
+	sets := []*metrics.Set{d.engineMetrics}
+	for _, s := range d.stages() {
+		for _, p := range s.parts {
+			if m, ok := p.C.(interface{ Metrics() *metrics.Set }); ok && !lifecycle.IsNil(p.C) {
+				sets = append(sets, m.Metrics())
+			}
+		}
 	}
 	return sets
 }
 
-// ready is /readyz: hydrated from Redis and subscribed to the broker.
+// ready is /readyz: rebuilt from Redis and subscribed to the broker.
 func (d *Daemon) ready() error {
-	if !d.hydrated.Load() {
-		if p := d.hydrateErr.Load(); p != nil {
-			return fmt.Errorf("rebuilding state from Redis: %w", *p)
+	if d.rec != nil {
+		if err := d.rec.Ready(); err != nil {
+			return err
 		}
-		return errors.New("rebuilding state from Redis")
 	}
 	if !d.ing.Ready() {
 		return errors.New("not subscribed to the MQTT broker yet")
@@ -285,172 +311,74 @@ func (d *Daemon) ready() error {
 	return nil
 }
 
-// HTTPAddr is the address the API listens on.
-func (d *Daemon) HTTPAddr() string { return d.httpLn.Addr().String() }
+// HTTPAddr is the address the API listens on ("" before Run started it).
+func (d *Daemon) HTTPAddr() string { return d.api.Addr() }
 
 // BrokerURL is the MQTT broker presenced reads from.
-func (d *Daemon) BrokerURL() string {
-	if d.broker != nil {
-		return d.broker.url()
-	}
-	return d.cfg.MQTTURL
-}
+func (d *Daemon) BrokerURL() string { return d.cfg.Ingest.BrokerURL }
 
 // Engine is the daemon's engine (tests and the cluster layer use it).
 func (d *Daemon) Engine() *engine.Engine { return d.eng }
 
-// Run serves until ctx ends, then shuts down: ingest stops and hands over
-// what it queued, the engine delivers its last transitions, write-behind
-// flushes within Config.ShutdownTimeout, the API closes. It returns nil
-// after a clean shutdown, or what failed.
+// Run starts every component in order (the API first, then the sinks, the
+// engine's clock, the cluster node, restart recovery and, last, ingest),
+// serves until ctx ends or a component fails, then closes them in the
+// reverse order: ingest hands over what it queued, a cluster node leaves
+// and hands its devices off, the engine delivers its last transitions, the
+// sinks flush within Config.ShutdownTimeout, the API closes. It returns nil
+// after a clean shutdown (what could not be flushed is logged), or the
+// failure.
 func (d *Daemon) Run(ctx context.Context) error {
-	defer d.closeResources()
-	var wg sync.WaitGroup
-	errs := make(chan error, 8)
-	goRun := func(name string, ctx context.Context, f func(context.Context) error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := f(ctx); err != nil && !errors.Is(err, context.Canceled) {
-				errs <- fmt.Errorf("%s: %w", name, err)
-			}
-		}()
-	}
-	// Each stage has its own context so that shutdown can go in order.
-	engCtx, stopEngine := context.WithCancel(context.WithoutCancel(ctx))
-	sinkCtx, stopSinks := context.WithCancel(context.WithoutCancel(ctx))
-	apiCtx, stopAPI := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopEngine()
-	defer stopSinks()
-	defer stopAPI()
-
-	var apiWG sync.WaitGroup
-	apiWG.Add(1)
-	go func() {
-		defer apiWG.Done()
-		if err := d.api.Serve(apiCtx, d.httpLn); err != nil {
-			errs <- err
+	if err := d.group.Start(ctx); err != nil {
+		if ctx.Err() != nil { // a signal during start-up (restart recovery)
+			d.log.Info("stopped during start-up")
+			return nil
 		}
-	}()
-
-	if d.node != nil {
-		if err := d.node.Start(); err != nil {
-			errs <- fmt.Errorf("cluster: %w", err)
-		} else {
-			d.settle(ctx) // hydrate only what this node owns
-		}
+		return err
 	}
-	d.hydrate(ctx)
-	engineDone := make(chan struct{})
-	go func() {
-		defer close(engineDone)
-		d.eng.Run(engCtx) // returns nil when engCtx ends
-	}()
-	if d.redisSink != nil {
-		goRun("redis", sinkCtx, d.redisSink.Run)
-	}
-	if d.pgSink != nil {
-		goRun("postgres", sinkCtx, d.pgSink.Run)
-	}
-	if d.history != nil {
-		goRun("history", sinkCtx, d.history.Run)
-	}
-	goRun("events", sinkCtx, d.events.Run)
-	if d.index != nil {
-		goRun("index", sinkCtx, d.index.Run)
-	}
-	if err := d.ing.Start(); err != nil {
-		errs <- fmt.Errorf("ingest: %w", err)
-	}
-	demoCtx, stopDemo := context.WithCancel(ctx)
-	var demoWG sync.WaitGroup
-	if d.cfg.Demo > 0 {
-		dm := &demo{n: d.cfg.Demo, telemetry: demoTopic(d.cfg.TelemetryTopics), status: demoTopic(d.cfg.StatusTopics),
-			timeout: d.cfg.Timeout, log: d.log.With("component", "demo"), rng: rand.New(rand.NewPCG(rand.Uint64(), 1))}
-		demoWG.Add(1)
-		go func() {
-			defer demoWG.Done()
-			if err := dm.run(demoCtx, d.BrokerURL()); err != nil {
-				d.log.Error("demo stopped", "err", err)
-			}
-		}()
-	}
-
 	var failure error
 	select {
 	case <-ctx.Done():
 		d.log.Info("shutting down")
-	case failure = <-errs:
+	case failure = <-d.group.Failed():
 		d.log.Error("shutting down after a failure", "err", failure)
 	}
-	stopDemo()
-	demoWG.Wait()
-	if err := d.ing.Close(); err != nil { // hands over everything it queued
-		d.log.Warn("ingest close", "err", err)
-	}
-	if d.node != nil { // leave, hand every device to its next owner
-		if err := d.node.Close(); err != nil {
-			d.log.Warn("cluster close", "err", err)
-		}
-	}
-	stopEngine() // Run makes a last Advance and Deliver
-	<-engineDone
-	closeCtx, cancel := context.WithTimeout(context.Background(), d.cfg.ShutdownTimeout)
-	defer cancel()
-	d.closeSinks(closeCtx, stopSinks)
-	stopAPI()
-	apiWG.Wait()
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if failure == nil {
-			failure = err
-		}
+	if err := d.group.Close(context.WithoutCancel(ctx)); err != nil {
+		d.log.Error("shutdown incomplete", "err", err)
 	}
 	d.log.Info("stopped")
 	return failure
 }
 
-// closeSinks flushes every sink, then stops their loops.
-func (d *Daemon) closeSinks(ctx context.Context, stop context.CancelFunc) {
-	var wg sync.WaitGroup
-	closeOne := func(name string, f func(context.Context) error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := f(ctx); err != nil {
-				d.log.Error("flush at shutdown incomplete", "sink", name, "err", err)
-			}
-		}()
-	}
-	if d.redisSink != nil {
-		closeOne("redis", d.redisSink.Close)
-	}
-	if d.pgSink != nil {
-		closeOne("postgres", d.pgSink.Close)
-	}
-	if d.history != nil {
-		closeOne("history", d.history.Close)
-	}
-	closeOne("events", d.events.Close)
-	if d.index != nil {
-		closeOne("index", d.index.Close)
-	}
-	wg.Wait()
-	stop()
+// stores are the clients the components share: closed after all of them.
+type stores struct {
+	redis goredis.UniversalClient
+	pool  *pgxpool.Pool
 }
 
-func (d *Daemon) closeResources() {
-	if d.broker != nil {
-		d.broker.close()
+func (*stores) Start(context.Context) error { return nil }
+
+func (s *stores) Close(context.Context) error {
+	var err error
+	if s.redis != nil {
+		err = s.redis.Close()
 	}
-	if d.redis != nil {
-		d.redis.Close()
+	if s.pool != nil {
+		s.pool.Close()
 	}
-	if d.pool != nil {
-		d.pool.Close()
+	return err
+}
+
+// newDemo is the -demo fleet on the first concrete topics.
+func newDemo(cfg Config, brokerURL string, log *slog.Logger) *demo {
+	var telemetry, status []string
+	for _, t := range cfg.Ingest.Topics {
+		if t.Kind == ingest.KindStatus {
+			status = append(status, t.Pattern)
+		} else {
+			telemetry = append(telemetry, t.Pattern)
+		}
 	}
-	if d.httpLn != nil {
-		d.httpLn.Close()
-	}
+	return &demo{n: cfg.Demo, broker: brokerURL, telemetry: demoTopic(telemetry), status: demoTopic(status),
+		timeout: cfg.Engine.DefaultTimeout, log: log, rng: rand.New(rand.NewPCG(rand.Uint64(), 1))}
 }

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/presence-dev/presence/internal/lifecycle"
 )
 
 // demo simulates a small fleet for -demo: each device talks for a while,
@@ -23,12 +25,26 @@ import (
 // incident.
 type demo struct {
 	n         int
+	broker    string // URL
 	telemetry string // topic with {id}
 	status    string // topic with {id}, or "" for none
 	timeout   time.Duration
 	log       *slog.Logger
 	rng       *rand.Rand
+	run       lifecycle.Runner
 }
+
+// Start starts publishing.
+func (d *demo) Start(ctx context.Context) error {
+	return d.run.Start(ctx, func(ctx context.Context) {
+		if err := d.publish(ctx); err != nil {
+			d.log.Error("demo stopped", "err", err)
+		}
+	})
+}
+
+// Close stops publishing and disconnects.
+func (d *demo) Close(ctx context.Context) error { return d.run.Close(ctx, nil) }
 
 type demoDevice struct {
 	id       string
@@ -48,11 +64,12 @@ func demoTopic(patterns []string) string {
 	return ""
 }
 
-func (d *demo) run(ctx context.Context, brokerURL string) error {
+// publish runs the fleet until ctx ends.
+func (d *demo) publish(ctx context.Context) error {
 	if d.telemetry == "" {
 		return fmt.Errorf("demo: no telemetry topic without wildcards to publish on")
 	}
-	opts := paho.NewClientOptions().AddBroker(brokerURL).
+	opts := paho.NewClientOptions().AddBroker(d.broker).
 		SetClientID(fmt.Sprintf("presenced-demo-%d", rand.Uint32())).
 		SetAutoReconnect(true).SetConnectRetry(true).SetConnectRetryInterval(time.Second)
 	c := paho.NewClient(opts)

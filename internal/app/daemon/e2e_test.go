@@ -90,11 +90,11 @@ func TestEndToEnd(t *testing.T) {
 	// The deadline is the daemon's receive time of 104 + 2 s: after
 	// firstPub, and (publish waits for the broker, not the daemon) at
 	// most a moment after lastPub.
-	if early := offAt.Sub(firstPub) - c.Timeout; early < 0 {
+	if early := offAt.Sub(firstPub) - c.Engine.DefaultTimeout; early < 0 {
 		t.Fatalf("offline seen %v before the deadline", -early)
 	}
-	if late := offAt.Sub(lastPub) - c.Timeout; late > c.Tick+c.RedisFlush+time.Second {
-		t.Fatalf("offline seen %v after the deadline (tick %v, flush %v)", late, c.Tick, c.RedisFlush)
+	if late := offAt.Sub(lastPub) - c.Engine.DefaultTimeout; late > c.Engine.Tick+c.Keys.Flush.Interval+time.Second {
+		t.Fatalf("offline seen %v after the deadline (tick %v, flush %v)", late, c.Engine.Tick, c.Keys.Flush.Interval)
 	}
 	testenv.Eventually(t, 3*time.Second, func() error {
 		for id := 104; id <= 106; id++ {
@@ -108,8 +108,8 @@ func TestEndToEnd(t *testing.T) {
 		return nil
 	})
 	_, seen, _ := s.redisState(104)
-	if h := s.historyOf(104); !h[1].at.Equal(seen.Add(c.Timeout)) {
-		t.Fatalf("offline at %v, want last seen %v + %v", h[1].at, seen, c.Timeout)
+	if h := s.historyOf(104); !h[1].at.Equal(seen.Add(c.Engine.DefaultTimeout)) {
+		t.Fatalf("offline at %v, want last seen %v + %v", h[1].at, seen, c.Engine.DefaultTimeout)
 	}
 	for id := 101; id <= 103; id++ {
 		if st, _, err := s.redisState(id); err != nil || st != "online" {
@@ -148,7 +148,7 @@ func TestEndToEnd(t *testing.T) {
 func TestLastWillActsAtOnce(t *testing.T) {
 	s := newStack(t, 201)
 	c := s.config()
-	c.Timeout = time.Minute
+	c.Engine.DefaultTimeout = time.Minute
 	startDaemon(t, c)
 	s.publish(201, "telemetry", "{}")
 	testenv.Eventually(t, 5*time.Second, func() error {
@@ -228,7 +228,7 @@ func TestGarbageLeavesDaemonHealthy(t *testing.T) {
 func TestRestartRecovery(t *testing.T) {
 	s := newStack(t, 301, 302)
 	c := s.config()
-	c.Timeout = 2 * time.Second
+	c.Engine.DefaultTimeout = 2 * time.Second
 	a := startDaemon(t, c)
 	s.publish(301, "telemetry", "{}")
 	s.publish(302, "telemetry", "{}")
@@ -241,7 +241,7 @@ func TestRestartRecovery(t *testing.T) {
 		return nil
 	})
 	a.stop(t) // a clean stop: nothing else changes in Redis
-	time.Sleep(c.Timeout + 500*time.Millisecond)
+	time.Sleep(c.Engine.DefaultTimeout + 500*time.Millisecond)
 
 	b := startDaemon(t, c)
 	testenv.Eventually(t, 5*time.Second, func() error {

@@ -21,10 +21,10 @@ import (
 func TestEventsReachEveryDestination(t *testing.T) {
 	s := newStack(t)
 	c := s.config()
-	c.Timeout = time.Minute
-	c.EventsMQTTTopic = s.name + "/devices/{id}/presence"
+	c.Engine.DefaultTimeout = time.Minute
+	c.Events.MQTT.Enabled, c.Events.MQTT.Topic = true, s.name+"/devices/{id}/presence"
 	ctx := context.Background()
-	sub := s.rdb.Subscribe(ctx, c.EventsChannel)
+	sub := s.rdb.Subscribe(ctx, c.Events.PubSub.Channel)
 	defer sub.Close()
 	if _, err := sub.Receive(ctx); err != nil { // the subscription confirmation
 		t.Fatal(err)
@@ -96,7 +96,7 @@ func TestEventsReachEveryDestination(t *testing.T) {
 		}
 	}
 	testenv.Eventually(t, 5*time.Second, func() error {
-		n, err := s.rdb.XLen(ctx, c.EventsStream).Result()
+		n, err := s.rdb.XLen(ctx, c.Events.Stream.Key).Result()
 		if err != nil || n != 3 {
 			return fmt.Errorf("stream length %d (%v)", n, err)
 		}
@@ -144,11 +144,11 @@ func TestBrokerLossIsOneIncident(t *testing.T) {
 	c := s.config()
 	const fleet = 200
 	link := testenv.NewProxy(t, strings.TrimPrefix(testenv.MQTTURL(), "tcp://"))
-	c.MQTTURL = "tcp://" + link.Addr()
-	c.Timeout = 2 * time.Second
-	c.MassOfflineCount, c.MassOfflineShare, c.MassOfflineWindow = 100, 0, 10*time.Second
+	c.Ingest.BrokerURL = "tcp://" + link.Addr()
+	c.Engine.DefaultTimeout = 2 * time.Second
+	c.Events.Alerts.Mass.Count, c.Events.Alerts.Mass.Share, c.Events.Alerts.Mass.Window = 100, 0, 10*time.Second
 	ctx := context.Background()
-	sub := s.rdb.Subscribe(ctx, c.EventsChannel)
+	sub := s.rdb.Subscribe(ctx, c.Events.PubSub.Channel)
 	defer sub.Close()
 	if _, err := sub.Receive(ctx); err != nil {
 		t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/presence-dev/presence/ingest"
 	"github.com/presence-dev/presence/internal/testsupport/testenv"
 	"github.com/presence-dev/presence/internal/wire"
 )
@@ -80,36 +81,38 @@ func newStack(t *testing.T, ids ...int) *stack {
 // flushes, the API on a free port.
 func (s *stack) config() Config {
 	c := DefaultConfig()
-	c.MQTTURL = testenv.MQTTURL()
-	c.MQTTClientID = s.name
-	c.ShareGroup = s.name
-	c.TelemetryTopics = []string{s.name + "/devices/{id}/telemetry"}
-	c.StatusTopics = []string{s.name + "/devices/{id}/status"}
-	c.RedisURL = testenv.RedisURL()
-	c.RedisPrefix = s.name + ":device:"
-	c.RedisFlush = 100 * time.Millisecond
-	c.DatabaseURL = testenv.DatabaseURL()
-	c.PGTable = s.devices
-	c.PGFlush = 100 * time.Millisecond
-	c.HistoryTable = s.history
-	c.EventsChannel = s.name + ":events"
-	c.EventsStream = s.name + ":stream"
-	c.Timeout = 2 * time.Second
-	c.HTTPAddr = "127.0.0.1:0"
+	c.Ingest.BrokerURL = testenv.MQTTURL()
+	c.Ingest.ClientIDPrefix = s.name
+	c.Ingest.ShareGroup = s.name
+	c.Ingest.Topics = []ingest.Topic{
+		{Pattern: s.name + "/devices/{id}/telemetry", Kind: ingest.KindTelemetry},
+		{Pattern: s.name + "/devices/{id}/status", Kind: ingest.KindStatus},
+	}
+	c.Redis.URL = testenv.RedisURL()
+	c.Keys.KeyPrefix = s.name + ":device:"
+	c.Keys.Flush.Interval = 100 * time.Millisecond
+	c.Postgres.URL = testenv.DatabaseURL()
+	c.Devices.Table = s.devices
+	c.Devices.Flush.Interval = 100 * time.Millisecond
+	c.History.Table = s.history
+	c.Events.PubSub.Channel = s.name + ":events"
+	c.Events.Stream.Key = s.name + ":stream"
+	c.Engine.DefaultTimeout = 2 * time.Second
+	c.API.Addr = "127.0.0.1:0"
 	c.ShutdownTimeout = 10 * time.Second
 	return c
 }
 
 func (s *stack) env(c Config) []string {
 	return append(os.Environ(),
-		"MQTT_URL="+c.MQTTURL, "MQTT_CLIENT_ID="+c.MQTTClientID, "PRESENCE_SHARE_GROUP="+c.ShareGroup,
-		"PRESENCE_TELEMETRY_TOPICS="+c.TelemetryTopics[0], "PRESENCE_STATUS_TOPICS="+c.StatusTopics[0],
-		"REDIS_URL="+c.RedisURL, "PRESENCE_REDIS_PREFIX="+c.RedisPrefix,
-		"PRESENCE_REDIS_FLUSH_INTERVAL="+c.RedisFlush.String(), "DATABASE_URL="+c.DatabaseURL,
-		"PRESENCE_PG_TABLE="+c.PGTable, "PRESENCE_PG_FLUSH_INTERVAL="+c.PGFlush.String(),
-		"PRESENCE_HISTORY_TABLE="+c.HistoryTable, "DEVICE_OFFLINE_TIMEOUT="+c.Timeout.String(),
-		"PRESENCE_EVENTS_CHANNEL="+c.EventsChannel, "PRESENCE_EVENTS_STREAM="+c.EventsStream,
-		"PRESENCE_HTTP_ADDR="+c.HTTPAddr)
+		"MQTT_URL="+c.Ingest.BrokerURL, "MQTT_CLIENT_ID="+c.Ingest.ClientIDPrefix, "PRESENCE_SHARE_GROUP="+c.Ingest.ShareGroup,
+		"PRESENCE_TELEMETRY_TOPICS="+c.Ingest.Topics[0].Spec(), "PRESENCE_STATUS_TOPICS="+c.Ingest.Topics[1].Spec(),
+		"REDIS_URL="+c.Redis.URL, "PRESENCE_REDIS_PREFIX="+c.Keys.KeyPrefix,
+		"PRESENCE_REDIS_FLUSH_INTERVAL="+c.Keys.Flush.Interval.String(), "DATABASE_URL="+c.Postgres.URL,
+		"PRESENCE_PG_TABLE="+c.Devices.Table, "PRESENCE_PG_FLUSH_INTERVAL="+c.Devices.Flush.Interval.String(),
+		"PRESENCE_HISTORY_TABLE="+c.History.Table, "DEVICE_OFFLINE_TIMEOUT="+c.Engine.DefaultTimeout.String(),
+		"PRESENCE_EVENTS_CHANNEL="+c.Events.PubSub.Channel, "PRESENCE_EVENTS_STREAM="+c.Events.Stream.Key,
+		"PRESENCE_HTTP_ADDR="+c.API.Addr)
 }
 
 func (s *stack) publish(id int, kind, payload string) {

@@ -1,8 +1,7 @@
 package daemon
 
 import (
-	"sync"
-	"time"
+	"io"
 
 	"github.com/VictoriaMetrics/metrics"
 
@@ -41,40 +40,20 @@ func (t *transitionCounter) HandleTransitions(b []engine.Transition) {
 	}
 }
 
-// metricsSet is the engine's set, made on first use.
-func (d *Daemon) metricsSet() *metrics.Set {
-	if d.engineMetrics == nil {
-		d.engineMetrics = metrics.NewSet()
-	}
-	return d.engineMetrics
-}
-
-// registerEngineMetrics exports the engine's counters. A scrape reads them
-// once (Stats locks every shard briefly), however many gauges use them.
-func (d *Daemon) registerEngineMetrics() {
-	set := d.metricsSet()
-	var mu sync.Mutex
-	var last time.Time
-	var st engine.Stats
-	var counts engine.Counts
-	read := func() (engine.Stats, engine.Counts) {
-		mu.Lock()
-		defer mu.Unlock()
-		if time.Since(last) > time.Second {
-			st, counts, last = d.eng.Stats(), d.eng.Counts(), time.Now()
-		}
-		return st, counts
-	}
-	gauge := func(name string, f func(engine.Stats, engine.Counts) float64) {
-		set.NewGauge(name, func() float64 { return f(read()) })
-	}
-	gauge(`presence_devices{status="online"}`, func(_ engine.Stats, c engine.Counts) float64 { return float64(c.Online) })
-	gauge(`presence_devices{status="offline"}`, func(_ engine.Stats, c engine.Counts) float64 { return float64(c.Offline) })
-	gauge(`presence_engine_touches_total`, func(s engine.Stats, _ engine.Counts) float64 { return float64(s.Touches) })
-	gauge(`presence_engine_rejected_total`, func(s engine.Stats, _ engine.Counts) float64 { return float64(s.Rejected) })
-	gauge(`presence_engine_stale_total`, func(s engine.Stats, _ engine.Counts) float64 { return float64(s.Stale) })
-	gauge(`presence_engine_transitions_queued`, func(s engine.Stats, _ engine.Counts) float64 { return float64(s.Queued) })
-	gauge(`presence_engine_transitions_coalesced_total`, func(s engine.Stats, _ engine.Counts) float64 { return float64(s.Coalesced) })
-	gauge(`presence_engine_transitions_collapsed_total`, func(s engine.Stats, _ engine.Counts) float64 { return float64(s.Collapsed) })
-	gauge(`presence_engine_wheel_entries`, func(s engine.Stats, _ engine.Counts) float64 { return float64(s.WheelEntries) })
+// registerEngineMetrics exports the engine's counts and counters into set.
+// A scrape reads them once (Stats and Counts lock every shard briefly),
+// however many series use them; the counters are counters.
+func registerEngineMetrics(set *metrics.Set, eng *engine.Engine) {
+	set.RegisterMetricsWriter(func(w io.Writer) {
+		st, c := eng.Stats(), eng.Counts()
+		metrics.WriteGaugeUint64(w, `presence_devices{status="online"}`, uint64(c.Online))
+		metrics.WriteGaugeUint64(w, `presence_devices{status="offline"}`, uint64(c.Offline))
+		metrics.WriteCounterUint64(w, "presence_engine_touches_total", st.Touches)
+		metrics.WriteCounterUint64(w, "presence_engine_rejected_total", st.Rejected)
+		metrics.WriteCounterUint64(w, "presence_engine_stale_total", st.Stale)
+		metrics.WriteGaugeUint64(w, "presence_engine_transitions_queued", uint64(st.Queued))
+		metrics.WriteCounterUint64(w, "presence_engine_transitions_coalesced_total", st.Coalesced)
+		metrics.WriteCounterUint64(w, "presence_engine_transitions_collapsed_total", st.Collapsed)
+		metrics.WriteGaugeUint64(w, "presence_engine_wheel_entries", uint64(st.WheelEntries))
+	})
 }

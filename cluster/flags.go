@@ -1,0 +1,31 @@
+package cluster
+
+import (
+	"github.com/presence-dev/presence/internal/envflag"
+)
+
+// RegisterFlags registers the flags (and environment twins) of the fields
+// an operator sets: the node's name, its gossip and data addresses, the
+// seeds and the gossip key. The daemon runs a cluster node when
+// -cluster-bind or -cluster-join is set (it registers them over an empty
+// BindAddr to tell).
+func (c *Config) RegisterFlags(s *envflag.Set) {
+	s.String(&c.NodeName, "node-name", "PRESENCE_NODE_NAME", "this node's name in the cluster: unique, and stable across restarts (ownership follows the names)")
+	s.String(&c.BindAddr, "cluster-bind", "PRESENCE_CLUSTER_BIND", "gossip address host:port (memberlist); setting it or -cluster-join runs presenced as a cluster node")
+	s.Var(envflag.NewList(&c.Join), "cluster-join", "PRESENCE_CLUSTER_JOIN", "seed nodes' gossip addresses, comma-separated; joined at start and again periodically so a healed partition merges")
+	s.Secret(keyFlag{&c.SecretKey}, "cluster-key", "PRESENCE_CLUSTER_KEY", "gossip encryption key, base64 of 16, 24 or 32 bytes; the same on every node")
+	s.String(&c.DataAddr, "cluster-data-addr", "PRESENCE_CLUSTER_DATA_ADDR", "address peers forward messages and hand devices to (default: the gossip host, gossip port + 1)")
+}
+
+// keyFlag is SecretKey in base64 (ParseKey).
+type keyFlag struct{ p *[]byte }
+
+func (keyFlag) String() string { return "" }
+func (f keyFlag) Set(v string) error {
+	k, err := ParseKey(v)
+	if err != nil {
+		return err
+	}
+	*f.p = k
+	return nil
+}

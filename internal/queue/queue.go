@@ -1,0 +1,398 @@
+// Package queue is the bounded queue with a retrying batch worker that
+// every write-behind consumer of transitions runs on: each event
+// destination, the status history, the cluster's device index. Pushing
+// never blocks the engine: a full queue drops its oldest items, counted, so
+// that an outage costs bounded memory and loses the oldest news first. One
+// worker sends the queue in batches and retries a failed batch, exactly as
+// it was, with backoff, until it goes through or the queue is closed.
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/presence-dev/presence/internal/backoff"
+	"github.com/presence-dev/presence/internal/lifecycle"
+	"github.com/presence-dev/presence/internal/ratelog"
+)
+
+// Config is one queue's bounds and retry policy. Owners validate their own
+// configuration and map it onto this one; New panics on an invalid Config
+// (a programmer error).
+type Config struct {
+	// Name starts every log line ("events", "writeback: history").
+	Name string
+	// Capacity is the most items waiting; when the queue is full the
+	// oldest item is dropped to make room, and counted.
+	Capacity int
+	// Initial is how many items the queue allocates when the first arrives
+	// (it then grows by doubling up to Capacity). 0: 256.
+	Initial int
+	// BatchSize is the most items per send.
+	BatchSize int
+	// Interval: 0 sends as soon as an item waits. Otherwise the queue is
+	// sent every Interval, and as soon as BatchSize items wait.
+	Interval time.Duration
+	// MinBackoff and MaxBackoff bound the exponential backoff (with
+	// jitter) between the retries of a failed batch.
+	MinBackoff, MaxBackoff time.Duration
+	// Timeout bounds one send.
+	Timeout time.Duration
+	// LogEvery is the rate limit of the queue's warnings (drops, failed
+	// sends): one line per kind per interval, with the number held back.
+	// 0: 5 s.
+	LogEvery time.Duration
+	// Logger: nil is slog.Default().
+	Logger *slog.Logger
+	// Metrics are the owner's counters; a nil one is not counted.
+	Metrics Metrics
+}
+
+// Metrics are the counters a queue keeps, under its owner's names.
+type Metrics struct {
+	Sent     *metrics.Counter   // items sent
+	Dropped  *metrics.Counter   // dropped: queue full, refused, or left at Close
+	Errors   *metrics.Counter   // failed sends
+	Retries  *metrics.Counter   // sends that retried a failed batch
+	Duration *metrics.Histogram // of each send
+}
+
+// Permanent marks an error that retrying cannot fix (a webhook's 4xx): the
+// batch is dropped, counted and logged instead of retried.
+func Permanent(err error) error { return &permanentError{err} }
+
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string { return e.err.Error() }
+func (e *permanentError) Unwrap() error { return e.err }
+
+// UnsentError is Close's error when items were left unsent (counted as
+// dropped): the store kept failing until Close's ctx ended.
+type UnsentError struct {
+	Unsent int
+	Err    error // the last failure, or the ctx's error
+}
+
+func (e *UnsentError) Error() string { return fmt.Sprintf("%d not sent at close: %v", e.Unsent, e.Err) }
+func (e *UnsentError) Unwrap() error { return e.Err }
+
+type logLine uint8
+
+const (
+	lineDropped logLine = iota
+	lineFailed
+)
+
+// Queue is a bounded FIFO of T with one worker that hands it to send in
+// batches. New builds it; Start starts the worker; Close sends what is left
+// within its ctx. Push, Len and Flush are safe for concurrent use.
+type Queue[T any] struct {
+	cfg  Config
+	send func(ctx context.Context, batch []T) error
+	log  *slog.Logger
+	lim  *ratelog.Limiter[logLine]
+	run  lifecycle.Runner
+
+	mu      sync.Mutex // guards buf, closed, dropLog and inflN
+	buf     *ring[T]
+	closed  bool
+	dropLog int           // drops since the last drop line
+	inflN   int           // len(inflight), readable under mu
+	kick    chan struct{} // 1-buffered: something to send
+
+	sendMu   sync.Mutex // one send at a time (the worker, Flush, Close); guards inflight
+	inflight []T        // the batch being sent, or the failed one, sent again as it was
+}
+
+// New returns an empty queue whose batches go to send. send delivers the
+// whole batch or fails; after a failure the same batch (same items, same
+// order) is sent again. It must not keep the slice.
+func New[T any](cfg Config, send func(ctx context.Context, batch []T) error) *Queue[T] {
+	switch {
+	case cfg.Capacity <= 0, cfg.BatchSize <= 0, cfg.Interval < 0, cfg.Timeout <= 0,
+		cfg.MinBackoff <= 0, cfg.MaxBackoff < cfg.MinBackoff, send == nil:
+		panic(fmt.Sprintf("queue %s: invalid config %+v", cfg.Name, cfg))
+	}
+	if cfg.Initial <= 0 {
+		cfg.Initial = 256
+	}
+	if cfg.LogEvery <= 0 {
+		cfg.LogEvery = 5 * time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Queue[T]{
+		cfg:  cfg,
+		send: send,
+		log:  log,
+		lim:  ratelog.New[logLine](cfg.LogEvery, nil),
+		buf:  newRing[T](cfg.Initial, cfg.Capacity),
+		kick: make(chan struct{}, 1),
+	}
+}
+
+// Push appends items. It never waits: when the queue is full the oldest
+// items are dropped (counted, and logged at a limited rate), and after
+// Close every item is dropped. It returns how many were dropped.
+func (q *Queue[T]) Push(items ...T) int {
+	return q.PushFunc(len(items), func(i int) (T, bool) { return items[i], true })
+}
+
+// PushFunc is Push of item(0..n-1), leaving out those for which item
+// returns false, under one lock.
+func (q *Queue[T]) PushFunc(n int, item func(i int) (T, bool)) int {
+	dropped, pushed := 0, false
+	q.mu.Lock()
+	for i := range n {
+		v, ok := item(i)
+		switch {
+		case !ok:
+		case q.closed:
+			dropped++
+		default:
+			pushed = true
+			if q.buf.Push(v) {
+				dropped++
+			}
+		}
+	}
+	q.dropLog += dropped
+	full := q.buf.Len() >= q.cfg.BatchSize
+	q.mu.Unlock()
+	if dropped > 0 {
+		add(q.cfg.Metrics.Dropped, dropped)
+		q.logDrops()
+	}
+	if pushed && (q.cfg.Interval == 0 || full) {
+		select {
+		case q.kick <- struct{}{}:
+		default:
+		}
+	}
+	return dropped
+}
+
+func (q *Queue[T]) logDrops() {
+	ok, sup := q.lim.Allow(lineDropped)
+	if !ok {
+		return
+	}
+	q.mu.Lock()
+	n := q.dropLog
+	q.dropLog = 0
+	q.mu.Unlock()
+	q.log.Warn(q.cfg.Name+": queue full, oldest dropped", "dropped", n, "pending", q.Len(), "suppressed", sup)
+}
+
+// Len is the number of items waiting, the batch in flight included.
+func (q *Queue[T]) Len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.buf.Len() + q.inflN
+}
+
+// Start starts the worker. ctx's values are kept, not its cancellation:
+// the worker runs until Close.
+func (q *Queue[T]) Start(ctx context.Context) error { return q.run.Start(ctx, q.worker) }
+
+// Flush sends, now, every item that was waiting when it was called (and
+// the failed batch first), and returns the first error; the batch that
+// failed stays first in line. When it returns nil, everything pushed
+// before the call has been sent, by this call or by the worker.
+func (q *Queue[T]) Flush(ctx context.Context) error { return q.sendPending(ctx, ctx) }
+
+// Close stops accepting items, stops the worker (a send in flight is
+// awaited within ctx), and sends what is left, retrying with backoff until
+// ctx ends. Items left then are dropped, counted, and reported as an
+// *UnsentError. Idempotent.
+func (q *Queue[T]) Close(ctx context.Context) error {
+	return q.run.Close(ctx, func(ctx context.Context) error {
+		q.mu.Lock()
+		q.closed = true
+		q.mu.Unlock()
+		var err error
+		for attempt := 1; ; attempt++ {
+			if err = ctx.Err(); err != nil {
+				break
+			}
+			if err = q.Flush(ctx); err == nil {
+				return nil
+			}
+			inc(q.cfg.Metrics.Retries)
+			d := backoff.Delay(q.cfg.MinBackoff, q.cfg.MaxBackoff, attempt)
+			if ok, sup := q.lim.Allow(lineFailed); ok {
+				q.log.Warn(q.cfg.Name+": final send failed, retrying until the close deadline",
+					"err", err, "attempt", attempt, "backoff", d, "suppressed", sup)
+			}
+			if !sleep(ctx, d) {
+				err = ctx.Err()
+				break
+			}
+		}
+		left := q.discard()
+		if left == 0 {
+			return nil
+		}
+		add(q.cfg.Metrics.Dropped, left)
+		q.log.Error(q.cfg.Name+": closed with items not sent", "pending", left, "err", err)
+		return &UnsentError{Unsent: left, Err: err}
+	})
+}
+
+// discard empties the queue and returns how many items it held.
+func (q *Queue[T]) discard() int {
+	q.sendMu.Lock()
+	defer q.sendMu.Unlock()
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	n := q.buf.Len() + len(q.inflight)
+	q.buf = newRing[T](q.cfg.Initial, q.cfg.Capacity)
+	clear(q.inflight)
+	q.inflight, q.inflN = q.inflight[:0], 0
+	return n
+}
+
+// worker sends the queue when there is something to send (Interval 0), or
+// every Interval and when a batch is full, and retries with backoff.
+func (q *Queue[T]) worker(ctx context.Context) {
+	var tick <-chan time.Time
+	if q.cfg.Interval > 0 {
+		t := time.NewTicker(q.cfg.Interval)
+		defer t.Stop()
+		tick = t.C
+	}
+	failures := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-q.kick:
+		case <-tick:
+		}
+		for {
+			// Sends run under the Runner's work context: stopping the loop
+			// does not cut a send short (a write cancelled after it was
+			// applied would be applied again by Close's drain).
+			err := q.sendPending(ctx, q.run.Work())
+			if ctx.Err() != nil {
+				return // Close sends the rest
+			}
+			if err == nil {
+				if failures > 0 {
+					q.log.Info(q.cfg.Name+": recovered", "attempt", failures+1)
+				}
+				failures = 0
+				break
+			}
+			failures++
+			d := backoff.Delay(q.cfg.MinBackoff, q.cfg.MaxBackoff, failures)
+			if ok, sup := q.lim.Allow(lineFailed); ok {
+				q.log.Warn(q.cfg.Name+": send failed, retrying", "err", err, "attempt", failures,
+					"backoff", d, "pending", q.Len(), "suppressed", sup)
+			}
+			if !sleep(ctx, d) {
+				return
+			}
+			inc(q.cfg.Metrics.Retries)
+		}
+	}
+}
+
+// sendPending sends batches until what waited at the call is sent, a send
+// fails (its error is returned) or stop is done. Sends use ctx.
+func (q *Queue[T]) sendPending(stop, ctx context.Context) error {
+	q.sendMu.Lock()
+	defer q.sendMu.Unlock()
+	budget := q.Len() + q.cfg.BatchSize
+	for budget > 0 && stop.Err() == nil {
+		n := q.fill()
+		if n == 0 {
+			return nil
+		}
+		budget -= n
+		if err := q.sendInflight(ctx); err != nil {
+			return err
+		}
+	}
+	return stop.Err()
+}
+
+// fill moves up to BatchSize waiting items to inflight, unless inflight
+// still holds a failed batch: a batch is retried exactly as it was (a
+// webhook retry is byte-identical, with the same batch id). Called with
+// sendMu held.
+func (q *Queue[T]) fill() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.inflight) == 0 {
+		q.inflight = q.buf.PopTo(q.inflight, q.cfg.BatchSize)
+		q.inflN = len(q.inflight)
+	}
+	return len(q.inflight)
+}
+
+// sendInflight makes one attempt at the inflight batch. On success, and on
+// a permanent failure (dropped and counted), inflight is emptied. Called
+// with sendMu held.
+func (q *Queue[T]) sendInflight(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, q.cfg.Timeout)
+	start := time.Now()
+	err := q.send(ctx, q.inflight)
+	cancel()
+	if h := q.cfg.Metrics.Duration; h != nil {
+		h.UpdateDuration(start)
+	}
+	n := len(q.inflight)
+	var perm *permanentError
+	switch {
+	case err == nil:
+		add(q.cfg.Metrics.Sent, n)
+	case errors.As(err, &perm):
+		inc(q.cfg.Metrics.Errors)
+		add(q.cfg.Metrics.Dropped, n)
+		if ok, sup := q.lim.Allow(lineFailed); ok {
+			q.log.Error(q.cfg.Name+": batch refused, dropped", "err", err, "dropped", n, "suppressed", sup)
+		}
+	default:
+		inc(q.cfg.Metrics.Errors)
+		return err
+	}
+	clear(q.inflight) // release what the items reference
+	q.inflight = q.inflight[:0]
+	q.mu.Lock()
+	q.inflN = 0
+	q.mu.Unlock()
+	return nil
+}
+
+// sleep waits d or until ctx is done (false then).
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func inc(c *metrics.Counter) {
+	if c != nil {
+		c.Inc()
+	}
+}
+
+func add(c *metrics.Counter, n int) {
+	if c != nil && n > 0 {
+		c.Add(n)
+	}
+}

@@ -1,0 +1,17 @@
+// Package recovery rebuilds the engine's state from Redis: at start-up
+// (restart recovery) and, in a cluster, for the partitions a node gains
+// from a member that crashed. Both read the per-partition device index
+// (Index: {prefix}index:{partition} sets, written as devices come online,
+// before their keys) when it is complete, and walk the keyspace otherwise.
+// The daemon, the cluster's rebuilds and the benchmarks all recover
+// through it. What is stored, and how long recovery takes, is in
+// docs/STORAGE.md and BENCHMARKS.md.
+package recovery
+
+// How the reads overlap their round trips: one goroutine walks the sets
+// (SSCAN), readers read the states of the ids it found, and the caller's
+// goroutine hands them to the engine.
+const (
+	readBatch = 5000 // ids per SSCAN hint
+	readers   = 2
+)

@@ -1,0 +1,148 @@
+package redis
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/presence-dev/presence/internal/envflag"
+	"github.com/presence-dev/presence/writeback"
+)
+
+// ClientConfig is the connection to Redis, as the seed read it from the
+// environment: REDIS_URL wins when set; otherwise REDIS_HOST, REDIS_PORT,
+// REDIS_DB, REDIS_USERNAME, REDIS_PASSWORD and REDIS_TLS; with REDIS_ADDRS a
+// Redis Cluster (or, with REDIS_MASTER_NAME, Sentinels), whose credentials
+// and database come from the same variables. Key names are the seed's in
+// every case: the Cluster client splits pipelines by slot.
+type ClientConfig struct {
+	// URL is redis://[user:password@]host:port/db, rediss:// for TLS.
+	URL string
+	// Host, Port, DB, Username, Password and TLS build the address when
+	// URL is empty. Defaults localhost, 6379, 0, none, none, off.
+	Host     string
+	Port     int
+	DB       int
+	Username string
+	Password string
+	TLS      bool
+	// Addrs are Redis Cluster seed nodes, or Sentinels when MasterName is
+	// set, host:port each.
+	Addrs      []string
+	MasterName string
+}
+
+// DefaultClientConfig is no Redis (Enabled is false) on the seed's port.
+func DefaultClientConfig() ClientConfig { return ClientConfig{Port: 6379} }
+
+// RegisterFlags registers the flags (and environment twins) of every
+// field.
+func (c *ClientConfig) RegisterFlags(s *envflag.Set) {
+	s.Secret(urlFlag{&c.URL}, "redis-url", "REDIS_URL", "Redis URL: redis://[user:password@]host:port/db, rediss:// for TLS; wins over -redis-host")
+	s.String(&c.Host, "redis-host", "REDIS_HOST", "Redis host; Redis is used when this, -redis-url or -redis-addrs is set")
+	s.Int(&c.Port, "redis-port", "REDIS_PORT", "Redis port")
+	s.Int(&c.DB, "redis-db", "REDIS_DB", "Redis database number, 0 unless set")
+	s.String(&c.Username, "redis-username", "REDIS_USERNAME", "Redis ACL user name (with -redis-host or -redis-addrs)")
+	s.SecretString(&c.Password, "redis-password", "REDIS_PASSWORD", "Redis password")
+	s.Bool(&c.TLS, "redis-tls", "REDIS_TLS", "connect with TLS (with -redis-host or -redis-addrs; rediss:// in -redis-url)")
+	s.Var(envflag.NewList(&c.Addrs), "redis-addrs", "REDIS_ADDRS", "Redis Cluster seed nodes, or Sentinel addresses with -redis-master, host:port comma-separated; wins over -redis-url and -redis-host (password and db from them still apply)")
+	s.String(&c.MasterName, "redis-master", "REDIS_MASTER_NAME", "Sentinel master name: -redis-addrs are Sentinels")
+}
+
+// urlFlag is a URL that may carry a password: a secret (envflag.Secret).
+type urlFlag struct{ p *string }
+
+func (urlFlag) String() string       { return "" }
+func (f urlFlag) Set(v string) error { *f.p = strings.TrimSpace(v); return nil }
+
+// Enabled reports whether Redis is configured at all.
+func (c ClientConfig) Enabled() bool { return c.URL != "" || c.Host != "" || len(c.Addrs) > 0 }
+
+// Validate reports what is wrong with the settings, without connecting.
+// Errors name the variable at fault and never quote a password.
+func (c ClientConfig) Validate() error {
+	if _, err := c.options(); err != nil {
+		return err
+	}
+	var errs []error
+	for _, a := range c.Addrs {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			errs = append(errs, fmt.Errorf("%w: redis: REDIS_ADDRS (-redis-addrs): %q is not host:port", writeback.ErrInvalidConfig, a))
+		}
+	}
+	if c.MasterName != "" && len(c.Addrs) == 0 {
+		errs = append(errs, fmt.Errorf("%w: redis: REDIS_MASTER_NAME (-redis-master) needs Sentinel addresses in REDIS_ADDRS", writeback.ErrInvalidConfig))
+	}
+	return errors.Join(errs...)
+}
+
+// NewClient builds the client (it connects on first use): a single node,
+// a Cluster client with Addrs, or a Sentinel-backed failover client with
+// Addrs and MasterName.
+func (c ClientConfig) NewClient() (goredis.UniversalClient, error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	opts, _ := c.options()
+	if len(c.Addrs) == 0 {
+		return goredis.NewClient(opts), nil
+	}
+	return goredis.NewUniversalClient(&goredis.UniversalOptions{
+		Addrs:         c.Addrs,
+		MasterName:    c.MasterName,
+		DB:            opts.DB,
+		Username:      opts.Username,
+		Password:      opts.Password,
+		TLSConfig:     opts.TLSConfig,
+		IsClusterMode: c.MasterName == "",
+	}), nil
+}
+
+// options are the single node's options (with Addrs, only the
+// credentials, database and TLS of them are used).
+func (c ClientConfig) options() (*goredis.Options, error) {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: redis: "+format, append([]any{writeback.ErrInvalidConfig}, args...)...)
+	}
+	if c.URL != "" {
+		opts, err := goredis.ParseURL(c.URL)
+		if err != nil {
+			var ue *url.Error
+			if errors.As(err, &ue) { // it quotes the URL, password and all
+				return nil, bad("REDIS_URL (-redis-url) is not a URL (want redis://[user:password@]host:port/db, rediss:// for TLS)")
+			}
+			return nil, bad("REDIS_URL (-redis-url): %v (want redis://[user:password@]host:port/db, rediss:// for TLS)", err)
+		}
+		return opts, nil
+	}
+	host := strings.Trim(c.Host, "[]") // an IPv6 address may come bracketed
+	if host == "" {
+		host = "localhost"
+	}
+	if c.Port < 1 || c.Port > 65535 {
+		return nil, bad("REDIS_PORT (-redis-port) %d is not a port number", c.Port)
+	}
+	if c.DB < 0 {
+		return nil, bad("REDIS_DB (-redis-db) %d is not a database number", c.DB)
+	}
+	opts := &goredis.Options{
+		Addr:     net.JoinHostPort(host, strconv.Itoa(c.Port)),
+		DB:       c.DB,
+		Username: c.Username,
+		Password: c.Password,
+	}
+	if c.TLS {
+		// What ParseURL sets up for rediss://: the host as server name.
+		u, err := goredis.ParseURL("rediss://" + opts.Addr)
+		if err != nil {
+			return nil, bad("REDIS_HOST (-redis-host) %q with REDIS_TLS: %v", c.Host, err)
+		}
+		opts.TLSConfig = u.TLSConfig
+	}
+	return opts, nil
+}
