@@ -745,3 +745,16 @@ func TestTouchBatchConcurrentGrowth(t *testing.T) {
 		}
 	}
 }
+
+func TestParseStatus(t *testing.T) {
+	for _, s := range []Status{StatusOnline, StatusOffline} {
+		if got := ParseStatus(s.String()); got != s {
+			t.Errorf("ParseStatus(%q) = %v", s.String(), got)
+		}
+	}
+	for _, bad := range []string{"", "unknown", "Online", "true"} {
+		if got := ParseStatus(bad); got != StatusUnknown {
+			t.Errorf("ParseStatus(%q) = %v, want unknown", bad, got)
+		}
+	}
+}

@@ -55,6 +55,18 @@ func (s Status) String() string {
 	}
 }
 
+// ParseStatus is the inverse of Status.String for what the stores hold:
+// "online" and "offline"; anything else is StatusUnknown.
+func ParseStatus(s string) Status {
+	switch s {
+	case "online":
+		return StatusOnline
+	case "offline":
+		return StatusOffline
+	}
+	return StatusUnknown
+}
+
 // Cause says why a transition happened.
 type Cause uint8
 

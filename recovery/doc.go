@@ -7,11 +7,3 @@
 // through it. What is stored, and how long recovery takes, is in
 // docs/STORAGE.md and BENCHMARKS.md.
 package recovery
-
-// How the reads overlap their round trips: one goroutine walks the sets
-// (SSCAN), readers read the states of the ids it found, and the caller's
-// goroutine hands them to the engine.
-const (
-	readBatch = 5000 // ids per SSCAN hint
-	readers   = 2
-)

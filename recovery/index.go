@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -187,84 +186,11 @@ func (x *Index) write(ctx context.Context, ids []string) error {
 }
 
 // Devices calls fn with the stored state of every device indexed in the
-// given partitions, in batches, and removes from the index the ids whose
-// keys have expired. It reads the devices from store, overlapping the
-// round trips: one goroutine walks the sets (SSCAN), readers read the
-// states, and fn runs on the caller's goroutine.
+// given partitions, in batches, read from store, and removes from the
+// index the ids whose keys have expired. fn runs on the caller's
+// goroutine.
 func (x *Index) Devices(ctx context.Context, store Store, partitions []int, fn func([]engine.DeviceState) error) error {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	type batch struct {
-		key string
-		ids []string
-	}
-	batches := make(chan batch, readers)
-	results := make(chan []engine.DeviceState, readers)
-	go func() {
-		defer close(batches)
-		for _, p := range partitions {
-			key := x.Key(p)
-			var cursor uint64
-			for {
-				ids, next, err := x.client.SScan(ctx, key, cursor, "", readBatch).Result()
-				if err != nil {
-					cancel(fmt.Errorf("redis index %s: %w", key, err))
-					return
-				}
-				if len(ids) > 0 {
-					select {
-					case batches <- batch{key, ids}:
-					case <-ctx.Done():
-						return
-					}
-				}
-				if cursor = next; cursor == 0 {
-					break
-				}
-			}
-		}
-	}()
-	var wg sync.WaitGroup
-	for range readers {
-		wg.Go(func() {
-			for b := range batches {
-				states, err := store.ReadStates(ctx, b.ids)
-				if err != nil {
-					cancel(err)
-					return
-				}
-				live, gone := states[:0], []any{}
-				for _, s := range states {
-					if s.Status == engine.StatusUnknown {
-						gone = append(gone, s.ID)
-						continue
-					}
-					live = append(live, s)
-				}
-				if len(gone) > 0 && x.client.SRem(ctx, b.key, gone...).Err() != nil {
-					x.errs.Inc() // pruned next time
-				}
-				select {
-				case results <- live:
-				case <-ctx.Done():
-					return
-				}
-			}
-		})
-	}
-	go func() {
-		wg.Wait()
-		close(results)
-	}()
-	for states := range results {
-		if err := fn(states); err != nil {
-			cancel(err)
-			for range results { // let the readers finish
-			}
-			return err
-		}
-	}
-	return context.Cause(ctx)
+	return readStored(ctx, store, x.walkSets(partitions), x.prune, fn)
 }
 
 // completeKey marks an index that holds every device with keys, so that

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,11 +17,9 @@ import (
 // ErrInvalidConfig wraps every configuration error of this package.
 var ErrInvalidConfig = errors.New("recovery: invalid config")
 
-// Store is where device states are stored and read back from:
-// *writeback/redis.Sink.
+// Store reads device states back from where the Redis sink wrote them:
+// *writeback/redis.Sink, under Index.KeyPrefix.
 type Store interface {
-	// Scan calls fn with every stored device, in no particular order.
-	Scan(ctx context.Context, fn func(engine.DeviceState) error) error
 	// ReadStates reads the given devices; one that is not stored has
 	// Status engine.StatusUnknown.
 	ReadStates(ctx context.Context, ids []string) ([]engine.DeviceState, error)
@@ -52,9 +51,6 @@ type Config struct {
 	// are then rediscovered by their next message, and those that died
 	// while presenced was down are not reported offline.
 	NoHydrate bool
-	// Chunk is how many stored devices are handed to the engine at once.
-	// Default 10,000.
-	Chunk int
 	// Attempts bounds how often start-up tries a Redis that does not
 	// answer before serving without the stored state. Default 6.
 	Attempts int
@@ -77,7 +73,6 @@ type Config struct {
 // DefaultConfig returns the defaults documented on Config.
 func DefaultConfig() Config {
 	return Config{
-		Chunk:          10_000,
 		Attempts:       6,
 		RetryBackoff:   time.Second,
 		RebuildTimeout: 25 * time.Second,
@@ -88,8 +83,6 @@ func DefaultConfig() Config {
 // Validate reports the first invalid field, wrapping ErrInvalidConfig.
 func (c Config) Validate() error {
 	switch {
-	case c.Chunk < 1:
-		return fmt.Errorf("%w: Chunk must be > 0, got %d", ErrInvalidConfig, c.Chunk)
 	case c.Attempts < 1:
 		return fmt.Errorf("%w: Attempts must be > 0, got %d", ErrInvalidConfig, c.Attempts)
 	case c.RetryBackoff <= 0:
@@ -314,26 +307,16 @@ func (r *Recovery) keepOwned(states []engine.DeviceState) []engine.DeviceState {
 	return owned
 }
 
-// scan walks every stored device and hands them to fn in chunks of
-// Chunk; keep, if not nil, selects the devices to hand over.
+// scan walks every stored device (the keyspace) and hands them to fn in
+// batches; keep, if not nil, selects the devices to hand over.
 func (r *Recovery) scan(ctx context.Context, fn func([]engine.DeviceState) error, keep func(id string) bool) error {
-	buf := make([]engine.DeviceState, 0, r.cfg.Chunk)
-	err := r.store.Scan(ctx, func(st engine.DeviceState) error {
-		if keep != nil && !keep(st.ID) {
-			return nil
+	w := walkKeyspace(r.index.client, r.index.cfg.KeyPrefix)
+	return readStored(ctx, r.store, w, nil, func(states []engine.DeviceState) error {
+		if keep != nil {
+			states = slices.DeleteFunc(states, func(st engine.DeviceState) bool { return !keep(st.ID) })
 		}
-		buf = append(buf, st)
-		if len(buf) < cap(buf) {
-			return nil
-		}
-		err := fn(buf)
-		buf = buf[:0]
-		return err
+		return fn(states)
 	})
-	if err != nil {
-		return err
-	}
-	return fn(buf)
 }
 
 // OnChange is the cluster's Config.OnChange: it rebuilds, from Redis, the

@@ -2,6 +2,7 @@ package recovery
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -309,5 +310,48 @@ func TestBeforeKeys(t *testing.T) {
 	p := cluster.PartitionOf("42", cluster.DefaultPartitions)
 	if ok, err := f.client.SIsMember(ctx, r.Index().Key(p), "42").Result(); err != nil || !ok {
 		t.Fatalf("42 not in the index after BeforeKeys: %v %v", ok, err)
+	}
+}
+
+// The keyspace walk finds every stored device, in several SCAN batches
+// read concurrently, with its state; fn's error ends it.
+func TestScan(t *testing.T) {
+	f := newFixture(t)
+	want := map[string]engine.DeviceState{}
+	var all []engine.DeviceState
+	for i := range 12_000 {
+		d := writebacktest.Dev(i, engine.Status(1+i%2), writebacktest.T0.Add(time.Duration(i)*time.Second))
+		want[d.ID] = d
+		all = append(all, d)
+	}
+	f.store(t, all...)
+	r := f.recovery(t, newEngine(t), nil, time.Now())
+	ctx := context.Background()
+	got := map[string]engine.DeviceState{}
+	even := func(id string) bool { n, _ := strconv.Atoi(id); return n%2 == 0 }
+	err := r.scan(ctx, func(states []engine.DeviceState) error {
+		if len(states) > readBatch {
+			return fmt.Errorf("a batch of %d", len(states))
+		}
+		for _, s := range states {
+			got[s.ID] = s
+		}
+		return nil
+	}, even)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want)/2 {
+		t.Fatalf("scanned %d devices, want the %d even ones", len(got), len(want)/2)
+	}
+	for id, g := range got {
+		w := want[id]
+		if !even(id) || g.Status != w.Status || !g.LastSeen.Equal(w.LastSeen.Truncate(time.Microsecond)) {
+			t.Fatalf("device %s: got %+v, want %+v", id, g, w)
+		}
+	}
+	stop := errors.New("stop")
+	if err := r.scan(ctx, func([]engine.DeviceState) error { return stop }, nil); !errors.Is(err, stop) {
+		t.Fatalf("scan error = %v, want the callback's", err)
 	}
 }

@@ -152,7 +152,7 @@ func (r *Report) History(ctx context.Context, id string, from, to time.Time, lim
 		if err := rows.Scan(&st, &at, &cause); err != nil {
 			return nil, r.dbErr(err)
 		}
-		out = append(out, Change{Status: parseStatus(st), At: at.UTC(), Cause: cause})
+		out = append(out, Change{Status: engine.ParseStatus(st), At: at.UTC(), Cause: cause})
 	}
 	if err := rows.Err(); err != nil {
 		if isUndefinedTable(err) {
@@ -193,7 +193,7 @@ func (r *Report) Uptime(ctx context.Context, id string, from, to time.Time) (Upt
 		if err := rows.Scan(&st, &at); err != nil {
 			return Uptime{}, r.dbErr(err)
 		}
-		acc.add(Change{Status: parseStatus(st), At: at})
+		acc.add(Change{Status: engine.ParseStatus(st), At: at})
 	}
 	if err := rows.Err(); err != nil {
 		if isUndefinedTable(err) {

@@ -119,14 +119,3 @@ func (a *uptimeAcc) result() Uptime {
 	return a.u
 }
 
-// parseStatus reads the history's status text.
-func parseStatus(s string) engine.Status {
-	switch s {
-	case "online":
-		return engine.StatusOnline
-	case "offline":
-		return engine.StatusOffline
-	default:
-		return engine.StatusUnknown
-	}
-}

@@ -11,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/VictoriaMetrics/metrics"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -107,10 +106,12 @@ func (c Config) Validate() error {
 //
 // The table layout is detected on the first flush (and again after a
 // failed one), so the sink starts while Postgres is down.
+//
+// Its lifecycle, Flush and Metrics are the embedded writeback.Flusher's.
 type Sink struct {
+	*writeback.Flusher
 	pool *pgxpool.Pool
 	cfg  Config
-	f    *writeback.Flusher
 
 	mu     sync.Mutex // guards plan
 	plan   *pgPlan
@@ -136,22 +137,9 @@ func New(pool *pgxpool.Pool, src writeback.Source, cfg Config) (*Sink, error) {
 	for i := range cfg.Flush.Concurrency {
 		p.bufIdx <- i
 	}
-	p.f = writeback.NewFlusher("postgres", "rows", src, cfg.Flush, p.writeBatch)
+	p.Flusher = writeback.NewFlusher("postgres", "rows", src, cfg.Flush, p.writeBatch)
 	return p, nil
 }
-
-// Start starts the flush loop (writeback.Flusher.Start).
-func (p *Sink) Start(ctx context.Context) error { return p.f.Start(ctx) }
-
-// Flush writes every device that is dirty now and returns the first error.
-func (p *Sink) Flush(ctx context.Context) error { return p.f.Flush(ctx) }
-
-// Close stops the loop and flushes what is still dirty within ctx; see
-// writeback.Flusher.Close.
-func (p *Sink) Close(ctx context.Context) error { return p.f.Close(ctx) }
-
-// Metrics returns the set holding this sink's metrics.
-func (p *Sink) Metrics() *metrics.Set { return p.f.Metrics() }
 
 // Check detects the table layout now and returns what is wrong with it
 // (ErrNoTable, ErrUnsupportedColumn) or the connection error. Optional: the
@@ -219,7 +207,7 @@ func (p *Sink) prepare(ctx context.Context) (*pgPlan, error) {
 	}
 	p.plan = plan
 	if p.cfg.StatusColumn != "" && !plan.hasStatus {
-		p.f.Logger().Info("writeback: status column not found, writing last_seen only",
+		p.Logger().Info("writeback: status column not found, writing last_seen only",
 			"table", p.cfg.Table, "column", p.cfg.StatusColumn)
 	}
 	return plan, nil

@@ -92,46 +92,6 @@ func TestRedisKeyLayoutAndTTL(t *testing.T) {
 	}
 }
 
-func TestRedisScan(t *testing.T) {
-	client := testenv.RedisClient(t, "")
-	prefix := testenv.Name(t) + ":"
-	testenv.CleanupRedisPrefix(t, client, prefix)
-	src := writebacktest.NewFakeSource()
-	cfg := DefaultConfig()
-	cfg.KeyPrefix = prefix
-	sink, err := New(client, src, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := map[string]engine.DeviceState{}
-	for i := range 12_000 { // several SCAN batches, read concurrently
-		d := writebacktest.Dev(i, engine.Status(1+i%2), writebacktest.T0.Add(time.Duration(i)*time.Second))
-		want[d.ID] = d
-		src.Set(d)
-	}
-	ctx := context.Background()
-	if err := sink.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]engine.DeviceState{}
-	err = sink.Scan(ctx, func(s engine.DeviceState) error { got[s.ID] = s; return nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(got) != len(want) {
-		t.Fatalf("scanned %d devices, want %d", len(got), len(want))
-	}
-	for id, w := range want {
-		if g := got[id]; g.Status != w.Status || !g.LastSeen.Equal(w.LastSeen.Truncate(time.Microsecond)) {
-			t.Fatalf("device %s: got %+v, want %+v", id, g, w)
-		}
-	}
-	stop := errors.New("stop")
-	if err := sink.Scan(ctx, func(engine.DeviceState) error { return stop }); !errors.Is(err, stop) {
-		t.Fatalf("Scan error = %v, want the callback's", err)
-	}
-}
-
 func TestClientConfig(t *testing.T) {
 	parse := func(args []string, env map[string]string) (ClientConfig, error) {
 		c := DefaultClientConfig()

@@ -6,7 +6,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/VictoriaMetrics/metrics"
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/presence-dev/presence/engine"
@@ -85,10 +84,12 @@ func (c Config) Validate() error {
 // time in pipelines of Flush.BatchSize devices. Against Redis Cluster the
 // client splits each pipeline by slot; keys are not hash-tagged because
 // consumers read them as they are.
+//
+// Its lifecycle, Flush and Metrics are the embedded writeback.Flusher's.
 type Sink struct {
+	*writeback.Flusher
 	client goredis.UniversalClient
 	cfg    Config
-	f      *writeback.Flusher
 	ttl    time.Duration
 }
 
@@ -105,23 +106,9 @@ func New(client goredis.UniversalClient, src writeback.Source, cfg Config) (*Sin
 		return nil, fmt.Errorf("%w: redis: Guarded writes need both keys of a device in one slot, not Redis Cluster", writeback.ErrInvalidConfig)
 	}
 	r := &Sink{client: client, cfg: cfg, ttl: cfg.TTL}
-	r.f = writeback.NewFlusher("redis", "keys", src, cfg.Flush, r.writeBatch)
+	r.Flusher = writeback.NewFlusher("redis", "keys", src, cfg.Flush, r.writeBatch)
 	return r, nil
 }
-
-// Start starts the flush loop (writeback.Flusher.Start).
-func (r *Sink) Start(ctx context.Context) error { return r.f.Start(ctx) }
-
-// Flush writes every device that is dirty now and returns the first error.
-// Devices of failed batches are dirty again.
-func (r *Sink) Flush(ctx context.Context) error { return r.f.Flush(ctx) }
-
-// Close stops the loop and flushes what is still dirty within ctx; see
-// writeback.Flusher.Close.
-func (r *Sink) Close(ctx context.Context) error { return r.f.Close(ctx) }
-
-// Metrics returns the set holding this sink's metrics.
-func (r *Sink) Metrics() *metrics.Set { return r.f.Metrics() }
 
 // StatusKey returns the status key of a device.
 func (r *Sink) StatusKey(id string) string { return r.cfg.KeyPrefix + "status:" + id }
@@ -226,14 +213,4 @@ func (r *Sink) writeGuarded(ctx context.Context, states []engine.DeviceState) (w
 		}
 	}
 	return res, nil
-}
-
-func parseStatus(s string) engine.Status {
-	switch s {
-	case "online":
-		return engine.StatusOnline
-	case "offline":
-		return engine.StatusOffline
-	}
-	return engine.StatusUnknown
 }

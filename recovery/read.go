@@ -1,0 +1,168 @@
+package recovery
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/wire"
+)
+
+// A rebuild reads a million devices in seconds by overlapping the round
+// trips: one goroutine walks the ids (SCAN of the keyspace, or SSCAN of the
+// index's sets), readers read the states of the ids it found (one pipelined
+// round trip per batch), and the caller's goroutine hands them to the
+// engine, in order of arrival.
+const (
+	readBatch = 5000 // ids per SCAN/SSCAN hint and per read
+	readers   = 2
+)
+
+// walk emits device ids in batches; key names where a batch came from (an
+// index set), "" for the keyspace. emit returns false when the read ended.
+type walk func(ctx context.Context, emit func(key string, ids []string) bool) error
+
+// readStored reads the states of the ids walk emits from store and calls
+// fn with the stored ones, on the caller's goroutine. The ids whose keys are
+// gone (expired since they were found) are left out, and handed to gone if
+// it is not nil. fn's error, or the first failure, ends the read and is
+// returned.
+func readStored(ctx context.Context, store Store, w walk, gone func(ctx context.Context, key string, ids []any),
+	fn func([]engine.DeviceState) error) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	type batch struct {
+		key string
+		ids []string
+	}
+	batches := make(chan batch, readers)
+	results := make(chan []engine.DeviceState, readers)
+	go func() {
+		defer close(batches)
+		err := w(ctx, func(key string, ids []string) bool {
+			select {
+			case batches <- batch{key, ids}:
+				return true
+			case <-ctx.Done():
+				return false
+			}
+		})
+		if err != nil {
+			cancel(err)
+		}
+	}()
+	var wg sync.WaitGroup
+	for range readers {
+		wg.Go(func() {
+			for b := range batches {
+				states, err := store.ReadStates(ctx, b.ids)
+				if err != nil {
+					cancel(err)
+					return
+				}
+				stored, expired := states[:0], []any(nil)
+				for _, s := range states {
+					if s.Status == engine.StatusUnknown {
+						expired = append(expired, s.ID)
+						continue
+					}
+					stored = append(stored, s)
+				}
+				if len(expired) > 0 && gone != nil {
+					gone(ctx, b.key, expired)
+				}
+				select {
+				case results <- stored:
+				case <-ctx.Done():
+					return
+				}
+			}
+		})
+	}
+	go func() {
+		wg.Wait()
+		close(results)
+	}()
+	for states := range results {
+		if err := fn(states); err != nil {
+			cancel(err)
+			for range results { // let the readers finish
+			}
+			return err
+		}
+	}
+	return context.Cause(ctx)
+}
+
+// walkKeyspace walks every device that has a status key under prefix
+// (SCAN; on Redis Cluster every master, one after the other).
+func walkKeyspace(client goredis.UniversalClient, prefix string) walk {
+	statusPrefix := prefix + "status:"
+	match := wire.RedisMatch(statusPrefix)
+	one := func(ctx context.Context, c goredis.UniversalClient, emit func(string, []string) bool) error {
+		it := c.Scan(ctx, 0, match, readBatch).Iterator()
+		ids := make([]string, 0, readBatch)
+		for it.Next(ctx) {
+			ids = append(ids, strings.TrimPrefix(it.Val(), statusPrefix))
+			if len(ids) == readBatch {
+				if !emit("", ids) {
+					return nil
+				}
+				ids = make([]string, 0, readBatch)
+			}
+		}
+		if err := it.Err(); err != nil {
+			return fmt.Errorf("redis scan: %w", err)
+		}
+		if len(ids) > 0 {
+			emit("", ids)
+		}
+		return nil
+	}
+	return func(ctx context.Context, emit func(string, []string) bool) error {
+		cc, ok := client.(*goredis.ClusterClient)
+		if !ok {
+			return one(ctx, client, emit)
+		}
+		var mu sync.Mutex // ForEachMaster calls in parallel: one SCAN at a time
+		return cc.ForEachMaster(ctx, func(ctx context.Context, c *goredis.Client) error {
+			mu.Lock()
+			defer mu.Unlock()
+			return one(ctx, c, emit)
+		})
+	}
+}
+
+// walkSets walks the index sets of the given partitions (SSCAN).
+func (x *Index) walkSets(partitions []int) walk {
+	return func(ctx context.Context, emit func(string, []string) bool) error {
+		for _, p := range partitions {
+			key := x.Key(p)
+			var cursor uint64
+			for {
+				ids, next, err := x.client.SScan(ctx, key, cursor, "", readBatch).Result()
+				if err != nil {
+					return fmt.Errorf("redis index %s: %w", key, err)
+				}
+				if len(ids) > 0 && !emit(key, ids) {
+					return nil
+				}
+				if cursor = next; cursor == 0 {
+					break
+				}
+			}
+		}
+		return nil
+	}
+}
+
+// prune removes from an index set the ids whose keys are gone.
+func (x *Index) prune(ctx context.Context, key string, ids []any) {
+	if x.client.SRem(ctx, key, ids...).Err() != nil {
+		x.errs.Inc() // pruned next time
+	}
+}
