@@ -118,4 +118,3 @@ func (a *uptimeAcc) result() Uptime {
 	a.u.Final = a.cur
 	return a.u
 }
-
