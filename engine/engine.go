@@ -726,17 +726,10 @@ func (e *Engine) Start(ctx context.Context) error {
 }
 
 func (e *Engine) clock(ctx context.Context) {
-	t := time.NewTicker(time.Duration(e.gran))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			e.Advance(e.now())
-			e.Deliver()
-		}
-	}
+	lifecycle.Every(ctx, time.Duration(e.gran), func() {
+		e.Advance(e.now())
+		e.Deliver()
+	})
 }
 
 // Close stops the clock, then makes a last Advance and delivers what is

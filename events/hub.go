@@ -223,16 +223,7 @@ func (h *Hub) Start(ctx context.Context) error {
 
 // alertLoop emits the offline alerts that are due, every CheckInterval.
 func (h *Hub) alertLoop(ctx context.Context) {
-	t := time.NewTicker(h.cfg.Alerts.CheckInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			h.checkAlerts(h.now())
-		}
-	}
+	lifecycle.Every(ctx, h.cfg.Alerts.CheckInterval, func() { h.checkAlerts(h.now()) })
 }
 
 // Close ends every SSE stream, stops the alert ticker, and sends what is

@@ -19,6 +19,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"time"
 )
 
 // Component is what Group runs.
@@ -137,4 +138,19 @@ func (r *Runner) Close(ctx context.Context, drain func(ctx context.Context) erro
 		}
 	})
 	return r.closed
+}
+
+// Every calls fn every interval until ctx is done: the body of a periodic
+// loop (a Runner goroutine).
+func Every(ctx context.Context, interval time.Duration, fn func()) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			fn()
+		}
+	}
 }

@@ -190,3 +190,16 @@ func TestGroupFailed(t *testing.T) {
 	}
 	g.Close(context.Background())
 }
+
+func TestEvery(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	n := 0
+	Every(ctx, time.Millisecond, func() {
+		if n++; n == 3 {
+			cancel()
+		}
+	})
+	if n != 3 {
+		t.Fatalf("called %d times, want 3 (until cancelled)", n)
+	}
+}
