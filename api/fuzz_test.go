@@ -195,7 +195,7 @@ func FuzzDeviceID(f *testing.F) {
 			}
 		case id == "." || id == "..":
 			// The mux cleans such paths and redirects: these two valid ids
-			// are reachable through batchGet only (see doc.go).
+			// are reachable through batchGet only (see docs/API.md).
 			if w.Code < 300 || w.Code > 308 {
 				t.Fatalf("id %q: %d", id, w.Code)
 			}

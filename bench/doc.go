@@ -3,22 +3,23 @@
 // SeedTracker, a faithful Go port of the seed's DeviceStatusTracker
 // (SEED.md), the design presence replaces. The benchmarks run against the
 // real Mosquitto, Redis and PostgreSQL of the machine (MQTT_URL, REDIS_URL,
-// DATABASE_URL override the local defaults; see internal/testenv), with a
-// unique topic root, Redis key prefix and tables per run, all removed
-// afterwards. Under -short they skip.
+// DATABASE_URL override the local defaults; see
+// internal/testsupport/testenv), with a unique topic root, Redis key prefix
+// and tables per run, all removed afterwards. Under -short they skip.
+// Results are in BENCHMARKS.md, not here.
 //
 //	go test ./bench -run '^$' -bench . -benchtime 1x -count 3 -timeout 30m
 //
 // # BenchmarkEndToEnd: messages fully handled per second
 //
 // Three sub-benchmarks, run one after the other in one go test run, get
-// exactly the same input: two publisher connections (internal/loadgen)
+// exactly the same input: two publisher connections (internal/app/loadgen)
 // publish 300,000 telemetry messages for 10,000 devices (ids 1..10000, 30
 // messages each, round robin) to "<root>/devices/{id}/telemetry" on the same
 // broker, unpaced: each connection keeps up to 1000 publishes in flight and
 // goes as fast as the client and the broker take them.
 //
-//   - system=presence is the real daemon (internal/daemon) with its
+//   - system=presence is the real daemon (internal/app/daemon) with its
 //     defaults: 2 subscriber connections in one shared-subscription group,
 //     QoS 1 subscriptions, the engine, Redis write-behind (status and
 //     last-seen keys under a unique prefix) and Postgres write-behind into a
@@ -81,22 +82,36 @@
 // the machine's cores with the broker, the publishers, Redis and Postgres,
 // for all three systems alike.
 //
+// # BenchmarkCluster: one node against three
+//
+// The same input into one unclustered presenced (nodes=1) and into three
+// in-process presenced nodes joined into one cluster (nodes=3; the
+// benchmark waits until all three agree on the table), each with the
+// daemon's defaults and Redis and Postgres write-behind on the same prefix
+// and tables. Handled is the touches accepted by the engines, summed over
+// the nodes; fwd-msgs, fwd-% and fwd-B/msg come from the nodes'
+// presence_cluster_forwarded_* counters, cpu-us/msg is this process's CPU
+// (daemons and publishers) per message handled. On one machine the three
+// nodes share its cores with each other, the broker, the publishers, Redis
+// and Postgres: this measures the cost of forwarding, not how throughput
+// scales with nodes.
+//
 // # BenchmarkHydrate: restart recovery from Redis
 //
 // devices=1M stores 1,000,000 devices' status and last-seen keys under a
 // unique prefix (pipelined SETs with the 24 h TTL): 60% online and within
 // the default 60 s timeout, 20% online in Redis but past their deadline (the
 // daemon was down), 20% offline. One op rebuilds a fresh engine (default
-// configuration, the two trackers of the Redis and Postgres sinks) from them
-// exactly as the daemon's start-up does (internal/daemon/hydrate.go:
-// writeback.Redis.Scan into engine.Restore in chunks of 10,000); that
-// function is unexported, so the benchmark repeats its ~20 lines. It reports
-// seconds (per op), devices restored and devices/s, and checks the result:
-// every device restored, exactly the live ones online, one offline
-// transition for each expired one. After the timed ops it starts the real
-// daemon once on the same keys and reports the hydration time the daemon
-// logs as daemon-seconds. The keys are removed afterwards (SCAN, UNLINK in
-// batches of 1000).
+// configuration, the two trackers of the Redis and Postgres sinks) with the
+// daemon's own restart recovery, recovery.Recovery.Start, twice: without a
+// complete device index (scan-seconds: the keyspace walk, which then fills
+// the index) and with it (seconds: the 1024 index sets and the devices'
+// keys). Each rebuild is checked: every device restored, exactly the live
+// ones online, one offline transition (cause restart) for each expired one.
+// It reports devices and devices/s, and redis-keys (DBSIZE: the keyspace
+// walk covers other users' keys too). After the timed ops it starts the
+// real daemon once on the same keys and reports the rebuild time the daemon
+// logs as daemon-seconds.
 //
 // # The baseline peers
 //

@@ -47,9 +47,10 @@ func storedAt(i int, base time.Time) storedDevice {
 // are in Redis; one op rebuilds a fresh engine from them with the daemon's
 // own recovery (recovery.Recovery.Start), once each way:
 //
-//   - scan-seconds: the first start (no complete device index): the Redis
-//     sink's Scan walks the keyspace into engine.Restore in chunks of
-//     10,000, then the per-partition device index is filled;
+//   - scan-seconds: the first start (no complete device index): recovery
+//     walks the keyspace (SCAN) and reads the keys with the Redis sink's
+//     ReadStates into engine.Restore, then fills the per-partition device
+//     index;
 //   - seconds: every later start: the index is complete, so Index.Devices
 //     reads the 1024 sets (SSCAN) and the devices' keys, without walking
 //     the keyspace.

@@ -21,11 +21,12 @@ var ErrInvalidConfig = errors.New("cluster: invalid config")
 
 // Gossip timing profiles (Config.GossipProfile).
 const (
-	// ProfileLAN is memberlist.DefaultLANConfig: a crashed node is declared
-	// dead after ~5-7 s. For production.
+	// ProfileLAN is memberlist.DefaultLANConfig: probes every second, a
+	// crashed node suspected, then declared dead after a few seconds. For
+	// production.
 	ProfileLAN = "lan"
 	// ProfileLocal is memberlist.DefaultLocalConfig with faster probes and
-	// suspicion: a crashed node is declared dead within ~1-2 s on loopback.
+	// suspicion: a crashed node is declared dead quickly on loopback.
 	// For tests and single-host clusters; too eager for real networks.
 	ProfileLocal = "local"
 )

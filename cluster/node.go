@@ -100,8 +100,12 @@ type Node struct {
 	limit  *ratelog.Limiter[string]
 
 	changed chan struct{} // cap 1: a membership event happened
-	stop    chan struct{}
-	wg      sync.WaitGroup
+	// stop ends the loops. The node keeps its own state machine (life,
+	// started, closed) rather than a lifecycle.Runner: a graceful Close
+	// must gossip its leave and hand every device off while those loops
+	// still run, and only then stop them.
+	stop chan struct{}
+	wg   sync.WaitGroup
 
 	life    sync.Mutex // Start and Close
 	started bool

@@ -517,8 +517,8 @@ func (e *Engine) restoreOne(d *DeviceState, now int64, cause Cause) error {
 // deadline is at or before now (to within Tick/4) goes offline. Shards are
 // processed one after another, each in chunks of Config.ChunkSize entries
 // under its lock, so touches keep flowing during a mass expiry. Transitions
-// are queued for Deliver. Run calls Advance every Tick/4; tests call it with
-// their own clock.
+// are queued for Deliver. The clock (Start) calls Advance every Tick/4;
+// tests call it with their own clock.
 func (e *Engine) Advance(now time.Time) {
 	ns := now.UnixNano()
 	if ns < e.epoch {
@@ -624,7 +624,7 @@ func (e *Engine) Deliver() int {
 const keepQueue = 256
 
 // deliverRounds bounds the work one Deliver does on one shard that keeps
-// receiving transitions, so that Run gets back to Advance.
+// receiving transitions, so that the clock gets back to Advance.
 const deliverRounds = 64
 
 func (e *Engine) deliverShard(sh *shard) int {

@@ -110,7 +110,7 @@ func TestOnlineThenTimeout(t *testing.T) {
 func TestOfflineWithinTickOfDeadline(t *testing.T) {
 	// Whatever the phase of the deadline against the wheel's ticks, the
 	// transition comes at the first Advance at or after the deadline + Tick/2
-	// when Advance runs every Tick/4, as Run does.
+	// when Advance runs every Tick/4, as the clock (Start) does.
 	tick := DefaultConfig().Tick
 	for phase := time.Duration(0); phase < tick; phase += 7 * time.Millisecond {
 		f := newFixture(t, nil)

@@ -27,7 +27,7 @@ func Example() {
 	e.TouchBatch([]engine.Touch{{ID: "456", At: now, Timeout: 5 * time.Second}}) // a fast sensor
 	e.Deliver()
 
-	now = start.Add(10 * time.Second) // Run would do this every Tick/4
+	now = start.Add(10 * time.Second) // Start's clock would do this every Tick/4
 	e.Advance(now)
 	e.Deliver()
 

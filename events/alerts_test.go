@@ -27,7 +27,7 @@ func (c *clock) Add(d time.Duration) time.Time {
 }
 
 // alertHub is a hub with only a capture destination, driven by hand:
-// no Run, the test calls checkAlerts with its clock.
+// not started, the test calls checkAlerts with its clock.
 func alertHub(t *testing.T, cfg AlertConfig, fleet int) (*Hub, *clock, func() []rec) {
 	t.Helper()
 	c := bareConfig()
@@ -108,8 +108,8 @@ func TestOfflineAlertOncePerPeriod(t *testing.T) {
 	}
 }
 
-// TestOfflineAlertRun uses the real ticker under synctest: Run's loop
-// emits the alert within CheckInterval of the threshold.
+// TestOfflineAlertRun uses the real ticker under synctest: the alert loop
+// that Start starts emits the alert within CheckInterval of the threshold.
 func TestOfflineAlertRun(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		c := bareConfig()

@@ -112,8 +112,8 @@ type StreamConfig struct {
 	Key string
 	// MaxLen trims the stream on every XADD with "MAXLEN ~ MaxLen" (Redis
 	// trims whole macro nodes, so the length stays slightly above). Default
-	// 1,000,000 entries, roughly 100-150 MB of Redis memory; a consumer
-	// group that falls further behind than MaxLen loses the oldest entries.
+	// 1,000,000 entries, all held in Redis memory; a consumer group that
+	// falls further behind than MaxLen loses the oldest entries.
 	// 0 disables trimming (the stream grows until trimmed by someone else).
 	MaxLen int64
 	// Delivery: events per pipeline is BatchSize (default 1000).

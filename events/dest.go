@@ -12,7 +12,7 @@ import (
 
 // sender is one destination's transport. send delivers a whole batch or
 // fails; a failed batch is sent again later, so a send that failed half-way
-// delivers its first events twice (see "Delivery guarantees" in doc.go). A
+// delivers its first events twice (see "Delivery and back-pressure" in docs/EVENTS.md). A
 // batch that retrying cannot deliver (a webhook's 4xx) fails with
 // queue.Permanent: it is dropped and counted instead.
 type sender interface {

@@ -47,7 +47,7 @@ type Hub struct {
 var _ engine.Sink = (*Hub)(nil)
 
 // UnsentError is returned by Close when events were still queued when its
-// context ended (or Run never started): Unsent counts them per
+// context ended (or the hub never started): Unsent counts them per
 // destination.
 type UnsentError struct {
 	Unsent map[string]int

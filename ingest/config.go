@@ -38,9 +38,10 @@ type Config struct {
 	Topics []Topic
 
 	// Connections is how many subscriber connections share the stream
-	// (1..64). One paho connection receives roughly 55-70k msg/s on these
-	// machines; more connections spread decoding over cores. More than one
-	// needs ShareGroup, otherwise every connection would get every message.
+	// (1..64). Each is one paho client decoding on its own goroutine: more
+	// connections spread the decoding over cores (BENCHMARKS.md measures
+	// one and two). More than one needs ShareGroup, otherwise every
+	// connection would get every message.
 	Connections int
 	// ShareGroup makes the subscriptions shared ("$share/GROUP/FILTER"):
 	// the broker gives each message to one subscriber of the group, so

@@ -48,6 +48,10 @@ type Ingester struct {
 	dropLog    *ratelog.Limiter[reason]   // one line per drop reason per LogInterval
 	handlerLog *ratelog.Limiter[struct{}] // MarkOffline failures
 
+	// Ingest keeps its own state machine rather than a lifecycle.Runner:
+	// Close must disconnect from the broker first (no new input), wait
+	// for paho's subscribe loops, and only then let the workers hand what
+	// they queued to the Handler.
 	mu         sync.Mutex // guards started, connecting, closed and subWG.Add
 	started    bool       // workers running
 	connecting bool       // clients started

@@ -15,11 +15,12 @@ var ErrInvalidConfig = errors.New("report: invalid config")
 // Config configures a Report. Start from DefaultConfig; Validate (also
 // called by New) reports every problem at once.
 type Config struct {
-	// Table is the history table writeback.History fills, (device_id text,
+	// Table is the history table postgres.History fills, (device_id text,
 	// status text, changed_at timestamptz, cause text) with an index on
 	// (device_id, changed_at); optionally schema-qualified ("ops.history").
 	// It is quoted as an identifier, never interpolated raw. Default
-	// "device_status_history", writeback's default.
+	// "device_status_history", the history's own default
+	// (writeback/postgres).
 	Table string
 
 	// DefaultHistoryLimit is how many changes GET .../history returns
@@ -43,7 +44,7 @@ type Config struct {
 	// MaxConcurrentScans bounds the whole-fleet requests running at once
 	// (GET /v1/devices scans every device of the engine; GET /v1/uptime
 	// reads the history of every device); later ones wait for a slot, or
-	// until their client gives up. Default 2 (these machines have 2 cores).
+	// until their client gives up. Default 2: each scan keeps a core busy.
 	MaxConcurrentScans int
 
 	// Now is the clock: "now" of relative times, the end of open windows,

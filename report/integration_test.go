@@ -22,7 +22,7 @@ import (
 )
 
 // histDB is a real PostgreSQL with a history table of its own, laid out as
-// writeback.History creates it.
+// postgres.History (writeback/postgres) creates it.
 type histDB struct {
 	pool  *pgxpool.Pool
 	table string

@@ -29,7 +29,7 @@ type Live interface {
 }
 
 // Report answers history, uptime and operations queries: the history from
-// the PostgreSQL table writeback.History fills, the device list from the
+// the PostgreSQL table postgres.History fills, the device list from the
 // live engine. It starts no goroutine; its methods are safe for concurrent
 // use.
 type Report struct {

@@ -34,7 +34,7 @@ const (
 // line per sink per interval, carrying the number of suppressed ones.
 const errLogEvery = 5 * time.Second
 
-// flushAtPoll is how often Run checks the dirty count against FlushAt.
+// flushAtPoll is how often the loop checks the dirty count against FlushAt.
 const flushAtPoll = 25 * time.Millisecond
 
 // WriteResult counts what one batch write did, for metrics.
@@ -65,7 +65,7 @@ type Flusher struct {
 	seed maphash.Seed               // routes devices to workers
 	m    flushMetrics
 
-	mu    sync.Mutex // serializes flushes (Run, Flush, Close); guards bufs
+	mu    sync.Mutex // serializes flushes (the loop, Flush, Close); guards bufs
 	bufs  [][]engine.DeviceState
 	idsMu sync.Mutex // guards ids (workers mark failed batches dirty)
 	ids   []string

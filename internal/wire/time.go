@@ -15,8 +15,8 @@ import (
 const TimeLayout = "2006-01-02T15:04:05.000000+00:00"
 
 // AppendTime appends t in TimeLayout (converted to UTC, truncated to the
-// microsecond). It is t.UTC().AppendFormat(dst, TimeLayout), five times
-// faster: a 10,000-device batchGet formats 20,000 times.
+// microsecond). It is t.UTC().AppendFormat(dst, TimeLayout) without its
+// layout interpretation: a 10,000-device batchGet formats 20,000 times.
 func AppendTime(dst []byte, t time.Time) []byte {
 	t = t.UTC()
 	year, month, day := t.Date()

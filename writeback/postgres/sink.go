@@ -61,7 +61,7 @@ type Config struct {
 	// Flush is the write-behind loop. BatchSize is rows per transaction
 	// (one COPY into a temporary staging table plus one UPDATE ... FROM).
 	// Defaults: Interval 1 s, FlushAt 100000, BatchSize 20000,
-	// Concurrency 1 (see BENCHMARKS.fragment.md).
+	// Concurrency 1 (see writeback/BENCHMARKS.fragment.md).
 	Flush writeback.FlushConfig
 }
 

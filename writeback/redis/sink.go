@@ -44,9 +44,8 @@ type Config struct {
 	BeforeWrite func(ctx context.Context) error
 	// Flush is the write-behind loop. BatchSize is devices per pipeline (two
 	// SETs each). Defaults: Interval 250 ms, FlushAt 20000, BatchSize 1000,
-	// Concurrency 2 (measured on 2 cores, where the single-threaded Redis
-	// is the bottleneck: larger pipelines or more of them did not help, a
-	// Lua script per batch was not faster).
+	// Concurrency 2: Redis is single-threaded, so larger pipelines or more
+	// of them do not help (BENCHMARKS.md has the runs that chose these).
 	Flush writeback.FlushConfig
 }
 

@@ -230,6 +230,11 @@ func (c Config) Validate() error {
 	}
 	if r.clustered() {
 		add(r.Cluster.Validate())
+		if r.Redis.Enabled() && len(r.Redis.Addrs) > 0 && r.Redis.MasterName == "" {
+			// redis.New refuses it too; say so here, with the fix.
+			bad("a cluster node writes each device's two Redis keys with one guarded script, which needs both in one slot: " +
+				"Redis Cluster (-redis-addrs without -redis-master) cannot hold them; use one Redis server, or Sentinels with -redis-master")
+		}
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, errors.Join(errs...))

@@ -1,14 +1,19 @@
 package daemon
 
 import (
+	"bytes"
 	"errors"
 	"flag"
 	"io"
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/presence-dev/presence/internal/envflag"
 )
 
 func getenv(kv ...string) func(string) string {
@@ -90,6 +95,8 @@ func TestParseFlagsErrors(t *testing.T) {
 		{[]string{"-database-url", "postgres://x", "-pg-table", ""}, getenv(), "Table"},
 		{[]string{"-mqtt-connections", "2", "-share-group", ""}, getenv(), "Share"},
 		{nil, getenv("REDIS_ADDRS", "r1"), "REDIS_ADDRS"},
+		{[]string{"-cluster-join", "seed:7946"}, getenv("REDIS_ADDRS", "r1:7000,r2:7000"), "Redis Cluster"},
+		{[]string{"-cluster-key", "not base64!"}, getenv(), "PRESENCE_CLUSTER_KEY"},
 	} {
 		c, err := ParseFlags(tc.args, tc.env, io.Discard)
 		if err == nil {
@@ -131,5 +138,30 @@ func TestEmbeddedDemo(t *testing.T) {
 	var body string
 	if err := r.get("/v1/devices/1001", &body); err != nil || !strings.Contains(body, `"id":"1001"`) {
 		t.Fatalf("API: %v %s", err, body)
+	}
+}
+
+// docs/CONFIGURATION.md names every flag and its variable, and no flag
+// that does not exist.
+func TestConfigurationDocIsComplete(t *testing.T) {
+	doc, err := os.ReadFile("../../../docs/CONFIGURATION.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := DefaultConfig()
+	s := envflag.New("presenced")
+	c.RegisterFlags(s)
+	known := map[string]bool{}
+	s.VisitAll(func(f *flag.Flag) {
+		known[f.Name] = true
+		env := f.Usage[strings.LastIndex(f.Usage, "(env ")+len("(env ") : len(f.Usage)-1]
+		if !bytes.Contains(doc, []byte("`-"+f.Name+"`")) || !bytes.Contains(doc, []byte(env)) {
+			t.Errorf("docs/CONFIGURATION.md lacks `-%s` or %s", f.Name, env)
+		}
+	})
+	for _, m := range regexp.MustCompile("`-([a-z][a-z0-9-]+)").FindAllSubmatch(doc, -1) {
+		if name := string(m[1]); !known[name] && name != "h" {
+			t.Errorf("docs/CONFIGURATION.md names -%s, which presenced does not have", name)
+		}
 	}
 }

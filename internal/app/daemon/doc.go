@@ -1,19 +1,28 @@
-// Package daemon is presenced: it wires ingest, the engine, write-behind,
-// the HTTP API and, when no broker is configured, an embedded MQTT broker,
-// and runs them with one ordered shutdown.
+// Package daemon is presenced: it builds ingest, the engine, the
+// write-behind sinks, events, restart recovery, the cluster node, the HTTP
+// API and, when no broker is configured, an embedded MQTT broker from one
+// Config (each component's Config registers its own flags), and runs them
+// as one ordered list (Daemon.stages) in a lifecycle.Group.
 //
-// Start-up: bind the HTTP port and (embedded) broker port first, so that a
-// taken port fails at once with what to do; rebuild the engine from Redis
-// (restart recovery); start the engine clock, the sinks and the API; then
-// subscribe. /readyz turns 200 once hydrated and subscribed.
+// New validates the Config, builds every component without I/O, and binds
+// the embedded broker's port, so that a taken port fails at once. Run
+// starts the stages in order: the store clients; the embedded broker; the
+// API (/healthz answers, /readyz says why it is not ready yet); the sinks
+// (Redis, Postgres, history, events, device index); the engine's clock;
+// the cluster node (it joins); restart recovery (the state is rebuilt from
+// Redis before any message arrives); ingest (it subscribes); the demo
+// fleet. /readyz turns 200 once the state is rebuilt and ingest
+// subscribed.
 //
-// Shutdown (SIGINT/SIGTERM): stop the demo fleet; close ingest, which hands
-// every queued message to the engine; stop the engine clock after a last
-// Advance and Deliver; flush Redis, Postgres and history within
-// -shutdown-timeout (what cannot be written is logged with its count); stop
-// the API.
+// On SIGINT or SIGTERM (Run's ctx ends), or when a component fails, Run
+// closes the stages in reverse order: the demo fleet; ingest, which stops
+// input and hands every queued message to the engine; recovery's rebuilds
+// in flight; the cluster node, which leaves and hands its devices off
+// within its own bounds; the engine, with a last Advance and Deliver; the
+// sinks, in parallel within -shutdown-timeout (what cannot be written is
+// logged with its count); the API; the broker; the store clients.
 //
 // Without Redis, Postgres or an MQTT_URL it runs on an embedded broker with
 // in-memory state only; -demo N adds a simulated fleet so a newcomer sees
-// devices come and go.
+// devices come and go. Every setting: docs/CONFIGURATION.md.
 package daemon
