@@ -197,6 +197,14 @@ func (h *Hub) checkAlerts(now time.Time) {
 	}
 }
 
+// Hold makes every destination's worker wait, once started, until ch is
+// closed before it sends (Close does not wait). Call it before Start.
+func (h *Hub) Hold(ch <-chan struct{}) {
+	for _, d := range h.dests {
+		d.q.Hold(ch)
+	}
+}
+
 // Start connects the destinations that have a connection of their own,
 // and starts a worker per destination and the alert ticker. It fails after
 // Close or when called twice.

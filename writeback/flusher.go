@@ -70,7 +70,8 @@ type Flusher struct {
 	idsMu sync.Mutex // guards ids (workers mark failed batches dirty)
 	ids   []string
 
-	run lifecycle.Runner
+	run  lifecycle.Runner
+	hold <-chan struct{} // the loop's first flush waits for it (Hold)
 }
 
 type flushMetrics struct {
@@ -126,6 +127,12 @@ func (f *Flusher) Metrics() *metrics.Set { return f.m.set }
 // Logger is the sink's logger (with its sink attribute).
 func (f *Flusher) Logger() *slog.Logger { return f.log }
 
+// Hold makes the loop wait, once started, until ch is closed before its
+// first flush (Flush and Close do not wait). The daemon holds the Redis
+// writes while restart recovery reads Redis, so that the rebuild, during
+// which no message is heard, has Redis to itself. Call it before Start.
+func (f *Flusher) Hold(ch <-chan struct{}) { f.hold = ch }
+
 // Start starts the loop: a flush every Interval, earlier once FlushAt
 // devices are dirty. Failed flushes are retried with backoff; the loop
 // never stops on store errors. It fails after Close or when called twice.
@@ -144,6 +151,13 @@ func (f *Flusher) loop(ctx context.Context) {
 	// flushes run under the Runner's work context, and ctx only stops the
 	// loop between them.
 	work := f.run.Work()
+	if f.hold != nil {
+		select {
+		case <-f.hold:
+		case <-ctx.Done():
+			return
+		}
+	}
 
 	// Wake up often enough to notice FlushAt (Len is cheap); otherwise
 	// once per Interval.

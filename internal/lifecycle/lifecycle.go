@@ -154,3 +154,27 @@ func Every(ctx context.Context, interval time.Duration, fn func()) {
 		}
 	}
 }
+
+// Gate holds back the work of components that start early (for the sake
+// of the close order) until a later stage has started: they wait on Open
+// before they begin. A Gate is itself a Component, added to the Group
+// where the work may begin; it opens when started, and when closed, so
+// that nothing waits on it forever.
+type Gate struct {
+	once sync.Once
+	ch   chan struct{}
+}
+
+// NewGate returns a closed gate.
+func NewGate() *Gate { return &Gate{ch: make(chan struct{})} }
+
+// Open is closed once the gate opened.
+func (g *Gate) Open() <-chan struct{} { return g.ch }
+
+// Start opens the gate.
+func (g *Gate) Start(context.Context) error { g.open(); return nil }
+
+// Close opens the gate too.
+func (g *Gate) Close(context.Context) error { g.open(); return nil }
+
+func (g *Gate) open() { g.once.Do(func() { close(g.ch) }) }

@@ -203,3 +203,25 @@ func TestEvery(t *testing.T) {
 		t.Fatalf("called %d times, want 3 (until cancelled)", n)
 	}
 }
+
+// A gate opens when started, or closed, once.
+func TestGate(t *testing.T) {
+	for _, open := range []func(*Gate){
+		func(g *Gate) { g.Start(context.Background()) },
+		func(g *Gate) { g.Close(context.Background()) },
+	} {
+		g := NewGate()
+		select {
+		case <-g.Open():
+			t.Fatal("open before Start")
+		default:
+		}
+		open(g)
+		open(g) // idempotent
+		select {
+		case <-g.Open():
+		default:
+			t.Fatal("still closed")
+		}
+	}
+}

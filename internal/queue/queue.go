@@ -106,6 +106,8 @@ type Queue[T any] struct {
 	inflN   int           // len(inflight), readable under mu
 	kick    chan struct{} // 1-buffered: something to send
 
+	hold <-chan struct{} // the worker waits for it before its first send (Hold)
+
 	sendMu   sync.Mutex // one send at a time (the worker, Flush, Close); guards inflight
 	inflight []T        // the batch being sent, or the failed one, sent again as it was
 }
@@ -199,6 +201,10 @@ func (q *Queue[T]) Len() int {
 	return q.buf.Len() + q.inflN
 }
 
+// Hold makes the worker wait, once started, until ch is closed before it
+// sends anything (Flush and Close do not wait). Call it before Start.
+func (q *Queue[T]) Hold(ch <-chan struct{}) { q.hold = ch }
+
 // Start starts the worker. ctx's values are kept, not its cancellation:
 // the worker runs until Close.
 func (q *Queue[T]) Start(ctx context.Context) error { return q.run.Start(ctx, q.worker) }
@@ -263,6 +269,13 @@ func (q *Queue[T]) discard() int {
 // worker sends the queue when there is something to send (Interval 0), or
 // every Interval and when a batch is full, and retries with backoff.
 func (q *Queue[T]) worker(ctx context.Context) {
+	if q.hold != nil {
+		select {
+		case <-q.hold:
+		case <-ctx.Done():
+			return
+		}
+	}
 	var tick <-chan time.Time
 	if q.cfg.Interval > 0 {
 		t := time.NewTicker(q.cfg.Interval)

@@ -305,3 +305,26 @@ func TestConcurrentPush(t *testing.T) {
 		t.Fatalf("sent %d items, want 4000 distinct", len(got))
 	}
 }
+
+// A held worker sends nothing until the hold is released; Flush does not
+// wait for it.
+func TestHold(t *testing.T) {
+	cfg, _ := testConfig()
+	s := &sink{}
+	q := New(cfg, s.send)
+	hold := make(chan struct{})
+	q.Hold(hold)
+	q.Start(context.Background())
+	defer q.Close(context.Background())
+	q.Push(1, 2)
+	time.Sleep(50 * time.Millisecond)
+	if got := s.all(); len(got) != 0 {
+		t.Fatalf("sent %v while held", got)
+	}
+	if err := q.Flush(context.Background()); err != nil || !slices.Equal(s.all(), []int{1, 2}) {
+		t.Fatalf("Flush while held: %v, sent %v", err, s.all())
+	}
+	close(hold)
+	q.Push(3)
+	eventually(t, "the send after the hold", func() bool { return len(s.all()) == 3 })
+}

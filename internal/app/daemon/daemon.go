@@ -44,6 +44,7 @@ type Daemon struct {
 	eng     *engine.Engine
 	node    *cluster.Node // nil when not clustered
 	rec     *recovery.Recovery
+	held    *lifecycle.Gate // the Redis writers wait for it: recovery done
 	ing     *ingest.Ingester
 	demo    *demo
 
@@ -220,6 +221,13 @@ func (d *Daemon) buildEngine(sinks fanout) error {
 		if d.rec, err = recovery.New(rc, d.index, d.keys, d.eng); err != nil {
 			return err
 		}
+		// The sinks start before recovery, so that they close after the
+		// engine; their Redis writes (the restart transitions' keys and
+		// events) wait until the rebuild is done, which then has Redis to
+		// itself: no message is heard until it is.
+		d.held = lifecycle.NewGate()
+		d.keys.Hold(d.held.Open())
+		d.events.Hold(d.held.Open())
 	}
 	if d.stores.pool != nil {
 		tr, err := d.eng.NewTracker()

@@ -10,8 +10,9 @@
 // API (/healthz answers, /readyz says why it is not ready yet); the sinks
 // (Redis, Postgres, history, events, device index); the engine's clock;
 // the cluster node (it joins); restart recovery (the state is rebuilt from
-// Redis before any message arrives); ingest (it subscribes); the demo
-// fleet. /readyz turns 200 once the state is rebuilt and ingest
+// Redis before any message arrives); the write gate (the Redis sink and the
+// events, started before, begin writing only now); ingest (it subscribes);
+// the demo fleet. /readyz turns 200 once the state is rebuilt and ingest
 // subscribed.
 //
 // On SIGINT or SIGTERM (Run's ctx ends), or when a component fails, Run
