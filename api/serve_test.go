@@ -21,7 +21,17 @@ func (f *fixture) serve() (base string, stop func() error) {
 	if err := f.srv.Start(context.Background()); err != nil {
 		f.t.Fatal(err)
 	}
-	stop = func() error { return f.srv.Close(context.Background()) }
+	stop = func() error {
+		done := make(chan error, 1)
+		go func() { done <- f.srv.Close(context.Background()) }()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(15 * time.Second):
+			f.t.Fatal("Close did not return")
+			return nil
+		}
+	}
 	f.t.Cleanup(func() { stop() })
 	return "http://" + f.srv.Addr(), stop
 }

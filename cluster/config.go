@@ -160,9 +160,11 @@ type Config struct {
 	// Metrics receives the metrics (names presence_cluster_*); it must not
 	// be shared with another Node. Nil creates a set; see Node.Metrics.
 	Metrics *metrics.Set
-	// Clock is the node's now: the time handed devices are adopted at, the
-	// deadlines of rebuild holds and the debounce of table changes. Nil is
-	// time.Now. Socket deadlines are the kernel's, in real time.
+	// Clock is the time handed devices are adopted at; nil is time.Now.
+	// The node's timers (the debounce of table changes, the expiry of
+	// rebuild holds) and socket deadlines run on real time: they are the
+	// runtime's and the kernel's, and a deadline must be compared with the
+	// clock its timer runs on.
 	Clock func() time.Time
 }
 

@@ -375,7 +375,7 @@ func (n *Node) loop() {
 		case <-n.stop:
 			return
 		case <-n.changed:
-			now := n.cfg.Clock()
+			now := time.Now() // with the timer below: real time (see Config.Clock)
 			if first.IsZero() {
 				first = now
 			}
@@ -427,14 +427,16 @@ func (n *Node) holdForRebuild(parts []int) uint64 {
 	if len(parts) == 0 {
 		return 0
 	}
-	now := n.cfg.Clock()
+	// Real time, not Config.Clock: the hold's deadline is checked when a
+	// real timer fires.
+	now := time.Now()
 	deadline := now.Add(n.cfg.RebuildHold)
 	gen := n.router.startHold(parts, deadline)
 	n.holdMu.Lock()
 	defer n.holdMu.Unlock()
 	n.holdTimers = slices.DeleteFunc(n.holdTimers, func(h holdTimer) bool { return h.at.Before(now) })
 	t := time.AfterFunc(n.cfg.RebuildHold, func() {
-		if k := n.router.expireHolds(n.cfg.Clock()); k > 0 {
+		if k := n.router.expireHolds(time.Now()); k > 0 {
 			n.log.Warn("cluster: partitions not rebuilt in time, their held messages applied",
 				slog.Int("partitions", k), slog.Duration("rebuild_hold", n.cfg.RebuildHold))
 		}

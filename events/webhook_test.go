@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -250,5 +251,15 @@ func TestSign(t *testing.T) {
 	}
 	if !VerifySignature([]byte("secret"), body, got) || VerifySignature([]byte("other"), body, got) {
 		t.Fatal("VerifySignature")
+	}
+}
+
+// A webhook that cannot be reached is logged and counted without its URL,
+// whose path or query may hold a token.
+func TestWebhookErrorHidesURL(t *testing.T) {
+	w := newWebhookSender("hook", DefaultWebhookConfig("http://127.0.0.1:1/hook?token=hunter2", ""))
+	err := w.send(context.Background(), []rec{statusRec(&engine.Transition{ID: "1", To: engine.StatusOnline, At: t0})})
+	if err == nil || strings.Contains(err.Error(), "hunter2") || !strings.Contains(err.Error(), "webhook hook") {
+		t.Fatalf("send = %v", err)
 	}
 }

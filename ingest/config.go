@@ -217,7 +217,8 @@ func validateBrokerURL(s string) error {
 	}
 	u, err := url.Parse(s)
 	if err != nil {
-		return fmt.Errorf("%q: %v", redact(s), err)
+		// url.Parse's error quotes the URL, password and all.
+		return errors.New("not a URL; want e.g. tcp://127.0.0.1:1883 (user:password@ before the host, percent-encoded)")
 	}
 	if !brokerSchemes[strings.ToLower(u.Scheme)] {
 		return fmt.Errorf("%q: scheme %q not supported; want tcp://, ssl://, ws:// (or mqtt, tls, mqtts, wss), e.g. tcp://127.0.0.1:1883", redact(s), u.Scheme)

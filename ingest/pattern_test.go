@@ -361,3 +361,14 @@ func TestTopicFlags(t *testing.T) {
 		t.Fatalf("bad pattern: %v", err)
 	}
 }
+
+// A broker URL that does not parse is refused without quoting it: it may
+// hold a password.
+func TestBrokerURLErrorHidesPassword(t *testing.T) {
+	c := DefaultConfig()
+	c.BrokerURL = "tcp://user:hunter2@broker:port"
+	err := c.Validate()
+	if err == nil || strings.Contains(err.Error(), "hunter2") || !strings.Contains(err.Error(), "-mqtt-url") {
+		t.Fatalf("Validate = %v", err)
+	}
+}

@@ -80,9 +80,9 @@ func (c IndexConfig) validate() error {
 // going offline), not per message: an id whose keys expired is dropped
 // from its set by a read, and added again when the device returns. It
 // implements engine.Sink and never blocks: new ids wait in a bounded queue
-// (internal/queue) written every Interval and before every batch of the
-// Redis sink's keys (BeforeKeys), so that a complete index stays complete
-// across a kill -9. The sets have no TTL: they hold every device seen,
+// (internal/queue, one entry per device however often it comes online)
+// written every Interval and before every batch of the Redis sink's keys
+// (BeforeKeys), so that a complete index stays complete across a kill -9. The sets have no TTL: they hold every device seen,
 // which is bounded by the fleet (about 10 bytes per id in Redis).
 type Index struct {
 	client      goredis.UniversalClient
@@ -120,7 +120,7 @@ func NewIndex(client goredis.UniversalClient, cfg IndexConfig, log *slog.Logger,
 		parts := cfg.Partitions
 		x.partitionOf = func(id string) int { return cluster.PartitionOf(id, parts) }
 	}
-	x.q = queue.New(queue.Config{
+	x.q = queue.NewCoalescing(queue.Config{
 		Name:       "recovery: device index",
 		Capacity:   cfg.MaxPending,
 		BatchSize:  10_000,
@@ -135,7 +135,7 @@ func NewIndex(client goredis.UniversalClient, cfg IndexConfig, log *slog.Logger,
 			Dropped: x.dropped,
 			Errors:  x.errs,
 		},
-	}, x.write)
+	}, func(id string) string { return id }, x.write)
 	set.NewGauge("presence_index_ids_pending", func() float64 { return float64(x.q.Len()) })
 	return x, nil
 }
@@ -150,6 +150,28 @@ func (x *Index) Key(p int) string { return x.cfg.KeyPrefix + "index:" + strconv.
 func (x *Index) HandleTransitions(batch []engine.Transition) {
 	x.q.PushFunc(len(batch), func(i int) (string, bool) { return batch[i].ID, batch[i].To == engine.StatusOnline })
 }
+
+// BeforeKeys is the Redis sink's BeforeWrite (writeback/redis
+// Config.BeforeWrite) for an index that is eng's transition sink: it has
+// eng deliver the transitions queued so far, then writes the index. A
+// device is marked dirty and its online transition queued at the same
+// moment, so by then the index has every device of the batch about to be
+// written that came online, and writes it before the keys. Without it, a
+// device drained within one engine tick of coming online could reach
+// Redis before its index entry and, after a kill -9, be missed by a
+// restart that reads the index. (Not covered: a device whose transition
+// the engine is coalescing because the sinks fell a whole queue behind;
+// the index is then rebuilt by the next full scan.)
+func (x *Index) BeforeKeys(eng interface{ Deliver() int }) func(ctx context.Context) error {
+	return func(ctx context.Context) error {
+		eng.Deliver()
+		return x.Flush(ctx)
+	}
+}
+
+// Hold makes the index wait, once started, until ch is closed before it
+// writes (Flush and Close do not wait). Call it before Start.
+func (x *Index) Hold(ch <-chan struct{}) { x.q.Hold(ch) }
 
 // Start starts writing the pending ids every Interval, retrying with
 // backoff while Redis fails.

@@ -104,6 +104,14 @@ func TestIndexBounded(t *testing.T) {
 	if got := x.dropped.Get(); got != 2 {
 		t.Fatalf("dropped %d, want 2", got)
 	}
+	// A device that comes online again and again while pending takes one
+	// entry: nothing more is dropped.
+	for range 5 {
+		x.HandleTransitions(batch[4:])
+	}
+	if got := x.dropped.Get(); got != 2 || x.q.Len() != 3 {
+		t.Fatalf("a repeated id: dropped %d, pending %d; want 2, 3", got, x.q.Len())
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if err := x.Flush(ctx); err == nil {
@@ -260,7 +268,7 @@ func TestIndexFlushWaitsForOneInFlight(t *testing.T) {
 }
 
 // newTestIndex is an index under prefix with partition function part
-// (maxPending 0: the default), closed when the test ends.
+// (maxPending 0: the default). It is not started: tests flush it.
 func newTestIndex(t *testing.T, client goredis.UniversalClient, prefix string, part func(string) int, maxPending int) *Index {
 	t.Helper()
 	cfg := DefaultIndexConfig()

@@ -98,10 +98,10 @@ func readStored(ctx context.Context, store Store, w walk, gone func(ctx context.
 	return context.Cause(ctx)
 }
 
-// walkKeyspace walks every device that has a status key under prefix
-// (SCAN; on Redis Cluster every master, one after the other).
-func walkKeyspace(client goredis.UniversalClient, prefix string) walk {
-	statusPrefix := prefix + "status:"
+// walkKeyspace walks every device that has a status key, statusPrefix
+// followed by its id (SCAN; on Redis Cluster every master, one after the
+// other).
+func walkKeyspace(client goredis.UniversalClient, statusPrefix string) walk {
 	match := wire.RedisMatch(statusPrefix)
 	one := func(ctx context.Context, c goredis.UniversalClient, emit func(string, []string) bool) error {
 		it := c.Scan(ctx, 0, match, readBatch).Iterator()

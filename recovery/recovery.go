@@ -18,18 +18,20 @@ import (
 var ErrInvalidConfig = errors.New("recovery: invalid config")
 
 // Store reads device states back from where the Redis sink wrote them:
-// *writeback/redis.Sink, under Index.KeyPrefix.
+// *writeback/redis.Sink.
 type Store interface {
 	// ReadStates reads the given devices; one that is not stored has
 	// Status engine.StatusUnknown.
 	ReadStates(ctx context.Context, ids []string) ([]engine.DeviceState, error)
+	// StatusKey is the key of a device's status (the keyspace walk looks
+	// for StatusKey("") followed by an id).
+	StatusKey(id string) string
 }
 
 // Engine is what recovery restores into: *engine.Engine.
 type Engine interface {
 	Restore(states []engine.DeviceState, now time.Time) error
 	Adopt(states []engine.DeviceState, now time.Time) error
-	Deliver() int
 	Counts() engine.Counts
 }
 
@@ -39,8 +41,6 @@ type Cluster interface {
 	Owns(id string) bool
 	// Owned returns the partitions this node owns now.
 	Owned() []int
-	// Settle waits until the membership has been stable for a moment.
-	Settle(ctx context.Context)
 	// RebuildDone releases the messages held for c's rebuild.
 	RebuildDone(c cluster.Change)
 }
@@ -116,9 +116,9 @@ type Recovery struct {
 	hydrateErr atomic.Pointer[error]
 }
 
-// New builds recovery over index (built with NewIndex from cfg.Index, and
-// a transition sink of eng), store (the Redis sink, reading the devices'
-// keys) and eng. It does no I/O.
+// New builds recovery over index (built with NewIndex, and a transition
+// sink of eng; its configuration, not cfg.Index, is the one used), store
+// (the Redis sink, reading the devices' keys) and eng. It does no I/O.
 func New(cfg Config, index *Index, store Store, eng Engine) (*Recovery, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -146,22 +146,6 @@ func (r *Recovery) SetCluster(cl Cluster) { r.cl = cl }
 // to be closed after the engine, with the other sinks.
 func (r *Recovery) Index() *Index { return r.index }
 
-// BeforeKeys is the Redis sink's BeforeWrite (writeback/redis
-// Config.BeforeWrite): it has the engine deliver the transitions queued so
-// far, then writes the index. A device is marked dirty and its online
-// transition queued at the same moment, so by then the index (a
-// transition sink, called synchronously) has every device of the batch
-// about to be written that came online, and writes it before the keys.
-// Without it, a device drained within one engine tick of coming online
-// could reach Redis before its index entry and, after a kill -9, be missed
-// by a restart that reads the index. (Not covered: a device whose
-// transition the engine is coalescing because the sinks fell a whole queue
-// behind; the index is then rebuilt by the next full scan.)
-func (r *Recovery) BeforeKeys(ctx context.Context) error {
-	r.eng.Deliver()
-	return r.index.Flush(ctx)
-}
-
 // Ready is nil once the start-up rebuild is done (or skipped, or given
 // up), and says what it is doing otherwise.
 func (r *Recovery) Ready() error {
@@ -175,8 +159,8 @@ func (r *Recovery) Ready() error {
 }
 
 // Start rebuilds the engine from Redis before it returns (restart
-// recovery; start ingest after it): a cluster node first waits for its
-// membership to settle and restores only the partitions it owns. Devices
+// recovery; start ingest after it): a cluster node (whose membership has
+// settled: cluster.Node.Settle) restores only the partitions it owns. Devices
 // whose deadline passed while presenced was down turn offline at once
 // (cause restart: Redis status, history row, event); the others are armed
 // for the time they have left. If Redis stays unreachable (Attempts) it
@@ -186,9 +170,6 @@ func (r *Recovery) Start(ctx context.Context) error {
 	if r.cfg.NoHydrate {
 		r.hydrated.Store(true)
 		return nil
-	}
-	if r.cl != nil {
-		r.cl.Settle(ctx)
 	}
 	start := time.Now()
 	backoff := r.cfg.RetryBackoff
@@ -248,7 +229,7 @@ func (r *Recovery) parts() []int {
 	if r.cl != nil {
 		return r.cl.Owned()
 	}
-	parts := make([]int, r.cfg.Index.Partitions)
+	parts := make([]int, r.index.cfg.Partitions)
 	for i := range parts {
 		parts[i] = i
 	}
@@ -310,7 +291,7 @@ func (r *Recovery) keepOwned(states []engine.DeviceState) []engine.DeviceState {
 // scan walks every stored device (the keyspace) and hands them to fn in
 // batches; keep, if not nil, selects the devices to hand over.
 func (r *Recovery) scan(ctx context.Context, fn func([]engine.DeviceState) error, keep func(id string) bool) error {
-	w := walkKeyspace(r.index.client, r.index.cfg.KeyPrefix)
+	w := walkKeyspace(r.index.client, r.store.StatusKey(""))
 	return readStored(ctx, r.store, w, nil, func(states []engine.DeviceState) error {
 		if keep != nil {
 			states = slices.DeleteFunc(states, func(st engine.DeviceState) bool { return !keep(st.ID) })
@@ -327,8 +308,6 @@ func (r *Recovery) scan(ctx context.Context, fn func([]engine.DeviceState) error
 // rebuild is done or gives up (RebuildTimeout).
 func (r *Recovery) OnChange(c cluster.Change) {
 	parts := c.Rebuild()
-	r.log.Info("cluster membership changed", "members", len(c.New.Members()), "moved", len(c.Moved),
-		"joined", c.Joined, "left", c.Left, "failed", c.Failed, "rebuild", len(parts))
 	if len(parts) == 0 || r.cl == nil {
 		return
 	}

@@ -179,7 +179,6 @@ func (*evenNode) Owned() []int {
 	}
 	return all
 }
-func (*evenNode) Settle(context.Context) {}
 func (n *evenNode) RebuildDone(c cluster.Change) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -304,7 +303,7 @@ func TestBeforeKeys(t *testing.T) {
 	if r.Index().q.Len() != 0 {
 		t.Fatal("the online transition was delivered without BeforeKeys: the test proves nothing")
 	}
-	if err := r.BeforeKeys(ctx); err != nil {
+	if err := r.Index().BeforeKeys(eng)(ctx); err != nil {
 		t.Fatal(err)
 	}
 	p := cluster.PartitionOf("42", cluster.DefaultPartitions)

@@ -92,15 +92,16 @@ func (g *Group) Add(budget time.Duration, parts ...Part) {
 	}
 }
 
-// Start starts every stage in order. When a component fails to start, the
-// ones already started are closed in reverse order (within ctx's values,
-// without its cancellation) and the failure is returned, named.
+// Start starts every stage in order. When a component fails to start, it
+// and the ones already started are closed in reverse order (within ctx's
+// values, without its cancellation: a Close must be safe after a failed
+// Start) and the failure is returned, named.
 func (g *Group) Start(ctx context.Context) error {
 	for i, s := range g.stages {
 		for j, p := range s.parts {
 			if err := p.C.Start(ctx); err != nil {
 				cctx := context.WithoutCancel(ctx)
-				cerr := g.closeStage(cctx, stage{budget: s.budget, parts: s.parts[:j]})
+				cerr := g.closeStage(cctx, stage{budget: s.budget, parts: s.parts[:j+1]})
 				g.started = i
 				cerr = errors.Join(cerr, g.Close(cctx))
 				if cerr != nil {

@@ -104,13 +104,6 @@ func (r *Runner) Started() bool {
 	return r.stop != nil
 }
 
-// Closing reports whether Close was called.
-func (r *Runner) Closing() bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.state == stateClosed
-}
-
 // Close stops the goroutines and waits for them; if ctx ends first it
 // cancels Work and waits for them to return. Then it calls drain (if not
 // nil) with ctx and returns its error. Later calls return the first one's

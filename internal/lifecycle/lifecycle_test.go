@@ -64,7 +64,7 @@ func TestRunnerCloseWithoutStart(t *testing.T) {
 	if err := r.Close(context.Background(), func(context.Context) error { called = true; return nil }); err != nil || !called {
 		t.Fatalf("Close = %v, drained %v", err, called)
 	}
-	if r.Started() || !r.Closing() {
+	if r.Started() || !errors.Is(r.Start(context.Background()), ErrClosed) {
 		t.Fatal("state")
 	}
 }
@@ -141,7 +141,8 @@ func TestGroupStageClosesInParallel(t *testing.T) {
 	}
 }
 
-// A failed start closes what was started, in reverse, and names the
+// A failed start closes what was started, the failed component too (it may
+// have started goroutines before it failed), in reverse, and names the
 // component that failed.
 func TestGroupFailedStart(t *testing.T) {
 	var log []string
@@ -157,7 +158,7 @@ func TestGroupFailedStart(t *testing.T) {
 	if err == nil || err.Error() != "b: port taken" {
 		t.Fatalf("Start = %v", err)
 	}
-	if want := []string{"start a", "start b", "close a"}; !slices.Equal(log, want) {
+	if want := []string{"start a", "start b", "close b", "close a"}; !slices.Equal(log, want) {
 		t.Fatalf("log %v, want %v", log, want)
 	}
 }

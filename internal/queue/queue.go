@@ -99,8 +99,10 @@ type Queue[T any] struct {
 	lim  *ratelog.Limiter[logLine]
 	run  lifecycle.Runner
 
-	mu      sync.Mutex // guards buf, closed, dropLog and inflN
+	mu      sync.Mutex // guards buf, keys, closed, dropLog and inflN
 	buf     *ring[T]
+	key     func(T) string      // NewCoalescing's; nil: every item is queued
+	keys    map[string]struct{} // with key: the keys waiting or in flight
 	closed  bool
 	dropLog int           // drops since the last drop line
 	inflN   int           // len(inflight), readable under mu
@@ -131,7 +133,7 @@ func New[T any](cfg Config, send func(ctx context.Context, batch []T) error) *Qu
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Queue[T]{
+	q := &Queue[T]{
 		cfg:  cfg,
 		send: send,
 		log:  log,
@@ -139,11 +141,24 @@ func New[T any](cfg Config, send func(ctx context.Context, batch []T) error) *Qu
 		buf:  newRing[T](cfg.Initial, cfg.Capacity),
 		kick: make(chan struct{}, 1),
 	}
+	return q
+}
+
+// NewCoalescing is New for a queue that holds each key once: an item whose
+// key (by key) is already waiting, or being sent, is not queued again. So
+// the queue holds one entry per key (the device index: one id per device,
+// however often it comes online), and a full queue means that many keys.
+func NewCoalescing[T any](cfg Config, key func(T) string, send func(ctx context.Context, batch []T) error) *Queue[T] {
+	q := New(cfg, send)
+	q.key, q.keys = key, make(map[string]struct{})
+	return q
 }
 
 // Push appends items. It never waits: when the queue is full the oldest
 // items are dropped (counted, and logged at a limited rate), and after
-// Close every item is dropped. It returns how many were dropped.
+// Close every item is dropped. In a coalescing queue an item whose key
+// waits already is left out (not a drop). It returns how many were
+// dropped.
 func (q *Queue[T]) Push(items ...T) int {
 	return q.PushFunc(len(items), func(i int) (T, bool) { return items[i], true })
 }
@@ -155,14 +170,25 @@ func (q *Queue[T]) PushFunc(n int, item func(i int) (T, bool)) int {
 	q.mu.Lock()
 	for i := range n {
 		v, ok := item(i)
-		switch {
-		case !ok:
-		case q.closed:
+		if !ok {
+			continue
+		}
+		if q.closed {
 			dropped++
-		default:
-			pushed = true
-			if q.buf.Push(v) {
-				dropped++
+			continue
+		}
+		if q.key != nil {
+			k := q.key(v)
+			if _, dup := q.keys[k]; dup {
+				continue
+			}
+			q.keys[k] = struct{}{}
+		}
+		pushed = true
+		if old, full := q.buf.Push(v); full {
+			dropped++
+			if q.key != nil {
+				delete(q.keys, q.key(old))
 			}
 		}
 	}
@@ -191,7 +217,7 @@ func (q *Queue[T]) logDrops() {
 	n := q.dropLog
 	q.dropLog = 0
 	q.mu.Unlock()
-	q.log.Warn(q.cfg.Name+": queue full, oldest dropped", "dropped", n, "pending", q.Len(), "suppressed", sup)
+	q.log.Warn(q.cfg.Name+": queue full (or closed), items dropped", "dropped", n, "pending", q.Len(), "suppressed", sup)
 }
 
 // Len is the number of items waiting, the batch in flight included.
@@ -261,6 +287,7 @@ func (q *Queue[T]) discard() int {
 	defer q.mu.Unlock()
 	n := q.buf.Len() + len(q.inflight)
 	q.buf = newRing[T](q.cfg.Initial, q.cfg.Capacity)
+	clear(q.keys)
 	clear(q.inflight)
 	q.inflight, q.inflN = q.inflight[:0], 0
 	return n
@@ -378,11 +405,16 @@ func (q *Queue[T]) sendInflight(ctx context.Context) error {
 		inc(q.cfg.Metrics.Errors)
 		return err
 	}
-	clear(q.inflight) // release what the items reference
-	q.inflight = q.inflight[:0]
 	q.mu.Lock()
+	if q.key != nil {
+		for _, v := range q.inflight {
+			delete(q.keys, q.key(v)) // queued again from now on
+		}
+	}
 	q.inflN = 0
 	q.mu.Unlock()
+	clear(q.inflight) // release what the items reference
+	q.inflight = q.inflight[:0]
 	return nil
 }
 

@@ -23,21 +23,21 @@ func newRing[T any](initial, bound int) *ring[T] {
 func (r *ring[T]) Len() int { return r.n }
 
 // Push appends v. When the ring holds its bound, the oldest element is
-// dropped first and Push reports it.
-func (r *ring[T]) Push(v T) (droppedOldest bool) {
+// dropped first, and Push returns it.
+func (r *ring[T]) Push(v T) (oldest T, dropped bool) {
 	if r.n == r.bound {
 		var zero T
+		oldest, dropped = r.buf[r.head], true
 		r.buf[r.head] = zero // release what it references
 		r.head = (r.head + 1) % len(r.buf)
 		r.n--
-		droppedOldest = true
 	}
 	if r.n == len(r.buf) {
 		r.grow()
 	}
 	r.buf[(r.head+r.n)%len(r.buf)] = v
 	r.n++
-	return droppedOldest
+	return oldest, dropped
 }
 
 // PopTo removes up to k of the oldest elements and appends them to dst, in

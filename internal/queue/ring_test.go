@@ -17,15 +17,15 @@ func TestAgainstSlice(t *testing.T) {
 		next := 0
 		for step := range 2000 {
 			if rng.IntN(3) > 0 {
-				dropped := r.Push(next)
-				wantDrop := len(model) == bound
+				old, dropped := r.Push(next)
+				wantDrop, wantOld := len(model) == bound, 0
 				if wantDrop {
-					model = model[1:]
+					wantOld, model = model[0], model[1:]
 				}
 				model = append(model, next)
 				next++
-				if dropped != wantDrop {
-					t.Fatalf("seed %d step %d: Push dropped=%v, want %v", seed, step, dropped, wantDrop)
+				if dropped != wantDrop || old != wantOld {
+					t.Fatalf("seed %d step %d: Push dropped=%v (%d), want %v (%d)", seed, step, dropped, old, wantDrop, wantOld)
 				}
 			} else {
 				k := rng.IntN(10)
@@ -51,7 +51,7 @@ func TestReleasesReferences(t *testing.T) {
 	a, b, c := new(int), new(int), new(int)
 	r.Push(a)
 	r.Push(b)
-	if !r.Push(c) {
+	if old, dropped := r.Push(c); !dropped || old != a {
 		t.Fatal("third push into a ring of 2 did not drop")
 	}
 	for i, p := range r.buf {

@@ -21,11 +21,5 @@ func (c *HistoryConfig) RegisterFlags(s *envflag.Set) {
 
 // RegisterFlags registers -database-url.
 func (c *PoolConfig) RegisterFlags(s *envflag.Set) {
-	s.Secret(urlFlag{&c.URL}, "database-url", "DATABASE_URL", "PostgreSQL URL (postgres://user@host:5432/db); empty: no Postgres")
+	s.SecretString(&c.URL, "database-url", "DATABASE_URL", "PostgreSQL URL (postgres://user@host:5432/db); empty: no Postgres")
 }
-
-// urlFlag is a URL that may carry a password: a secret (envflag.Secret).
-type urlFlag struct{ p *string }
-
-func (urlFlag) String() string       { return "" }
-func (f urlFlag) Set(v string) error { *f.p = v; return nil }

@@ -24,10 +24,14 @@ type ClientConfig struct {
 	// URL is redis://[user:password@]host:port/db, rediss:// for TLS.
 	URL string
 	// Host, Port, DB, Username, Password and TLS build the address when
-	// URL is empty. Defaults localhost, 6379, 0, none, none, off.
+	// URL is empty. Defaults localhost, 6379, 0, none, none, off. Port and
+	// DB are text, read only when they are used, as the seed did: a
+	// Kubernetes pod beside a Service named redis gets
+	// REDIS_PORT=tcp://10.0.0.1:6379, which must not stop a presenced that
+	// uses REDIS_URL, or no Redis at all.
 	Host     string
-	Port     int
-	DB       int
+	Port     string
+	DB       string
 	Username string
 	Password string
 	TLS      bool
@@ -37,28 +41,22 @@ type ClientConfig struct {
 	MasterName string
 }
 
-// DefaultClientConfig is no Redis (Enabled is false) on the seed's port.
-func DefaultClientConfig() ClientConfig { return ClientConfig{Port: 6379} }
+// DefaultClientConfig is no Redis (Enabled is false).
+func DefaultClientConfig() ClientConfig { return ClientConfig{} }
 
 // RegisterFlags registers the flags (and environment twins) of every
 // field.
 func (c *ClientConfig) RegisterFlags(s *envflag.Set) {
-	s.Secret(urlFlag{&c.URL}, "redis-url", "REDIS_URL", "Redis URL: redis://[user:password@]host:port/db, rediss:// for TLS; wins over -redis-host")
+	s.SecretString(&c.URL, "redis-url", "REDIS_URL", "Redis URL: redis://[user:password@]host:port/db, rediss:// for TLS; wins over -redis-host")
 	s.String(&c.Host, "redis-host", "REDIS_HOST", "Redis host; Redis is used when this, -redis-url or -redis-addrs is set")
-	s.Int(&c.Port, "redis-port", "REDIS_PORT", "Redis port")
-	s.Int(&c.DB, "redis-db", "REDIS_DB", "Redis database number, 0 unless set")
+	s.String(&c.Port, "redis-port", "REDIS_PORT", "Redis port (default 6379)")
+	s.String(&c.DB, "redis-db", "REDIS_DB", "Redis database number (default 0)")
 	s.String(&c.Username, "redis-username", "REDIS_USERNAME", "Redis ACL user name (with -redis-host or -redis-addrs)")
 	s.SecretString(&c.Password, "redis-password", "REDIS_PASSWORD", "Redis password")
 	s.Bool(&c.TLS, "redis-tls", "REDIS_TLS", "connect with TLS (with -redis-host or -redis-addrs; rediss:// in -redis-url)")
 	s.Var(envflag.NewList(&c.Addrs), "redis-addrs", "REDIS_ADDRS", "Redis Cluster seed nodes, or Sentinel addresses with -redis-master, host:port comma-separated; wins over -redis-url and -redis-host (password and db from them still apply)")
 	s.String(&c.MasterName, "redis-master", "REDIS_MASTER_NAME", "Sentinel master name: -redis-addrs are Sentinels")
 }
-
-// urlFlag is a URL that may carry a password: a secret (envflag.Secret).
-type urlFlag struct{ p *string }
-
-func (urlFlag) String() string       { return "" }
-func (f urlFlag) Set(v string) error { *f.p = strings.TrimSpace(v); return nil }
 
 // Enabled reports whether Redis is configured at all.
 func (c ClientConfig) Enabled() bool { return c.URL != "" || c.Host != "" || len(c.Addrs) > 0 }
@@ -109,8 +107,8 @@ func (c ClientConfig) options() (*goredis.Options, error) {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: redis: "+format, append([]any{writeback.ErrInvalidConfig}, args...)...)
 	}
-	if c.URL != "" {
-		opts, err := goredis.ParseURL(c.URL)
+	if u := strings.TrimSpace(c.URL); u != "" {
+		opts, err := goredis.ParseURL(u)
 		if err != nil {
 			var ue *url.Error
 			if errors.As(err, &ue) { // it quotes the URL, password and all
@@ -124,15 +122,25 @@ func (c ClientConfig) options() (*goredis.Options, error) {
 	if host == "" {
 		host = "localhost"
 	}
-	if c.Port < 1 || c.Port > 65535 {
-		return nil, bad("REDIS_PORT (-redis-port) %d is not a port number", c.Port)
+	port := 6379
+	if s := strings.TrimSpace(c.Port); s != "" {
+		p, err := strconv.Atoi(s)
+		if err != nil || p < 1 || p > 65535 {
+			return nil, bad("REDIS_PORT (-redis-port) %q is not a port number", s)
+		}
+		port = p
 	}
-	if c.DB < 0 {
-		return nil, bad("REDIS_DB (-redis-db) %d is not a database number", c.DB)
+	db := 0
+	if s := strings.TrimSpace(c.DB); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 0 {
+			return nil, bad("REDIS_DB (-redis-db) %q is not a database number", s)
+		}
+		db = n
 	}
 	opts := &goredis.Options{
-		Addr:     net.JoinHostPort(host, strconv.Itoa(c.Port)),
-		DB:       c.DB,
+		Addr:     net.JoinHostPort(host, strconv.Itoa(port)),
+		DB:       db,
 		Username: c.Username,
 		Password: c.Password,
 	}

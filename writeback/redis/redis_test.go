@@ -134,6 +134,7 @@ func TestClientConfig(t *testing.T) {
 		"bad scheme": {"REDIS_URL": "http://x"},
 		"bad url":    {"REDIS_URL": "redis://user:hunter2@host:port/0"},
 		"bad port":   {"REDIS_HOST": "r", "REDIS_PORT": "70000"},
+		"port text":  {"REDIS_HOST": "r", "REDIS_PORT": "tcp://10.0.0.1:6379"},
 		"bad db":     {"REDIS_HOST": "r", "REDIS_DB": "-1"},
 		"bad addrs":  {"REDIS_ADDRS": "r1"},
 		"sentinel":   {"REDIS_HOST": "r", "REDIS_MASTER_NAME": "m"},
@@ -148,6 +149,20 @@ func TestClientConfig(t *testing.T) {
 	}
 	if _, err := parse(nil, map[string]string{"REDIS_TLS": "maybe"}); err == nil {
 		t.Error("REDIS_TLS=maybe accepted")
+	}
+	// Kubernetes sets REDIS_PORT=tcp://... beside a Service named redis: it
+	// is read only when the host and port are used.
+	for _, env := range []map[string]string{
+		{"REDIS_PORT": "tcp://10.0.0.1:6379"},
+		{"REDIS_PORT": "tcp://10.0.0.1:6379", "REDIS_URL": "redis://u.local:6379/0"},
+	} {
+		c, err := parse(nil, env)
+		if err == nil && c.Enabled() {
+			err = c.Validate()
+		}
+		if err != nil {
+			t.Errorf("%v: %v", env, err)
+		}
 	}
 }
 
@@ -164,9 +179,9 @@ func TestClientConfigKinds(t *testing.T) {
 			t.Fatalf("%+v: %T", c, cl)
 		}
 	}
-	check(ClientConfig{Host: "r", Port: 6379}, false)
-	check(ClientConfig{Port: 6379, Addrs: []string{"r1:7000", "r2:7000"}, Password: "pw"}, true)
-	check(ClientConfig{Port: 6379, Addrs: []string{"s1:26379"}, MasterName: "mymaster"}, false)
+	check(ClientConfig{Host: "r"}, false)
+	check(ClientConfig{Addrs: []string{"r1:7000", "r2:7000"}, Password: "pw"}, true)
+	check(ClientConfig{Addrs: []string{"s1:26379"}, MasterName: "mymaster"}, false)
 }
 
 func TestRedisConfigValidate(t *testing.T) {

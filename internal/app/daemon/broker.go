@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"sync"
 	"syscall"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -17,9 +18,10 @@ import (
 // no MQTT_URL is given, so that a newcomer's devices (or -demo) have
 // somewhere to publish. It accepts anonymous clients: bind it to loopback.
 type broker struct {
-	srv  *mqtt.Server
-	addr string // the address it listens on
-	log  *slog.Logger
+	srv   *mqtt.Server
+	addr  string // the address it listens on
+	log   *slog.Logger
+	close sync.Once // mochi's Close panics the second time
 }
 
 // newBroker binds addr (so that a taken port fails at once; Start serves).
@@ -69,7 +71,11 @@ func (b *broker) Start(context.Context) error {
 }
 
 // Close closes the listener and every client. Idempotent.
-func (b *broker) Close(context.Context) error { return b.srv.Close() }
+func (b *broker) Close(context.Context) error {
+	var err error
+	b.close.Do(func() { err = b.srv.Close() })
+	return err
+}
 
 // url is where MQTT clients reach the broker.
 func (b *broker) url() string { return "tcp://" + b.addr }

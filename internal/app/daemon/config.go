@@ -58,7 +58,6 @@ type Config struct {
 // Defaults of the daemon's own settings.
 const (
 	defaultEmbeddedMQTTAddr = "127.0.0.1:1883"
-	defaultClusterBind      = "0.0.0.0:7946" // with -cluster-join alone
 )
 
 // DefaultConfig is presenced with nothing set: embedded broker, in-memory
@@ -170,8 +169,8 @@ func (c Config) resolve(brokerURL string) Config {
 	}
 	c.Recovery.Index.KeyPrefix = c.Keys.KeyPrefix
 	if c.clustered() {
-		if c.Cluster.BindAddr == "" {
-			c.Cluster.BindAddr = defaultClusterBind
+		if c.Cluster.BindAddr == "" { // -cluster-join alone
+			c.Cluster.BindAddr = cluster.DefaultConfig().BindAddr
 		}
 		c.Keys.Guarded = true // a stale owner must not move last-seen back
 		c.Recovery.Index.Partitions = c.Cluster.Partitions

@@ -43,6 +43,7 @@ type Daemon struct {
 	index   *recovery.Index
 	eng     *engine.Engine
 	node    *cluster.Node // nil when not clustered
+	settle  *settle       // waits for the membership to settle; nil when not clustered
 	rec     *recovery.Recovery
 	held    *lifecycle.Gate // the Redis writers wait for it: recovery done
 	ing     *ingest.Ingester
@@ -86,11 +87,13 @@ func (d *Daemon) stages() []stage {
 		// The sinks, flushed together at shutdown within ShutdownTimeout.
 		{d.cfg.ShutdownTimeout, []lifecycle.Part{p("redis", d.keys), p("postgres", d.devices),
 			p("history", d.history), p("events", d.events), p("index", d.index)}},
-		{0, []lifecycle.Part{p("engine", d.eng)}},   // closed after ingest and cluster: the last Deliver
-		{0, []lifecycle.Part{p("cluster", d.node)}}, // closed: leave, hand off (its own bounds)
-		{0, []lifecycle.Part{p("recovery", d.rec)}}, // started: rebuilt from Redis
-		{0, []lifecycle.Part{p("ingest", d.ing)}},   // subscribed last; closed first: hands over
-		{0, []lifecycle.Part{p("demo", d.demo)}},    // publishes to the broker
+		{0, []lifecycle.Part{p("engine", d.eng)}},    // closed after ingest and cluster: the last Deliver
+		{0, []lifecycle.Part{p("cluster", d.node)}},  // closed: leave, hand off (its own bounds)
+		{0, []lifecycle.Part{p("settle", d.settle)}}, // started: the membership settled
+		{0, []lifecycle.Part{p("recovery", d.rec)}},  // started: rebuilt from Redis
+		{0, []lifecycle.Part{p("writes", d.held)}},   // opened: the sinks write to Redis from here on
+		{0, []lifecycle.Part{p("ingest", d.ing)}},    // subscribed last; closed first: hands over
+		{0, []lifecycle.Part{p("demo", d.demo)}},     // publishes to the broker
 	}
 }
 
@@ -211,8 +214,7 @@ func (d *Daemon) buildEngine(sinks fanout) error {
 		}
 		kc := cfg.Keys
 		kc.Flush.Logger = log.With("component", "redis")
-		// Index entries before keys: the index stays complete.
-		kc.BeforeWrite = func(ctx context.Context) error { return d.rec.BeforeKeys(ctx) }
+		kc.BeforeWrite = d.index.BeforeKeys(d.eng) // entries before keys: the index stays complete
 		if d.keys, err = redis.New(d.stores.redis, tr, kc); err != nil {
 			return err
 		}
@@ -228,6 +230,7 @@ func (d *Daemon) buildEngine(sinks fanout) error {
 		d.held = lifecycle.NewGate()
 		d.keys.Hold(d.held.Open())
 		d.events.Hold(d.held.Open())
+		d.index.Hold(d.held.Open())
 	}
 	if d.stores.pool != nil {
 		tr, err := d.eng.NewTracker()
@@ -250,13 +253,18 @@ func (d *Daemon) buildCluster() error {
 	}
 	cc := d.cfg.Cluster
 	cc.Logger = d.log.With("component", "cluster")
-	if d.rec != nil {
-		cc.OnChange = func(c cluster.Change) { d.rec.OnChange(c) } // called once started
+	cc.OnChange = func(c cluster.Change) { // called once started
+		d.log.Info("cluster membership changed", "members", len(c.New.Members()), "moved", len(c.Moved),
+			"joined", c.Joined, "left", c.Left, "failed", c.Failed, "rebuild", len(c.Rebuild()))
+		if d.rec != nil {
+			d.rec.OnChange(c) // rebuilds what it gained from a crashed member
+		}
 	}
 	var err error
 	if d.node, err = cluster.New(cc, d.eng); err != nil {
 		return err
 	}
+	d.settle = &settle{d.node}
 	if d.rec != nil {
 		d.rec.SetCluster(d.node)
 	}
@@ -293,11 +301,15 @@ func (d *Daemon) buildAPI() error {
 	return nil
 }
 
-// metricSets are the metric sets of every component, for /metrics.
+// metricSets are the metric sets of every component but the API (which
+// writes its own), for /metrics.
 func (d *Daemon) metricSets() []*metrics.Set {
 	sets := []*metrics.Set{d.engineMetrics}
 	for _, s := range d.stages() {
 		for _, p := range s.parts {
+			if p.C == lifecycle.Component(d.api) {
+				continue
+			}
 			if m, ok := p.C.(interface{ Metrics() *metrics.Set }); ok && !lifecycle.IsNil(p.C) {
 				sets = append(sets, m.Metrics())
 			}
@@ -357,6 +369,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.log.Info("stopped")
 	return failure
 }
+
+// settle waits, once the cluster node started, until its membership has
+// settled, so that recovery restores (and ingest hears) only what the node
+// keeps, and restart transitions are not reported by several nodes.
+type settle struct{ node *cluster.Node }
+
+func (s *settle) Start(ctx context.Context) error { s.node.Settle(ctx); return ctx.Err() }
+func (*settle) Close(context.Context) error       { return nil }
 
 // stores are the clients the components share: closed after all of them.
 type stores struct {
