@@ -33,13 +33,14 @@ type connector interface {
 type dest struct {
 	name string
 	s    sender
+	all  bool // s accepts every type: push copies without asking
 	q    *queue.Queue[rec]
 	m    queue.Metrics
 }
 
 func newDest(name string, s sender, cfg DeliveryConfig, log *slog.Logger, set *metrics.Set) *dest {
 	label := "{" + wire.Label("dest", name) + "}"
-	d := &dest{name: name, s: s, m: queue.Metrics{
+	d := &dest{name: name, s: s, all: acceptsAll(s), m: queue.Metrics{
 		Sent:     set.NewCounter("presence_events_sent_total" + label),
 		Dropped:  set.NewCounter("presence_events_dropped_total" + label),
 		Errors:   set.NewCounter("presence_events_errors_total" + label),
@@ -65,5 +66,18 @@ func newDest(name string, s sender, cfg DeliveryConfig, log *slog.Logger, set *m
 // queue is full the oldest events are dropped and counted. It never waits
 // for the worker.
 func (d *dest) push(recs []rec) {
+	if d.all {
+		d.q.Push(recs...)
+		return
+	}
 	d.q.PushFunc(len(recs), func(i int) (rec, bool) { return recs[i], d.s.accepts(recs[i].typ) })
+}
+
+func acceptsAll(s sender) bool {
+	for t := Type(1); t <= numTypes; t++ { // the types are 1..numTypes
+		if !s.accepts(t) {
+			return false
+		}
+	}
+	return true
 }

@@ -132,3 +132,10 @@ func TestAllDestinationsOnceInOrder(t *testing.T) {
 		t.Fatal("Close reported nothing unsent for the dead webhook")
 	}
 }
+
+// Only the MQTT destination leaves types out (it publishes statuses).
+func TestAcceptsAll(t *testing.T) {
+	if acceptsAll(&mqttSender{}) || !acceptsAll(&pubsubSender{}) || !acceptsAll(&streamSender{}) || !acceptsAll(&sseHub{}) {
+		t.Fatal("acceptsAll disagrees with the senders")
+	}
+}

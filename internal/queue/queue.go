@@ -160,38 +160,54 @@ func NewCoalescing[T any](cfg Config, key func(T) string, send func(ctx context.
 // waits already is left out (not a drop). It returns how many were
 // dropped.
 func (q *Queue[T]) Push(items ...T) int {
-	return q.PushFunc(len(items), func(i int) (T, bool) { return items[i], true })
+	q.mu.Lock()
+	dropped, pushed := 0, false
+	for i := range items {
+		d, p := q.pushLocked(items[i])
+		dropped, pushed = dropped+d, pushed || p
+	}
+	return q.pushed(dropped, pushed)
 }
 
 // PushFunc is Push of item(0..n-1), leaving out those for which item
 // returns false, under one lock.
 func (q *Queue[T]) PushFunc(n int, item func(i int) (T, bool)) int {
-	dropped, pushed := 0, false
 	q.mu.Lock()
+	dropped, pushed := 0, false
 	for i := range n {
-		v, ok := item(i)
-		if !ok {
-			continue
-		}
-		if q.closed {
-			dropped++
-			continue
-		}
-		if q.key != nil {
-			k := q.key(v)
-			if _, dup := q.keys[k]; dup {
-				continue
-			}
-			q.keys[k] = struct{}{}
-		}
-		pushed = true
-		if old, full := q.buf.Push(v); full {
-			dropped++
-			if q.key != nil {
-				delete(q.keys, q.key(old))
-			}
+		if v, ok := item(i); ok {
+			d, p := q.pushLocked(v)
+			dropped, pushed = dropped+d, pushed || p
 		}
 	}
+	return q.pushed(dropped, pushed)
+}
+
+// pushLocked queues v, with mu held: dropped is 1 if v, or the oldest item
+// to make room for it, was dropped; pushed whether v was queued.
+func (q *Queue[T]) pushLocked(v T) (dropped int, pushed bool) {
+	if q.closed {
+		return 1, false
+	}
+	if q.key != nil {
+		k := q.key(v)
+		if _, dup := q.keys[k]; dup {
+			return 0, false
+		}
+		q.keys[k] = struct{}{}
+	}
+	if old, full := q.buf.Push(v); full {
+		dropped = 1
+		if q.key != nil {
+			delete(q.keys, q.key(old))
+		}
+	}
+	return dropped, true
+}
+
+// pushed ends a push: it unlocks mu, counts and logs the drops, and wakes
+// the worker.
+func (q *Queue[T]) pushed(dropped int, pushed bool) int {
 	q.dropLog += dropped
 	full := q.buf.Len() >= q.cfg.BatchSize
 	q.mu.Unlock()
