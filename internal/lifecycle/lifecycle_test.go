@@ -76,7 +76,6 @@ type comp struct {
 	mu       *sync.Mutex
 	startErr error
 	closeErr error
-	delay    time.Duration
 	sawDL    bool
 }
 
@@ -88,7 +87,6 @@ func (c *comp) Start(context.Context) error {
 }
 
 func (c *comp) Close(ctx context.Context) error {
-	time.Sleep(c.delay)
 	_, c.sawDL = ctx.Deadline()
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -125,21 +123,35 @@ func TestGroupOrder(t *testing.T) {
 	}
 }
 
-// A stage's components close in parallel: two slow closes take the time
-// of one.
+// A stage's components close in parallel: each of two closes waits for the
+// other to have begun, which only works if they run at the same time.
 func TestGroupStageClosesInParallel(t *testing.T) {
-	var log []string
-	var mu sync.Mutex
-	slow := func(name string) *comp { return &comp{name: name, log: &log, mu: &mu, delay: 200 * time.Millisecond} }
-	g := NewGroup(nil)
-	g.Add(0, Named("x", slow("x")), Named("y", slow("y")))
+	var entered sync.WaitGroup
+	entered.Add(2)
+	both := make(chan struct{})
+	go func() { entered.Wait(); close(both) }()
+	meet := func() error {
+		entered.Done()
+		select {
+		case <-both:
+			return nil
+		case <-time.After(10 * time.Second):
+			return errors.New("the other Close never began: closes ran one after the other")
+		}
+	}
+	g := NewGroup(slog.New(slog.DiscardHandler))
+	g.Add(0, Named("x", closeFunc(meet)), Named("y", closeFunc(meet)))
 	g.Start(context.Background())
-	start := time.Now()
-	g.Close(context.Background())
-	if d := time.Since(start); d >= 400*time.Millisecond {
-		t.Fatalf("two 200 ms closes took %v: not in parallel", d)
+	if err := g.Close(context.Background()); err != nil {
+		t.Fatal(err)
 	}
 }
+
+// closeFunc is a component whose Close is f.
+type closeFunc func() error
+
+func (closeFunc) Start(context.Context) error   { return nil }
+func (f closeFunc) Close(context.Context) error { return f() }
 
 // A failed start closes what was started, the failed component too (it may
 // have started goroutines before it failed), in reverse, and names the
