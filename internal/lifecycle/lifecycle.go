@@ -11,8 +11,9 @@
 // every later call.
 //
 // Runner is that state machine for components whose goroutines are loops,
-// so that it is written once. Group starts components in order and closes
-// them in reverse.
+// so that it is written once; Every is the body of a periodic loop. Group
+// starts components in order and closes them in reverse; a Gate, one of
+// its stages, holds back the work of components started before it.
 package lifecycle
 
 import (
