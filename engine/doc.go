@@ -2,7 +2,7 @@
 // was last seen, and turns devices offline on time. It does no I/O: ingest
 // feeds it touches (TouchBatch, MarkOffline), write-behind sinks drain what
 // changed (Tracker), a Sink receives the transitions, and Start runs its
-// clock until Close.
+// clock and its deliverer until Close.
 //
 // A device is online from its first message and goes offline when
 // now >= last_seen + timeout (Config.DefaultTimeout, or its own): never
@@ -35,7 +35,9 @@
 // Transitions are queued per shard (Config.QueueCapacity in all) and handed
 // to the Sink in batches by Deliver, in order per device. A slow Sink never
 // blocks touches and loses nothing silently: past the bound, transitions
-// are coalesced per device (see Sink). A Tracker lists the devices changed
+// are coalesced per device (see Sink). A Sink that makes Deliver wait does
+// not delay the clock either: Start runs them on goroutines of their own.
+// A Tracker lists the devices changed
 // since its sink last drained it, one entry per device however many touches
 // it had; a sink that fails hands them back (MarkDirty). Memory stays
 // bounded by the number of devices, not by messages or time.

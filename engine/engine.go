@@ -42,7 +42,8 @@ type Engine struct {
 
 	groups sync.Pool // *touchGroups
 
-	run lifecycle.Runner // the clock (Start, Close)
+	run         lifecycle.Runner // the clock and the deliverer (Start, Close)
+	deliverWake chan struct{}    // cap 1: the clock advanced, Deliver has work
 }
 
 // pending is a transition copied out of a shard, still without its string id.
@@ -67,6 +68,8 @@ func New(cfg Config) (*Engine, error) {
 		timeouts:  newTimeoutTable(cfg.DefaultTimeout),
 		now:       cfg.Now,
 		log:       cfg.Logger,
+
+		deliverWake: make(chan struct{}, 1),
 	}
 	if e.now == nil {
 		e.now = time.Now
@@ -714,12 +717,16 @@ func (e *Engine) backlog() int {
 	return n
 }
 
-// Start starts the engine's clock, its only goroutine: every Tick/4 it
-// advances the wheel and delivers transitions. Without it the engine is
-// driven by hand (Advance, Deliver), as tests do. It fails after Close or
-// when called twice.
+// Start starts the engine's two goroutines: the clock, which advances the
+// wheel every Tick/4, and the deliverer, which then hands the transitions
+// to the Sink (Deliver). They run apart so that a Sink that makes the
+// deliverer wait (an event destination pushing back) never makes a
+// transition late: meanwhile the transitions queue, coalesced per device
+// past Config.QueueCapacity, and the clock keeps time. Without Start the
+// engine is driven by hand (Advance, Deliver), as tests do. It fails after
+// Close or when called twice.
 func (e *Engine) Start(ctx context.Context) error {
-	if err := e.run.Start(ctx, e.clock); err != nil {
+	if err := e.run.Start(ctx, e.clock, e.deliverer); err != nil {
 		return fmt.Errorf("engine: %w", err)
 	}
 	return nil
@@ -728,13 +735,29 @@ func (e *Engine) Start(ctx context.Context) error {
 func (e *Engine) clock(ctx context.Context) {
 	lifecycle.Every(ctx, time.Duration(e.gran), func() {
 		e.Advance(e.now())
-		e.Deliver()
+		select {
+		case e.deliverWake <- struct{}{}:
+		default: // the deliverer has a wake-up pending (or is busy): it sees this tick's work too
+		}
 	})
 }
 
-// Close stops the clock, then makes a last Advance and delivers what is
-// left: when it returns, every transition made so far has reached the
-// Sink. Idempotent.
+// deliverer runs Deliver after every tick of the clock; a Deliver that
+// takes longer than a tick is followed by the next at once.
+func (e *Engine) deliverer(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-e.deliverWake:
+		}
+		e.Deliver()
+	}
+}
+
+// Close stops the clock and the deliverer (waiting for a Deliver in
+// progress), then makes a last Advance and delivers what is left: when it
+// returns, every transition made so far has reached the Sink. Idempotent.
 func (e *Engine) Close(ctx context.Context) error {
 	return e.run.Close(ctx, func(context.Context) error {
 		e.Advance(e.now())

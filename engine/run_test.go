@@ -80,3 +80,53 @@ func TestRunDeliversWithinTick(t *testing.T) {
 		}
 	})
 }
+
+// A Sink that blocks the deliverer (an event destination pushing back)
+// does not stop the clock: devices still go offline at their deadline, in
+// the engine's state and its counts, and the sink gets their transitions
+// once it takes them again.
+func TestBlockedSinkKeepsTime(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		release := make(chan struct{})
+		var mu sync.Mutex
+		var got []Transition
+		cfg := DefaultConfig()
+		cfg.Logger = slog.New(slog.DiscardHandler)
+		cfg.Sink = SinkFunc(func(b []Transition) {
+			<-release
+			mu.Lock()
+			defer mu.Unlock()
+			got = append(got, b...)
+		})
+		e, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.Start(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		e.Touch("a", start)
+		e.Touch("b", start)
+		time.Sleep(cfg.DefaultTimeout + cfg.Tick)
+		synctest.Wait() // the deliverer is blocked in the sink with the online transitions
+		for _, id := range []string{"a", "b"} {
+			d, err := e.Device(id)
+			if err != nil || d.Status != StatusOffline || !d.Since.Equal(start.Add(cfg.DefaultTimeout)) {
+				t.Fatalf("%s with the sink blocked: %+v, %v; want offline at the deadline", id, d, err)
+			}
+		}
+		if c := e.Counts(); c.Online != 0 || c.Offline != 2 {
+			t.Fatalf("counts with the sink blocked: %+v", c)
+		}
+		close(release)
+		if err := e.Close(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if len(got) != 4 {
+			t.Fatalf("delivered %+v, want online then offline of a and b", got)
+		}
+	})
+}
