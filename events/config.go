@@ -50,13 +50,48 @@ type Config struct {
 	Alerts AlertConfig
 }
 
+// OnFull is what a destination does with new events when its queue is
+// full. The defaults, per destination, are in DefaultConfig and in
+// docs/EVENTS.md ("Delivery and back-pressure").
+type OnFull uint8
+
+const (
+	// DropOldest drops the oldest queued events to make room, counted in
+	// presence_events_dropped_total: the engine never waits. For consumers
+	// that lose news by nature (Pub/Sub, SSE clients, webhooks).
+	DropOldest OnFull = iota
+	// Backpressure makes HandleTransitions wait for room while the
+	// destination's store is up (its last send did not fail), so that the
+	// engine's delivery slows to the store's pace and the engine coalesces
+	// per device meanwhile (engine.Sink): no event is dropped, memory stays
+	// bounded by the device count. While the store is down (a send failed
+	// and no retry has succeeded yet), before Start and from Close on, it
+	// drops the oldest like DropOldest. For destinations that hold state
+	// for consumers (the Stream, retained MQTT). A wait lasts at most one
+	// send (Timeout): a store that hangs fails the send and stops the wait.
+	Backpressure
+)
+
+func (o OnFull) String() string {
+	switch o {
+	case DropOldest:
+		return "drop-oldest"
+	case Backpressure:
+		return "backpressure"
+	}
+	return fmt.Sprintf("OnFull(%d)", uint8(o))
+}
+
 // DeliveryConfig is one destination's queue and retry policy.
 type DeliveryConfig struct {
 	// QueueCapacity is the most events waiting for this destination (about
-	// 48 bytes each; the queue grows on demand up to it). When it is full
-	// the oldest are dropped and counted (presence_events_dropped_total).
-	// Larger rides out longer outages at the cost of memory.
+	// 48 bytes each; the queue grows on demand up to it). When it is full,
+	// OnFull applies. Larger rides out longer outages at the cost of
+	// memory.
 	QueueCapacity int
+	// OnFull is what happens to new events when the queue is full: dropping
+	// the oldest (the zero value) or back-pressure on the engine.
+	OnFull OnFull
 	// BatchSize is the most events per send: one Redis pipeline, one MQTT
 	// burst, one webhook POST, one SSE broadcast.
 	BatchSize int
@@ -85,6 +120,8 @@ func (c DeliveryConfig) validate(dest string) error {
 	switch {
 	case c.QueueCapacity <= 0:
 		return fmt.Errorf("%w: %s: QueueCapacity must be > 0, got %d", ErrInvalidConfig, dest, c.QueueCapacity)
+	case c.OnFull > Backpressure:
+		return fmt.Errorf("%w: %s: unknown OnFull %v", ErrInvalidConfig, dest, c.OnFull)
 	case c.BatchSize <= 0:
 		return fmt.Errorf("%w: %s: BatchSize must be > 0, got %d", ErrInvalidConfig, dest, c.BatchSize)
 	case c.MinBackoff <= 0 || c.MaxBackoff < c.MinBackoff:
@@ -110,13 +147,23 @@ type StreamConfig struct {
 	Enabled bool
 	// Key of the stream. Default "device:status:stream".
 	Key string
-	// MaxLen trims the stream on every XADD with "MAXLEN ~ MaxLen" (Redis
-	// trims whole macro nodes, so the length stays slightly above). Default
-	// 1,000,000 entries, all held in Redis memory; a consumer group that
-	// falls further behind than MaxLen loses the oldest entries.
-	// 0 disables trimming (the stream grows until trimmed by someone else).
+	// Retention trims, after every batch, the entries older than this
+	// ("XTRIM MINID ~ <now - Retention>"; Redis trims whole macro nodes, so
+	// a few older ones stay): a consumer group that falls up to Retention
+	// behind loses nothing, whatever the size of the fleet or of a burst.
+	// Default 24 h. 0: no trimming by age. The age is measured by
+	// presenced's clock against Redis's entry ids (milliseconds of Redis's
+	// clock): a skew between the two shifts the window by as much.
+	Retention time.Duration
+	// MaxLen caps the stream's length after every batch ("XTRIM MAXLEN ~
+	// MaxLen"), a bound on Redis memory (about 100 bytes per status entry)
+	// when the fleet flaps more than Retention was sized for. Default
+	// 10,000,000 entries (about 1 GB). 0: no cap. A consumer group further
+	// behind than MaxLen entries loses the oldest.
 	MaxLen int64
-	// Delivery: events per pipeline is BatchSize (default 1000).
+	// Delivery: events per pipeline is BatchSize (default 1000). OnFull
+	// defaults to Backpressure: the stream is where durable consumers read
+	// every status change.
 	Delivery DeliveryConfig
 }
 
@@ -144,7 +191,9 @@ type MQTTConfig struct {
 	// ConnectTimeout bounds one connection attempt. Default 10 s.
 	ConnectTimeout time.Duration
 	// Delivery: a batch is BatchSize publishes whose acknowledgements are
-	// awaited together (default 1000).
+	// awaited together (default 1000). OnFull defaults to Backpressure:
+	// the retained messages are each device's status for every later
+	// subscriber.
 	Delivery DeliveryConfig
 }
 
@@ -243,17 +292,24 @@ type MassConfig struct {
 // DefaultConfig returns the defaults documented on each field: Redis
 // Pub/Sub, Redis Stream and SSE enabled, MQTT and webhooks off, offline
 // alerts after 15 minutes, mass-outage detection at 1000 devices or 10% of
-// the fleet within 30 s.
+// the fleet within 30 s. The Stream and MQTT push back on the engine when
+// their queue is full (Backpressure); Pub/Sub, SSE and webhooks drop the
+// oldest (DropOldest).
 func DefaultConfig() Config {
 	d := defaultDelivery()
 	sse := d
 	sse.QueueCapacity = 1 << 16
+	durable := d
+	durable.OnFull = Backpressure
 	return Config{
 		PubSub: PubSubConfig{Enabled: true, Channel: "device:status:events", Delivery: d},
-		Stream: StreamConfig{Enabled: true, Key: "device:status:stream", MaxLen: 1_000_000, Delivery: d},
+		Stream: StreamConfig{
+			Enabled: true, Key: "device:status:stream", Retention: 24 * time.Hour,
+			MaxLen: 10_000_000, Delivery: durable,
+		},
 		MQTT: MQTTConfig{
 			Topic: "devices/{id}/presence", QoS: 1, Retained: true,
-			ConnectTimeout: 10 * time.Second, Delivery: d,
+			ConnectTimeout: 10 * time.Second, Delivery: durable,
 		},
 		SSE: SSEConfig{
 			Enabled: true, ClientBuffer: 1024, MaxClients: 1000, Heartbeat: 15 * time.Second,
@@ -288,6 +344,9 @@ func (c Config) Validate() error {
 		}
 		if c.Stream.MaxLen < 0 {
 			return fmt.Errorf("%w: stream: MaxLen (-events-stream-maxlen) must be >= 0, got %d", ErrInvalidConfig, c.Stream.MaxLen)
+		}
+		if c.Stream.Retention < 0 {
+			return fmt.Errorf("%w: stream: Retention (-events-stream-retention) must be >= 0, got %v", ErrInvalidConfig, c.Stream.Retention)
 		}
 		if err := c.Stream.Delivery.validate("stream"); err != nil {
 			return err

@@ -28,28 +28,36 @@ type connector interface {
 }
 
 // dest is one destination: a bounded queue fed by the hub and the worker
-// that sends it in batches, retrying with backoff (internal/queue).
-// Nothing the worker does can block push.
+// that sends it in batches, retrying with backoff (internal/queue). With
+// OnFull DropOldest nothing the worker does can block push; with
+// Backpressure push waits for room while the worker's sends succeed.
 type dest struct {
-	name string
-	s    sender
-	all  bool // s accepts every type: push copies without asking
-	q    *queue.Queue[rec]
-	m    queue.Metrics
+	name   string
+	s      sender
+	all    bool // s accepts every type: push copies without asking
+	onFull OnFull
+	q      *queue.Queue[rec]
+	m      queue.Metrics
 }
 
 func newDest(name string, s sender, cfg DeliveryConfig, log *slog.Logger, set *metrics.Set) *dest {
 	label := "{" + wire.Label("dest", name) + "}"
-	d := &dest{name: name, s: s, all: acceptsAll(s), m: queue.Metrics{
+	d := &dest{name: name, s: s, all: acceptsAll(s), onFull: cfg.OnFull, m: queue.Metrics{
 		Sent:     set.NewCounter("presence_events_sent_total" + label),
 		Dropped:  set.NewCounter("presence_events_dropped_total" + label),
 		Errors:   set.NewCounter("presence_events_errors_total" + label),
 		Retries:  set.NewCounter("presence_events_retries_total" + label),
 		Duration: set.NewHistogram("presence_events_send_duration_seconds" + label),
+		Waited:   set.NewFloatCounter("presence_events_blocked_seconds_total" + label),
 	}}
+	full := queue.DropOldest
+	if cfg.OnFull == Backpressure {
+		full = queue.Wait
+	}
 	d.q = queue.New(queue.Config{
 		Name:       "events",
 		Capacity:   cfg.QueueCapacity,
+		Full:       full,
 		BatchSize:  cfg.BatchSize,
 		MinBackoff: cfg.MinBackoff,
 		MaxBackoff: cfg.MaxBackoff,
@@ -63,14 +71,15 @@ func newDest(name string, s sender, cfg DeliveryConfig, log *slog.Logger, set *m
 }
 
 // push copies the events this destination accepts into its queue. When the
-// queue is full the oldest events are dropped and counted. It never waits
-// for the worker.
-func (d *dest) push(recs []rec) {
+// queue is full, a DropOldest destination drops the oldest events, counted,
+// and never waits for the worker; a Backpressure one waits for room while
+// its store is up and ctx is not done (queue.Wait), and drops otherwise.
+func (d *dest) push(ctx context.Context, recs []rec) {
 	if d.all {
-		d.q.Push(recs...)
+		d.q.PushWait(ctx, recs...)
 		return
 	}
-	d.q.PushFunc(len(recs), func(i int) (rec, bool) { return recs[i], d.s.accepts(recs[i].typ) })
+	d.q.PushFuncWait(ctx, len(recs), func(i int) (rec, bool) { return recs[i], d.s.accepts(recs[i].typ) })
 }
 
 func acceptsAll(s sender) bool {

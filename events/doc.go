@@ -6,8 +6,11 @@
 //
 // Hub is an engine.Sink: HandleTransitions turns each batch into events,
 // updates the alert state and copies the events into one bounded queue per
-// destination, without waiting for any; one worker per destination sends
-// its queue in batches and retries a failed batch. Event is the JSON every
+// destination; one worker per destination sends its queue in batches and
+// retries a failed batch. A full queue drops its oldest events (Pub/Sub,
+// webhooks, SSE: OnFull DropOldest) or, for the destinations that hold
+// state for consumers (the Stream, retained MQTT: Backpressure), makes
+// HandleTransitions wait for room while their store is up. Event is the JSON every
 // destination carries; Sign and VerifySignature are the webhook signature.
 //
 //	hub, err := events.New(cfg, events.Deps{Redis: rdb, FleetSize: fleetSize, Logger: log})

@@ -14,7 +14,8 @@ import (
 func (c *Config) RegisterFlags(s *envflag.Set) {
 	s.StringSwitch(&c.PubSub.Channel, &c.PubSub.Enabled, "events-channel", "PRESENCE_EVENTS_CHANNEL", "Redis Pub/Sub channel receiving every transition as JSON (with Redis); empty: none")
 	s.StringSwitch(&c.Stream.Key, &c.Stream.Enabled, "events-stream", "PRESENCE_EVENTS_STREAM", "Redis Stream receiving every transition, for consumer groups (with Redis); empty: none")
-	s.Int64(&c.Stream.MaxLen, "events-stream-maxlen", "PRESENCE_EVENTS_STREAM_MAXLEN", "approximate length the stream is trimmed to (XADD MAXLEN ~)")
+	s.Duration(&c.Stream.Retention, "events-stream-retention", "PRESENCE_EVENTS_STREAM_RETENTION", "the stream keeps the entries of this long (XTRIM MINID ~ now-retention); 0: no trimming by age")
+	s.Int64(&c.Stream.MaxLen, "events-stream-maxlen", "PRESENCE_EVENTS_STREAM_MAXLEN", "approximate length the stream is capped at (XTRIM MAXLEN ~); 0: no cap")
 	s.StringSwitch(&c.MQTT.Topic, &c.MQTT.Enabled, "events-mqtt-topic", "PRESENCE_EVENTS_MQTT_TOPIC", "retained MQTT message online/offline per device on this topic, e.g. devices/{id}/presence; empty: none")
 	s.Var(&webhooksFlag{hooks: &c.Webhooks, fresh: true}, "webhook-url", "PRESENCE_WEBHOOK_URLS", "URLs receiving JSON batches of events by HTTP POST, comma-separated or repeated")
 	s.SecretString(&c.WebhookSecret, "webhook-secret", "PRESENCE_WEBHOOK_SECRET", "HMAC-SHA256 key signing webhook bodies (X-Presence-Signature: sha256=...)")

@@ -20,7 +20,10 @@ import (
 // Hub publishes the engine's transitions, and the alerts derived from
 // them, to every configured destination. It implements engine.Sink:
 // HandleTransitions copies each batch into one bounded queue per
-// destination and returns; one worker per destination sends its queue.
+// destination and returns; one worker per destination sends its queue. A
+// full queue drops its oldest events, or, for the destinations that hold
+// state for consumers (OnFull Backpressure), makes HandleTransitions wait
+// for room while their store is up.
 //
 // Lifecycle: New builds without I/O; Start starts the workers and the
 // alert ticker; Close stops accepting events, sends what is queued within
@@ -37,9 +40,18 @@ type Hub struct {
 	// pubMu serializes publishing: HandleTransitions and the alert ticker.
 	// It keeps the events of one device in order across the two (an
 	// offline_alert is never queued after the device's later online event)
-	// and guards the alert state and buf.
+	// and guards the alert state and buf. A push that waits for room
+	// (Backpressure) holds it: the alert ticker waits too, and the
+	// destinations after the waiting one get the batch later. The wait
+	// needs nothing but the destination's own worker, so it cannot
+	// deadlock; it ends when there is room, when a send fails, or when
+	// Close cancels pushing.
 	pubMu sync.Mutex
 	buf   []rec
+	// pushing is the ctx of the pushes that wait for room; Close cancels
+	// it first, so that shutdown never waits on a full queue.
+	pushing     context.Context
+	stopPushing context.CancelFunc
 
 	run lifecycle.Runner // the alert ticker
 }
@@ -71,6 +83,7 @@ func New(cfg Config, deps Deps) (*Hub, error) {
 		now: deps.Now,
 		set: deps.Metrics,
 	}
+	h.pushing, h.stopPushing = context.WithCancel(context.Background())
 	if h.log == nil {
 		h.log = slog.Default()
 	}
@@ -84,7 +97,7 @@ func New(cfg Config, deps Deps) (*Hub, error) {
 		h.add("pubsub", &pubsubSender{client: deps.Redis, channel: cfg.PubSub.Channel}, cfg.PubSub.Delivery)
 	}
 	if cfg.Stream.Enabled {
-		h.add("stream", &streamSender{client: deps.Redis, key: cfg.Stream.Key, maxLen: cfg.Stream.MaxLen}, cfg.Stream.Delivery)
+		h.add("stream", newStreamSender(deps.Redis, cfg.Stream, time.Now), cfg.Stream.Delivery)
 	}
 	if cfg.MQTT.Enabled {
 		h.add("mqtt", newMQTTSender(cfg.MQTT, h.log), cfg.MQTT.Delivery)
@@ -140,9 +153,12 @@ func (h *Hub) SSEHandler() http.Handler {
 
 // HandleTransitions implements engine.Sink. It turns the batch into
 // events, updates the alerts, and copies the events into each
-// destination's queue; it returns without waiting for any destination. A
-// full queue drops its oldest events and counts them. Safe for concurrent
-// use, though the engine calls it from one goroutine.
+// destination's queue. A full DropOldest queue drops its oldest events
+// and counts them; a full Backpressure queue makes it wait for room while
+// that destination's store is up (the engine coalesces per device
+// meanwhile), and drops like the others while it is down. It never waits
+// for a destination once Close has begun. Safe for concurrent use, though
+// the engine calls it from one goroutine.
 func (h *Hub) HandleTransitions(batch []engine.Transition) {
 	if len(batch) == 0 {
 		return
@@ -166,7 +182,7 @@ func (h *Hub) HandleTransitions(batch []engine.Transition) {
 // publish hands events to every destination. Called with pubMu held.
 func (h *Hub) publish(recs []rec) {
 	for _, d := range h.dests {
-		d.push(recs)
+		d.push(h.pushing, recs)
 	}
 }
 
@@ -234,12 +250,14 @@ func (h *Hub) alertLoop(ctx context.Context) {
 	lifecycle.Every(ctx, h.cfg.Alerts.CheckInterval, func() { h.checkAlerts(h.now()) })
 }
 
-// Close ends every SSE stream, stops the alert ticker, and sends what is
-// queued for each destination (all in parallel), retrying until ctx is
+// Close stops every wait for room (from then on a full queue drops), ends
+// every SSE stream, stops the alert ticker, and sends what is queued for
+// each destination (all in parallel), retrying until ctx is
 // done. Events handed over afterwards are dropped and counted. It returns
 // an *UnsentError when events were left unsent (a hub never started sends
 // nothing: everything queued is unsent). Idempotent.
 func (h *Hub) Close(ctx context.Context) error {
+	h.stopPushing()
 	if h.sse != nil {
 		h.sse.close()
 	}

@@ -3,6 +3,8 @@ package events
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -39,15 +41,24 @@ func (p *pubsubSender) send(ctx context.Context, batch []rec) error {
 	return nil
 }
 
-// streamSender XADDs each event to one stream, trimming it approximately,
-// a batch per pipeline. Entry fields are the event's JSON fields, each
-// value a string.
+// streamSender XADDs each event to one stream, a batch per pipeline, and
+// trims the stream at the end of the pipeline: the entries older than
+// retention (XTRIM MINID ~), then to about maxLen entries (XTRIM MAXLEN ~).
+// Trimming once per batch instead of on every XADD costs one command per
+// batch, and allows both bounds (an XADD takes only one). Entry fields are
+// the event's JSON fields, each value a string.
 type streamSender struct {
-	client redis.UniversalClient
-	key    string
-	maxLen int64
-	fs     []field
-	buf    []byte
+	client    redis.UniversalClient
+	key       string
+	retention time.Duration // 0: no trimming by age
+	maxLen    int64         // 0: no cap
+	now       func() time.Time
+	fs        []field
+	buf       []byte
+}
+
+func newStreamSender(client redis.UniversalClient, cfg StreamConfig, now func() time.Time) *streamSender {
+	return &streamSender{client: client, key: cfg.Key, retention: cfg.Retention, maxLen: cfg.MaxLen, now: now}
 }
 
 func (*streamSender) accepts(Type) bool { return true }
@@ -60,15 +71,22 @@ func (s *streamSender) send(ctx context.Context, batch []rec) error {
 		for _, f := range s.fs {
 			vals = append(vals, f.key, string(f.val))
 		}
-		pipe.XAdd(ctx, &redis.XAddArgs{
-			Stream: s.key,
-			MaxLen: s.maxLen, // 0: no MAXLEN
-			Approx: s.maxLen > 0,
-			Values: vals,
-		})
+		pipe.XAdd(ctx, &redis.XAddArgs{Stream: s.key, Values: vals})
+	}
+	if s.retention > 0 {
+		pipe.XTrimMinIDApprox(ctx, s.key, minID(s.now().Add(-s.retention)), 0)
+	}
+	if s.maxLen > 0 {
+		pipe.XTrimMaxLenApprox(ctx, s.key, s.maxLen, 0)
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return fmt.Errorf("xadd %d events to %s: %w", len(batch), s.key, err)
 	}
 	return nil
+}
+
+// minID is the smallest stream entry id at or after t: entry ids are
+// "<Unix milliseconds>-<sequence>".
+func minID(t time.Time) string {
+	return strconv.FormatInt(max(t.UnixMilli(), 0), 10) + "-0"
 }

@@ -1,10 +1,13 @@
 // Package queue is the bounded queue with a retrying batch worker that
 // every write-behind consumer of transitions runs on: each event
-// destination, the status history, the cluster's device index. Pushing
-// never blocks the engine: a full queue drops its oldest items, counted, so
-// that an outage costs bounded memory and loses the oldest news first. One
-// worker sends the queue in batches and retries a failed batch, exactly as
-// it was, with backoff, until it goes through or the queue is closed.
+// destination, the status history, the cluster's device index. By default
+// pushing never blocks the engine: a full queue drops its oldest items,
+// counted, so that an outage costs bounded memory and loses the oldest news
+// first. A queue whose consumers hold state (Config.Full Wait) instead
+// makes PushWait wait for room while its store is up, and drops only while
+// it is down. One worker sends the queue in batches and retries a failed
+// batch, exactly as it was, with backoff, until it goes through or the
+// queue is closed.
 package queue
 
 import (
@@ -28,9 +31,12 @@ import (
 type Config struct {
 	// Name starts every log line ("events", "writeback: history").
 	Name string
-	// Capacity is the most items waiting; when the queue is full the
-	// oldest item is dropped to make room, and counted.
+	// Capacity is the most items waiting; what a push does when the queue
+	// is full is Full.
 	Capacity int
+	// Full is what a push does when the queue holds Capacity items: drop
+	// the oldest (DropOldest, the zero value) or wait for room (Wait).
+	Full Full
 	// Initial is how many items the queue allocates when the first arrives
 	// (it then grows by doubling up to Capacity). 0: 256.
 	Initial int
@@ -54,6 +60,30 @@ type Config struct {
 	Metrics Metrics
 }
 
+// Full is a queue's policy when it is full.
+type Full uint8
+
+const (
+	// DropOldest drops the oldest items to make room, counted: a push never
+	// waits. For consumers that can lose news (live subscribers, webhooks).
+	DropOldest Full = iota
+	// Wait makes PushWait and PushFuncWait wait for room while the queue
+	// can make progress: it is started (held or not: Hold) and not closed,
+	// and its last send did not fail. Otherwise (the store is down, the
+	// queue is closing, or the push's ctx is done) they drop the oldest
+	// like DropOldest. The caller is slowed to the store's pace, never
+	// stopped for longer than a send can take (Config.Timeout, after which
+	// the send fails). Push and PushFunc never wait.
+	Wait
+)
+
+func (f Full) String() string {
+	if f == Wait {
+		return "wait"
+	}
+	return "drop-oldest"
+}
+
 // Metrics are the counters a queue keeps, under its owner's names.
 type Metrics struct {
 	Sent     *metrics.Counter   // items sent
@@ -61,6 +91,8 @@ type Metrics struct {
 	Errors   *metrics.Counter   // failed sends
 	Retries  *metrics.Counter   // sends that retried a failed batch
 	Duration *metrics.Histogram // of each send
+	// Waited is the seconds pushes spent waiting for room (Full Wait).
+	Waited *metrics.FloatCounter
 }
 
 // Permanent marks an error that retrying cannot fix (a webhook's 4xx): the
@@ -87,11 +119,12 @@ type logLine uint8
 const (
 	lineDropped logLine = iota
 	lineFailed
+	lineWaiting
 )
 
 // Queue is a bounded FIFO of T with one worker that hands it to send in
 // batches. New builds it; Start starts the worker; Close sends what is left
-// within its ctx. Push, Len and Flush are safe for concurrent use.
+// within its ctx. Push, PushWait, Len and Flush are safe for concurrent use.
 type Queue[T any] struct {
 	cfg  Config
 	send func(ctx context.Context, batch []T) error
@@ -99,7 +132,7 @@ type Queue[T any] struct {
 	lim  *ratelog.Limiter[logLine]
 	run  lifecycle.Runner
 
-	mu      sync.Mutex // guards buf, keys, closed, dropLog and inflN
+	mu      sync.Mutex // guards buf, keys, closed, dropLog, inflN and the wait state
 	buf     *ring[T]
 	key     func(T) string      // NewCoalescing's; nil: every item is queued
 	keys    map[string]struct{} // with key: the keys waiting or in flight
@@ -107,6 +140,12 @@ type Queue[T any] struct {
 	dropLog int           // drops since the last drop line
 	inflN   int           // len(inflight), readable under mu
 	kick    chan struct{} // 1-buffered: something to send
+
+	// The wait state (Full Wait).
+	live    bool          // the worker runs (Start until it returns)
+	failing bool          // the last send failed and was not retried successfully yet
+	waiters int           // pushes waiting for room
+	room    chan struct{} // closed (and replaced) when a waiter may go on
 
 	hold <-chan struct{} // the worker waits for it before its first send (Hold)
 
@@ -120,7 +159,7 @@ type Queue[T any] struct {
 func New[T any](cfg Config, send func(ctx context.Context, batch []T) error) *Queue[T] {
 	switch {
 	case cfg.Capacity <= 0, cfg.BatchSize <= 0, cfg.Interval < 0, cfg.Timeout <= 0,
-		cfg.MinBackoff <= 0, cfg.MaxBackoff < cfg.MinBackoff, send == nil:
+		cfg.MinBackoff <= 0, cfg.MaxBackoff < cfg.MinBackoff, cfg.Full > Wait, send == nil:
 		panic(fmt.Sprintf("queue %s: invalid config %+v", cfg.Name, cfg))
 	}
 	if cfg.Initial <= 0 {
@@ -140,6 +179,7 @@ func New[T any](cfg Config, send func(ctx context.Context, batch []T) error) *Qu
 		lim:  ratelog.New[logLine](cfg.LogEvery, nil),
 		buf:  newRing[T](cfg.Initial, cfg.Capacity),
 		kick: make(chan struct{}, 1),
+		room: make(chan struct{}),
 	}
 	return q
 }
@@ -154,33 +194,132 @@ func NewCoalescing[T any](cfg Config, key func(T) string, send func(ctx context.
 	return q
 }
 
-// Push appends items. It never waits: when the queue is full the oldest
-// items are dropped (counted, and logged at a limited rate), and after
-// Close every item is dropped. In a coalescing queue an item whose key
-// waits already is left out (not a drop). It returns how many were
-// dropped.
-func (q *Queue[T]) Push(items ...T) int {
-	q.mu.Lock()
-	dropped, pushed := 0, false
-	for i := range items {
-		d, p := q.pushLocked(items[i])
-		dropped, pushed = dropped+d, pushed || p
-	}
-	return q.pushed(dropped, pushed)
-}
+// Push appends items. It never waits, whatever Config.Full: when the
+// queue is full the oldest items are dropped (counted, and logged at a
+// limited rate), and after Close every item is dropped. In a coalescing
+// queue an item whose key waits already is left out (not a drop). It
+// returns how many were dropped.
+func (q *Queue[T]) Push(items ...T) int { return q.pushAll(nil, items) }
 
 // PushFunc is Push of item(0..n-1), leaving out those for which item
 // returns false, under one lock.
-func (q *Queue[T]) PushFunc(n int, item func(i int) (T, bool)) int {
+func (q *Queue[T]) PushFunc(n int, item func(i int) (T, bool)) int { return q.pushFunc(nil, n, item) }
+
+// PushWait is Push, except that in a queue with Config.Full Wait it waits
+// for room while the queue can make progress (see Wait) and ctx is not
+// done; then it drops the oldest as Push does. In a DropOldest queue it is
+// Push.
+func (q *Queue[T]) PushWait(ctx context.Context, items ...T) int { return q.pushAll(ctx, items) }
+
+// PushFuncWait is PushFunc that waits for room as PushWait does.
+func (q *Queue[T]) PushFuncWait(ctx context.Context, n int, item func(i int) (T, bool)) int {
+	return q.pushFunc(ctx, n, item)
+}
+
+// pushAll queues items under mu (a loop without a callback per item: the
+// hot path of a destination that takes every event). With a ctx (the Wait
+// variants) a full Wait queue waits for room (makeRoom).
+func (q *Queue[T]) pushAll(ctx context.Context, items []T) int {
+	wait := ctx != nil && q.cfg.Full == Wait
+	var waited time.Duration
+	q.mu.Lock()
+	dropped, pushed := 0, false
+	for i := range items {
+		if wait && q.buf.Len() >= q.cfg.Capacity {
+			waited += q.makeRoom(ctx, items[i])
+		}
+		d, p := q.pushLocked(items[i])
+		dropped, pushed = dropped+d, pushed || p
+	}
+	return q.pushed(dropped, pushed, waited)
+}
+
+// pushFunc is pushAll of item(0..n-1), those for which item returns true.
+func (q *Queue[T]) pushFunc(ctx context.Context, n int, item func(i int) (T, bool)) int {
+	wait := ctx != nil && q.cfg.Full == Wait
+	var waited time.Duration
 	q.mu.Lock()
 	dropped, pushed := 0, false
 	for i := range n {
-		if v, ok := item(i); ok {
-			d, p := q.pushLocked(v)
-			dropped, pushed = dropped+d, pushed || p
+		v, ok := item(i)
+		if !ok {
+			continue
+		}
+		if wait && q.buf.Len() >= q.cfg.Capacity {
+			waited += q.makeRoom(ctx, v)
+		}
+		d, p := q.pushLocked(v)
+		dropped, pushed = dropped+d, pushed || p
+	}
+	return q.pushed(dropped, pushed, waited)
+}
+
+// makeRoom waits, with mu held (released while it waits), until the full
+// queue has room for v or may not wait any longer (mayWaitLocked), and
+// returns how long it waited.
+func (q *Queue[T]) makeRoom(ctx context.Context, v T) time.Duration {
+	var waited time.Duration
+	for q.buf.Len() >= q.cfg.Capacity && q.mayWaitLocked(ctx, v) {
+		waited += q.waitLocked(ctx)
+	}
+	return waited
+}
+
+// mayWaitLocked reports, with mu held, whether a push of v into the full
+// queue should wait for room: the queue can make progress, ctx is not done,
+// and v would be queued (not a duplicate key).
+func (q *Queue[T]) mayWaitLocked(ctx context.Context, v T) bool {
+	if q.closed || !q.live || q.failing || ctx.Err() != nil {
+		return false
+	}
+	if q.key != nil {
+		if _, dup := q.keys[q.key(v)]; dup {
+			return false
 		}
 	}
-	return q.pushed(dropped, pushed)
+	return true
+}
+
+// waitLocked waits, releasing mu meanwhile, until the worker took items,
+// the queue's state changed, or ctx is done; it returns how long. Called
+// with mu held, returns with mu held.
+func (q *Queue[T]) waitLocked(ctx context.Context) time.Duration {
+	room := q.room
+	q.waiters++
+	q.mu.Unlock()
+	select { // the queue is full: there is something to send
+	case q.kick <- struct{}{}:
+	default:
+	}
+	if ok, sup := q.lim.Allow(lineWaiting); ok {
+		q.log.Info(q.cfg.Name+": queue full, waiting for room (back-pressure)", "capacity", q.cfg.Capacity, "suppressed", sup)
+	}
+	start := time.Now()
+	select {
+	case <-room:
+	case <-ctx.Done():
+	}
+	d := time.Since(start)
+	q.mu.Lock()
+	q.waiters--
+	return d
+}
+
+// wakeLocked lets the waiting pushes look again: items were taken, or the
+// queue's state changed. Called with mu held.
+func (q *Queue[T]) wakeLocked() {
+	if q.waiters > 0 {
+		close(q.room)
+		q.room = make(chan struct{})
+	}
+}
+
+// setState updates the wait state under mu and wakes the waiters.
+func (q *Queue[T]) setState(f func()) {
+	q.mu.Lock()
+	f()
+	q.wakeLocked()
+	q.mu.Unlock()
 }
 
 // pushLocked queues v, with mu held: dropped is 1 if v, or the oldest item
@@ -205,12 +344,15 @@ func (q *Queue[T]) pushLocked(v T) (dropped int, pushed bool) {
 	return dropped, true
 }
 
-// pushed ends a push: it unlocks mu, counts and logs the drops, and wakes
-// the worker.
-func (q *Queue[T]) pushed(dropped int, pushed bool) int {
+// pushed ends a push: it unlocks mu, counts the time waited, counts and
+// logs the drops, and wakes the worker.
+func (q *Queue[T]) pushed(dropped int, pushed bool, waited time.Duration) int {
 	q.dropLog += dropped
 	full := q.buf.Len() >= q.cfg.BatchSize
 	q.mu.Unlock()
+	if waited > 0 && q.cfg.Metrics.Waited != nil {
+		q.cfg.Metrics.Waited.Add(waited.Seconds())
+	}
 	if dropped > 0 {
 		add(q.cfg.Metrics.Dropped, dropped)
 		q.logDrops()
@@ -249,7 +391,13 @@ func (q *Queue[T]) Hold(ch <-chan struct{}) { q.hold = ch }
 
 // Start starts the worker. ctx's values are kept, not its cancellation:
 // the worker runs until Close.
-func (q *Queue[T]) Start(ctx context.Context) error { return q.run.Start(ctx, q.worker) }
+func (q *Queue[T]) Start(ctx context.Context) error {
+	if err := q.run.Start(ctx, q.worker); err != nil {
+		return err
+	}
+	q.setState(func() { q.live = !q.closed }) // pushes may wait from here on
+	return nil
+}
 
 // Flush sends, now, every item that was waiting when it was called (and
 // the failed batch first), and returns the first error; the batch that
@@ -262,10 +410,9 @@ func (q *Queue[T]) Flush(ctx context.Context) error { return q.sendPending(ctx, 
 // ctx ends. Items left then are dropped, counted, and reported as an
 // *UnsentError. Idempotent.
 func (q *Queue[T]) Close(ctx context.Context) error {
+	q.setState(func() { q.live = false }) // no push waits from here on
 	return q.run.Close(ctx, func(ctx context.Context) error {
-		q.mu.Lock()
-		q.closed = true
-		q.mu.Unlock()
+		q.setState(func() { q.closed = true })
 		var err error
 		for attempt := 1; ; attempt++ {
 			if err = ctx.Err(); err != nil {
@@ -312,6 +459,7 @@ func (q *Queue[T]) discard() int {
 // worker sends the queue when there is something to send (Interval 0), or
 // every Interval and when a batch is full, and retries with backoff.
 func (q *Queue[T]) worker(ctx context.Context) {
+	defer q.setState(func() { q.live = false })
 	if q.hold != nil {
 		select {
 		case <-q.hold:
@@ -391,6 +539,7 @@ func (q *Queue[T]) fill() int {
 	if len(q.inflight) == 0 {
 		q.inflight = q.buf.PopTo(q.inflight, q.cfg.BatchSize)
 		q.inflN = len(q.inflight)
+		q.wakeLocked()
 	}
 	return len(q.inflight)
 }
@@ -419,9 +568,14 @@ func (q *Queue[T]) sendInflight(ctx context.Context) error {
 		}
 	default:
 		inc(q.cfg.Metrics.Errors)
+		q.setState(func() { q.failing = true })
 		return err
 	}
 	q.mu.Lock()
+	if q.failing { // the store answered (a permanent failure too)
+		q.failing = false
+		q.wakeLocked()
+	}
 	if q.key != nil {
 		for _, v := range q.inflight {
 			delete(q.keys, q.key(v)) // queued again from now on

@@ -186,13 +186,15 @@ func (d *Daemon) buildTransitionSinks() (fanout, error) {
 	if err != nil {
 		return nil, err
 	}
-	sinks = append(sinks, d.events)
 	if d.stores.redis != nil { // restart recovery and cluster rebuilds read it
 		if d.index, err = recovery.NewIndex(d.stores.redis, cfg.Recovery.Index, log.With("component", "index"), nil); err != nil {
 			return nil, err
 		}
 		sinks = append(sinks, d.index)
 	}
+	// Last: a stream or retained-MQTT destination that pushes back makes
+	// this call wait, and the sinks before it have their batch by then.
+	sinks = append(sinks, d.events)
 	return sinks, nil
 }
 
