@@ -82,6 +82,30 @@
 // the machine's cores with the broker, the publishers, Redis and Postgres,
 // for all three systems alike.
 //
+// # BenchmarkEndToEnd/qos=1: a QoS 1 burst
+//
+// A fleet comes online at once: 100,000 devices each publish one QoS 1
+// message, from 4 publisher connections, paced at 20,000 msgs/s (a 5 s
+// burst; rate=40k offers twice that). Messages reach the subscribers at QoS
+// 1, so the broker's in-flight window per subscriber connection
+// (Mosquitto's max_inflight_messages, 20 by default) and its queue per
+// connection (max_queued_messages, 1000) apply: a subscriber that
+// acknowledges too slowly makes the broker drop, and delivered-% says how
+// much arrived. Three systems get the same burst on the same broker, each
+// with 2 subscriber connections in one shared group at QoS 1:
+//
+//   - system=presence is the daemon with its defaults and Redis
+//     write-behind; handled is touches accepted by the engine, and
+//     ingest-dropped what ingest itself dropped (its queues full);
+//   - system=paho is paho configured as ingest's connections are (in-order
+//     callbacks on paho's goroutine), counting in its handler;
+//   - system=mosquitto_sub is two mosquitto_sub -q 1 processes (the C
+//     client of Mosquitto), counting the topics they print; skipped when the
+//     binary is missing (Debian package mosquitto-clients).
+//
+// msgs/s is handled over the time from the first publish to the last
+// message handled; the iteration ends as in BenchmarkEndToEnd.
+//
 // # BenchmarkCluster: one node against three
 //
 // The same input into one unclustered presenced (nodes=1) and into three

@@ -53,6 +53,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 	b.Run("system=presence", benchPresence)
 	b.Run("system=bare-subscriber", benchBare)
 	b.Run("system=seed-design", benchSeed)
+	b.Run("qos=1", benchQoS1)
 }
 
 // benchPresence runs the real daemon with Redis and Postgres write-behind
@@ -259,17 +260,31 @@ func (t *e2eTotals) report(b *testing.B) {
 // what the broker dropped is never handled, so it is not credited.
 func publishAndWait(b *testing.B, f *fixture, handled func() uint64) e2eResult {
 	b.Helper()
-	cfg := loadgen.DefaultConfig()
-	cfg.Broker = testenv.MQTTURL()
-	cfg.ClientID = f.name + "-pub"
+	cfg := f.load()
 	cfg.Devices = e2eDevices
-	cfg.Topic = f.name + "/devices/{id}/telemetry"
 	cfg.Rate = loadgen.MaxRate // no pacing: the in-flight window and the broker's PUBACKs set the pace
 	cfg.Count = e2eMessages
 	cfg.Conns = e2eConns
 	cfg.QoS = e2ePubQoS
+	return publishLoad(b, cfg, handled)
+}
+
+// load is the publishers' configuration for f's topic root; callers set
+// the workload.
+func (f *fixture) load() loadgen.Config {
+	cfg := loadgen.DefaultConfig()
+	cfg.Broker = testenv.MQTTURL()
+	cfg.ClientID = f.name + "-pub"
+	cfg.Topic = f.name + "/devices/{id}/telemetry"
 	cfg.Inflight = 1000
 	cfg.Progress = 0
+	return cfg
+}
+
+// publishLoad runs the publishers with cfg, then waits as publishAndWait
+// describes.
+func publishLoad(b *testing.B, cfg loadgen.Config, handled func() uint64) e2eResult {
+	b.Helper()
 	var first atomic.Int64 // unix ns of the first publish
 	dial := loadgen.PahoDialer(slog.New(slog.DiscardHandler))
 	r, err := loadgen.New(cfg, loadgen.Options{Dial: func(ctx context.Context, c loadgen.Config, conn int) (loadgen.Publisher, error) {

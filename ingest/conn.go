@@ -83,7 +83,8 @@ func (in *Ingester) newConns() []*conn {
 			// Called synchronously before every reconnect attempt, so it is
 			// ordered before the next onConnect.
 			SetReconnectingHandler(func(mqtt.Client, *mqtt.ClientOptions) { c.subscribed.Store(false) }).
-			SetConnectionNotificationHandler(c.onNotification)
+			SetConnectionNotificationHandler(c.onNotification).
+			SetCustomOpenConnectionFn(openConn)
 		if in.cfg.Username != "" {
 			opts.SetUsername(in.cfg.Username).SetPassword(in.cfg.Password)
 		}

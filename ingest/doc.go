@@ -11,7 +11,13 @@
 // patterns (Topic, Pattern: "devices/{id}/telemetry" becomes
 // "devices/+/telemetry"), as shared subscriptions, so that the broker
 // splits the stream between the connections and between the nodes of a
-// cluster.
+// cluster; or plainly, for brokers without shared subscriptions. Each
+// connection reads through a 64 KiB buffer (openConn): paho reads a packet
+// with three reads or more, and on a bare socket each is a system call.
+// At QoS 1 that is what kept a burst from overflowing the broker: a
+// subscriber acknowledges late when its reads are slow, the broker's
+// in-flight window per connection (Mosquitto: 20) stays full, and its
+// queue per connection (1000) overflows (BENCHMARKS.md, "QoS 1 bursts").
 //
 // The message callback runs on paho's goroutine and never blocks: it
 // stamps the receive time (the touch time), parses the topic without
