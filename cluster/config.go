@@ -106,6 +106,15 @@ type Config struct {
 	// bound on how long forwarding can stall an ingest worker). A peer that
 	// is not connected never makes a caller wait. Default 5 ms.
 	EnqueueWait time.Duration
+	// ReadsAll says that every node receives every message: the nodes
+	// subscribe plainly (a broker without shared subscriptions, e.g. the
+	// NATS MQTT gateway; -share-group=none). The router then keeps the
+	// messages of the devices this node owns and skips the others, counted
+	// in presence_cluster_skipped_messages_total, instead of forwarding
+	// them: their owner reads them itself. Handoff and rebuilds work as
+	// with forwarding. The cost: every node reads and parses the whole
+	// stream. The daemon sets it when clustered without a share group.
+	ReadsAll bool
 	// DialTimeout bounds one connection attempt to a peer. Default 2 s.
 	DialTimeout time.Duration
 	// Dial, if set, opens the data connections (forwarding and handoff) in

@@ -54,6 +54,7 @@ type clusterMetrics struct {
 	connLost    *metrics.Counter
 	localMsgs   *metrics.Counter // applied locally by the router
 	rejected    *metrics.Counter // invalid before forwarding
+	skipped     *metrics.Counter // another node's, with Config.ReadsAll
 
 	// receiver side
 	recvMessages *metrics.Counter
@@ -91,6 +92,7 @@ func newClusterMetrics(set *metrics.Set) *clusterMetrics {
 	m.connLost = set.NewCounter("presence_cluster_peer_connections_lost_total")
 	m.localMsgs = set.NewCounter("presence_cluster_local_messages_total")
 	m.rejected = set.NewCounter("presence_cluster_rejected_messages_total")
+	m.skipped = set.NewCounter("presence_cluster_skipped_messages_total")
 	m.recvMessages = set.NewCounter("presence_cluster_received_messages_total")
 	m.recvBytes = set.NewCounter("presence_cluster_received_bytes_total")
 	m.recvBatches = set.NewCounter("presence_cluster_received_batches_total")

@@ -40,8 +40,9 @@ type HandoffLocal interface {
 }
 
 // Router routes ingest's messages to the owner of each device: the local
-// engine for the partitions this node owns, a peer's queue for the others.
-// It implements ingest.Handler. It is built and owned by a Node.
+// engine for the partitions this node owns, a peer's queue for the others
+// (or nowhere, with Config.ReadsAll: the owner reads them itself). It
+// implements ingest.Handler. It is built and owned by a Node.
 //
 // Backpressure: TouchBatch and MarkOffline never block on the network.
 // Messages for a peer go to its bounded queue (Config.QueueSize); when the
@@ -178,6 +179,10 @@ func (r *Router) TouchBatch(batch []engine.Touch) (rejected int) {
 			local = append(local, *t)
 			continue
 		}
+		if r.cfg.ReadsAll {
+			r.m.skipped.Inc() // its owner reads it too
+			continue
+		}
 		if !forwardable(t.ID, t.Timeout) {
 			rejected++
 			continue
@@ -206,6 +211,10 @@ func (r *Router) MarkOffline(id string, at time.Time) error {
 		}
 		r.m.localMsgs.Inc()
 		return r.local.MarkOffline(id, at)
+	}
+	if r.cfg.ReadsAll {
+		r.m.skipped.Inc()
+		return nil
 	}
 	if !forwardable(id, 0) {
 		r.m.rejected.Inc()

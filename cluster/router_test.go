@@ -318,3 +318,39 @@ func TestConfigValidate(t *testing.T) {
 		t.Errorf("16-byte key: %v", err)
 	}
 }
+
+// With ReadsAll every node reads every message (plain subscriptions): each
+// keeps exactly its own devices' and forwards nothing.
+func TestRouterReadsAllKeepsOwned(t *testing.T) {
+	nodes := staticCluster(t, 3, func(c *Config) { c.ReadsAll = true })
+	ids := deviceIDs("dev", 3000)
+	at := time.Now()
+	for _, nd := range nodes {
+		if rej := nd.r.TouchBatch(touchBatch(ids, at)); rej != 0 {
+			t.Fatalf("%d rejected", rej)
+		}
+		for _, id := range ids[:30] {
+			if err := nd.r.MarkOffline(id, at); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	tb := nodes[0].r.Table()
+	for _, nd := range nodes {
+		own := tb.devicesOf(nd.name, ids)
+		if got, _ := nd.local.totals(); got != len(own) {
+			t.Errorf("%s applied %d touches, owns %d devices", nd.name, got, len(own))
+		}
+		for _, id := range own {
+			if n := nd.local.touchCount(id); n != 1 {
+				t.Fatalf("%s: %s touched %d times, want 1", nd.name, id, n)
+			}
+		}
+		if n := nd.m.fwdMessages.Get() + uint64(nd.r.queueDepth()); n != 0 {
+			t.Errorf("%s forwarded or queued %d messages", nd.name, n)
+		}
+		if got, want := nd.m.skipped.Get(), uint64(len(ids)+30-len(own)-len(tb.devicesOf(nd.name, ids[:30]))); got != want {
+			t.Errorf("%s skipped %d, want %d", nd.name, got, want)
+		}
+	}
+}

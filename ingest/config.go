@@ -46,20 +46,33 @@ type Config struct {
 	// ShareGroup makes the subscriptions shared ("$share/GROUP/FILTER"):
 	// the broker gives each message to one subscriber of the group, so
 	// connections (and nodes of a cluster using the same group) split the
-	// stream. Empty disables sharing (plain subscriptions). MQTT forbids
-	// '/', '+' and '#' in it.
+	// stream. Empty disables sharing (plain subscriptions; the flag and
+	// variable say "none"), for brokers without shared subscriptions.
+	// MQTT forbids '/', '+' and '#' in it.
 	ShareGroup string
 	// QoS of the subscriptions (0, 1 or 2). With 1 (default) the broker
 	// retries messages not yet acknowledged when a connection drops; a
 	// message is acknowledged once queued here, not once the engine has it.
 	QoS byte
 	// CleanSession starts every connection with a fresh session (default
-	// true). Presence is about the time a message arrives: messages that a
-	// persistent session queued during an outage would be stamped with the
-	// reconnect time, and with shared subscriptions Mosquitto may keep
-	// routing messages to a disconnected persistent member. Subscriptions
-	// are renewed on every connect either way.
+	// true). False (-mqtt-persistent-session) keeps a persistent session
+	// per connection under a stable client id, so that the broker queues
+	// QoS 1 messages while presenced restarts and delivers them when it
+	// reconnects; they are applied with the time they arrive. Not the
+	// default: the broker keeps the sessions of a node that is gone for good
+	// (Mosquitto by default forever), and with shared subscriptions it may
+	// keep handing that session its share of the stream. See "Restarts and
+	// persistent sessions" in docs/CONFIGURATION.md. Subscriptions are
+	// renewed on every connect either way.
 	CleanSession bool
+
+	// ProbeTimeout bounds the wait for the subscription probe (see
+	// ProbePrefix): after each connection's SUBACK a message is published
+	// on a reserved topic of every filter, and the Ingester is not Ready
+	// until it came back. A probe not back within ProbeTimeout makes
+	// ReadyErr name the likely cause (no shared subscriptions, an ACL).
+	// 0 disables probing: Ready then only needs the SUBACKs.
+	ProbeTimeout time.Duration
 
 	// Shards is the number of worker goroutines (and queues); a device
 	// always maps to the same shard, so its messages stay in order.
@@ -125,6 +138,7 @@ func DefaultConfig() Config {
 		ShareGroup:           "presence",
 		QoS:                  1,
 		CleanSession:         true,
+		ProbeTimeout:         10 * time.Second,
 		Shards:               max(2, runtime.GOMAXPROCS(0)),
 		QueueSize:            16384,
 		BatchSize:            512,
@@ -204,6 +218,9 @@ func (c *Config) Validate() error {
 		if d.v < d.min {
 			bad(d.name, "%v, want >= %v", d.v, d.min)
 		}
+	}
+	if c.ProbeTimeout < 0 {
+		bad("ProbeTimeout (-mqtt-probe-timeout)", "%v, want >= 0 (0 disables the probe)", c.ProbeTimeout)
 	}
 	if c.DisconnectQuiesce < 0 {
 		bad("DisconnectQuiesce", "%v, want >= 0", c.DisconnectQuiesce)

@@ -3,7 +3,6 @@ package ingest
 import (
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -44,8 +43,7 @@ const (
 
 type connError struct{ err error }
 
-func (in *Ingester) newConns() []*conn {
-	nonce := strconv.FormatUint(uint64(rand.Uint32()), 16)
+func (in *Ingester) newConns(nonce string) []*conn {
 	conns := make([]*conn, in.cfg.Connections)
 	for i := range conns {
 		c := &conn{in: in, idx: i, log: ratelog.New[connLine](in.cfg.LogInterval, in.clock)}
@@ -111,6 +109,25 @@ func (in *Ingester) connState() (connected, subscribed int) {
 	return connected, subscribed
 }
 
+// connReadyErr says why not every connection is subscribed (nil when all
+// are).
+func (in *Ingester) connReadyErr() error {
+	for _, c := range in.conns {
+		if c.client.IsConnectionOpen() && c.subscribed.Load() {
+			continue
+		}
+		state := "not connected"
+		if c.client.IsConnectionOpen() {
+			state = "connected, not subscribed yet"
+		}
+		if e := c.lastErr.Load(); e != nil {
+			return fmt.Errorf("MQTT connection %d (%s) %s: last error: %w", c.idx, c.id, state, e.err)
+		}
+		return fmt.Errorf("MQTT connection %d (%s) %s", c.idx, c.id, state)
+	}
+	return nil
+}
+
 func (in *Ingester) lastConnError() error {
 	for _, c := range in.conns {
 		if e := c.lastErr.Load(); e != nil {
@@ -143,6 +160,7 @@ func (c *conn) onConnect() {
 			if c.gen.Load() == gen {
 				c.subscribed.Store(true)
 				in.log.Info("ingest: subscribed", "conn", c.idx, "client_id", c.id)
+				in.probe.restart()
 			}
 			return
 		}

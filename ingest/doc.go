@@ -29,8 +29,10 @@
 // Bad input is dropped and counted by reason; it never panics (fuzzed).
 //
 // Connections reconnect and subscribe again by themselves, with clean
-// sessions: a presence message means something only at the time it
-// arrives. Ready reports whether every connection is subscribed.
+// sessions by default (Config.CleanSession): a presence message means
+// something at the time it arrives. Ready reports whether every connection
+// is subscribed and a probe published on every filter came back (prober):
+// a broker can grant a subscription and deliver nothing on it.
 //
 // New builds without I/O; Start connects and starts the workers; Close
 // disconnects first, then lets every worker hand its pending messages to

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"hash/maphash"
 	"log/slog"
+	"math/rand/v2"
+	"strconv"
 	"sync"
 	"time"
 
@@ -44,6 +46,7 @@ type Ingester struct {
 	seed   maphash.Seed
 	shards []shard
 	conns  []*conn
+	probe  *prober
 
 	dropLog    *ratelog.Limiter[reason]   // one line per drop reason per LogInterval
 	handlerLog *ratelog.Limiter[struct{}] // MarkOffline failures
@@ -58,6 +61,7 @@ type Ingester struct {
 	closed     bool
 	done       chan struct{} // closed by Close
 	workers    sync.WaitGroup
+	probing    sync.WaitGroup // the prober's loop
 	subWG      sync.WaitGroup // subscribe loops running in paho's OnConnect goroutines
 	closeOnce  sync.Once
 }
@@ -96,10 +100,7 @@ func New(cfg Config, h Handler) (*Ingester, error) {
 	in.dropLog = ratelog.New[reason](cfg.LogInterval, in.clock)
 	in.handlerLog = ratelog.New[struct{}](cfg.LogInterval, in.clock)
 	for _, f := range parser.Filters() {
-		if cfg.ShareGroup != "" {
-			f = "$share/" + cfg.ShareGroup + "/" + f
-		}
-		in.subs[f] = cfg.QoS
+		in.subs[in.subscription(f)] = cfg.QoS
 	}
 	for i := range in.shards {
 		in.shards[i].init(cfg.QueueSize)
@@ -109,8 +110,18 @@ func New(cfg Config, h Handler) (*Ingester, error) {
 		set = metrics.NewSet()
 	}
 	in.m = newIngestMetrics(set, in)
-	in.conns = in.newConns()
+	nonce := strconv.FormatUint(uint64(rand.Uint32()), 16)
+	in.conns = in.newConns(nonce)
+	in.probe = newProber(in, nonce)
 	return in, nil
+}
+
+// subscription is the filter as subscribed: shared when ShareGroup is set.
+func (in *Ingester) subscription(filter string) string {
+	if in.cfg.ShareGroup == "" {
+		return filter
+	}
+	return "$share/" + in.cfg.ShareGroup + "/" + filter
 }
 
 // Start starts the workers and the connections and returns at once: the
@@ -142,6 +153,7 @@ func (in *Ingester) startWorkersLocked() {
 		in.workers.Add(1)
 		go in.runShard(&in.shards[i])
 	}
+	in.probing.Go(in.probe.run)
 }
 
 // Close stops ingest in the order a graceful shutdown needs: it
@@ -159,6 +171,7 @@ func (in *Ingester) Close(context.Context) error {
 		connecting := in.connecting
 		close(in.done)
 		in.mu.Unlock()
+		in.probing.Wait()
 		if connecting {
 			var wg sync.WaitGroup
 			for _, c := range in.conns {
@@ -180,23 +193,29 @@ func (in *Ingester) Close(context.Context) error {
 	return nil
 }
 
-// Ready reports whether every connection is connected and subscribed (for
-// /readyz).
-func (in *Ingester) Ready() bool {
-	connected, subscribed := in.connState()
-	return connected == len(in.conns) && subscribed == len(in.conns)
+// Ready reports whether every connection is connected and subscribed, and
+// the subscriptions proved that they deliver (see Config.ProbeTimeout).
+func (in *Ingester) Ready() bool { return in.ReadyErr() == nil }
+
+// ReadyErr is nil when Ready, else why not (for /readyz): a connection not
+// subscribed, or a probe that has not come back, with the likely cause.
+func (in *Ingester) ReadyErr() error {
+	if err := in.connReadyErr(); err != nil {
+		return err
+	}
+	return in.probe.readyErr()
 }
 
-// WaitReady waits until Ready or ctx ends; then the error names the last
-// connection problem, if any.
+// WaitReady waits until Ready or ctx ends; then the error says why it is
+// not ready.
 func (in *Ingester) WaitReady(ctx context.Context) error {
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 	for !in.Ready() {
 		select {
 		case <-ctx.Done():
-			if err := in.lastConnError(); err != nil {
-				return fmt.Errorf("ingest: not ready: %w (last connection error: %v)", ctx.Err(), err)
+			if err := in.ReadyErr(); err != nil {
+				return fmt.Errorf("ingest: not ready: %w (%v)", ctx.Err(), err)
 			}
 			return fmt.Errorf("ingest: not ready: %w", ctx.Err())
 		case <-in.done:
@@ -219,10 +238,7 @@ func (in *Ingester) Parser() *Parser { return in.parser }
 func (in *Ingester) Subscriptions() []string {
 	out := make([]string, 0, len(in.subs))
 	for _, f := range in.parser.Filters() {
-		if in.cfg.ShareGroup != "" {
-			f = "$share/" + in.cfg.ShareGroup + "/" + f
-		}
-		out = append(out, f)
+		out = append(out, in.subscription(f))
 	}
 	return out
 }
@@ -282,8 +298,12 @@ func (in *Ingester) queueDepth() int {
 // on its device's shard, or counts a drop.
 func (in *Ingester) onMessage(conn int, topic string, payload []byte) {
 	now := in.clock()
-	in.m.received[conn].Inc()
 	msg, r := in.parser.parse(topic, payload)
+	if msg.probe { // counted by the prober, not as a device message
+		in.probe.received(msg.ID, msg.Pattern)
+		return
+	}
+	in.m.received[conn].Inc()
 	if r == reasonNone {
 		t := engine.Touch{ID: msg.ID, At: now, Timeout: msg.Timeout}
 		if msg.Offline {

@@ -51,8 +51,11 @@ type testEnv struct {
 	logw   *testWriter
 }
 
-func newTestEnv(t *testing.T) *testEnv {
-	e := &testEnv{t: t, url: brokerURL(t), h: &fakeHandler{}}
+func newTestEnv(t *testing.T) *testEnv { return newTestEnvAt(t, brokerURL(t)) }
+
+// newTestEnvAt is newTestEnv on the broker at url.
+func newTestEnvAt(t *testing.T, url string) *testEnv {
+	e := &testEnv{t: t, url: url, h: &fakeHandler{}}
 	e.logw = newTestWriter(t) // registered first: its cleanup runs last
 	e.prefix = "test/" + testenv.Name(t) + "/"
 	opts := mqtt.NewClientOptions().AddBroker(e.url).
@@ -321,7 +324,7 @@ func TestIntegrationStartBeforeBroker(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	err = in.WaitReady(ctx)
 	cancel()
-	if err == nil || !strings.Contains(err.Error(), "last connection error") {
+	if err == nil || !strings.Contains(err.Error(), "last error") {
 		t.Fatalf("WaitReady with the broker down = %v, want an error naming the cause", err)
 	}
 	t.Log(err)

@@ -23,6 +23,10 @@ type ingestMetrics struct {
 	lost           *metrics.Counter
 	subErrs        *metrics.Counter
 	batchLen       *metrics.Histogram
+	// Subscription probes (see prober): published, and received by
+	// result: ours of the current generation, ours of an earlier one, or
+	// another Ingester's.
+	probesSent, probesOK, probesStale, probesForeign *metrics.Counter
 }
 
 func newIngestMetrics(set *metrics.Set, in *Ingester) *ingestMetrics {
@@ -44,6 +48,10 @@ func newIngestMetrics(set *metrics.Set, in *Ingester) *ingestMetrics {
 	m.lost = set.NewCounter("presence_ingest_connections_lost_total")
 	m.subErrs = set.NewCounter("presence_ingest_subscribe_errors_total")
 	m.batchLen = set.NewHistogram("presence_ingest_batch_size")
+	m.probesSent = set.NewCounter("presence_ingest_probes_sent_total")
+	m.probesOK = set.NewCounter(`presence_ingest_probes_received_total{result="ok"}`)
+	m.probesStale = set.NewCounter(`presence_ingest_probes_received_total{result="stale"}`)
+	m.probesForeign = set.NewCounter(`presence_ingest_probes_received_total{result="foreign"}`)
 	set.NewGauge("presence_ingest_queue_depth", func() float64 { return float64(in.queueDepth()) })
 	set.NewGauge("presence_ingest_connections_subscribed", func() float64 {
 		_, subscribed := in.connState()

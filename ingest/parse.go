@@ -119,6 +119,9 @@ var (
 	// ErrClosed: the Ingester is closed (also the drop reason of a message
 	// that arrives while it closes).
 	ErrClosed = errors.New("ingest: closed")
+	// ErrProbe: the topic is a subscription probe (its id starts with
+	// ProbePrefix), not a device's message. It is not a drop.
+	ErrProbe = errors.New("ingest: subscription probe, not a device message")
 )
 
 // reason is a drop reason; its names are the "reason" metric label values.
@@ -177,6 +180,9 @@ type Message struct {
 	Timeout time.Duration
 	// Pattern is the index of the matched pattern in the Parser's topics.
 	Pattern int
+	// probe: the id starts with ProbePrefix; the Ingester's own prober
+	// takes it (Parse reports ErrProbe).
+	probe bool
 }
 
 type compiledTopic struct {
@@ -245,9 +251,12 @@ func contains(list []string, s string) bool {
 
 // Parse checks a message and says what it means. Errors are the ErrX
 // drop sentinels above (ErrTopicTooLong, ErrNoMatch, ErrInvalidID,
-// ErrPayloadTooLarge, ErrBadStatus).
+// ErrPayloadTooLarge, ErrBadStatus), or ErrProbe.
 func (p *Parser) Parse(topic string, payload []byte) (Message, error) {
 	m, r := p.parse(topic, payload)
+	if m.probe {
+		return Message{}, ErrProbe
+	}
 	return m, reasonInfo[r].err
 }
 
@@ -263,6 +272,9 @@ func (p *Parser) parse(topic string, payload []byte) (Message, reason) {
 		}
 		if !ValidID(id) {
 			return Message{}, reasonInvalidID
+		}
+		if strings.HasPrefix(id, ProbePrefix) {
+			return Message{ID: id, Pattern: i, probe: true}, reasonNone
 		}
 		if len(payload) > p.maxPayloadLen {
 			return Message{}, reasonPayloadTooLarge

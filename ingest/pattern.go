@@ -122,6 +122,23 @@ func (p *Pattern) String() string { return p.text }
 // replaced by "+".
 func (p *Pattern) Filter() string { return p.filter }
 
+// Topic returns a topic the pattern matches whose {id} level is id: "+"
+// levels are "_", a final "#" stands for no level.
+func (p *Pattern) Topic(id string) string {
+	levels := make([]string, len(p.segs))
+	for i, s := range p.segs {
+		switch s.kind {
+		case segLiteral:
+			levels[i] = s.lit
+		case segAny:
+			levels[i] = "_"
+		case segID:
+			levels[i] = id
+		}
+	}
+	return strings.Join(levels, "/")
+}
+
 // Match reports whether topic matches the pattern and returns the {id}
 // level. The id is a substring of topic (no allocation) and is not
 // validated here; it may be empty.

@@ -372,3 +372,29 @@ func TestBrokerURLErrorHidesPassword(t *testing.T) {
 		t.Fatalf("Validate = %v", err)
 	}
 }
+
+// A probe topic built from a pattern matches it, and the parser takes it
+// for a probe, never for a device.
+func TestProbeTopic(t *testing.T) {
+	for _, pat := range []string{"devices/{id}/telemetry", "{id}/t", "a/+/{id}/#", "x/{id}"} {
+		p, err := CompilePattern(pat)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := ProbePrefix + "abc_7"
+		topic := p.Topic(id)
+		if got, ok := p.Match(topic); !ok || got != id {
+			t.Errorf("%s: Match(%q) = %q, %v", pat, topic, got, ok)
+		}
+		parser, err := NewParser([]Topic{{Pattern: pat, Kind: KindStatus}}, 256, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := parser.Parse(topic, []byte("not a status")); !errors.Is(err, ErrProbe) {
+			t.Errorf("%s: Parse(%q) = %v, want ErrProbe", pat, topic, err)
+		}
+		if DropReason(ErrProbe) != "" {
+			t.Error("a probe is not a drop")
+		}
+	}
+}

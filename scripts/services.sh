@@ -3,7 +3,8 @@
 # machine: Redis (127.0.0.1:6379), PostgreSQL (127.0.0.1:5432, database
 # "test", trust auth) and Mosquitto (127.0.0.1:1883). Installs the Debian
 # package of any that is missing, starts any that is stopped, and waits until
-# each answers; also installs Chromium for the dashboard's browser test.
+# each answers; also installs nats-server and mosquitto-clients (tests and
+# benchmarks run their own) and Chromium for the dashboard's browser test.
 # Idempotent; run as root (as CI and the dev machines do).
 set -euo pipefail
 
@@ -68,6 +69,13 @@ if ! port_open 1883; then
 fi
 wait_port 1883 mosquitto
 say "redis, postgresql and mosquitto are up"
+
+# nats-server for the tests against the NATS MQTT gateway (a broker without
+# shared subscriptions); the tests start private servers of their own and
+# skip without it.
+need_pkg nats-server nats-server || say "nats-server could not be installed: the NATS MQTT gateway tests will skip"
+# mosquitto_sub, a baseline of BenchmarkEndToEnd/qos=1 (skipped without it).
+need_pkg mosquitto_sub mosquitto-clients || say "mosquitto-clients could not be installed: the mosquitto_sub baseline will skip"
 
 # Headless Chromium for the dashboard's browser test (which skips without it).
 if ! command -v chromium >/dev/null 2>&1; then

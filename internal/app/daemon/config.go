@@ -146,6 +146,9 @@ func ParseFlags(args []string, getenv func(string) string, out io.Writer) (Confi
 		}
 		return c, fmt.Errorf("%w: %v", ErrInvalidConfig, err)
 	}
+	if c.Ingest.ShareGroup == "" && !s.IsSet("mqtt-connections", getenv) {
+		c.Ingest.Connections = 1 // a plain subscription on several connections would read everything twice
+	}
 	return c, nil
 }
 
@@ -166,6 +169,9 @@ func (c Config) resolve(brokerURL string) Config {
 		m := &c.Events.MQTT
 		m.BrokerURL, m.Username, m.Password, m.TLS = c.Ingest.BrokerURL, c.Ingest.Username, c.Ingest.Password, c.Ingest.TLS
 		m.ClientID = c.Ingest.ClientIDPrefix + "-events"
+		if c.clustered() { // one publisher per node: the same id would take the other over
+			m.ClientID = c.Ingest.ClientIDPrefix + "-" + c.Cluster.NodeName + "-events"
+		}
 	}
 	c.Recovery.Index.KeyPrefix = c.Keys.KeyPrefix
 	if c.clustered() {
@@ -173,6 +179,13 @@ func (c Config) resolve(brokerURL string) Config {
 			c.Cluster.BindAddr = cluster.DefaultConfig().BindAddr
 		}
 		c.Keys.Guarded = true // a stale owner must not move last-seen back
+		// Plain subscriptions: every node reads the whole stream and keeps
+		// its own devices' messages.
+		c.Cluster.ReadsAll = c.Ingest.ShareGroup == ""
+		if !c.Ingest.CleanSession {
+			// Stable client ids must differ between nodes.
+			c.Ingest.ClientIDPrefix += "-" + c.Cluster.NodeName
+		}
 		c.Recovery.Index.Partitions = c.Cluster.Partitions
 		if c.Redis.Enabled() {
 			// Messages of partitions gained from a crashed node wait for

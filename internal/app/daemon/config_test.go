@@ -69,6 +69,23 @@ func TestParseFlags(t *testing.T) {
 		_, isSingle := cl.(*redis.Client) // a failover client
 		return isSingle
 	})
+	check("no shared subscriptions", nil, getenv("PRESENCE_SHARE_GROUP", "none"), func(c Config) bool {
+		return c.Ingest.ShareGroup == "" && c.Ingest.Connections == 1
+	})
+	check("no shared subscriptions, clustered", []string{"-share-group=NONE", "-cluster-bind", "127.0.0.1:7946"}, getenv(), func(c Config) bool {
+		r := c.resolve("tcp://b:1883")
+		return r.Ingest.ShareGroup == "" && r.Ingest.Connections == 1 && r.Cluster.ReadsAll
+	})
+	check("shared, clustered", []string{"-cluster-bind", "127.0.0.1:7946"}, getenv(), func(c Config) bool {
+		return !c.resolve("tcp://b:1883").Cluster.ReadsAll
+	})
+	check("persistent session", nil, getenv("PRESENCE_MQTT_PERSISTENT_SESSION", "true", "PRESENCE_NODE_NAME", "n1"), func(c Config) bool {
+		return !c.Ingest.CleanSession && c.resolve("tcp://b:1883").Ingest.ClientIDPrefix == "presenced"
+	})
+	check("persistent session, clustered", []string{"-mqtt-persistent-session", "-cluster-bind", "127.0.0.1:7946"}, getenv("PRESENCE_NODE_NAME", "n1"), func(c Config) bool {
+		return !c.Ingest.CleanSession && c.resolve("tcp://b:1883").Ingest.ClientIDPrefix == "presenced-n1"
+	})
+	check("probe off", nil, getenv("PRESENCE_MQTT_PROBE_TIMEOUT", "0"), func(c Config) bool { return c.Ingest.ProbeTimeout == 0 })
 	check("services", nil, getenv("MQTT_URL", "tcp://broker:1883", "REDIS_URL", "redis://r:6379/1", "DATABASE_URL", "postgres://db/x"),
 		func(c Config) bool {
 			return c.Ingest.BrokerURL == "tcp://broker:1883" && c.Redis.Enabled() && c.Postgres.URL != ""
@@ -94,6 +111,9 @@ func TestParseFlagsErrors(t *testing.T) {
 		{[]string{"-redis-host", "r", "-redis-ttl", "1.5"}, getenv(), "TTL"},
 		{[]string{"-database-url", "postgres://x", "-pg-table", ""}, getenv(), "Table"},
 		{[]string{"-mqtt-connections", "2", "-share-group", ""}, getenv(), "Share"},
+		{[]string{"-mqtt-connections", "2"}, getenv("PRESENCE_SHARE_GROUP", "none"), "Share"},
+		{nil, getenv("PRESENCE_MQTT_PERSISTENT_SESSION", "maybe"), "PRESENCE_MQTT_PERSISTENT_SESSION"},
+		{[]string{"-mqtt-probe-timeout", "-1s"}, getenv(), "probe"},
 		{nil, getenv("REDIS_ADDRS", "r1"), "REDIS_ADDRS"},
 		{[]string{"-cluster-join", "seed:7946"}, getenv("REDIS_ADDRS", "r1:7000,r2:7000"), "Redis Cluster"},
 		{[]string{"-cluster-key", "not base64!"}, getenv(), "PRESENCE_CLUSTER_KEY"},

@@ -2,7 +2,7 @@ package daemon
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -111,6 +111,10 @@ func (d *Daemon) build(cfg Config) error {
 	}
 	cfg = cfg.resolve(brokerURL)
 	d.cfg = cfg
+	if cfg.clustered() && !cfg.Ingest.CleanSession {
+		log.Warn("persistent MQTT sessions in a cluster: while a node is down the broker may keep queueing its share of the stream for it (Mosquitto does), and those messages reach their owners only when it returns",
+			"client_id_prefix", cfg.Ingest.ClientIDPrefix)
+	}
 	if err := d.buildStores(); err != nil {
 		return err
 	}
@@ -327,8 +331,8 @@ func (d *Daemon) ready() error {
 			return err
 		}
 	}
-	if !d.ing.Ready() {
-		return errors.New("not subscribed to the MQTT broker yet")
+	if err := d.ing.ReadyErr(); err != nil {
+		return fmt.Errorf("ingest: %w", err)
 	}
 	return nil
 }
