@@ -39,7 +39,8 @@ var burstRates = []int{20_000, 40_000}
 func benchQoS1(b *testing.B) {
 	for _, rate := range burstRates {
 		b.Run(fmt.Sprintf("rate=%dk", rate/1000), func(b *testing.B) {
-			b.Run("system=presence", func(b *testing.B) { benchBurstPresence(b, float64(rate)) })
+			b.Run("system=presence", func(b *testing.B) { benchBurstPresence(b, float64(rate), true) })
+			b.Run("system=presence-in-memory", func(b *testing.B) { benchBurstPresence(b, float64(rate), false) })
 			b.Run("system=paho", func(b *testing.B) { benchBurstPaho(b, float64(rate)) })
 			b.Run("system=mosquitto_sub", func(b *testing.B) { benchBurstMosquittoSub(b, float64(rate)) })
 		})
@@ -56,11 +57,16 @@ func (f *fixture) burstLoad(rate float64) loadgen.Config {
 	return cfg
 }
 
-// benchBurstPresence is the daemon with its defaults and Redis write-behind.
-// Handled is received by ingest and accepted by the engine.
-func benchBurstPresence(b *testing.B, rate float64) {
+// benchBurstPresence is the daemon with its defaults, with Redis
+// write-behind (status and last-seen keys, the device index, the event
+// Stream and Pub/Sub) or in memory only. Handled is received by ingest and
+// accepted by the engine.
+func benchBurstPresence(b *testing.B, rate float64, withRedis bool) {
 	f := newFixture(b, 0)
 	cfg := f.daemonConfig()
+	if !withRedis {
+		cfg.Redis.URL = ""
+	}
 	if cfg.Ingest.Connections != burstSubConns || cfg.Ingest.QoS != 1 {
 		b.Fatalf("daemon defaults changed (%d connections, QoS %d): update the benchmark's workload", cfg.Ingest.Connections, cfg.Ingest.QoS)
 	}

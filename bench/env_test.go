@@ -99,6 +99,9 @@ func (f *fixture) daemonConfig() daemon.Config {
 	}
 	cfg.Redis.URL = testenv.RedisURL()
 	cfg.Keys.KeyPrefix = f.prefix
+	// The run's own stream and channel (removed with the prefix's keys).
+	cfg.Events.Stream.Key = f.name + ":stream"
+	cfg.Events.PubSub.Channel = f.name + ":events"
 	cfg.API.Addr = "127.0.0.1:0"
 	return cfg
 }

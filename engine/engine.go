@@ -627,7 +627,7 @@ func (e *Engine) Deliver() int {
 const keepQueue = 256
 
 // deliverRounds bounds the work one Deliver does on one shard that keeps
-// receiving transitions, so that the clock gets back to Advance.
+// receiving transitions, so that the other shards get their turn.
 const deliverRounds = 64
 
 func (e *Engine) deliverShard(sh *shard) int {

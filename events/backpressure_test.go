@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -179,10 +180,10 @@ func (hangSender) send(ctx context.Context, _ []rec) error {
 	return ctx.Err()
 }
 
-// TestCloseStopsWaiting: a push waiting for room in a destination whose
-// store hangs returns as soon as Close begins, and Close returns within
-// its ctx.
-func TestCloseStopsWaiting(t *testing.T) {
+// hungHub is a hub with one Backpressure destination of capacity 10 whose
+// store hangs (held: its writes never start), started, and a goroutine
+// pushing 30 events into it; pushed closes when that push returns.
+func hungHub(t *testing.T, held bool) (h *Hub, pushed chan struct{}) {
 	h, err := New(bareConfig(), Deps{Logger: quietLog()})
 	if err != nil {
 		t.Fatal(err)
@@ -190,6 +191,9 @@ func TestCloseStopsWaiting(t *testing.T) {
 	dc := bareConfig().Stream.Delivery
 	dc.QueueCapacity, dc.BatchSize, dc.Timeout, dc.OnFull = 10, 5, time.Hour, Backpressure
 	h.add("hang", hangSender{}, dc)
+	if held {
+		h.Hold(make(chan struct{})) // restart recovery that never ends
+	}
 	if err := h.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -197,32 +201,66 @@ func TestCloseStopsWaiting(t *testing.T) {
 	for i := range batch {
 		batch[i] = tr("dev-"+strconv.Itoa(i), engine.StatusUnknown, engine.StatusOnline, t0, engine.CauseTelemetry)
 	}
-	pushed := make(chan struct{})
+	pushed = make(chan struct{})
 	go func() {
 		defer close(pushed)
 		h.HandleTransitions(batch)
 	}()
+	synctest.Wait()
 	select {
 	case <-pushed:
 		t.Fatal("HandleTransitions returned while the queue was full and no send had failed")
-	case <-time.After(100 * time.Millisecond):
+	default:
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	start := time.Now()
-	closed := make(chan error, 1)
-	go func() { closed <- h.Close(ctx) }()
-	select {
-	case <-pushed:
-	case <-time.After(500 * time.Millisecond):
-		t.Fatal("Close did not stop the waiting push")
-	}
-	if _, ok := (<-closed).(*UnsentError); !ok {
-		t.Fatal("Close with a hung store: want an *UnsentError")
-	}
-	if d := time.Since(start); d > 3*time.Second {
-		t.Fatalf("Close took %v with a 1 s ctx", d)
-	}
+	return h, pushed
+}
+
+// TestCloseStopsWaiting: a push waiting for room in a destination whose
+// store hangs returns as soon as Close begins, and Close returns within
+// its ctx.
+func TestCloseStopsWaiting(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h, pushed := hungHub(t, false)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		start := time.Now()
+		closed := make(chan error, 1)
+		go func() { closed <- h.Close(ctx) }()
+		<-pushed
+		if d := time.Since(start); d != 0 {
+			t.Fatalf("the waiting push returned %v after Close began, want at once", d)
+		}
+		if _, ok := (<-closed).(*UnsentError); !ok {
+			t.Fatal("Close with a hung store: want an *UnsentError")
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Fatalf("Close took %v with a 1 s ctx", d)
+		}
+	})
+}
+
+// TestStopWaitingAfter: a shutdown that begins while the destinations are
+// still held (restart recovery) bounds the push waiting for room: it
+// returns ShutdownTimeout after StopWaitingAfter, dropping what does not
+// fit, before Close is called.
+func TestStopWaitingAfter(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h, pushed := hungHub(t, true)
+		start := time.Now()
+		h.StopWaitingAfter(3 * time.Second)
+		<-pushed
+		if d := time.Since(start); d != 3*time.Second {
+			t.Fatalf("the push returned %v after StopWaitingAfter(3s)", d)
+		}
+		if n := h.dests[0].m.Dropped.Get(); n != 20 {
+			t.Fatalf("dropped %d, want the 20 that did not fit", n)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		if _, ok := h.Close(ctx).(*UnsentError); !ok {
+			t.Fatal("Close with a held store: want an *UnsentError")
+		}
+	})
 }
 
 // TestStreamTrimming: each batch trims the entries older than Retention

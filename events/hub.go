@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -52,6 +53,10 @@ type Hub struct {
 	// it first, so that shutdown never waits on a full queue.
 	pushing     context.Context
 	stopPushing context.CancelFunc
+	// tracked and incident mirror the alert state for the gauges; written
+	// under pubMu, read without it.
+	tracked  atomic.Int64
+	incident atomic.Bool
 
 	run lifecycle.Runner // the alert ticker
 }
@@ -97,7 +102,7 @@ func New(cfg Config, deps Deps) (*Hub, error) {
 		h.add("pubsub", &pubsubSender{client: deps.Redis, channel: cfg.PubSub.Channel}, cfg.PubSub.Delivery)
 	}
 	if cfg.Stream.Enabled {
-		h.add("stream", newStreamSender(deps.Redis, cfg.Stream, time.Now), cfg.Stream.Delivery)
+		h.add("stream", newStreamSender(deps.Redis, cfg.Stream, time.Now, h.log, h.set), cfg.Stream.Delivery)
 	}
 	if cfg.MQTT.Enabled {
 		h.add("mqtt", newMQTTSender(cfg.MQTT, h.log), cfg.MQTT.Delivery)
@@ -115,15 +120,11 @@ func New(cfg Config, deps Deps) (*Hub, error) {
 	}
 	if cfg.Alerts.OfflineAfter > 0 || cfg.Alerts.Mass.Enabled {
 		h.al = newAlerts(cfg.Alerts, deps.FleetSize, h.set)
-		h.set.NewGauge("presence_events_offline_tracked", func() float64 {
-			h.pubMu.Lock()
-			defer h.pubMu.Unlock()
-			return float64(h.al.tracked())
-		})
+		// Read from atomics: a scrape must not wait for pubMu, which a
+		// push waiting for room holds.
+		h.set.NewGauge("presence_events_offline_tracked", func() float64 { return float64(h.tracked.Load()) })
 		h.set.NewGauge("presence_events_incident_active", func() float64 {
-			h.pubMu.Lock()
-			defer h.pubMu.Unlock()
-			if h.al.incidentActive() {
+			if h.incident.Load() {
 				return 1
 			}
 			return 0
@@ -172,12 +173,27 @@ func (h *Hub) HandleTransitions(batch []engine.Transition) {
 		n := len(buf)
 		buf = h.al.observe(batch, h.now(), buf)
 		h.logIncidents(buf[n:])
+		h.mirrorAlerts()
 	}
 	h.publish(buf)
 	clear(buf) // drop the id strings
 	h.buf = buf[:0]
 	h.pubMu.Unlock()
 }
+
+// mirrorAlerts copies the alert state the gauges show. Called with pubMu
+// held.
+func (h *Hub) mirrorAlerts() {
+	h.tracked.Store(int64(h.al.tracked()))
+	h.incident.Store(h.al.incidentActive())
+}
+
+// StopWaitingAfter bounds back-pressure for a shutdown: from d from now
+// on, a push no longer waits for room (a full queue drops its oldest,
+// counted), so that the engine's last delivery cannot hold up a shutdown,
+// even one that began during restart recovery, while the destinations'
+// writes are still held. Close stops the waits at once.
+func (h *Hub) StopWaitingAfter(d time.Duration) { time.AfterFunc(d, h.stopPushing) }
 
 // publish hands events to every destination. Called with pubMu held.
 func (h *Hub) publish(recs []rec) {
@@ -207,6 +223,7 @@ func (h *Hub) checkAlerts(now time.Time) {
 	for more := true; more; {
 		h.pubMu.Lock()
 		out, more = h.al.check(now, out[:0])
+		h.mirrorAlerts()
 		h.publish(out)
 		h.pubMu.Unlock()
 		clear(out)

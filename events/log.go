@@ -30,6 +30,7 @@ type logLine uint8
 
 const (
 	lineSlowClients logLine = iota // slow SSE clients disconnected
+	lineTrimFailed                 // the stream's XTRIM failed
 )
 
 func newLogLimiter() *ratelog.Limiter[logLine] { return ratelog.New[logLine](errLogEvery, nil) }

@@ -3,10 +3,14 @@ package events
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/presence-dev/presence/internal/ratelog"
 )
 
 // pubsubSender PUBLISHes each event's JSON to one channel, a batch per
@@ -47,6 +51,12 @@ func (p *pubsubSender) send(ctx context.Context, batch []rec) error {
 // Trimming once per batch instead of on every XADD costs one command per
 // batch, and allows both bounds (an XADD takes only one). Entry fields are
 // the event's JSON fields, each value a string.
+//
+// A batch fails (and is sent again) only when an XADD failed; a failed
+// trim is counted (presence_events_stream_trim_errors_total) and logged at
+// a limited rate, never retried with the batch: its entries are in the
+// stream already, and a trim that cannot succeed (XTRIM MINID needs Redis
+// 6.2) must not append them again and again.
 type streamSender struct {
 	client    redis.UniversalClient
 	key       string
@@ -55,10 +65,15 @@ type streamSender struct {
 	now       func() time.Time
 	fs        []field
 	buf       []byte
+
+	log       *slog.Logger
+	lim       *ratelog.Limiter[logLine]
+	trimFails *metrics.Counter
 }
 
-func newStreamSender(client redis.UniversalClient, cfg StreamConfig, now func() time.Time) *streamSender {
-	return &streamSender{client: client, key: cfg.Key, retention: cfg.Retention, maxLen: cfg.MaxLen, now: now}
+func newStreamSender(client redis.UniversalClient, cfg StreamConfig, now func() time.Time, log *slog.Logger, set *metrics.Set) *streamSender {
+	return &streamSender{client: client, key: cfg.Key, retention: cfg.Retention, maxLen: cfg.MaxLen, now: now,
+		log: log, lim: newLogLimiter(), trimFails: set.NewCounter("presence_events_stream_trim_errors_total")}
 }
 
 func (*streamSender) accepts(Type) bool { return true }
@@ -79,8 +94,26 @@ func (s *streamSender) send(ctx context.Context, batch []rec) error {
 	if s.maxLen > 0 {
 		pipe.XTrimMaxLenApprox(ctx, s.key, s.maxLen, 0)
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
+	cmds, err := pipe.Exec(ctx)
+	if err == nil {
+		return nil
+	}
+	if len(cmds) < len(batch) {
 		return fmt.Errorf("xadd %d events to %s: %w", len(batch), s.key, err)
+	}
+	for _, c := range cmds[:len(batch)] {
+		if err := c.Err(); err != nil {
+			return fmt.Errorf("xadd %d events to %s: %w", len(batch), s.key, err)
+		}
+	}
+	for _, c := range cmds[len(batch):] {
+		if err := c.Err(); err != nil {
+			s.trimFails.Inc()
+			if ok, sup := s.lim.Allow(lineTrimFailed); ok {
+				s.log.Warn("events: trimming the stream failed; its entries are kept (XTRIM MINID needs Redis 6.2: on older Redis set -events-stream-retention=0)",
+					logKeyDest, "stream", "key", s.key, "error", err, "suppressed", sup)
+			}
+		}
 	}
 	return nil
 }

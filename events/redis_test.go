@@ -247,3 +247,53 @@ func TestRedisOutageRetries(t *testing.T) {
 	}
 	checkOnceInOrder(t, want, got)
 }
+
+// failTrims makes every XTRIM of a pipeline fail, as an XTRIM MINID does on
+// Redis before 6.2.
+type failTrims struct{}
+
+func (failTrims) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (failTrims) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (failTrims) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
+		for _, c := range cmds {
+			if c.Name() == "xtrim" {
+				c.SetErr(errors.New("ERR syntax error"))
+				err = c.Err()
+			}
+		}
+		return err
+	}
+}
+
+// TestStreamTrimFailureKeepsEntries: a trim that fails is counted and the
+// batch is not sent again (which would append its entries once more).
+func TestStreamTrimFailureKeepsEntries(t *testing.T) {
+	rdb := newRedis(t)
+	rdb.AddHook(failTrims{})
+	cfg := bareConfig()
+	cfg.Stream.Enabled, cfg.Stream.Key = true, testenv.Name(t)
+	t.Cleanup(func() { rdb.Del(context.Background(), cfg.Stream.Key) })
+	h, err := New(cfg, Deps{Redis: rdb, Logger: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runHub(t, h)
+	feed(h, trace(10, 10, 1), 1)
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if s := h.dests[0].m.Sent.Get(); s != 100 {
+			return fmt.Errorf("sent %d", s)
+		}
+		return nil
+	})
+	if n := rdb.XLen(context.Background(), cfg.Stream.Key).Val(); n != 100 {
+		t.Fatalf("stream length %d, want the 100 events once", n)
+	}
+	if e := h.dests[0].m.Errors.Get(); e != 0 {
+		t.Fatalf("%d send errors: a failed trim failed the batch", e)
+	}
+	if n := h.set.GetOrCreateCounter("presence_events_stream_trim_errors_total").Get(); n == 0 {
+		t.Fatal("trim errors not counted")
+	}
+}

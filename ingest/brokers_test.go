@@ -130,6 +130,26 @@ func (e *testEnv) checkDelivers(in *Ingester) {
 	}
 }
 
+// TestProbeOverlappingFilters: a status filter overlapped by a telemetry
+// filter ("devices/{id}/#" and "devices/{id}/status") is proved by its own
+// probe, which both match: the Ingester becomes ready, and no probe reaches
+// the handler.
+func TestProbeOverlappingFilters(t *testing.T) {
+	e := newTestEnvAt(t, startMochi(t))
+	c := e.config()
+	c.Topics = []Topic{
+		{Pattern: e.prefix + "devices/{id}/#"},
+		{Pattern: e.prefix + "devices/{id}/status", Kind: KindStatus},
+	}
+	in := e.start(c)
+	if got := e.h.snapshot(); len(got) != 0 {
+		t.Fatalf("handler got %v", got)
+	}
+	if in.m.probesOK.Get() == 0 {
+		t.Fatal("ready without a probe back")
+	}
+}
+
 // TestProbeAfterReconnect: a connection that comes back is probed again;
 // readiness returns once the probe of the new generation is back.
 func TestProbeAfterReconnect(t *testing.T) {
@@ -165,6 +185,13 @@ func TestPersistentSessionAcrossRestart(t *testing.T) {
 	c := e.config()
 	c.CleanSession = false
 	c.ClientIDPrefix = fmt.Sprintf("ingest-persist-%08x", rand.Uint32())
+	// Remove the sessions from the broker at the end, whatever happens: a
+	// clean connect under the same ids discards them.
+	t.Cleanup(func() {
+		for i := range c.Connections {
+			discardSession(t, e.url, c.ClientIDPrefix+"-"+fmt.Sprint(i))
+		}
+	})
 	first := e.start(c)
 	if err := first.Close(context.Background()); err != nil {
 		t.Fatal(err)
@@ -181,14 +208,8 @@ func TestPersistentSessionAcrossRestart(t *testing.T) {
 			t.Fatalf("%s applied at %v, before the restart at %v: want its receive time", ev.ID, ev.At, restart)
 		}
 	}
-	// Remove the sessions from the broker: a clean connect with the same
-	// ids discards them.
 	if err := second.Close(context.Background()); err != nil {
 		t.Fatal(err)
-	}
-	c.CleanSession = true
-	for i := range c.Connections {
-		discardSession(t, e.url, c.ClientIDPrefix+"-"+fmt.Sprint(i))
 	}
 }
 

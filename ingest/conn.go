@@ -128,14 +128,6 @@ func (in *Ingester) connReadyErr() error {
 	return nil
 }
 
-func (in *Ingester) lastConnError() error {
-	for _, c := range in.conns {
-		if e := c.lastErr.Load(); e != nil {
-			return fmt.Errorf("connection %d: %w", c.idx, e.err)
-		}
-	}
-	return nil
-}
 
 // onConnect runs in a goroutine paho starts for each successful connect.
 func (c *conn) onConnect() {

@@ -171,7 +171,6 @@ func (in *Ingester) Close(context.Context) error {
 		connecting := in.connecting
 		close(in.done)
 		in.mu.Unlock()
-		in.probing.Wait()
 		if connecting {
 			var wg sync.WaitGroup
 			for _, c := range in.conns {
@@ -179,6 +178,7 @@ func (in *Ingester) Close(context.Context) error {
 			}
 			wg.Wait()
 		}
+		in.probing.Wait() // after the disconnects: a probe being published fails at once
 		in.subWG.Wait()
 		// A paho callback still running after Disconnect finds its shard
 		// closed and counts a "closed" drop; it never reaches the handler.
@@ -300,11 +300,12 @@ func (in *Ingester) onMessage(conn int, topic string, payload []byte) {
 	now := in.clock()
 	msg, r := in.parser.parse(topic, payload)
 	if msg.probe { // counted by the prober, not as a device message
-		in.probe.received(msg.ID, msg.Pattern)
+		in.probe.received(topic, msg.ID)
 		return
 	}
 	in.m.received[conn].Inc()
 	if r == reasonNone {
+		in.probe.heardPattern(msg.Pattern) // a device message proves its filter too
 		t := engine.Touch{ID: msg.ID, At: now, Timeout: msg.Timeout}
 		if msg.Offline {
 			t.Timeout = offlineMark

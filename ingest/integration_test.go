@@ -2,7 +2,6 @@ package ingest
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -316,8 +315,8 @@ func TestIntegrationStartBeforeBroker(t *testing.T) {
 	}
 	// Once a connection attempt has failed, WaitReady's error names it.
 	testenv.Eventually(t, 10*time.Second, func() error {
-		if in.lastConnError() == nil {
-			return errors.New("no connection attempt has failed yet")
+		if err := in.ReadyErr(); err == nil || !strings.Contains(err.Error(), "last error") {
+			return fmt.Errorf("no connection attempt has failed yet (%v)", err)
 		}
 		return nil
 	})

@@ -24,9 +24,8 @@ type ingestMetrics struct {
 	subErrs        *metrics.Counter
 	batchLen       *metrics.Histogram
 	// Subscription probes (see prober): published, and received by
-	// result: ours of the current generation, ours of an earlier one, or
-	// another Ingester's.
-	probesSent, probesOK, probesStale, probesForeign *metrics.Counter
+	// origin: this Ingester's ("ok") or another's ("foreign").
+	probesSent, probesOK, probesForeign *metrics.Counter
 }
 
 func newIngestMetrics(set *metrics.Set, in *Ingester) *ingestMetrics {
@@ -50,7 +49,6 @@ func newIngestMetrics(set *metrics.Set, in *Ingester) *ingestMetrics {
 	m.batchLen = set.NewHistogram("presence_ingest_batch_size")
 	m.probesSent = set.NewCounter("presence_ingest_probes_sent_total")
 	m.probesOK = set.NewCounter(`presence_ingest_probes_received_total{result="ok"}`)
-	m.probesStale = set.NewCounter(`presence_ingest_probes_received_total{result="stale"}`)
 	m.probesForeign = set.NewCounter(`presence_ingest_probes_received_total{result="foreign"}`)
 	set.NewGauge("presence_ingest_queue_depth", func() float64 { return float64(in.queueDepth()) })
 	set.NewGauge("presence_ingest_connections_subscribed", func() float64 {

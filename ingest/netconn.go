@@ -17,8 +17,9 @@ import (
 const readBufferSize = 64 << 10
 
 // openConn opens a subscriber connection's network connection as paho's own
-// dialer does (tcp/mqtt through an environment proxy, ssl/tls/mqtts,
-// ws/wss), and buffers its reads. paho reads a packet with three reads or
+// dialer does (openConnection in paho v1.5.1's netconn.go, which paho does
+// not export: tcp/mqtt through the environment's proxy, ssl/tls/mqtts
+// through all_proxy if set, ws/wss), and buffers its reads. paho reads a packet with three reads or
 // more (its type byte, its length one byte at a time, its body), each a
 // system call on a bare socket; buffered, a burst of packets costs one.
 // It is paho's OpenConnectionFunc.

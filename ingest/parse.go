@@ -180,8 +180,8 @@ type Message struct {
 	Timeout time.Duration
 	// Pattern is the index of the matched pattern in the Parser's topics.
 	Pattern int
-	// probe: the id starts with ProbePrefix; the Ingester's own prober
-	// takes it (Parse reports ErrProbe).
+	// probe: a level of the topic starts with ProbePrefix (ID is that
+	// level); the Ingester's prober takes it (Parse reports ErrProbe).
 	probe bool
 }
 
@@ -264,6 +264,9 @@ func (p *Parser) parse(topic string, payload []byte) (Message, reason) {
 	if len(topic) > p.maxTopicLen {
 		return Message{}, reasonTopicTooLong
 	}
+	if level, ok := probeLevel(topic); ok {
+		return Message{ID: level, Pattern: -1, probe: true}, reasonNone
+	}
 	for i := range p.topics {
 		t := &p.topics[i]
 		id, ok := t.Match(topic)
@@ -272,9 +275,6 @@ func (p *Parser) parse(topic string, payload []byte) (Message, reason) {
 		}
 		if !ValidID(id) {
 			return Message{}, reasonInvalidID
-		}
-		if strings.HasPrefix(id, ProbePrefix) {
-			return Message{ID: id, Pattern: i, probe: true}, reasonNone
 		}
 		if len(payload) > p.maxPayloadLen {
 			return Message{}, reasonPayloadTooLarge
@@ -290,6 +290,26 @@ func (p *Parser) parse(topic string, payload []byte) (Message, reason) {
 		return m, reasonNone
 	}
 	return Message{}, reasonNoMatch
+}
+
+// probeLevel returns the first level of topic that starts with
+// ProbePrefix: such a topic is a probe whatever pattern would match it.
+func probeLevel(topic string) (string, bool) {
+	for from := 0; ; {
+		i := strings.Index(topic[from:], ProbePrefix)
+		if i < 0 {
+			return "", false
+		}
+		i += from
+		if i == 0 || topic[i-1] == '/' {
+			level := topic[i:]
+			if j := strings.IndexByte(level, '/'); j >= 0 {
+				level = level[:j]
+			}
+			return level, true
+		}
+		from = i + 1
+	}
 }
 
 // parseStatus reads a status payload: "online" or "offline", surrounding

@@ -398,3 +398,33 @@ func TestProbeTopic(t *testing.T) {
 		}
 	}
 }
+
+// With overlapping patterns a probe built from the second is matched by the
+// first as well: it is still a probe, never the device "x" (the probe
+// level is found before any pattern is tried).
+func TestProbeOverlappingPatterns(t *testing.T) {
+	parser, err := NewParser([]Topic{{Pattern: "a/+/{id}"}, {Pattern: "a/{id}/x"}}, 256, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, _ := CompilePattern("a/{id}/x")
+	topic := second.Topic(ProbePrefix + "n_1")
+	if _, err := parser.Parse(topic, nil); !errors.Is(err, ErrProbe) {
+		t.Fatalf("Parse(%q) = %v, want ErrProbe", topic, err)
+	}
+	for _, tc := range []struct {
+		topic string
+		level string
+	}{
+		{"devices/" + ProbePrefix + "a_2/telemetry", ProbePrefix + "a_2"},
+		{ProbePrefix + "b/x", ProbePrefix + "b"},
+		{"x" + ProbePrefix + "c/" + ProbePrefix + "d", ProbePrefix + "d"},
+	} {
+		if got, ok := probeLevel(tc.topic); !ok || got != tc.level {
+			t.Errorf("probeLevel(%q) = %q, %v; want %q", tc.topic, got, ok, tc.level)
+		}
+	}
+	if _, ok := probeLevel("devices/x" + ProbePrefix + "/t"); ok {
+		t.Error("a level that only contains the prefix is not a probe")
+	}
+}

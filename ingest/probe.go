@@ -6,21 +6,27 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
-// ProbePrefix starts the device id of a subscription probe. Ids that start
-// with it are reserved: a message whose {id} level starts with it is never
-// a device's (never stored, never an event). See prober.
+// ProbePrefix starts the topic level that marks a subscription probe. A
+// message with a topic level that starts with it is never a device's: it is
+// never parsed as one, stored or turned into an event, whichever pattern
+// would match it. Device ids that start with it are reserved.
 const ProbePrefix = "_presence_probe_"
 
-// probeEvery is how often a probe that has not come back is published
-// again: the broker may drop a QoS 0 message, and with shared
-// subscriptions it may hand the probe to another member of the group (a
-// cluster node), so probing goes on until one comes back.
-const probeEvery = 250 * time.Millisecond
+// probeEvery is how often probes are published while no message has
+// proved a filter yet: the broker may drop a QoS 0 message, and with shared
+// subscriptions it may hand a probe to another member of the group (a
+// cluster node). After ProbeTimeout they go on every probeSlow, so that a
+// broker that never delivers is not sent four probes a second for good.
+const (
+	probeEvery = 250 * time.Millisecond
+	probeSlow  = 5 * time.Second
+)
 
-// errProbePending is the readiness error while the first probe after a
+// errProbePending is the readiness error while the first proof after a
 // (re)connect is on its way.
 var errProbePending = errors.New("waiting for the subscription probe to come back")
 
@@ -28,15 +34,15 @@ var errProbePending = errors.New("waiting for the subscription probe to come bac
 // SUBSCRIBE and never deliver on it: one without shared subscriptions may
 // take "$share/GROUP/devices/+/telemetry" as a plain filter that no topic
 // matches (the NATS MQTT gateway does), and an ACL may allow the subscription
-// but not the messages. So after every connection's SUBACK the Ingester
-// publishes, for each subscribed filter, a probe: a QoS 0 message on a topic
-// the filter matches, whose {id} level is ProbePrefix + the Ingester's nonce
-// + a generation. It is ready when a probe of the current generation came
-// back on any of its connections for every filter; a probe that has not
-// come back within Config.ProbeTimeout makes readiness fail with an error
-// that names the likely cause and the fix. Probing goes on until it
-// succeeds. Probes of other Ingesters (other nodes, earlier generations) are
-// counted and ignored.
+// but not the messages. So after every connection's SUBACK a new
+// generation of proof begins: the Ingester is not ready until every
+// subscribed filter has delivered a message since. Any message proves its
+// filter: a device's, another node's probe, or one of the probes the
+// Ingester publishes meanwhile, a QoS 0 message per filter on a topic the
+// filter matches, with one level ProbePrefix + nonce + "_" + generation
+// (the "+" levels are "_"). A filter with no message within
+// Config.ProbeTimeout makes readiness fail with an error that names the
+// likely cause and the fix; probing goes on, slower, until it succeeds.
 type prober struct {
 	in      *Ingester
 	timeout time.Duration // 0: disabled
@@ -44,12 +50,17 @@ type prober struct {
 	pats    []*Pattern // per filter: the pattern probe topics are built from
 	filter  []int      // per pattern index: its filter's index
 
+	// pending is set while some filter has not delivered in the current
+	// generation: only then does a device message take mu (heard).
+	pending atomic.Bool
+
 	mu    sync.Mutex
 	gen   uint64
 	since time.Time // when gen began
-	got   []bool    // per filter: a probe of gen came back
+	got   []bool    // per filter: a message arrived since gen began
 	err   error     // nil once every filter delivered
 	next  int       // connection to publish on next
+	last  time.Time // last probe round
 	kick  chan struct{}
 	shown bool // err logged for this generation
 }
@@ -87,12 +98,13 @@ func (p *prober) restart() {
 		p.err = errProbePending
 	}
 	p.shown = false
+	p.last = time.Time{}
+	p.pending.Store(true)
 	p.mu.Unlock()
 	signal(p.kick)
 }
 
-// readyErr is nil once every filter delivered a probe of the current
-// generation.
+// readyErr is nil once every filter delivered in the current generation.
 func (p *prober) readyErr() error {
 	if p.timeout == 0 {
 		return nil
@@ -102,42 +114,54 @@ func (p *prober) readyErr() error {
 	return p.err
 }
 
-// id is the probe id of generation gen.
+// id is the probe level of generation gen.
 func (p *prober) id(gen uint64) string {
 	return ProbePrefix + p.nonce + "_" + strconv.FormatUint(gen, 10)
 }
 
-// received handles a message whose id starts with ProbePrefix, heard on the
-// filter of pattern index pattern.
-func (p *prober) received(id string, pattern int) {
-	rest := id[len(ProbePrefix):]
-	nonce, genText, ok := strings.Cut(rest, "_")
-	if !ok || nonce != p.nonce {
-		p.in.m.probesForeign.Inc()
-		return
+// heardPattern notes a device message matched by pattern index i.
+func (p *prober) heardPattern(i int) {
+	if p.pending.Load() {
+		p.heard(func(f int) bool { return p.filter[i] == f })
 	}
-	gen, err := strconv.ParseUint(genText, 10, 64)
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if err != nil || gen != p.gen {
-		p.in.m.probesStale.Inc()
-		return
-	}
-	p.in.m.probesOK.Inc()
-	p.got[p.filter[pattern]] = true
-	for _, ok := range p.got {
-		if !ok {
-			return
-		}
-	}
-	if p.err != nil && p.err != errProbePending {
-		p.in.log.Info("ingest: subscription probe delivered, ready", "after", p.in.clock().Sub(p.since).Round(time.Millisecond))
-	}
-	p.err = nil
 }
 
-// run publishes the probes that have not come back, every probeEvery, until
-// the Ingester closes.
+// received handles a probe: topic has the level id, which starts with
+// ProbePrefix. It proves every filter that matches topic, whoever sent it.
+func (p *prober) received(topic, id string) {
+	if nonce, _, _ := strings.Cut(id[len(ProbePrefix):], "_"); nonce == p.nonce {
+		p.in.m.probesOK.Inc()
+	} else {
+		p.in.m.probesForeign.Inc()
+	}
+	if p.pending.Load() {
+		p.heard(func(f int) bool { _, ok := p.pats[f].Match(topic); return ok })
+	}
+}
+
+// heard marks the filters for which match is true as delivered.
+func (p *prober) heard(match func(f int) bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	all := true
+	for f := range p.got {
+		if !p.got[f] && match(f) {
+			p.got[f] = true
+		}
+		all = all && p.got[f]
+	}
+	if !all || p.err == nil {
+		return
+	}
+	if p.err != errProbePending {
+		p.in.log.Info("ingest: every subscription delivers, ready", "after", p.in.clock().Sub(p.since).Round(time.Millisecond))
+	}
+	p.err = nil
+	p.pending.Store(false)
+}
+
+// run publishes the probes of the filters that have not delivered yet, every
+// probeEvery (probeSlow past the timeout), until the Ingester closes.
 func (p *prober) run() {
 	if p.timeout == 0 {
 		return
@@ -157,7 +181,18 @@ func (p *prober) run() {
 
 func (p *prober) publish() {
 	p.mu.Lock()
+	now := p.in.clock()
 	if p.err == nil || p.gen == 0 {
+		p.mu.Unlock()
+		return
+	}
+	late := now.Sub(p.since) >= p.timeout
+	if late && !p.shown {
+		p.shown = true
+		p.err = p.timeoutError()
+		p.in.log.Error("ingest: not ready: " + p.err.Error())
+	}
+	if late && now.Sub(p.last) < probeSlow {
 		p.mu.Unlock()
 		return
 	}
@@ -168,24 +203,22 @@ func (p *prober) publish() {
 			pending = append(pending, p.pats[f].Topic(id))
 		}
 	}
-	if p.in.clock().Sub(p.since) >= p.timeout && !p.shown {
-		p.shown = true
-		p.err = p.timeoutError()
-		p.in.log.Error("ingest: not ready: " + p.err.Error())
-	}
 	c := p.in.conns[p.next%len(p.in.conns)]
 	p.next++
 	p.mu.Unlock()
 	if !c.subscribed.Load() {
 		return // the next tick tries the next connection
 	}
+	p.mu.Lock()
+	p.last = now
+	p.mu.Unlock()
 	for _, topic := range pending {
 		c.client.Publish(topic, 0, false, "probe")
 		p.in.m.probesSent.Inc()
 	}
 }
 
-// timeoutError explains the probes that did not come back. Called with mu
+// timeoutError explains the filters that did not deliver. Called with mu
 // held.
 func (p *prober) timeoutError() error {
 	var filters, shown []string
@@ -200,6 +233,6 @@ func (p *prober) timeoutError() error {
 	if p.in.cfg.ShareGroup != "" {
 		why = "the broker may not support shared subscriptions (the NATS MQTT gateway does not): set PRESENCE_SHARE_GROUP=none (-share-group=none) to subscribe plainly; otherwise " + why
 	}
-	return fmt.Errorf("the broker accepted the subscriptions %s but no probe published on them came back within %v (ProbeTimeout, -mqtt-probe-timeout): %s",
+	return fmt.Errorf("the broker accepted the subscriptions %s but delivered nothing on them (no device message and no probe) within %v: %s; PRESENCE_MQTT_PROBE_TIMEOUT=0 (-mqtt-probe-timeout=0) disables the probe",
 		strings.Join(filters, ", "), p.timeout, why)
 }

@@ -2,7 +2,7 @@ package ingest
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"strings"
@@ -100,8 +100,8 @@ func TestWebsocketAndAuth(t *testing.T) {
 		t.Fatal(err)
 	}
 	testenv.Eventually(t, 10*time.Second, func() error {
-		if in2.lastConnError() == nil {
-			return errors.New("no connection attempt has failed yet")
+		if err := in2.ReadyErr(); err == nil || !strings.Contains(err.Error(), "last error") {
+			return fmt.Errorf("no connection attempt has failed yet (%v)", err)
 		}
 		return nil
 	})

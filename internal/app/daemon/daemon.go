@@ -355,6 +355,8 @@ func (d *Daemon) Engine() *engine.Engine { return d.eng }
 // after a clean shutdown (what could not be flushed is logged), or the
 // failure.
 func (d *Daemon) Run(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, d.beginShutdown)
+	defer stop()
 	if err := d.group.Start(ctx); err != nil {
 		if ctx.Err() != nil { // a signal during start-up (restart recovery)
 			d.log.Info("stopped during start-up")
@@ -368,6 +370,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.log.Info("shutting down")
 	case failure = <-d.group.Failed():
 		d.log.Error("shutting down after a failure", "err", failure)
+		d.beginShutdown()
 	}
 	if err := d.group.Close(context.WithoutCancel(ctx)); err != nil {
 		d.log.Error("shutdown incomplete", "err", err)
@@ -375,6 +378,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.log.Info("stopped")
 	return failure
 }
+
+// beginShutdown bounds what the shutdown may wait for before the sinks'
+// own budget: the event destinations' back-pressure on the engine's last
+// delivery, at most ShutdownTimeout from now.
+func (d *Daemon) beginShutdown() { d.events.StopWaitingAfter(d.cfg.ShutdownTimeout) }
 
 // settle waits, once the cluster node started, until its membership has
 // settled, so that recovery restores (and ingest hears) only what the node
