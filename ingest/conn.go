@@ -128,7 +128,6 @@ func (in *Ingester) connReadyErr() error {
 	return nil
 }
 
-
 // onConnect runs in a goroutine paho starts for each successful connect.
 func (c *conn) onConnect() {
 	in := c.in
