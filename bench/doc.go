@@ -91,12 +91,14 @@
 // (Mosquitto's max_inflight_messages, 20 by default) and its queue per
 // connection (max_queued_messages, 1000) apply: a subscriber that
 // acknowledges too slowly makes the broker drop, and delivered-% says how
-// much arrived. Three systems get the same burst on the same broker, each
-// with 2 subscriber connections in one shared group at QoS 1:
+// much arrived. Presence, in two configurations, and two baselines get the
+// same burst on the same broker, each with 2 subscriber connections in one
+// shared group at QoS 1:
 //
 //   - system=presence is the daemon with its defaults and Redis
 //     write-behind; handled is touches accepted by the engine, and
 //     ingest-dropped what ingest itself dropped (its queues full);
+//     system=presence-in-memory is the same daemon without Redis;
 //   - system=paho is paho configured as ingest's connections are (in-order
 //     callbacks on paho's goroutine), counting in its handler;
 //   - system=mosquitto_sub is two mosquitto_sub -q 1 processes (the C
