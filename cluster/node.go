@@ -331,6 +331,7 @@ func (n *Node) close(ctx context.Context, graceful bool) error {
 			n.log.Warn("cluster: leaving flag not gossiped in time; the others may take the leave for a crash",
 				slog.Any("err", err))
 		}
+		n.pushLeaving()
 		if err := n.ml.Leave(n.cfg.LeaveTimeout); err != nil {
 			errs = append(errs, fmt.Errorf("cluster: leave: %w", err))
 		}
@@ -353,6 +354,37 @@ func (n *Node) close(ctx context.Context, graceful bool) error {
 	n.srv.close()
 	n.log.Info("cluster: closed", slog.Bool("graceful", graceful))
 	return errors.Join(errs...)
+}
+
+// pushLeaving makes sure the members have the leaving flag before the
+// leave: UpdateNode's broadcast goes over UDP, and a loaded host may drop
+// the datagrams (seen in CI: a member that never got the flag took the
+// leave for a crash). A push/pull with every member (memberlist's Join, a
+// TCP exchange of the whole state, this node's new metadata included)
+// delivers it, within LeaveTimeout in all.
+func (n *Node) pushLeaving() {
+	var addrs []string
+	for _, m := range n.view.list() {
+		if m.Name != n.cfg.NodeName {
+			addrs = append(addrs, net.JoinHostPort(m.Addr.String(), strconv.Itoa(int(m.Port))))
+		}
+	}
+	if len(addrs) == 0 {
+		return
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := n.ml.Join(addrs)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			n.log.Warn("cluster: leaving flag not pushed to every member; those may take the leave for a crash", slog.Any("err", err))
+		}
+	case <-time.After(n.cfg.LeaveTimeout):
+		n.log.Warn("cluster: pushing the leaving flag timed out; some members may take the leave for a crash")
+	}
 }
 
 // signal wakes the table loop: a membership event happened.

@@ -28,6 +28,9 @@ type netSplit struct {
 	group map[string]int // gossip or data address -> group
 	on    bool
 	conns map[*splitConn]struct{}
+	// packetsOnly cuts only gossip packets (UDP datagrams lost on the
+	// way); streams and data connections pass.
+	packetsOnly bool
 }
 
 var errCut = errors.New("netsplit: network partitioned")
@@ -190,7 +193,7 @@ func (st *splitTransport) DialTimeout(addr string, timeout time.Duration) (net.C
 }
 
 func (st *splitTransport) DialAddressTimeout(a memberlist.Address, timeout time.Duration) (net.Conn, error) {
-	if st.s.cut(st.self, a.Addr) {
+	if !st.s.packetsOnly && st.s.cut(st.self, a.Addr) {
 		return nil, fmt.Errorf("dial %s: %w", a.Addr, errCut)
 	}
 	return st.inner.DialAddressTimeout(a, timeout)
@@ -401,4 +404,57 @@ func waitHeld(t *testing.T, locals map[string]*fakeLocal, tb *Table, ids []strin
 		}
 		return nil
 	})
+}
+
+// TestLeaveWithoutGossipPackets: every gossip datagram to and from a is
+// lost (a loaded host drops UDP), its TCP streams are not. c's leaving flag
+// gossiped over UDP cannot reach a; a learns that c is gone from its own
+// failure detection (memberlist falls back to pings over TCP). The push of
+// the flag over TCP (Node.pushLeaving) still gets it to a first, so a
+// records c's leave as graceful, not as a crash.
+func TestLeaveWithoutGossipPackets(t *testing.T) {
+	s := newNetSplit()
+	s.packetsOnly = true
+	var (
+		chMu    sync.Mutex
+		changes = map[string][]Change{}
+	)
+	start := func(name string, group int, seeds []string) *Node {
+		st := newSplitTransport(t, s)
+		n, _ := startNode(t, name, seeds, func(c *Config) {
+			c.Transport = st
+			c.OnChange = func(ch Change) {
+				chMu.Lock()
+				changes[name] = append(changes[name], ch)
+				chMu.Unlock()
+			}
+		})
+		if group >= 0 {
+			s.add(group, st.self)
+		}
+		return n
+	}
+	a := start("a", 0, nil)
+	b := start("b", 1, []string{gossipAddr(a)})
+	c := start("c", 1, []string{gossipAddr(a)})
+	waitTables(t, 10*time.Second, []*Node{a, b, c}, "a", "b", "c")
+	s.set(true)
+	if err := c.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitTables(t, 20*time.Second, []*Node{a, b}, "a", "b")
+	chMu.Lock()
+	defer chMu.Unlock()
+	for _, name := range []string{"a", "b"} {
+		left := false
+		for _, ch := range changes[name] {
+			if slices.Contains(ch.Failed, "c") {
+				t.Fatalf("%s took c's graceful leave for a failure", name)
+			}
+			left = left || slices.Contains(ch.Left, "c")
+		}
+		if !left {
+			t.Fatalf("no change of %s reports c left", name)
+		}
+	}
 }
