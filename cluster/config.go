@@ -90,9 +90,10 @@ type Config struct {
 	// rebuilt: a burst of joins (a cluster starting) yields one table, not
 	// one per node. A change waits at most 4*Debounce. Default 200 ms.
 	Debounce time.Duration
-	// LeaveTimeout bounds each of Close's two gossip waits: for the
-	// leaving flag, then for the leave broadcast (so Close may spend twice
-	// this before its handoff). Default 5 s.
+	// LeaveTimeout bounds each of Close's three gossip waits: for the
+	// leaving flag's broadcast, for its push to every member over TCP, then
+	// for the leave broadcast (so Close may spend three times this before
+	// its handoff). Default 5 s.
 	LeaveTimeout time.Duration
 
 	// QueueSize is how many messages wait for one peer (about 48 bytes each

@@ -125,7 +125,7 @@ func (c *Config) RegisterFlags(s *envflag.Set) {
 	c.API.RegisterFlags(s)
 	s.String(&c.EmbeddedMQTTAddr, "embedded-mqtt-addr", "PRESENCE_EMBEDDED_MQTT_ADDR", "address of the embedded MQTT broker (used when -mqtt-url is empty)")
 	s.Int(&c.Demo, "demo", "PRESENCE_DEMO", "simulate this many devices publishing to the broker, going silent and coming back (0: none)")
-	s.Duration(&c.ShutdownTimeout, "shutdown-timeout", "PRESENCE_SHUTDOWN_TIMEOUT", "how long SIGTERM may take to flush what is pending (after a cluster node's leave and handoff, bounded separately: at most 45 s)")
+	s.Duration(&c.ShutdownTimeout, "shutdown-timeout", "PRESENCE_SHUTDOWN_TIMEOUT", "how long SIGTERM may take to flush what is pending (after a cluster node's leave and handoff, bounded separately: at most 50 s)")
 	s.String(&c.LogLevel, "log-level", "PRESENCE_LOG_LEVEL", "debug, info, warn or error")
 	s.String(&c.LogFormat, "log-format", "PRESENCE_LOG_FORMAT", "text or json")
 }
