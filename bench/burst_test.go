@@ -73,14 +73,10 @@ func benchBurstPresence(b *testing.B, rate float64, withRedis bool) {
 	d := startBenchDaemon(b, cfg)
 	testenv.Eventually(b, 30*time.Second, func() error { return getOK("http://" + d.HTTPAddr() + "/readyz") })
 	eng := d.Engine()
-	var tot e2eTotals
-	b.ResetTimer()
-	for range b.N {
-		tot.add(publishLoad(b, f.burstLoad(rate), func() uint64 { return eng.Stats().Touches }))
-	}
-	b.StopTimer()
-	tot.report(b)
-	m, err := scrapeMetrics("http://" + d.HTTPAddr() + "/metrics")
+	iterate(b, func() e2eResult {
+		return publishLoad(b, f.burstLoad(rate), func() uint64 { return eng.Stats().Touches })
+	})
+	m, err := testenv.ScrapeMetrics("http://" + d.HTTPAddr() + "/metrics")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -99,13 +95,7 @@ func benchBurstPaho(b *testing.B, rate float64) {
 		b.Fatal(err)
 	}
 	defer sub.Close()
-	var tot e2eTotals
-	b.ResetTimer()
-	for range b.N {
-		tot.add(publishLoad(b, f.burstLoad(rate), n.Load))
-	}
-	b.StopTimer()
-	tot.report(b)
+	iterate(b, func() e2eResult { return publishLoad(b, f.burstLoad(rate), n.Load) })
 }
 
 // benchBurstMosquittoSub runs burstSubConns mosquitto_sub processes in one
@@ -157,13 +147,7 @@ func benchBurstMosquittoSub(b *testing.B, rate float64) {
 		}()
 	}
 	waitSubscribed(b, f, ready)
-	var tot e2eTotals
-	b.ResetTimer()
-	for range b.N {
-		tot.add(publishLoad(b, f.burstLoad(rate), n.Load))
-	}
-	b.StopTimer()
-	tot.report(b)
+	iterate(b, func() e2eResult { return publishLoad(b, f.burstLoad(rate), n.Load) })
 }
 
 // waitSubscribed publishes on each subscriber's private ready topic until

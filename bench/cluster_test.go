@@ -91,7 +91,7 @@ func benchCluster(b *testing.B, n int) {
 	scrape := func() map[string]float64 {
 		sum := map[string]float64{}
 		for _, nd := range nodes {
-			m, err := scrapeMetrics(nd.url("/metrics"))
+			m, err := testenv.ScrapeMetrics(nd.url("/metrics"))
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -1,14 +1,12 @@
 package bench
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -94,7 +92,7 @@ func benchPresence(b *testing.B) {
 	b.ReportMetric(float64((durable-tot.elapsed).Milliseconds())/float64(b.N), "flush-ms")
 	// Where the undelivered messages went: never received from the broker,
 	// or received and dropped by ingest (its queues full).
-	m, err := scrapeMetrics("http://" + d.HTTPAddr() + "/metrics")
+	m, err := testenv.ScrapeMetrics("http://" + d.HTTPAddr() + "/metrics")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -103,37 +101,6 @@ func benchPresence(b *testing.B) {
 	if st := eng.Stats(); st.Rejected != 0 {
 		b.Errorf("engine rejected %d messages", st.Rejected)
 	}
-}
-
-// scrapeMetrics reads Prometheus text; series of the same name are summed
-// under the bare name, and each is also kept under its full name.
-func scrapeMetrics(url string) (map[string]float64, error) {
-	resp, err := http.Get(url)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		series, value, ok := strings.Cut(line, " ")
-		if !ok {
-			continue
-		}
-		v, err := strconv.ParseFloat(value, 64)
-		if err != nil {
-			continue
-		}
-		out[series] = v
-		if name, _, labelled := strings.Cut(series, "{"); labelled {
-			out[name] += v
-		}
-	}
-	return out, sc.Err()
 }
 
 // benchBare is the ceiling: the same subscriptions (2 connections, one
@@ -146,10 +113,15 @@ func benchBare(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer sub.Close()
+	iterate(b, func() e2eResult { return publishAndWait(b, f, n.Load) })
+}
+
+// iterate runs b.N timed iterations of one and reports their totals.
+func iterate(b *testing.B, one func() e2eResult) {
 	var tot e2eTotals
 	b.ResetTimer()
 	for range b.N {
-		tot.add(publishAndWait(b, f, n.Load))
+		tot.add(one())
 	}
 	b.StopTimer()
 	tot.report(b)

@@ -136,7 +136,7 @@ func benchMassExpiry(b *testing.B, policy events.OnFull) {
 			}
 			made <- time.Now()
 			for {
-				m, err := scrapeMetrics(url + "/metrics")
+				m, err := testenv.ScrapeMetrics(url + "/metrics")
 				if err == nil && m["presence_writeback_dirty_devices"] == 0 {
 					break
 				}
@@ -197,7 +197,7 @@ func benchMassExpiry(b *testing.B, policy events.OnFull) {
 
 func scrapeOrFail(b *testing.B, url string) map[string]float64 {
 	b.Helper()
-	m, err := scrapeMetrics(url + "/metrics")
+	m, err := testenv.ScrapeMetrics(url + "/metrics")
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -1,13 +1,8 @@
 package daemon
 
 import (
-	"bufio"
-	"context"
-	"errors"
 	"fmt"
-	"net/http"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -63,7 +58,7 @@ func TestClusterPlainSubscriptions(t *testing.T) {
 	pollUntil(t, 20*time.Second, "every other node skipped each message", func() error {
 		skipped := 0.0
 		for _, n := range nodes {
-			m, err := n.metrics()
+			m, err := testenv.ScrapeMetrics("http://" + n.api + "/metrics")
 			if err != nil {
 				return err
 			}
@@ -75,77 +70,6 @@ func TestClusterPlainSubscriptions(t *testing.T) {
 		if want := float64(2 * len(ids)); skipped != want {
 			return fmt.Errorf("nodes skipped %v messages in all, want %v", skipped, want)
 		}
-		return nil
-	})
-}
-
-// metrics scrapes the node's /metrics into series -> value.
-func (n *clusterNode) metrics() (map[string]float64, error) {
-	resp, err := http.Get("http://" + n.api + "/metrics")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		series, value, ok := strings.Cut(sc.Text(), " ")
-		if !ok || strings.HasPrefix(series, "#") {
-			continue
-		}
-		if v, err := strconv.ParseFloat(value, 64); err == nil {
-			out[series] = v
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("%s /metrics: %w", n.name, err)
-	}
-	return out, nil
-}
-
-// TestReadyzNamesMissingSharedSubscriptions: behind the NATS MQTT gateway
-// with the default share group presenced is subscribed but receives
-// nothing; /readyz says so and names the fix.
-func TestReadyzNamesMissingSharedSubscriptions(t *testing.T) {
-	if testing.Short() {
-		t.Skip("integration test")
-	}
-	url := testenv.NATSMQTT(t)
-	name := testenv.Name(t)
-	c := DefaultConfig()
-	c.Ingest.BrokerURL = url
-	c.Ingest.ClientIDPrefix = name
-	c.Ingest.Topics[0].Pattern = name + "/devices/{id}/telemetry"
-	c.Ingest.Topics[1].Pattern = name + "/devices/{id}/status"
-	c.Ingest.ProbeTimeout = time.Second
-	c.API.Addr = "127.0.0.1:0"
-	d, err := New(c, testenv.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("daemon stopped with %v", err)
-		}
-	}()
-	r := &running{d: d}
-	testenv.Eventually(t, 15*time.Second, func() error {
-		if d.HTTPAddr() == "" {
-			return errors.New("API not serving yet")
-		}
-		var body string
-		err := r.get("/readyz", &body)
-		switch {
-		case err == nil:
-			return errors.New("/readyz ready behind a broker that delivers nothing")
-		case !strings.Contains(body, "PRESENCE_SHARE_GROUP=none"):
-			return fmt.Errorf("/readyz: %v, want the fix named", err)
-		}
-		t.Logf("/readyz: %s", body)
 		return nil
 	})
 }
