@@ -73,3 +73,52 @@ func TestClusterPlainSubscriptions(t *testing.T) {
 		return nil
 	})
 }
+
+// TestPersistentSessionRestart: presenced with -mqtt-persistent-session
+// against Mosquitto is stopped, devices publish at QoS 1 meanwhile, and it
+// starts again: the broker delivers what it kept, and the devices are
+// online, last seen when the messages arrived (after the restart), in the
+// engine and in Redis.
+func TestPersistentSessionRestart(t *testing.T) {
+	s := newStack(t)
+	c := s.config()
+	c.Ingest.CleanSession = false
+	c.Ingest.ClientIDPrefix = s.name + "-p"
+	t.Cleanup(func() { // the sessions outlive presenced: discard them
+		for i := range c.Ingest.Connections {
+			cl := paho.NewClient(paho.NewClientOptions().AddBroker(testenv.MQTTURL()).
+				SetClientID(fmt.Sprintf("%s-%d", c.Ingest.ClientIDPrefix, i)).SetCleanSession(true))
+			if tok := cl.Connect(); tok.WaitTimeout(5*time.Second) && tok.Error() == nil {
+				cl.Disconnect(50)
+			}
+		}
+	})
+	first := startDaemon(t, c)
+	first.stop(t)
+
+	const n = 40
+	for i := range n {
+		s.publish(8001+i, "telemetry", "{}")
+	}
+	restart := time.Now()
+	second := startDaemon(t, c)
+	testenv.Eventually(t, 15*time.Second, func() error {
+		if got := second.d.Engine().Counts().Online; got != n {
+			return fmt.Errorf("%d devices online after the restart, want the %d that published while it was down", got, n)
+		}
+		return nil
+	})
+	for i := range n {
+		d, err := second.d.Engine().Device(strconv.Itoa(8001 + i))
+		if err != nil || d.LastSeen.Before(restart) {
+			t.Fatalf("device %d: %+v, %v; want last seen at its arrival, after the restart at %v", 8001+i, d, err, restart)
+		}
+	}
+	testenv.Eventually(t, 10*time.Second, func() error {
+		status, lastSeen, err := s.redisState(8001)
+		if err != nil || status != "online" || lastSeen.Before(restart.Truncate(time.Millisecond)) {
+			return fmt.Errorf("Redis: %q %v %v", status, lastSeen, err)
+		}
+		return nil
+	})
+}
