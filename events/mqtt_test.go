@@ -108,3 +108,63 @@ func TestMQTTRetainedOnceInOrder(t *testing.T) {
 		return nil
 	})
 }
+
+// TestMQTTBackpressure: retained MQTT is a destination that holds state
+// (the default policy pushes back): 2,000 events through a queue of 50 all
+// reach the broker, in order per device, none dropped.
+func TestMQTTBackpressure(t *testing.T) {
+	prefix := testenv.Name(t)
+	cfg := bareConfig()
+	cfg.MQTT.Enabled, cfg.MQTT.BrokerURL = true, testenv.MQTTURL()
+	cfg.MQTT.Topic = prefix + "/{id}/presence"
+	cfg.MQTT.Delivery.QueueCapacity, cfg.MQTT.Delivery.BatchSize = 50, 10
+	if cfg.MQTT.Delivery.OnFull != Backpressure {
+		t.Fatalf("retained MQTT's default policy is %v, want Backpressure", cfg.MQTT.Delivery.OnFull)
+	}
+	h, err := New(cfg, Deps{Logger: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var got []Event
+	sub := mqttClient(t, func(_ mqtt.Client, m mqtt.Message) {
+		if m.Retained() {
+			return
+		}
+		id := strings.TrimSuffix(strings.TrimPrefix(m.Topic(), prefix+"/"), "/presence")
+		mu.Lock()
+		got = append(got, Event{Type: "status", ID: id, Status: string(m.Payload())})
+		mu.Unlock()
+	})
+	if tok := sub.Subscribe(prefix+"/+/presence", 1, nil); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	t.Cleanup(func() {
+		for i := range 20 {
+			sub.Publish(fmt.Sprintf("%s/dev-%04d/presence", prefix, i), 1, true, "").WaitTimeout(time.Second)
+		}
+	})
+	runHub(t, h)
+	want := trace(20, 100, 9)
+	feed(h, want, 9)
+	testenv.Eventually(t, 30*time.Second, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(got) < len(want) {
+			return fmt.Errorf("received %d of %d", len(got), len(want))
+		}
+		return nil
+	})
+	if n := h.dests[0].m.Dropped.Get(); n != 0 {
+		t.Fatalf("dropped %d events", n)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for i := range want {
+		want[i].At = t0
+	}
+	for i := range got {
+		got[i].At = t0
+	}
+	checkOnceInOrder(t, want, got)
+}
