@@ -604,6 +604,23 @@ func (e *Engine) fire(sh *shard, slot uint32) {
 	sh.markDirty(slot)
 }
 
+// OnlineQueued is how many online transitions the engine has queued for
+// its Sink so far, the catch-ups of coalesced devices included. A Sink
+// that counts the online transitions it receives has received every one
+// queued before a call once its count reaches the call's result: the
+// device index uses it to wait for delivery only when it must
+// (recovery.Index.BeforeKeys).
+func (e *Engine) OnlineQueued() uint64 {
+	var n uint64
+	for i := range e.shards {
+		sh := &e.shards[i]
+		sh.mu.Lock()
+		n += sh.st.onlineQueued
+		sh.mu.Unlock()
+	}
+	return n
+}
+
 // Deliver hands every queued transition to the sink, in batches, and returns
 // how many it delivered. Per device, transitions arrive in the order they
 // happened. Coalesced devices get their catch-up transition after the queue
@@ -664,6 +681,9 @@ func (e *Engine) deliverShard(sh *shard) int {
 			}
 			r.setReported(to)
 			sh.st.resynced++
+			if to == StatusOnline {
+				sh.st.onlineQueued++
+			}
 			e.pend = append(e.pend, pending{
 				qent:   qent{at: rs.at, slot: slot, from: from, to: to, cause: rs.cause},
 				idWord: r.idWord, coalesced: true,

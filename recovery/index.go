@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -92,6 +93,8 @@ type Index struct {
 
 	set                    *metrics.Set
 	flushes, dropped, errs *metrics.Counter
+
+	onlineSeen atomic.Uint64 // online transitions received (BeforeKeys)
 }
 
 var _ engine.Sink = (*Index)(nil)
@@ -148,7 +151,15 @@ func (x *Index) Key(p int) string { return x.cfg.KeyPrefix + "index:" + strconv.
 
 // HandleTransitions notes the devices that came online.
 func (x *Index) HandleTransitions(batch []engine.Transition) {
-	x.q.PushFunc(len(batch), func(i int) (string, bool) { return batch[i].ID, batch[i].To == engine.StatusOnline })
+	n := 0
+	x.q.PushFunc(len(batch), func(i int) (string, bool) {
+		online := batch[i].To == engine.StatusOnline
+		if online {
+			n++
+		}
+		return batch[i].ID, online
+	})
+	x.onlineSeen.Add(uint64(n))
 }
 
 // BeforeKeys is the Redis sink's BeforeWrite (writeback/redis
@@ -162,9 +173,20 @@ func (x *Index) HandleTransitions(batch []engine.Transition) {
 // restart that reads the index. (Not covered: a device whose transition
 // the engine is coalescing because the sinks fell a whole queue behind;
 // the index is then rebuilt by the next full scan.)
-func (x *Index) BeforeKeys(eng interface{ Deliver() int }) func(ctx context.Context) error {
+//
+// It has eng deliver only when an online transition queued so far has not
+// reached the index yet (Engine.OnlineQueued against the ones the index
+// counted): while a sink after the index makes the engine's delivery wait
+// (an event destination pushing back), a flush of devices that went offline
+// (a mass expiry) does not wait with it.
+func (x *Index) BeforeKeys(eng interface {
+	Deliver() int
+	OnlineQueued() uint64
+}) func(ctx context.Context) error {
 	return func(ctx context.Context) error {
-		eng.Deliver()
+		if x.onlineSeen.Load() < eng.OnlineQueued() {
+			eng.Deliver()
+		}
 		return x.Flush(ctx)
 	}
 }

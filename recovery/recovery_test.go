@@ -354,3 +354,68 @@ func TestScan(t *testing.T) {
 		t.Fatalf("scan error = %v, want the callback's", err)
 	}
 }
+
+// BeforeKeys waits for the engine's delivery only while an online
+// transition has not reached the index: with the delivery stuck in a sink
+// after the index (a destination pushing back) and nothing but offline
+// transitions queued, it returns at once.
+func TestBeforeKeysSkipsOfflineOnly(t *testing.T) {
+	f := newFixture(t)
+	var r *Recovery
+	stuck := make(chan struct{})
+	release := make(chan struct{})
+	var once sync.Once
+	eng := newEngine(t, engine.SinkFunc(func(b []engine.Transition) {
+		r.Index().HandleTransitions(b) // the index first, as the daemon's fanout has it
+		for _, tr := range b {
+			if tr.To == engine.StatusOffline {
+				once.Do(func() { close(stuck) })
+				<-release // the destination after it waits for room
+				return
+			}
+		}
+	}))
+	r = f.recovery(t, eng, nil, time.Now())
+	now := time.Now()
+	for _, id := range []string{"a", "b"} {
+		if err := eng.Touch(id, now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eng.Deliver() // the online transitions reach the index
+	for _, id := range []string{"a", "b"} {
+		if err := eng.MarkOffline(id, now.Add(time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	go eng.Deliver() // stuck in the sink with the offline transitions
+	<-stuck
+	done := make(chan error, 1)
+	go func() { done <- r.Index().BeforeKeys(eng)(context.Background()) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("BeforeKeys waited for a delivery that holds no online transition")
+	}
+	// An online transition queued now must reach the index first.
+	if err := eng.Touch("c", now.Add(2*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	go func() { done <- r.Index().BeforeKeys(eng)(context.Background()) }()
+	select {
+	case <-done:
+		t.Fatal("BeforeKeys returned with c's online transition still queued")
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	p := cluster.PartitionOf("c", cluster.DefaultPartitions)
+	if ok, err := f.client.SIsMember(context.Background(), r.Index().Key(p), "c").Result(); err != nil || !ok {
+		t.Fatalf("c not in the index after BeforeKeys: %v %v", ok, err)
+	}
+}
