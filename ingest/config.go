@@ -52,7 +52,8 @@ type Config struct {
 	ShareGroup string
 	// QoS of the subscriptions (0, 1 or 2). With 1 (default) the broker
 	// retries messages not yet acknowledged when a connection drops; a
-	// message is acknowledged once queued here, not once the engine has it.
+	// message is acknowledged as soon as it is read from the connection
+	// (ingestConn), not once the engine has it.
 	QoS byte
 	// CleanSession starts every connection with a fresh session (default
 	// true). False (-mqtt-persistent-session) keeps a persistent session

@@ -3,6 +3,8 @@ package ingest
 import (
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -82,7 +84,9 @@ func (in *Ingester) newConns(nonce string) []*conn {
 			// ordered before the next onConnect.
 			SetReconnectingHandler(func(mqtt.Client, *mqtt.ClientOptions) { c.subscribed.Store(false) }).
 			SetConnectionNotificationHandler(c.onNotification).
-			SetCustomOpenConnectionFn(openConn)
+			SetCustomOpenConnectionFn(func(u *url.URL, o mqtt.ClientOptions) (net.Conn, error) {
+				return openConn(u, o, in.cfg.QoS > 0)
+			})
 		if in.cfg.Username != "" {
 			opts.SetUsername(in.cfg.Username).SetPassword(in.cfg.Password)
 		}

@@ -12,12 +12,14 @@
 // "devices/+/telemetry"), as shared subscriptions, so that the broker
 // splits the stream between the connections and between the nodes of a
 // cluster; or plainly, for brokers without shared subscriptions. Each
-// connection reads through a 64 KiB buffer (openConn): paho reads a packet
-// with three reads or more, and on a bare socket each is a system call.
-// At QoS 1 that is what kept a burst from overflowing the broker: a
-// subscriber acknowledges late when its reads are slow, the broker's
-// in-flight window per connection (Mosquitto: 20) stays full, and its
-// queue per connection (1000) overflows (BENCHMARKS.md, "QoS 1 bursts").
+// connection's socket is an ingestConn: it reads through a 64 KiB buffer
+// (paho reads a packet with three reads or more, on a bare socket a system
+// call each) and acknowledges QoS 1 messages as it reads them, all those
+// of one read in one write, instead of after paho's callback path. At QoS 1
+// the broker's in-flight window per connection (Mosquitto: 20) makes the
+// acknowledgement's round trip the pace of the stream; a subscriber that
+// acknowledges late makes the broker's queue (1000 per connection)
+// overflow, and the broker drops (BENCHMARKS.md, "QoS 1 bursts").
 //
 // The message callback runs on paho's goroutine and never blocks: it
 // stamps the receive time (the touch time), parses the topic without
@@ -31,15 +33,15 @@
 // Connections reconnect and subscribe again by themselves, with clean
 // sessions by default (Config.CleanSession): a presence message means
 // something at the time it arrives. Ready reports whether every connection
-// is subscribed and a probe published on every filter came back (prober):
-// a broker can grant a subscription and deliver nothing on it.
+// is subscribed and every filter delivered since, a probe if nothing else
+// (prober): a broker can grant a subscription and deliver nothing on it.
 //
 // New builds without I/O; Start connects and starts the workers; Close
 // disconnects first, then lets every worker hand its pending messages to
 // the Handler, so a graceful shutdown closes ingest before the engine. With
-// QoS 1 a message is acknowledged once it is queued here, so a crash loses
-// what sits in the queues, at most Config.Shards * Config.QueueSize
-// messages.
+// QoS 1 a message is acknowledged once it is read, so a crash loses what
+// was read and not yet handed to the Handler: what sits in the queues (at
+// most Config.Shards * Config.QueueSize messages) and in paho's pipeline.
 //
 // Topic rules, settings and drop reasons: docs/CONFIGURATION.md. Measured
 // costs: BENCHMARKS.md.
