@@ -372,18 +372,27 @@ func (n *Node) pushLeaving() {
 	if len(addrs) == 0 {
 		return
 	}
-	done := make(chan error, 1)
-	go func() {
-		_, err := n.ml.Join(addrs)
-		done <- err
-	}()
-	select {
-	case err := <-done:
-		if err != nil {
-			n.log.Warn("cluster: leaving flag not pushed to every member; those may take the leave for a crash", slog.Any("err", err))
+	// One Join per member, all at once: memberlist's Join dials its
+	// addresses one after the other, so a suspect member would hold up
+	// the others for a whole TCP timeout.
+	errs := make(chan error, len(addrs))
+	for _, a := range addrs {
+		go func() {
+			_, err := n.ml.Join([]string{a})
+			errs <- err
+		}()
+	}
+	deadline := time.After(n.cfg.LeaveTimeout)
+	for range addrs {
+		select {
+		case err := <-errs:
+			if err != nil {
+				n.log.Warn("cluster: leaving flag not pushed to a member; it may take the leave for a crash", slog.Any("err", err))
+			}
+		case <-deadline:
+			n.log.Warn("cluster: pushing the leaving flag timed out; some members may take the leave for a crash")
+			return
 		}
-	case <-time.After(n.cfg.LeaveTimeout):
-		n.log.Warn("cluster: pushing the leaving flag timed out; some members may take the leave for a crash")
 	}
 }
 

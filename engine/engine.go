@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"log/slog"
+	"math"
 	"math/bits"
 	"sync"
 	"sync/atomic"
@@ -605,7 +606,9 @@ func (e *Engine) fire(sh *shard, slot uint32) {
 }
 
 // OnlineQueued is how many online transitions the engine has queued for
-// its Sink so far, the catch-ups of coalesced devices included. A Sink
+// its Sink so far, the catch-ups of coalesced devices included once
+// Deliver made them; while devices wait for a catch-up (the engine is
+// coalescing) it is math.MaxUint64, since theirs may be online. A Sink
 // that counts the online transitions it receives has received every one
 // queued before a call once its count reaches the call's result: the
 // device index uses it to wait for delivery only when it must
@@ -616,7 +619,11 @@ func (e *Engine) OnlineQueued() uint64 {
 		sh := &e.shards[i]
 		sh.mu.Lock()
 		n += sh.st.onlineQueued
+		coalescing := len(sh.resync) > 0
 		sh.mu.Unlock()
+		if coalescing {
+			return math.MaxUint64
+		}
 	}
 	return n
 }

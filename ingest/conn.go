@@ -85,7 +85,10 @@ func (in *Ingester) newConns(nonce string) []*conn {
 			SetReconnectingHandler(func(mqtt.Client, *mqtt.ClientOptions) { c.subscribed.Store(false) }).
 			SetConnectionNotificationHandler(c.onNotification).
 			SetCustomOpenConnectionFn(func(u *url.URL, o mqtt.ClientOptions) (net.Conn, error) {
-				return openConn(u, o, in.cfg.QoS > 0)
+				// Acknowledging at read time is for clean sessions only: at a
+				// disconnect, what was read but not yet handed to the callback
+				// is lost, which a persistent session would have redelivered.
+				return openConn(u, o, in.cfg.QoS > 0 && in.cfg.CleanSession)
 			})
 		if in.cfg.Username != "" {
 			opts.SetUsername(in.cfg.Username).SetPassword(in.cfg.Password)

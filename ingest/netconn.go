@@ -74,8 +74,8 @@ func openConn(u *url.URL, o mqtt.ClientOptions, ack bool) (net.Conn, error) {
 // more (its type byte, its length a byte at a time, its body), each a
 // system call on a bare socket; buffered, a burst of packets costs one.
 //
-// With ack set it also acknowledges QoS 1 messages itself, as they are
-// read: it scans what the broker sends for QoS 1 PUBLISH packets
+// With ack set (clean sessions only: see openConn's caller) it also
+// acknowledges QoS 1 messages itself, as they are read: it scans what the broker sends for QoS 1 PUBLISH packets
 // (pubAcker) and writes their PUBACKs, all those of one read in one write,
 // from the reading goroutine; the PUBACKs paho writes later are dropped.
 // paho acknowledges a message after its callback, through two goroutines,
@@ -149,8 +149,9 @@ const (
 // pubAcker follows the packet boundaries of the byte stream a broker sends
 // (MQTT 3.1.1 fixed headers: a type byte, a remaining length of 1 to 4
 // bytes) and collects a PUBACK for every QoS 1 PUBLISH. It keeps its place
-// across reads. A malformed length stops it for good: paho fails the
-// connection on it, and a new connection has a new pubAcker.
+// across reads. It reads the length as paho does (packets.decodeLength: at
+// most 4 bytes, the last one's continuation bit ignored), so that both
+// always agree on where a packet ends.
 type pubAcker struct {
 	state    uint8
 	header   byte
@@ -165,7 +166,6 @@ const (
 	scanHeader = iota
 	scanLength
 	scanBody
-	scanBroken
 )
 
 // scan consumes p and appends to acks the PUBACK of each QoS 1 PUBLISH whose
@@ -183,12 +183,11 @@ func (a *pubAcker) scan(p []byte, acks []byte) []byte {
 			a.remLen |= int(b&0x7f) << a.shift
 			a.shift += 7
 			switch {
-			case b&0x80 == 0 && a.remLen == 0:
+			case b&0x80 != 0 && a.shift < 28: // more length bytes
+			case a.remLen == 0:
 				a.state = scanHeader
-			case b&0x80 == 0:
+			default:
 				a.state = scanBody
-			case a.shift >= 28:
-				a.state = scanBroken
 			}
 		case scanBody:
 			qos1 := a.header>>4 == typePublish && (a.header>>1)&3 == 1
@@ -230,8 +229,6 @@ func (a *pubAcker) scan(p []byte, acks []byte) []byte {
 				}
 				a.state, a.topicLen = scanHeader, 0
 			}
-		case scanBroken:
-			return acks
 		}
 	}
 	return acks

@@ -97,3 +97,28 @@ func FuzzPubAcker(f *testing.F) {
 		}
 	})
 }
+
+// The acker finds packet ends where paho does, even in a length paho reads
+// leniently: 4 length bytes, the last with its continuation bit set.
+func TestPubAckerAgreesWithPaho(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 7))
+	stream, _ := packetStream(t, rng, 50)
+	odd := []byte{0xd0, 0x80, 0x80, 0x80, 0x80} // a PINGRESP, to paho
+	stream = append(append(odd, stream...), odd...)
+	more, _ := packetStream(t, rng, 50)
+	stream = append(stream, more...)
+	var want []uint16
+	r := bytes.NewReader(stream)
+	for r.Len() > 0 {
+		cp, err := packets.ReadPacket(r)
+		if err != nil {
+			t.Fatalf("paho: %v", err)
+		}
+		if p, ok := cp.(*packets.PublishPacket); ok && p.Qos == 1 {
+			want = append(want, p.MessageID)
+		}
+	}
+	if got := scanChunks(rng, stream); !slices.Equal(got, want) {
+		t.Fatalf("acked %d ids, paho read %d QoS 1 messages", len(got), len(want))
+	}
+}
