@@ -14,8 +14,9 @@
 // cluster; or plainly, for brokers without shared subscriptions. Each
 // connection's socket is an ingestConn: it reads through a 64 KiB buffer
 // (paho reads a packet with three reads or more, on a bare socket a system
-// call each) and acknowledges QoS 1 messages as it reads them, all those
-// of one read in one write, instead of after paho's callback path. At QoS 1
+// call each) and, with clean sessions, acknowledges QoS 1 messages as it
+// reads them, all those of one read in one write, instead of after paho's
+// callback path. At QoS 1
 // the broker's in-flight window per connection (Mosquitto: 20) makes the
 // acknowledgement's round trip the pace of the stream; a subscriber that
 // acknowledges late makes the broker's queue (1000 per connection)
@@ -39,8 +40,9 @@
 // New builds without I/O; Start connects and starts the workers; Close
 // disconnects first, then lets every worker hand its pending messages to
 // the Handler, so a graceful shutdown closes ingest before the engine. With
-// QoS 1 a message is acknowledged once it is read, so a crash loses what
-// was read and not yet handed to the Handler: what sits in the queues (at
+// QoS 1 a message is acknowledged once it is read (with a persistent
+// session, once the callback queued it), so a crash loses what was read
+// and not yet handed to the Handler: what sits in the queues (at
 // most Config.Shards * Config.QueueSize messages) and in paho's pipeline.
 //
 // Topic rules, settings and drop reasons: docs/CONFIGURATION.md. Measured
