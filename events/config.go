@@ -145,7 +145,9 @@ type PubSubConfig struct {
 // StreamConfig configures the Redis Stream destination.
 type StreamConfig struct {
 	Enabled bool
-	// Key of the stream. Default "device:status:stream".
+	// Key of the stream. Default "device:events:stream": outside the device
+	// key namespaces (until issue 12 it was "device:status:stream", the
+	// status key of a device named "stream").
 	Key string
 	// Retention trims, after every batch, the entries older than this
 	// ("XTRIM MINID ~ <now - Retention>"; Redis trims whole macro nodes, so
@@ -304,7 +306,7 @@ func DefaultConfig() Config {
 	return Config{
 		PubSub: PubSubConfig{Enabled: true, Channel: "device:status:events", Delivery: d},
 		Stream: StreamConfig{
-			Enabled: true, Key: "device:status:stream", Retention: 24 * time.Hour,
+			Enabled: true, Key: "device:events:stream", Retention: 24 * time.Hour,
 			MaxLen: 10_000_000, Delivery: durable,
 		},
 		MQTT: MQTTConfig{

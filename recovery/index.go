@@ -146,6 +146,9 @@ func NewIndex(client goredis.UniversalClient, cfg IndexConfig, log *slog.Logger,
 // Metrics is the set the index's metrics are in (presence_index_*).
 func (x *Index) Metrics() *metrics.Set { return x.set }
 
+// Namespace is the prefix of every key of the index: {KeyPrefix}index:.
+func (c IndexConfig) Namespace() string { return c.KeyPrefix + "index:" }
+
 // Key is the set of partition p.
 func (x *Index) Key(p int) string { return x.cfg.KeyPrefix + "index:" + strconv.Itoa(p) }
 

@@ -110,10 +110,23 @@ func New(client goredis.UniversalClient, src writeback.Source, cfg Config) (*Sin
 }
 
 // StatusKey returns the status key of a device.
-func (r *Sink) StatusKey(id string) string { return r.cfg.KeyPrefix + "status:" + id }
+func (r *Sink) StatusKey(id string) string { return r.cfg.KeyPrefix + statusNS + id }
 
 // LastSeenKey returns the last-seen key of a device.
-func (r *Sink) LastSeenKey(id string) string { return r.cfg.KeyPrefix + "lastseen:" + id }
+func (r *Sink) LastSeenKey(id string) string { return r.cfg.KeyPrefix + lastSeenNS + id }
+
+// The device key namespaces, after KeyPrefix.
+const (
+	statusNS   = "status:"
+	lastSeenNS = "lastseen:"
+)
+
+// DeviceNamespaces returns the prefixes of the device keys: any key that
+// starts with one of them is some device's (a device id may be any
+// printable string), so no other key may.
+func (c Config) DeviceNamespaces() []string {
+	return []string{c.KeyPrefix + statusNS, c.KeyPrefix + lastSeenNS}
+}
 
 // guardedSet writes a device's status and last-seen keys unless the stored
 // last-seen is newer (the format is fixed-width UTC, so strings compare as

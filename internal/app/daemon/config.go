@@ -232,6 +232,7 @@ func (c Config) Validate() error {
 		add(r.Redis.Validate())
 		add(r.Keys.Validate())
 		add(r.Recovery.Validate())
+		add(r.keysApart())
 	}
 	if r.Postgres.Enabled() {
 		add(r.Postgres.Validate())
@@ -250,6 +251,23 @@ func (c Config) Validate() error {
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, errors.Join(errs...))
+	}
+	return nil
+}
+
+// keysApart refuses an events stream key inside the device keys or the
+// device index: one message from a device with the matching id would
+// overwrite the stream (or the index set) with a status string.
+func (c Config) keysApart() error {
+	if !c.Events.Stream.Enabled {
+		return nil
+	}
+	key := c.Events.Stream.Key
+	for _, ns := range append(c.Keys.DeviceNamespaces(), c.Recovery.Index.Namespace()) {
+		if strings.HasPrefix(key, ns) {
+			return fmt.Errorf("-events-stream (PRESENCE_EVENTS_STREAM) %q falls inside the keys %s* (-redis-prefix %q): a device named %q would overwrite it; choose a key outside them, such as the default %q",
+				key, ns, c.Keys.KeyPrefix, strings.TrimPrefix(key, ns), events.DefaultConfig().Stream.Key)
+		}
 	}
 	return nil
 }

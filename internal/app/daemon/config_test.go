@@ -85,6 +85,9 @@ func TestParseFlags(t *testing.T) {
 	check("persistent session, clustered", []string{"-mqtt-persistent-session", "-cluster-bind", "127.0.0.1:7946"}, getenv("PRESENCE_NODE_NAME", "n1"), func(c Config) bool {
 		return !c.Ingest.CleanSession && c.resolve("tcp://b:1883").Ingest.ClientIDPrefix == "presenced-n1"
 	})
+	check("the events stream apart from the device keys", nil, getenv("REDIS_URL", "redis://r:6379"), func(c Config) bool {
+		return c.Events.Stream.Key == "device:events:stream" && c.Keys.KeyPrefix == "device:"
+	})
 	check("probe off", nil, getenv("PRESENCE_MQTT_PROBE_TIMEOUT", "0"), func(c Config) bool { return c.Ingest.ProbeTimeout == 0 })
 	check("services", nil, getenv("MQTT_URL", "tcp://broker:1883", "REDIS_URL", "redis://r:6379/1", "DATABASE_URL", "postgres://db/x"),
 		func(c Config) bool {
@@ -114,6 +117,9 @@ func TestParseFlagsErrors(t *testing.T) {
 		{[]string{"-mqtt-connections", "2"}, getenv("PRESENCE_SHARE_GROUP", "none"), "Share"},
 		{nil, getenv("PRESENCE_MQTT_PERSISTENT_SESSION", "maybe"), "PRESENCE_MQTT_PERSISTENT_SESSION"},
 		{[]string{"-mqtt-probe-timeout", "-1s"}, getenv(), "probe"},
+		// The stream key of before issue 12 is the status key of a device named "stream".
+		{nil, getenv("REDIS_URL", "redis://r:6379", "PRESENCE_EVENTS_STREAM", "device:status:stream"), `a device named "stream"`},
+		{[]string{"-redis-prefix", "x:", "-events-stream", "x:index:7"}, getenv("REDIS_URL", "redis://r:6379"), "-events-stream"},
 		{nil, getenv("REDIS_ADDRS", "r1"), "REDIS_ADDRS"},
 		{[]string{"-cluster-join", "seed:7946"}, getenv("REDIS_ADDRS", "r1:7000,r2:7000"), "Redis Cluster"},
 		{[]string{"-cluster-key", "not base64!"}, getenv(), "PRESENCE_CLUSTER_KEY"},
