@@ -74,7 +74,13 @@ type webhookSender struct {
 func newWebhookSender(name string, cfg WebhookConfig) *webhookSender {
 	c := cfg.Client
 	if c == nil {
-		c = &http.Client{Timeout: cfg.Delivery.Timeout}
+		c = &http.Client{
+			Timeout: cfg.Delivery.Timeout,
+			// Never follow a redirect: a 301/302 would turn the POST into
+			// a GET that counts as delivered, and any redirect would send
+			// the signed batch to an address nobody configured.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		}
 	}
 	return &webhookSender{name: name, url: cfg.URL, secret: []byte(cfg.Secret), client: c}
 }
@@ -131,9 +137,12 @@ func (w *webhookSender) send(ctx context.Context, batch []rec) error {
 		return nil
 	case code == http.StatusRequestTimeout || code == http.StatusTooManyRequests || code >= 500:
 		return fmt.Errorf("webhook %s: HTTP %d", w.name, code)
+	case code >= 300 && code < 400:
+		w.body, w.bodyFor = w.body[:0], 0
+		return queue.Permanent(fmt.Errorf("webhook %s: HTTP %d: redirects are not followed; configure the address it redirects to", w.name, code))
 	default:
-		// Any other answer (4xx, 3xx that the client did not follow) will not
-		// change on retry: the batch is dropped and counted.
+		// Any other answer (4xx) will not change on retry: the batch is
+		// dropped and counted.
 		w.body, w.bodyFor = w.body[:0], 0
 		return queue.Permanent(fmt.Errorf("webhook %s: HTTP %d", w.name, code))
 	}

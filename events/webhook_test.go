@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/queue"
 	"github.com/presence-dev/presence/internal/testsupport/testenv"
 )
 
@@ -261,5 +262,28 @@ func TestWebhookErrorHidesURL(t *testing.T) {
 	err := w.send(context.Background(), []rec{statusRec(&engine.Transition{ID: "1", To: engine.StatusOnline, At: t0})})
 	if err == nil || strings.Contains(err.Error(), "hunter2") || !strings.Contains(err.Error(), "webhook hook") {
 		t.Fatalf("send = %v", err)
+	}
+}
+
+// TestWebhookNoRedirects: a webhook answering with a redirect (301, 302,
+// 307, 308) is not followed: the target gets nothing, the signed batch
+// stays where it was configured, and the batch counts as dropped, not sent.
+func TestWebhookNoRedirects(t *testing.T) {
+	var reached atomic.Int32
+	target := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { reached.Add(1) }))
+	t.Cleanup(target.Close)
+	for _, code := range []int{http.StatusMovedPermanently, http.StatusFound, http.StatusTemporaryRedirect, http.StatusPermanentRedirect} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, target.URL+"/elsewhere", code)
+		}))
+		w := newWebhookSender("hook", DefaultWebhookConfig(srv.URL, "secret"))
+		err := w.send(context.Background(), []rec{statusRec(&engine.Transition{ID: "1", To: engine.StatusOnline, At: t0})})
+		srv.Close()
+		if !queue.IsPermanent(err) || !strings.Contains(err.Error(), "redirects are not followed") {
+			t.Errorf("HTTP %d: send = %v, want a permanent error about redirects", code, err)
+		}
+	}
+	if n := reached.Load(); n != 0 {
+		t.Fatalf("the redirect target got %d requests", n)
 	}
 }

@@ -99,6 +99,12 @@ type Metrics struct {
 // batch is dropped, counted and logged instead of retried.
 func Permanent(err error) error { return &permanentError{err} }
 
+// IsPermanent reports whether err was marked with Permanent.
+func IsPermanent(err error) bool {
+	var p *permanentError
+	return errors.As(err, &p)
+}
+
 type permanentError struct{ err error }
 
 func (e *permanentError) Error() string { return e.err.Error() }
