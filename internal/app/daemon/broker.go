@@ -16,7 +16,9 @@ import (
 
 // broker is the embedded MQTT broker (mochi-mqtt) that presenced runs when
 // no MQTT_URL is given, so that a newcomer's devices (or -demo) have
-// somewhere to publish. It accepts anonymous clients: bind it to loopback.
+// somewhere to publish. It accepts anonymous clients: it listens on
+// loopback by default (-embedded-mqtt-addr), warns when told otherwise, and
+// accepts packets of at most embeddedMaxPacket bytes.
 type broker struct {
 	srv   *mqtt.Server
 	addr  string // the address it listens on
@@ -46,7 +48,10 @@ func newBroker(addr string, explicit bool, log *slog.Logger) (*broker, error) {
 		}
 		return nil, fmt.Errorf("embedded MQTT broker: listen on %s: %w", addr, err)
 	}
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumPacketSize = embeddedMaxPacket
 	srv := mqtt.New(&mqtt.Options{
+		Capabilities: caps,
 		InlineClient: true,
 		Logger:       slog.New(minLevel{log.Handler(), slog.LevelError}).With("component", "embedded-broker"), // it warns about every closed client
 	})
@@ -58,8 +63,19 @@ func newBroker(addr string, explicit bool, log *slog.Logger) (*broker, error) {
 		ln.Close()
 		return nil, fmt.Errorf("embedded MQTT broker: %w", err)
 	}
+	if ta, ok := ln.Addr().(*net.TCPAddr); ok && !ta.IP.IsLoopback() {
+		log.Warn("the embedded MQTT broker listens beyond loopback and accepts anonymous clients: anyone who reaches "+
+			ln.Addr().String()+" can publish device messages; on a network, run a broker with authentication and set -mqtt-url (MQTT_URL)",
+			"addr", ln.Addr().String())
+	}
 	return &broker{srv: srv, addr: ln.Addr().String(), log: log}, nil
 }
+
+// embeddedMaxPacket bounds one MQTT packet the embedded broker accepts
+// (bytes): ingest drops payloads over 64 KiB and topics over 256 bytes
+// anyway, and a larger packet only costs the broker memory. A client that
+// sends a larger one is disconnected.
+const embeddedMaxPacket = 256 << 10
 
 // Start serves (it starts the listener's goroutine and returns).
 func (b *broker) Start(context.Context) error {

@@ -2,9 +2,12 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/presence-dev/presence/internal/testsupport/testenv"
 )
@@ -32,4 +35,53 @@ func TestDeviceNamedStream(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// The embedded broker refuses a packet over embeddedMaxPacket (the
+// client is disconnected, nothing is delivered) and delivers a normal one.
+func TestEmbeddedBrokerMaxPacket(t *testing.T) {
+	b, err := newBroker("127.0.0.1:0", true, testenv.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close(context.Background()) })
+	got := make(chan int, 10)
+	sub := paho.NewClient(paho.NewClientOptions().AddBroker(b.url()).SetClientID("sub").
+		SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { got <- len(m.Payload()) }))
+	if tok := sub.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	defer sub.Disconnect(50)
+	if tok := sub.Subscribe("big/#", 0, nil); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	pub := paho.NewClient(paho.NewClientOptions().AddBroker(b.url()).SetClientID("pub").SetAutoReconnect(false))
+	if tok := pub.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	defer pub.Disconnect(50)
+	pub.Publish("big/1", 0, false, make([]byte, embeddedMaxPacket+1)).WaitTimeout(2 * time.Second)
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if pub.IsConnectionOpen() {
+			return errors.New("the client that sent an oversized packet is still connected")
+		}
+		return nil
+	})
+	pub2 := paho.NewClient(paho.NewClientOptions().AddBroker(b.url()).SetClientID("pub2"))
+	if tok := pub2.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	defer pub2.Disconnect(50)
+	pub2.Publish("big/2", 0, false, make([]byte, 1000)).WaitTimeout(2 * time.Second)
+	select {
+	case n := <-got:
+		if n != 1000 {
+			t.Fatalf("delivered a %d-byte payload first; the oversized one must not be", n)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the normal message was not delivered")
+	}
 }
