@@ -3,6 +3,8 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"net"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -35,4 +37,48 @@ func (c PoolConfig) Open(ctx context.Context) (*pgxpool.Pool, error) {
 		return nil, err
 	}
 	return pgxpool.New(ctx, c.URL)
+}
+
+// Unverified says why connections to a database off this host would not
+// be verified TLS ("" when they are, or when every host is loopback or a
+// Unix socket): the sslmode of the URL is not verify-full. libpq's and
+// pgx's default, prefer, encrypts without checking the server's
+// certificate and falls back to plaintext; require and verify-ca do not
+// check the host name either.
+func (c PoolConfig) Unverified() string {
+	cfg, err := pgxpool.ParseConfig(c.URL)
+	if err != nil {
+		return ""
+	}
+	cc := cfg.ConnConfig
+	remote := !localHost(cc.Host)
+	for _, fb := range cc.Fallbacks {
+		remote = remote || !localHost(fb.Host)
+	}
+	if !remote {
+		return ""
+	}
+	tlsc, plaintext := cc.TLSConfig, false
+	for _, fb := range cc.Fallbacks {
+		plaintext = plaintext || fb.TLSConfig == nil
+	}
+	switch {
+	case tlsc == nil:
+		return "sslmode=disable: the connection is not encrypted"
+	case plaintext:
+		return "sslmode=prefer (the default) does not check the server's certificate and falls back to plaintext"
+	case tlsc.InsecureSkipVerify:
+		return "sslmode=require or verify-ca does not check that the certificate names the server"
+	}
+	return ""
+}
+
+// localHost reports whether host is a Unix socket directory or a loopback
+// address or name.
+func localHost(host string) bool {
+	if strings.HasPrefix(host, "/") || host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

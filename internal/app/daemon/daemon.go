@@ -163,6 +163,10 @@ func (d *Daemon) buildStores() error {
 		if d.stores.pool, err = d.cfg.Postgres.Open(context.Background()); err != nil {
 			return err
 		}
+		if why := d.cfg.Postgres.Unverified(); why != "" {
+			d.log.Warn("PostgreSQL is not on this host and its connections are not verified TLS: " + why +
+				"; set sslmode=verify-full (and sslrootcert if its CA is not the system's) in DATABASE_URL")
+		}
 	}
 	return nil
 }
