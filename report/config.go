@@ -47,6 +47,15 @@ type Config struct {
 	// until their client gives up. Default 2: each scan keeps a core busy.
 	MaxConcurrentScans int
 
+	// MaxConcurrentQueries bounds the PostgreSQL queries of the history
+	// endpoints running at once (history, uptime, fleet uptime); later
+	// ones wait for a slot, or until their client gives up. The pool is
+	// shared with the write-behind (the devices table and the history),
+	// whose flushes must not wait behind a burst of report requests: keep
+	// it below the pool's size (pgxpool's default: 4, or the number of
+	// CPUs if more). Default 2.
+	MaxConcurrentQueries int
+
 	// Now is the clock: "now" of relative times, the end of open windows,
 	// the offline durations of the live list. Nil means time.Now. Give the
 	// engine's clock.
@@ -60,14 +69,15 @@ type Config struct {
 // DefaultConfig returns the defaults documented on Config.
 func DefaultConfig() Config {
 	return Config{
-		Table:               "device_status_history",
-		DefaultHistoryLimit: 100,
-		MaxHistoryLimit:     10000,
-		DefaultListLimit:    100,
-		MaxListLimit:        10000,
-		DefaultWindow:       24 * time.Hour,
-		QueryTimeout:        10 * time.Second,
-		MaxConcurrentScans:  2,
+		Table:                "device_status_history",
+		DefaultHistoryLimit:  100,
+		MaxHistoryLimit:      10000,
+		DefaultListLimit:     100,
+		MaxListLimit:         10000,
+		DefaultWindow:        24 * time.Hour,
+		QueryTimeout:         10 * time.Second,
+		MaxConcurrentScans:   2,
+		MaxConcurrentQueries: 2,
 	}
 }
 
@@ -91,6 +101,9 @@ func (c Config) Validate() error {
 	}
 	if c.QueryTimeout <= 0 {
 		bad("QueryTimeout must be > 0, got %v", c.QueryTimeout)
+	}
+	if c.MaxConcurrentQueries < 1 {
+		bad("MaxConcurrentQueries must be >= 1, got %d", c.MaxConcurrentQueries)
 	}
 	if c.MaxConcurrentScans < 1 {
 		bad("MaxConcurrentScans must be >= 1, got %d", c.MaxConcurrentScans)

@@ -3,6 +3,7 @@ package report
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -338,5 +339,32 @@ func TestQueryTimeout(t *testing.T) {
 	for _, path := range []string{"/v1/devices/a/history", "/v1/devices/a/uptime", "/v1/uptime"} {
 		var e api.Error
 		get(t, r, path, 504, &e)
+	}
+}
+
+// The history queries share the pool with the write-behind: at most
+// MaxConcurrentQueries run at once, the others wait for a slot (or for
+// their client) without taking a connection.
+func TestQueriesWaitForASlot(t *testing.T) {
+	d := newHistDB(t)
+	r := d.report(t, at(100))
+	for range cap(r.queries) { // every slot busy
+		r.queries <- struct{}{}
+	}
+	before := d.pool.Stat().AcquireCount()
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := r.History(ctx, "a", time.Time{}, time.Time{}, 10); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("History with every slot busy = %v, want it to wait until its ctx ends", err)
+	}
+	if _, err := r.Uptime(ctx, "a", at(0), at(10)); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Uptime with every slot busy = %v", err)
+	}
+	if n := d.pool.Stat().AcquireCount() - before; n != 0 {
+		t.Fatalf("%d connections acquired while waiting", n)
+	}
+	<-r.queries // one slot free
+	if _, err := r.History(context.Background(), "a", time.Time{}, time.Time{}, 10); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -33,12 +33,13 @@ type Live interface {
 // live engine. It starts no goroutine; its methods are safe for concurrent
 // use.
 type Report struct {
-	pool  *pgxpool.Pool // nil: no history
-	live  Live
-	cfg   Config
-	now   func() time.Time
-	log   *slog.Logger
-	scans chan struct{} // semaphore of MaxConcurrentScans
+	pool    *pgxpool.Pool // nil: no history
+	live    Live
+	cfg     Config
+	now     func() time.Time
+	log     *slog.Logger
+	scans   chan struct{} // semaphore of MaxConcurrentScans
+	queries chan struct{} // semaphore of MaxConcurrentQueries
 
 	qHistory, qUptime, qFleet string
 
@@ -59,12 +60,13 @@ func New(pool *pgxpool.Pool, live Live, cfg Config) (*Report, error) {
 	id, _ := pgident.ParseTable(cfg.Table)
 	t := id.Sanitize()
 	r := &Report{
-		pool:  pool,
-		live:  live,
-		cfg:   cfg,
-		now:   cfg.Now,
-		log:   cfg.Logger,
-		scans: make(chan struct{}, cfg.MaxConcurrentScans),
+		pool:    pool,
+		live:    live,
+		cfg:     cfg,
+		now:     cfg.Now,
+		log:     cfg.Logger,
+		scans:   make(chan struct{}, cfg.MaxConcurrentScans),
+		queries: make(chan struct{}, cfg.MaxConcurrentQueries),
 
 		// Newest first; ctid orders changes of equal time as they were
 		// written (the writer appends in engine order).
@@ -134,6 +136,10 @@ func (r *Report) History(ctx context.Context, id string, from, to time.Time, lim
 	if limit <= 0 {
 		return nil, fmt.Errorf("report: limit must be > 0, got %d", limit)
 	}
+	if err := take(ctx, r.queries); err != nil {
+		return nil, err
+	}
+	defer func() { <-r.queries }()
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.QueryTimeout)
 	defer cancel()
 	rows, err := r.pool.Query(ctx, r.qHistory, id, bound(from, pgtype.NegativeInfinity),
@@ -177,6 +183,10 @@ func (r *Report) Uptime(ctx context.Context, id string, from, to time.Time) (Upt
 	if !to.After(from) {
 		return acc.result(), nil
 	}
+	if err := take(ctx, r.queries); err != nil {
+		return Uptime{}, err
+	}
+	defer func() { <-r.queries }()
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.QueryTimeout)
 	defer cancel()
 	rows, err := r.pool.Query(ctx, r.qUptime, id, from, to)
@@ -249,6 +259,10 @@ func (r *Report) FleetUptime(ctx context.Context, from, to time.Time) (Fleet, er
 		return Fleet{}, err
 	}
 	defer r.release()
+	if err := take(ctx, r.queries); err != nil {
+		return Fleet{}, err
+	}
+	defer func() { <-r.queries }()
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.QueryTimeout)
 	defer cancel()
 	err := r.pool.QueryRow(ctx, r.qFleet, from, to, to.Sub(from).Seconds()).
@@ -273,9 +287,12 @@ func bound(t time.Time, inf pgtype.InfinityModifier) pgtype.Timestamptz {
 	return pgtype.Timestamptz{Time: t, Valid: true}
 }
 
-func (r *Report) acquire(ctx context.Context) error {
+func (r *Report) acquire(ctx context.Context) error { return take(ctx, r.scans) }
+
+// take waits for a slot of the semaphore sem, or until ctx is done.
+func take(ctx context.Context, sem chan struct{}) error {
 	select {
-	case r.scans <- struct{}{}:
+	case sem <- struct{}{}:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
