@@ -246,8 +246,8 @@ func validateBrokerURL(s string) error {
 		return fmt.Errorf("%q: no host; want e.g. tcp://127.0.0.1:1883", redact(s))
 	}
 	if p := u.Port(); p != "" {
-		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
-			return fmt.Errorf("%q: port %q is not 1..65535", redact(s), p)
+		if n, err := strconv.Atoi(p); err != nil || n < 0 || n > 65535 {
+			return fmt.Errorf("%q: port %q is not a port number (0..65535)", redact(s), p)
 		}
 	}
 	return nil
