@@ -9,6 +9,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/presence-dev/presence/engine"
 	"github.com/presence-dev/presence/internal/testsupport/testenv"
 )
 
@@ -21,6 +22,63 @@ func mqttClient(t *testing.T, handler mqtt.MessageHandler) mqtt.Client {
 	}
 	t.Cleanup(func() { c.Disconnect(100) })
 	return c
+}
+
+// presenceWatch subscribes to the presence topics under prefix and keeps,
+// in arrival order, the live (not retained) messages as status events; at
+// the end of the test it clears the retained messages of devices
+// dev-0000..dev-<devices-1>.
+type presenceWatch struct {
+	mu  sync.Mutex
+	got []Event
+}
+
+func watchPresence(t *testing.T, prefix string, devices int) *presenceWatch {
+	t.Helper()
+	w := &presenceWatch{}
+	sub := mqttClient(t, func(_ mqtt.Client, m mqtt.Message) {
+		if m.Retained() {
+			return
+		}
+		id := strings.TrimSuffix(strings.TrimPrefix(m.Topic(), prefix+"/"), "/presence")
+		w.mu.Lock()
+		w.got = append(w.got, Event{Type: "status", ID: id, Status: string(m.Payload())})
+		w.mu.Unlock()
+	})
+	if tok := sub.Subscribe(prefix+"/+/presence", 1, nil); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	t.Cleanup(func() {
+		// Clear the retained messages (an empty retained payload).
+		for i := range devices {
+			sub.Publish(fmt.Sprintf("%s/dev-%04d/presence", prefix, i), 1, true, "").WaitTimeout(time.Second)
+		}
+	})
+	return w
+}
+
+// check waits until as many messages as want arrived, then checks that
+// each status change came once, in order per device. MQTT carries no
+// times: the order is checked by status only.
+func (w *presenceWatch) check(t *testing.T, want []engine.Transition, timeout time.Duration) {
+	t.Helper()
+	testenv.Eventually(t, timeout, func() error {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if len(w.got) < len(want) {
+			return fmt.Errorf("received %d of %d", len(w.got), len(want))
+		}
+		return nil
+	})
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for i := range want {
+		want[i].At = t0
+	}
+	for i := range w.got {
+		w.got[i].At = t0
+	}
+	checkOnceInOrder(t, want, w.got)
 }
 
 // TestMQTTRetainedOnceInOrder: a subscriber sees every status change
@@ -37,23 +95,7 @@ func TestMQTTRetainedOnceInOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	var mu sync.Mutex
-	var got []Event
-	sub := mqttClient(t, func(_ mqtt.Client, m mqtt.Message) {
-		id := strings.TrimSuffix(strings.TrimPrefix(m.Topic(), prefix+"/"), "/presence")
-		mu.Lock()
-		got = append(got, Event{Type: "status", ID: id, Status: string(m.Payload())})
-		mu.Unlock()
-	})
-	if tok := sub.Subscribe(prefix+"/+/presence", 1, nil); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
-		t.Fatal(tok.Error())
-	}
-	t.Cleanup(func() {
-		// Clear the retained messages (an empty retained payload).
-		for i := range 10 {
-			sub.Publish(prefix+"/dev-000"+string(rune('0'+i))+"/presence", 1, true, "").WaitTimeout(time.Second)
-		}
-	})
+	w := watchPresence(t, prefix, 10)
 	runHub(t, h)
 
 	want := trace(10, 30, 5)
@@ -61,24 +103,7 @@ func TestMQTTRetainedOnceInOrder(t *testing.T) {
 	// Alerts are not device states: not published.
 	h.HandleTransitions(nil)
 	h.publish([]rec{{typ: TypeOfflineAlert, id: "dev-0000", at: 1}})
-	testenv.Eventually(t, 20*time.Second, func() error {
-		mu.Lock()
-		defer mu.Unlock()
-		if len(got) < len(want) {
-			return fmt.Errorf("received %d of %d", len(got), len(want))
-		}
-		return nil
-	})
-	mu.Lock()
-	// Check order per device by status only: MQTT carries no times.
-	for i := range want {
-		want[i].At = t0
-	}
-	for i := range got {
-		got[i].At = t0
-	}
-	checkOnceInOrder(t, want, got)
-	mu.Unlock()
+	w.check(t, want, 20*time.Second)
 
 	// A new subscriber gets the last status of each device, retained.
 	last := map[string]string{}
@@ -125,46 +150,12 @@ func TestMQTTBackpressure(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
-	var got []Event
-	sub := mqttClient(t, func(_ mqtt.Client, m mqtt.Message) {
-		if m.Retained() {
-			return
-		}
-		id := strings.TrimSuffix(strings.TrimPrefix(m.Topic(), prefix+"/"), "/presence")
-		mu.Lock()
-		got = append(got, Event{Type: "status", ID: id, Status: string(m.Payload())})
-		mu.Unlock()
-	})
-	if tok := sub.Subscribe(prefix+"/+/presence", 1, nil); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
-		t.Fatal(tok.Error())
-	}
-	t.Cleanup(func() {
-		for i := range 20 {
-			sub.Publish(fmt.Sprintf("%s/dev-%04d/presence", prefix, i), 1, true, "").WaitTimeout(time.Second)
-		}
-	})
+	w := watchPresence(t, prefix, 20)
 	runHub(t, h)
 	want := trace(20, 100, 9)
 	feed(h, want, 9)
-	testenv.Eventually(t, 30*time.Second, func() error {
-		mu.Lock()
-		defer mu.Unlock()
-		if len(got) < len(want) {
-			return fmt.Errorf("received %d of %d", len(got), len(want))
-		}
-		return nil
-	})
+	w.check(t, want, 30*time.Second)
 	if n := h.dests[0].m.Dropped.Get(); n != 0 {
 		t.Fatalf("dropped %d events", n)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	for i := range want {
-		want[i].At = t0
-	}
-	for i := range got {
-		got[i].At = t0
-	}
-	checkOnceInOrder(t, want, got)
 }
