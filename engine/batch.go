@@ -25,6 +25,13 @@ func (e *Engine) TouchBatch(batch []Touch) (rejected int) {
 	clear(g.count)
 	for i := range batch {
 		t := &batch[i]
+		// The id first: a timeout is interned for good (the table holds
+		// 65,536), so it must not be for a touch that is then refused.
+		if !ValidID(t.ID) {
+			e.rejected.Add(1)
+			rejected++
+			continue
+		}
 		tmo := noTimeout
 		if t.Timeout != 0 {
 			ix, err := e.timeouts.index(t.Timeout)
@@ -34,11 +41,6 @@ func (e *Engine) TouchBatch(batch []Touch) (rejected int) {
 				continue
 			}
 			tmo = int(ix)
-		}
-		if !ValidID(t.ID) {
-			e.rejected.Add(1)
-			rejected++
-			continue
 		}
 		h := e.hash(t.ID)
 		s := int(h >> (64 - e.shardBits) & (1<<e.shardBits - 1))
@@ -80,6 +82,10 @@ const minGroupedBatch = 32
 
 // touchOne is one Touch of a batch, locked on its own.
 func (e *Engine) touchOne(t *Touch) error {
+	if !ValidID(t.ID) { // before the timeout is interned, as in TouchBatch
+		e.rejected.Add(1)
+		return ErrInvalidID
+	}
 	tmo := noTimeout
 	if t.Timeout != 0 {
 		ix, err := e.timeouts.index(t.Timeout)

@@ -275,8 +275,7 @@ func (e *Engine) MarkOffline(id string, at time.Time) error {
 // A shorter timeout whose deadline has passed turns the device offline at the
 // next Advance.
 func (e *Engine) SetTimeout(id string, d time.Duration) error {
-	tmo, err := e.timeouts.index(d)
-	if err != nil {
+	if err := validTimeout(d); err != nil {
 		return err
 	}
 	sh, slot, err := e.lockDevice(id)
@@ -284,6 +283,11 @@ func (e *Engine) SetTimeout(id string, d time.Duration) error {
 		return err
 	}
 	defer sh.mu.Unlock()
+	// Interned only for a known device: the table is never emptied.
+	tmo, err := e.timeouts.index(d)
+	if err != nil {
+		return err
+	}
 	r := sh.rec(slot)
 	if r.tmo == tmo {
 		return nil

@@ -255,6 +255,32 @@ func TestTouchBatchPerTouchTimeout(t *testing.T) {
 	}
 }
 
+// Touches that are refused for their id, and SetTimeout on an unknown
+// device, must not intern their timeouts: the table holds 65,536 for good,
+// and a peer or a client could otherwise fill it with distinct ones.
+func TestRefusedTouchesInternNoTimeout(t *testing.T) {
+	f := newFixture(t, nil)
+	before := len(*f.e.timeouts.tab.Load())
+	for _, n := range []int{1, minGroupedBatch} { // one by one, and grouped
+		batch := make([]Touch, n)
+		for i := range batch {
+			batch[i] = Touch{ID: "bad/id", At: t0, Timeout: time.Second + time.Duration(n*1000+i)*time.Millisecond}
+		}
+		if r := f.e.TouchBatch(batch); r != n {
+			t.Fatalf("batch of %d: rejected %d", n, r)
+		}
+	}
+	if err := f.e.SetTimeout("unknown", 9*time.Second); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("SetTimeout on an unknown device: %v", err)
+	}
+	if err := f.e.SetTimeout("unknown", time.Hour*24*365); !errors.Is(err, ErrInvalidTimeout) {
+		t.Fatalf("SetTimeout out of range: %v", err)
+	}
+	if after := len(*f.e.timeouts.tab.Load()); after != before {
+		t.Fatalf("timeout table grew from %d to %d entries", before, after)
+	}
+}
+
 func TestLongTimeoutsAndClockJumps(t *testing.T) {
 	f := newFixture(t, nil)
 	week := MaxTimeout
