@@ -107,7 +107,7 @@ func benchRouter(b *testing.B, name string, local Local) (*Router, *clusterMetri
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv := newServer(r, ln, cfg.Logger, time.Now)
+	srv := newServer(r, ln, cfg.Logger, time.Now, anyMember)
 	srv.start()
 	b.Cleanup(func() { r.close(); srv.close() })
 	return r, m, ln.Addr().String()

@@ -16,6 +16,9 @@ import (
 	"github.com/hashicorp/memberlist"
 )
 
+// maxNodeName is the longest node name, bytes (also in a hello).
+const maxNodeName = 128
+
 // ErrInvalidConfig is wrapped by every Config.Validate error.
 var ErrInvalidConfig = errors.New("cluster: invalid config")
 
@@ -65,11 +68,24 @@ type Config struct {
 	// halves have declared each other dead and only a join merges them.
 	// A join is one TCP push/pull per seed. 0 disables. Default 30 s.
 	RejoinInterval time.Duration
-	// SecretKey encrypts and authenticates gossip (AES, 16, 24 or 32 bytes;
-	// PRESENCE_CLUSTER_KEY in base64, see ParseKey). Nil: plain gossip. Every
-	// node needs the same key. The data connections are not encrypted: run
-	// them on a private network.
+	// SecretKey is the cluster key (AES, 16, 24 or 32 bytes;
+	// PRESENCE_CLUSTER_KEY in base64, see ParseKeys). It encrypts and
+	// authenticates gossip (memberlist's keyring), and the data connections
+	// derive theirs from it: TLS 1.3, each end proving the key
+	// (secure.go). Every node needs it. Nil: plain gossip and plain data
+	// connections, which only a loopback cluster may use unless Insecure.
 	SecretKey []byte
+	// SecondaryKeys are further cluster keys accepted from others, never
+	// used to send (the rest of PRESENCE_CLUSTER_KEY's comma-separated
+	// list): how a key is rotated without stopping the cluster
+	// (SECURITY.md, "Rotating the cluster key").
+	SecondaryKeys [][]byte
+	// Insecure allows a cluster without SecretKey on addresses other than
+	// loopback (PRESENCE_CLUSTER_INSECURE): then anyone who can reach the
+	// gossip or data port can join, forward telemetry and hand devices
+	// over. The node logs a warning at start and every hour. Default false:
+	// New refuses such a configuration.
+	Insecure bool
 	// GossipProfile picks memberlist's timings: ProfileLAN (default) or
 	// ProfileLocal.
 	GossipProfile string
@@ -131,8 +147,22 @@ type Config struct {
 	MinBackoff time.Duration
 	MaxBackoff time.Duration
 	// MaxFrameSize is the largest frame accepted, bytes; a peer sending a
-	// larger one is disconnected. Default 4 MiB.
+	// larger one is disconnected. Default 4 MiB. A batch frame may hold at
+	// most MaxBatch messages and a state frame HandoffChunk records, so
+	// every node needs the same three.
 	MaxFrameSize int
+	// MaxConns bounds the data connections accepted at once (one per peer
+	// for forwarding, plus one per handoff in progress); more are closed at
+	// once and counted. Default 256.
+	MaxConns int
+	// HandshakeTimeout bounds a new data connection's handshake (TLS, hello,
+	// welcome) on both ends. Default 5 s.
+	HandshakeTimeout time.Duration
+	// IdleTimeout is how long the data server waits for the next frame on
+	// a connection before it closes it; a connected peer with nothing to
+	// send writes an empty batch every IdleTimeout/4. Once a frame's header
+	// is read, its body must follow within 2*WriteTimeout. Default 2 min.
+	IdleTimeout time.Duration
 
 	// HandoffChunk is the number of device records per handoff frame.
 	// Default 1024.
@@ -200,22 +230,78 @@ func DefaultConfig() Config {
 		HandoffChunk:   1024,
 		HandoffTimeout: 30 * time.Second,
 
+		MaxConns:         256,
+		HandshakeTimeout: 5 * time.Second,
+		IdleTimeout:      2 * time.Minute,
+
 		RebuildHoldSize: 1 << 18,
 		LogInterval:     10 * time.Second,
 	}
 }
 
-// ParseKey decodes a base64 (standard encoding) gossip key of 16, 24 or 32
-// bytes, as PRESENCE_CLUSTER_KEY holds it.
+// ParseKey decodes a base64 (standard encoding) cluster key of 16, 24 or 32
+// bytes.
 func ParseKey(s string) ([]byte, error) {
 	k, err := base64.StdEncoding.DecodeString(strings.TrimSpace(s))
 	if err != nil {
-		return nil, fmt.Errorf("%w: SecretKey: not base64: %v", ErrInvalidConfig, err)
+		// Not err's text: it would quote the offending byte of a secret.
+		return nil, fmt.Errorf("%w: SecretKey: not base64", ErrInvalidConfig)
 	}
 	if !validKeyLen(len(k)) {
 		return nil, fmt.Errorf("%w: SecretKey: %d bytes, want 16, 24 or 32", ErrInvalidConfig, len(k))
 	}
 	return k, nil
+}
+
+// ParseKeys decodes PRESENCE_CLUSTER_KEY: one key, or a comma-separated
+// list whose first is the primary (SecretKey) and the others secondary
+// (SecondaryKeys).
+func ParseKeys(s string) (primary []byte, secondary [][]byte, err error) {
+	for i, part := range strings.Split(s, ",") {
+		k, err := ParseKey(part)
+		if err != nil {
+			return nil, nil, fmt.Errorf("key %d of the list: %w", i+1, err)
+		}
+		if i == 0 {
+			primary = k
+		} else {
+			secondary = append(secondary, k)
+		}
+	}
+	return primary, secondary, nil
+}
+
+// keys returns every cluster key, the primary first; nil without one.
+func (c *Config) keys() [][]byte {
+	if c.SecretKey == nil {
+		return nil
+	}
+	return append([][]byte{c.SecretKey}, c.SecondaryKeys...)
+}
+
+// Exposed returns the addresses of the configuration (gossip bind and
+// advertise, data) that are not loopback: a wildcard or empty host, a host
+// name other than localhost, or an IP outside 127.0.0.0/8 and ::1.
+func (c *Config) Exposed() []string {
+	addrs := []string{c.BindAddr, c.AdvertiseAddr, c.DataAddr}
+	var out []string
+	for _, a := range addrs {
+		if a == "" {
+			continue
+		}
+		host, _, err := net.SplitHostPort(a)
+		if err != nil {
+			continue // Validate reports it
+		}
+		if host == "localhost" {
+			continue
+		}
+		if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+			continue
+		}
+		out = append(out, a)
+	}
+	return out
 }
 
 func validKeyLen(n int) bool { return n == 16 || n == 24 || n == 32 }
@@ -228,8 +314,8 @@ func (c *Config) Validate() error {
 	}
 	if c.NodeName == "" {
 		bad("NodeName (-node-name)", "empty")
-	} else if len(c.NodeName) > 128 {
-		bad("NodeName (-node-name)", "%d bytes, want at most 128", len(c.NodeName))
+	} else if len(c.NodeName) > maxNodeName {
+		bad("NodeName (-node-name)", "%d bytes, want at most %d", len(c.NodeName), maxNodeName)
 	}
 	_, bindPort, err := splitHostPort(c.BindAddr)
 	if err != nil {
@@ -254,6 +340,22 @@ func (c *Config) Validate() error {
 	}
 	if c.SecretKey != nil && !validKeyLen(len(c.SecretKey)) {
 		bad("SecretKey", "%d bytes, want 16, 24 or 32", len(c.SecretKey))
+	}
+	for i, k := range c.SecondaryKeys {
+		if !validKeyLen(len(k)) {
+			bad("SecondaryKeys", "key %d: %d bytes, want 16, 24 or 32", i+1, len(k))
+		}
+	}
+	if c.SecretKey == nil && len(c.SecondaryKeys) > 0 {
+		bad("SecondaryKeys", "set without SecretKey")
+	}
+	if exp := c.Exposed(); c.SecretKey == nil && !c.Insecure && len(exp) > 0 {
+		bad("SecretKey (PRESENCE_CLUSTER_KEY)", "empty, and %s is not a loopback address: anyone who can reach it "+
+			"could join the cluster and change what it reports. Set the same PRESENCE_CLUSTER_KEY on every node "+
+			"(e.g. openssl rand -base64 32), or PRESENCE_CLUSTER_INSECURE=true to run without one", strings.Join(exp, ", "))
+	}
+	if c.MaxConns < 1 {
+		bad("MaxConns", "%d, want >= 1", c.MaxConns)
 	}
 	if c.GossipProfile != ProfileLAN && c.GossipProfile != ProfileLocal {
 		bad("GossipProfile", "%q, want %q or %q", c.GossipProfile, ProfileLAN, ProfileLocal)
@@ -291,6 +393,8 @@ func (c *Config) Validate() error {
 		{"MinBackoff", c.MinBackoff, time.Millisecond},
 		{"MaxBackoff", c.MaxBackoff, c.MinBackoff},
 		{"HandoffTimeout", c.HandoffTimeout, time.Millisecond},
+		{"HandshakeTimeout", c.HandshakeTimeout, time.Millisecond},
+		{"IdleTimeout", c.IdleTimeout, 4 * time.Millisecond},
 		{"RebuildHold", c.RebuildHold, 0},
 		{"LogInterval", c.LogInterval, 0},
 	} {

@@ -13,13 +13,16 @@ import (
 // Wire format of the data connection (PROTOCOL.md has the full picture).
 //
 //	frame   = length:u32be type:u8 body   (length counts type and body)
-//	hello   = magic "presence" version:u8 nameLen:uvarint name
+//	hello   = magic "presence" version:u8 nameLen:uvarint name toLen:uvarint to proofLen:uvarint proof
+//	welcome = proofLen:uvarint proof
 //	batch   = base:varint count:uvarint msg*
 //	msg     = flags:u8 idLen:u8 id [dt:varint] [timeout:uvarint]
 //	state   = count:uvarint rec*
 //	rec     = flags:u8 idLen:u8 id [lastSeen:varint] [since-lastSeen:varint] timeout:uvarint(ns)
 //	end     = count:uvarint
 //	ack     = count:uvarint errLen:uvarint err
+//
+// The proofs are the MACs of secure.go (empty without cluster keys).
 //
 // Times are unix nanoseconds; a batch message's time is a zig-zag delta
 // from the batch's base (the first message's time), 1-4 bytes for messages
@@ -33,11 +36,15 @@ const (
 	frameState byte = 3 // handoff: device records
 	frameEnd   byte = 4 // handoff: no more records; the server answers ack
 	frameAck   byte = 5 // server to client: handoff applied (or why not)
+	// server to client, answering the hello: the server's proof; the
+	// client writes nothing more before it checked it
+	frameWelcome byte = 6
 )
 
 // ProtocolVersion is the data protocol spoken (hello) and advertised in the
-// node metadata. A node accepts only its own version.
-const ProtocolVersion = 1
+// node metadata. A node accepts only its own version. Version 2 added the
+// addressee and the proofs to the hello, and the welcome frame.
+const ProtocolVersion = 2
 
 const helloMagic = "presence"
 
@@ -118,29 +125,70 @@ func endFrame(buf []byte, start int) []byte {
 	return buf
 }
 
-func appendHello(buf []byte, name string) []byte {
+// maxProofLen bounds a proof in a hello or welcome (an HMAC-SHA256 is 32).
+const maxProofLen = 64
+
+// appendHello appends the hello of node from to node to, with from's proof.
+func appendHello(buf []byte, from, to string, proof []byte) []byte {
 	buf, start := beginFrame(buf, frameHello)
 	buf = append(buf, helloMagic...)
 	buf = append(buf, ProtocolVersion)
-	buf = binary.AppendUvarint(buf, uint64(len(name)))
-	buf = append(buf, name...)
+	for _, f := range []string{from, to, string(proof)} {
+		buf = binary.AppendUvarint(buf, uint64(len(f)))
+		buf = append(buf, f...)
+	}
 	return endFrame(buf, start)
 }
 
-func decodeHello(body []byte) (name string, err error) {
+// helloMaxLen is the largest hello frame (length field) for names of at
+// most maxName bytes.
+func helloMaxLen(maxName int) int {
+	return 1 + len(helloMagic) + 1 + 3*binary.MaxVarintLen64 + 2*maxName + maxProofLen
+}
+
+type hello struct {
+	from, to string
+	proof    []byte
+}
+
+// decodeHello parses a hello body; names must be 1..maxName bytes.
+func decodeHello(body []byte, maxName int) (hello, error) {
 	if len(body) < len(helloMagic)+1 || string(body[:len(helloMagic)]) != helloMagic {
-		return "", fmt.Errorf("%w: not a presence hello", ErrBadFrame)
+		return hello{}, fmt.Errorf("%w: not a presence hello", ErrBadFrame)
 	}
 	if v := body[len(helloMagic)]; v != ProtocolVersion {
-		return "", fmt.Errorf("%w: protocol version %d, want %d", ErrBadFrame, v, ProtocolVersion)
+		return hello{}, fmt.Errorf("%w: protocol version %d, want %d", ErrBadFrame, v, ProtocolVersion)
 	}
 	d := decoder{b: body[len(helloMagic)+1:]}
-	n := d.uvarint()
-	name = d.str(n)
-	if d.err != nil || len(d.b) != 0 {
-		return "", fmt.Errorf("%w: hello", ErrBadFrame)
+	var h hello
+	h.from = d.str(d.uvarint())
+	h.to = d.str(d.uvarint())
+	h.proof = []byte(d.str(d.uvarint()))
+	switch {
+	case d.err != nil || len(d.b) != 0:
+		return hello{}, fmt.Errorf("%w: hello", ErrBadFrame)
+	case len(h.from) == 0 || len(h.from) > maxName || len(h.to) == 0 || len(h.to) > maxName:
+		return hello{}, fmt.Errorf("%w: hello: node names must be 1..%d bytes", ErrBadFrame, maxName)
+	case len(h.proof) > maxProofLen:
+		return hello{}, fmt.Errorf("%w: hello: proof of %d bytes", ErrBadFrame, len(h.proof))
 	}
-	return name, nil
+	return h, nil
+}
+
+func appendWelcome(buf []byte, proof []byte) []byte {
+	buf, start := beginFrame(buf, frameWelcome)
+	buf = binary.AppendUvarint(buf, uint64(len(proof)))
+	buf = append(buf, proof...)
+	return endFrame(buf, start)
+}
+
+func decodeWelcome(body []byte) ([]byte, error) {
+	d := decoder{b: body}
+	proof := d.str(d.uvarint())
+	if d.err != nil || len(d.b) != 0 || len(proof) > maxProofLen {
+		return nil, fmt.Errorf("%w: welcome", ErrBadFrame)
+	}
+	return []byte(proof), nil
 }
 
 // appendBatch appends one batch frame holding msgs. Ids must be 1..255
@@ -181,14 +229,18 @@ func appendBatch(buf []byte, msgs []msg) []byte {
 	return endFrame(buf, start)
 }
 
-// decodeBatch appends the messages of a batch body to dst. The ids are
-// substrings of one string copied from body (one allocation per frame).
-func decodeBatch(body []byte, dst []msg) ([]msg, error) {
+// decodeBatch appends the messages of a batch body, at most maxMsgs, to
+// dst. The ids are substrings of one string copied from body (one
+// allocation per frame): whoever keeps one beyond the frame clones it.
+func decodeBatch(body []byte, dst []msg, maxMsgs int) ([]msg, error) {
 	d := decoder{b: body}
 	base := d.varint()
 	n := d.uvarint()
 	if d.err != nil || n > uint64(len(d.b)/minMsgWireLen) {
 		return dst, fmt.Errorf("%w: batch header", ErrBadFrame)
+	}
+	if n > uint64(maxMsgs) {
+		return dst, fmt.Errorf("%w: %d messages in a batch, at most %d", ErrBadFrame, n, maxMsgs)
 	}
 	d.s = string(d.b)
 	d.off = len(body) - len(d.b)
@@ -201,7 +253,10 @@ func decodeBatch(body []byte, dst []msg) ([]msg, error) {
 		}
 		m.id = d.str(uint64(d.byte()))
 		if m.flags&msgZeroTime == 0 {
-			m.at = base + d.varint()
+			var ok bool
+			if m.at, ok = addInt64(base, d.varint()); !ok {
+				return dst, fmt.Errorf("%w: message time overflows", ErrBadFrame)
+			}
 		}
 		switch {
 		case m.flags&msgTimeoutMs != 0:
@@ -257,12 +312,16 @@ func appendState(buf []byte, recs []engine.DeviceState) []byte {
 	return endFrame(buf, start)
 }
 
-// decodeState appends the records of a state body to dst.
-func decodeState(body []byte, dst []engine.DeviceState) ([]engine.DeviceState, error) {
+// decodeState appends the records of a state body, at most maxRecs, to dst.
+// The ids are substrings of one copy of body, as in decodeBatch.
+func decodeState(body []byte, dst []engine.DeviceState, maxRecs int) ([]engine.DeviceState, error) {
 	d := decoder{b: body}
 	n := d.uvarint()
 	if d.err != nil || n > uint64(len(d.b)/minRecordWireLen) {
 		return dst, fmt.Errorf("%w: state header", ErrBadFrame)
+	}
+	if n > uint64(maxRecs) {
+		return dst, fmt.Errorf("%w: %d records in a state frame, at most %d", ErrBadFrame, n, maxRecs)
 	}
 	d.s = string(d.b)
 	d.off = len(body) - len(d.b)
@@ -280,7 +339,11 @@ func decodeState(body []byte, dst []engine.DeviceState) ([]engine.DeviceState, e
 			r.LastSeen = time.Unix(0, last)
 		}
 		if flags&recZeroSince == 0 {
-			r.Since = time.Unix(0, last+d.varint())
+			since, ok := addInt64(last, d.varint())
+			if !ok {
+				return dst, fmt.Errorf("%w: record time overflows", ErrBadFrame)
+			}
+			r.Since = time.Unix(0, since)
 		}
 		tmo := d.uvarint()
 		if tmo > 1<<62 {
@@ -296,6 +359,12 @@ func decodeState(body []byte, dst []engine.DeviceState) ([]engine.DeviceState, e
 		return dst, fmt.Errorf("%w: %d trailing bytes", ErrBadFrame, len(d.b))
 	}
 	return dst, nil
+}
+
+// addInt64 returns a+b and false if that overflows.
+func addInt64(a, b int64) (int64, bool) {
+	s := a + b
+	return s, (b >= 0) == (s >= a)
 }
 
 func appendEnd(buf []byte, count int) []byte {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -47,7 +48,7 @@ func TestBatchRoundTrip(t *testing.T) {
 			if typ != frameBatch {
 				t.Fatalf("type %d", typ)
 			}
-			out, err := decodeBatch(body, nil)
+			out, err := decodeBatch(body, nil, 1<<16)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -84,7 +85,7 @@ func TestStateRoundTrip(t *testing.T) {
 	if typ != frameState {
 		t.Fatalf("type %d", typ)
 	}
-	out, err := decodeState(body, nil)
+	out, err := decodeState(body, nil, 1<<16)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,9 +102,14 @@ func TestStateRoundTrip(t *testing.T) {
 }
 
 func TestControlFrames(t *testing.T) {
-	typ, body := splitFrame(t, appendHello(nil, "node-a"))
-	if name, err := decodeHello(body); typ != frameHello || err != nil || name != "node-a" {
-		t.Fatalf("hello: %d %q %v", typ, name, err)
+	typ, body := splitFrame(t, appendHello(nil, "node-a", "node-b", []byte("proof")))
+	if h, err := decodeHello(body, maxNodeName); typ != frameHello || err != nil || h.from != "node-a" ||
+		h.to != "node-b" || string(h.proof) != "proof" {
+		t.Fatalf("hello: %d %+v %v", typ, h, err)
+	}
+	typ, body = splitFrame(t, appendWelcome(nil, []byte("proof")))
+	if p, err := decodeWelcome(body); typ != frameWelcome || err != nil || string(p) != "proof" {
+		t.Fatalf("welcome: %d %q %v", typ, p, err)
 	}
 	typ, body = splitFrame(t, appendEnd(nil, 12345))
 	if n, err := decodeCount(body); typ != frameEnd || err != nil || n != 12345 {
@@ -113,10 +119,24 @@ func TestControlFrames(t *testing.T) {
 	if n, txt, err := decodeAck(body); typ != frameAck || err != nil || n != 7 || txt != "boom" {
 		t.Fatalf("ack: %d %d %q %v", typ, n, txt, err)
 	}
-	bad := appendHello(nil, "x")
+	bad := appendHello(nil, "x", "y", nil)
 	bad[frameHeaderLen+len(helloMagic)] = ProtocolVersion + 1
-	if _, err := decodeHello(bad[frameHeaderLen:]); !errors.Is(err, ErrBadFrame) {
+	if _, err := decodeHello(bad[frameHeaderLen:], maxNodeName); !errors.Is(err, ErrBadFrame) {
 		t.Fatalf("other version accepted: %v", err)
+	}
+	for _, h := range [][]byte{
+		appendHello(nil, "", "y", nil),
+		appendHello(nil, "x", "", nil),
+		appendHello(nil, strings.Repeat("x", maxNodeName+1), "y", nil),
+		appendHello(nil, "x", "y", make([]byte, maxProofLen+1)),
+	} {
+		if _, err := decodeHello(h[frameHeaderLen:], maxNodeName); !errors.Is(err, ErrBadFrame) {
+			t.Fatalf("hello %q accepted: %v", h, err)
+		}
+	}
+	if n := len(appendHello(nil, strings.Repeat("x", maxNodeName), strings.Repeat("y", maxNodeName),
+		make([]byte, maxProofLen))); n-4 > helloMaxLen(maxNodeName) {
+		t.Fatalf("the largest hello is %d bytes, helloMaxLen %d", n-4, helloMaxLen(maxNodeName))
 	}
 }
 
@@ -153,7 +173,8 @@ func FuzzDecodeFrames(f *testing.F) {
 	now := time.Now().UnixNano()
 	f.Add(appendBatch(nil, []msg{{id: "a", at: now}, {id: "b", flags: msgOffline | msgZeroTime, timeout: time.Second}}))
 	f.Add(appendState(nil, []engine.DeviceState{{ID: "a", Status: engine.StatusOnline, LastSeen: time.Now()}}))
-	f.Add(appendHello(nil, "n"))
+	f.Add(appendHello(nil, "n", "m", []byte("p")))
+	f.Add(appendWelcome(nil, []byte("p")))
 	f.Add(appendAck(nil, 3, "x"))
 	f.Add(appendEnd(nil, 3))
 	f.Add([]byte{0, 0, 0, 2, frameBatch, 0})
@@ -166,18 +187,19 @@ func FuzzDecodeFrames(f *testing.F) {
 				return
 			}
 			buf = nb
-			_, _ = decodeHello(body)
+			_, _ = decodeHello(body, maxNodeName)
+			_, _ = decodeWelcome(body)
 			_, _ = decodeCount(body)
 			_, _, _ = decodeAck(body)
-			if msgs, err := decodeBatch(body, nil); err == nil && typ == frameBatch {
+			if msgs, err := decodeBatch(body, nil, 1<<16); err == nil && typ == frameBatch {
 				// What decodes re-encodes to a frame that decodes the same.
 				_, again := splitFrame(t, appendBatch(nil, msgs))
-				msgs2, err := decodeBatch(again, nil)
+				msgs2, err := decodeBatch(again, nil, len(msgs))
 				if err != nil || len(msgs2) != len(msgs) {
 					t.Fatalf("re-encode: %v, %d vs %d", err, len(msgs2), len(msgs))
 				}
 			}
-			_, _ = decodeState(body, nil)
+			_, _ = decodeState(body, nil, 1<<16)
 		}
 	})
 }

@@ -159,16 +159,24 @@ func (tr *transfer) flushChunk() {
 			tr.err = errors.New("no data address")
 			return
 		}
-		c, err := tr.h.n.cfg.dial(tr.addr, tr.deadline)
+		raw, err := tr.h.n.cfg.dial(tr.addr, tr.deadline)
 		if err != nil {
+			tr.err = err
+			return
+		}
+		n := tr.h.n
+		hs := time.Now().Add(n.cfg.HandshakeTimeout)
+		if !tr.deadline.IsZero() && tr.deadline.Before(hs) {
+			hs = tr.deadline
+		}
+		c, err := n.router.ch.dial(raw, n.cfg.NodeName, tr.to, hs)
+		if err != nil {
+			n.m.handshakeErr.Inc()
 			tr.err = err
 			return
 		}
 		_ = c.SetDeadline(tr.deadline)
 		tr.conn, tr.bw = c, bufio.NewWriterSize(c, 64<<10)
-		if _, tr.err = tr.bw.Write(appendHello(nil, tr.h.n.cfg.NodeName)); tr.err != nil {
-			return
-		}
 	}
 	tr.buf = appendState(tr.buf[:0], tr.chunk)
 	if _, tr.err = tr.bw.Write(tr.buf); tr.err != nil {

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,8 +36,10 @@ type holdEntry struct {
 }
 
 // add queues m, of partition p, if p is held, and reports whether it did.
-// It reports overflow when the queue is full.
-func (h *hold) add(p int, m msg) (held, overflow bool) {
+// It reports overflow when the queue is full. With clone the id is copied
+// first: one that came in a peer's frame is a substring of the whole frame
+// (up to MaxFrameSize), which a held reference would pin.
+func (h *hold) add(p int, m msg, clone bool) (held, overflow bool) {
 	if !h.held[p].Load() {
 		return false, false
 	}
@@ -48,6 +51,9 @@ func (h *hold) add(p int, m msg) (held, overflow bool) {
 	if len(h.queue) >= h.size {
 		return false, true
 	}
+	if clone {
+		m.id = strings.Clone(m.id)
+	}
 	h.queue = append(h.queue, m)
 	return true, false
 }
@@ -57,8 +63,8 @@ func (h *hold) add(p int, m msg) (held, overflow bool) {
 // held is applied (in order) and nothing is held any more: then m, like
 // every later message, goes to the engine at once. Duplicate online
 // transitions are the price, not unbounded memory or reordering.
-func (r *Router) holdBack(m msg) bool {
-	held, overflow := r.hold.add(PartitionOf(m.id, r.cfg.Partitions), m)
+func (r *Router) holdBack(m msg, fromFrame bool) bool {
+	held, overflow := r.hold.add(PartitionOf(m.id, r.cfg.Partitions), m, fromFrame)
 	if overflow {
 		r.m.holdOverflow.Inc()
 		if n := r.releaseAllHolds(); n > 0 {

@@ -196,6 +196,9 @@ type memberView struct {
 	mu     sync.Mutex
 	nodes  map[string]memberlist.Node
 	events pendingEvents
+	// gone holds when each member was removed, for recentlyGone: a node
+	// that leaves hands its devices off after its leave reached us.
+	gone map[string]time.Time
 }
 
 func (v *memberView) put(n *memberlist.Node, k eventKind) {
@@ -224,6 +227,32 @@ func (v *memberView) remove(name string) {
 	}
 	delete(v.nodes, name)
 	v.events.note(name, k)
+	now := time.Now()
+	if v.gone == nil {
+		v.gone = make(map[string]time.Time)
+	}
+	for n, at := range v.gone {
+		if now.Sub(at) > goneMemory {
+			delete(v.gone, n)
+		}
+	}
+	v.gone[name] = now
+}
+
+// goneMemory is how long recentlyGone remembers a removed member: longer
+// than a leaving node's handoff (HandoffTimeout, 30 s by default).
+const goneMemory = 5 * time.Minute
+
+// has reports whether name is a live member, or one removed less than
+// goneMemory ago (a leaving node's handoff follows its leave).
+func (v *memberView) has(name string) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if _, ok := v.nodes[name]; ok {
+		return true
+	}
+	at, ok := v.gone[name]
+	return ok && time.Since(at) <= goneMemory
 }
 
 // list returns copies of the live members.
@@ -311,8 +340,13 @@ func memberlistConfig(cfg *Config, d *delegate, logger *slog.Logger) (*memberlis
 		}
 		mc.AdvertiseAddr, mc.AdvertisePort = ah, ap
 	}
-	if cfg.SecretKey != nil {
-		mc.SecretKey = append([]byte(nil), cfg.SecretKey...)
+	if keys := cfg.keys(); keys != nil {
+		// Sends with the primary, accepts every key of the ring.
+		ring, err := memberlist.NewKeyring(keys, cfg.SecretKey)
+		if err != nil {
+			return nil, fmt.Errorf("cluster: keyring: %w", err)
+		}
+		mc.Keyring = ring
 	}
 	mc.Transport = cfg.Transport // nil: memberlist's NetTransport on BindAddr
 	mc.Delegate = d

@@ -63,6 +63,8 @@ type clusterMetrics struct {
 	reforwarded  *metrics.Counter
 	bounced      *metrics.Counter // applied here rather than sent back to the sender
 	badFrames    *metrics.Counter
+	refused      map[rejection]*metrics.Counter // connections closed in the handshake, by reason
+	handshakeErr *metrics.Counter               // client side: a peer failed our handshake
 
 	// membership and handoff
 	tableChanges   *metrics.Counter
@@ -99,6 +101,11 @@ func newClusterMetrics(set *metrics.Set) *clusterMetrics {
 	m.reforwarded = set.NewCounter("presence_cluster_reforwarded_messages_total")
 	m.bounced = set.NewCounter("presence_cluster_bounced_messages_total")
 	m.badFrames = set.NewCounter("presence_cluster_bad_frames_total")
+	m.refused = make(map[rejection]*metrics.Counter, len(rejections))
+	for _, r := range rejections {
+		m.refused[r] = set.NewCounter(`presence_cluster_refused_connections_total{reason="` + string(r) + `"}`)
+	}
+	m.handshakeErr = set.NewCounter("presence_cluster_peer_handshake_errors_total")
 	m.tableChanges = set.NewCounter("presence_cluster_table_changes_total")
 	m.moved = set.NewCounter("presence_cluster_partitions_moved_total")
 	m.rejoinErrors = set.NewCounter("presence_cluster_rejoin_errors_total")

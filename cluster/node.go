@@ -128,7 +128,8 @@ type Node struct {
 // New validates cfg and builds a Node over local (the engine). Nothing runs
 // until Start; until then the Router applies everything locally.
 func New(cfg Config, local Local) (*Node, error) {
-	if err := cfg.Validate(); err != nil {
+	err := cfg.Validate()
+	if err != nil {
 		return nil, err
 	}
 	if local == nil {
@@ -154,6 +155,9 @@ func New(cfg Config, local Local) (*Node, error) {
 	}
 	n.m = newClusterMetrics(cfg.Metrics)
 	n.router = newRouter(&n.cfg, local, n.log, n.m)
+	if n.router.ch, err = newChannel(cfg.keys()); err != nil {
+		return nil, err
+	}
 	n.ho = newHandoff(n)
 	cfg.Metrics.NewGauge("presence_cluster_members", func() float64 {
 		if t := n.router.Table(); t != nil {
@@ -263,7 +267,7 @@ func (n *Node) Start(context.Context) error {
 	// Read once: memberlist rewrites the local node in place on an
 	// UpdateNode (Close does one), without a lock a reader could take.
 	n.gossip = ml.LocalNode().Address()
-	n.srv = newServer(n.router, ln, n.log, n.cfg.Clock)
+	n.srv = newServer(n.router, ln, n.log, n.cfg.Clock, n.isMember)
 	n.srv.start()
 	n.started = true
 	n.rebuild() // this node alone: routing is ready from here on
@@ -277,8 +281,55 @@ func (n *Node) Start(context.Context) error {
 		n.wg.Go(n.rejoin)
 	}
 	n.log.Info("cluster: started", slog.String("gossip", n.gossip),
-		slog.String("data", n.dataAddr), slog.Int("members", ml.NumMembers()))
+		slog.String("data", n.dataAddr), slog.Int("members", ml.NumMembers()),
+		slog.Bool("authenticated", n.router.ch.secure()))
+	if exp := n.cfg.Exposed(); n.cfg.SecretKey == nil && len(exp) > 0 {
+		n.warnInsecure(exp)
+		n.wg.Go(func() { n.insecureReminder(exp) })
+	}
 	return nil
+}
+
+// insecureInterval is how often an insecure node repeats its warning.
+const insecureInterval = time.Hour
+
+// insecureReminder repeats warnInsecure every insecureInterval.
+func (n *Node) insecureReminder(exposed []string) {
+	t := time.NewTicker(insecureInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+			n.warnInsecure(exposed)
+		}
+	}
+}
+
+func (n *Node) warnInsecure(exposed []string) {
+	n.log.Warn("cluster: running WITHOUT a cluster key on non-loopback addresses (PRESENCE_CLUSTER_INSECURE): "+
+		"anyone who can reach them can join, forward telemetry and hand devices over; set PRESENCE_CLUSTER_KEY",
+		slog.Any("addresses", exposed))
+}
+
+// isMember reports whether name is a live member, for the data server's
+// handshake. A node that just joined may connect before gossip told us of
+// it: it is waited for, up to half the handshake timeout.
+func (n *Node) isMember(name string) bool {
+	const poll = 50 * time.Millisecond
+	deadline := time.Now().Add(n.cfg.HandshakeTimeout / 2)
+	for !n.view.has(name) {
+		if name == n.cfg.NodeName || time.Now().After(deadline) {
+			return false
+		}
+		select {
+		case <-n.stop:
+			return false
+		case <-time.After(poll):
+		}
+	}
+	return name != n.cfg.NodeName
 }
 
 // dataListenAddr is Config.DataAddr or the gossip bind host with port+1.

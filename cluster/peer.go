@@ -150,9 +150,25 @@ func (p *peer) run() {
 		}
 		p.connected.Store(false)
 	}()
+	// An idle connection gets an empty batch now and then, before the
+	// server's IdleTimeout closes it.
+	keepalive := time.NewTicker(p.r.cfg.IdleTimeout / 4)
+	defer keepalive.Stop()
+	var wrote bool // since the last tick
 	for {
 		select {
 		case <-p.wake:
+		case <-keepalive.C:
+			if conn != nil && !wrote {
+				if err := p.keepalive(conn, bw); err != nil {
+					p.r.m.connLost.Inc()
+					_ = conn.Close()
+					conn, bw = nil, nil
+					p.connected.Store(false)
+				}
+			}
+			wrote = false
+			continue
 		case <-p.done:
 			p.finish(conn, bw, buf)
 			return
@@ -188,6 +204,7 @@ func (p *peer) run() {
 			}
 			var err error
 			buf, err = p.write(conn, bw, buf, q)
+			wrote = true
 			clear(q) // release the ids
 			spare = q[:0]
 			if err != nil {
@@ -252,6 +269,15 @@ func (p *peer) write(conn net.Conn, bw *bufio.Writer, buf []byte, q []msg) ([]by
 	return buf, nil
 }
 
+// keepalive writes an empty batch.
+func (p *peer) keepalive(conn net.Conn, bw *bufio.Writer) error {
+	_ = conn.SetWriteDeadline(time.Now().Add(p.r.cfg.WriteTimeout))
+	if _, err := bw.Write(appendBatch(nil, nil)); err != nil {
+		return err
+	}
+	return bw.Flush()
+}
+
 func (p *peer) dial() (net.Conn, error) {
 	if p.addr == "" {
 		return nil, errors.New("no data address advertised")
@@ -263,12 +289,12 @@ func (p *peer) dial() (net.Conn, error) {
 	if tc, ok := conn.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
-	_ = conn.SetWriteDeadline(time.Now().Add(p.r.cfg.WriteTimeout))
-	if _, err := conn.Write(appendHello(nil, p.r.self)); err != nil {
-		_ = conn.Close()
+	c, err := p.r.ch.dial(conn, p.r.self, p.name, time.Now().Add(p.r.cfg.HandshakeTimeout))
+	if err != nil {
+		p.r.m.handshakeErr.Inc()
 		return nil, err
 	}
-	return conn, nil
+	return c, nil
 }
 
 // sleep waits d or until stop; false means stopped.

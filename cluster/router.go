@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,6 +57,7 @@ type HandoffLocal interface {
 // ingest's Touch.ID substrings of MQTT topics are.
 type Router struct {
 	cfg   *Config
+	ch    *channel // opens and accepts data connections (plain until New sets the keys)
 	self  string
 	local Local
 	log   *slog.Logger
@@ -98,6 +100,7 @@ func newRouter(cfg *Config, local Local, log *slog.Logger, m *clusterMetrics) *R
 		m:     m,
 		limit: ratelog.New[string](cfg.LogInterval, nil),
 		peers: make(map[string]*peer),
+		ch:    &channel{},
 	}
 	r.route.Store(&routing{alone: true})
 	r.hold.size = cfg.RebuildHoldSize
@@ -173,7 +176,7 @@ func (r *Router) TouchBatch(batch []engine.Touch) (rejected int) {
 		t := &batch[i]
 		pr := rt.peerOf(t.ID)
 		if pr == nil {
-			if holding && forwardable(t.ID, t.Timeout) && r.holdBack(touchMsg(t)) {
+			if holding && forwardable(t.ID, t.Timeout) && r.holdBack(touchMsg(t), false) {
 				continue
 			}
 			local = append(local, *t)
@@ -206,7 +209,7 @@ func (r *Router) TouchBatch(batch []engine.Touch) (rejected int) {
 func (r *Router) MarkOffline(id string, at time.Time) error {
 	pr := r.route.Load().peerOf(id)
 	if pr == nil {
-		if r.hold.active.Load() && forwardable(id, 0) && r.holdBack(offlineMsg(id, at)) {
+		if r.hold.active.Load() && forwardable(id, 0) && r.holdBack(offlineMsg(id, at), false) {
 			return nil
 		}
 		r.m.localMsgs.Inc()
@@ -257,9 +260,14 @@ func (r *Router) route1(msgs []msg, deadline time.Time, from string, checkHold b
 		case pr != nil:
 			mm := *m
 			mm.flags |= msgHop
+			if from != "" {
+				// The id is a substring of the whole received frame (up
+				// to MaxFrameSize): a queued copy would pin all of it.
+				mm.id = strings.Clone(mm.id)
+			}
 			sc.add(pr, mm)
 			r.m.reforwarded.Inc()
-		case holding && r.holdBack(*m):
+		case holding && r.holdBack(*m, from != ""):
 		case m.flags&msgOffline != 0:
 			local, _ = r.applyLocal(local) // the touches before it first: order per device
 			r.m.localMsgs.Inc()

@@ -3,6 +3,7 @@ package cluster
 import (
 	"fmt"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -273,7 +274,7 @@ func TestRouterReconnects(t *testing.T) {
 	if err != nil {
 		t.Skipf("cannot rebind %s: %v", addr, err)
 	}
-	b.srv = newServer(b.r, ln, b.cfg.Logger, time.Now)
+	b.srv = newServer(b.r, ln, b.cfg.Logger, time.Now, anyMember)
 	b.srv.start()
 	testenv.Eventually(t, 10*time.Second, func() error {
 		a.r.TouchBatch(touchBatch(remote[10:20], time.Now()))
@@ -290,6 +291,7 @@ func TestRouterReconnects(t *testing.T) {
 func TestConfigValidate(t *testing.T) {
 	ok := DefaultConfig()
 	ok.NodeName = "n"
+	ok.SecretKey = []byte("0123456789abcdef")
 	if err := ok.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -304,6 +306,10 @@ func TestConfigValidate(t *testing.T) {
 		"backoff":        func(c *Config) { c.MaxBackoff = c.MinBackoff / 2 },
 		"wait":           func(c *Config) { c.EnqueueWait = 2 * time.Second },
 		"join":           func(c *Config) { c.Join = []string{"host-without-port"} },
+		"bad secondary":  func(c *Config) { c.SecondaryKeys = [][]byte{[]byte("short")} },
+		"only secondary": func(c *Config) { c.SecretKey, c.SecondaryKeys = nil, [][]byte{[]byte("0123456789abcdef")} },
+		"conns":          func(c *Config) { c.MaxConns = 0 },
+		"idle":           func(c *Config) { c.IdleTimeout = 0 },
 	} {
 		c := ok
 		mut(&c)
@@ -316,6 +322,47 @@ func TestConfigValidate(t *testing.T) {
 	}
 	if k, err := ParseKey("MDEyMzQ1Njc4OWFiY2RlZg=="); err != nil || len(k) != 16 {
 		t.Errorf("16-byte key: %v", err)
+	}
+	p, sec, err := ParseKeys("MDEyMzQ1Njc4OWFiY2RlZg==, QUJDREVGR0hJSktMTU5PUA==")
+	if err != nil || string(p) != "0123456789abcdef" || len(sec) != 1 || string(sec[0]) != "ABCDEFGHIJKLMNOP" {
+		t.Errorf("key list: %q %q %v", p, sec, err)
+	}
+	// A malformed key is not quoted back (it is a secret).
+	if _, _, err := ParseKeys("MDEyMzQ1Njc4OWFiY2RlZg==,c2VjcmV0!c2VjcmV0"); err == nil ||
+		strings.Contains(err.Error(), "c2VjcmV0") || !strings.Contains(err.Error(), "key 2") {
+		t.Errorf("malformed second key: %v", err)
+	}
+}
+
+// A cluster without a key binds or advertises only loopback addresses,
+// unless Insecure says otherwise.
+func TestInsecureClusterRefused(t *testing.T) {
+	base := DefaultConfig()
+	base.NodeName = "n"
+	for _, tc := range []struct {
+		name    string
+		mut     func(*Config)
+		refused bool
+	}{
+		{"default wildcard bind", func(c *Config) {}, true},
+		{"private address", func(c *Config) { c.BindAddr = "10.0.0.7:7946" }, true},
+		{"host name", func(c *Config) { c.BindAddr = "presence-0.presence:7946" }, true},
+		{"loopback, public advertise", func(c *Config) { c.BindAddr, c.AdvertiseAddr = "127.0.0.1:7946", "192.0.2.1:7946" }, true},
+		{"loopback, public data", func(c *Config) { c.BindAddr, c.DataAddr = "127.0.0.1:7946", "0.0.0.0:7947" }, true},
+		{"loopback", func(c *Config) { c.BindAddr = "127.0.0.1:7946" }, false},
+		{"localhost and ::1", func(c *Config) { c.BindAddr, c.DataAddr = "localhost:7946", "[::1]:7947" }, false},
+		{"insecure", func(c *Config) { c.Insecure = true }, false},
+		{"keyed", func(c *Config) { c.SecretKey = []byte("0123456789abcdef") }, false},
+	} {
+		c := base
+		tc.mut(&c)
+		err := c.Validate()
+		if refused := err != nil; refused != tc.refused {
+			t.Errorf("%s: refused %v, want %v (%v)", tc.name, refused, tc.refused, err)
+		}
+		if err != nil && !strings.Contains(err.Error(), "PRESENCE_CLUSTER_INSECURE") {
+			t.Errorf("%s: the error does not say how to proceed: %v", tc.name, err)
+		}
 	}
 }
 

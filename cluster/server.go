@@ -13,18 +13,21 @@ import (
 	"github.com/presence-dev/presence/engine"
 )
 
-// helloTimeout bounds the wait for a new connection's hello frame.
-const helloTimeout = 10 * time.Second
-
 // server accepts the data connections of the peers: forwarded batches are
 // routed again by this node's table (dispatch: applied locally if owned,
 // re-forwarded once otherwise), handoff records go to HandoffLocal.Adopt.
-// One goroutine accepts, one per connection reads.
+// One goroutine accepts, one per connection reads. What one connection can
+// cost is bounded: Config.MaxConns connections, the handshake within
+// HandshakeTimeout (nothing past it is read from a peer that does not
+// prove the cluster key, see secure.go), IdleTimeout between frames,
+// 2*WriteTimeout for a frame's body, MaxFrameSize bytes and MaxBatch
+// messages or HandoffChunk records per frame.
 type server struct {
-	r     *Router
-	ln    net.Listener
-	log   *slog.Logger
-	clock func() time.Time
+	r      *Router
+	ln     net.Listener
+	log    *slog.Logger
+	clock  func() time.Time
+	member func(name string) bool // whether a hello's sender is a member
 
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
@@ -32,8 +35,8 @@ type server struct {
 	wg     sync.WaitGroup
 }
 
-func newServer(r *Router, ln net.Listener, log *slog.Logger, clock func() time.Time) *server {
-	return &server{r: r, ln: ln, log: log, clock: clock, conns: make(map[net.Conn]struct{})}
+func newServer(r *Router, ln net.Listener, log *slog.Logger, clock func() time.Time, member func(string) bool) *server {
+	return &server{r: r, ln: ln, log: log, clock: clock, member: member, conns: make(map[net.Conn]struct{})}
 }
 
 func (s *server) start() {
@@ -64,6 +67,13 @@ func (s *server) accept() {
 			_ = c.Close()
 			return
 		}
+		if len(s.conns) >= s.r.cfg.MaxConns {
+			s.mu.Unlock()
+			_ = c.Close()
+			s.refuse(c, &handshakeError{reason: rejectLimit,
+				err: fmt.Errorf("%d data connections open, the limit (MaxConns)", s.r.cfg.MaxConns)})
+			continue
+		}
 		s.conns[c] = struct{}{}
 		s.mu.Unlock()
 		s.wg.Go(func() {
@@ -73,7 +83,12 @@ func (s *server) accept() {
 				s.mu.Unlock()
 				_ = c.Close()
 			}()
-			if err := s.serve(c); err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+			err := s.serve(c)
+			var he *handshakeError
+			switch {
+			case errors.As(err, &he):
+				s.refuse(c, he)
+			case err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed):
 				if ok, sup := s.r.limit.Allow("serve"); ok {
 					s.log.Warn("cluster: data connection closed", slog.String("remote", c.RemoteAddr().String()),
 						slog.Any("err", err), slog.Int("suppressed", sup))
@@ -83,45 +98,49 @@ func (s *server) accept() {
 	}
 }
 
-// serve reads one connection until it ends.
-func (s *server) serve(c net.Conn) error {
-	br := bufio.NewReaderSize(c, 64<<10)
-	maxSize := s.r.cfg.MaxFrameSize
-	_ = c.SetReadDeadline(time.Now().Add(helloTimeout))
-	typ, body, buf, err := readFrame(br, nil, maxSize)
+// refuse counts and logs (rate-limited) a connection closed before its
+// handshake completed.
+func (s *server) refuse(c net.Conn, he *handshakeError) {
+	s.r.m.refused[he.reason].Inc()
+	if ok, sup := s.r.limit.Allow("refused:" + string(he.reason)); ok {
+		s.log.Warn("cluster: data connection refused", slog.String("remote", c.RemoteAddr().String()),
+			slog.String("reason", string(he.reason)), slog.Any("err", he.err), slog.Int("suppressed", sup))
+	}
+}
+
+// serve authenticates one connection, then reads it until it ends.
+func (s *server) serve(raw net.Conn) error {
+	cfg := s.r.cfg
+	c, br, from, err := s.r.ch.accept(raw, s.r.self, maxNodeName, s.member, time.Now().Add(cfg.HandshakeTimeout))
 	if err != nil {
 		return err
 	}
-	if typ != frameHello {
-		s.r.m.badFrames.Inc()
-		return fmt.Errorf("%w: first frame type %d, want hello", ErrBadFrame, typ)
-	}
-	from, err := decodeHello(body)
-	if err != nil {
-		s.r.m.badFrames.Inc()
-		return err
-	}
-	_ = c.SetReadDeadline(time.Time{})
 	var (
+		buf      []byte
 		msgs     []msg
 		recs     []engine.DeviceState
 		received int   // handoff records on this connection
 		adoptErr error // first Adopt error
 	)
 	for {
-		typ, body, buf, err = readFrame(br, buf, maxSize)
+		var typ byte
+		var body []byte
+		typ, body, buf, err = s.readFrame(c, br, buf)
 		if err != nil {
 			if errors.Is(err, ErrBadFrame) || errors.Is(err, ErrFrameTooLarge) {
 				s.r.m.badFrames.Inc()
 			}
-			return err
+			return fmt.Errorf("from %s: %w", from, err)
 		}
 		switch typ {
 		case frameBatch:
-			msgs, err = decodeBatch(body, msgs[:0])
+			msgs, err = decodeBatch(body, msgs[:0], cfg.MaxBatch)
 			if err != nil {
 				s.r.m.badFrames.Inc()
 				return fmt.Errorf("from %s: %w", from, err)
+			}
+			if len(msgs) == 0 {
+				continue // a keepalive (IdleTimeout)
 			}
 			s.r.m.recvBatches.Inc()
 			s.r.m.recvMessages.Add(len(msgs))
@@ -131,7 +150,7 @@ func (s *server) serve(c net.Conn) error {
 			s.r.dispatch(msgs, time.Time{}, from)
 			clear(msgs)
 		case frameState:
-			recs, err = decodeState(body, recs[:0])
+			recs, err = decodeState(body, recs[:0], cfg.HandoffChunk)
 			if err != nil {
 				s.r.m.badFrames.Inc()
 				return fmt.Errorf("from %s: %w", from, err)
@@ -146,7 +165,7 @@ func (s *server) serve(c net.Conn) error {
 			n, err := decodeCount(body)
 			if err != nil {
 				s.r.m.badFrames.Inc()
-				return err
+				return fmt.Errorf("from %s: %w", from, err)
 			}
 			errText := ""
 			switch {
@@ -161,7 +180,7 @@ func (s *server) serve(c net.Conn) error {
 			} else {
 				s.log.Info("cluster: handoff received", slog.String("from", from), slog.Int("devices", received))
 			}
-			_ = c.SetWriteDeadline(time.Now().Add(s.r.cfg.WriteTimeout))
+			_ = c.SetWriteDeadline(time.Now().Add(cfg.WriteTimeout))
 			if _, err := c.Write(appendAck(nil, received, errText)); err != nil {
 				return err
 			}
@@ -171,6 +190,21 @@ func (s *server) serve(c net.Conn) error {
 			return fmt.Errorf("%w: unexpected frame type %d from %s", ErrBadFrame, typ, from)
 		}
 	}
+}
+
+// readFrame reads the next frame: its header within IdleTimeout, then its
+// body within 2*WriteTimeout (what the sender allows itself to write it).
+func (s *server) readFrame(c net.Conn, br *bufio.Reader, buf []byte) (typ byte, body, newBuf []byte, err error) {
+	cfg := s.r.cfg
+	_ = c.SetReadDeadline(time.Now().Add(cfg.IdleTimeout))
+	if _, err := br.Peek(frameHeaderLen); err != nil {
+		if errors.Is(err, io.EOF) && br.Buffered() > 0 {
+			err = io.ErrUnexpectedEOF // a header cut short
+		}
+		return 0, nil, buf, err
+	}
+	_ = c.SetReadDeadline(time.Now().Add(2 * cfg.WriteTimeout))
+	return readFrame(br, buf, cfg.MaxFrameSize)
 }
 
 // adopt hands records to the local engine. Records of partitions this node

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"net"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -201,6 +202,33 @@ func TestBinaryFlags(t *testing.T) {
 			t.Errorf("%v %v: exit %d, output:\n%s", tc.env, tc.args, code, out)
 		}
 	}
+}
+
+// A cluster node on a non-loopback address refuses to start without a
+// cluster key (exit status 2, naming the way out); with
+// PRESENCE_CLUSTER_INSECURE=true it starts and warns.
+func TestBinaryRefusesInsecureCluster(t *testing.T) {
+	_, gossipPort, _ := net.SplitHostPort(testenv.FreeAddr(t))
+	_, dataPort, _ := net.SplitHostPort(testenv.FreeAddr(t))
+	env := []string{"PRESENCE_HTTP_ADDR=127.0.0.1:0", "PRESENCE_EMBEDDED_MQTT_ADDR=127.0.0.1:0",
+		"PRESENCE_NODE_NAME=lonely", "PRESENCE_CLUSTER_BIND=0.0.0.0:" + gossipPort,
+		"PRESENCE_CLUSTER_DATA_ADDR=0.0.0.0:" + dataPort}
+	cmd := exec.Command(presenced(t))
+	cmd.Env = env
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), "PRESENCE_CLUSTER_KEY") ||
+		!strings.Contains(string(out), "PRESENCE_CLUSTER_INSECURE") {
+		t.Fatalf("without a key: %v\n%s", err, out)
+	}
+	p := startProc(t, append(env, "PRESENCE_CLUSTER_INSECURE=true"))
+	p.waitServing(t)
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if !strings.Contains(p.output(), "WITHOUT a cluster key") {
+			return errors.New("no warning logged")
+		}
+		return nil
+	})
 }
 
 // A taken HTTP port is a clear error and exit status 1.

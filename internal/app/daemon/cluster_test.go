@@ -52,16 +52,26 @@ type clusterNode struct {
 	gossip string
 }
 
+// testClusterKey is the nodes' cluster key (base64 of 32 bytes): the
+// processes run as production does, data channel authenticated and
+// encrypted. It must never appear in their output.
+const testClusterKey = "cHJlc2VuY2UtdGVzdC1jbHVzdGVyLWtleS0zMi1ieXQ="
+
 func startClusterNode(t *testing.T, s *stack, c Config, name string, join string) *clusterNode {
 	t.Helper()
 	n := &clusterNode{name: name, gossip: testenv.FreeAddr(t)}
 	env := append(s.env(c), "PRESENCE_NODE_NAME="+name, "PRESENCE_CLUSTER_BIND="+n.gossip,
-		"PRESENCE_CLUSTER_DATA_ADDR="+testenv.FreeAddr(t))
+		"PRESENCE_CLUSTER_DATA_ADDR="+testenv.FreeAddr(t), "PRESENCE_CLUSTER_KEY="+testClusterKey)
 	if join != "" {
 		env = append(env, "PRESENCE_CLUSTER_JOIN="+join)
 	}
 	n.p = startProc(t, env)
 	n.api = n.p.waitServing(t)
+	t.Cleanup(func() {
+		if out := n.p.output(); strings.Contains(out, testClusterKey) {
+			t.Errorf("node %s logged the cluster key", name)
+		}
+	})
 	return n
 }
 
