@@ -184,7 +184,7 @@ func TestStats(t *testing.T) {
 
 func TestHealthAndReadiness(t *testing.T) {
 	var notReady atomic.Pointer[error]
-	hydrating := errors.New("hydrating from Redis")
+	hydrating := NotReady("recovery", errors.New("hydrating from Redis"))
 	notReady.Store(&hydrating)
 	f := newFixture(t, func(c *Config) {
 		c.Ready = func() error {
@@ -202,13 +202,13 @@ func TestHealthAndReadiness(t *testing.T) {
 		}
 	}
 	check("/healthz", 200, `{"status":"ok"}`)
-	check("/readyz", 503, `{"error":"not ready: hydrating from Redis"}`)
+	check("/readyz", 503, `{"status":"not ready","reasons":["recovery"],"error":"not ready: recovery"}`)
 	notReady.Store(nil)
 	check("/readyz", 200, `{"status":"ready"}`)
 	check("/healthz", 200, `{"status":"ok"}`)
-	subscribing := errors.New("subscribing")
+	subscribing := errors.New("subscribing") // unnamed
 	notReady.Store(&subscribing)
-	check("/readyz", 503, "not ready: subscribing")
+	check("/readyz", 503, `{"status":"not ready","reasons":["unspecified"],"error":"not ready: unspecified"}`)
 
 	// Nil Ready: always ready.
 	check2 := newFixture(t, nil)
@@ -283,6 +283,10 @@ func TestAuth(t *testing.T) {
 			{"longer", "Bearer " + token + "x", 401, `Bearer realm="presence", error="invalid_token"`},
 			{"right", "Bearer " + token, 200, ""},
 			{"scheme case", "bearer " + token, 200, ""},
+			{"spaces", " Bearer   " + token + " \t", 200, ""}, // 1*SP, and OWS around the value
+			{"bare scheme", "Bearer", 401, `Bearer realm="presence", error="invalid_token"`},
+			{"tab", "Bearer\t" + token, 401, `Bearer realm="presence"`},
+			{"no-break space", "Bearer\u00a0" + token, 401, `Bearer realm="presence"`},
 		} {
 			t.Run(p.path+"/"+tc.name, func(t *testing.T) {
 				var hdr []string
@@ -307,7 +311,7 @@ func TestAuth(t *testing.T) {
 			t.Errorf("%s without a token: %d, want open", path, w.Code)
 		}
 	}
-	if m := f.metrics(); !strings.Contains(m, `presence_api_requests_rejected_total{reason="unauthorized"} 18`) {
+	if m := f.metrics(); !strings.Contains(m, `presence_api_requests_rejected_total{reason="unauthorized"} 27`) {
 		t.Errorf("unauthorized not counted:\n%s", grep(m, "rejected"))
 	}
 

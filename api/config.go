@@ -22,7 +22,8 @@ type Config struct {
 	// Token, when not empty, is the bearer token every /v1/ route (and every
 	// route mounted with Handle) requires: "Authorization: Bearer <Token>",
 	// compared in constant time. /healthz, /readyz and /metrics stay open so
-	// probes and scrapers need no secret; mount them elsewhere or firewall
+	// probes and scrapers need no secret (/readyz tells why it is not ready
+	// only to a request with the token); mount them elsewhere or firewall
 	// them if the metrics are sensitive. Use 32 or more random bytes (e.g.
 	// "openssl rand -hex 32"). Printable ASCII without spaces.
 	Token string
@@ -40,8 +41,12 @@ type Config struct {
 
 	// Ready reports whether the daemon is ready to serve traffic (hydrated
 	// from Redis, subscribed to the broker, ...): /readyz answers 200 when it
-	// returns nil and 503 with the error text otherwise. It is called on
-	// every /readyz request, so keep it cheap. Nil means always ready.
+	// returns nil and 503 otherwise. The 503 names the failing checks to
+	// anyone: wrap each failure with NotReady("ingest", err) (errors.Join
+	// several); an unnamed one shows as "unspecified". The error's text,
+	// which may hold addresses or credentials, goes only to a request with
+	// Token (none without Token) and to the log. It is called on every
+	// /readyz request, so keep it cheap. Nil means always ready.
 	Ready func() error
 
 	// MetricSets are written by /metrics, in order, before the API's own set
@@ -79,9 +84,9 @@ type Config struct {
 	// closed.
 	ShutdownTimeout time.Duration
 
-	// LogInterval limits logging of refused requests and internal errors:
-	// at most one line per reason per interval; the next line says how many
-	// were suppressed. 0 logs every one.
+	// LogInterval limits logging of refused requests, internal errors and
+	// readiness failures: at most one line per reason per interval; the
+	// next line says how many were suppressed. 0 logs every one.
 	LogInterval time.Duration
 	// Logger receives the logs; nil is slog.Default().
 	Logger *slog.Logger

@@ -10,6 +10,10 @@
 // token) or HandlePublic: the reports, the event stream, the cluster view
 // and the dashboard.
 //
+// GET /readyz is open, so it shows anyone only the names of the failing
+// checks (NotReady, Readiness); why they fail, text that may hold addresses
+// or credentials, goes to a request with the token and to the log.
+//
 //	srv, err := api.New(cfg, eng) // cfg from api.DefaultConfig(); no I/O
 //	err = srv.Start(ctx)          // binds cfg.Addr at once, then serves in the background
 //	...

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -249,6 +250,103 @@ func FuzzRequestTarget(f *testing.F) {
 		case 301, 307, 308: // the mux's path cleaning
 		default:
 			t.Fatalf("%s %s: status %d", method, target, w.Code)
+		}
+	})
+}
+
+// bearerGrammar is RFC 6750 §2.1's credentials, "Bearer" 1*SP token, with
+// the scheme in any case and optional whitespace around (RFC 9110): the
+// independent reading bearerToken must agree with. The token is group 1.
+var bearerGrammar = regexp.MustCompile(`^[ \t]*(?i:bearer)(?: +(?s:(.*?)))?[ \t]*$`)
+
+// FuzzBearerToken: bearerToken reads exactly the grammar, and gives back
+// any token written after "Bearer ".
+func FuzzBearerToken(f *testing.F) {
+	for _, s := range authSeeds {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, h string) {
+		tok, bearer := bearerToken(h)
+		m := bearerGrammar.FindStringSubmatch(h)
+		if bearer != (m != nil) || (m != nil && tok != m[1]) {
+			t.Fatalf("bearerToken(%q) = %q, %v; the grammar reads %q", h, tok, bearer, m)
+		}
+		if !bearer && tok != "" {
+			t.Fatalf("bearerToken(%q): token %q without the scheme", h, tok)
+		}
+		if h == strings.TrimLeft(strings.TrimRight(h, " \t"), " ") {
+			if tok, ok := bearerToken("Bearer " + h); !ok || tok != h {
+				t.Fatalf(`bearerToken("Bearer " + %q) = %q, %v`, h, tok, ok)
+			}
+		}
+	})
+}
+
+// fuzzToken is the API token of FuzzAuthorization.
+const fuzzToken = "s3cret-token-0123456789abcdef"
+
+var authSeeds = []string{
+	"", "Bearer " + fuzzToken, "bearer " + fuzzToken, "BEARER " + fuzzToken, "Bearer   " + fuzzToken,
+	" \tBearer " + fuzzToken + " \t", "Bearer\t" + fuzzToken, "Bearer " + fuzzToken + "x", "Bearer " + fuzzToken[1:],
+	"Bearer " + fuzzToken + " x", "Bearer " + fuzzToken + "\x00", "Bearer " + fuzzToken + "\r\n", "Bearer \t" + fuzzToken,
+	"Bearer", "Bearer ", "Bearerx " + fuzzToken, "Basic dXNlcjpwYXNz", fuzzToken, "Bearer\u00a0" + fuzzToken,
+	"B\u0435arer " + fuzzToken, "Bearer " + strings.ToUpper(fuzzToken), "Bearer Bearer " + fuzzToken, "\xff\xfe",
+}
+
+// FuzzAuthorization: through the middleware, a protected route answers 200
+// to exactly one header "Bearer <token>" (bearerGrammar) and 401 with the
+// JSON error and its challenge to anything else; /readyz shows the details
+// of its error to that header only, and never answers 401.
+func FuzzAuthorization(f *testing.F) {
+	for _, s := range authSeeds {
+		f.Add(s, false)
+	}
+	f.Add("Bearer "+fuzzToken, true)
+	fx := newFixture(f, func(c *Config) {
+		c.Token = fuzzToken
+		c.Ready = func() error { return secretReadyErr }
+	})
+	f.Fuzz(func(t *testing.T, h string, twice bool) {
+		do := func(path string) *httptest.ResponseRecorder {
+			req := httptest.NewRequest("GET", path, nil)
+			req.Header.Add("Authorization", h)
+			if twice {
+				req.Header.Add("Authorization", h)
+			}
+			w := httptest.NewRecorder()
+			fx.srv.Handler().ServeHTTP(w, req)
+			return w
+		}
+		m := bearerGrammar.FindStringSubmatch(h)
+		bearer := m != nil && !twice
+		valid := bearer && m[1] == fuzzToken
+
+		w := do("/v1/stats")
+		switch {
+		case valid && w.Code != 200:
+			t.Fatalf("%q: %d %s, want 200", h, w.Code, w.Body)
+		case valid:
+		case w.Code != 401:
+			t.Fatalf("%q (twice %v): %d %s, want 401", h, twice, w.Code, w.Body)
+		default:
+			var e Error
+			decodeStrict(t, w.Body.Bytes(), &e)
+			want := `Bearer realm="presence"`
+			if bearer {
+				want += `, error="invalid_token"`
+			}
+			if e.Error == "" || w.Header().Get("WWW-Authenticate") != want {
+				t.Fatalf("%q (twice %v): 401 %s, WWW-Authenticate %q, want %q", h, twice, w.Body,
+					w.Header().Get("WWW-Authenticate"), want)
+			}
+		}
+
+		w = do("/readyz")
+		if w.Code != 503 || !json.Valid(w.Body.Bytes()) {
+			t.Fatalf("/readyz with %q: %d %s", h, w.Code, w.Body)
+		}
+		if shown := strings.Contains(w.Body.String(), "hunter2"); shown != valid {
+			t.Fatalf("/readyz with %q (twice %v, valid %v): %s", h, twice, valid, w.Body)
 		}
 	})
 }

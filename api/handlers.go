@@ -74,15 +74,3 @@ var (
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 	wire.WriteJSON(w, http.StatusOK, okBody)
 }
-
-// readyz serves GET /readyz: 200 once Config.Ready returns nil, 503 with
-// its error otherwise.
-func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
-	if s.cfg.Ready != nil {
-		if err := s.cfg.Ready(); err != nil {
-			wire.WriteError(w, http.StatusServiceUnavailable, "not ready: "+err.Error())
-			return
-		}
-	}
-	wire.WriteJSON(w, http.StatusOK, readyBody)
-}

@@ -57,6 +57,7 @@ type Server struct {
 
 	rejectLog *ratelog.Limiter[reason]
 	errorLog  *ratelog.Limiter[struct{}] // internal errors and panics
+	readyLog  *ratelog.Limiter[string]   // readiness failures, by reasons
 
 	batchPool sync.Pool // *batchBuf
 
@@ -86,6 +87,7 @@ func New(cfg Config, store Store) (*Server, error) {
 	s.m = newAPIMetrics(set)
 	s.rejectLog = ratelog.New[reason](cfg.LogInterval, nil)
 	s.errorLog = ratelog.New[struct{}](cfg.LogInterval, nil)
+	s.readyLog = ratelog.New[string](cfg.LogInterval, nil)
 	s.unmatched = newRouteMetrics(set, "unmatched")
 	for _, x := range append(cfg.MetricSets[:len(cfg.MetricSets):len(cfg.MetricSets)], set) {
 		if !containsSet(s.sets, x) {
@@ -160,25 +162,71 @@ func (rt *route) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rt.h.ServeHTTP(w, r)
 }
 
-// authorized checks the bearer token, answering 401 when it fails. The
-// token is compared as a SHA-256 hash in constant time, so neither its
-// content nor its length leaks through timing.
+// authorized checks the bearer token, answering 401 when it fails.
 func (s *Server) authorized(w http.ResponseWriter, r *http.Request) bool {
-	const scheme = "bearer "
-	h := r.Header.Get("Authorization")
-	if len(h) < len(scheme) || !strings.EqualFold(h[:len(scheme)], scheme) {
+	switch s.credential(r) {
+	case credentialValid:
+		return true
+	case credentialNone:
 		w.Header().Set("WWW-Authenticate", `Bearer realm="presence"`)
 		s.reject(w, r, http.StatusUnauthorized, reasonUnauthorized,
-			"missing bearer token: send the header Authorization: Bearer <token>")
-		return false
-	}
-	got := sha256.Sum256([]byte(strings.TrimSpace(h[len(scheme):])))
-	if subtle.ConstantTimeCompare(got[:], s.token[:]) != 1 {
+			"missing bearer token: send one header Authorization: Bearer <token>")
+	default:
 		w.Header().Set("WWW-Authenticate", `Bearer realm="presence", error="invalid_token"`)
 		s.reject(w, r, http.StatusUnauthorized, reasonUnauthorized, "invalid bearer token")
-		return false
 	}
-	return true
+	return false
+}
+
+// credential is what a request presents in its Authorization header.
+type credential uint8
+
+const (
+	credentialNone    credential = iota // no header, several, or another scheme than Bearer
+	credentialInvalid                   // the Bearer scheme, not with Config.Token
+	credentialValid                     // Config.Token (never without one)
+)
+
+// credential checks the request's bearer token. The token is compared as
+// a SHA-256 hash in constant time, so neither its content nor its length
+// leaks through timing.
+func (s *Server) credential(r *http.Request) credential {
+	h := r.Header.Values("Authorization")
+	if len(h) != 1 {
+		return credentialNone // Authorization is not a list (RFC 9110 §5.3)
+	}
+	tok, ok := bearerToken(h[0])
+	switch {
+	case !ok:
+		return credentialNone
+	case !s.auth:
+		return credentialInvalid
+	}
+	got := sha256.Sum256([]byte(tok))
+	if subtle.ConstantTimeCompare(got[:], s.token[:]) != 1 {
+		return credentialInvalid
+	}
+	return credentialValid
+}
+
+// bearerToken parses an Authorization header value: the scheme Bearer in
+// any case (RFC 9110 §11.1), one or more spaces, the token (RFC 6750
+// §2.1). bearer reports whether the value uses that scheme at all; token is
+// then what follows the spaces, "" if nothing does, unchecked: it is
+// compared whole with Config.Token, which holds no whitespace. Spaces and
+// tabs around the value are not part of it (RFC 9110 §5.5; net/http trims
+// them off the wire already).
+func bearerToken(h string) (token string, bearer bool) {
+	const scheme = "Bearer"
+	h = strings.Trim(h, " \t")
+	if len(h) < len(scheme) || !strings.EqualFold(h[:len(scheme)], scheme) {
+		return "", false
+	}
+	rest := h[len(scheme):]
+	if rest != "" && rest[0] != ' ' {
+		return "", false // another scheme, "Bearerx"
+	}
+	return strings.TrimLeft(rest, " "), true
 }
 
 // serveHTTP is the outer middleware: it routes, times and counts every

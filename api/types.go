@@ -93,3 +93,17 @@ func engineStats(s engine.Stats) *EngineStats {
 type Error struct {
 	Error string `json:"error"`
 }
+
+// Readiness answers GET /readyz: {"status":"ready"} with 200, or with 503
+// Status "not ready", the failing checks and an Error like every error
+// answer's.
+type Readiness struct {
+	// Status is "ready" or "not ready".
+	Status string `json:"status"`
+	// Reasons name the failing checks (NotReadyError.Check, or
+	// "unspecified"): short fixed names, such as "recovery" or "ingest".
+	Reasons []string `json:"reasons,omitempty"`
+	// Error is "not ready: " and the reasons or, for a request with the API
+	// token (Config.Token), why: the readiness error itself.
+	Error string `json:"error,omitempty"`
+}

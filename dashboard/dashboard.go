@@ -68,18 +68,13 @@ func Handler() http.Handler {
 		panic("dashboard: embedded assets: " + err.Error()) // a build defect
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		name := ""
-		switch p := r.URL.Path; {
-		case p == "/":
-			name = "index.html"
-		case p == Prefix:
+		name, redirect := assetName(r.URL.Path)
+		if redirect {
 			http.Redirect(w, r, "../", http.StatusFound) // relative links need the page at "/"
 			return
-		case strings.HasPrefix(p, Prefix):
-			name = strings.TrimPrefix(p, Prefix)
 		}
-		a := files[name]
-		if a == nil || name != path.Clean(name) {
+		a := files[name] // only embedded files: the map is the allow-list
+		if a == nil {
 			notFound(w)
 			return
 		}
@@ -90,6 +85,26 @@ func Handler() http.Handler {
 		h.Set("ETag", a.etag)
 		http.ServeContent(w, r, name, time.Time{}, bytes.NewReader(a.body))
 	})
+}
+
+// assetName maps a request path to the name of the embedded asset it
+// asks for: "/" is "index.html", "/ui/<name>" is name. redirect is for
+// "/ui/" itself. name is "" for any other path, and for any name fs.ValidPath
+// refuses ("..", ".", empty or trailing elements) or holding a backslash:
+// such a name is never an embedded file's.
+func assetName(p string) (name string, redirect bool) {
+	switch {
+	case p == "/":
+		return "index.html", false
+	case p == Prefix:
+		return "", true
+	case strings.HasPrefix(p, Prefix):
+		name = p[len(Prefix):]
+		if fs.ValidPath(name) && !strings.ContainsRune(name, '\\') {
+			return name, false
+		}
+	}
+	return "", false
 }
 
 // csp allows the page its own scripts, styles and API calls, and nothing

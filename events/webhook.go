@@ -41,8 +41,13 @@ func Sign(secret, body []byte) string {
 }
 
 // VerifySignature reports whether header (the X-Presence-Signature value)
-// is body's signature under secret, in constant time.
+// is body's signature under secret, exactly as Sign writes it, comparing in
+// constant time (hmac.Equal). An empty secret verifies nothing: the hub
+// signs nothing without a secret, and anyone can sign with the empty key.
 func VerifySignature(secret, body []byte, header string) bool {
+	if len(secret) == 0 {
+		return false
+	}
 	return hmac.Equal([]byte(Sign(secret, body)), []byte(header))
 }
 

@@ -1,13 +1,16 @@
 package events
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -253,6 +256,85 @@ func TestSign(t *testing.T) {
 	if !VerifySignature([]byte("secret"), body, got) || VerifySignature([]byte("other"), body, got) {
 		t.Fatal("VerifySignature")
 	}
+	if VerifySignature(nil, body, Sign(nil, body)) || VerifySignature([]byte{}, body, Sign([]byte{}, body)) {
+		t.Fatal("VerifySignature accepts a signature under the empty key")
+	}
+}
+
+// hmacKey is the block HMAC-SHA256 really keys with (RFC 2104): a key
+// longer than the block is hashed, then padded with zeros. Two secrets
+// with the same hmacKey sign alike ("k" and "k\x00"): no mutation of the
+// secret can tell them apart.
+func hmacKey(secret []byte) [sha256.BlockSize]byte {
+	var k [sha256.BlockSize]byte
+	if len(secret) > sha256.BlockSize {
+		sum := sha256.Sum256(secret)
+		secret = sum[:]
+	}
+	copy(k[:], secret)
+	return k
+}
+
+var signature = regexp.MustCompile(`^sha256=[0-9a-f]{64}$`)
+
+// FuzzVerifySignature: Sign's header verifies for its secret and body, and
+// only that exact header does; flipping any bit of the header or the body,
+// or cutting or extending either, fails; a changed secret fails unless
+// HMAC keys with it alike (hmacKey); the empty secret verifies nothing.
+func FuzzVerifySignature(f *testing.F) {
+	body := []byte(`{"batch":"x","events":[]}`)
+	good := Sign([]byte("secret"), body)
+	f.Add([]byte("secret"), body, good, uint(0), byte(0))
+	f.Add([]byte("secret"), body, strings.ToUpper(good), uint(7), byte(1))
+	f.Add([]byte("secret"), body, good+" ", uint(70), byte(7))
+	f.Add([]byte("secret"), body, strings.TrimPrefix(good, "sha256="), uint(3), byte(2))
+	f.Add([]byte("secret"), []byte{}, "", uint(0), byte(0))
+	f.Add([]byte{}, body, Sign(nil, body), uint(1), byte(3))
+	f.Add([]byte("k\x00"), body, Sign([]byte("k"), body), uint(0), byte(0))
+	f.Add([]byte(strings.Repeat("s", 65)), body, "sha256=", uint(64), byte(5))
+	f.Add([]byte(strings.Repeat("s", 64)), []byte("\xff\x00"), "sha256=\x00", uint(9), byte(6))
+	f.Fuzz(func(t *testing.T, secret, body []byte, header string, at uint, bit byte) {
+		sig := Sign(secret, body)
+		if !signature.MatchString(sig) {
+			t.Fatalf("Sign = %q", sig)
+		}
+		if len(secret) == 0 {
+			if VerifySignature(secret, body, sig) || VerifySignature(secret, body, header) {
+				t.Fatal("the empty secret verified a signature")
+			}
+			return
+		}
+		if !VerifySignature(secret, body, sig) {
+			t.Fatalf("Sign(%q, %q) does not verify", secret, body)
+		}
+		if got := VerifySignature(secret, body, header); got != (header == sig) {
+			t.Fatalf("header %q: %v, want %v (signature %q)", header, got, !got, sig)
+		}
+		flip := func(b []byte) []byte {
+			b = bytes.Clone(b)
+			b[at%uint(len(b))] ^= 1 << (bit % 8)
+			return b
+		}
+		for _, h := range []string{string(flip([]byte(sig))), sig[:len(sig)-1], sig + "0", " " + sig, strings.ToUpper(sig)} {
+			if VerifySignature(secret, body, h) {
+				t.Fatalf("mutated header %q verifies", h)
+			}
+		}
+		mutated := [][]byte{append(bytes.Clone(body), bit)}
+		if len(body) > 0 {
+			mutated = append(mutated, flip(body), body[:len(body)-1])
+		}
+		for _, b := range mutated {
+			if VerifySignature(secret, b, sig) {
+				t.Fatalf("body %q verifies the signature of %q", b, body)
+			}
+		}
+		for _, s := range [][]byte{flip(secret), append(bytes.Clone(secret), bit), secret[:len(secret)-1]} {
+			if got, alike := VerifySignature(s, body, sig), len(s) > 0 && hmacKey(s) == hmacKey(secret); got != alike {
+				t.Fatalf("secret %q for the signature under %q: %v, want %v", s, secret, got, alike)
+			}
+		}
+	})
 }
 
 // A webhook that cannot be reached is logged and counted without its URL,

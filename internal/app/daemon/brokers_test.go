@@ -1,13 +1,20 @@
 package daemon
 
 import (
+	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/presence-dev/presence/api"
 	"github.com/presence-dev/presence/internal/testsupport/testenv"
 )
 
@@ -121,4 +128,83 @@ func TestPersistentSessionRestart(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestReadyzNamesMissingSharedSubscriptions: behind the NATS MQTT gateway
+// with the default share group presenced is subscribed but receives
+// nothing; /readyz says so: to a request with the API token it names the
+// fix, to anyone else only the failing check.
+func TestReadyzNamesMissingSharedSubscriptions(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test")
+	}
+	url := testenv.NATSMQTT(t)
+	name := testenv.Name(t)
+	const token = "readyz-test-token-0123456789abcdef"
+	c := DefaultConfig()
+	c.Ingest.BrokerURL = url
+	c.Ingest.ClientIDPrefix = name
+	c.Ingest.Topics[0].Pattern = name + "/devices/{id}/telemetry"
+	c.Ingest.Topics[1].Pattern = name + "/devices/{id}/status"
+	c.Ingest.ProbeTimeout = time.Second
+	c.API.Addr = "127.0.0.1:0"
+	c.API.Token = token
+	d, err := New(c, testenv.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("daemon stopped with %v", err)
+		}
+	}()
+	readyz := func(auth string) (int, api.Readiness, error) {
+		req, err := http.NewRequest("GET", "http://"+d.HTTPAddr()+"/readyz", nil)
+		if err != nil {
+			return 0, api.Readiness{}, err
+		}
+		if auth != "" {
+			req.Header.Set("Authorization", "Bearer "+auth)
+		}
+		resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+		if err != nil {
+			return 0, api.Readiness{}, err
+		}
+		defer resp.Body.Close()
+		var r api.Readiness
+		err = json.NewDecoder(resp.Body).Decode(&r)
+		return resp.StatusCode, r, err
+	}
+	testenv.Eventually(t, 15*time.Second, func() error {
+		if d.HTTPAddr() == "" {
+			return errors.New("API not serving yet")
+		}
+		code, r, err := readyz(token)
+		switch {
+		case err != nil:
+			return err
+		case code == http.StatusOK:
+			return errors.New("/readyz ready behind a broker that delivers nothing")
+		case !strings.Contains(r.Error, "PRESENCE_SHARE_GROUP=none"):
+			return fmt.Errorf("/readyz with the token: %d %+v, want the fix named", code, r)
+		}
+		t.Logf("/readyz with the token: %+v", r)
+		return nil
+	})
+	for _, auth := range []string{"", "wrong-token"} {
+		code, r, err := readyz(auth)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if code != http.StatusServiceUnavailable || r.Status != "not ready" || !slices.Equal(r.Reasons, []string{"ingest"}) {
+			t.Errorf("/readyz with token %q: %d %+v, want 503 naming the failing checks", auth, code, r)
+		}
+		if strings.Contains(r.Error, "PRESENCE_SHARE_GROUP") || strings.Contains(r.Error, name) { // the details name the topics
+			t.Errorf("/readyz with token %q shows the details: %+v", auth, r)
+		}
+	}
 }

@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -332,11 +331,11 @@ func (d *Daemon) metricSets() []*metrics.Set {
 func (d *Daemon) ready() error {
 	if d.rec != nil {
 		if err := d.rec.Ready(); err != nil {
-			return err
+			return api.NotReady("recovery", err)
 		}
 	}
 	if err := d.ing.ReadyErr(); err != nil {
-		return fmt.Errorf("ingest: %w", err)
+		return api.NotReady("ingest", err)
 	}
 	return nil
 }
