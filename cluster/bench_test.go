@@ -55,7 +55,9 @@ func newCountLocal(b *testing.B, withEngine bool) *countLocal {
 // last_seen update) or a counter (engine=none: the routing and forwarding
 // cost alone). One op is one message; batches of 512 like ingest's. msgs/s
 // counts messages that reached the owner's engine; bytes/msg is the wire
-// size, frame headers included. Sender and receiver share the 2 cores.
+// size, frame headers included. channel=plain is plain TCP (a loopback
+// cluster without a key), channel=tls the keyed cluster's TLS 1.3 with the
+// key proofs at connect. Sender and receiver share the 2 cores.
 //
 //	go test -run '^$' -bench 'BenchmarkForward$' -benchtime 2000000x -count 6 ./cluster/
 func BenchmarkForward(b *testing.B) {
@@ -75,26 +77,47 @@ func BenchmarkForward(b *testing.B) {
 				addrs: map[string]string{"a": addr}})
 			benchRun(b, r, dst)
 		})
-		b.Run(eng+"/path=forward", func(b *testing.B) {
-			dst := newCountLocal(b, withEngine)
-			rb, _, addrB := benchRouter(b, "b", dst)
-			ra, ma, addrA := benchRouter(b, "a", &countLocal{})
-			// b owns everything; a forwards every message to b.
-			tb := NewTable(DefaultPartitions, []string{"b"})
-			addrs := map[string]string{"a": addrA, "b": addrB}
-			rb.setTable(tb, addrs)
-			ra.setTable(tb, addrs)
-			benchRun(b, ra, dst)
-			if n := ma.fwdMessages.Get(); n > 0 {
-				b.ReportMetric(float64(ma.fwdBytes.Get())/float64(n), "bytes/msg")
+		for _, keyed := range []bool{false, true} {
+			channel := "/channel=plain"
+			if keyed {
+				channel = "/channel=tls"
 			}
-			var drops uint64
-			for r := range numDropReasons {
-				drops += ma.dropped[r].Get()
-			}
-			b.ReportMetric(float64(drops)/float64(b.N), "drops/op")
-		})
+			b.Run(eng+"/path=forward"+channel, func(b *testing.B) {
+				benchForward(b, withEngine, keyed)
+			})
+		}
 	}
+}
+
+// benchForward is path=forward: a forwards every message to b, over TLS
+// with the key proofs when keyed.
+func benchForward(b *testing.B, withEngine, keyed bool) {
+	dst := newCountLocal(b, withEngine)
+	rb, _, addrB := benchRouter(b, "b", dst)
+	ra, ma, addrA := benchRouter(b, "a", &countLocal{})
+	if keyed {
+		for _, r := range []*Router{ra, rb} {
+			ch, err := newChannel([][]byte{[]byte("0123456789abcdef0123456789abcdef")})
+			if err != nil {
+				b.Fatal(err)
+			}
+			r.ch = ch
+		}
+	}
+	// b owns everything; a forwards every message to b.
+	tb := NewTable(DefaultPartitions, []string{"b"})
+	addrs := map[string]string{"a": addrA, "b": addrB}
+	rb.setTable(tb, addrs)
+	ra.setTable(tb, addrs)
+	benchRun(b, ra, dst)
+	if n := ma.fwdMessages.Get(); n > 0 {
+		b.ReportMetric(float64(ma.fwdBytes.Get())/float64(n), "bytes/msg")
+	}
+	var drops uint64
+	for r := range numDropReasons {
+		drops += ma.dropped[r].Get()
+	}
+	b.ReportMetric(float64(drops)/float64(b.N), "drops/op")
 }
 
 // benchRouter is a router with its data server on loopback.

@@ -14,6 +14,8 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/hashicorp/memberlist"
+
+	"github.com/presence-dev/presence/internal/netaddr"
 )
 
 // maxNodeName is the longest node name, bytes (also in a hello).
@@ -283,23 +285,11 @@ func (c *Config) keys() [][]byte {
 // advertise, data) that are not loopback: a wildcard or empty host, a host
 // name other than localhost, or an IP outside 127.0.0.0/8 and ::1.
 func (c *Config) Exposed() []string {
-	addrs := []string{c.BindAddr, c.AdvertiseAddr, c.DataAddr}
 	var out []string
-	for _, a := range addrs {
-		if a == "" {
-			continue
+	for _, a := range []string{c.BindAddr, c.AdvertiseAddr, c.DataAddr} {
+		if a != "" && !netaddr.Loopback(a) {
+			out = append(out, a)
 		}
-		host, _, err := net.SplitHostPort(a)
-		if err != nil {
-			continue // Validate reports it
-		}
-		if host == "localhost" {
-			continue
-		}
-		if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
-			continue
-		}
-		out = append(out, a)
 	}
 	return out
 }

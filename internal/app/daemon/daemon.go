@@ -18,6 +18,7 @@ import (
 	"github.com/presence-dev/presence/events"
 	"github.com/presence-dev/presence/ingest"
 	"github.com/presence-dev/presence/internal/lifecycle"
+	"github.com/presence-dev/presence/internal/netaddr"
 	"github.com/presence-dev/presence/recovery"
 	"github.com/presence-dev/presence/report"
 	"github.com/presence-dev/presence/writeback/postgres"
@@ -113,6 +114,10 @@ func (d *Daemon) build(cfg Config) error {
 	if cfg.clustered() && !cfg.Ingest.CleanSession {
 		log.Warn("persistent MQTT sessions in a cluster: while a node is down the broker may keep queueing its share of the stream for it (Mosquitto does), and those messages reach their owners only when it returns",
 			"client_id_prefix", cfg.Ingest.ClientIDPrefix)
+	}
+	if cfg.API.Token == "" && !netaddr.Loopback(cfg.API.Addr) {
+		log.Warn("the HTTP API listens beyond loopback without -api-token: anyone who reaches it reads every device's status "+
+			"(set PRESENCE_API_TOKEN, or keep it behind an authenticating proxy)", "addr", cfg.API.Addr)
 	}
 	if err := d.buildStores(); err != nil {
 		return err
