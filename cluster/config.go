@@ -162,8 +162,9 @@ type Config struct {
 	HandshakeTimeout time.Duration
 	// IdleTimeout is how long the data server waits for the next frame on
 	// a connection before it closes it; a connected peer with nothing to
-	// send writes an empty batch every IdleTimeout/4. Once a frame's header
-	// is read, its body must follow within 2*WriteTimeout. Default 2 min.
+	// send writes an empty batch every IdleTimeout/4, so every node needs
+	// the same. Once a frame's header is read, its body must follow within
+	// 2*WriteTimeout. More than HandoffTimeout. Default 2 min.
 	IdleTimeout time.Duration
 
 	// HandoffChunk is the number of device records per handoff frame.
@@ -346,6 +347,11 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxConns < 1 {
 		bad("MaxConns", "%d, want >= 1", c.MaxConns)
+	}
+	if c.IdleTimeout <= c.HandoffTimeout {
+		// A handoff connection may wait for another transfer's ack, up to
+		// HandoffTimeout, between two of its frames.
+		bad("IdleTimeout", "%v, want more than HandoffTimeout (%v)", c.IdleTimeout, c.HandoffTimeout)
 	}
 	if c.GossipProfile != ProfileLAN && c.GossipProfile != ProfileLocal {
 		bad("GossipProfile", "%q, want %q or %q", c.GossipProfile, ProfileLAN, ProfileLocal)

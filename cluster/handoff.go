@@ -178,8 +178,14 @@ func (tr *transfer) flushChunk() {
 		_ = c.SetDeadline(tr.deadline)
 		tr.conn, tr.bw = c, bufio.NewWriterSize(c, 64<<10)
 	}
+	// Each frame goes out whole: the owner allows 2*WriteTimeout for a
+	// frame's body once its header is in, and this transfer may wait for
+	// others' acks (or Range) before its next chunk.
 	tr.buf = appendState(tr.buf[:0], tr.chunk)
 	if _, tr.err = tr.bw.Write(tr.buf); tr.err != nil {
+		return
+	}
+	if tr.err = tr.bw.Flush(); tr.err != nil {
 		return
 	}
 	for i := range tr.chunk {

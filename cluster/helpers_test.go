@@ -211,6 +211,9 @@ func newStaticNode(t testing.TB, name string, tweak func(*Config)) *staticNode {
 	n := &staticNode{name: name, cfg: &cfg, local: newFakeLocal(), addr: ln.Addr().String()}
 	n.m = newClusterMetrics(metrics.NewSet())
 	n.r = newRouter(n.cfg, n.local, cfg.Logger, n.m)
+	if n.r.ch, err = newChannel(cfg.keys()); err != nil { // as New does
+		t.Fatal(err)
+	}
 	n.srv = newServer(n.r, ln, cfg.Logger, time.Now, anyMember)
 	n.srv.start()
 	t.Cleanup(func() {
@@ -255,4 +258,4 @@ func deviceIDs(prefix string, n int) []string {
 
 // anyMember is the data server's membership check for routers tested
 // without a Node: every sender is a member.
-func anyMember(string) bool { return true }
+func anyMember(string, time.Time) bool { return true }

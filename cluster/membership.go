@@ -196,8 +196,8 @@ type memberView struct {
 	mu     sync.Mutex
 	nodes  map[string]memberlist.Node
 	events pendingEvents
-	// gone holds when each member was removed, for recentlyGone: a node
-	// that leaves hands its devices off after its leave reached us.
+	// gone holds when each member was removed, for has: a node that
+	// leaves hands its devices off after its leave reached us.
 	gone map[string]time.Time
 }
 
@@ -239,7 +239,7 @@ func (v *memberView) remove(name string) {
 	v.gone[name] = now
 }
 
-// goneMemory is how long recentlyGone remembers a removed member: longer
+// goneMemory is how long has remembers a removed member: longer
 // than a leaving node's handoff (HandoffTimeout, 30 s by default).
 const goneMemory = 5 * time.Minute
 

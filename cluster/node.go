@@ -315,10 +315,14 @@ func (n *Node) warnInsecure(exposed []string) {
 
 // isMember reports whether name is a live member, for the data server's
 // handshake. A node that just joined may connect before gossip told us of
-// it: it is waited for, up to half the handshake timeout.
-func (n *Node) isMember(name string) bool {
+// it: it is waited for, up to half the handshake timeout and never past
+// the handshake's deadline.
+func (n *Node) isMember(name string, handshake time.Time) bool {
 	const poll = 50 * time.Millisecond
 	deadline := time.Now().Add(n.cfg.HandshakeTimeout / 2)
+	if handshake.Before(deadline) {
+		deadline = handshake
+	}
 	for !n.view.has(name) {
 		if name == n.cfg.NodeName || time.Now().After(deadline) {
 			return false

@@ -77,7 +77,8 @@ func newChannel(clusterKeys [][]byte) (*channel, error) {
 	if err != nil {
 		return nil, err
 	}
-	ch.server = &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}}
+	ch.server = &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert},
+		SessionTicketsDisabled: true} // clients never resume: every connection proves the key afresh
 	ch.client = &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		ServerName: "presence",
@@ -194,7 +195,7 @@ func (ch *channel) dial(conn net.Conn, self, peer string, deadline time.Time) (c
 }
 
 // rejection is why the server closed a connection before its first frame
-// past the handshake (presence_cluster_rejected_connections_total).
+// past the handshake (presence_cluster_refused_connections_total).
 type rejection string
 
 const (
@@ -218,10 +219,14 @@ func (e *handshakeError) Unwrap() error { return e.err }
 
 // accept runs the server side of a new connection, before deadline: TLS,
 // the hello (its proof, its addressee, the sender's membership, which
-// known decides) and the welcome. It returns the connection to read
-// frames from (through br), and the peer's name.
-func (ch *channel) accept(conn net.Conn, self string, maxName int, known func(string) bool,
-	deadline time.Time) (c net.Conn, br *bufio.Reader, from string, err error) {
+// known decides, waiting no later than deadline) and the welcome. It
+// returns the connection to read frames from (through br), and the peer's
+// name.
+//
+// reserve is called last, before the welcome: false (no room) refuses the
+// connection with rejectLimit; after true the caller owns a slot.
+func (ch *channel) accept(conn net.Conn, self string, maxName int, known func(string, time.Time) bool,
+	reserve func() bool, deadline time.Time) (c net.Conn, br *bufio.Reader, from string, err error) {
 	reject := func(r rejection, err error) (net.Conn, *bufio.Reader, string, error) {
 		return nil, nil, "", &handshakeError{reason: r, err: err}
 	}
@@ -262,8 +267,11 @@ func (ch *channel) accept(conn net.Conn, self string, maxName int, known func(st
 	if h.to != self {
 		return reject(rejectMember, fmt.Errorf("%w: hello for %q, this is %q", ErrUnauthenticated, h.to, self))
 	}
-	if !known(h.from) {
+	if !known(h.from, deadline) {
 		return reject(rejectMember, fmt.Errorf("%w: %q is not a member", ErrUnauthenticated, h.from))
+	}
+	if !reserve() {
+		return reject(rejectLimit, fmt.Errorf("all data connections in use (MaxConns)"))
 	}
 	var proof []byte
 	if key >= 0 {

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
@@ -282,16 +283,36 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// The data server bounds what one connection costs.
-func TestDataServerLimits(t *testing.T) {
+// limitsCluster is two static nodes with small limits, plain or keyed.
+func limitsCluster(t *testing.T, keyed bool, maxConns int) []*staticNode {
 	nodes := staticCluster(t, 2, func(c *Config) {
-		c.MaxConns = 3
+		c.MaxConns = maxConns
 		c.MaxBatch = 4
 		c.HandoffChunk = 4
-		c.IdleTimeout = 400 * time.Millisecond
+		c.IdleTimeout = 1500 * time.Millisecond
+		c.HandoffTimeout = time.Second
 		c.WriteTimeout = 100 * time.Millisecond
-		c.HandshakeTimeout = 300 * time.Millisecond
+		c.HandshakeTimeout = 500 * time.Millisecond
+		if keyed {
+			c.SecretKey = key1
+		}
 	})
+	return nodes
+}
+
+// The data server bounds what one connection costs, on plain and on
+// authenticated (TLS) connections alike.
+func TestDataServerLimits(t *testing.T) {
+	for _, keyed := range []bool{false, true} {
+		t.Run(fmt.Sprintf("keyed=%v", keyed), func(t *testing.T) {
+			t.Parallel()
+			testDataServerLimits(t, keyed)
+		})
+	}
+}
+
+func testDataServerLimits(t *testing.T, keyed bool) {
+	nodes := limitsCluster(t, keyed, 256)
 	s := nodes[0]
 	t.Run("frame counts", func(t *testing.T) {
 		big := make([]msg, 5)
@@ -300,34 +321,38 @@ func TestDataServerLimits(t *testing.T) {
 		}
 		c := rawConn(t, s, "node-1")
 		_, _ = c.Write(appendBatch(nil, big))
-		waitClosed(t, c, time.Second)
+		waitClosed(t, c, 2*time.Second)
 		recs := make([]engine.DeviceState, 5)
 		for i := range recs {
 			recs[i] = engine.DeviceState{ID: fmt.Sprintf("d%d", i)}
 		}
 		c = rawConn(t, s, "node-1")
 		_, _ = c.Write(appendState(nil, recs))
-		waitClosed(t, c, time.Second)
+		waitClosed(t, c, 2*time.Second)
 		if s.local.adopted != 0 || len(s.local.ids()) != 0 {
 			t.Fatalf("oversize frames applied: %d adopted, %v", s.local.adopted, s.local.ids())
 		}
-		if s.m.badFrames.Get() < 2 {
-			t.Fatalf("bad frames %d", s.m.badFrames.Get())
-		}
+		testenv.Eventually(t, time.Second, func() error {
+			if s.m.badFrames.Get() < 2 {
+				return fmt.Errorf("bad frames %d", s.m.badFrames.Get())
+			}
+			return nil
+		})
 	})
 	t.Run("idle and slow frames", func(t *testing.T) {
 		start := time.Now()
 		c := rawConn(t, s, "node-1")
-		waitClosed(t, c, 2*time.Second)
-		if el := time.Since(start); el < 300*time.Millisecond {
-			t.Fatalf("idle connection closed after %v, before IdleTimeout", el)
+		waitClosed(t, c, 5*time.Second)
+		if el := time.Since(start); el < 1400*time.Millisecond {
+			t.Fatalf("idle connection closed after %v, before IdleTimeout (1.5s)", el)
 		}
-		// A header, then a body that never comes.
+		// A header, then a body that never comes: closed after
+		// 2*WriteTimeout (200 ms), long before IdleTimeout.
 		c = rawConn(t, s, "node-1")
 		_, _ = c.Write([]byte{0, 0, 1, 0, frameBatch})
 		start = time.Now()
-		waitClosed(t, c, 2*time.Second)
-		if el := time.Since(start); el > 350*time.Millisecond {
+		waitClosed(t, c, 5*time.Second)
+		if el := time.Since(start); el > time.Second {
 			t.Fatalf("slow frame closed after %v, want ~2*WriteTimeout", el)
 		}
 		// A silent client never finishes the handshake.
@@ -336,7 +361,11 @@ func TestDataServerLimits(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer raw.Close()
-		waitClosed(t, raw, 2*time.Second)
+		start = time.Now()
+		waitClosed(t, raw, 5*time.Second)
+		if el := time.Since(start); el > 1400*time.Millisecond {
+			t.Fatalf("silent client closed after %v, want ~HandshakeTimeout", el)
+		}
 	})
 	t.Run("keepalive", func(t *testing.T) {
 		// A real peer with nothing to send keeps its connection.
@@ -356,7 +385,7 @@ func TestDataServerLimits(t *testing.T) {
 			return nil
 		})
 		before := p.m.connects.Get()
-		time.Sleep(1200 * time.Millisecond) // 3 idle timeouts
+		time.Sleep(3 * time.Second) // two idle timeouts
 		p.r.TouchBatch(touchBatch([]string{id}, time.Now()))
 		testenv.Eventually(t, 2*time.Second, func() error {
 			if s.local.touchCount(id) != 2 {
@@ -368,6 +397,9 @@ func TestDataServerLimits(t *testing.T) {
 			t.Fatalf("idle peer reconnected: connects %d -> %d, lost %d", before, got, p.m.connLost.Get())
 		}
 	})
+	if keyed {
+		return
+	}
 	t.Run("hello limits", func(t *testing.T) {
 		before := s.m.refused[rejectHello].Get()
 		for _, h := range [][]byte{
@@ -380,7 +412,7 @@ func TestDataServerLimits(t *testing.T) {
 				t.Fatal(err)
 			}
 			_, _ = c.Write(h)
-			waitClosed(t, c, time.Second)
+			waitClosed(t, c, 2*time.Second)
 			_ = c.Close()
 		}
 		testenv.Eventually(t, time.Second, func() error {
@@ -390,21 +422,119 @@ func TestDataServerLimits(t *testing.T) {
 			return nil
 		})
 	})
-	t.Run("connection cap", func(t *testing.T) {
-		// node-1's forwarding connection is one of the three.
-		_ = rawConn(t, s, "node-1")
-		_ = rawConn(t, s, "node-1")
-		c, err := net.Dial("tcp", s.addr)
+}
+
+// MaxConns bounds authenticated connections; handshakes have caps of
+// their own, so silent strangers cannot take the peers' slots for good.
+func TestDataServerConnectionCaps(t *testing.T) {
+	s := limitsCluster(t, true, 2)[0]
+	limit := func() uint64 { return s.m.refused[rejectLimit].Get() }
+	_ = rawConn(t, s, "node-1")
+	_ = rawConn(t, s, "node-1")
+	c, err := net.Dial("tcp", s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.r.ch.dial(c, "node-1", s.name, time.Now().Add(2*time.Second)); err == nil {
+		t.Fatal("a third authenticated connection was served with MaxConns 2")
+	}
+	testenv.Eventually(t, time.Second, func() error {
+		if limit() != 1 {
+			return fmt.Errorf("refused (limit) %d, want 1", limit())
+		}
+		return nil
+	})
+	// maxHandshakesPerSource silent connections from one address: the
+	// next one from there is refused at once, until they time out.
+	s2 := limitsCluster(t, true, 256)[0]
+	var silent []net.Conn
+	for range maxHandshakesPerSource {
+		c, err := net.Dial("tcp", s2.addr)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.r.ch.dial(c, "node-1", s.name, time.Now().Add(time.Second)); err == nil {
-			t.Fatal("a fourth connection was served")
+		silent = append(silent, c)
+	}
+	testenv.Eventually(t, time.Second, func() error {
+		s2.srv.mu.Lock()
+		defer s2.srv.mu.Unlock()
+		if s2.srv.pending != maxHandshakesPerSource {
+			return fmt.Errorf("%d handshakes pending", s2.srv.pending)
 		}
-		if got := s.m.refused[rejectLimit].Get(); got != 1 {
-			t.Fatalf("refused (limit) %d", got)
-		}
+		return nil
 	})
+	c, err = net.Dial("tcp", s2.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s2.r.ch.dial(c, "node-1", s2.name, time.Now().Add(2*time.Second)); err == nil {
+		t.Fatal("a handshake over the per-source cap was served")
+	}
+	for _, c := range silent {
+		waitClosed(t, c, 5*time.Second) // HandshakeTimeout
+	}
+	testenv.Eventually(t, 2*time.Second, func() error {
+		c, err := net.Dial("tcp", s2.addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = s2.r.ch.dial(c, "node-1", s2.name, time.Now().Add(2*time.Second))
+		return err
+	})
+}
+
+// The client sends nothing past its hello to a server that does not prove
+// the key: no proof, a wrong one, its own proof sent back.
+func TestClientRefusesUnprovenServer(t *testing.T) {
+	ch, err := newChannel([][]byte{key1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, answer := range map[string]func(hello) []byte{
+		"no proof":     func(hello) []byte { return nil },
+		"random proof": func(hello) []byte { return bytes.Repeat([]byte{7}, 32) },
+		"echo":         func(h hello) []byte { return h.proof },
+	} {
+		t.Run(name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			extra := make(chan []byte, 1)
+			go func() {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				defer c.Close()
+				tc := tls.Server(c, ch.server)
+				_, body, _, err := readFrame(tc, nil, 1024)
+				if err != nil {
+					return
+				}
+				h, err := decodeHello(body, maxNodeName)
+				if err != nil {
+					return
+				}
+				_, _ = tc.Write(appendWelcome(nil, answer(h)))
+				_ = tc.SetReadDeadline(time.Now().Add(time.Second))
+				b, _ := io.ReadAll(tc)
+				extra <- b
+			}()
+			c, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := ch.dial(c, "a", "b", time.Now().Add(2*time.Second)); !errors.Is(err, ErrUnauthenticated) {
+				t.Fatalf("dial: %v, want ErrUnauthenticated", err)
+			}
+			if b := <-extra; len(b) != 0 {
+				t.Fatalf("the client sent %d bytes after its hello", len(b))
+			}
+		})
+	}
 }
 
 // Ids re-forwarded or held are copied out of the frame they came in: a

@@ -17,26 +17,40 @@ import (
 // routed again by this node's table (dispatch: applied locally if owned,
 // re-forwarded once otherwise), handoff records go to HandoffLocal.Adopt.
 // One goroutine accepts, one per connection reads. What one connection can
-// cost is bounded: Config.MaxConns connections, the handshake within
-// HandshakeTimeout (nothing past it is read from a peer that does not
-// prove the cluster key, see secure.go), IdleTimeout between frames,
-// 2*WriteTimeout for a frame's body, MaxFrameSize bytes and MaxBatch
-// messages or HandoffChunk records per frame.
+// cost is bounded: the handshake within HandshakeTimeout (no frame past
+// the hello is parsed from a peer that does not prove the cluster key, see
+// secure.go), at most maxHandshakes of them at once and
+// maxHandshakesPerSource from one address, MaxConns authenticated
+// connections, IdleTimeout between frames, 2*WriteTimeout for a frame's
+// body, MaxFrameSize bytes and MaxBatch messages or HandoffChunk records
+// per frame. Handshakes have their own caps so that strangers who open
+// connections and stay silent cannot take the peers' slots.
 type server struct {
 	r      *Router
 	ln     net.Listener
 	log    *slog.Logger
 	clock  func() time.Time
-	member func(name string) bool // whether a hello's sender is a member
+	member func(name string, deadline time.Time) bool // whether a hello's sender is a member
 
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
-	closed bool
-	wg     sync.WaitGroup
+	mu          sync.Mutex
+	conns       map[net.Conn]struct{}
+	handshaking map[string]int // connections in their handshake, by source host
+	pending     int            // sum of handshaking
+	authed      int            // connections past their handshake
+	closed      bool
+	wg          sync.WaitGroup
 }
 
-func newServer(r *Router, ln net.Listener, log *slog.Logger, clock func() time.Time, member func(string) bool) *server {
-	return &server{r: r, ln: ln, log: log, clock: clock, member: member, conns: make(map[net.Conn]struct{})}
+// Caps on connections in their handshake (see server).
+const (
+	maxHandshakes          = 64
+	maxHandshakesPerSource = 8
+)
+
+func newServer(r *Router, ln net.Listener, log *slog.Logger, clock func() time.Time,
+	member func(string, time.Time) bool) *server {
+	return &server{r: r, ln: ln, log: log, clock: clock, member: member,
+		conns: make(map[net.Conn]struct{}), handshaking: make(map[string]int)}
 }
 
 func (s *server) start() {
@@ -61,29 +75,28 @@ func (s *server) accept() {
 			continue
 		}
 		delay = 0
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
+		src, refused, open := s.admit(c)
+		if !open {
 			_ = c.Close()
 			return
 		}
-		if len(s.conns) >= s.r.cfg.MaxConns {
-			s.mu.Unlock()
+		if refused != nil {
+			s.refuse(c, refused)
 			_ = c.Close()
-			s.refuse(c, &handshakeError{reason: rejectLimit,
-				err: fmt.Errorf("%d data connections open, the limit (MaxConns)", s.r.cfg.MaxConns)})
 			continue
 		}
-		s.conns[c] = struct{}{}
-		s.mu.Unlock()
 		s.wg.Go(func() {
+			var authed bool
 			defer func() {
 				s.mu.Lock()
 				delete(s.conns, c)
+				if authed {
+					s.authed--
+				}
 				s.mu.Unlock()
 				_ = c.Close()
 			}()
-			err := s.serve(c)
+			err := s.serve(c, src, &authed)
 			var he *handshakeError
 			switch {
 			case errors.As(err, &he):
@@ -108,10 +121,57 @@ func (s *server) refuse(c net.Conn, he *handshakeError) {
 	}
 }
 
-// serve authenticates one connection, then reads it until it ends.
-func (s *server) serve(raw net.Conn) error {
+// admit registers a new connection for its handshake, within the caps,
+// and returns its source host; refused says why not, open is false once
+// the server is closed.
+func (s *server) admit(c net.Conn) (src string, refused *handshakeError, open bool) {
+	src = sourceHost(c)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return src, nil, false
+	}
+	if s.pending >= maxHandshakes || s.handshaking[src] >= maxHandshakesPerSource {
+		return src, &handshakeError{reason: rejectLimit, err: fmt.Errorf(
+			"%d handshakes in progress, %d from this address (limits %d, %d)",
+			s.pending, s.handshaking[src], maxHandshakes, maxHandshakesPerSource)}, true
+	}
+	s.conns[c] = struct{}{}
+	s.pending++
+	s.handshaking[src]++
+	return src, nil, true
+}
+
+// sourceHost is the remote host of c, the key of the per-source cap.
+func sourceHost(c net.Conn) string {
+	host, _, err := net.SplitHostPort(c.RemoteAddr().String())
+	if err != nil {
+		return c.RemoteAddr().String()
+	}
+	return host
+}
+
+// serve authenticates one connection from src, then reads it until it
+// ends; authed is set once it counts in MaxConns.
+func (s *server) serve(raw net.Conn, src string, authed *bool) error {
 	cfg := s.r.cfg
-	c, br, from, err := s.r.ch.accept(raw, s.r.self, maxNodeName, s.member, time.Now().Add(cfg.HandshakeTimeout))
+	reserve := func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.authed >= cfg.MaxConns {
+			return false
+		}
+		s.authed++
+		*authed = true
+		return true
+	}
+	c, br, from, err := s.r.ch.accept(raw, s.r.self, maxNodeName, s.member, reserve, time.Now().Add(cfg.HandshakeTimeout))
+	s.mu.Lock()
+	s.pending--
+	if s.handshaking[src]--; s.handshaking[src] == 0 {
+		delete(s.handshaking, src)
+	}
+	s.mu.Unlock()
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package cluster
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -37,7 +38,7 @@ func FuzzDataServer(f *testing.F) {
 		if data[0]%2 == 0 {
 			stream = append(appendHello(nil, "node-1", "node-0", nil), stream...)
 		}
-		local := serveStream(t, stream)
+		local, _ := serveStream(t, stream)
 		for _, id := range local.ids() {
 			if !bytes.Contains(data, []byte(id)) {
 				t.Fatalf("the engine got id %q, which is not in the input", id)
@@ -57,13 +58,14 @@ func TestDataServerAtFrameLimits(t *testing.T) {
 	for i := range full {
 		full[i] = msg{id: fmt.Sprintf("%0128d", i), at: time.Now().UnixNano()}
 	}
-	local := serveStream(t, append(append([]byte(nil), hello...), appendBatch(nil, full)...))
+	local, _ := serveStream(t, append(append([]byte(nil), hello...), appendBatch(nil, full)...))
 	if got := len(local.ids()); got != cfg.MaxBatch {
 		t.Fatalf("%d of %d devices applied", got, cfg.MaxBatch)
 	}
 	over := append(full, msg{id: "one-more", flags: msgZeroTime})
-	if got := len(serveStream(t, append(append([]byte(nil), hello...), appendBatch(nil, over)...)).ids()); got != 0 {
-		t.Fatalf("a batch over MaxBatch applied %d devices", got)
+	if local, err := serveStream(t, append(append([]byte(nil), hello...), appendBatch(nil, over)...)); len(local.ids()) != 0 ||
+		!errors.Is(err, ErrBadFrame) {
+		t.Fatalf("a batch over MaxBatch applied %d devices (%v)", len(local.ids()), err)
 	}
 	for _, n := range []int{cfg.MaxFrameSize, cfg.MaxFrameSize + 1} {
 		frame := make([]byte, 4+n)
@@ -71,8 +73,14 @@ func TestDataServerAtFrameLimits(t *testing.T) {
 		frame[4] = frameBatch
 		stream := append(append(append([]byte(nil), hello...), frame...),
 			appendBatch(nil, []msg{{id: "after", flags: msgZeroTime}})...)
-		if serveStream(t, stream).has("after") {
+		local, err := serveStream(t, stream)
+		if local.has("after") {
 			t.Fatalf("a frame of %d bytes did not end the connection", n)
+		}
+		// The frame at the limit is read and found malformed (its body is
+		// zeros: trailing bytes), the one over it refused by its length.
+		if tooLarge := errors.Is(err, ErrFrameTooLarge); tooLarge != (n > cfg.MaxFrameSize) || !errors.Is(err, ErrBadFrame) && !tooLarge {
+			t.Fatalf("a frame of %d bytes: %v", n, err)
 		}
 	}
 }
@@ -80,8 +88,8 @@ func TestDataServerAtFrameLimits(t *testing.T) {
 // serveStream runs the data server (default limits, insecure, every
 // sender a member) on stream, written by a client that then closes. The
 // server must not panic and must end the connection within 10 s. It
-// returns what reached the engine.
-func serveStream(t *testing.T, stream []byte) *fakeLocal {
+// returns what reached the engine and how serve ended.
+func serveStream(t *testing.T, stream []byte) (*fakeLocal, error) {
 	cfg := DefaultConfig()
 	cfg.NodeName = "node-0"
 	cfg.BindAddr = "127.0.0.1:7946"
@@ -94,16 +102,25 @@ func serveStream(t *testing.T, stream []byte) *fakeLocal {
 	client, server := net.Pipe()
 	defer server.Close()
 	done := make(chan error, 1)
-	go func() { done <- srv.serve(server) }()
+	go func() {
+		src, refused, _ := srv.admit(server)
+		if refused != nil {
+			done <- refused
+			return
+		}
+		var authed bool
+		done <- srv.serve(server, src, &authed)
+	}()
 	go func() {
 		_, _ = client.Write(stream)
 		_ = client.Close()
 	}()
 	go func() { _, _ = io.Copy(io.Discard, client) }() // welcome, acks
 	select {
-	case <-done:
+	case err := <-done:
+		return local, err
 	case <-time.After(10 * time.Second):
 		t.Fatal("the server did not end the connection")
 	}
-	return local
+	return local, nil
 }
