@@ -19,6 +19,12 @@ import (
 // startNode starts a Node on 127.0.0.1 with ephemeral ports and fast gossip.
 func startNode(t *testing.T, name string, seeds []string, tweak func(*Config)) (*Node, *fakeLocal) {
 	t.Helper()
+	return startNodeWith(t, name, seeds, tweak, nil)
+}
+
+// startNodeWith is startNode with before called between New and Start.
+func startNodeWith(t *testing.T, name string, seeds []string, tweak func(*Config), before func(*Node)) (*Node, *fakeLocal) {
+	t.Helper()
 	cfg := testConfig(t, name)
 	cfg.Join = seeds
 	if tweak != nil {
@@ -28,6 +34,9 @@ func startNode(t *testing.T, name string, seeds []string, tweak func(*Config)) (
 	n, err := New(cfg, local)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if before != nil {
+		before(n)
 	}
 	if err := n.Start(context.Background()); err != nil {
 		t.Fatal(err)

@@ -39,6 +39,8 @@ const (
 	// server to client, answering the hello: the server's proof; the
 	// client writes nothing more before it checked it
 	frameWelcome byte = 6
+	frameQuery   byte = 7 // c->s: a query (query.go)
+	frameReply   byte = 8 // s->c: its answer
 )
 
 // ProtocolVersion is the data protocol spoken (hello) and advertised in the

@@ -259,3 +259,17 @@ func deviceIDs(prefix string, n int) []string {
 // anyMember is the data server's membership check for routers tested
 // without a Node: every sender is a member.
 func anyMember(string, time.Time) bool { return true }
+
+// Devices implements LookupLocal.
+func (f *fakeLocal) Devices(ids []string, dst []engine.DeviceState) []engine.DeviceState {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, id := range ids {
+		st, ok := f.state[id]
+		if !ok {
+			st = engine.DeviceState{ID: id}
+		}
+		dst = append(dst, st)
+	}
+	return dst
+}

@@ -66,6 +66,11 @@ type clusterMetrics struct {
 	refused      map[rejection]*metrics.Counter // connections closed in the handshake, by reason
 	handshakeErr *metrics.Counter               // client side: a peer failed our handshake
 
+	// queries (query.go)
+	queriesSent   *metrics.Counter
+	queryErrors   *metrics.Counter // errors and answers not in time
+	queriesServed *metrics.Counter
+
 	// membership and handoff
 	tableChanges   *metrics.Counter
 	moved          *metrics.Counter // partitions that changed owner
@@ -106,6 +111,9 @@ func newClusterMetrics(set *metrics.Set) *clusterMetrics {
 		m.refused[r] = set.NewCounter(`presence_cluster_refused_connections_total{reason="` + string(r) + `"}`)
 	}
 	m.handshakeErr = set.NewCounter("presence_cluster_peer_handshake_errors_total")
+	m.queriesSent = set.NewCounter("presence_cluster_queries_sent_total")
+	m.queryErrors = set.NewCounter("presence_cluster_query_errors_total")
+	m.queriesServed = set.NewCounter("presence_cluster_queries_served_total")
 	m.tableChanges = set.NewCounter("presence_cluster_table_changes_total")
 	m.moved = set.NewCounter("presence_cluster_partitions_moved_total")
 	m.rejoinErrors = set.NewCounter("presence_cluster_rejoin_errors_total")

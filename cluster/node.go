@@ -121,6 +121,7 @@ type Node struct {
 	del      *delegate
 	srv      *server
 	ho       *handoff
+	q        *querier
 	dataAddr string // the data listener's address
 	gossip   string // this node's gossip address, as the others see it
 }
@@ -159,6 +160,7 @@ func New(cfg Config, local Local) (*Node, error) {
 		return nil, err
 	}
 	n.ho = newHandoff(n)
+	n.q = newQuerier(n)
 	cfg.Metrics.NewGauge("presence_cluster_members", func() float64 {
 		if t := n.router.Table(); t != nil {
 			return float64(len(t.members))
@@ -405,6 +407,7 @@ func (n *Node) close(ctx context.Context, graceful bool) error {
 	if err := n.ml.Shutdown(); err != nil {
 		errs = append(errs, fmt.Errorf("cluster: memberlist shutdown: %w", err))
 	}
+	n.q.close()
 	n.router.close()
 	n.srv.close()
 	n.log.Info("cluster: closed", slog.Bool("graceful", graceful))

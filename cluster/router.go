@@ -58,6 +58,8 @@ type HandoffLocal interface {
 type Router struct {
 	cfg   *Config
 	ch    *channel // opens and accepts data connections (plain until New sets the keys)
+	// queries are the handlers of Node.HandleQuery, set before Start
+	queries map[string]QueryHandler
 	self  string
 	local Local
 	log   *slog.Logger
@@ -101,6 +103,8 @@ func newRouter(cfg *Config, local Local, log *slog.Logger, m *clusterMetrics) *R
 		limit: ratelog.New[string](cfg.LogInterval, nil),
 		peers: make(map[string]*peer),
 		ch:    &channel{},
+
+		queries: make(map[string]QueryHandler),
 	}
 	r.route.Store(&routing{alone: true})
 	r.hold.size = cfg.RebuildHoldSize

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -181,7 +182,16 @@ func (s *server) serve(raw net.Conn, src string, authed *bool) error {
 		recs     []engine.DeviceState
 		received int   // handoff records on this connection
 		adoptErr error // first Adopt error
+
+		wmu  sync.Mutex // writes: acks and query replies
+		qsem = make(chan struct{}, maxQueriesPerConn)
+		qwg  sync.WaitGroup
 	)
+	qctx, qdone := context.WithCancel(context.Background())
+	defer func() {
+		qdone() // queries in progress see their connection end
+		qwg.Wait()
+	}()
 	for {
 		var typ byte
 		var body []byte
@@ -240,11 +250,19 @@ func (s *server) serve(raw net.Conn, src string, authed *bool) error {
 			} else {
 				s.log.Info("cluster: handoff received", slog.String("from", from), slog.Int("devices", received))
 			}
+			wmu.Lock()
 			_ = c.SetWriteDeadline(time.Now().Add(cfg.WriteTimeout))
-			if _, err := c.Write(appendAck(nil, received, errText)); err != nil {
+			_, err = c.Write(appendAck(nil, received, errText))
+			wmu.Unlock()
+			if err != nil {
 				return err
 			}
 			received, adoptErr = 0, nil
+		case frameQuery:
+			if err := s.serveQuery(qctx, c, &wmu, qsem, &qwg, body); err != nil {
+				s.r.m.badFrames.Inc()
+				return fmt.Errorf("from %s: %w", from, err)
+			}
 		default:
 			s.r.m.badFrames.Inc()
 			return fmt.Errorf("%w: unexpected frame type %d from %s", ErrBadFrame, typ, from)

@@ -1,0 +1,530 @@
+package cluster
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/presence-dev/presence/engine"
+)
+
+// Queries: request and answer between nodes, for an API that answers for
+// the whole cluster from any node (PROTOCOL.md, "Queries"). They travel on
+// a data connection of their own per peer, authenticated like the others,
+// so that a query never waits behind telemetry or a handoff:
+//
+//	query = id:uvarint kindLen:uvarint kind body
+//	reply = id:uvarint status:u8 body          (status 0: body is the answer; else body is the error text)
+//
+// A connection carries any number of queries at once; the server answers
+// each as it completes (at most maxQueriesPerConn at a time), so replies
+// may come in another order than the queries.
+
+// ErrNoAnswer is wrapped by a query's error when the peer could not be
+// asked or did not answer in time.
+var ErrNoAnswer = errors.New("cluster: no answer")
+
+// QueryHandler answers one kind of query with the body of the reply. body
+// is the caller's; a handler must not keep it. It may run on several
+// goroutines at once.
+type QueryHandler func(ctx context.Context, body []byte) ([]byte, error)
+
+// LookupLocal is a Local that answers device lookups (Node.Lookup);
+// *engine.Engine is one.
+type LookupLocal interface {
+	Devices(ids []string, dst []engine.DeviceState) []engine.DeviceState
+}
+
+const (
+	maxQueriesPerConn = 16
+	maxQueryKind      = 32
+	kindDevices       = "devices"
+	replyOK           = 0
+	replyError        = 1
+)
+
+// HandleQuery registers the handler of kind (1..32 bytes). Call it before
+// Start; "devices" is the node's own (Lookup).
+func (n *Node) HandleQuery(kind string, h QueryHandler) {
+	if len(kind) == 0 || len(kind) > maxQueryKind || kind == kindDevices {
+		panic("cluster: invalid or reserved query kind " + kind)
+	}
+	n.router.queries[kind] = h
+}
+
+func appendQuery(buf []byte, id uint64, kind string, body []byte) []byte {
+	buf, start := beginFrame(buf, frameQuery)
+	buf = binary.AppendUvarint(buf, id)
+	buf = binary.AppendUvarint(buf, uint64(len(kind)))
+	buf = append(buf, kind...)
+	buf = append(buf, body...)
+	return endFrame(buf, start)
+}
+
+func decodeQuery(b []byte) (id uint64, kind string, body []byte, err error) {
+	d := decoder{b: b}
+	id = d.uvarint()
+	n := d.uvarint()
+	if n > maxQueryKind {
+		return 0, "", nil, fmt.Errorf("%w: query kind of %d bytes", ErrBadFrame, n)
+	}
+	kind = d.str(n)
+	if d.err != nil || kind == "" {
+		return 0, "", nil, fmt.Errorf("%w: query", ErrBadFrame)
+	}
+	return id, kind, d.b, nil
+}
+
+func appendReply(buf []byte, id uint64, status byte, body []byte) []byte {
+	buf, start := beginFrame(buf, frameReply)
+	buf = binary.AppendUvarint(buf, id)
+	buf = append(buf, status)
+	buf = append(buf, body...)
+	return endFrame(buf, start)
+}
+
+func decodeReply(b []byte) (id uint64, status byte, body []byte, err error) {
+	d := decoder{b: b}
+	id = d.uvarint()
+	status = d.byte()
+	if d.err != nil {
+		return 0, 0, nil, fmt.Errorf("%w: reply", ErrBadFrame)
+	}
+	return id, status, d.b, nil
+}
+
+// serveQuery answers one query frame of a connection: in its own goroutine
+// (at most maxQueriesPerConn per connection, sem), its reply written under
+// wmu. body is copied: the frame buffer is reused.
+func (s *server) serveQuery(ctx context.Context, c net.Conn, wmu *sync.Mutex, sem chan struct{}, wg *sync.WaitGroup,
+	frame []byte) error {
+	id, kind, body, err := decodeQuery(frame)
+	if err != nil {
+		return err
+	}
+	body = bytes.Clone(body)
+	select {
+	case sem <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	wg.Go(func() {
+		defer func() { <-sem }()
+		s.r.m.queriesServed.Inc()
+		status, out := byte(replyOK), []byte(nil)
+		ans, err := s.answer(ctx, kind, body)
+		if err != nil {
+			status, out = replyError, []byte(err.Error())
+		} else {
+			out = ans
+		}
+		reply := appendReply(nil, id, status, out)
+		if len(reply)-4 > s.r.cfg.MaxFrameSize {
+			reply = appendReply(nil, id, replyError, []byte("answer larger than MaxFrameSize"))
+		}
+		wmu.Lock()
+		defer wmu.Unlock()
+		_ = c.SetWriteDeadline(time.Now().Add(s.r.cfg.WriteTimeout))
+		if _, err := c.Write(reply); err != nil {
+			_ = c.Close() // the reader then ends the connection
+		}
+	})
+	return nil
+}
+
+// answer runs the handler of kind.
+func (s *server) answer(ctx context.Context, kind string, body []byte) ([]byte, error) {
+	if kind == kindDevices {
+		return s.r.answerDevices(body)
+	}
+	h := s.r.queries[kind]
+	if h == nil {
+		return nil, fmt.Errorf("unknown query kind %q", kind)
+	}
+	return h(ctx, body)
+}
+
+// answerDevices looks ids up in the local engine: the body is count:uvarint
+// then uvarint-prefixed ids, the answer a state body (frame.go).
+func (r *Router) answerDevices(body []byte) ([]byte, error) {
+	ll, ok := r.local.(LookupLocal)
+	if !ok {
+		return nil, errors.New("this node's engine does not answer lookups")
+	}
+	d := decoder{b: body}
+	n := d.uvarint()
+	if d.err != nil || n > uint64(len(body)) {
+		return nil, fmt.Errorf("%w: devices query", ErrBadFrame)
+	}
+	ids := make([]string, 0, n)
+	for range n {
+		ids = append(ids, d.str(d.uvarint()))
+	}
+	if d.err != nil || len(d.b) != 0 {
+		return nil, fmt.Errorf("%w: devices query", ErrBadFrame)
+	}
+	states := ll.Devices(ids, nil)
+	for i := range states {
+		states[i].ID = ids[i] // an unknown id comes back without it
+	}
+	return appendState(nil, states)[frameHeaderLen:], nil
+}
+
+// querier keeps one query connection per peer, dialed on first use and
+// again after it broke.
+type querier struct {
+	n      *Node
+	mu     sync.Mutex
+	conns  map[string]*queryConn
+	closed bool
+	wg     sync.WaitGroup
+}
+
+type queryConn struct {
+	peer string
+	conn net.Conn
+	wmu  sync.Mutex // writes
+
+	mu      sync.Mutex
+	next    uint64
+	pending map[uint64]chan queryResult
+	err     error // set when the connection broke; no new queries
+}
+
+type queryResult struct {
+	body []byte
+	err  error
+}
+
+func newQuerier(n *Node) *querier { return &querier{n: n, conns: make(map[string]*queryConn)} }
+
+// conn returns the live connection to peer, dialing it if needed (by
+// deadline).
+func (q *querier) conn(peer string, deadline time.Time) (*queryConn, error) {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return nil, ErrClosed
+	}
+	if qc := q.conns[peer]; qc != nil {
+		q.mu.Unlock()
+		return qc, nil
+	}
+	q.mu.Unlock()
+	addr := q.n.router.route.Load().addrs[peer]
+	if addr == "" {
+		return nil, fmt.Errorf("%w: %s: no data address", ErrNoAnswer, peer)
+	}
+	raw, err := q.n.cfg.dial(addr, deadline)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrNoAnswer, peer, err)
+	}
+	hs := time.Now().Add(q.n.cfg.HandshakeTimeout)
+	if deadline.Before(hs) {
+		hs = deadline
+	}
+	c, err := q.n.router.ch.dial(raw, q.n.cfg.NodeName, peer, hs)
+	if err != nil {
+		q.n.m.handshakeErr.Inc()
+		return nil, fmt.Errorf("%w: %s: %v", ErrNoAnswer, peer, err)
+	}
+	qc := &queryConn{peer: peer, conn: c, pending: make(map[uint64]chan queryResult)}
+	q.mu.Lock()
+	if q.closed || q.conns[peer] != nil { // closed, or another caller won the race
+		other := q.conns[peer]
+		q.mu.Unlock()
+		_ = c.Close()
+		if other == nil {
+			return nil, ErrClosed
+		}
+		return other, nil
+	}
+	q.conns[peer] = qc
+	q.wg.Go(func() { q.read(qc) })
+	q.mu.Unlock()
+	return qc, nil
+}
+
+// read delivers the replies of qc until it breaks, then fails what is
+// pending and forgets qc.
+func (q *querier) read(qc *queryConn) {
+	br := bufio.NewReaderSize(qc.conn, 64<<10)
+	var err error
+	for {
+		var typ byte
+		var body []byte
+		typ, body, _, err = readFrame(br, nil, q.n.cfg.MaxFrameSize)
+		if err != nil {
+			break
+		}
+		if typ != frameReply {
+			err = fmt.Errorf("%w: frame type %d on a query connection", ErrBadFrame, typ)
+			break
+		}
+		id, status, ans, derr := decodeReply(body)
+		if derr != nil {
+			err = derr
+			break
+		}
+		qc.mu.Lock()
+		ch := qc.pending[id]
+		delete(qc.pending, id)
+		qc.mu.Unlock()
+		if ch == nil {
+			continue // its caller gave up
+		}
+		if status == replyOK {
+			ch <- queryResult{body: ans}
+		} else {
+			ch <- queryResult{err: fmt.Errorf("%s: %s", qc.peer, ans)}
+		}
+	}
+	_ = qc.conn.Close()
+	q.mu.Lock()
+	if q.conns[qc.peer] == qc {
+		delete(q.conns, qc.peer)
+	}
+	q.mu.Unlock()
+	qc.mu.Lock()
+	qc.err = err
+	for id, ch := range qc.pending {
+		ch <- queryResult{err: fmt.Errorf("%w: %s: connection lost: %v", ErrNoAnswer, qc.peer, err)}
+		delete(qc.pending, id)
+	}
+	qc.mu.Unlock()
+}
+
+// ask sends one query to peer and waits for its reply until ctx is done.
+func (q *querier) ask(ctx context.Context, peer, kind string, body []byte) ([]byte, error) {
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(q.n.cfg.DialTimeout + q.n.cfg.WriteTimeout)
+	}
+	qc, err := q.conn(peer, deadline)
+	if err != nil {
+		return nil, err
+	}
+	ch := make(chan queryResult, 1)
+	qc.mu.Lock()
+	if qc.err != nil {
+		qc.mu.Unlock()
+		return nil, fmt.Errorf("%w: %s: %v", ErrNoAnswer, peer, qc.err)
+	}
+	qc.next++
+	id := qc.next
+	qc.pending[id] = ch
+	qc.mu.Unlock()
+	forget := func() {
+		qc.mu.Lock()
+		delete(qc.pending, id)
+		qc.mu.Unlock()
+	}
+	frame := appendQuery(nil, id, kind, body)
+	qc.wmu.Lock()
+	_ = qc.conn.SetWriteDeadline(time.Now().Add(q.n.cfg.WriteTimeout))
+	_, err = qc.conn.Write(frame)
+	qc.wmu.Unlock()
+	if err != nil {
+		forget()
+		_ = qc.conn.Close() // read fails the others and forgets qc
+		return nil, fmt.Errorf("%w: %s: %v", ErrNoAnswer, peer, err)
+	}
+	q.n.m.queriesSent.Inc()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			q.n.m.queryErrors.Inc()
+		}
+		return r.body, r.err
+	case <-ctx.Done():
+		forget()
+		q.n.m.queryErrors.Inc()
+		return nil, fmt.Errorf("%w: %s within the budget: %v", ErrNoAnswer, peer, ctx.Err())
+	}
+}
+
+func (q *querier) close() {
+	q.mu.Lock()
+	q.closed = true
+	for _, qc := range q.conns {
+		_ = qc.conn.Close()
+	}
+	q.mu.Unlock()
+	q.wg.Wait()
+}
+
+// Answer is one member's reply to Node.Ask.
+type Answer struct {
+	Node string
+	Body []byte
+	Err  error // wraps ErrNoAnswer when the member could not be asked in time
+}
+
+// Ask sends a query of kind to every member of the current table, this
+// node included (its handler is called directly), in parallel, and returns
+// their answers in the table's order. A member that does not answer before
+// ctx is done has an Err.
+func (n *Node) Ask(ctx context.Context, kind string, body []byte) []Answer {
+	members := n.askable()
+	out := make([]Answer, len(members))
+	var wg sync.WaitGroup
+	for i, m := range members {
+		out[i].Node = m
+		wg.Go(func() {
+			if m == n.cfg.NodeName {
+				out[i].Body, out[i].Err = n.srv.answer(ctx, kind, body)
+				return
+			}
+			out[i].Body, out[i].Err = n.q.ask(ctx, m, kind, body)
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+// askable is the members of the current table (this node alone before
+// Start).
+func (n *Node) askable() []string {
+	if t := n.router.Table(); t != nil {
+		return t.Members()
+	}
+	return []string{n.cfg.NodeName}
+}
+
+// Lookup returns the state of each id, in order, asking each id's owner
+// (one query per owner, in parallel, until ctx is done). An id whose owner
+// does not know it is asked of the other members as well: during a
+// handoff or a rebuild a device may still be where it was; the newest
+// answer wins, so a device is answered once and not reported unknown while
+// a member knows it. missing lists the members that did not answer in
+// time: their ids come back StatusUnknown. ids must be valid engine ids.
+func (n *Node) Lookup(ctx context.Context, ids []string, dst []engine.DeviceState) (states []engine.DeviceState, missing []string) {
+	start := len(dst)
+	dst = slices.Grow(dst, len(ids))[:start+len(ids)]
+	states = dst[start:]
+	for i, id := range ids {
+		states[i] = engine.DeviceState{ID: id}
+	}
+	rt := n.router.route.Load()
+	byOwner := make(map[string][]int) // member -> indexes into ids
+	for i, id := range ids {
+		owner := n.cfg.NodeName
+		if p := rt.peerOf(id); p != nil {
+			owner = p.name
+		}
+		byOwner[owner] = append(byOwner[owner], i)
+	}
+	failed := n.lookupRound(ctx, ids, states, byOwner)
+	// Second round: the unknown ids, asked of every member that did not
+	// own them.
+	var unknown []int
+	for i := range states {
+		if states[i].Status == engine.StatusUnknown {
+			unknown = append(unknown, i)
+		}
+	}
+	if len(unknown) > 0 && len(n.askable()) > 1 {
+		others := make(map[string][]int)
+		for _, m := range n.askable() {
+			if failed[m] {
+				continue
+			}
+			for _, i := range unknown {
+				if owner, _ := ownerOf(rt, n.cfg.NodeName, ids[i]); owner != m {
+					others[m] = append(others[m], i)
+				}
+			}
+		}
+		for m := range n.lookupRound(ctx, ids, states, others) {
+			failed[m] = true
+		}
+	}
+	for m := range failed {
+		missing = append(missing, m)
+	}
+	slices.Sort(missing)
+	return dst, missing
+}
+
+func ownerOf(rt *routing, self, id string) (string, bool) {
+	if p := rt.peerOf(id); p != nil {
+		return p.name, false
+	}
+	return self, true
+}
+
+// lookupRound asks each member of byOwner for its ids, in parallel, and
+// merges the answers into states: a known state replaces an unknown one,
+// and a newer last_seen an older one. It returns the members that failed.
+func (n *Node) lookupRound(ctx context.Context, ids []string, states []engine.DeviceState,
+	byOwner map[string][]int) map[string]bool {
+	type result struct {
+		member string
+		idx    []int
+		got    []engine.DeviceState
+		err    error
+	}
+	results := make(chan result, len(byOwner))
+	for m, idx := range byOwner {
+		go func() {
+			sub := make([]string, len(idx))
+			for j, i := range idx {
+				sub[j] = ids[i]
+			}
+			r := result{member: m, idx: idx}
+			if m == n.cfg.NodeName {
+				ll, ok := n.local.(LookupLocal)
+				if !ok {
+					r.err = errors.New("this node's engine does not answer lookups")
+				} else {
+					r.got = ll.Devices(sub, nil)
+				}
+			} else {
+				body := binary.AppendUvarint(nil, uint64(len(sub)))
+				for _, id := range sub {
+					body = binary.AppendUvarint(body, uint64(len(id)))
+					body = append(body, id...)
+				}
+				var ans []byte
+				if ans, r.err = n.q.ask(ctx, m, kindDevices, body); r.err == nil {
+					r.got, r.err = decodeState(ans, nil, len(sub))
+					if r.err == nil && len(r.got) != len(sub) {
+						r.err = fmt.Errorf("%s answered %d of %d devices", m, len(r.got), len(sub))
+					}
+				}
+			}
+			results <- r
+		}()
+	}
+	failed := make(map[string]bool)
+	for range byOwner {
+		r := <-results
+		if r.err != nil {
+			failed[r.member] = true
+			if ok, sup := n.limit.Allow("lookup:" + r.member); ok {
+				n.log.Warn("cluster: lookup without a member's answer", slog.String("member", r.member),
+					slog.Any("err", r.err), slog.Int("suppressed", sup))
+			}
+			continue
+		}
+		for j, i := range r.idx {
+			g := r.got[j]
+			if g.Status == engine.StatusUnknown {
+				continue
+			}
+			g.ID = ids[i]
+			if cur := &states[i]; cur.Status == engine.StatusUnknown || g.LastSeen.After(cur.LastSeen) {
+				*cur = g
+			}
+		}
+	}
+	return failed
+}
