@@ -56,15 +56,15 @@ type HandoffLocal interface {
 // Touch ids are kept (not copied) until sent: they are Go strings, which
 // ingest's Touch.ID substrings of MQTT topics are.
 type Router struct {
-	cfg   *Config
-	ch    *channel // opens and accepts data connections (plain until New sets the keys)
+	cfg *Config
+	ch  *channel // opens and accepts data connections (plain until New sets the keys)
 	// queries are the handlers of Node.HandleQuery, set before Start
 	queries map[string]QueryHandler
-	self  string
-	local Local
-	log   *slog.Logger
-	m     *clusterMetrics
-	limit *ratelog.Limiter[string]
+	self    string
+	local   Local
+	log     *slog.Logger
+	m       *clusterMetrics
+	limit   *ratelog.Limiter[string]
 
 	route atomic.Pointer[routing]
 	hold  hold // partitions waiting for their rebuild
