@@ -114,9 +114,26 @@ func (s *Server) batchGet(w http.ResponseWriter, r *http.Request) {
 		}
 		b.valid = append(b.valid, id)
 	}
-	b.states = s.store.Devices(b.valid, b.states)
+	cluster, ok := s.clusterScope(w, r)
+	if !ok {
+		return
+	}
+	var unavailable []int
+	var missingNodes []string
+	if cluster {
+		ctx, cancel := s.clusterContext(r)
+		b.states, unavailable, missingNodes = s.cfg.Cluster.Devices(ctx, b.valid, b.states)
+		cancel()
+	} else {
+		b.states = s.store.Devices(b.valid, b.states)
+	}
 	var n [numIDResults]int
 	n[idInvalid] = len(invalid)
+	n[idUnavailable] = len(unavailable)
+	isUnavailable := func(i int) bool { // unavailable is ascending
+		_, found := slices.BinarySearch(unavailable, i)
+		return found
+	}
 
 	out := append(b.out, `{"devices":[`...)
 	for i := range b.valid {
@@ -130,7 +147,7 @@ func (s *Server) batchGet(w http.ResponseWriter, r *http.Request) {
 	}
 	out = append(out, `],"missing":[`...)
 	for i, id := range b.valid {
-		if i >= len(b.states) || b.states[i].Status == engine.StatusUnknown {
+		if (i >= len(b.states) || b.states[i].Status == engine.StatusUnknown) && !isUnavailable(i) {
 			if n[idMissing] > 0 {
 				out = append(out, ',')
 			}
@@ -145,7 +162,19 @@ func (s *Server) batchGet(w http.ResponseWriter, r *http.Request) {
 		}
 		out = wire.AppendJSONString(out, id)
 	}
-	out = append(out, "]}\n"...)
+	out = append(out, ']')
+	if len(unavailable) > 0 {
+		out = append(out, `,"unavailable":[`...)
+		for k, i := range unavailable {
+			if k > 0 {
+				out = append(out, ',')
+			}
+			out = wire.AppendJSONString(out, b.valid[i])
+		}
+		out = append(out, ']')
+	}
+	out = appendPartial(out, missingNodes)
+	out = append(out, "}\n"...)
 	b.out = out
 	for i, c := range n {
 		s.m.batchIDs[i].Add(c)

@@ -39,6 +39,15 @@ type Config struct {
 	// escaped). Raise it with MaxBatchIDs.
 	MaxBodyBytes int64
 
+	// Cluster, if set, answers device lookups and /v1/stats for the whole
+	// cluster (a clustered daemon); nil answers from Store alone. A request
+	// with scope=local is answered from Store all the same.
+	Cluster Cluster
+	// ClusterTimeout bounds how long a cluster-wide answer waits for the
+	// other nodes; what a node has not answered by then is reported
+	// unavailable, the answer partial. Default 1 s.
+	ClusterTimeout time.Duration
+
 	// Ready reports whether the daemon is ready to serve traffic (hydrated
 	// from Redis, subscribed to the broker, ...): /readyz answers 200 when it
 	// returns nil and 503 otherwise. The 503 names the failing checks to
@@ -112,6 +121,7 @@ func DefaultConfig() Config {
 		MaxHeaderBytes:    64 << 10,
 		ShutdownTimeout:   10 * time.Second,
 		LogInterval:       10 * time.Second,
+		ClusterTimeout:    time.Second,
 	}
 }
 
@@ -120,6 +130,9 @@ func (c *Config) Validate() error {
 	var errs []error
 	bad := func(field, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("api: %s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	if c.Cluster != nil && c.ClusterTimeout <= 0 {
+		bad("ClusterTimeout", "%v, want > 0 with Cluster", c.ClusterTimeout)
 	}
 	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
 		bad("Addr (-http-addr)", "%q is not host:port (e.g. 127.0.0.1:8080 or :8080): %v", c.Addr, err)

@@ -21,7 +21,26 @@ func (s *Server) device(w http.ResponseWriter, r *http.Request) {
 		s.reject(w, r, http.StatusBadRequest, reasonInvalidID, "invalid device id "+wire.Quote(id, 64)+invalidIDMsg)
 		return
 	}
-	st, err := s.store.Device(id)
+	cluster, ok := s.clusterScope(w, r)
+	if !ok {
+		return
+	}
+	var st engine.DeviceState
+	var err error
+	if cluster {
+		ctx, cancel := s.clusterContext(r)
+		states, unavailable, missing := s.cfg.Cluster.Devices(ctx, []string{id}, nil)
+		cancel()
+		if len(unavailable) > 0 {
+			b := wire.AppendError(nil, unavailableMsg(id, missing, s.cfg.ClusterTimeout))
+			b = appendPartial(b[:len(b)-2], missing) // before the closing "}\n"
+			wire.WriteJSON(w, http.StatusServiceUnavailable, append(b, "}\n"...))
+			return
+		}
+		st = states[0]
+	} else {
+		st, err = s.store.Device(id)
+	}
 	switch {
 	case errors.Is(err, engine.ErrNotFound) || (err == nil && st.Status == engine.StatusUnknown):
 		wire.WriteError(w, http.StatusNotFound, "device "+wire.Quote(id, 64)+" not found")
@@ -39,8 +58,28 @@ func (s *Server) device(w http.ResponseWriter, r *http.Request) {
 
 // statsHandler serves GET /v1/stats.
 func (s *Server) statsHandler(w http.ResponseWriter, r *http.Request) {
-	c := s.store.Counts()
-	st := Stats{Total: c.Total, Online: c.Online, Offline: c.Offline}
+	cluster, ok := s.clusterScope(w, r)
+	if !ok {
+		return
+	}
+	var st Stats
+	if cluster {
+		ctx, cancel := s.clusterContext(r)
+		nodes, missing := s.cfg.Cluster.Counts(ctx)
+		cancel()
+		for _, n := range nodes {
+			st.Total += n.Total
+			st.Online += n.Online
+			st.Offline += n.Offline
+		}
+		st.Nodes = nodes
+		if len(missing) > 0 {
+			st.Partial = Partial{Partial: true, MissingNodes: missing}
+		}
+	} else {
+		c := s.store.Counts()
+		st = Stats{Total: c.Total, Online: c.Online, Offline: c.Offline}
+	}
 	if s.stats != nil {
 		st.Engine = engineStats(s.stats.Stats())
 	}

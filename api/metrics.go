@@ -22,6 +22,7 @@ const (
 	reasonUnauthorized                   // missing or wrong bearer token
 	reasonNoRoute                        // no route for the path (404)
 	reasonMethodNotAllowed               // the path exists, not with this method (405)
+	reasonInvalidQuery                   // a query parameter with a wrong value
 	numReasons
 )
 
@@ -33,6 +34,7 @@ var reasonNames = [numReasons]string{
 	reasonUnauthorized:     "unauthorized",
 	reasonNoRoute:          "no_route",
 	reasonMethodNotAllowed: "method_not_allowed",
+	reasonInvalidQuery:     "invalid_query",
 }
 
 func (r reason) String() string { return reasonNames[r] }
@@ -42,6 +44,7 @@ const (
 	idFound = iota
 	idMissing
 	idInvalid
+	idUnavailable // the owner did not answer (a cluster)
 	numIDResults
 )
 
@@ -61,7 +64,7 @@ func newAPIMetrics(set *metrics.Set) *apiMetrics {
 		m.rejected[r] = set.NewCounter(`presence_api_requests_rejected_total{reason="` + r.String() + `"}`)
 	}
 	m.panics = set.NewCounter("presence_api_panics_total")
-	for i, name := range [numIDResults]string{"found", "missing", "invalid"} {
+	for i, name := range [numIDResults]string{"found", "missing", "invalid", "unavailable"} {
 		m.batchIDs[i] = set.NewCounter(`presence_api_batch_ids_total{result="` + name + `"}`)
 	}
 	set.NewGauge("presence_api_requests_in_flight", func() float64 { return float64(m.inFlight.Load()) })

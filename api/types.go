@@ -45,6 +45,10 @@ type BatchGetResponse struct {
 	// Invalid are ids that can never name a device (see engine.ValidID);
 	// they do not fail the batch.
 	Invalid []string `json:"invalid"`
+	// Unavailable, in a cluster, are ids whose owner did not answer in
+	// time (absent when every owner answered); Partial names those owners.
+	Unavailable []string `json:"unavailable,omitempty"`
+	Partial
 }
 
 // Stats answers GET /v1/stats.
@@ -52,8 +56,12 @@ type Stats struct {
 	Total   int `json:"total"`
 	Online  int `json:"online"`
 	Offline int `json:"offline"`
-	// Engine holds the engine's counters when the Store provides them
-	// (StatsStore); absent otherwise.
+	// Nodes, in a cluster, is each answering node's share, by name; the
+	// totals are their sums. Absent on a single node and with scope=local.
+	Nodes []NodeCounts `json:"nodes,omitempty"`
+	Partial
+	// Engine holds this node's engine counters when the Store provides
+	// them (StatsStore); absent otherwise.
 	Engine *EngineStats `json:"engine,omitempty"`
 }
 

@@ -167,6 +167,12 @@ type Config struct {
 	// 2*WriteTimeout. More than HandoffTimeout. Default 2 min.
 	IdleTimeout time.Duration
 
+	// QueryTimeout is how long an answer for the whole cluster (the API's
+	// lookups, stats and lists in a clustered daemon) waits for the other
+	// nodes (PRESENCE_CLUSTER_QUERY_TIMEOUT); a node that has not answered
+	// by then is reported missing, the answer partial. Default 1 s.
+	QueryTimeout time.Duration
+
 	// HandoffChunk is the number of device records per handoff frame.
 	// Default 1024.
 	HandoffChunk int
@@ -233,6 +239,7 @@ func DefaultConfig() Config {
 		HandoffChunk:   1024,
 		HandoffTimeout: 30 * time.Second,
 
+		QueryTimeout:     time.Second,
 		MaxConns:         256,
 		HandshakeTimeout: 5 * time.Second,
 		IdleTimeout:      2 * time.Minute,
@@ -390,6 +397,7 @@ func (c *Config) Validate() error {
 		{"MaxBackoff", c.MaxBackoff, c.MinBackoff},
 		{"HandoffTimeout", c.HandoffTimeout, time.Millisecond},
 		{"HandshakeTimeout", c.HandshakeTimeout, time.Millisecond},
+		{"QueryTimeout", c.QueryTimeout, time.Millisecond},
 		{"IdleTimeout", c.IdleTimeout, 4 * time.Millisecond},
 		{"RebuildHold", c.RebuildHold, 0},
 		{"LogInterval", c.LogInterval, 0},

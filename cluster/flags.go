@@ -15,6 +15,7 @@ func (c *Config) RegisterFlags(s *envflag.Set) {
 	s.Var(envflag.NewList(&c.Join), "cluster-join", "PRESENCE_CLUSTER_JOIN", "seed nodes' gossip addresses, comma-separated; joined at start and again periodically so a healed partition merges")
 	s.Secret(keyFlag{c}, "cluster-key", "PRESENCE_CLUSTER_KEY", "cluster key, base64 of 16, 24 or 32 bytes, the same on every node: encrypts gossip and authenticates and encrypts node-to-node data (TLS 1.3); a comma-separated list adds keys accepted but not sent, for rotation (SECURITY.md). Required unless every address is loopback or -cluster-insecure")
 	s.Bool(&c.Insecure, "cluster-insecure", "PRESENCE_CLUSTER_INSECURE", "allow a cluster without -cluster-key on non-loopback addresses: anyone who reaches its ports can join and change what it reports; warned at start and hourly")
+	s.Duration(&c.QueryTimeout, "cluster-query-timeout", "PRESENCE_CLUSTER_QUERY_TIMEOUT", "how long an API answer for the whole cluster waits for the other nodes; later, the answer says which nodes are missing (partial)")
 	s.String(&c.DataAddr, "cluster-data-addr", "PRESENCE_CLUSTER_DATA_ADDR", "address peers forward messages and hand devices to (default: the gossip host, gossip port + 1)")
 }
 

@@ -52,6 +52,12 @@ type Member struct {
 	// Usable says the member takes part in the table (valid metadata of
 	// our protocol version and partition count).
 	Usable bool
+	// LastHeard is when this node last heard from the member: its answer
+	// to a probe (one member is probed every probe interval, 1 s on a
+	// LAN, in turn) or a gossiped change; zero for this node itself. RTT
+	// is the last probe's round trip.
+	LastHeard time.Time
+	RTT       time.Duration
 }
 
 const metaFixedLen = 9
@@ -173,6 +179,16 @@ func (d *delegate) NotifyUpdate(n *memberlist.Node) {
 	d.n.signal()
 }
 
+// NotifyPingComplete (memberlist.PingDelegate) records that a probe of
+// other was answered: Member.LastHeard and RTT. n is memberlist's own
+// node; only its Name is read.
+func (d *delegate) NotifyPingComplete(other *memberlist.Node, rtt time.Duration, _ []byte) {
+	d.n.view.heard(other.Name, rtt)
+}
+
+// AckPayload (memberlist.PingDelegate) adds nothing to probe acks.
+func (d *delegate) AckPayload() []byte { return nil }
+
 // NotifyLeave tells a graceful leave from a failure by the member's last
 // metadata: a node leaving gracefully first gossips its metadata with the
 // leaving flag (Node.Close). memberlist's own mark, the Left state, does
@@ -199,6 +215,33 @@ type memberView struct {
 	// gone holds when each member was removed, for has: a node that
 	// leaves hands its devices off after its leave reached us.
 	gone map[string]time.Time
+	// lastHeard is when each member last answered a probe or gossiped an
+	// event, and the probe's round trip.
+	lastHeard map[string]heardAt
+}
+
+type heardAt struct {
+	at  time.Time
+	rtt time.Duration
+}
+
+// heard notes that name answered a probe with rtt.
+func (v *memberView) heard(name string, rtt time.Duration) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.lastHeard == nil {
+		v.lastHeard = make(map[string]heardAt)
+	}
+	v.lastHeard[name] = heardAt{at: time.Now(), rtt: rtt}
+}
+
+// lastHeardOf returns when name was last heard of, and the last probe's
+// round trip (0 if none yet).
+func (v *memberView) lastHeardOf(name string) (time.Time, time.Duration) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	h := v.lastHeard[name]
+	return h.at, h.rtt
 }
 
 func (v *memberView) put(n *memberlist.Node, k eventKind) {
@@ -212,6 +255,12 @@ func (v *memberView) put(n *memberlist.Node, k eventKind) {
 	}
 	v.nodes[c.Name] = c
 	v.events.note(c.Name, k)
+	if v.lastHeard == nil {
+		v.lastHeard = make(map[string]heardAt)
+	}
+	h := v.lastHeard[c.Name]
+	h.at = time.Now()
+	v.lastHeard[c.Name] = h
 }
 
 // remove drops the member and notes a graceful leave if its last metadata
@@ -226,6 +275,7 @@ func (v *memberView) remove(name string) {
 		}
 	}
 	delete(v.nodes, name)
+	delete(v.lastHeard, name)
 	v.events.note(name, k)
 	now := time.Now()
 	if v.gone == nil {
@@ -351,6 +401,7 @@ func memberlistConfig(cfg *Config, d *delegate, logger *slog.Logger) (*memberlis
 	mc.Transport = cfg.Transport // nil: memberlist's NetTransport on BindAddr
 	mc.Delegate = d
 	mc.Events = d
+	mc.Ping = d
 	mc.Logger = log.New(&slogWriter{log: logger}, "", 0)
 	return mc, nil
 }

@@ -602,7 +602,14 @@ func (n *Node) Members() []Member {
 	var ms []Member
 	for _, m := range n.view.list() {
 		meta, err := decodeMeta(m.Meta, m.Addr)
+		var heard time.Time
+		var rtt time.Duration
+		if m.Name != n.cfg.NodeName {
+			heard, rtt = n.view.lastHeardOf(m.Name)
+		}
 		ms = append(ms, Member{
+			LastHeard:  heard,
+			RTT:        rtt,
 			Name:       m.Name,
 			Gossip:     m.Address(),
 			Data:       meta.data,

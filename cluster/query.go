@@ -120,7 +120,7 @@ func (s *server) serveQuery(ctx context.Context, c net.Conn, wmu *sync.Mutex, se
 		defer func() { <-sem }()
 		s.r.m.queriesServed.Inc()
 		status, out := byte(replyOK), []byte(nil)
-		ans, err := s.answer(ctx, kind, body)
+		ans, err := s.r.answer(ctx, kind, body)
 		if err != nil {
 			status, out = replyError, []byte(err.Error())
 		} else {
@@ -141,11 +141,11 @@ func (s *server) serveQuery(ctx context.Context, c net.Conn, wmu *sync.Mutex, se
 }
 
 // answer runs the handler of kind.
-func (s *server) answer(ctx context.Context, kind string, body []byte) ([]byte, error) {
+func (r *Router) answer(ctx context.Context, kind string, body []byte) ([]byte, error) {
 	if kind == kindDevices {
-		return s.r.answerDevices(body)
+		return r.answerDevices(body)
 	}
-	h := s.r.queries[kind]
+	h := r.queries[kind]
 	if h == nil {
 		return nil, fmt.Errorf("unknown query kind %q", kind)
 	}
@@ -380,7 +380,7 @@ func (n *Node) Ask(ctx context.Context, kind string, body []byte) []Answer {
 		out[i].Node = m
 		wg.Go(func() {
 			if m == n.cfg.NodeName {
-				out[i].Body, out[i].Err = n.srv.answer(ctx, kind, body)
+				out[i].Body, out[i].Err = n.router.answer(ctx, kind, body)
 				return
 			}
 			out[i].Body, out[i].Err = n.q.ask(ctx, m, kind, body)

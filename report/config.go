@@ -1,6 +1,7 @@
 package report
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -56,6 +57,18 @@ type Config struct {
 	// CPUs if more). Default 2.
 	MaxConcurrentQueries int
 
+	// Cluster, if set, answers GET /v1/devices for the whole cluster (a
+	// clustered daemon): it returns every answering node's Longest of q and
+	// the nodes that did not answer in time; the lists are merged
+	// (MergeLists) and the answer says it is partial. A request with
+	// scope=local is answered from this node's engine alone. Nil: this
+	// node's engine.
+	Cluster func(ctx context.Context, q ListQuery) (lists []List, missing []string)
+
+	// ClusterTimeout bounds how long a cluster-wide list waits for the
+	// nodes (with Cluster). Default 1 s.
+	ClusterTimeout time.Duration
+
 	// Now is the clock: "now" of relative times, the end of open windows,
 	// the offline durations of the live list. Nil means time.Now. Give the
 	// engine's clock.
@@ -78,6 +91,7 @@ func DefaultConfig() Config {
 		QueryTimeout:         10 * time.Second,
 		MaxConcurrentScans:   2,
 		MaxConcurrentQueries: 2,
+		ClusterTimeout:       time.Second,
 	}
 }
 
@@ -107,6 +121,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxConcurrentScans < 1 {
 		bad("MaxConcurrentScans must be >= 1, got %d", c.MaxConcurrentScans)
+	}
+	if c.Cluster != nil && c.ClusterTimeout <= 0 {
+		bad("ClusterTimeout must be > 0 with Cluster, got %v", c.ClusterTimeout)
 	}
 	return errors.Join(errs...)
 }

@@ -90,6 +90,9 @@ type ListResponse struct {
 	// the list was cut at limit.
 	Matched int    `json:"matched"`
 	AsOf    string `json:"as_of"`
+	// Partial, in a cluster, names the nodes that did not answer in time:
+	// their devices are not in the list (absent when all answered).
+	api.Partial
 }
 
 // ListedDevice is api.Device plus how long it has been in its status.
@@ -188,7 +191,7 @@ func (r *Report) serveFleet(w http.ResponseWriter, req *http.Request) {
 }
 
 func (r *Report) serveList(w http.ResponseWriter, req *http.Request) {
-	q, ok := query(w, req, "status", "longer_than", "offline_longer_than", "limit")
+	q, ok := query(w, req, "status", "longer_than", "offline_longer_than", "limit", "scope")
 	if !ok {
 		return
 	}
@@ -197,12 +200,31 @@ func (r *Report) serveList(w http.ResponseWriter, req *http.Request) {
 		wire.WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	l, err := r.Longest(req.Context(), lq)
-	if err != nil {
-		r.fail(w, req, err)
+	var l List
+	var missing []string
+	switch sc := q.Get("scope"); {
+	case sc != "" && sc != api.ScopeCluster && sc != api.ScopeLocal:
+		wire.WriteError(w, http.StatusBadRequest, "scope "+wire.Quote(sc, 32)+": want cluster (the default) or local")
 		return
+	case r.cfg.Cluster != nil && sc != api.ScopeLocal:
+		ctx, cancel := context.WithTimeout(req.Context(), r.cfg.ClusterTimeout)
+		var lists []List
+		lists, missing = r.cfg.Cluster(ctx, lq)
+		cancel()
+		l = MergeLists(lq, lists)
+		if l.AsOf.IsZero() {
+			l.AsOf = r.now()
+		}
+	default:
+		if l, err = r.Longest(req.Context(), lq); err != nil {
+			r.fail(w, req, err)
+			return
+		}
 	}
 	resp := ListResponse{Devices: make([]ListedDevice, 0, len(l.Devices)), Matched: l.Matched, AsOf: wire.FormatTime(l.AsOf)}
+	if len(missing) > 0 {
+		resp.Partial = api.Partial{Partial: true, MissingNodes: missing}
+	}
 	for i := range l.Devices {
 		st := &l.Devices[i]
 		resp.Devices = append(resp.Devices, ListedDevice{

@@ -96,6 +96,45 @@ func longest(live Live, q ListQuery, now time.Time, stop func() error) List {
 
 // older orders devices longest in their status first: Since ascending, then
 // id for a stable answer.
+// MergeLists merges the answers of several nodes to q (each the
+// Longest of its own devices) into the cluster's: the longest q.Limit of
+// all, Matched summed, AsOf the earliest. A device in two lists (a stray
+// during a handoff) is kept once, with its newest last_seen.
+func MergeLists(q ListQuery, lists []List) List {
+	var out List
+	seen := make(map[string]int)
+	for _, l := range lists {
+		out.Matched += l.Matched
+		if out.AsOf.IsZero() || (!l.AsOf.IsZero() && l.AsOf.Before(out.AsOf)) {
+			out.AsOf = l.AsOf
+		}
+		for _, st := range l.Devices {
+			if i, dup := seen[st.ID]; dup {
+				out.Matched--
+				if st.LastSeen.After(out.Devices[i].LastSeen) {
+					out.Devices[i] = st
+				}
+				continue
+			}
+			seen[st.ID] = len(out.Devices)
+			out.Devices = append(out.Devices, st)
+		}
+	}
+	slices.SortFunc(out.Devices, func(a, b engine.DeviceState) int {
+		switch {
+		case older(&a, &b):
+			return -1
+		case older(&b, &a):
+			return 1
+		}
+		return 0
+	})
+	if len(out.Devices) > q.Limit {
+		out.Devices = out.Devices[:q.Limit]
+	}
+	return out
+}
+
 func older(a, b *engine.DeviceState) bool {
 	if !a.Since.Equal(b.Since) {
 		return a.Since.Before(b.Since)

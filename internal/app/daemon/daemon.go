@@ -292,11 +292,17 @@ func (d *Daemon) buildAPI() error {
 	ac.Logger = log.With("component", "api")
 	ac.Ready = d.ready
 	ac.MetricSets = d.metricSets()
+	rc := report.DefaultConfig()
+	var fl *fleet
+	if d.node != nil {
+		fl = &fleet{node: d.node, eng: d.eng}
+		ac.Cluster, ac.ClusterTimeout = fl, cfg.Cluster.QueryTimeout
+		rc.Cluster, rc.ClusterTimeout = fl.Lists, cfg.Cluster.QueryTimeout
+	}
 	var err error
 	if d.api, err = api.New(ac, d.eng); err != nil {
 		return err
 	}
-	rc := report.DefaultConfig()
 	pool := d.stores.pool
 	if d.history != nil {
 		rc.Table = cfg.History.Table
@@ -307,6 +313,9 @@ func (d *Daemon) buildAPI() error {
 	rep, err := report.New(pool, d.eng, rc)
 	if err != nil {
 		return err
+	}
+	if fl != nil {
+		fl.register(rep)
 	}
 	rep.Mount(d.api)
 	d.api.Handle("GET /v1/events", d.events.SSEHandler())

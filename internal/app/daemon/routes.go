@@ -1,11 +1,13 @@
 package daemon
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"slices"
 	"strings"
 
+	"github.com/presence-dev/presence/api"
 	"github.com/presence-dev/presence/internal/wire"
 )
 
@@ -16,6 +18,9 @@ type clusterView struct {
 	Partitions   int             `json:"partitions"`
 	OwnedDevices int             `json:"owned_devices"`
 	Members      []clusterMember `json:"members"`
+	// Devices is the cluster's total (the sum of the members' devices).
+	Devices int `json:"devices"`
+	api.Partial
 }
 
 type clusterMember struct {
@@ -25,22 +30,53 @@ type clusterMember struct {
 	State      string `json:"state"`
 	Usable     bool   `json:"usable"`
 	Partitions int    `json:"partitions_owned"`
+	// Devices, Online and Version are the member's own answer; absent when
+	// it did not answer in time (then Answered is false).
+	Answered bool   `json:"answered"`
+	Devices  *int   `json:"devices,omitempty"`
+	Online   *int   `json:"online,omitempty"`
+	Version  string `json:"version,omitempty"`
+	// LastHeard is when this node last heard from the member (a probe
+	// answered, a gossiped change); absent for this node itself.
+	LastHeard string  `json:"last_heard,omitempty"`
+	RTTMillis float64 `json:"rtt_ms,omitempty"`
 }
 
-func (d *Daemon) serveCluster(w http.ResponseWriter, _ *http.Request) {
+func (d *Daemon) serveCluster(w http.ResponseWriter, r *http.Request) {
 	v := clusterView{OwnedDevices: d.eng.Counts().Total, Members: []clusterMember{}}
 	if d.node == nil {
-		v.Node, v.Partitions = "standalone", 1
-		v.Members = append(v.Members, clusterMember{Name: v.Node, State: "alive", Usable: true, Partitions: 1})
+		c := d.eng.Counts()
+		v.Node, v.Partitions, v.Devices = "standalone", 1, c.Total
+		v.Members = append(v.Members, clusterMember{Name: v.Node, State: "alive", Usable: true, Partitions: 1,
+			Answered: true, Devices: &c.Total, Online: &c.Online, Version: version()})
 	} else {
 		t := d.node.Table()
 		v.Node, v.Clustered, v.Partitions = d.node.Name(), true, t.Partitions()
 		counts := t.Counts()
+		ctx, cancel := context.WithTimeout(r.Context(), d.cfg.Cluster.QueryTimeout)
+		reports, missing := (&fleet{node: d.node, eng: d.eng}).reports(ctx)
+		cancel()
+		byName := make(map[string]nodeReport, len(reports))
+		for _, rep := range reports {
+			byName[rep.Node] = rep
+			v.Devices += rep.Total
+		}
 		for _, m := range d.node.Members() {
-			v.Members = append(v.Members, clusterMember{Name: m.Name, Gossip: m.Gossip, Data: m.Data,
-				State: m.State, Usable: m.Usable, Partitions: counts[m.Name]})
+			cm := clusterMember{Name: m.Name, Gossip: m.Gossip, Data: m.Data,
+				State: m.State, Usable: m.Usable, Partitions: counts[m.Name]}
+			if rep, ok := byName[m.Name]; ok {
+				cm.Answered, cm.Devices, cm.Online, cm.Version = true, &rep.Total, &rep.Online, rep.Version
+			}
+			if !m.LastHeard.IsZero() {
+				cm.LastHeard = wire.FormatTime(m.LastHeard)
+				cm.RTTMillis = float64(m.RTT.Microseconds()) / 1000
+			}
+			v.Members = append(v.Members, cm)
 		}
 		slices.SortFunc(v.Members, func(a, b clusterMember) int { return strings.Compare(a.Name, b.Name) })
+		if len(missing) > 0 {
+			v.Partial = api.Partial{Partial: true, MissingNodes: missing}
+		}
 	}
 	b, err := json.Marshal(v)
 	if err != nil {
