@@ -57,11 +57,12 @@ type clusterNode struct {
 // encrypted. It must never appear in their output.
 const testClusterKey = "cHJlc2VuY2UtdGVzdC1jbHVzdGVyLWtleS0zMi1ieXQ="
 
-func startClusterNode(t *testing.T, s *stack, c Config, name string, join string) *clusterNode {
+func startClusterNode(t *testing.T, s *stack, c Config, name string, join string, extraEnv ...string) *clusterNode {
 	t.Helper()
 	n := &clusterNode{name: name, gossip: testenv.FreeAddr(t)}
 	env := append(s.env(c), "PRESENCE_NODE_NAME="+name, "PRESENCE_CLUSTER_BIND="+n.gossip,
 		"PRESENCE_CLUSTER_DATA_ADDR="+testenv.FreeAddr(t), "PRESENCE_CLUSTER_KEY="+testClusterKey)
+	env = append(env, extraEnv...)
 	if join != "" {
 		env = append(env, "PRESENCE_CLUSTER_JOIN="+join)
 	}
@@ -95,11 +96,11 @@ func (n *clusterNode) cluster() (clusterView, error) {
 	return v, err
 }
 
-// held returns the ids (of ids) this node's engine holds.
+// held returns the ids (of ids) this node's engine holds (scope=local).
 func (n *clusterNode) held(ids []string) ([]string, error) {
 	body, _ := json.Marshal(map[string][]string{"ids": ids})
 	cl := http.Client{Timeout: 5 * time.Second}
-	resp, err := cl.Post("http://"+n.api+"/v1/devices:batchGet", "application/json", bytes.NewReader(body))
+	resp, err := cl.Post("http://"+n.api+"/v1/devices:batchGet?scope=local", "application/json", bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
@@ -185,7 +186,7 @@ func ownedExactly(ids []string, nodes ...*clusterNode) (map[string]int, error) {
 		var st struct {
 			Total int `json:"total"`
 		}
-		if err := n.getJSON("/v1/stats", &st); err != nil {
+		if err := n.getJSON("/v1/stats?scope=local", &st); err != nil {
 			return nil, err
 		}
 		owned += v.OwnedDevices

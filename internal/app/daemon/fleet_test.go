@@ -1,0 +1,193 @@
+package daemon
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/presence-dev/presence/api"
+	"github.com/presence-dev/presence/internal/testsupport/testenv"
+)
+
+// fleetBudget is PRESENCE_CLUSTER_QUERY_TIMEOUT in TestClusterAnswersForTheFleet.
+const fleetBudget = 500 * time.Millisecond
+
+// batchGet posts ids to n (cluster scope) and returns the answer, how long
+// it took and the HTTP status.
+func (n *clusterNode) batchGet(ids []string) (api.BatchGetResponse, time.Duration, error) {
+	var out api.BatchGetResponse
+	body, _ := json.Marshal(map[string][]string{"ids": ids})
+	cl := http.Client{Timeout: 10 * time.Second}
+	start := time.Now()
+	resp, err := cl.Post("http://"+n.api+"/v1/devices:batchGet", "application/json", bytes.NewReader(body))
+	if err != nil {
+		return out, 0, err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	took := time.Since(start)
+	if resp.StatusCode != http.StatusOK {
+		return out, took, fmt.Errorf("%s batchGet: %d %s", n.name, resp.StatusCode, b)
+	}
+	return out, took, json.Unmarshal(b, &out)
+}
+
+// complete checks that a batchGet of ids answered every one online, from
+// every node's share.
+func complete(r api.BatchGetResponse, ids []string) error {
+	if r.Partial.Partial || len(r.Missing) > 0 || len(r.Unavailable) > 0 || len(r.Devices) != len(ids) {
+		return fmt.Errorf("%d devices, missing %v, unavailable %d, partial %v %v",
+			len(r.Devices), r.Missing, len(r.Unavailable), r.Partial.Partial, r.MissingNodes)
+	}
+	for i, d := range r.Devices {
+		if d.ID != ids[i] || d.Status != "online" {
+			return fmt.Errorf("device %d: %+v, want %s online", i, d, ids[i])
+		}
+	}
+	return nil
+}
+
+// Every node answers for the whole cluster: lookups, batchGet in the
+// caller's order, stats and lists equal to the fleet, /v1/cluster with
+// every member's answer. After kill -9 of one node the answers are partial
+// within the budget, naming it, and complete again after the rebuild.
+func TestClusterAnswersForTheFleet(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process cluster test")
+	}
+	s := newStack(t)
+	c := s.config()
+	c.Engine.DefaultTimeout = time.Minute // no device goes offline during the test
+	presenced(t)
+	budget := "PRESENCE_CLUSTER_QUERY_TIMEOUT=" + fleetBudget.String()
+	a := startClusterNode(t, s, c, "node-a", "", budget)
+	b := startClusterNode(t, s, c, "node-b", a.gossip, budget)
+	cn := startClusterNode(t, s, c, "node-c", a.gossip, budget)
+	nodes := []*clusterNode{a, b, cn}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("cluster logs:\n%s", logsOf(nodes...))
+		}
+	})
+	pollUntil(t, 20*time.Second, "three-node cluster", func() error { return formed(a, b, cn) })
+	for _, n := range nodes {
+		testenv.Eventually(t, 10*time.Second, func() error { return n.getJSON("/readyz", &json.RawMessage{}) })
+	}
+	const first, count = 5000, 60
+	ids := make([]string, count)
+	for i := range ids {
+		ids[i] = strconv.Itoa(first + i)
+		s.publish(first+i, "telemetry", "{}")
+	}
+	// Reversed, to check the caller's order is kept.
+	asked := slices.Clone(ids)
+	slices.Reverse(asked)
+	pollUntil(t, 10*time.Second, "every device answered by every node", func() error {
+		for _, n := range nodes {
+			r, _, err := n.batchGet(asked)
+			if err != nil {
+				return err
+			}
+			if err := complete(r, asked); err != nil {
+				return fmt.Errorf("%s: %v", n.name, err)
+			}
+		}
+		return nil
+	})
+	counts, err := ownedExactly(ids, a, b, cn) // each device on one node (scope=local)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d devices, owned %v; every node answers all of them", count, counts)
+	for _, n := range nodes {
+		// One device of each owner, through GET /v1/devices/{id}.
+		for _, id := range []string{ids[0], ids[count/2], ids[count-1]} {
+			var d api.Device
+			if err := n.getJSON("/v1/devices/"+id, &d); err != nil || d.ID != id || d.Status != "online" {
+				t.Fatalf("%s GET %s: %+v %v", n.name, id, d, err)
+			}
+		}
+		var st api.Stats
+		if err := n.getJSON("/v1/stats", &st); err != nil {
+			t.Fatal(err)
+		}
+		sum := 0
+		for _, nc := range st.Nodes {
+			sum += nc.Total
+			if nc.Total != counts[nc.Node] {
+				t.Errorf("%s: stats say %s has %d, it holds %d", n.name, nc.Node, nc.Total, counts[nc.Node])
+			}
+		}
+		if st.Total != count || st.Online != count || len(st.Nodes) != 3 || sum != count || st.Partial.Partial {
+			t.Fatalf("%s /v1/stats: %+v", n.name, st)
+		}
+		var list struct {
+			Devices []api.Device `json:"devices"`
+			Matched int          `json:"matched"`
+			api.Partial
+		}
+		if err := n.getJSON("/v1/devices?status=online&limit=1000", &list); err != nil {
+			t.Fatal(err)
+		}
+		if list.Matched != count || len(list.Devices) != count || list.Partial.Partial {
+			t.Fatalf("%s /v1/devices: matched %d, %d devices, partial %v", n.name, list.Matched, len(list.Devices), list.Partial.Partial)
+		}
+		v, err := n.cluster()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v.Devices != count || v.Partial.Partial {
+			t.Fatalf("%s /v1/cluster: devices %d, partial %v", n.name, v.Devices, v.Partial.Partial)
+		}
+		for _, m := range v.Members {
+			if !m.Answered || m.Devices == nil || *m.Devices != counts[m.Name] || m.Version == "" ||
+				(m.Name != n.name && m.LastHeard == "") {
+				t.Fatalf("%s /v1/cluster member %+v", n.name, m)
+			}
+		}
+	}
+
+	// kill -9 C: until the others rebuild its partitions, answers lack it,
+	// within the budget, and say so.
+	if err := cn.p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-cn.p.done
+	r, took, err := a.batchGet(asked)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("batchGet on A right after the kill: %v, %d devices, %d unavailable, missing nodes %v",
+		took.Round(time.Millisecond), len(r.Devices), len(r.Unavailable), r.MissingNodes)
+	if !r.Partial.Partial || !slices.Equal(r.MissingNodes, []string{"node-c"}) || len(r.Unavailable) != counts["node-c"] ||
+		len(r.Devices) != count-counts["node-c"] || len(r.Missing) != 0 {
+		t.Fatalf("partial answer: %+v", r)
+	}
+	if took > fleetBudget+time.Second {
+		t.Fatalf("batchGet took %v with a budget of %v", took, fleetBudget)
+	}
+	var st api.Stats
+	if err := b.getJSON("/v1/stats", &st); err != nil || !st.Partial.Partial || st.Total != count-counts["node-c"] {
+		t.Fatalf("stats on B after the kill: %+v %v", st, err)
+	}
+	took = pollUntil(t, 30*time.Second, "complete answers after the rebuild", func() error {
+		for _, n := range []*clusterNode{a, b} {
+			r, _, err := n.batchGet(asked)
+			if err != nil {
+				return err
+			}
+			if err := complete(r, asked); err != nil {
+				return fmt.Errorf("%s: %v", n.name, err)
+			}
+		}
+		return nil
+	})
+	t.Logf("complete again %v after the kill", took.Round(time.Millisecond))
+}
