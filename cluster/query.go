@@ -49,12 +49,27 @@ const (
 	kindDevices       = "devices"
 	replyOK           = 0
 	replyError        = 1
+	replyMore         = 2 // a stream's item; more follow
 )
+
+// StreamHandler answers a stream query: it calls send for every item
+// until ctx is done (the asking node went away) or it has nothing more,
+// and returns. send fails once the connection is gone.
+type StreamHandler func(ctx context.Context, body []byte, send func([]byte) error) error
+
+// HandleStream registers the handler of a stream kind (see Node.Stream);
+// before Start.
+func (n *Node) HandleStream(kind string, h StreamHandler) {
+	if len(kind) == 0 || len(kind) > maxQueryKind || kind == kindDevices || n.router.queries[kind] != nil {
+		panic("cluster: invalid or reserved stream kind " + kind)
+	}
+	n.router.streams[kind] = h
+}
 
 // HandleQuery registers the handler of kind (1..32 bytes). Call it before
 // Start; "devices" is the node's own (Lookup).
 func (n *Node) HandleQuery(kind string, h QueryHandler) {
-	if len(kind) == 0 || len(kind) > maxQueryKind || kind == kindDevices {
+	if len(kind) == 0 || len(kind) > maxQueryKind || kind == kindDevices || n.router.streams[kind] != nil {
 		panic("cluster: invalid or reserved query kind " + kind)
 	}
 	n.router.queries[kind] = h
@@ -115,6 +130,26 @@ func (s *server) serveQuery(ctx context.Context, c net.Conn, wmu *sync.Mutex, se
 	case sem <- struct{}{}:
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+	if h := s.r.streams[kind]; h != nil {
+		wg.Go(func() {
+			defer func() { <-sem }()
+			s.r.m.queriesServed.Inc()
+			write := func(status byte, b []byte) error {
+				wmu.Lock()
+				defer wmu.Unlock()
+				_ = c.SetWriteDeadline(time.Now().Add(s.r.cfg.WriteTimeout))
+				_, err := c.Write(appendReply(nil, id, status, b))
+				return err
+			}
+			err := h(ctx, body, func(b []byte) error { return write(replyMore, b) })
+			if err != nil {
+				_ = write(replyError, []byte(err.Error()))
+			} else {
+				_ = write(replyOK, nil)
+			}
+		})
+		return nil
 	}
 	wg.Go(func() {
 		defer func() { <-sem }()
@@ -359,6 +394,90 @@ func (q *querier) close() {
 	}
 	q.mu.Unlock()
 	q.wg.Wait()
+}
+
+// Stream runs a stream query of kind on peer, on a connection of its own,
+// and calls fn with every item (fn must not keep the slice) until ctx is done, fn returns an error, or
+// the peer ends the stream (nil) or fails (its error). A connected stream
+// keeps its connection alive while idle.
+func (n *Node) Stream(ctx context.Context, peer, kind string, body []byte, fn func([]byte) error) error {
+	addr := n.router.route.Load().addrs[peer]
+	if addr == "" {
+		return fmt.Errorf("%w: %s: no data address", ErrNoAnswer, peer)
+	}
+	deadline := time.Now().Add(n.cfg.DialTimeout)
+	raw, err := n.cfg.dial(addr, deadline)
+	if err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrNoAnswer, peer, err)
+	}
+	c, err := n.router.ch.dial(raw, n.cfg.NodeName, peer, time.Now().Add(n.cfg.HandshakeTimeout))
+	if err != nil {
+		n.m.handshakeErr.Inc()
+		return fmt.Errorf("%w: %s: %v", ErrNoAnswer, peer, err)
+	}
+	defer c.Close()
+	var wmu sync.Mutex
+	write := func(frame []byte) error {
+		wmu.Lock()
+		defer wmu.Unlock()
+		_ = c.SetWriteDeadline(time.Now().Add(n.cfg.WriteTimeout))
+		_, err := c.Write(frame)
+		return err
+	}
+	if err := write(appendQuery(nil, 1, kind, body)); err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrNoAnswer, peer, err)
+	}
+	n.m.queriesSent.Inc()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() { // keepalives for the server's IdleTimeout; close on ctx
+		t := time.NewTicker(n.cfg.IdleTimeout / 4)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-ctx.Done():
+				_ = c.Close()
+				return
+			case <-n.stop:
+				_ = c.Close()
+				return
+			case <-t.C:
+				_ = write(appendBatch(nil, nil))
+			}
+		}
+	}()
+	br := bufio.NewReaderSize(c, 64<<10)
+	var buf []byte
+	for {
+		var typ byte
+		var frame []byte
+		typ, frame, buf, err = readFrame(br, buf, n.cfg.MaxFrameSize)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("%w: %s: stream: %v", ErrNoAnswer, peer, err)
+		}
+		if typ != frameReply {
+			return fmt.Errorf("%w: frame type %d on a stream", ErrBadFrame, typ)
+		}
+		_, status, item, err := decodeReply(frame)
+		if err != nil {
+			return err
+		}
+		switch status {
+		case replyMore:
+			if err := fn(item); err != nil {
+				return err
+			}
+		case replyOK:
+			return nil
+		default:
+			return fmt.Errorf("%s: %s", peer, item)
+		}
+	}
 }
 
 // Answer is one member's reply to Node.Ask.

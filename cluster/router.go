@@ -60,6 +60,7 @@ type Router struct {
 	ch  *channel // opens and accepts data connections (plain until New sets the keys)
 	// queries are the handlers of Node.HandleQuery, set before Start
 	queries map[string]QueryHandler
+	streams map[string]StreamHandler
 	self    string
 	local   Local
 	log     *slog.Logger
@@ -105,6 +106,7 @@ func newRouter(cfg *Config, local Local, log *slog.Logger, m *clusterMetrics) *R
 		ch:    &channel{},
 
 		queries: make(map[string]QueryHandler),
+		streams: make(map[string]StreamHandler),
 	}
 	r.route.Store(&routing{alone: true})
 	r.hold.size = cfg.RebuildHoldSize

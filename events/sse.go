@@ -1,6 +1,7 @@
 package events
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -27,6 +28,8 @@ type sseHub struct {
 	log *slog.Logger
 	enc encoder
 	lim *ratelog.Limiter[logLine]
+
+	remote RemoteEvents // the other nodes' events (Hub.SetRemote); nil: none
 
 	mu      sync.RWMutex
 	clients map[*sseClient]struct{}
@@ -177,6 +180,23 @@ func (s *sseHub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer s.unregister(c)
 	s.connects.Inc()
+	if s.remote != nil && r.URL.Query().Get("scope") != ScopeLocal {
+		ctx, cancel := context.WithCancel(r.Context())
+		defer cancel()
+		q := r.URL.Query()
+		q.Del("scope")
+		go s.remote(ctx, q, func(msg []byte) bool {
+			select {
+			case <-ctx.Done():
+				return false
+			case c.ch <- bytes.Clone(msg):
+				return true
+			default:
+				c.kick() // behind: as for a local event
+				return false
+			}
+		})
+	}
 
 	rc := http.NewResponseController(w)
 	h := w.Header()
@@ -322,9 +342,77 @@ func parseFilter(q url.Values, maxIDs int) (filter, error) {
 					f.types |= 1 << t
 				}
 			}
+		case "scope": // which nodes: see sseHub.remote
+			for _, v := range vals {
+				if v != ScopeCluster && v != ScopeLocal {
+					return filter{}, fmt.Errorf("scope: %s is not cluster or local", wire.Quote(v, 64))
+				}
+			}
 		default:
-			return filter{}, fmt.Errorf("unknown parameter %s (id, status, type)", wire.Quote(key, 64))
+			return filter{}, fmt.Errorf("unknown parameter %s (id, status, type, scope)", wire.Quote(key, 64))
 		}
 	}
 	return f, nil
+}
+
+// Scopes of GET /v1/events: the whole cluster's events (the default), or
+// this node's alone.
+const (
+	ScopeCluster = "cluster"
+	ScopeLocal   = "local"
+)
+
+// RemoteEvents feeds a stream with the events of the other nodes of a
+// cluster (Hub.SetRemote): it runs while the stream does (until ctx is
+// done) and hands deliver every encoded event ("data: ...\n\n", filtered
+// by the other node with the stream's query, which it is given without
+// scope); deliver copies it and returns false once the stream is gone.
+type RemoteEvents func(ctx context.Context, query url.Values, deliver func(msg []byte) bool)
+
+// SetRemote makes GET /v1/events stream the other nodes' events too,
+// unless the request says scope=local. Call it before serving.
+func (h *Hub) SetRemote(r RemoteEvents) {
+	if h.sse != nil {
+		h.sse.remote = r
+	}
+}
+
+// Subscription is one local event stream taken by Hub.Subscribe: C
+// carries the encoded events ("data: ...\n\n"), Done is closed when the
+// subscriber fell behind (its buffer was full) or the hub closed. Close
+// ends it.
+type Subscription struct {
+	C    <-chan []byte
+	Done <-chan struct{}
+	s    *sseHub
+	c    *sseClient
+}
+
+// Close ends the subscription.
+func (sub *Subscription) Close() { sub.s.unregister(sub.c) }
+
+// Subscribe takes a stream of this node's events matching query (the
+// parameters of GET /v1/events), as another node does for its own clients.
+// It counts as an SSE client (MaxClients).
+func (h *Hub) Subscribe(query url.Values) (*Subscription, error) {
+	if h.sse == nil {
+		return nil, errors.New("events: SSE is disabled")
+	}
+	f, err := parseFilter(query, h.sse.cfg.MaxFilterIDs)
+	if err != nil {
+		return nil, err
+	}
+	c, err := h.sse.register(f)
+	if err != nil {
+		return nil, err
+	}
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-c.kicked:
+		case <-h.sse.done:
+		}
+		close(done)
+	}()
+	return &Subscription{C: c.ch, Done: done, s: h.sse, c: c}, nil
 }

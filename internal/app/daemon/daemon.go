@@ -295,7 +295,7 @@ func (d *Daemon) buildAPI() error {
 	rc := report.DefaultConfig()
 	var fl *fleet
 	if d.node != nil {
-		fl = &fleet{node: d.node, eng: d.eng}
+		fl = &fleet{node: d.node, eng: d.eng, log: log.With("component", "fleet")}
 		ac.Cluster, ac.ClusterTimeout = fl, cfg.Cluster.QueryTimeout
 		rc.Cluster, rc.ClusterTimeout = fl.Lists, cfg.Cluster.QueryTimeout
 	}
@@ -315,7 +315,7 @@ func (d *Daemon) buildAPI() error {
 		return err
 	}
 	if fl != nil {
-		fl.register(rep)
+		fl.register(rep, d.events)
 	}
 	rep.Mount(d.api)
 	d.api.Handle("GET /v1/events", d.events.SSEHandler())

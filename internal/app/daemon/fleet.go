@@ -3,22 +3,33 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"log/slog"
+	"net/url"
 	"runtime/debug"
 	"slices"
+	"sync"
+	"time"
 
 	"github.com/presence-dev/presence/api"
 	"github.com/presence-dev/presence/cluster"
 	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/events"
 	"github.com/presence-dev/presence/report"
 )
 
 // The queries a clustered daemon answers for the others (cluster.Node.
 // HandleQuery), JSON both ways.
 const (
-	queryCounts  = "counts"  // no body; api.NodeCounts
+	queryCounts  = "counts"  // no body; nodeReport
 	queryLongest = "longest" // report.ListQuery; report.List
+	streamEvents = "events"  // a GET /v1/events query string; encoded SSE events
 )
+
+// remoteRetry is how soon a lost event stream from another node is
+// opened again, and how often a stream checks for new members.
+const remoteRetry = time.Second
 
 // fleet answers the API for the whole cluster (api.Cluster, and the
 // report's Cluster): it asks the other nodes through the node's
@@ -26,11 +37,37 @@ const (
 type fleet struct {
 	node *cluster.Node
 	eng  *engine.Engine
+	log  *slog.Logger
 }
 
-// register installs the handlers of the other nodes' queries; before the
+// register installs the handlers of the other nodes' queries and streams,
+// and feeds hub's SSE streams with the other nodes' events; before the
 // node starts.
-func (f *fleet) register(rep *report.Report) {
+func (f *fleet) register(rep *report.Report, hub *events.Hub) {
+	f.node.HandleStream(streamEvents, func(ctx context.Context, body []byte, send func([]byte) error) error {
+		q, err := url.ParseQuery(string(body))
+		if err != nil {
+			return fmt.Errorf("events: %w", err)
+		}
+		sub, err := hub.Subscribe(q)
+		if err != nil {
+			return err
+		}
+		defer sub.Close()
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-sub.Done:
+				return errors.New("events: the stream fell behind")
+			case msg := <-sub.C:
+				if err := send(msg); err != nil {
+					return err
+				}
+			}
+		}
+	})
+	hub.SetRemote(f.remoteEvents)
 	f.node.HandleQuery(queryCounts, func(context.Context, []byte) ([]byte, error) {
 		c := f.eng.Counts()
 		return json.Marshal(nodeReport{
@@ -143,4 +180,52 @@ func (f *fleet) Lists(ctx context.Context, q report.ListQuery) ([]report.List, [
 		lists = append(lists, l)
 	}
 	return lists, missing
+}
+
+// errStreamGone stops a remote stream whose local client went away.
+var errStreamGone = errors.New("stream gone")
+
+// remoteEvents feeds one SSE stream with every other member's events, one
+// node-to-node stream per member, opened again after a loss and for
+// members that join meanwhile, until ctx is done (events.RemoteEvents).
+func (f *fleet) remoteEvents(ctx context.Context, q url.Values, deliver func([]byte) bool) {
+	body := []byte(q.Encode())
+	var mu sync.Mutex
+	running := make(map[string]bool)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	t := time.NewTicker(remoteRetry)
+	defer t.Stop()
+	for {
+		for _, m := range f.node.Table().Members() {
+			mu.Lock()
+			if m == f.node.Name() || running[m] {
+				mu.Unlock()
+				continue
+			}
+			running[m] = true
+			mu.Unlock()
+			wg.Go(func() {
+				defer func() {
+					mu.Lock()
+					delete(running, m)
+					mu.Unlock()
+				}()
+				err := f.node.Stream(ctx, m, streamEvents, body, func(msg []byte) error {
+					if !deliver(msg) {
+						return errStreamGone
+					}
+					return nil
+				})
+				if err != nil && !errors.Is(err, errStreamGone) && ctx.Err() == nil {
+					f.log.Debug("events from another node: stream lost, reopened", "node", m, "err", err)
+				}
+			})
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }

@@ -1,18 +1,23 @@
 package daemon
 
 import (
+	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/presence-dev/presence/api"
+	"github.com/presence-dev/presence/cluster"
+	"github.com/presence-dev/presence/events"
 	"github.com/presence-dev/presence/internal/testsupport/testenv"
 )
 
@@ -154,6 +159,56 @@ func TestClusterAnswersForTheFleet(t *testing.T) {
 		}
 	}
 
+	// SSE on A streams the transitions of devices B and C own (and,
+	// filtered, nothing else); scope=local shows only A's own.
+	tb := cluster.NewTable(cluster.DefaultPartitions, []string{"node-a", "node-b", "node-c"})
+	byOwner := map[string]string{}
+	for _, id := range ids {
+		if o := tb.OwnerOf(id); byOwner[o] == "" {
+			byOwner[o] = id
+		}
+	}
+	filter := byOwner["node-a"] + "," + byOwner["node-b"] + "," + byOwner["node-c"]
+	fleetSSE := sseStream(t, a, "/v1/events?type=status&id="+filter)
+	localSSE := sseStream(t, a, "/v1/events?type=status&scope=local&id="+filter)
+	time.Sleep(1500 * time.Millisecond) // the remote streams open (remoteRetry)
+	for _, o := range []string{"node-a", "node-b", "node-c"} {
+		id, _ := strconv.Atoi(byOwner[o])
+		s.publish(id, "status", "offline")
+	}
+	got := map[string]bool{}
+	deadline := time.After(10 * time.Second)
+	for len(got) < 3 {
+		select {
+		case e := <-fleetSSE:
+			if e.Status != "offline" {
+				continue
+			}
+			got[e.ID] = true
+		case <-deadline:
+			t.Fatalf("SSE on node-a saw %v of the offline transitions of %s", got, filter)
+		}
+	}
+	t.Logf("SSE on node-a: offline transitions of devices owned by A, B and C: %v", got)
+	time.Sleep(300 * time.Millisecond)
+	for len(localSSE) > 0 {
+		if e := <-localSSE; e.ID != byOwner["node-a"] {
+			t.Fatalf("scope=local on node-a streamed %s (owned elsewhere)", e.ID)
+		}
+	}
+	// Back online, so that the rest sees the whole fleet online.
+	for _, o := range []string{"node-a", "node-b", "node-c"} {
+		id, _ := strconv.Atoi(byOwner[o])
+		s.publish(id, "telemetry", "{}")
+	}
+	pollUntil(t, 10*time.Second, "the three back online", func() error {
+		r, _, err := a.batchGet(asked)
+		if err != nil {
+			return err
+		}
+		return complete(r, asked)
+	})
+
 	// kill -9 C: until the others rebuild its partitions, answers lack it,
 	// within the budget, and say so.
 	if err := cn.p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
@@ -190,4 +245,30 @@ func TestClusterAnswersForTheFleet(t *testing.T) {
 		return nil
 	})
 	t.Logf("complete again %v after the kill", took.Round(time.Millisecond))
+}
+
+// sseStream opens GET path on n and returns its events.
+func sseStream(t *testing.T, n *clusterNode, path string) <-chan events.Event {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+n.api+path, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("SSE %s: %v %v", path, err, resp)
+	}
+	out := make(chan events.Event, 100)
+	go func() {
+		defer resp.Body.Close()
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			if data, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+				var e events.Event
+				if json.Unmarshal([]byte(data), &e) == nil {
+					out <- e
+				}
+			}
+		}
+	}()
+	return out
 }
