@@ -1,6 +1,8 @@
 package cluster
 
 import (
+	"context"
+	"fmt"
 	"net"
 	"sync/atomic"
 	"testing"
@@ -173,4 +175,152 @@ func benchRun(b *testing.B, r *Router, dst *countLocal) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(dst.n.Load())/b.Elapsed().Seconds(), "msgs/s")
+}
+
+// benchCluster starts n keyed nodes on loopback, each over a real engine,
+// and returns them once their tables agree.
+func benchCluster(b *testing.B, n int) ([]*Node, []*engine.Engine) {
+	b.Helper()
+	var nodes []*Node
+	var engines []*engine.Engine
+	for i := range n {
+		cfg := testConfig(b, fmt.Sprintf("n%d", i))
+		cfg.SecretKey = []byte("0123456789abcdef0123456789abcdef")
+		if i > 0 {
+			cfg.Join = []string{nodes[0].gossip}
+		}
+		ecfg := engine.DefaultConfig()
+		ecfg.Sink = engine.SinkFunc(func([]engine.Transition) {})
+		e, err := engine.New(ecfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		nd, err := New(cfg, e)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := nd.Start(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { _ = nd.halt() })
+		nodes, engines = append(nodes, nd), append(engines, e)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ok := true
+		for _, nd := range nodes {
+			if nd.Table() == nil || len(nd.Table().Members()) != n {
+				ok = false
+			}
+		}
+		if ok {
+			return nodes, engines
+		}
+		if time.Now().After(deadline) {
+			b.Fatal("the cluster did not form")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// BenchmarkClusterBatchGet is Node.Lookup of 10,000 known ids (what
+// POST /v1/devices:batchGet does before encoding JSON, which costs the same
+// everywhere): nodes=1 is one node holding every device (the baseline);
+// nodes=3 is a keyed three-node cluster on loopback, asked at one node,
+// which owns a third and asks the two others for theirs (TLS, one query
+// each, in parallel) and then every member for nothing (all known). The
+// three nodes share the machine's 2 cores. One op is one 10k-id lookup.
+//
+//	go test -run '^$' -bench 'BenchmarkClusterBatchGet|BenchmarkClusterLookup' -count 6 ./cluster/
+func BenchmarkClusterBatchGet(b *testing.B) {
+	ids := deviceIDs("batch", 10000)
+	b.Run("nodes=1/path=engine", func(b *testing.B) {
+		// Today's single node: the API reads the engine directly.
+		nodes, engines := benchCluster(b, 1)
+		nodes[0].Router().TouchBatch(touchBatch(ids, time.Now()))
+		var dst []engine.DeviceState
+		b.ReportAllocs()
+		for b.Loop() {
+			dst = engines[0].Devices(ids, dst[:0])
+		}
+		b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/1000, "ms/batch")
+	})
+	for _, n := range []int{1, 3} {
+		b.Run(fmt.Sprintf("nodes=%d", n), func(b *testing.B) {
+			nodes, _ := benchCluster(b, n)
+			if rej := nodes[0].Router().TouchBatch(touchBatch(ids, time.Now())); rej != 0 {
+				b.Fatal(rej)
+			}
+			waitKnown(b, nodes[0], ids)
+			var dst []engine.DeviceState
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				var missing []string
+				dst, missing = nodes[0].Lookup(ctx, ids, dst[:0])
+				cancel()
+				if len(missing) > 0 {
+					b.Fatalf("missing %v", missing)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/1000, "ms/batch")
+		})
+	}
+}
+
+// BenchmarkClusterLookup is the latency of one device's lookup
+// (GET /v1/devices/{id}) in a keyed three-node cluster: at=owner asks the
+// node that owns the device (a local engine read), at=other asks another
+// node, which queries the owner over its authenticated query connection.
+func BenchmarkClusterLookup(b *testing.B) {
+	nodes, _ := benchCluster(b, 3)
+	id := ""
+	for i := range 100000 {
+		if cand := fmt.Sprintf("one-%d", i); nodes[0].Table().OwnerOf(cand) == nodes[1].Name() {
+			id = cand
+			break
+		}
+	}
+	nodes[1].Router().TouchBatch(touchBatch([]string{id}, time.Now()))
+	for _, tc := range []struct {
+		name string
+		at   *Node
+	}{{"at=owner", nodes[1]}, {"at=other", nodes[0]}} {
+		b.Run(tc.name, func(b *testing.B) {
+			waitKnown(b, tc.at, []string{id})
+			var dst []engine.DeviceState
+			b.ReportAllocs()
+			for b.Loop() {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				dst, _ = tc.at.Lookup(ctx, []string{id}, dst[:0])
+				cancel()
+				if dst[0].Status != engine.StatusOnline {
+					b.Fatalf("%+v", dst[0])
+				}
+			}
+		})
+	}
+}
+
+// waitKnown waits until at answers every id.
+func waitKnown(b *testing.B, at *Node, ids []string) {
+	b.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, _ := at.Lookup(context.Background(), ids, nil)
+		known := 0
+		for _, st := range got {
+			if st.Status != engine.StatusUnknown {
+				known++
+			}
+		}
+		if known == len(ids) {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("%d of %d devices known", known, len(ids))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

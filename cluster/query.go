@@ -206,11 +206,12 @@ func (r *Router) answerDevices(body []byte) ([]byte, error) {
 	if d.err != nil || len(d.b) != 0 {
 		return nil, fmt.Errorf("%w: devices query", ErrBadFrame)
 	}
-	states := ll.Devices(ids, nil)
+	states := ll.Devices(ids, make([]engine.DeviceState, 0, len(ids)))
 	for i := range states {
 		states[i].ID = ids[i] // an unknown id comes back without it
 	}
-	return appendState(nil, states)[frameHeaderLen:], nil
+	// About 30 bytes a record with short ids; grown if longer.
+	return appendState(make([]byte, 0, frameHeaderLen+16+len(states)*32), states)[frameHeaderLen:], nil
 }
 
 // querier keeps one query connection per peer, dialed on first use and
@@ -533,6 +534,9 @@ func (n *Node) Lookup(ctx context.Context, ids []string, dst []engine.DeviceStat
 		states[i] = engine.DeviceState{ID: id}
 	}
 	rt := n.router.route.Load()
+	if rt.alone {
+		return n.lookupLocal(ids, dst[:start]), nil
+	}
 	byOwner := make(map[string][]int) // member -> indexes into ids
 	for i, id := range ids {
 		owner := n.cfg.NodeName
@@ -541,7 +545,14 @@ func (n *Node) Lookup(ctx context.Context, ids []string, dst []engine.DeviceStat
 		}
 		byOwner[owner] = append(byOwner[owner], i)
 	}
-	failed := n.lookupRound(ctx, ids, states, byOwner)
+	var failed map[string]bool
+	if len(byOwner) == 1 && byOwner[n.cfg.NodeName] != nil {
+		// Every id is this node's: no goroutine, no copy.
+		copy(states, n.lookupLocal(ids, nil))
+		failed = map[string]bool{}
+	} else {
+		failed = n.lookupRound(ctx, ids, states, byOwner)
+	}
 	// Second round: the unknown ids, asked of every member that did not
 	// own them.
 	var unknown []int
@@ -571,6 +582,23 @@ func (n *Node) Lookup(ctx context.Context, ids []string, dst []engine.DeviceStat
 	}
 	slices.Sort(missing)
 	return dst, missing
+}
+
+// lookupLocal appends the local engine's answers for ids to dst (all
+// unknown if it answers no lookups).
+func (n *Node) lookupLocal(ids []string, dst []engine.DeviceState) []engine.DeviceState {
+	if ll, ok := n.local.(LookupLocal); ok {
+		start := len(dst)
+		dst = ll.Devices(ids, dst)
+		for i := range dst[start:] {
+			dst[start+i].ID = ids[i] // an unknown one comes back without it
+		}
+		return dst
+	}
+	for _, id := range ids {
+		dst = append(dst, engine.DeviceState{ID: id})
+	}
+	return dst
 }
 
 func ownerOf(rt *routing, self, id string) (string, bool) {
@@ -604,7 +632,7 @@ func (n *Node) lookupRound(ctx context.Context, ids []string, states []engine.De
 				if !ok {
 					r.err = errors.New("this node's engine does not answer lookups")
 				} else {
-					r.got = ll.Devices(sub, nil)
+					r.got = ll.Devices(sub, make([]engine.DeviceState, 0, len(sub)))
 				}
 			} else {
 				body := binary.AppendUvarint(nil, uint64(len(sub)))
@@ -614,7 +642,7 @@ func (n *Node) lookupRound(ctx context.Context, ids []string, states []engine.De
 				}
 				var ans []byte
 				if ans, r.err = n.q.ask(ctx, m, kindDevices, body); r.err == nil {
-					r.got, r.err = decodeState(ans, nil, len(sub))
+					r.got, r.err = decodeState(ans, make([]engine.DeviceState, 0, len(sub)), len(sub))
 					if r.err == nil && len(r.got) != len(sub) {
 						r.err = fmt.Errorf("%s answered %d of %d devices", m, len(r.got), len(sub))
 					}
