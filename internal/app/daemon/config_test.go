@@ -5,7 +5,9 @@ import (
 	"errors"
 	"flag"
 	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -189,5 +191,56 @@ func TestConfigurationDocIsComplete(t *testing.T) {
 		if name := string(m[1]); !known[name] && name != "h" {
 			t.Errorf("docs/CONFIGURATION.md names -%s, which presenced does not have", name)
 		}
+	}
+}
+
+// The deployment examples and the page on running a cluster name only
+// settings presenced has: every variable of ours and every flag they
+// mention is in presenced -h.
+func TestDeployFilesNameRealSettings(t *testing.T) {
+	c := DefaultConfig()
+	s := envflag.New("presenced")
+	c.RegisterFlags(s)
+	envs, flags := map[string]bool{}, map[string]bool{"h": true}
+	s.VisitAll(func(f *flag.Flag) {
+		flags[f.Name] = true
+		envs[f.Usage[strings.LastIndex(f.Usage, "(env ")+len("(env "):len(f.Usage)-1]] = true
+	})
+	files := []string{"../../../docs/RUNNING.md"}
+	err := filepath.WalkDir("../../../deploy", func(path string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			files = append(files, path)
+		}
+		return err
+	})
+	if err != nil || len(files) < 4 {
+		t.Fatalf("deploy files: %v %v", files, err)
+	}
+	envRE := regexp.MustCompile(`\b((?:PRESENCE|MQTT|REDIS|DEVICE)_[A-Z0-9_]+|DATABASE_URL)\b`)
+	flagRE := regexp.MustCompile("`-([a-z][a-z0-9-]+)`|\\s--?([a-z][a-z0-9]*(?:-[a-z0-9]+)+)\\b")
+	named := 0
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range envRE.FindAllString(string(b), -1) {
+			named++
+			if !envs[m] {
+				t.Errorf("%s names %s, which presenced does not read", f, m)
+			}
+		}
+		if !strings.HasSuffix(f, ".md") {
+			continue
+		}
+		for _, m := range flagRE.FindAllStringSubmatch(string(b), -1) {
+			name := m[1] + m[2]
+			if !flags[name] && !strings.HasPrefix(name, "from-literal") {
+				t.Errorf("%s names the flag -%s, which presenced does not have", f, name)
+			}
+		}
+	}
+	if named < 20 {
+		t.Fatalf("only %d settings named in %v: the check reads nothing", named, files)
 	}
 }
