@@ -108,6 +108,18 @@ func TestDashboardInChromium(t *testing.T) {
 	rep.Mount(srv)
 	dashboard.Mount(srv)
 	srv.Handle("GET /v1/events", events)
+	// /v1/cluster as a clustered daemon serves it: this node from the
+	// engine, and a second node that does not answer.
+	srv.Handle("GET /v1/cluster", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		c, st := eng.Counts(), eng.Stats()
+		fmt.Fprintf(w, `{"node":"node-a","clustered":true,"partitions":1024,"owned_devices":%d,"devices":%d,
+			"members":[{"name":"node-a","state":"alive","usable":true,"partitions_owned":512,"answered":true,
+			"devices":%d,"online":%d,"version":"test","messages_total":%d,"transitions_total":%d},
+			{"name":"node-b","state":"alive","usable":true,"partitions_owned":512,"answered":false,
+			"last_heard":%q}],"partial":true,"missing_nodes":["node-b"]}`,
+			c.Total, c.Total, c.Total, c.Online, st.Touches, st.OnlineTransitions+st.OfflineTransitions,
+			time.Now().Add(-3*time.Second).UTC().Format(time.RFC3339))
+	}))
 	ts := httptest.NewServer(srv.Handler())
 	defer ts.Close()
 	defer events.close() // before ts.Close: ends the open stream
@@ -223,6 +235,9 @@ func TestDashboardInChromium(t *testing.T) {
 		waitFor("history marked unavailable", text("#dev-history-note")+".includes('PostgreSQL')")
 	}
 	waitFor("rates charted", "document.querySelector('#chart-msgs polyline') !== null")
+	waitFor("a row per node", "document.querySelectorAll('#nodes tr').length === 2")
+	waitFor("the node that does not answer is marked", text("#nodes tr[data-node='node-b']")+".includes('not answering')")
+	waitFor("this node's devices shown", text("#nodes tr[data-node='node-a']")+".includes('ok')")
 
 	png := shot(t, bctx, "dashboard")
 	if os.Getenv("UPDATE_SCREENSHOT") != "" { // refresh the one the docs show

@@ -113,32 +113,101 @@ class Ring {
 }
 
 const msgRates = new Ring(RING), transRates = new Ring(RING);
-let prevStats = null; // {t, touches, transitions}
+let prevStats = null; // {t, touches, transitions, nodes: {name: {touches, transitions}}}
 
+// pollStats shows the fleet (in a cluster: every node's, summed by
+// /v1/stats) and the rates, from the nodes' counters in /v1/cluster; a
+// server without /v1/cluster (the API embedded elsewhere) gets the rates
+// of its own engine counters and no node panel.
 async function pollStats() {
-  let s;
-  try { s = await api('v1/stats'); } catch (e) {
+  let s, c;
+  try {
+    [s, c] = await Promise.all([api('v1/stats'), api('v1/cluster').catch((e) => {
+      if (e.status === 404) return null;
+      throw e;
+    })]);
+  } catch (e) {
     if (e.status) setConn(e.status !== 401, e.status === 401 ? 'token required' : 'error ' + e.status);
     return;
   }
-  setConn(true, 'live');
+  if (!c) c = engineOnly(s);
+  const partial = s.partial ? ' (partial: ' + (s.missing_nodes || []).join(', ') + ' missing)' : '';
+  setConn(!s.partial, s.partial ? 'partial' : 'live');
   $('auth-banner').hidden = true;
   $('count-total').textContent = s.total.toLocaleString('en-US');
   $('count-online').textContent = s.online.toLocaleString('en-US');
   $('count-offline').textContent = s.offline.toLocaleString('en-US');
-  if (!s.engine) return; // no counters: no rates
+  $('count-note').textContent = (c.clustered ? c.members.length + ' nodes' : 'one node') + partial;
   const now = performance.now();
-  const cur = { t: now, touches: s.engine.touches, transitions: s.engine.online_transitions + s.engine.offline_transitions };
-  if (prevStats && now > prevStats.t && cur.touches >= prevStats.touches) {
-    const dt = (now - prevStats.t) / 1000;
-    const m = (cur.touches - prevStats.touches) / dt, tr = (cur.transitions - prevStats.transitions) / dt;
-    msgRates.push(m); transRates.push(tr);
-    $('rate-msgs').textContent = fmtNum(m);
-    $('rate-trans').textContent = fmtNum(tr);
-    drawChart($('chart-msgs'), msgRates.values(), $('chart-msgs-max'), '');
-    drawChart($('chart-trans'), transRates.values(), $('chart-trans-max'), 'trans');
+  const cur = { t: now, touches: 0, transitions: 0, nodes: {} };
+  for (const m of c.members) {
+    if (!m.answered) continue;
+    cur.touches += m.messages_total || 0;
+    cur.transitions += m.transitions_total || 0;
+    cur.nodes[m.name] = { touches: m.messages_total || 0, transitions: m.transitions_total || 0 };
+  }
+  const dt = prevStats ? (now - prevStats.t) / 1000 : 0;
+  const rate = (name) => {
+    const p = prevStats && prevStats.nodes[name], q = cur.nodes[name];
+    if (!p || !q || dt <= 0 || q.touches < p.touches) return null;
+    return (q.touches - p.touches) / dt;
+  };
+  drawNodes(c, rate);
+  // The fleet's rates from the nodes that answered both times.
+  if (prevStats && dt > 0) {
+    let m = 0, tr = 0, ok = false;
+    for (const [name, q] of Object.entries(cur.nodes)) {
+      const p = prevStats.nodes[name];
+      if (!p || q.touches < p.touches) continue;
+      m += q.touches - p.touches; tr += q.transitions - p.transitions; ok = true;
+    }
+    if (ok) {
+      m /= dt; tr /= dt;
+      msgRates.push(m); transRates.push(tr);
+      $('rate-msgs').textContent = fmtNum(m);
+      $('rate-trans').textContent = fmtNum(tr);
+      drawChart($('chart-msgs'), msgRates.values(), $('chart-msgs-max'), '');
+      drawChart($('chart-trans'), transRates.values(), $('chart-trans-max'), 'trans');
+    }
   }
   prevStats = cur;
+}
+
+// engineOnly is a /v1/cluster of one member made of /v1/stats, for a
+// server that has no /v1/cluster.
+function engineOnly(s) {
+  const e = s.engine || {};
+  return { node: 'this node', clustered: false, standalone: true, members: [{
+    name: 'this node', state: 'alive', usable: true, partitions_owned: 1, answered: !!s.engine,
+    devices: s.total, online: s.online, messages_total: e.touches,
+    transitions_total: (e.online_transitions || 0) + (e.offline_transitions || 0) }] };
+}
+
+// drawNodes fills the per-node panel from /v1/cluster.
+function drawNodes(c, rate) {
+  const rows = c.members.map((m) => {
+    const tr = document.createElement('tr');
+    tr.dataset.node = m.name;
+    let health = m.answered ? 'ok' : 'not answering';
+    if (m.state !== 'alive' || !m.usable) health = m.usable ? m.state : 'left out (config)';
+    const heard = m.last_heard ? fmtDur((Date.now() - new Date(m.last_heard)) / 1000) + ' ago' : (m.name === c.node ? 'this node' : '–');
+    const r = rate(m.name);
+    const cells = [m.name, health, String(m.partitions_owned),
+      m.devices != null ? m.devices.toLocaleString('en-US') : '–',
+      m.online != null ? m.online.toLocaleString('en-US') : '–',
+      r != null ? fmtNum(r) : '–', heard, m.version || '–'];
+    cells.forEach((v, i) => {
+      const td = document.createElement('td');
+      td.textContent = v;
+      if (i === 0) td.className = 'mono';
+      if (i === 1) td.className = health === 'ok' ? 'st-online' : 'st-offline';
+      tr.append(td);
+    });
+    return tr;
+  });
+  $('nodes-panel').hidden = !!c.standalone;
+  $('nodes').replaceChildren(...rows);
+  $('nodes-note').textContent = c.clustered ? c.partitions + ' partitions' + (c.partial ? ', partial' : '') : 'not clustered';
 }
 
 // drawChart draws the samples as an area and a line over RING slots,

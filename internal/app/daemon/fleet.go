@@ -69,11 +69,7 @@ func (f *fleet) register(rep *report.Report, hub *events.Hub) {
 	})
 	hub.SetRemote(f.remoteEvents)
 	f.node.HandleQuery(queryCounts, func(context.Context, []byte) ([]byte, error) {
-		c := f.eng.Counts()
-		return json.Marshal(nodeReport{
-			NodeCounts: api.NodeCounts{Node: f.node.Name(), Total: c.Total, Online: c.Online, Offline: c.Offline},
-			Version:    version(),
-		})
+		return json.Marshal(localReport(f.node.Name(), f.eng))
 	})
 	f.node.HandleQuery(queryLongest, func(ctx context.Context, body []byte) ([]byte, error) {
 		var q report.ListQuery
@@ -109,6 +105,21 @@ func (f *fleet) Devices(ctx context.Context, ids []string, dst []engine.DeviceSt
 type nodeReport struct {
 	api.NodeCounts
 	Version string `json:"version"`
+	// Messages and Transitions are the engine's counters since it started
+	// (touches; online and offline transitions), for rates.
+	Messages    uint64 `json:"messages"`
+	Transitions uint64 `json:"transitions"`
+}
+
+// localReport is this node's nodeReport.
+func localReport(name string, eng *engine.Engine) nodeReport {
+	c, st := eng.Counts(), eng.Stats()
+	return nodeReport{
+		NodeCounts:  api.NodeCounts{Node: name, Total: c.Total, Online: c.Online, Offline: c.Offline},
+		Version:     version(),
+		Messages:    st.Touches,
+		Transitions: st.OnlineTransitions + st.OfflineTransitions,
+	}
 }
 
 // reports asks every node for its nodeReport.

@@ -36,6 +36,11 @@ type clusterMember struct {
 	Devices  *int   `json:"devices,omitempty"`
 	Online   *int   `json:"online,omitempty"`
 	Version  string `json:"version,omitempty"`
+	// MessagesTotal and TransitionsTotal are the member's engine counters
+	// (messages applied, transitions made) since it started: the
+	// dashboard's per-node rates.
+	MessagesTotal    *uint64 `json:"messages_total,omitempty"`
+	TransitionsTotal *uint64 `json:"transitions_total,omitempty"`
 	// LastHeard is when this node last heard from the member (a probe
 	// answered, a gossiped change); absent for this node itself.
 	LastHeard string  `json:"last_heard,omitempty"`
@@ -45,10 +50,11 @@ type clusterMember struct {
 func (d *Daemon) serveCluster(w http.ResponseWriter, r *http.Request) {
 	v := clusterView{OwnedDevices: d.eng.Counts().Total, Members: []clusterMember{}}
 	if d.node == nil {
-		c := d.eng.Counts()
-		v.Node, v.Partitions, v.Devices = "standalone", 1, c.Total
+		rep := localReport("standalone", d.eng)
+		v.Node, v.Partitions, v.Devices = "standalone", 1, rep.Total
 		v.Members = append(v.Members, clusterMember{Name: v.Node, State: "alive", Usable: true, Partitions: 1,
-			Answered: true, Devices: &c.Total, Online: &c.Online, Version: version()})
+			Answered: true, Devices: &rep.Total, Online: &rep.Online, Version: rep.Version,
+			MessagesTotal: &rep.Messages, TransitionsTotal: &rep.Transitions})
 	} else {
 		t := d.node.Table()
 		v.Node, v.Clustered, v.Partitions = d.node.Name(), true, t.Partitions()
@@ -66,6 +72,7 @@ func (d *Daemon) serveCluster(w http.ResponseWriter, r *http.Request) {
 				State: m.State, Usable: m.Usable, Partitions: counts[m.Name]}
 			if rep, ok := byName[m.Name]; ok {
 				cm.Answered, cm.Devices, cm.Online, cm.Version = true, &rep.Total, &rep.Online, rep.Version
+				cm.MessagesTotal, cm.TransitionsTotal = &rep.Messages, &rep.Transitions
 			}
 			if !m.LastHeard.IsZero() {
 				cm.LastHeard = wire.FormatTime(m.LastHeard)
