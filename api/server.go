@@ -162,6 +162,19 @@ func (rt *route) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rt.h.ServeHTTP(w, r)
 }
 
+// RequireToken wraps h so that, when Config.Token is set, a request
+// without it is answered 401 as every /v1/ route answers it (and counted
+// in the API's metrics); without a token h is served as is. For handlers
+// served on another listener, such as the daemon's pprof endpoint.
+func (s *Server) RequireToken(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.auth && !s.authorized(w, r) {
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
 // authorized checks the bearer token, answering 401 when it fails.
 func (s *Server) authorized(w http.ResponseWriter, r *http.Request) bool {
 	switch s.credential(r) {

@@ -16,6 +16,7 @@ import (
 	"github.com/presence-dev/presence/events"
 	"github.com/presence-dev/presence/ingest"
 	"github.com/presence-dev/presence/internal/envflag"
+	"github.com/presence-dev/presence/internal/netaddr"
 	"github.com/presence-dev/presence/recovery"
 	"github.com/presence-dev/presence/writeback/postgres"
 	"github.com/presence-dev/presence/writeback/redis"
@@ -51,8 +52,12 @@ type Config struct {
 	EmbeddedMQTTAddr string
 	Demo             int // simulated devices
 	ShutdownTimeout  time.Duration
-	LogLevel         string
-	LogFormat        string
+	// PprofAddr, if set, serves net/http/pprof there (-pprof-addr): a
+	// loopback address, or any with API.Token set (its requests then need
+	// the token, as everywhere when one is set).
+	PprofAddr string
+	LogLevel  string
+	LogFormat string
 }
 
 // Defaults of the daemon's own settings.
@@ -125,6 +130,7 @@ func (c *Config) RegisterFlags(s *envflag.Set) {
 	c.API.RegisterFlags(s)
 	s.String(&c.EmbeddedMQTTAddr, "embedded-mqtt-addr", "PRESENCE_EMBEDDED_MQTT_ADDR", "address of the embedded MQTT broker (used when -mqtt-url is empty)")
 	s.Int(&c.Demo, "demo", "PRESENCE_DEMO", "simulate this many devices publishing to the broker, going silent and coming back (0: none)")
+	s.String(&c.PprofAddr, "pprof-addr", "PRESENCE_PPROF_ADDR", "serve Go's net/http/pprof profiles on this host:port (off when empty); beyond loopback only with -api-token, which its requests then need")
 	s.Duration(&c.ShutdownTimeout, "shutdown-timeout", "PRESENCE_SHUTDOWN_TIMEOUT", "how long SIGTERM may take to flush what is pending (after a cluster node's leave and handoff, bounded separately: at most 50 s)")
 	s.String(&c.LogLevel, "log-level", "PRESENCE_LOG_LEVEL", "debug, info, warn or error")
 	s.String(&c.LogFormat, "log-format", "PRESENCE_LOG_FORMAT", "text or json")
@@ -207,6 +213,14 @@ func (c Config) Validate() error {
 		}
 	}
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if c.PprofAddr != "" {
+		if _, _, err := net.SplitHostPort(c.PprofAddr); err != nil {
+			bad("-pprof-addr %q is not host:port: %v", c.PprofAddr, err)
+		} else if !netaddr.Loopback(c.PprofAddr) && c.API.Token == "" {
+			bad("-pprof-addr %s is not a loopback address: profiles show the heap and the code to whoever reaches it; "+
+				"set -api-token (PRESENCE_API_TOKEN), which its requests then need, or use 127.0.0.1", c.PprofAddr)
+		}
+	}
 	if _, _, err := net.SplitHostPort(c.EmbeddedMQTTAddr); err != nil {
 		bad("-embedded-mqtt-addr %q is not host:port: %v", c.EmbeddedMQTTAddr, err)
 	}

@@ -125,6 +125,8 @@ func TestParseFlagsErrors(t *testing.T) {
 		{nil, getenv("REDIS_ADDRS", "r1"), "REDIS_ADDRS"},
 		{[]string{"-cluster-join", "seed:7946"}, getenv("REDIS_ADDRS", "r1:7000,r2:7000"), "Redis Cluster"},
 		{[]string{"-cluster-key", "not base64!"}, getenv(), "PRESENCE_CLUSTER_KEY"},
+		{[]string{"-pprof-addr", "0.0.0.0:6060"}, getenv(), "-api-token"},
+		{nil, getenv("PRESENCE_PPROF_ADDR", "6060"), "-pprof-addr"},
 	} {
 		c, err := ParseFlags(tc.args, tc.env, io.Discard)
 		if err == nil {

@@ -40,6 +40,7 @@ type Daemon struct {
 	devices *postgres.Sink
 	history *postgres.History
 	events  *events.Hub
+	pprof   *pprofServer // nil unless PprofAddr
 	index   *recovery.Index
 	eng     *engine.Engine
 	node    *cluster.Node // nil when not clustered
@@ -84,6 +85,7 @@ func (d *Daemon) stages() []stage {
 		{0, []lifecycle.Part{p("stores", d.stores)}}, // the clients, closed last
 		{0, []lifecycle.Part{p("broker", d.broker)}},
 		{0, []lifecycle.Part{p("api", d.api)}}, // health and readiness first
+		{0, []lifecycle.Part{p("pprof", d.pprof)}},
 		// The sinks, flushed together at shutdown within ShutdownTimeout.
 		{d.cfg.ShutdownTimeout, []lifecycle.Part{p("redis", d.keys), p("postgres", d.devices),
 			p("history", d.history), p("events", d.events), p("index", d.index)}},
@@ -321,6 +323,9 @@ func (d *Daemon) buildAPI() error {
 	d.api.Handle("GET /v1/events", d.events.SSEHandler())
 	d.api.Handle("GET /v1/cluster", http.HandlerFunc(d.serveCluster))
 	dashboard.Mount(d.api)
+	if cfg.PprofAddr != "" {
+		d.pprof = newPprofServer(cfg.PprofAddr, d.api.RequireToken, log.With("component", "pprof"))
+	}
 	return nil
 }
 
@@ -356,6 +361,9 @@ func (d *Daemon) ready() error {
 
 // HTTPAddr is the address the API listens on ("" before Run started it).
 func (d *Daemon) HTTPAddr() string { return d.api.Addr() }
+
+// PprofAddr is the address of the pprof endpoint ("" when off).
+func (d *Daemon) PprofAddr() string { return d.pprof.Addr() }
 
 // BrokerURL is the MQTT broker presenced reads from.
 func (d *Daemon) BrokerURL() string { return d.cfg.Ingest.BrokerURL }
