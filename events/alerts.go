@@ -21,10 +21,12 @@ type alerts struct {
 	mass         MassConfig
 	fleet        func() int
 
-	// One record per tracked offline device; free slots have id "".
+	// One record per tracked offline device, pointer-free (a mass expiry
+	// can make a million of them): the ids are in byID's arena. Free slots
+	// are not used.
 	slots []offRec
 	free  []uint32
-	byID  map[string]uint32
+	byID  idIndex
 	peak  int      // most records held at once, for shrinking
 	heap  []uint32 // slots with a pending alert, min-heap by since
 
@@ -52,13 +54,17 @@ const (
 )
 
 type offRec struct {
-	id      string
 	since   int64 // µs: the offline transition's At
 	bucket  int64 // absolute bucket of its arrival, noBucket if not counted
 	heapIdx int32 // -1: no pending alert (fired, or suppressed by an incident)
 	inc     uint32
+	id      idRef // in byID's arena
 	cause   engine.Cause
+	used    bool
 }
+
+// ref is the id place of slot, for byID.
+func (a *alerts) ref(slot uint32) idRef { return a.slots[slot].id }
 
 type activeIncident struct {
 	seq      uint32
@@ -83,7 +89,7 @@ func newAlerts(cfg AlertConfig, fleet func() int, set *metrics.Set) *alerts {
 		offlineAfter: cfg.OfflineAfter.Microseconds(),
 		mass:         cfg.Mass,
 		fleet:        fleet,
-		byID:         make(map[string]uint32),
+		byID:         newIDIndex(),
 		bucketNs:     max(int64(cfg.Mass.Window)/numBuckets, 1),
 		newest:       noBucket,
 	}
@@ -95,7 +101,7 @@ func newAlerts(cfg AlertConfig, fleet func() int, set *metrics.Set) *alerts {
 }
 
 // tracked is the number of offline devices held.
-func (a *alerts) tracked() int { return len(a.byID) }
+func (a *alerts) tracked() int { return a.byID.len() }
 
 func (a *alerts) incidentActive() bool { return a.active != nil }
 
@@ -124,7 +130,7 @@ func counted(c engine.Cause) bool { return c == engine.CauseTimeout || c == engi
 
 func (a *alerts) offline(t *engine.Transition, now time.Time, out []rec) []rec {
 	count := a.mass.Enabled && counted(t.Cause)
-	if slot, ok := a.byID[t.ID]; ok {
+	if slot, ok := a.byID.find(t.ID, a.ref); ok {
 		// We missed its online transition (cannot happen with the engine's
 		// ordering; defensive): start a new offline period.
 		a.forget(slot)
@@ -132,13 +138,13 @@ func (a *alerts) offline(t *engine.Transition, now time.Time, out []rec) []rec {
 	if a.offlineAfter == 0 && !count {
 		return out
 	}
-	r := offRec{id: t.ID, since: t.At.UnixMicro(), bucket: noBucket, heapIdx: -1, cause: t.Cause}
+	r := offRec{since: t.At.UnixMicro(), bucket: noBucket, heapIdx: -1, cause: t.Cause, used: true}
 	if count {
 		r.bucket = a.newest
 		a.buckets[a.newest%numBuckets]++
 		a.inWindow++
 	}
-	slot := a.alloc(r)
+	slot := a.alloc(t.ID, r)
 	if a.offlineAfter > 0 {
 		a.heapPush(slot)
 	}
@@ -153,7 +159,7 @@ func (a *alerts) offline(t *engine.Transition, now time.Time, out []rec) []rec {
 }
 
 func (a *alerts) online(id string, now time.Time, out []rec) []rec {
-	slot, ok := a.byID[id]
+	slot, ok := a.byID.find(id, a.ref)
 	if !ok {
 		return out
 	}
@@ -217,7 +223,7 @@ func (a *alerts) trigger(now time.Time, out []rec) []rec {
 	a.active = inc
 	oldest := a.newest - numBuckets + 1
 	for i := range a.slots {
-		if r := &a.slots[i]; r.id != "" && r.bucket != noBucket && r.bucket >= oldest {
+		if r := &a.slots[i]; r.used && r.bucket != noBucket && r.bucket >= oldest {
 			a.join(uint32(i))
 		}
 	}
@@ -243,7 +249,7 @@ func (a *alerts) recover(now time.Time, out []rec) []rec {
 	a.active = nil
 	for i := range a.slots {
 		r := &a.slots[i]
-		if r.id == "" || r.inc != inc.seq {
+		if !r.used || r.inc != inc.seq {
 			continue
 		}
 		r.inc = 0
@@ -283,7 +289,7 @@ func (a *alerts) check(now time.Time, out []rec) (_ []rec, more bool) {
 			continue
 		}
 		a.m.alerts[TypeOfflineAlert].Inc()
-		out = append(out, rec{typ: TypeOfflineAlert, id: r.id, at: due, since: r.since, cause: r.cause})
+		out = append(out, rec{typ: TypeOfflineAlert, id: a.byID.str(r.id), at: due, since: r.since, cause: r.cause})
 		// Nothing is left to do for this device until it comes back. (Were
 		// it still in the mass window, which takes an offline transition
 		// dated OfflineAfter in the past, the window undercounts it by one.)
@@ -313,8 +319,8 @@ func (a *alerts) advance(nowNs int64) {
 	a.newest = cur
 }
 
-// alloc stores r and returns its slot.
-func (a *alerts) alloc(r offRec) uint32 {
+// alloc stores r for id and returns its slot.
+func (a *alerts) alloc(id string, r offRec) uint32 {
 	var slot uint32
 	if n := len(a.free); n > 0 {
 		slot = a.free[n-1]
@@ -324,8 +330,8 @@ func (a *alerts) alloc(r offRec) uint32 {
 		slot = uint32(len(a.slots))
 		a.slots = append(a.slots, r)
 	}
-	a.byID[r.id] = slot
-	a.peak = max(a.peak, len(a.byID))
+	a.slots[slot].id = a.byID.add(id, slot, a.ref)
+	a.peak = max(a.peak, a.byID.len())
 	return slot
 }
 
@@ -339,13 +345,22 @@ func (a *alerts) forget(slot uint32) {
 		a.buckets[r.bucket%numBuckets]--
 		a.inWindow--
 	}
-	delete(a.byID, r.id)
+	a.byID.remove(slot, r.id, a.ref)
 	*r = offRec{}
 	a.free = append(a.free, slot)
-	if len(a.byID) == 0 && a.peak > 1<<14 {
-		// Go maps never shrink: after a big outage is over, start afresh
-		// instead of keeping its memory.
-		a.byID, a.slots, a.free, a.heap, a.peak = make(map[string]uint32), nil, nil, nil, 0
+	switch {
+	case a.byID.len() == 0 && a.peak > 1<<14:
+		// After a big outage is over, start afresh instead of keeping its
+		// memory.
+		a.byID, a.slots, a.free, a.heap, a.peak = newIDIndex(), nil, nil, nil, 0
+	case a.byID.compactable():
+		a.byID.compact(func(move func(uint32, idRef) idRef) {
+			for i := range a.slots {
+				if a.slots[i].used {
+					a.slots[i].id = move(uint32(i), a.slots[i].id)
+				}
+			}
+		})
 	}
 }
 

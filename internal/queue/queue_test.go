@@ -368,3 +368,34 @@ func TestKeyCoalesces(t *testing.T) {
 		t.Fatalf("len %d after a sent key came back", q.Len())
 	}
 }
+
+// A ring that a burst grew gives its memory back once drained, and keeps
+// working; one within its usual size keeps its buffer.
+func TestRingShrinksAfterBurst(t *testing.T) {
+	r := newRing[int](16, 1<<20)
+	for i := range 100_000 {
+		r.Push(i)
+	}
+	if len(r.buf) < 100_000 {
+		t.Fatalf("buffer of %d after 100,000 pushes", len(r.buf))
+	}
+	got := r.PopTo(nil, 60_000)
+	if len(r.buf) == 0 || got[0] != 0 || got[59_999] != 59_999 {
+		t.Fatal("released while not empty, or out of order")
+	}
+	got = r.PopTo(got[:0], 1<<20)
+	if len(got) != 40_000 || got[0] != 60_000 || r.buf != nil {
+		t.Fatalf("drained %d, buffer %d: want 40,000 and released", len(got), len(r.buf))
+	}
+	r.Push(7)
+	if got := r.PopTo(nil, 1); len(got) != 1 || got[0] != 7 || len(r.buf) != 16 {
+		t.Fatalf("after release: %v, buffer %d", got, len(r.buf))
+	}
+	for i := range 20 {
+		r.Push(i)
+	}
+	r.PopTo(nil, 20)
+	if len(r.buf) != 32 { // twice its initial size: kept
+		t.Fatalf("buffer %d after a small drain, want 32 kept", len(r.buf))
+	}
+}

@@ -50,8 +50,18 @@ func (r *ring[T]) PopTo(dst []T, k int) []T {
 		r.head = (r.head + 1) % len(r.buf)
 		r.n--
 	}
+	if r.n == 0 && len(r.buf) >= shrinkFactor*r.initial {
+		// A burst grew the ring and has drained: give its memory back (a
+		// mass expiry can grow a destination's queue to a million events;
+		// the next Push allocates the initial size again).
+		r.buf, r.head = nil, 0
+	}
 	return dst
 }
+
+// shrinkFactor: an empty ring this many times its initial size or more is
+// released.
+const shrinkFactor = 8
 
 func (r *ring[T]) grow() {
 	size := min(max(2*len(r.buf), r.initial), r.bound)

@@ -1,0 +1,155 @@
+package bench
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/testsupport/testenv"
+)
+
+// BenchmarkDaemonMemory is issue 14's memory figure: the whole daemon
+// in this process (Redis keys, the PostgreSQL devices table and history,
+// the events' Redis Stream and Pub/Sub, the offline alerts, the device
+// index; its defaults otherwise), devices=N devices online, then all
+// offline together (a mass expiry), the live heap and the RSS per device
+// measured after a forced GC in both steady states.
+//
+// Devices are made online by touching the engine (d.Engine().TouchBatch),
+// 50,000 at a time, as BenchmarkMassExpiry does: ingest is not what is
+// measured, and the benchmark keeps no id of its own. Each phase ends when
+// the engine made every transition and the Redis and PostgreSQL writers
+// have no dirty device left.
+//
+// Metrics: heap-B/device and rss-B/device online (steady) and after the
+// expiry, with base-heap-MB the daemon's heap before the first device.
+// PRESENCE_BENCH_HEAP_PROFILES=dir writes a heap profile of each phase
+// there (go tool pprof -sample_index=inuse_space).
+//
+//	go test ./bench -run '^$' -bench DaemonMemory -benchtime 1x -count 1 -timeout 60m
+func BenchmarkDaemonMemory(b *testing.B) {
+	for _, n := range []int{1_000_000} {
+		b.Run(fmt.Sprintf("devices=%d", n), func(b *testing.B) { benchDaemonMemory(b, n) })
+	}
+}
+
+func benchDaemonMemory(b *testing.B, n int) {
+	f := newFixture(b, n)
+	cfg := f.daemonConfig()
+	cfg.Postgres.URL = testenv.DatabaseURL()
+	cfg.Devices.Table = f.devices
+	cfg.History.Table = f.history
+	d := startBenchDaemon(b, cfg)
+	testenv.Eventually(b, 30*time.Second, func() error { return getOK("http://" + d.HTTPAddr() + "/readyz") })
+	url := "http://" + d.HTTPAddr()
+	eng := d.Engine()
+	base := liveHeap()
+
+	settled := func(what string, want func(engine.Stats) bool) {
+		testenv.Eventually(b, 30*time.Minute, func() error {
+			if st := eng.Stats(); !want(st) || st.Queued > 0 {
+				return fmt.Errorf("%s: engine %+v", what, st)
+			}
+			m, err := testenv.ScrapeMetrics(url + "/metrics")
+			if err != nil {
+				return err
+			}
+			if dirty := m["presence_writeback_dirty_devices"]; dirty > 0 {
+				return fmt.Errorf("%s: %.0f dirty devices", what, dirty)
+			}
+			return nil
+		})
+	}
+	touchAll := func(at time.Time, timeout time.Duration) {
+		batch := make([]engine.Touch, 0, 50_000)
+		for lo := 1; lo <= n; lo += cap(batch) {
+			batch = batch[:0]
+			for id := lo; id < lo+cap(batch) && id <= n; id++ {
+				batch = append(batch, engine.Touch{ID: strconv.Itoa(id), At: at, Timeout: timeout})
+			}
+			if r := eng.TouchBatch(batch); r != 0 {
+				b.Fatalf("engine rejected %d touches", r)
+			}
+		}
+	}
+	b.ResetTimer()
+	touchAll(time.Now(), time.Hour)
+	settled("online", func(st engine.Stats) bool { return st.OnlineTransitions >= uint64(n) })
+	b.StopTimer()
+	onHeap, onRSS := liveHeap(), rss()
+	heapProfile(b, "online")
+
+	b.StartTimer()
+	at := time.Now()
+	touchAll(at, engine.MinTimeout) // one deadline for the fleet
+	settled("offline", func(st engine.Stats) bool { return st.OfflineTransitions >= uint64(n) })
+	b.StopTimer()
+	offHeap, offRSS := liveHeap(), rss()
+	heapProfile(b, "expired")
+
+	per := func(v uint64) float64 { return float64(v) / float64(n) }
+	b.ReportMetric(float64(base)/(1<<20), "base-heap-MB")
+	b.ReportMetric(per(onHeap), "heap-B/device")
+	b.ReportMetric(per(onRSS), "rss-B/device")
+	b.ReportMetric(per(offHeap), "expired-heap-B/device")
+	b.ReportMetric(per(offRSS), "expired-rss-B/device")
+	var gc runtime.MemStats
+	runtime.ReadMemStats(&gc)
+	var worst time.Duration
+	for _, p := range gc.PauseNs {
+		worst = max(worst, time.Duration(p))
+	}
+	b.ReportMetric(float64(worst.Microseconds())/1000, "max-gc-pause-ms")
+}
+
+// liveHeap is the heap in use after two forced collections.
+func liveHeap() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
+}
+
+// rss is this process's resident set size (VmRSS), bytes.
+func rss() uint64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// heapProfile writes a heap profile of the phase when
+// PRESENCE_BENCH_HEAP_PROFILES names a directory.
+func heapProfile(b *testing.B, phase string) {
+	dir := os.Getenv("PRESENCE_BENCH_HEAP_PROFILES")
+	if dir == "" {
+		return
+	}
+	p := filepath.Join(dir, strings.NewReplacer("/", "_", "=", "-").Replace(b.Name())+"-"+phase+".pprof")
+	fh, err := os.Create(p)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer fh.Close()
+	runtime.GC()
+	if err := pprof.Lookup("heap").WriteTo(fh, 0); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("heap profile %s", p)
+}
+
