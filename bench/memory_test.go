@@ -152,4 +152,3 @@ func heapProfile(b *testing.B, phase string) {
 	}
 	b.Logf("heap profile %s", p)
 }
-
