@@ -24,6 +24,7 @@ type fakeLocal struct {
 	state   map[string]engine.DeviceState
 	adopted int
 	removed int
+	hang    chan struct{} // if set, Devices waits for it to close (a node that does not answer)
 }
 
 func newFakeLocal() *fakeLocal {
@@ -262,6 +263,9 @@ func anyMember(string, time.Time) bool { return true }
 
 // Devices implements LookupLocal.
 func (f *fakeLocal) Devices(ids []string, dst []engine.DeviceState) []engine.DeviceState {
+	if f.hang != nil {
+		<-f.hang
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, id := range ids {

@@ -11,6 +11,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/presence-dev/presence/engine"
@@ -75,27 +76,31 @@ func (n *Node) HandleQuery(kind string, h QueryHandler) {
 	n.router.queries[kind] = h
 }
 
-func appendQuery(buf []byte, id uint64, kind string, body []byte) []byte {
+// appendQuery appends a query frame; budget is how long the asker waits
+// (0: a stream, no limit), so that the answering node gives up with it.
+func appendQuery(buf []byte, id uint64, kind string, budget time.Duration, body []byte) []byte {
 	buf, start := beginFrame(buf, frameQuery)
 	buf = binary.AppendUvarint(buf, id)
 	buf = binary.AppendUvarint(buf, uint64(len(kind)))
 	buf = append(buf, kind...)
+	buf = binary.AppendUvarint(buf, uint64(max(budget.Milliseconds(), 0)))
 	buf = append(buf, body...)
 	return endFrame(buf, start)
 }
 
-func decodeQuery(b []byte) (id uint64, kind string, body []byte, err error) {
+func decodeQuery(b []byte) (id uint64, kind string, budget time.Duration, body []byte, err error) {
 	d := decoder{b: b}
 	id = d.uvarint()
 	n := d.uvarint()
 	if n > maxQueryKind {
-		return 0, "", nil, fmt.Errorf("%w: query kind of %d bytes", ErrBadFrame, n)
+		return 0, "", 0, nil, fmt.Errorf("%w: query kind of %d bytes", ErrBadFrame, n)
 	}
 	kind = d.str(n)
-	if d.err != nil || kind == "" {
-		return 0, "", nil, fmt.Errorf("%w: query", ErrBadFrame)
+	ms := d.uvarint()
+	if d.err != nil || kind == "" || ms > 1<<40 {
+		return 0, "", 0, nil, fmt.Errorf("%w: query", ErrBadFrame)
 	}
-	return id, kind, d.b, nil
+	return id, kind, time.Duration(ms) * time.Millisecond, d.b, nil
 }
 
 func appendReply(buf []byte, id uint64, status byte, body []byte) []byte {
@@ -121,18 +126,24 @@ func decodeReply(b []byte) (id uint64, status byte, body []byte, err error) {
 // wmu. body is copied: the frame buffer is reused.
 func (s *server) serveQuery(ctx context.Context, c net.Conn, wmu *sync.Mutex, sem chan struct{}, wg *sync.WaitGroup,
 	frame []byte) error {
-	id, kind, body, err := decodeQuery(frame)
+	id, kind, budget, body, err := decodeQuery(frame)
 	if err != nil {
 		return err
 	}
 	body = bytes.Clone(body)
+	qctx, cancel := ctx, context.CancelFunc(func() {})
+	if budget > 0 { // the asker's wait: no use answering later
+		qctx, cancel = context.WithTimeout(ctx, budget)
+	}
 	select {
 	case sem <- struct{}{}:
 	case <-ctx.Done():
+		cancel()
 		return ctx.Err()
 	}
 	if h := s.r.streams[kind]; h != nil {
 		wg.Go(func() {
+			defer cancel()
 			defer func() { <-sem }()
 			s.r.m.queriesServed.Inc()
 			write := func(status byte, b []byte) error {
@@ -142,7 +153,7 @@ func (s *server) serveQuery(ctx context.Context, c net.Conn, wmu *sync.Mutex, se
 				_, err := c.Write(appendReply(nil, id, status, b))
 				return err
 			}
-			err := h(ctx, body, func(b []byte) error { return write(replyMore, b) })
+			err := h(qctx, body, func(b []byte) error { return write(replyMore, b) })
 			if err != nil {
 				_ = write(replyError, []byte(err.Error()))
 			} else {
@@ -152,10 +163,14 @@ func (s *server) serveQuery(ctx context.Context, c net.Conn, wmu *sync.Mutex, se
 		return nil
 	}
 	wg.Go(func() {
+		defer cancel()
 		defer func() { <-sem }()
+		if qctx.Err() != nil {
+			return // the asker gave up while this waited for a slot
+		}
 		s.r.m.queriesServed.Inc()
 		status, out := byte(replyOK), []byte(nil)
-		ans, err := s.r.answer(ctx, kind, body)
+		ans, err := s.r.answer(qctx, kind, body)
 		if err != nil {
 			status, out = replyError, []byte(err.Error())
 		} else {
@@ -217,17 +232,19 @@ func (r *Router) answerDevices(body []byte) ([]byte, error) {
 // querier keeps one query connection per peer, dialed on first use and
 // again after it broke.
 type querier struct {
-	n      *Node
-	mu     sync.Mutex
-	conns  map[string]*queryConn
-	closed bool
-	wg     sync.WaitGroup
+	n       *Node
+	mu      sync.Mutex
+	conns   map[string]*queryConn
+	dialing map[string]chan struct{} // closed when the dial in flight ends
+	closed  bool
+	wg      sync.WaitGroup
 }
 
 type queryConn struct {
 	peer string
 	conn net.Conn
-	wmu  sync.Mutex // writes
+	wsem chan struct{} // cap 1: the right to write, taken with a deadline
+	used atomic.Int64  // unix ns of the last query written
 
 	mu      sync.Mutex
 	next    uint64
@@ -238,23 +255,56 @@ type queryConn struct {
 type queryResult struct {
 	body []byte
 	err  error
+	lost bool // the connection broke before the reply
 }
 
-func newQuerier(n *Node) *querier { return &querier{n: n, conns: make(map[string]*queryConn)} }
+func newQuerier(n *Node) *querier {
+	return &querier{n: n, conns: make(map[string]*queryConn), dialing: make(map[string]chan struct{})}
+}
 
-// conn returns the live connection to peer, dialing it if needed (by
-// deadline).
-func (q *querier) conn(peer string, deadline time.Time) (*queryConn, error) {
-	q.mu.Lock()
-	if q.closed {
+// conn returns the live connection to peer, dialing it if needed, one dial
+// per peer at a time (the others wait for it: a burst of first queries
+// must not open a handshake each, which the peer caps), until ctx is done.
+// A connection idle for half the server's IdleTimeout is replaced rather
+// than used: the server may be closing it.
+func (q *querier) conn(ctx context.Context, peer string, deadline time.Time) (*queryConn, error) {
+	for {
+		q.mu.Lock()
+		if q.closed {
+			q.mu.Unlock()
+			return nil, ErrClosed
+		}
+		if qc := q.conns[peer]; qc != nil {
+			if time.Since(time.Unix(0, qc.used.Load())) < q.n.cfg.IdleTimeout/2 {
+				q.mu.Unlock()
+				return qc, nil
+			}
+			delete(q.conns, peer)
+			_ = qc.conn.Close() // its reader fails what is pending (nothing, idle)
+		}
+		wait, busy := q.dialing[peer]
+		if !busy {
+			wait = make(chan struct{})
+			q.dialing[peer] = wait
+			q.mu.Unlock()
+			qc, err := q.dial(peer, deadline)
+			q.mu.Lock()
+			delete(q.dialing, peer)
+			close(wait)
+			q.mu.Unlock()
+			return qc, err
+		}
 		q.mu.Unlock()
-		return nil, ErrClosed
+		select {
+		case <-wait: // look again: connected, or dial ourselves
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %s: waiting for the connection: %v", ErrNoAnswer, peer, ctx.Err())
+		}
 	}
-	if qc := q.conns[peer]; qc != nil {
-		q.mu.Unlock()
-		return qc, nil
-	}
-	q.mu.Unlock()
+}
+
+// dial opens and registers the query connection to peer.
+func (q *querier) dial(peer string, deadline time.Time) (*queryConn, error) {
 	addr := q.n.router.route.Load().addrs[peer]
 	if addr == "" {
 		return nil, fmt.Errorf("%w: %s: no data address", ErrNoAnswer, peer)
@@ -272,16 +322,13 @@ func (q *querier) conn(peer string, deadline time.Time) (*queryConn, error) {
 		q.n.m.handshakeErr.Inc()
 		return nil, fmt.Errorf("%w: %s: %v", ErrNoAnswer, peer, err)
 	}
-	qc := &queryConn{peer: peer, conn: c, pending: make(map[uint64]chan queryResult)}
+	qc := &queryConn{peer: peer, conn: c, pending: make(map[uint64]chan queryResult), wsem: make(chan struct{}, 1)}
+	qc.used.Store(time.Now().UnixNano())
 	q.mu.Lock()
-	if q.closed || q.conns[peer] != nil { // closed, or another caller won the race
-		other := q.conns[peer]
+	if q.closed {
 		q.mu.Unlock()
 		_ = c.Close()
-		if other == nil {
-			return nil, ErrClosed
-		}
-		return other, nil
+		return nil, ErrClosed
 	}
 	q.conns[peer] = qc
 	q.wg.Go(func() { q.read(qc) })
@@ -332,27 +379,42 @@ func (q *querier) read(qc *queryConn) {
 	qc.mu.Lock()
 	qc.err = err
 	for id, ch := range qc.pending {
-		ch <- queryResult{err: fmt.Errorf("%w: %s: connection lost: %v", ErrNoAnswer, qc.peer, err)}
+		ch <- queryResult{err: fmt.Errorf("%w: %s: connection lost: %v", ErrNoAnswer, qc.peer, err), lost: true}
 		delete(qc.pending, id)
 	}
 	qc.mu.Unlock()
 }
 
 // ask sends one query to peer and waits for its reply until ctx is done.
+// A query lost with its connection before any reply (the server closed
+// it, idle) is sent once more on a new one: queries only read.
 func (q *querier) ask(ctx context.Context, peer, kind string, body []byte) ([]byte, error) {
+	ans, retry, err := q.ask1(ctx, peer, kind, body)
+	if retry && ctx.Err() == nil {
+		ans, _, err = q.ask1(ctx, peer, kind, body)
+	}
+	if err != nil {
+		q.n.m.queryErrors.Inc()
+	}
+	return ans, err
+}
+
+// ask1 is one attempt of ask; retry says the connection was lost before
+// the reply.
+func (q *querier) ask1(ctx context.Context, peer, kind string, body []byte) (ans []byte, retry bool, err error) {
 	deadline, ok := ctx.Deadline()
 	if !ok {
-		deadline = time.Now().Add(q.n.cfg.DialTimeout + q.n.cfg.WriteTimeout)
+		deadline = time.Now().Add(q.n.cfg.QueryTimeout)
 	}
-	qc, err := q.conn(peer, deadline)
+	qc, err := q.conn(ctx, peer, deadline)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	ch := make(chan queryResult, 1)
 	qc.mu.Lock()
 	if qc.err != nil {
 		qc.mu.Unlock()
-		return nil, fmt.Errorf("%w: %s: %v", ErrNoAnswer, peer, qc.err)
+		return nil, true, fmt.Errorf("%w: %s: %v", ErrNoAnswer, peer, qc.err)
 	}
 	qc.next++
 	id := qc.next
@@ -363,27 +425,33 @@ func (q *querier) ask(ctx context.Context, peer, kind string, body []byte) ([]by
 		delete(qc.pending, id)
 		qc.mu.Unlock()
 	}
-	frame := appendQuery(nil, id, kind, body)
-	qc.wmu.Lock()
-	_ = qc.conn.SetWriteDeadline(time.Now().Add(q.n.cfg.WriteTimeout))
+	frame := appendQuery(nil, id, kind, time.Until(deadline), body)
+	select { // the right to write, within the budget
+	case qc.wsem <- struct{}{}:
+	case <-ctx.Done():
+		forget()
+		return nil, false, fmt.Errorf("%w: %s: waiting to write: %v", ErrNoAnswer, peer, ctx.Err())
+	}
+	wd := time.Now().Add(q.n.cfg.WriteTimeout)
+	if deadline.Before(wd) {
+		wd = deadline
+	}
+	_ = qc.conn.SetWriteDeadline(wd)
 	_, err = qc.conn.Write(frame)
-	qc.wmu.Unlock()
+	<-qc.wsem
 	if err != nil {
 		forget()
 		_ = qc.conn.Close() // read fails the others and forgets qc
-		return nil, fmt.Errorf("%w: %s: %v", ErrNoAnswer, peer, err)
+		return nil, false, fmt.Errorf("%w: %s: %v", ErrNoAnswer, peer, err)
 	}
+	qc.used.Store(time.Now().UnixNano())
 	q.n.m.queriesSent.Inc()
 	select {
 	case r := <-ch:
-		if r.err != nil {
-			q.n.m.queryErrors.Inc()
-		}
-		return r.body, r.err
+		return r.body, r.lost, r.err
 	case <-ctx.Done():
 		forget()
-		q.n.m.queryErrors.Inc()
-		return nil, fmt.Errorf("%w: %s within the budget: %v", ErrNoAnswer, peer, ctx.Err())
+		return nil, false, fmt.Errorf("%w: %s within the budget: %v", ErrNoAnswer, peer, ctx.Err())
 	}
 }
 
@@ -425,7 +493,7 @@ func (n *Node) Stream(ctx context.Context, peer, kind string, body []byte, fn fu
 		_, err := c.Write(frame)
 		return err
 	}
-	if err := write(appendQuery(nil, 1, kind, body)); err != nil {
+	if err := write(appendQuery(nil, 1, kind, 0, body)); err != nil {
 		return fmt.Errorf("%w: %s: %v", ErrNoAnswer, peer, err)
 	}
 	n.m.queriesSent.Inc()
@@ -525,7 +593,8 @@ func (n *Node) askable() []string {
 // handoff or a rebuild a device may still be where it was; the newest
 // answer wins, so a device is answered once and not reported unknown while
 // a member knows it. missing lists the members that did not answer in
-// time: their ids come back StatusUnknown. ids must be valid engine ids.
+// time: their ids come back StatusUnknown. The states are appended to dst.
+// ids must be valid engine ids.
 func (n *Node) Lookup(ctx context.Context, ids []string, dst []engine.DeviceState) (states []engine.DeviceState, missing []string) {
 	start := len(dst)
 	dst = slices.Grow(dst, len(ids))[:start+len(ids)]
@@ -547,11 +616,18 @@ func (n *Node) Lookup(ctx context.Context, ids []string, dst []engine.DeviceStat
 	}
 	var failed map[string]bool
 	if len(byOwner) == 1 && byOwner[n.cfg.NodeName] != nil {
-		// Every id is this node's: no goroutine, no copy.
-		copy(states, n.lookupLocal(ids, nil))
+		// Every id is this node's: no goroutine.
+		n.lookupLocal(ids, states[:0])
 		failed = map[string]bool{}
 	} else {
-		failed = n.lookupRound(ctx, ids, states, byOwner)
+		// The owners get three quarters of the budget, so that a member
+		// that does not answer leaves time to ask the others for strays.
+		rctx, cancel := ctx, context.CancelFunc(func() {})
+		if d, ok := ctx.Deadline(); ok {
+			rctx, cancel = context.WithDeadline(ctx, time.Now().Add(time.Until(d)*3/4))
+		}
+		failed = n.lookupRound(rctx, ids, states, byOwner)
+		cancel()
 	}
 	// Second round: the unknown ids, asked of every member that did not
 	// own them.
@@ -561,7 +637,7 @@ func (n *Node) Lookup(ctx context.Context, ids []string, dst []engine.DeviceStat
 			unknown = append(unknown, i)
 		}
 	}
-	if len(unknown) > 0 && len(n.askable()) > 1 {
+	if len(unknown) > 0 && len(n.askable()) > 1 && ctx.Err() == nil {
 		others := make(map[string][]int)
 		for _, m := range n.askable() {
 			if failed[m] {
@@ -573,9 +649,9 @@ func (n *Node) Lookup(ctx context.Context, ids []string, dst []engine.DeviceStat
 				}
 			}
 		}
-		for m := range n.lookupRound(ctx, ids, states, others) {
-			failed[m] = true
-		}
+		// A member that does not answer here is not missing from the
+		// answer: it does not own these ids, their owners answered.
+		n.lookupRound(ctx, ids, states, others)
 	}
 	for m := range failed {
 		missing = append(missing, m)

@@ -147,3 +147,37 @@ func TestLookupMissingMember(t *testing.T) {
 		}
 	}
 }
+
+// A member that accepts queries and does not answer (stopped, stalled)
+// costs the budget and is the only one named: the others, asked within
+// the budget's rest, are not missing, and an id they do not know is
+// unknown, not unavailable.
+func TestLookupHungMember(t *testing.T) {
+	nodes, locals := threeKeyed(t)
+	hang := make(chan struct{})
+	defer close(hang)
+	locals[2].mu.Lock()
+	locals[2].hang = hang
+	locals[2].mu.Unlock()
+	var ofB, ofC string
+	for i := 0; ofB == "" || ofC == ""; i++ {
+		id := fmt.Sprintf("hung-%d", i)
+		switch nodes[0].Table().OwnerOf(id) {
+		case "b":
+			ofB = id
+		case "c":
+			ofC = id
+		}
+	}
+	const budget = 400 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), budget)
+	defer cancel()
+	start := time.Now()
+	got, missing := nodes[0].Lookup(ctx, []string{ofB, ofC}, nil)
+	if took := time.Since(start); took > budget+200*time.Millisecond {
+		t.Fatalf("lookup took %v with a budget of %v", took, budget)
+	}
+	if !slices.Equal(missing, []string{"c"}) || got[0].Status != engine.StatusUnknown || got[1].Status != engine.StatusUnknown {
+		t.Fatalf("missing %v, answers %+v: want only c missing", missing, got)
+	}
+}

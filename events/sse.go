@@ -186,13 +186,17 @@ func (s *sseHub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
 		q.Del("scope")
 		go s.remote(ctx, q, func(msg []byte) bool {
-			select {
-			case <-ctx.Done():
+			if ctx.Err() != nil {
 				return false
+			}
+			select {
 			case c.ch <- bytes.Clone(msg):
 				return true
 			default:
-				c.kick() // behind: as for a local event
+				// Behind: disconnected, as for a local event; the client
+				// reconnects.
+				c.kick()
+				s.slow.Inc()
 				return false
 			}
 		})
@@ -389,7 +393,10 @@ type Subscription struct {
 }
 
 // Close ends the subscription.
-func (sub *Subscription) Close() { sub.s.unregister(sub.c) }
+func (sub *Subscription) Close() {
+	sub.s.unregister(sub.c)
+	sub.c.kick() // ends the goroutine that watches it
+}
 
 // Subscribe takes a stream of this node's events matching query (the
 // parameters of GET /v1/events), as another node does for its own clients.

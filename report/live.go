@@ -94,12 +94,12 @@ func longest(live Live, q ListQuery, now time.Time, stop func() error) List {
 	return List{Devices: out, Matched: matched, AsOf: now}
 }
 
-// older orders devices longest in their status first: Since ascending, then
-// id for a stable answer.
 // MergeLists merges the answers of several nodes to q (each the
 // Longest of its own devices) into the cluster's: the longest q.Limit of
 // all, Matched summed, AsOf the earliest. A device in two lists (a stray
-// during a handoff) is kept once, with its newest last_seen.
+// during a handoff) is kept once, with its newest last_seen; one that
+// made only one node's list is counted in Matched by both (a stray is
+// rare and brief).
 func MergeLists(q ListQuery, lists []List) List {
 	var out List
 	seen := make(map[string]int)
@@ -135,6 +135,8 @@ func MergeLists(q ListQuery, lists []List) List {
 	return out
 }
 
+// older orders devices longest in their status first: Since ascending, then
+// id for a stable answer.
 func older(a, b *engine.DeviceState) bool {
 	if !a.Since.Equal(b.Since) {
 		return a.Since.Before(b.Since)

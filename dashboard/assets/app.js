@@ -117,14 +117,15 @@ let prevStats = null; // {t, touches, transitions, nodes: {name: {touches, trans
 
 // pollStats shows the fleet (in a cluster: every node's, summed by
 // /v1/stats) and the rates, from the nodes' counters in /v1/cluster; a
-// server without /v1/cluster (the API embedded elsewhere) gets the rates
-// of its own engine counters and no node panel.
+// server without /v1/cluster (the API embedded elsewhere), or whose
+// /v1/cluster fails, gets the rates of its own engine counters and no node
+// panel.
 async function pollStats() {
   let s, c;
   try {
     [s, c] = await Promise.all([api('v1/stats'), api('v1/cluster').catch((e) => {
-      if (e.status === 404) return null;
-      throw e;
+      if (e.status === 401) throw e;
+      return null; // absent, or failing: the stats still show
     })]);
   } catch (e) {
     if (e.status) setConn(e.status !== 401, e.status === 401 ? 'token required' : 'error ' + e.status);

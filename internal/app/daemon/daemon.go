@@ -41,6 +41,7 @@ type Daemon struct {
 	history *postgres.History
 	events  *events.Hub
 	pprof   *pprofServer // nil unless PprofAddr
+	fleet   *fleet       // the cluster-wide answers; nil when not clustered
 	index   *recovery.Index
 	eng     *engine.Engine
 	node    *cluster.Node // nil when not clustered
@@ -297,7 +298,8 @@ func (d *Daemon) buildAPI() error {
 	rc := report.DefaultConfig()
 	var fl *fleet
 	if d.node != nil {
-		fl = &fleet{node: d.node, eng: d.eng, log: log.With("component", "fleet")}
+		fl = newFleet(d.node, d.eng, log.With("component", "fleet"))
+		d.fleet = fl
 		ac.Cluster, ac.ClusterTimeout = fl, cfg.Cluster.QueryTimeout
 		rc.Cluster, rc.ClusterTimeout = fl.Lists, cfg.Cluster.QueryTimeout
 	}

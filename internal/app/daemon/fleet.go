@@ -38,6 +38,18 @@ type fleet struct {
 	node *cluster.Node
 	eng  *engine.Engine
 	log  *slog.Logger
+	// remoteSlots bounds the SSE clients fed with the other nodes' events
+	// (maxRemoteStreams).
+	remoteSlots chan struct{}
+}
+
+// maxRemoteStreams bounds the cluster-wide SSE streams of one node: each
+// holds a connection to every other member (dashboards and a few
+// integrations, not thousands of clients).
+const maxRemoteStreams = 64
+
+func newFleet(node *cluster.Node, eng *engine.Engine, log *slog.Logger) *fleet {
+	return &fleet{node: node, eng: eng, log: log, remoteSlots: make(chan struct{}, maxRemoteStreams)}
 }
 
 // register installs the handlers of the other nodes' queries and streams,
@@ -54,14 +66,27 @@ func (f *fleet) register(rep *report.Report, hub *events.Hub) {
 			return err
 		}
 		defer sub.Close()
+		var buf []byte
 		for {
 			select {
 			case <-ctx.Done():
 				return nil
 			case <-sub.Done:
-				return errors.New("events: the stream fell behind")
+				return errors.New("events: the stream fell behind, or the hub closed")
 			case msg := <-sub.C:
-				if err := send(msg); err != nil {
+				// What else is waiting goes in the same frame, up to 64 KiB:
+				// a burst (a mass expiry) must not fill the subscription.
+				buf = append(buf[:0], msg...)
+			more:
+				for len(buf) < 64<<10 {
+					select {
+					case m := <-sub.C:
+						buf = append(buf, m...)
+					default:
+						break more
+					}
+				}
+				if err := send(buf); err != nil {
 					return err
 				}
 			}
@@ -178,7 +203,7 @@ func version() string {
 func (f *fleet) Lists(ctx context.Context, q report.ListQuery) ([]report.List, []string) {
 	body, err := json.Marshal(q)
 	if err != nil {
-		return nil, f.node.Table().Members()
+		return nil, []string{f.node.Name()}
 	}
 	var lists []report.List
 	var missing []string
@@ -200,6 +225,17 @@ var errStreamGone = errors.New("stream gone")
 // node-to-node stream per member, opened again after a loss and for
 // members that join meanwhile, until ctx is done (events.RemoteEvents).
 func (f *fleet) remoteEvents(ctx context.Context, q url.Values, deliver func([]byte) bool) {
+	// Each fed client costs one connection to every other member, counted
+	// there against MaxConns: past maxRemoteStreams clients stream this
+	// node's events only.
+	select {
+	case f.remoteSlots <- struct{}{}:
+		defer func() { <-f.remoteSlots }()
+	default:
+		f.log.Warn("events: too many cluster-wide event streams; this one shows this node's events only",
+			"limit", cap(f.remoteSlots))
+		return
+	}
 	body := []byte(q.Encode())
 	var mu sync.Mutex
 	running := make(map[string]bool)
@@ -208,7 +244,11 @@ func (f *fleet) remoteEvents(ctx context.Context, q url.Values, deliver func([]b
 	t := time.NewTicker(remoteRetry)
 	defer t.Stop()
 	for {
-		for _, m := range f.node.Table().Members() {
+		var members []string
+		if t := f.node.Table(); t != nil { // nil before the node starts
+			members = t.Members()
+		}
+		for _, m := range members {
 			mu.Lock()
 			if m == f.node.Name() || running[m] {
 				mu.Unlock()
@@ -229,7 +269,8 @@ func (f *fleet) remoteEvents(ctx context.Context, q url.Values, deliver func([]b
 					return nil
 				})
 				if err != nil && !errors.Is(err, errStreamGone) && ctx.Err() == nil {
-					f.log.Debug("events from another node: stream lost, reopened", "node", m, "err", err)
+					f.log.Warn("events: the stream of another node's events was lost; reopened within a second, "+
+						"its events meanwhile are not replayed", "node", m, "err", err)
 				}
 			})
 		}

@@ -56,11 +56,13 @@ func (d *Daemon) serveCluster(w http.ResponseWriter, r *http.Request) {
 			Answered: true, Devices: &rep.Total, Online: &rep.Online, Version: rep.Version,
 			MessagesTotal: &rep.Messages, TransitionsTotal: &rep.Transitions})
 	} else {
-		t := d.node.Table()
-		v.Node, v.Clustered, v.Partitions = d.node.Name(), true, t.Partitions()
-		counts := t.Counts()
+		v.Node, v.Clustered, v.Partitions = d.node.Name(), true, d.cfg.Cluster.Partitions
+		counts := map[string]int{}
+		if t := d.node.Table(); t != nil { // nil before the node starts
+			counts = t.Counts()
+		}
 		ctx, cancel := context.WithTimeout(r.Context(), d.cfg.Cluster.QueryTimeout)
-		reports, missing := (&fleet{node: d.node, eng: d.eng}).reports(ctx)
+		reports, missing := d.fleet.reports(ctx)
 		cancel()
 		byName := make(map[string]nodeReport, len(reports))
 		for _, rep := range reports {
