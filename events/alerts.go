@@ -24,7 +24,7 @@ type alerts struct {
 	// One record per tracked offline device, pointer-free (a mass expiry
 	// can make a million of them): the ids are in byID's arena. Free slots
 	// are not used.
-	slots []offRec
+	slots recPages
 	free  []uint32
 	byID  idIndex
 	peak  int      // most records held at once, for shrinking
@@ -33,10 +33,11 @@ type alerts struct {
 	// Mass-outage window: numBuckets counters of Window/numBuckets each,
 	// counting devices that went offline in the bucket and are still
 	// offline. newest is the absolute number of the current bucket.
-	bucketNs int64
-	buckets  [numBuckets]int32
-	newest   int64
-	inWindow int
+	bucketNs   int64
+	buckets    [numBuckets]int32
+	newest     int64
+	bucketBase int64 // the first newest: offRec.bucket is relative to it
+	inWindow   int
 
 	active    *activeIncident
 	seq       uint32
@@ -53,18 +54,57 @@ const (
 	checkChunk = 4096
 )
 
+// offRec is one tracked offline device, 24 bytes and no pointer.
 type offRec struct {
-	since   int64 // µs: the offline transition's At
-	bucket  int64 // absolute bucket of its arrival, noBucket if not counted
-	heapIdx int32 // -1: no pending alert (fired, or suppressed by an incident)
-	inc     uint32
-	id      idRef // in byID's arena
+	since   int64  // µs: the offline transition's At
+	bucket  int32  // bucket of its arrival, relative to alerts.bucketBase; noBucket32 if not counted
+	heapIdx int32  // -1: no pending alert (fired, or suppressed by an incident)
+	idOff   uint32 // the id in byID's arena (an idRef, flattened to fit 24 bytes)
+	idLen   uint8
 	cause   engine.Cause
 	used    bool
+	member  bool // of the active incident
 }
 
+func (r *offRec) id() idRef     { return idRef{off: r.idOff, n: r.idLen} }
+func (r *offRec) setID(x idRef) { r.idOff, r.idLen = x.off, x.n }
+
+// noBucket32 is offRec.bucket of a device not counted in the window.
+const noBucket32 = math.MinInt32
+
 // ref is the id place of slot, for byID.
-func (a *alerts) ref(slot uint32) idRef { return a.slots[slot].id }
+func (a *alerts) ref(slot uint32) idRef { return a.slots.at(slot).id() }
+
+// bucketOf is r's absolute bucket, noBucket if none.
+func (a *alerts) bucketOf(r *offRec) int64 {
+	if r.bucket == noBucket32 {
+		return noBucket
+	}
+	return a.bucketBase + int64(r.bucket)
+}
+
+// recPages holds the records in pages of recPage: growing never copies
+// them, and wastes at most a page.
+type recPages struct {
+	pages [][]offRec
+	n     int
+}
+
+const recPage = 4096
+
+func (p *recPages) len() int { return p.n }
+
+func (p *recPages) at(i uint32) *offRec { return &p.pages[i/recPage][i%recPage] }
+
+func (p *recPages) add(r offRec) uint32 {
+	if p.n%recPage == 0 {
+		p.pages = append(p.pages, make([]offRec, recPage))
+	}
+	i := uint32(p.n)
+	*p.at(i) = r
+	p.n++
+	return i
+}
 
 type activeIncident struct {
 	seq      uint32
@@ -138,9 +178,9 @@ func (a *alerts) offline(t *engine.Transition, now time.Time, out []rec) []rec {
 	if a.offlineAfter == 0 && !count {
 		return out
 	}
-	r := offRec{since: t.At.UnixMicro(), bucket: noBucket, heapIdx: -1, cause: t.Cause, used: true}
+	r := offRec{since: t.At.UnixMicro(), bucket: noBucket32, heapIdx: -1, cause: t.Cause, used: true}
 	if count {
-		r.bucket = a.newest
+		r.bucket = int32(a.newest - a.bucketBase)
 		a.buckets[a.newest%numBuckets]++
 		a.inWindow++
 	}
@@ -163,8 +203,8 @@ func (a *alerts) online(id string, now time.Time, out []rec) []rec {
 	if !ok {
 		return out
 	}
-	r := &a.slots[slot]
-	member := r.inc != 0 && a.active != nil && r.inc == a.active.seq
+	r := a.slots.at(slot)
+	member := r.member && a.active != nil
 	a.forget(slot)
 	if member {
 		inc := a.active
@@ -222,9 +262,9 @@ func (a *alerts) trigger(now time.Time, out []rec) []rec {
 	}
 	a.active = inc
 	oldest := a.newest - numBuckets + 1
-	for i := range a.slots {
-		if r := &a.slots[i]; r.used && r.bucket != noBucket && r.bucket >= oldest {
-			a.join(uint32(i))
+	for i := range uint32(a.slots.len()) {
+		if r := a.slots.at(i); r.used && r.bucket != noBucket32 && a.bucketOf(r) >= oldest {
+			a.join(i)
 		}
 	}
 	a.m.alerts[TypeMassOffline].Inc()
@@ -236,7 +276,7 @@ func (a *alerts) trigger(now time.Time, out []rec) []rec {
 
 func (a *alerts) join(slot uint32) {
 	inc := a.active
-	a.slots[slot].inc = inc.seq
+	a.slots.at(slot).member = true
 	inc.members++
 	inc.recoverN = max(int(math.Ceil(a.mass.RecoverShare*float64(inc.members))), 1)
 }
@@ -247,14 +287,14 @@ func (a *alerts) join(slot uint32) {
 func (a *alerts) recover(now time.Time, out []rec) []rec {
 	inc := a.active
 	a.active = nil
-	for i := range a.slots {
-		r := &a.slots[i]
-		if !r.used || r.inc != inc.seq {
+	for i := range uint32(a.slots.len()) {
+		r := a.slots.at(i)
+		if !r.used || !r.member {
 			continue
 		}
-		r.inc = 0
+		r.member = false
 		if r.heapIdx < 0 && a.offlineAfter > 0 {
-			a.heapPush(uint32(i))
+			a.heapPush(i)
 		}
 	}
 	a.m.alerts[TypeMassOfflineRecovered].Inc()
@@ -276,20 +316,20 @@ func (a *alerts) check(now time.Time, out []rec) (_ []rec, more bool) {
 			return out, true
 		}
 		slot := a.heap[0]
-		r := &a.slots[slot]
+		r := a.slots.at(slot)
 		due := r.since + a.offlineAfter
 		if due > nowUs {
 			break
 		}
 		a.heapRemove(0)
-		if r.inc != 0 {
+		if r.member {
 			// Covered by the active incident's mass_offline. The record stays
 			// (the incident counts its members back); recover re-arms it.
 			a.m.suppressed.Inc()
 			continue
 		}
 		a.m.alerts[TypeOfflineAlert].Inc()
-		out = append(out, rec{typ: TypeOfflineAlert, id: a.byID.str(r.id), at: due, since: r.since, cause: r.cause})
+		out = append(out, rec{typ: TypeOfflineAlert, id: a.byID.str(r.id()), at: due, since: r.since, cause: r.cause})
 		// Nothing is left to do for this device until it comes back. (Were
 		// it still in the mass window, which takes an offline transition
 		// dated OfflineAfter in the past, the window undercounts it by one.)
@@ -305,7 +345,7 @@ func (a *alerts) advance(nowNs int64) {
 	}
 	cur := nowNs / a.bucketNs
 	if a.newest == noBucket {
-		a.newest = cur
+		a.newest, a.bucketBase = cur, cur
 		return
 	}
 	if cur <= a.newest {
@@ -325,39 +365,38 @@ func (a *alerts) alloc(id string, r offRec) uint32 {
 	if n := len(a.free); n > 0 {
 		slot = a.free[n-1]
 		a.free = a.free[:n-1]
-		a.slots[slot] = r
+		*a.slots.at(slot) = r
 	} else {
-		slot = uint32(len(a.slots))
-		a.slots = append(a.slots, r)
+		slot = a.slots.add(r)
 	}
-	a.slots[slot].id = a.byID.add(id, slot, a.ref)
+	a.slots.at(slot).setID(a.byID.add(id, slot, a.ref))
 	a.peak = max(a.peak, a.byID.len())
 	return slot
 }
 
 // forget drops a record: its pending alert, its count in the window.
 func (a *alerts) forget(slot uint32) {
-	r := &a.slots[slot]
+	r := a.slots.at(slot)
 	if r.heapIdx >= 0 {
 		a.heapRemove(int(r.heapIdx))
 	}
-	if r.bucket != noBucket && r.bucket >= a.newest-numBuckets+1 && r.bucket <= a.newest {
-		a.buckets[r.bucket%numBuckets]--
+	if b := a.bucketOf(r); b != noBucket && b >= a.newest-numBuckets+1 && b <= a.newest {
+		a.buckets[b%numBuckets]--
 		a.inWindow--
 	}
-	a.byID.remove(slot, r.id, a.ref)
+	a.byID.remove(slot, r.id(), a.ref)
 	*r = offRec{}
 	a.free = append(a.free, slot)
 	switch {
 	case a.byID.len() == 0 && a.peak > 1<<14:
 		// After a big outage is over, start afresh instead of keeping its
 		// memory.
-		a.byID, a.slots, a.free, a.heap, a.peak = newIDIndex(), nil, nil, nil, 0
+		a.byID, a.slots, a.free, a.heap, a.peak = newIDIndex(), recPages{}, nil, nil, 0
 	case a.byID.compactable():
 		a.byID.compact(func(move func(uint32, idRef) idRef) {
-			for i := range a.slots {
-				if a.slots[i].used {
-					a.slots[i].id = move(uint32(i), a.slots[i].id)
+			for i := range uint32(a.slots.len()) {
+				if r := a.slots.at(i); r.used {
+					r.setID(move(i, r.id()))
 				}
 			}
 		})
@@ -367,19 +406,19 @@ func (a *alerts) forget(slot uint32) {
 // Indexed min-heap of slots by since.
 
 func (a *alerts) less(i, j int) bool {
-	return a.slots[a.heap[i]].since < a.slots[a.heap[j]].since
+	return a.slots.at(a.heap[i]).since < a.slots.at(a.heap[j]).since
 }
 
 func (a *alerts) swap(i, j int) {
 	a.heap[i], a.heap[j] = a.heap[j], a.heap[i]
-	a.slots[a.heap[i]].heapIdx = int32(i)
-	a.slots[a.heap[j]].heapIdx = int32(j)
+	a.slots.at(a.heap[i]).heapIdx = int32(i)
+	a.slots.at(a.heap[j]).heapIdx = int32(j)
 }
 
 func (a *alerts) heapPush(slot uint32) {
 	a.heap = append(a.heap, slot)
 	i := len(a.heap) - 1
-	a.slots[slot].heapIdx = int32(i)
+	a.slots.at(slot).heapIdx = int32(i)
 	a.up(i)
 }
 
@@ -390,7 +429,7 @@ func (a *alerts) heapRemove(i int) {
 		a.swap(i, last)
 	}
 	a.heap = a.heap[:last]
-	a.slots[slot].heapIdx = -1
+	a.slots.at(slot).heapIdx = -1
 	if i != last {
 		if !a.down(i) {
 			a.up(i)

@@ -4,6 +4,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"testing"
+	"unsafe"
 )
 
 // idIndex against a map, through random adds and removes that grow the
@@ -82,5 +83,11 @@ func TestIDIndexAgainstAMap(t *testing.T) {
 	}
 	if len(x.ids) > 12*len(model) {
 		t.Fatalf("arena of %d bytes for %d ids after compaction", len(x.ids), len(model))
+	}
+}
+
+func TestOffRecSize(t *testing.T) {
+	if n := unsafe.Sizeof(offRec{}); n != 24 {
+		t.Fatalf("offRec is %d bytes, want 24", n)
 	}
 }

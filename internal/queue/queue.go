@@ -138,14 +138,16 @@ type Queue[T any] struct {
 	lim  *ratelog.Limiter[logLine]
 	run  lifecycle.Runner
 
-	mu      sync.Mutex // guards buf, keys, closed, dropLog, inflN and the wait state
-	buf     *ring[T]
-	key     func(T) string      // NewCoalescing's; nil: every item is queued
-	keys    map[string]struct{} // with key: the keys waiting or in flight
-	closed  bool
-	dropLog int           // drops since the last drop line
-	inflN   int           // len(inflight), readable under mu
-	kick    chan struct{} // 1-buffered: something to send
+	mu   sync.Mutex // guards buf, keys, closed, dropLog, inflN and the wait state
+	buf  *ring[T]
+	key  func(T) string      // NewCoalescing's; nil: every item is queued
+	keys map[string]struct{} // with key: the keys waiting or in flight
+	// keysPeak is the most keys held since keys was made (for shrinking).
+	keysPeak int
+	closed   bool
+	dropLog  int           // drops since the last drop line
+	inflN    int           // len(inflight), readable under mu
+	kick     chan struct{} // 1-buffered: something to send
 
 	// The wait state (Full Wait).
 	live    bool          // the worker runs (Start until it returns)
@@ -340,6 +342,7 @@ func (q *Queue[T]) pushLocked(v T) (dropped int, pushed bool) {
 			return 0, false
 		}
 		q.keys[k] = struct{}{}
+		q.keysPeak = max(q.keysPeak, len(q.keys))
 	}
 	if old, full := q.buf.Push(v); full {
 		dropped = 1
@@ -349,6 +352,10 @@ func (q *Queue[T]) pushLocked(v T) (dropped int, pushed bool) {
 	}
 	return dropped, true
 }
+
+// keysShrinkAt: a coalescing queue's key set is replaced once empty after
+// holding at least this many keys.
+const keysShrinkAt = 4096
 
 // pushed ends a push: it unlocks mu, counts the time waited, counts and
 // logs the drops, and wakes the worker.
@@ -585,6 +592,11 @@ func (q *Queue[T]) sendInflight(ctx context.Context) error {
 	if q.key != nil {
 		for _, v := range q.inflight {
 			delete(q.keys, q.key(v)) // queued again from now on
+		}
+		if len(q.keys) == 0 && q.keysPeak >= keysShrinkAt {
+			// Go maps never shrink: once a burst (a million devices
+			// coming online) has drained, start a new one.
+			q.keys, q.keysPeak = make(map[string]struct{}), 0
 		}
 	}
 	q.inflN = 0
