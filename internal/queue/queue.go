@@ -50,6 +50,11 @@ type Config struct {
 	MinBackoff, MaxBackoff time.Duration
 	// Timeout bounds one send.
 	Timeout time.Duration
+	// DownAfter is how long sends must keep failing before a Wait queue
+	// stops waiting for room (the store is taken for down, and pushes drop
+	// the oldest): a blip, or a destination still connecting at start,
+	// slows its callers instead of losing items. 0: 5 s.
+	DownAfter time.Duration
 	// LogEvery is the rate limit of the queue's warnings (drops, failed
 	// sends): one line per kind per interval, with the number held back.
 	// 0: 5 s.
@@ -69,7 +74,7 @@ const (
 	DropOldest Full = iota
 	// Wait makes PushWait and PushFuncWait wait for room while the queue
 	// can make progress: it is started (held or not: Hold) and not closed,
-	// and its last send did not fail. Otherwise (the store is down, the
+	// and its sends have not been failing for Config.DownAfter. Otherwise (the store is down, the
 	// queue is closing, or the push's ctx is done) they drop the oldest
 	// like DropOldest. The caller is slowed to the store's pace, never
 	// stopped for longer than a send can take (Config.Timeout, after which
@@ -150,10 +155,11 @@ type Queue[T any] struct {
 	kick     chan struct{} // 1-buffered: something to send
 
 	// The wait state (Full Wait).
-	live    bool          // the worker runs (Start until it returns)
-	failing bool          // the last send failed and was not retried successfully yet
-	waiters int           // pushes waiting for room
-	room    chan struct{} // closed (and replaced) when a waiter may go on
+	live      bool          // the worker runs (Start until it returns)
+	failing   bool          // the last send failed and was not retried successfully yet
+	failSince time.Time     // when the failing streak began
+	waiters   int           // pushes waiting for room
+	room      chan struct{} // closed (and replaced) when a waiter may go on
 
 	hold <-chan struct{} // the worker waits for it before its first send (Hold)
 
@@ -175,6 +181,9 @@ func New[T any](cfg Config, send func(ctx context.Context, batch []T) error) *Qu
 	}
 	if cfg.LogEvery <= 0 {
 		cfg.LogEvery = 5 * time.Second
+	}
+	if cfg.DownAfter <= 0 {
+		cfg.DownAfter = 5 * time.Second
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -277,8 +286,11 @@ func (q *Queue[T]) makeRoom(ctx context.Context, v T) time.Duration {
 // queue should wait for room: the queue can make progress, ctx is not done,
 // and v would be queued (not a duplicate key).
 func (q *Queue[T]) mayWaitLocked(ctx context.Context, v T) bool {
-	if q.closed || !q.live || q.failing || ctx.Err() != nil {
+	if q.closed || !q.live || ctx.Err() != nil {
 		return false
+	}
+	if q.failing && time.Since(q.failSince) >= q.cfg.DownAfter {
+		return false // down: drop rather than hold the caller back
 	}
 	if q.key != nil {
 		if _, dup := q.keys[q.key(v)]; dup {
@@ -581,7 +593,11 @@ func (q *Queue[T]) sendInflight(ctx context.Context) error {
 		}
 	default:
 		inc(q.cfg.Metrics.Errors)
-		q.setState(func() { q.failing = true })
+		q.setState(func() {
+			if !q.failing {
+				q.failing, q.failSince = true, time.Now()
+			}
+		})
 		return err
 	}
 	q.mu.Lock()

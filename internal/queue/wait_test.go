@@ -75,13 +75,16 @@ func TestWaitWhileStoreUp(t *testing.T) {
 	})
 }
 
-// Once a send fails the store is down: a waiting push stops waiting and
-// drops the oldest, counted; a push made meanwhile does not wait at all.
-// The first successful send makes pushes wait again.
+// Once sends have kept failing for DownAfter the store is down: a waiting
+// push stops waiting and drops the oldest, counted; a push made meanwhile
+// does not wait at all. A shorter failure (a blip, a destination still
+// connecting) only slows the push. The first successful send makes pushes
+// wait again.
 func TestWaitDropsWhileStoreDown(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		cfg := waitConfig()
 		cfg.Timeout = 100 * time.Millisecond
+		cfg.DownAfter = 250 * time.Millisecond
 		s := &sink{block: make(chan struct{})} // the send hangs until its timeout
 		q := New(cfg, s.send)
 		if err := q.Start(context.Background()); err != nil {
@@ -92,7 +95,12 @@ func TestWaitDropsWhileStoreDown(t *testing.T) {
 		if _, ok := returned(done); ok {
 			t.Fatal("PushWait returned before the send failed")
 		}
-		time.Sleep(cfg.Timeout) // the send times out: the store is down
+		time.Sleep(cfg.Timeout) // the first send times out: failing, not yet down
+		synctest.Wait()
+		if _, ok := returned(done); ok {
+			t.Fatal("PushWait stopped waiting at the first failure, before DownAfter")
+		}
+		time.Sleep(2 * cfg.DownAfter) // more failed retries: down
 		synctest.Wait()
 		dropped, ok := returned(done)
 		if !ok || dropped != 50 {
