@@ -201,12 +201,25 @@ func TestClusterAnswersForTheFleet(t *testing.T) {
 		id, _ := strconv.Atoi(byOwner[o])
 		s.publish(id, "telemetry", "{}")
 	}
-	pollUntil(t, 10*time.Second, "the three back online", func() error {
+	pollUntil(t, 10*time.Second, "the three back online, in the engines and in Redis", func() error {
 		r, _, err := a.batchGet(asked)
 		if err != nil {
 			return err
 		}
-		return complete(r, asked)
+		if err := complete(r, asked); err != nil {
+			return err
+		}
+		// The rebuild after the kill reads Redis: it must have them.
+		st, err := redisStatuses(s, ids)
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			if st[id] != "online" {
+				return fmt.Errorf("device %s: %q in Redis", id, st[id])
+			}
+		}
+		return nil
 	})
 
 	// kill -9 C: until the others rebuild its partitions, answers lack it,
