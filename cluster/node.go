@@ -297,14 +297,19 @@ const insecureInterval = time.Hour
 
 // insecureReminder repeats warnInsecure every insecureInterval.
 func (n *Node) insecureReminder(exposed []string) {
-	t := time.NewTicker(insecureInterval)
+	n.every(insecureInterval, func() { n.warnInsecure(exposed) })
+}
+
+// every calls fn every d until the node stops.
+func (n *Node) every(d time.Duration, fn func()) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-n.stop:
 			return
 		case <-t.C:
-			n.warnInsecure(exposed)
+			fn()
 		}
 	}
 }
@@ -654,18 +659,7 @@ func (n *Node) join() {
 
 // rejoin joins the seeds every RejoinInterval, so that the two sides of a
 // healed network partition merge.
-func (n *Node) rejoin() {
-	t := time.NewTicker(n.cfg.RejoinInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-n.stop:
-			return
-		case <-t.C:
-			n.join()
-		}
-	}
-}
+func (n *Node) rejoin() { n.every(n.cfg.RejoinInterval, n.join) }
 
 // Compile-time check: a *engine.Engine can be handed devices and hand them
 // off (a Local that is not a HandoffLocal would route but never hand off).

@@ -208,6 +208,20 @@ func ownedExactly(ids []string, nodes ...*clusterNode) (map[string]int, error) {
 	return counts, nil
 }
 
+// redisAll checks that every id has status want in Redis.
+func redisAll(s *stack, ids []string, want string) error {
+	st, err := redisStatuses(s, ids)
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		if st[id] != want {
+			return fmt.Errorf("device %s: %q in Redis, want %q", id, st[id], want)
+		}
+	}
+	return nil
+}
+
 // redisStatuses reads the status key of every id in one MGET ("" when
 // missing).
 func redisStatuses(s *stack, ids []string) (map[string]string, error) {
@@ -489,16 +503,7 @@ func TestClusterProcesses(t *testing.T) {
 	silenced := time.Now()
 	stopSilent()
 	offlineAfter := pollUntil(t, clusterTimeout+5*time.Second, "silent devices offline in Redis", func() error {
-		st, err := redisStatuses(s, silent)
-		if err != nil {
-			return err
-		}
-		for _, id := range silent {
-			if st[id] != "offline" {
-				return fmt.Errorf("device %s: %q in Redis", id, st[id])
-			}
-		}
-		return nil
+		return redisAll(s, silent, "offline")
 	})
 	t.Logf("%d silent devices offline in Redis %v after they stopped (timeout %v)", len(silent), offlineAfter.Round(time.Millisecond), clusterTimeout)
 	if offlineAfter < clusterTimeout-clusterPeriod {

@@ -44,6 +44,20 @@ func (n *clusterNode) batchGet(ids []string) (api.BatchGetResponse, time.Duratio
 	return out, took, json.Unmarshal(b, &out)
 }
 
+// allAnswer checks that every node answers a batchGet of ids completely.
+func allAnswer(nodes []*clusterNode, ids []string) error {
+	for _, n := range nodes {
+		r, _, err := n.batchGet(ids)
+		if err != nil {
+			return err
+		}
+		if err := complete(r, ids); err != nil {
+			return fmt.Errorf("%s: %v", n.name, err)
+		}
+	}
+	return nil
+}
+
 // complete checks that a batchGet of ids answered every one online, from
 // every node's share.
 func complete(r api.BatchGetResponse, ids []string) error {
@@ -94,18 +108,7 @@ func TestClusterAnswersForTheFleet(t *testing.T) {
 	// Reversed, to check the caller's order is kept.
 	asked := slices.Clone(ids)
 	slices.Reverse(asked)
-	pollUntil(t, 10*time.Second, "every device answered by every node", func() error {
-		for _, n := range nodes {
-			r, _, err := n.batchGet(asked)
-			if err != nil {
-				return err
-			}
-			if err := complete(r, asked); err != nil {
-				return fmt.Errorf("%s: %v", n.name, err)
-			}
-		}
-		return nil
-	})
+	pollUntil(t, 10*time.Second, "every device answered by every node", func() error { return allAnswer(nodes, asked) })
 	counts, err := ownedExactly(ids, a, b, cn) // each device on one node (scope=local)
 	if err != nil {
 		t.Fatal(err)
@@ -209,17 +212,7 @@ func TestClusterAnswersForTheFleet(t *testing.T) {
 		if err := complete(r, asked); err != nil {
 			return err
 		}
-		// The rebuild after the kill reads Redis: it must have them.
-		st, err := redisStatuses(s, ids)
-		if err != nil {
-			return err
-		}
-		for _, id := range ids {
-			if st[id] != "online" {
-				return fmt.Errorf("device %s: %q in Redis", id, st[id])
-			}
-		}
-		return nil
+		return redisAll(s, ids, "online") // the rebuild after the kill reads Redis
 	})
 
 	// kill -9 C: until the others rebuild its partitions, answers lack it,
@@ -246,16 +239,7 @@ func TestClusterAnswersForTheFleet(t *testing.T) {
 		t.Fatalf("stats on B after the kill: %+v %v", st, err)
 	}
 	took = pollUntil(t, 30*time.Second, "complete answers after the rebuild", func() error {
-		for _, n := range []*clusterNode{a, b} {
-			r, _, err := n.batchGet(asked)
-			if err != nil {
-				return err
-			}
-			if err := complete(r, asked); err != nil {
-				return fmt.Errorf("%s: %v", n.name, err)
-			}
-		}
-		return nil
+		return allAnswer([]*clusterNode{a, b}, asked)
 	})
 	t.Logf("complete again %v after the kill", took.Round(time.Millisecond))
 }
