@@ -137,7 +137,7 @@ func TestLookupMissingMember(t *testing.T) {
 	if !slices.Contains(missing, "c") {
 		t.Fatalf("missing %v, want c", missing)
 	}
-	if took > budget+200*time.Millisecond {
+	if took > budget+time.Second {
 		t.Fatalf("lookup took %v with a budget of %v", took, budget)
 	}
 	for i, st := range got {
@@ -174,7 +174,7 @@ func TestLookupHungMember(t *testing.T) {
 	defer cancel()
 	start := time.Now()
 	got, missing := nodes[0].Lookup(ctx, []string{ofB, ofC}, nil)
-	if took := time.Since(start); took > budget+200*time.Millisecond {
+	if took := time.Since(start); took > budget+time.Second {
 		t.Fatalf("lookup took %v with a budget of %v", took, budget)
 	}
 	if !slices.Equal(missing, []string{"c"}) || got[0].Status != engine.StatusUnknown || got[1].Status != engine.StatusUnknown {
