@@ -268,4 +268,3 @@ func liveHeapBytes() uint64 {
 	runtime.ReadMemStats(&m)
 	return m.HeapAlloc
 }
-
