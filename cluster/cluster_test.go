@@ -7,6 +7,7 @@ import (
 	"net"
 	"runtime"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -328,12 +329,20 @@ func TestClusterEncrypted(t *testing.T) {
 // A seed that is down at start-up: the node works alone, and the rejoin
 // loop merges it into the cluster once the seed is up.
 func TestClusterRejoin(t *testing.T) {
-	seed := testenv.FreeAddr(t) // memberlist needs it for TCP and UDP
+	// The seed's gossip sockets exist from here on, so that no other
+	// process can take the port meanwhile (a port merely found free can be
+	// some connection's source port by the time a binds it); nothing
+	// answers on them until a starts.
+	tr, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{BindAddrs: []string{"127.0.0.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed := net.JoinHostPort("127.0.0.1", strconv.Itoa(tr.GetAutoBindPort()))
 	c, _ := startNode(t, "c", []string{seed}, func(cfg *Config) { cfg.RejoinInterval = 200 * time.Millisecond })
 	if got := c.Table().Members(); !slices.Equal(got, []string{"c"}) {
 		t.Fatalf("c sees %v", got)
 	}
-	a, _ := startNode(t, "a", nil, func(cfg *Config) { cfg.BindAddr = seed })
+	a, _ := startNode(t, "a", nil, func(cfg *Config) { cfg.Transport = tr })
 	// b's seed list names a dead address and a.
 	b, _ := startNode(t, "b", []string{"127.0.0.1:1", seed}, nil)
 	waitTables(t, 10*time.Second, []*Node{a, b, c}, "a", "b", "c")

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
-	"net"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -208,11 +207,9 @@ func TestBinaryFlags(t *testing.T) {
 // cluster key (exit status 2, naming the way out); with
 // PRESENCE_CLUSTER_INSECURE=true it starts and warns.
 func TestBinaryRefusesInsecureCluster(t *testing.T) {
-	_, gossipPort, _ := net.SplitHostPort(testenv.FreeAddr(t))
-	_, dataPort, _ := net.SplitHostPort(testenv.FreeAddr(t))
+	// Ephemeral ports (0): nothing to race for with other tests.
 	env := []string{"PRESENCE_HTTP_ADDR=127.0.0.1:0", "PRESENCE_EMBEDDED_MQTT_ADDR=127.0.0.1:0",
-		"PRESENCE_NODE_NAME=lonely", "PRESENCE_CLUSTER_BIND=0.0.0.0:" + gossipPort,
-		"PRESENCE_CLUSTER_DATA_ADDR=0.0.0.0:" + dataPort}
+		"PRESENCE_NODE_NAME=lonely", "PRESENCE_CLUSTER_BIND=0.0.0.0:0", "PRESENCE_CLUSTER_DATA_ADDR=0.0.0.0:0"}
 	cmd := exec.Command(presenced(t))
 	cmd.Env = env
 	out, err := cmd.CombinedOutput()
