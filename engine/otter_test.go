@@ -116,23 +116,23 @@ func BenchmarkVsOtter(b *testing.B) {
 	})
 
 	b.Run("memory/engine", func(b *testing.B) {
-		before := liveHeapBytes()
+		before := liveHeap()
 		e := countingEngine(b, 100*time.Millisecond, nil)
 		now := time.Now()
 		for _, id := range ids {
 			_ = e.Touch(id, now)
 		}
-		b.ReportMetric(float64(liveHeapBytes()-before)/otterFleet, "B/device")
+		b.ReportMetric(float64(liveHeap()-before)/otterFleet, "B/device")
 		runtime.KeepAlive(e)
 	})
 	b.Run("memory/otter", func(b *testing.B) {
-		before := liveHeapBytes()
+		before := liveHeap()
 		c := newOtter(b, time.Minute, nil)
 		now := time.Now().UnixNano()
 		for _, id := range ids {
 			c.Set(id, now)
 		}
-		b.ReportMetric(float64(liveHeapBytes()-before)/otterFleet, "B/device")
+		b.ReportMetric(float64(liveHeap()-before)/otterFleet, "B/device")
 		runtime.KeepAlive(c)
 	})
 
@@ -143,12 +143,7 @@ func BenchmarkVsOtter(b *testing.B) {
 			seen.Add(1)
 			last.Store(time.Now().UnixNano())
 		})
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
-		if err := e.Start(ctx); err != nil {
-			b.Fatal(err)
-		}
-		defer e.Close(context.Background()) //nolint:errcheck
+		runEngine(b, e)
 		at := time.Now()
 		batch := make([]Touch, 0, 512)
 		for lo := 0; lo < len(ids); lo += cap(batch) {
@@ -184,12 +179,7 @@ func BenchmarkVsOtter(b *testing.B) {
 			late = append(late, time.Since(t.At))
 			mu.Unlock()
 		})
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
-		if err := e.Start(ctx); err != nil {
-			b.Fatal(err)
-		}
-		defer e.Close(context.Background()) //nolint:errcheck
+		runEngine(b, e)
 		now := time.Now()
 		for i, id := range idle { // deadlines spread over 1 s
 			_ = e.TouchBatch([]Touch{{ID: id, At: now.Add(time.Duration(i) * 100 * time.Microsecond), Timeout: time.Second}})
@@ -261,10 +251,14 @@ func idleLateness(b *testing.B, mu *sync.Mutex, late *[]time.Duration, n int) {
 	b.ReportMetric(float64(l[len(l)-1].Microseconds())/1000, "max-late-ms")
 }
 
-func liveHeapBytes() uint64 {
-	runtime.GC()
-	runtime.GC()
-	var m runtime.MemStats
-	runtime.ReadMemStats(&m)
-	return m.HeapAlloc
+// runEngine starts e's clock until the benchmark ends.
+func runEngine(b *testing.B, e *Engine) {
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := e.Start(ctx); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		cancel()
+		_ = e.Close(context.Background())
+	})
 }
