@@ -29,7 +29,9 @@ import (
 // have no dirty device left.
 //
 // Metrics: heap-B/device and rss-B/device online (steady) and after the
-// expiry, with base-heap-MB the daemon's heap before the first device.
+// expiry, each measured 22 s after the phase settled (the daemon returns a
+// burst's freed memory to the OS every 10 s), with base-heap-MB the
+// daemon's heap before the first device.
 // PRESENCE_BENCH_HEAP_PROFILES=dir writes a heap profile of each phase
 // there (go tool pprof -sample_index=inuse_space).
 //
@@ -39,6 +41,11 @@ func BenchmarkDaemonMemory(b *testing.B) {
 		b.Run(fmt.Sprintf("devices=%d", n), func(b *testing.B) { benchDaemonMemory(b, n) })
 	}
 }
+
+// settle is how long a phase is left before it is measured: two intervals
+// of the daemon's memory returner (10 s; the first may come before the
+// burst's garbage is collected), as a fleet at rest would be.
+const settle = 22 * time.Second
 
 func benchDaemonMemory(b *testing.B, n int) {
 	f := newFixture(b, n)
@@ -83,7 +90,9 @@ func benchDaemonMemory(b *testing.B, n int) {
 	touchAll(time.Now(), time.Hour)
 	settled("online", func(st engine.Stats) bool { return st.OnlineTransitions >= uint64(n) })
 	b.StopTimer()
+	time.Sleep(settle)
 	onHeap, onRSS := liveHeap(), rss()
+	logMem(b, "online", onRSS)
 	heapProfile(b, "online")
 
 	b.StartTimer()
@@ -91,7 +100,9 @@ func benchDaemonMemory(b *testing.B, n int) {
 	touchAll(at, engine.MinTimeout) // one deadline for the fleet
 	settled("offline", func(st engine.Stats) bool { return st.OfflineTransitions >= uint64(n) })
 	b.StopTimer()
+	time.Sleep(settle)
 	offHeap, offRSS := liveHeap(), rss()
+	logMem(b, "after the expiry", offRSS)
 	heapProfile(b, "expired")
 
 	per := func(v uint64) float64 { return float64(v) / float64(n) }
@@ -107,6 +118,14 @@ func benchDaemonMemory(b *testing.B, n int) {
 		worst = max(worst, time.Duration(p))
 	}
 	b.ReportMetric(float64(worst.Microseconds())/1000, "max-gc-pause-ms")
+}
+
+// logMem logs where the process's memory is.
+func logMem(b *testing.B, phase string, rss uint64) {
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	b.Logf("%s: heap alloc %d MB, idle %d MB of which released %d MB, runtime sys %d MB, RSS %d MB",
+		phase, m.HeapAlloc>>20, m.HeapIdle>>20, m.HeapReleased>>20, m.Sys>>20, rss>>20)
 }
 
 // liveHeap is the heap in use after two forced collections.

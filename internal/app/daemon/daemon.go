@@ -42,6 +42,7 @@ type Daemon struct {
 	events  *events.Hub
 	pprof   *pprofServer // nil unless PprofAddr
 	fleet   *fleet       // the cluster-wide answers; nil when not clustered
+	mem     *memReturner
 	index   *recovery.Index
 	eng     *engine.Engine
 	node    *cluster.Node // nil when not clustered
@@ -84,6 +85,7 @@ func (d *Daemon) stages() []stage {
 	p := lifecycle.Named
 	return []stage{
 		{0, []lifecycle.Part{p("stores", d.stores)}}, // the clients, closed last
+		{0, []lifecycle.Part{p("memory", d.mem)}},    // returns a burst's freed memory
 		{0, []lifecycle.Part{p("broker", d.broker)}},
 		{0, []lifecycle.Part{p("api", d.api)}}, // health and readiness first
 		{0, []lifecycle.Part{p("pprof", d.pprof)}},
@@ -114,6 +116,7 @@ func (d *Daemon) build(cfg Config) error {
 	}
 	cfg = cfg.resolve(brokerURL)
 	d.cfg = cfg
+	d.mem = newMemReturner(log.With("component", "memory"))
 	if cfg.clustered() && !cfg.Ingest.CleanSession {
 		log.Warn("persistent MQTT sessions in a cluster: while a node is down the broker may keep queueing its share of the stream for it (Mosquitto does), and those messages reach their owners only when it returns",
 			"client_id_prefix", cfg.Ingest.ClientIDPrefix)
