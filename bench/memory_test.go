@@ -86,24 +86,25 @@ func benchDaemonMemory(b *testing.B, n int) {
 			}
 		}
 	}
+	// phase touches the fleet, waits until done, lets it rest, measures.
+	phase := func(name string, timeout time.Duration, done func(engine.Stats) bool) (heap, rs uint64) {
+		b.StartTimer()
+		touchAll(time.Now(), timeout)
+		settled(name, done)
+		b.StopTimer()
+		time.Sleep(settle)
+		heap, rs = liveHeap(), rss()
+		logMem(b, name, rs)
+		heapProfile(b, name)
+		return heap, rs
+	}
 	b.ResetTimer()
-	touchAll(time.Now(), time.Hour)
-	settled("online", func(st engine.Stats) bool { return st.OnlineTransitions >= uint64(n) })
 	b.StopTimer()
-	time.Sleep(settle)
-	onHeap, onRSS := liveHeap(), rss()
-	logMem(b, "online", onRSS)
-	heapProfile(b, "online")
-
-	b.StartTimer()
-	at := time.Now()
-	touchAll(at, engine.MinTimeout) // one deadline for the fleet
-	settled("offline", func(st engine.Stats) bool { return st.OfflineTransitions >= uint64(n) })
-	b.StopTimer()
-	time.Sleep(settle)
-	offHeap, offRSS := liveHeap(), rss()
-	logMem(b, "after the expiry", offRSS)
-	heapProfile(b, "expired")
+	onHeap, onRSS := phase("online", time.Hour,
+		func(st engine.Stats) bool { return st.OnlineTransitions >= uint64(n) })
+	// One deadline for the whole fleet.
+	offHeap, offRSS := phase("expired", engine.MinTimeout,
+		func(st engine.Stats) bool { return st.OfflineTransitions >= uint64(n) })
 
 	per := func(v uint64) float64 { return float64(v) / float64(n) }
 	b.ReportMetric(float64(base)/(1<<20), "base-heap-MB")

@@ -137,12 +137,8 @@ func BenchmarkVsOtter(b *testing.B) {
 	})
 
 	b.Run("massexpiry/engine", func(b *testing.B) {
-		var seen atomic.Int64
-		var last atomic.Int64
-		e := countingEngine(b, 10*time.Millisecond, func(Transition) {
-			seen.Add(1)
-			last.Store(time.Now().UnixNano())
-		})
+		var obs expiries
+		e := countingEngine(b, 10*time.Millisecond, func(Transition) { obs.observe() })
 		runEngine(b, e)
 		at := time.Now()
 		batch := make([]Touch, 0, 512)
@@ -153,20 +149,16 @@ func BenchmarkVsOtter(b *testing.B) {
 			}
 			e.TouchBatch(batch)
 		}
-		massExpiry(b, at.Add(2*time.Second), &seen, &last)
+		massExpiry(b, at.Add(2*time.Second), &obs)
 	})
 	b.Run("massexpiry/otter", func(b *testing.B) {
-		var seen atomic.Int64
-		var last atomic.Int64
-		c := newOtter(b, 2*time.Second, func(string) {
-			seen.Add(1)
-			last.Store(time.Now().UnixNano())
-		})
+		var obs expiries
+		c := newOtter(b, 2*time.Second, func(string) { obs.observe() })
 		at := time.Now()
 		for _, id := range ids {
 			c.Set(id, at.UnixNano())
 		}
-		massExpiry(b, at.Add(2*time.Second), &seen, &last)
+		massExpiry(b, at.Add(2*time.Second), &obs)
 		runtime.KeepAlive(c)
 	})
 
@@ -206,10 +198,19 @@ func BenchmarkVsOtter(b *testing.B) {
 	})
 }
 
+// expiries counts observed expiries and when the last one was seen.
+type expiries struct{ seen, last atomic.Int64 }
+
+func (x *expiries) observe() {
+	x.seen.Add(1)
+	x.last.Store(time.Now().UnixNano())
+}
+
 // massExpiry waits until every device's expiry was observed, sampling the
 // heap in use meanwhile, and reports the time from deadline to the last
 // one and the peak of the heap above its level at the deadline.
-func massExpiry(b *testing.B, deadline time.Time, seen, last *atomic.Int64) {
+func massExpiry(b *testing.B, deadline time.Time, obs *expiries) {
+	seen, last := &obs.seen, &obs.last
 	time.Sleep(time.Until(deadline) - 100*time.Millisecond)
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
