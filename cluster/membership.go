@@ -229,6 +229,9 @@ type heardAt struct {
 func (v *memberView) heard(name string, rtt time.Duration) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	if _, member := v.nodes[name]; !member {
+		return // a probe answered after the member was removed: not kept
+	}
 	if v.lastHeard == nil {
 		v.lastHeard = make(map[string]heardAt)
 	}
