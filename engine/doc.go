@@ -33,9 +33,14 @@
 // # Transitions and write-behind
 //
 // Transitions are queued per shard (Config.QueueCapacity in all) and handed
-// to the Sink in batches by Deliver, in order per device. A slow Sink never
-// blocks touches and loses nothing silently: past the bound, transitions
-// are coalesced per device (see Sink). A Sink that makes Deliver wait does
+// to the Sink in batches by Deliver, in order per device. A timeout takes no
+// queue entry: the wheel's bucket that fired becomes the list of the slots
+// that timed out (4 bytes a device, memory the wheel held already), the
+// transition being read from the record at delivery, and its id string
+// points into the engine's own memory (see Sink). So a mass expiry of any
+// size costs almost no memory and is never coalesced. A slow Sink never
+// blocks touches and loses nothing silently: past the bound, the other
+// transitions are coalesced per device (see Sink). A Sink that makes Deliver wait does
 // not delay the clock either: Start runs them on goroutines of their own.
 // A Tracker lists the devices changed
 // since its sink last drained it, one entry per device however many touches

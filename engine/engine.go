@@ -37,6 +37,7 @@ type Engine struct {
 	deliverMu sync.Mutex // one Deliver at a time; guards the buffers below
 	pend      []pending
 	batch     []Transition
+	ids       idBuf // the batch's id strings
 
 	trackMu  sync.Mutex
 	trackers int
@@ -50,7 +51,7 @@ type Engine struct {
 // pending is a transition copied out of a shard, still without its string id.
 type pending struct {
 	qent
-	idWord    uint64
+	idWord    *uint64 // the record's: never changes once the device is added
 	coalesced bool
 }
 
@@ -165,7 +166,7 @@ func (e *Engine) touchLocked(sh *shard, id string, h uint64, hint uint32, at int
 	}
 	if !ok {
 		r := sh.rec(slot)
-		r.lastSeen, r.since, r.flags = at, at, flagOnline
+		r.lastSeen, r.since, r.flags = at, at, flagOnline|r.flags&flagExpiredListed
 		if tmo != noTimeout {
 			r.tmo = uint16(tmo)
 		}
@@ -195,6 +196,7 @@ func (e *Engine) touchLocked(sh *shard, id string, h uint64, hint uint32, at int
 	}
 	if r.flags&flagOnline == 0 && at > r.since &&
 		e.tickCeil(e.deadline(r)) >= sh.wheel.cur {
+		sh.unexpire(slot)
 		r.flags |= flagOnline
 		r.since = at
 		sh.nOnline++
@@ -413,6 +415,7 @@ func (e *Engine) Remove(ids ...string) int {
 		if err != nil {
 			continue
 		}
+		sh.unexpire(slot) // delivered as it happened
 		r := sh.rec(slot)
 		if r.flags&flagOnline != 0 {
 			sh.nOnline--
@@ -420,7 +423,7 @@ func (e *Engine) Remove(ids ...string) int {
 		if r.flags&flagResync != 0 {
 			delete(sh.resync, slot) // its new owner reports it from now on
 		}
-		r.flags = flagDetached // the wheel drops its entry when it comes up
+		r.flags = flagDetached | r.flags&flagExpiredListed // the wheel drops its entry when it comes up
 		sh.nDetached++
 		sh.mu.Unlock()
 		n++
@@ -432,7 +435,7 @@ func (e *Engine) Remove(ids ...string) int {
 // fills it in. The shard lock is held.
 func (sh *shard) reattach(slot uint32) {
 	r := sh.rec(slot)
-	r.flags, r.tmo, r.lastSeen, r.since = 0, 0, 0, 0
+	r.flags, r.tmo, r.lastSeen, r.since = r.flags&flagExpiredListed, 0, 0, 0
 	sh.nDetached--
 }
 
@@ -570,6 +573,16 @@ func (e *Engine) runBucket(sh *shard, l, i int, t uint64) {
 	sp := uint32(span(l))
 	for sh.wheel.occ[l]&(1<<i) != 0 {
 		b := sh.wheel.take(l, i)
+		if l > 0 && len(b) > keepBucket {
+			sh.wheel.reserve(func(yield func(uint64) bool) {
+				for _, slot := range b {
+					if r := sh.rec(slot); r.flags&flagArmed != 0 && r.armed-uint32(t) < sp && !yield(t+uint64(r.armed-uint32(t))) {
+						return
+					}
+				}
+			})
+		}
+		expired := 0 // b[:expired]: the slots that timed out here, for sh.expired
 		for k, slot := range b {
 			if k > 0 && k%e.cfg.ChunkSize == 0 {
 				sh.mu.Unlock() // let touches in
@@ -583,30 +596,43 @@ func (e *Engine) runBucket(sh *shard, l, i int, t uint64) {
 				sh.wheel.insert(slot, t+uint64(r.armed-uint32(t)))
 				continue
 			}
-			e.fire(sh, slot)
+			if e.fire(sh, slot) {
+				b[expired] = slot // expired <= k: in place
+				expired++
+			}
 		}
+		if expired > 0 && sh.expired == nil {
+			// The bucket becomes the list: a mass expiry's transitions
+			// then take no memory the wheel did not hold already.
+			sh.expired = b[:expired]
+			continue
+		}
+		sh.expired = append(sh.expired, b[:expired]...)
 		sh.wheel.recycle(l, i, b)
 	}
 }
 
 // fire handles a device whose armed tick has come: offline if its real
 // deadline has passed, else armed again for the remainder (lazy re-arm).
-func (e *Engine) fire(sh *shard, slot uint32) {
+// It reports whether the caller is to list slot in sh.expired (timeout).
+func (e *Engine) fire(sh *shard, slot uint32) (list bool) {
 	r := sh.rec(slot)
 	r.flags &^= flagArmed
 	if r.flags&flagOnline == 0 {
-		return
+		return false
 	}
 	deadline := e.deadline(r)
 	if e.tickCeil(deadline) > sh.wheel.cur {
 		e.arm(sh, slot)
-		return
+		return false
 	}
 	r.flags &^= flagOnline
 	r.since = deadline
 	sh.nOnline--
-	e.noteCoalescing(sh.transition(slot, StatusOnline, StatusOffline, deadline, CauseTimeout))
+	list, coalescing := sh.timeout(slot)
+	e.noteCoalescing(coalescing)
 	sh.markDirty(slot)
+	return list
 }
 
 // OnlineQueued is how many online transitions the engine has queued for
@@ -662,18 +688,36 @@ func (e *Engine) deliverShard(sh *shard) int {
 	delivered := 0
 	for round := 0; round < deliverRounds; round++ {
 		sh.mu.Lock()
-		if len(sh.queue) == 0 && len(sh.resync) == 0 {
+		if len(sh.queue) == 0 && len(sh.expired) == 0 && len(sh.resync) == 0 {
 			sh.mu.Unlock()
 			return delivered
 		}
 		e.pend = e.pend[:0]
 		for _, q := range sh.queue {
 			r := sh.rec(q.slot)
-			e.pend = append(e.pend, pending{qent: q, idWord: r.idWord})
+			e.pend = append(e.pend, pending{qent: q, idWord: &r.idWord})
 		}
 		sh.queue = sh.queue[:0]
 		if cap(sh.queue) > keepQueue {
 			sh.queue = nil // a burst is over: give the memory back
+		}
+		// Timeouts after the queue: a device's transitions queued before
+		// its timeout are there, none after it (unexpire).
+		for _, slot := range sh.expired {
+			r := sh.rec(slot)
+			r.flags &^= flagExpiredListed
+			if r.flags&flagExpired == 0 {
+				continue // turned into a queue entry, delivered above or before
+			}
+			r.flags &^= flagExpired
+			e.pend = append(e.pend, pending{
+				qent:   qent{at: r.since, slot: slot, from: StatusOnline, to: StatusOffline, cause: CauseTimeout},
+				idWord: &r.idWord,
+			})
+		}
+		sh.expired = sh.expired[:0]
+		if cap(sh.expired) > keepQueue {
+			sh.expired = nil
 		}
 		// Coalesced devices, a chunk at a time; those left keep their flag so
 		// that their later transitions stay behind this catch-up.
@@ -697,7 +741,7 @@ func (e *Engine) deliverShard(sh *shard) int {
 			}
 			e.pend = append(e.pend, pending{
 				qent:   qent{at: rs.at, slot: slot, from: from, to: to, cause: rs.cause},
-				idWord: r.idWord, coalesced: true,
+				idWord: &r.idWord, coalesced: true,
 			})
 		}
 		if len(sh.resync) == 0 {
@@ -709,7 +753,7 @@ func (e *Engine) deliverShard(sh *shard) int {
 
 		for _, p := range e.pend {
 			e.batch = append(e.batch, Transition{
-				ID:        idString(p.idWord, arena),
+				ID:        e.ids.str(p.idWord, arena),
 				From:      p.from,
 				To:        p.to,
 				At:        fromNanos(p.at),
@@ -742,7 +786,7 @@ func (e *Engine) backlog() int {
 	for i := range e.shards {
 		sh := &e.shards[i]
 		sh.mu.Lock()
-		n += len(sh.queue) + len(sh.resync)
+		n += len(sh.queue) + len(sh.expired) + len(sh.resync)
 		sh.mu.Unlock()
 	}
 	return n
@@ -828,7 +872,7 @@ func (e *Engine) Stats() Stats {
 		s.OnlineTransitions += sh.st.online
 		s.OfflineTransitions += sh.st.offline
 		s.Delivered += sh.st.delivered
-		s.Queued += len(sh.queue)
+		s.Queued += len(sh.queue) + len(sh.expired)
 		s.Coalesced += sh.st.coalesced
 		resynced += sh.st.resynced
 		s.Resyncing += len(sh.resync)

@@ -506,6 +506,77 @@ func TestMassExpiryIsChunkedAndComplete(t *testing.T) {
 	}
 }
 
+// Timeouts wait for the Sink as slot numbers (shard.expired), not queue
+// entries: a mass expiry larger than QueueCapacity is not coalesced, and
+// what happens to a device after its timeout, before Deliver, is
+// delivered after it.
+func TestTimeoutsKeepOrderWithoutQueueEntries(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.Shards = 1; c.QueueCapacity = 4 })
+	const n = 100
+	for i := range n {
+		f.touch(fmt.Sprint(i), 0)
+	}
+	f.at(0) // the online transitions, coalesced past the capacity
+	s0 := f.e.Stats()
+	f.clk.Set(t0.Add(61 * time.Second))
+	f.e.Advance(t0.Add(61 * time.Second))
+	if s := f.e.Stats(); s.Queued != n || s.Coalesced != s0.Coalesced || s.OfflineTransitions != n {
+		t.Fatalf("after the expiry of %d devices, capacity 4: %+v", n, s)
+	}
+	// Before delivery: "1" and "2" come back (at 62 s, "2" again at 63 s)
+	// and time out again, "3" is removed.
+	f.touch("1", 62*time.Second)
+	f.touch("2", 62*time.Second)
+	f.touch("2", 63*time.Second)
+	f.e.Remove("3")
+	f.clk.Set(t0.Add(124 * time.Second))
+	f.e.Advance(t0.Add(124 * time.Second))
+	f.e.Deliver()
+	byID := map[string][]Transition{}
+	for _, g := range f.rec.take() {
+		byID[g.ID] = append(byID[g.ID], g)
+	}
+	if len(byID) != n {
+		t.Fatalf("transitions for %d devices, want %d", len(byID), n)
+	}
+	deadline := t0.Add(time.Minute)
+	for id, got := range byID {
+		var want []Transition
+		switch id {
+		case "1":
+			want = []Transition{{From: StatusOnline, To: StatusOffline, At: deadline}, {From: StatusOffline, To: StatusOnline, At: t0.Add(62 * time.Second)},
+				{From: StatusOnline, To: StatusOffline, At: t0.Add(122 * time.Second)}}
+		case "2":
+			want = []Transition{{From: StatusOnline, To: StatusOffline, At: deadline}, {From: StatusOffline, To: StatusOnline, At: t0.Add(62 * time.Second)},
+				{From: StatusOnline, To: StatusOffline, At: t0.Add(123 * time.Second)}}
+		default:
+			want = []Transition{{From: StatusOnline, To: StatusOffline, At: deadline}}
+		}
+		if len(got) != len(want) {
+			t.Fatalf("device %s: %+v, want %+v", id, got, want)
+		}
+		for i := range want {
+			// The second timeouts of "1" and "2" find the queue full
+			// (capacity 4) while their first are still listed (never
+			// twice): they are coalesced.
+			coalesced := (id == "1" || id == "2") && i == 2
+			if got[i].From != want[i].From || got[i].To != want[i].To || !got[i].At.Equal(want[i].At) || got[i].Coalesced != coalesced {
+				t.Fatalf("device %s, transition %d: %+v, want %+v", id, i, got[i], want[i])
+			}
+		}
+	}
+	if s := f.e.Stats(); s.Queued != 0 || s.Coalesced != s0.Coalesced+2 {
+		t.Fatalf("after delivery: %+v", s)
+	}
+	// "3" comes back as new, and its slot's stale list entry delivers
+	// nothing twice.
+	f.touch("3", 130*time.Second)
+	got := f.at(200 * time.Second)
+	if len(got) != 2 || got[0].From != StatusUnknown || got[1].To != StatusOffline || got[1].ID != "3" {
+		t.Fatalf("removed device back: %+v", got)
+	}
+}
+
 func TestConcurrentUse(t *testing.T) {
 	f := newFixture(t, func(c *Config) { c.QueueCapacity = 64 })
 	tr, _ := f.e.NewTracker()

@@ -63,6 +63,12 @@ const (
 	// timed, counted, listed or reported until a message or Adopt brings
 	// it back.
 	flagDetached
+	// flagExpired: the device's timeout transition (online to offline at
+	// since) waits in shard.expired, not in the queue.
+	flagExpired
+	// flagExpiredListed: the slot is in shard.expired (flagExpired may be
+	// cleared since, see unexpire), so it is not listed twice.
+	flagExpiredListed
 )
 
 func (r *rec) status() Status {
@@ -129,14 +135,18 @@ type shardStats struct {
 type shard struct {
 	mu sync.Mutex
 
-	pages  [][]rec  // records by slot, in pages of pageSize: no copying on growth
-	n      int      // devices in the shard
-	arena  []byte   // ids over 8 bytes, append-only: written bytes never change
-	cells  []uint32 // open-addressing index: tag<<24 | slot+1, 0 = empty
-	wheel  wheel
-	queue  []qent
-	resync map[uint32]resyncEnt
-	dirty  [MaxTrackers]dirtyList
+	pages [][]rec  // records by slot, in pages of pageSize: no copying on growth
+	n     int      // devices in the shard
+	arena []byte   // ids over 8 bytes, append-only: written bytes never change
+	cells []uint32 // open-addressing index: tag<<24 | slot+1, 0 = empty
+	wheel wheel
+	queue []qent
+	// expired lists the slots whose timeout transition is due for the
+	// Sink, 4 bytes each where a queue entry takes 16: a mass expiry
+	// lists millions (see timeout, runBucket).
+	expired []uint32
+	resync  map[uint32]resyncEnt
+	dirty   [MaxTrackers]dirtyList
 
 	view *atomic.Pointer[shardView] // Engine.views[this shard]
 
@@ -345,6 +355,7 @@ func (sh *shard) markDirty(slot uint32) {
 // It returns true when coalescing started for the device.
 func (sh *shard) transition(slot uint32, from, to Status, at int64, cause Cause) (coalescing bool) {
 	r := sh.rec(slot)
+	sh.unexpire(slot) // callers do it before changing the record; this keeps the order anyway
 	if to == StatusOnline {
 		sh.st.online++
 	} else {
@@ -365,4 +376,36 @@ func (sh *shard) transition(slot uint32, from, to Status, at int64, cause Cause)
 	sh.resync[slot] = resyncEnt{at: at, cause: cause}
 	sh.st.coalesced++
 	return true
+}
+
+// timeout records the timeout transition of slot, which has just gone
+// offline at r.since. Usually the caller is to list the slot alone in
+// sh.expired (list): the transition is known from the record (online to
+// offline at since, cause timeout). A slot is listed there at most once,
+// so the list needs no bound of its own (4 bytes a device at most, in the
+// wheel's own bucket: see runBucket) and a mass expiry of any size is
+// never coalesced. A device already listed (its pending timeout turned
+// into a queue entry by unexpire) or being coalesced takes the general
+// path.
+func (sh *shard) timeout(slot uint32) (list, coalescing bool) {
+	r := sh.rec(slot)
+	if r.flags&(flagResync|flagExpiredListed) != 0 {
+		return false, sh.transition(slot, StatusOnline, StatusOffline, r.since, CauseTimeout)
+	}
+	sh.st.offline++
+	r.setReported(StatusOffline)
+	r.flags |= flagExpired | flagExpiredListed
+	return true, false
+}
+
+// unexpire turns slot's pending timeout transition, if any, into a queue
+// entry, so that what happens to the device next is delivered after it.
+// Call it before changing the record's since or status.
+func (sh *shard) unexpire(slot uint32) {
+	r := sh.rec(slot)
+	if r.flags&flagExpired == 0 {
+		return
+	}
+	r.flags &^= flagExpired
+	sh.queue = append(sh.queue, qent{at: r.since, slot: slot, from: StatusOnline, to: StatusOffline, cause: CauseTimeout})
 }

@@ -119,7 +119,11 @@ type Transition struct {
 // Sink receives transitions. The consumer implements it; the engine calls it
 // from one goroutine at a time (the one running Deliver), in order for each
 // device, with batches of at most Config.BatchSize. The slice is reused after
-// the call returns: copy what you keep.
+// the call returns: copy what you keep. The IDs are not allocated one by
+// one: each points into the engine's own memory (a device's record or its
+// shard's id arena, neither ever written again), so keeping one keeps that
+// memory alive; a sink that keeps ids after the engine is gone should keep
+// strings.Clone(t.ID).
 //
 // A slow sink never blocks touches. Transitions wait in a bounded per-shard
 // queue (Config.QueueCapacity in all); a transition that finds its queue full,

@@ -1,6 +1,10 @@
 package engine
 
-import "math/bits"
+import (
+	"iter"
+	"math/bits"
+	"slices"
+)
 
 // The timing wheel: hierarchical (Varghese & Lauck), wheelLevels levels of
 // 64 buckets. A bucket of level l spans 64^l ticks, so six levels cover 2^36
@@ -63,6 +67,25 @@ func (w *wheel) insert(slot uint32, at uint64) uint64 {
 	w.occ[l] |= 1 << i
 	w.n++
 	return at
+}
+
+// reserve makes room for the entries to be inserted at the ticks ats
+// yields, so that each bucket they go to grows once: a cascade of a mass
+// expiry's bucket would otherwise grow the lower ones by doubling, 2 to 3
+// times their final size in transient garbage.
+func (w *wheel) reserve(ats iter.Seq[uint64]) {
+	var need [wheelLevels][wheelSize]int32
+	for at := range ats {
+		l, i := w.place(max(at, w.cur))
+		need[l][i]++
+	}
+	for l := range need {
+		for i, n := range need[l] {
+			if n > 0 {
+				w.buckets[l][i] = slices.Grow(w.buckets[l][i], int(n))
+			}
+		}
+	}
 }
 
 // take empties bucket (l, i) and returns its entries.
