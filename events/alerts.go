@@ -36,7 +36,7 @@ type alerts struct {
 	bucketNs   int64
 	buckets    [numBuckets]int32
 	newest     int64
-	bucketBase int64 // the first newest: offRec.bucket is relative to it
+	bucketBase int64 // offRec.bucket is relative to it (see rebase)
 	inWindow   int
 
 	active    *activeIncident
@@ -54,30 +54,56 @@ const (
 	checkChunk = 4096
 )
 
-// offRec is one tracked offline device, 24 bytes and no pointer.
+// offRec is one tracked offline device, 20 bytes and no pointer: no
+// field of 8 bytes, so no padding (a mass expiry makes millions).
 type offRec struct {
-	since   int64  // µs: the offline transition's At
-	bucket  int32  // bucket of its arrival, relative to alerts.bucketBase; noBucket32 if not counted
-	heapIdx int32  // -1: no pending alert (fired, or suppressed by an incident)
-	idOff   uint32 // the id in byID's arena (an idRef, flattened to fit 24 bytes)
-	idLen   uint8
-	cause   engine.Cause
-	used    bool
-	member  bool // of the active incident
+	sinceLo, sinceHi uint32 // µs: the offline transition's At
+	heapIdx          int32  // -1: no pending alert (fired, or suppressed by an incident)
+	idOff            uint32 // the id in byID's arena (an idRef, flattened)
+	bucket           int16  // bucket of its arrival, relative to alerts.bucketBase; noBucket16 if not counted
+	idLen            uint8
+	state            uint8 // engine.Cause | recUsed | recMember
 }
 
-func (r *offRec) id() idRef     { return idRef{off: r.idOff, n: r.idLen} }
-func (r *offRec) setID(x idRef) { r.idOff, r.idLen = x.off, x.n }
+const (
+	recUsed   = 1 << 6
+	recMember = 1 << 7 // of the active incident
+	recCause  = recUsed - 1
+)
 
-// noBucket32 is offRec.bucket of a device not counted in the window.
-const noBucket32 = math.MinInt32
+func (r *offRec) id() idRef           { return idRef{off: r.idOff, n: r.idLen} }
+func (r *offRec) setID(x idRef)       { r.idOff, r.idLen = x.off, x.n }
+func (r *offRec) since() int64        { return int64(uint64(r.sinceHi)<<32 | uint64(r.sinceLo)) }
+func (r *offRec) used() bool          { return r.state&recUsed != 0 }
+func (r *offRec) member() bool        { return r.state&recMember != 0 }
+func (r *offRec) cause() engine.Cause { return engine.Cause(r.state & recCause) }
+
+func (r *offRec) setMember(on bool) {
+	if on {
+		r.state |= recMember
+	} else {
+		r.state &^= recMember
+	}
+}
+
+func newOffRec(since int64, cause engine.Cause) offRec {
+	return offRec{sinceLo: uint32(since), sinceHi: uint32(uint64(since) >> 32), bucket: noBucket16, heapIdx: -1,
+		state: uint8(cause)&recCause | recUsed}
+}
+
+// noBucket16 is offRec.bucket of a device not counted in the window.
+const noBucket16 = math.MinInt16
+
+// rebaseAfter is how far the newest bucket may get from bucketBase before
+// rebase moves the base up, keeping every offRec.bucket within int16.
+const rebaseAfter = 30_000
 
 // ref is the id place of slot, for byID.
 func (a *alerts) ref(slot uint32) idRef { return a.slots.at(slot).id() }
 
 // bucketOf is r's absolute bucket, noBucket if none.
 func (a *alerts) bucketOf(r *offRec) int64 {
-	if r.bucket == noBucket32 {
+	if r.bucket == noBucket16 {
 		return noBucket
 	}
 	return a.bucketBase + int64(r.bucket)
@@ -178,9 +204,9 @@ func (a *alerts) offline(t *engine.Transition, now time.Time, out []rec) []rec {
 	if a.offlineAfter == 0 && !count {
 		return out
 	}
-	r := offRec{since: t.At.UnixMicro(), bucket: noBucket32, heapIdx: -1, cause: t.Cause, used: true}
+	r := newOffRec(t.At.UnixMicro(), t.Cause)
 	if count {
-		r.bucket = int32(a.newest - a.bucketBase)
+		r.bucket = int16(a.newest - a.bucketBase)
 		a.buckets[a.newest%numBuckets]++
 		a.inWindow++
 	}
@@ -204,7 +230,7 @@ func (a *alerts) online(id string, now time.Time, out []rec) []rec {
 		return out
 	}
 	r := a.slots.at(slot)
-	member := r.member && a.active != nil
+	member := r.member() && a.active != nil
 	a.forget(slot)
 	if member {
 		inc := a.active
@@ -263,7 +289,7 @@ func (a *alerts) trigger(now time.Time, out []rec) []rec {
 	a.active = inc
 	oldest := a.newest - numBuckets + 1
 	for i := range uint32(a.slots.len()) {
-		if r := a.slots.at(i); r.used && r.bucket != noBucket32 && a.bucketOf(r) >= oldest {
+		if r := a.slots.at(i); r.used() && r.bucket != noBucket16 && a.bucketOf(r) >= oldest {
 			a.join(i)
 		}
 	}
@@ -276,7 +302,7 @@ func (a *alerts) trigger(now time.Time, out []rec) []rec {
 
 func (a *alerts) join(slot uint32) {
 	inc := a.active
-	a.slots.at(slot).member = true
+	a.slots.at(slot).setMember(true)
 	inc.members++
 	inc.recoverN = max(int(math.Ceil(a.mass.RecoverShare*float64(inc.members))), 1)
 }
@@ -289,10 +315,10 @@ func (a *alerts) recover(now time.Time, out []rec) []rec {
 	a.active = nil
 	for i := range uint32(a.slots.len()) {
 		r := a.slots.at(i)
-		if !r.used || !r.member {
+		if !r.used() || !r.member() {
 			continue
 		}
-		r.member = false
+		r.setMember(false)
 		if r.heapIdx < 0 && a.offlineAfter > 0 {
 			a.heapPush(i)
 		}
@@ -317,19 +343,19 @@ func (a *alerts) check(now time.Time, out []rec) (_ []rec, more bool) {
 		}
 		slot := a.heap[0]
 		r := a.slots.at(slot)
-		due := r.since + a.offlineAfter
+		due := r.since() + a.offlineAfter
 		if due > nowUs {
 			break
 		}
 		a.heapRemove(0)
-		if r.member {
+		if r.member() {
 			// Covered by the active incident's mass_offline. The record stays
 			// (the incident counts its members back); recover re-arms it.
 			a.m.suppressed.Inc()
 			continue
 		}
 		a.m.alerts[TypeOfflineAlert].Inc()
-		out = append(out, rec{typ: TypeOfflineAlert, id: a.byID.str(r.id()), at: due, since: r.since, cause: r.cause})
+		out = append(out, rec{typ: TypeOfflineAlert, id: a.byID.str(r.id()), at: due, since: r.since(), cause: r.cause()})
 		// Nothing is left to do for this device until it comes back. (Were
 		// it still in the mass window, which takes an offline transition
 		// dated OfflineAfter in the past, the window undercounts it by one.)
@@ -357,6 +383,29 @@ func (a *alerts) advance(nowNs int64) {
 		a.buckets[i] = 0
 	}
 	a.newest = cur
+	if a.newest-a.bucketBase > rebaseAfter {
+		a.rebase()
+	}
+}
+
+// rebase moves bucketBase up to just below the window: a record counted in
+// a bucket that has left the window is counted no more (noBucket16), the
+// others are renumbered. O(records), once every rebaseAfter buckets
+// (hours at the default window).
+func (a *alerts) rebase() {
+	base, oldest := a.newest-numBuckets, a.newest-numBuckets+1
+	for i := range uint32(a.slots.len()) {
+		r := a.slots.at(i)
+		if !r.used() || r.bucket == noBucket16 {
+			continue
+		}
+		if b := a.bucketOf(r); b < oldest {
+			r.bucket = noBucket16
+		} else {
+			r.bucket = int16(b - base)
+		}
+	}
+	a.bucketBase = base
 }
 
 // alloc stores r for id and returns its slot.
@@ -395,7 +444,7 @@ func (a *alerts) forget(slot uint32) {
 	case a.byID.compactable():
 		a.byID.compact(func(move func(uint32, idRef) idRef) {
 			for i := range uint32(a.slots.len()) {
-				if r := a.slots.at(i); r.used {
+				if r := a.slots.at(i); r.used() {
 					r.setID(move(i, r.id()))
 				}
 			}
@@ -406,7 +455,7 @@ func (a *alerts) forget(slot uint32) {
 // Indexed min-heap of slots by since.
 
 func (a *alerts) less(i, j int) bool {
-	return a.slots.at(a.heap[i]).since < a.slots.at(a.heap[j]).since
+	return a.slots.at(a.heap[i]).since() < a.slots.at(a.heap[j]).since()
 }
 
 func (a *alerts) swap(i, j int) {

@@ -336,3 +336,50 @@ func TestAlertsBoundedMemory(t *testing.T) {
 		t.Fatalf("window counts %d a minute later, want 0", h.al.inWindow)
 	}
 }
+
+// An offline record's int16 bucket survives any uptime: far from the
+// base, rebase renumbers the records in the window and stops counting the
+// others.
+func TestAlertRecordsRebase(t *testing.T) {
+	a := massConfig()
+	a.OfflineAfter = 0 // records kept for the window only
+	a.Mass.Count, a.Mass.Share = 1000, 0
+	h, clk, _ := alertHub(t, a, 0)
+	off := func(ids ...string) {
+		var batch []engine.Transition
+		for _, id := range ids {
+			batch = append(batch, tr(id, engine.StatusOnline, engine.StatusOffline, clk.Now(), engine.CauseTimeout))
+		}
+		h.HandleTransitions(batch)
+	}
+	on := func(id string) {
+		h.HandleTransitions([]engine.Transition{tr(id, engine.StatusOffline, engine.StatusOnline, clk.Now(), engine.CauseTelemetry)})
+	}
+	h.checkAlerts(clk.Now())
+	off("old-1", "old-2")
+	if h.al.inWindow != 2 {
+		t.Fatalf("in window: %d, want 2", h.al.inWindow)
+	}
+	bucket := time.Duration(h.al.bucketNs)
+	for range rebaseAfter/1000 + 1 {
+		h.checkAlerts(clk.Add(1000 * bucket))
+	}
+	if d := h.al.newest - h.al.bucketBase; d > rebaseAfter || d < 0 {
+		t.Fatalf("newest %d buckets from the base: not rebased", d)
+	}
+	if h.al.inWindow != 0 {
+		t.Fatalf("in window after the jump: %d, want 0", h.al.inWindow)
+	}
+	off("new-1", "new-2")
+	h.checkAlerts(clk.Add(bucket)) // the new ones stay in the window
+	on("old-1")                    // long out of the window: nothing to take back
+	on("new-1")
+	if h.al.inWindow != 1 {
+		t.Fatalf("in window: %d, want 1 (new-2)", h.al.inWindow)
+	}
+	for i := range uint32(h.al.slots.len()) {
+		if r := h.al.slots.at(i); r.used() && r.bucket != noBucket16 && h.al.bucketOf(r) != h.al.newest-1 {
+			t.Fatalf("record %d in bucket %d, newest %d", i, h.al.bucketOf(r), h.al.newest)
+		}
+	}
+}

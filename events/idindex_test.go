@@ -87,7 +87,7 @@ func TestIDIndexAgainstAMap(t *testing.T) {
 }
 
 func TestOffRecSize(t *testing.T) {
-	if n := unsafe.Sizeof(offRec{}); n != 24 {
-		t.Fatalf("offRec is %d bytes, want 24", n)
+	if n := unsafe.Sizeof(offRec{}); n != 20 {
+		t.Fatalf("offRec is %d bytes, want 20", n)
 	}
 }
