@@ -1,12 +1,14 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -256,21 +258,72 @@ func (f *fixture) load() loadgen.Config {
 // publishLoad runs the publishers with cfg, then waits as publishAndWait
 // describes.
 func publishLoad(b *testing.B, cfg loadgen.Config, handled func() uint64) e2eResult {
+	return publishLimited(b, cfg, handled, loadLimits{})
+}
+
+// loadLimits change how publishLimited runs the publishers.
+type loadLimits struct {
+	// window > 0 closes the loop: a publish waits while window messages
+	// are published and not yet handled, so the broker never holds more
+	// than that for the system and drops nothing; the rate is then the
+	// system's own.
+	window uint64
+	// within bounds the run (5 minutes when zero).
+	within time.Duration
+	// split gives each of the Conns connections a runner of its own over
+	// its own share of the devices: with Count a multiple of Devices every
+	// device then gets exactly Count/Devices messages (one runner's
+	// connections share Count, so a faster one starts a second round
+	// while a slower one has devices left).
+	split bool
+}
+
+// runners are the loadgen configurations that publish cfg under lim.
+func (lim loadLimits) runners(cfg loadgen.Config) []loadgen.Config {
+	if !lim.split || cfg.Conns == 1 {
+		return []loadgen.Config{cfg}
+	}
+	var out []loadgen.Config
+	per := cfg.Count / uint64(cfg.Devices)
+	for c, lo := 0, 0; c < cfg.Conns; c++ {
+		hi := cfg.Devices * (c + 1) / cfg.Conns
+		r := cfg
+		r.Conns, r.Devices, r.IDStart = 1, hi-lo, cfg.IDStart+uint64(lo)
+		r.Count = per * uint64(hi-lo)
+		r.ClientID = cfg.ClientID + "-" + strconv.Itoa(c)
+		out = append(out, r)
+		lo = hi
+	}
+	return out
+}
+
+// publishLimited is publishLoad within lim.
+func publishLimited(b *testing.B, cfg loadgen.Config, handled func() uint64, lim loadLimits) e2eResult {
 	b.Helper()
 	var first atomic.Int64 // unix ns of the first publish
+	base := handled()
+	var win *window
+	if lim.window > 0 {
+		win = startWindow(lim.window, func() uint64 { return handled() - base })
+		defer win.stop()
+	}
 	dial := loadgen.PahoDialer(slog.New(slog.DiscardHandler))
-	r, err := loadgen.New(cfg, loadgen.Options{Dial: func(ctx context.Context, c loadgen.Config, conn int) (loadgen.Publisher, error) {
+	opts := loadgen.Options{Dial: func(ctx context.Context, c loadgen.Config, conn int) (loadgen.Publisher, error) {
 		p, err := dial(ctx, c, conn)
 		if err != nil {
 			return nil, err
 		}
-		return &firstPublish{Publisher: p, first: &first}, nil
-	}})
-	if err != nil {
-		b.Fatal(err)
+		return &firstPublish{Publisher: p, first: &first, win: win}, nil
+	}}
+	var runners []*loadgen.Runner
+	for _, c := range lim.runners(cfg) {
+		r, err := loadgen.New(c, opts)
+		if err != nil {
+			b.Fatal(err)
+		}
+		runners = append(runners, r)
 	}
-
-	base := handled()
+	within := cmp.Or(lim.within, 5*time.Minute)
 	type runResult struct {
 		s   loadgen.Summary
 		end time.Time
@@ -278,12 +331,26 @@ func publishLoad(b *testing.B, cfg loadgen.Config, handled func() uint64) e2eRes
 	}
 	pubDone := make(chan runResult, 1)
 	go func() {
-		s, err := r.Run(context.Background())
-		pubDone <- runResult{s, time.Now(), err}
+		var mu sync.Mutex
+		var res runResult
+		var wg sync.WaitGroup
+		for _, r := range runners {
+			wg.Go(func() {
+				s, err := r.Run(context.Background())
+				mu.Lock()
+				defer mu.Unlock()
+				res.s.Sent += s.Sent
+				res.s.Errors += s.Errors
+				res.err = cmp.Or(res.err, err)
+			})
+		}
+		wg.Wait()
+		res.end = time.Now()
+		pubDone <- res
 	}()
 	var pub *runResult
 	last, lastChange := uint64(0), time.Now()
-	deadline := time.Now().Add(5 * time.Minute)
+	deadline := time.Now().Add(within)
 	for {
 		now := time.Now()
 		if n := handled() - base; n != last {
@@ -303,7 +370,7 @@ func publishLoad(b *testing.B, cfg loadgen.Config, handled func() uint64) e2eRes
 			break
 		}
 		if now.After(deadline) {
-			b.Fatalf("handled %d messages, still going after 5 minutes", last)
+			b.Fatalf("handled %d messages, still going after %v", last, within)
 		}
 		time.Sleep(e2ePoll)
 	}
@@ -320,18 +387,61 @@ func publishLoad(b *testing.B, cfg loadgen.Config, handled func() uint64) e2eRes
 	}
 }
 
-// firstPublish records the time of the first publish of a run.
+// firstPublish records the time of the first publish of a run, and waits
+// for room in win if there is one.
 type firstPublish struct {
 	loadgen.Publisher
 	first *atomic.Int64
+	win   *window
 }
 
 func (p *firstPublish) Publish(topic string, qos byte, payload []byte) loadgen.Pending {
+	if p.win != nil {
+		p.win.wait()
+	}
 	if p.first.Load() == 0 {
 		p.first.CompareAndSwap(0, time.Now().UnixNano())
 	}
 	return p.Publisher.Publish(topic, qos, payload)
 }
+
+// window is loadLimits.window: the publishes so far against the handled
+// count, which a goroutine reads every windowPoll (reading it can cost,
+// the engine's Stats takes every shard's lock).
+type window struct {
+	size          uint64
+	sent, handled atomic.Uint64
+	done          chan struct{}
+}
+
+const windowPoll = 200 * time.Microsecond
+
+func startWindow(size uint64, handled func() uint64) *window {
+	w := &window{size: size, done: make(chan struct{})}
+	go func() {
+		t := time.NewTicker(windowPoll)
+		defer t.Stop()
+		for {
+			select {
+			case <-w.done:
+				return
+			case <-t.C:
+				w.handled.Store(handled())
+			}
+		}
+	}()
+	return w
+}
+
+// wait takes a place in the window, waiting while it is full.
+func (w *window) wait() {
+	n := w.sent.Add(1)
+	for n > w.handled.Load()+w.size {
+		time.Sleep(windowPoll / 2)
+	}
+}
+
+func (w *window) stop() { close(w.done) }
 
 // waitDurable waits until Redis and Postgres hold, for every device, the
 // last-seen time the engine has, and returns when it saw that. It checks what

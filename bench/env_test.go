@@ -45,9 +45,15 @@ func newFixture(tb testing.TB, n int) *fixture {
 	}
 	f.rdb = redis.NewClient(opts)
 	tb.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 		defer cancel()
-		if _, err := unlinkPrefix(ctx, f.rdb, f.name+":"); err != nil {
+		// A client of its own, patient: after a 10M run Redis takes its
+		// time to unlink tens of millions of keys.
+		o := *opts
+		o.ReadTimeout, o.WriteTimeout = time.Minute, time.Minute
+		rdb := redis.NewClient(&o)
+		defer rdb.Close()
+		if _, err := unlinkPrefix(ctx, rdb, f.name+":"); err != nil {
 			tb.Errorf("cleanup of Redis keys %s:*: %v", f.name, err)
 		}
 		f.rdb.Close()

@@ -59,38 +59,11 @@ func benchDaemonMemory(b *testing.B, n int) {
 	eng := d.Engine()
 	base := liveHeap()
 
-	settled := func(what string, want func(engine.Stats) bool) {
-		testenv.Eventually(b, 30*time.Minute, func() error {
-			if st := eng.Stats(); !want(st) || st.Queued > 0 {
-				return fmt.Errorf("%s: engine %+v", what, st)
-			}
-			m, err := testenv.ScrapeMetrics(url + "/metrics")
-			if err != nil {
-				return err
-			}
-			if dirty := m["presence_writeback_dirty_devices"]; dirty > 0 {
-				return fmt.Errorf("%s: %.0f dirty devices", what, dirty)
-			}
-			return nil
-		})
-	}
-	touchAll := func(at time.Time, timeout time.Duration) {
-		batch := make([]engine.Touch, 0, 50_000)
-		for lo := 1; lo <= n; lo += cap(batch) {
-			batch = batch[:0]
-			for id := lo; id < lo+cap(batch) && id <= n; id++ {
-				batch = append(batch, engine.Touch{ID: strconv.Itoa(id), At: at, Timeout: timeout})
-			}
-			if r := eng.TouchBatch(batch); r != 0 {
-				b.Fatalf("engine rejected %d touches", r)
-			}
-		}
-	}
 	// phase touches the fleet, waits until done, lets it rest, measures.
 	phase := func(name string, timeout time.Duration, done func(engine.Stats) bool) (heap, rs uint64) {
 		b.StartTimer()
-		touchAll(time.Now(), timeout)
-		settled(name, done)
+		touchFleet(b, eng, n, time.Now(), timeout)
+		waitSettled(b, eng, url, name, done)
 		b.StopTimer()
 		time.Sleep(settle)
 		heap, rs = liveHeap(), rss()
@@ -119,6 +92,45 @@ func benchDaemonMemory(b *testing.B, n int) {
 		worst = max(worst, time.Duration(p))
 	}
 	b.ReportMetric(float64(worst.Microseconds())/1000, "max-gc-pause-ms")
+}
+
+// waitSettled waits until want holds for the engine's stats, the engine
+// has no transition queued, neither writer has a dirty device and no event
+// destination an event queued.
+func waitSettled(b *testing.B, eng *engine.Engine, url, what string, want func(engine.Stats) bool) {
+	b.Helper()
+	testenv.Eventually(b, 30*time.Minute, func() error {
+		if st := eng.Stats(); !want(st) || st.Queued > 0 {
+			return fmt.Errorf("%s: engine %+v", what, st)
+		}
+		m, err := testenv.ScrapeMetrics(url + "/metrics")
+		if err != nil {
+			return err
+		}
+		if dirty := m["presence_writeback_dirty_devices"]; dirty > 0 {
+			return fmt.Errorf("%s: %.0f dirty devices", what, dirty)
+		}
+		if q := m["presence_events_queued"]; q > 0 {
+			return fmt.Errorf("%s: %.0f events queued", what, q)
+		}
+		return nil
+	})
+}
+
+// touchFleet touches devices "1".."n" through the engine, all at at with
+// timeout, 50,000 a batch, keeping no id.
+func touchFleet(b *testing.B, eng *engine.Engine, n int, at time.Time, timeout time.Duration) {
+	b.Helper()
+	batch := make([]engine.Touch, 0, 50_000)
+	for lo := 1; lo <= n; lo += cap(batch) {
+		batch = batch[:0]
+		for id := lo; id < lo+cap(batch) && id <= n; id++ {
+			batch = append(batch, engine.Touch{ID: strconv.Itoa(id), At: at, Timeout: timeout})
+		}
+		if r := eng.TouchBatch(batch); r != 0 {
+			b.Fatalf("engine rejected %d touches", r)
+		}
+	}
 }
 
 // logMem logs where the process's memory is.
