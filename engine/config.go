@@ -32,7 +32,10 @@ type Config struct {
 
 	// QueueCapacity bounds the transitions waiting for the Sink, over all
 	// shards (16 bytes each). Beyond it transitions are coalesced per device
-	// (see Sink). Default 1<<20 (16 MiB at most); minimum Shards.
+	// (see Sink). Default 1<<20 (16 MiB at most); minimum Shards. Timeouts
+	// wait outside it (4 bytes a device, at most once each); a device back
+	// before its timeout was delivered queues that timeout even past the
+	// bound, so the queue holds at most QueueCapacity + one per device.
 	QueueCapacity int
 
 	// BatchSize is the largest batch handed to the Sink. Default 4096.

@@ -710,6 +710,7 @@ func (e *Engine) deliverShard(sh *shard) int {
 				continue // turned into a queue entry, delivered above or before
 			}
 			r.flags &^= flagExpired
+			sh.nExpired--
 			e.pend = append(e.pend, pending{
 				qent:   qent{at: r.since, slot: slot, from: StatusOnline, to: StatusOffline, cause: CauseTimeout},
 				idWord: &r.idWord,
@@ -786,7 +787,7 @@ func (e *Engine) backlog() int {
 	for i := range e.shards {
 		sh := &e.shards[i]
 		sh.mu.Lock()
-		n += len(sh.queue) + len(sh.expired) + len(sh.resync)
+		n += len(sh.queue) + sh.nExpired + len(sh.resync)
 		sh.mu.Unlock()
 	}
 	return n
@@ -872,7 +873,7 @@ func (e *Engine) Stats() Stats {
 		s.OnlineTransitions += sh.st.online
 		s.OfflineTransitions += sh.st.offline
 		s.Delivered += sh.st.delivered
-		s.Queued += len(sh.queue) + len(sh.expired)
+		s.Queued += len(sh.queue) + sh.nExpired
 		s.Coalesced += sh.st.coalesced
 		resynced += sh.st.resynced
 		s.Resyncing += len(sh.resync)

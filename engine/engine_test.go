@@ -529,6 +529,11 @@ func TestTimeoutsKeepOrderWithoutQueueEntries(t *testing.T) {
 	f.touch("2", 62*time.Second)
 	f.touch("2", 63*time.Second)
 	f.e.Remove("3")
+	// Queued counts what is pending: 97 listed, and for "1", "2", "3" a
+	// timeout turned into a queue entry, "1" and "2" an online one.
+	if s := f.e.Stats(); s.Queued != n+2 {
+		t.Fatalf("queued before delivery: %d, want %d", s.Queued, n+2)
+	}
 	f.clk.Set(t0.Add(124 * time.Second))
 	f.e.Advance(t0.Add(124 * time.Second))
 	f.e.Deliver()

@@ -144,8 +144,9 @@ type shard struct {
 	// expired lists the slots whose timeout transition is due for the
 	// Sink, 4 bytes each where a queue entry takes 16: a mass expiry
 	// lists millions (see timeout, runBucket).
-	expired []uint32
-	resync  map[uint32]resyncEnt
+	expired  []uint32
+	nExpired int // entries of expired still pending (flagExpired): the others were unexpired
+	resync   map[uint32]resyncEnt
 	dirty   [MaxTrackers]dirtyList
 
 	view *atomic.Pointer[shardView] // Engine.views[this shard]
@@ -395,6 +396,7 @@ func (sh *shard) timeout(slot uint32) (list, coalescing bool) {
 	sh.st.offline++
 	r.setReported(StatusOffline)
 	r.flags |= flagExpired | flagExpiredListed
+	sh.nExpired++
 	return true, false
 }
 
@@ -407,5 +409,6 @@ func (sh *shard) unexpire(slot uint32) {
 		return
 	}
 	r.flags &^= flagExpired
+	sh.nExpired--
 	sh.queue = append(sh.queue, qent{at: r.since, slot: slot, from: StatusOnline, to: StatusOffline, cause: CauseTimeout})
 }
