@@ -147,7 +147,7 @@ type shard struct {
 	expired  []uint32
 	nExpired int // entries of expired still pending (flagExpired): the others were unexpired
 	resync   map[uint32]resyncEnt
-	dirty   [MaxTrackers]dirtyList
+	dirty    [MaxTrackers]dirtyList
 
 	view *atomic.Pointer[shardView] // Engine.views[this shard]
 
