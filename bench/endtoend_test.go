@@ -19,6 +19,7 @@ import (
 
 	"github.com/presence-dev/presence/engine"
 	"github.com/presence-dev/presence/internal/app/loadgen"
+	"github.com/presence-dev/presence/internal/lifecycle"
 	"github.com/presence-dev/presence/internal/testsupport/testenv"
 	"github.com/presence-dev/presence/internal/wire"
 )
@@ -411,25 +412,15 @@ func (p *firstPublish) Publish(topic string, qos byte, payload []byte) loadgen.P
 type window struct {
 	size          uint64
 	sent, handled atomic.Uint64
-	done          chan struct{}
+	stop          context.CancelFunc
 }
 
 const windowPoll = 200 * time.Microsecond
 
 func startWindow(size uint64, handled func() uint64) *window {
-	w := &window{size: size, done: make(chan struct{})}
-	go func() {
-		t := time.NewTicker(windowPoll)
-		defer t.Stop()
-		for {
-			select {
-			case <-w.done:
-				return
-			case <-t.C:
-				w.handled.Store(handled())
-			}
-		}
-	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &window{size: size, stop: cancel}
+	go lifecycle.Every(ctx, windowPoll, func() { w.handled.Store(handled()) })
 	return w
 }
 
@@ -440,8 +431,6 @@ func (w *window) wait() {
 		time.Sleep(windowPoll / 2)
 	}
 }
-
-func (w *window) stop() { close(w.done) }
 
 // waitDurable waits until Redis and Postgres hold, for every device, the
 // last-seen time the engine has, and returns when it saw that. It checks what
