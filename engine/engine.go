@@ -32,7 +32,8 @@ type Engine struct {
 	rejected   atomic.Uint64 // invalid ids, counted off the shard locks
 	coalescing atomic.Bool   // logged once per episode
 
-	advanceMu sync.Mutex // one Advance at a time
+	advanceMu sync.Mutex   // one Advance at a time; guards need
+	need      bucketCounts // a cascade's scratch (wheel.reserve)
 
 	deliverMu sync.Mutex // one Deliver at a time; guards the buffers below
 	pend      []pending
@@ -72,6 +73,12 @@ func New(cfg Config) (*Engine, error) {
 		log:       cfg.Logger,
 
 		deliverWake: make(chan struct{}, 1),
+
+		// Deliver's buffers are sized once, for a batch: a burst of any
+		// size goes through them a batch at a time, taking no memory of
+		// its own.
+		pend:  make([]pending, 0, cfg.BatchSize),
+		batch: make([]Transition, 0, cfg.BatchSize),
 	}
 	if e.now == nil {
 		e.now = time.Now
@@ -573,8 +580,12 @@ func (e *Engine) runBucket(sh *shard, l, i int, t uint64) {
 	sp := uint32(span(l))
 	for sh.wheel.occ[l]&(1<<i) != 0 {
 		b := sh.wheel.take(l, i)
+		// In a cascade, the entries due in bucket dst (when inPlace) stay in
+		// b, as b[:moved], and b becomes that bucket.
+		var dst bucketRef
+		inPlace, moved := false, 0
 		if l > 0 && len(b) > keepBucket {
-			sh.wheel.reserve(func(yield func(uint64) bool) {
+			dst, inPlace = sh.wheel.reserve(&e.need, func(yield func(uint64) bool) {
 				for _, slot := range b {
 					if r := sh.rec(slot); r.flags&flagArmed != 0 && r.armed-uint32(t) < sp && !yield(t+uint64(r.armed-uint32(t))) {
 						return
@@ -593,13 +604,25 @@ func (e *Engine) runBucket(sh *shard, l, i int, t uint64) {
 				continue // stale: the device was re-armed elsewhere or went offline
 			}
 			if l > 0 {
-				sh.wheel.insert(slot, t+uint64(r.armed-uint32(t)))
+				at := t + uint64(r.armed-uint32(t))
+				if inPlace {
+					if dl, di := sh.wheel.place(at); dst == (bucketRef{dl, di}) {
+						b[moved] = slot // moved <= k: in place
+						moved++
+						continue
+					}
+				}
+				sh.wheel.insert(slot, at)
 				continue
 			}
 			if e.fire(sh, slot) {
 				b[expired] = slot // expired <= k: in place
 				expired++
 			}
+		}
+		if moved > 0 {
+			sh.wheel.adopt(dst, b[:moved])
+			continue
 		}
 		if expired > 0 && sh.expired == nil {
 			// The bucket becomes the list: a mass expiry's transitions
@@ -702,8 +725,11 @@ func (e *Engine) deliverShard(sh *shard) int {
 			sh.queue = nil // a burst is over: give the memory back
 		}
 		// Timeouts after the queue: a device's transitions queued before
-		// its timeout are there, none after it (unexpire).
-		for _, slot := range sh.expired {
+		// its timeout are there, none after it (unexpire). A batch of them
+		// a round; those left wait listed, in order, and the coalesced
+		// devices below wait behind them.
+		n := min(len(sh.expired), e.cfg.BatchSize)
+		for _, slot := range sh.expired[:n] {
 			r := sh.rec(slot)
 			r.flags &^= flagExpiredListed
 			if r.flags&flagExpired == 0 {
@@ -716,37 +742,11 @@ func (e *Engine) deliverShard(sh *shard) int {
 				idWord: &r.idWord,
 			})
 		}
-		sh.expired = sh.expired[:0]
-		if cap(sh.expired) > keepQueue {
+		if sh.expired = sh.expired[n:]; len(sh.expired) == 0 {
+			// Drained: the list, often a fired wheel bucket, goes back to
+			// the GC (an expiry's next bucket becomes the next list).
 			sh.expired = nil
-		}
-		// Coalesced devices, a chunk at a time; those left keep their flag so
-		// that their later transitions stay behind this catch-up.
-		budget := e.cfg.ChunkSize
-		for slot, rs := range sh.resync {
-			if budget == 0 {
-				break
-			}
-			budget--
-			delete(sh.resync, slot)
-			r := sh.rec(slot)
-			r.flags &^= flagResync
-			from, to := r.reported(), r.status()
-			if from == to {
-				continue // the changes cancelled out: counted as collapsed
-			}
-			r.setReported(to)
-			sh.st.resynced++
-			if to == StatusOnline {
-				sh.st.onlineQueued++
-			}
-			e.pend = append(e.pend, pending{
-				qent:   qent{at: rs.at, slot: slot, from: from, to: to, cause: rs.cause},
-				idWord: &r.idWord, coalesced: true,
-			})
-		}
-		if len(sh.resync) == 0 {
-			sh.resync = nil // give a large map back
+			e.pendResync(sh)
 		}
 		sh.st.delivered += uint64(len(e.pend))
 		arena := sh.arena // immutable below its length: safe to read unlocked
@@ -767,6 +767,38 @@ func (e *Engine) deliverShard(sh *shard) int {
 		}
 	}
 	return delivered
+}
+
+// pendResync copies the coalesced devices' catch-ups out of sh into
+// e.pend, a chunk at a time; those left keep their flag so that their
+// later transitions stay behind this catch-up. The shard lock is held.
+func (e *Engine) pendResync(sh *shard) {
+	budget := e.cfg.ChunkSize
+	for slot, rs := range sh.resync {
+		if budget == 0 {
+			break
+		}
+		budget--
+		delete(sh.resync, slot)
+		r := sh.rec(slot)
+		r.flags &^= flagResync
+		from, to := r.reported(), r.status()
+		if from == to {
+			continue // the changes cancelled out: counted as collapsed
+		}
+		r.setReported(to)
+		sh.st.resynced++
+		if to == StatusOnline {
+			sh.st.onlineQueued++
+		}
+		e.pend = append(e.pend, pending{
+			qent:   qent{at: rs.at, slot: slot, from: from, to: to, cause: rs.cause},
+			idWord: &r.idWord, coalesced: true,
+		})
+	}
+	if len(sh.resync) == 0 {
+		sh.resync = nil // give a large map back
+	}
 }
 
 func (e *Engine) flushBatch() int {
@@ -837,7 +869,8 @@ func (e *Engine) deliverer(ctx context.Context) {
 func (e *Engine) Close(ctx context.Context) error {
 	return e.run.Close(ctx, func(context.Context) error {
 		e.Advance(e.now())
-		e.Deliver()
+		for e.Deliver() > 0 && e.backlog() > 0 { // a Deliver does at most deliverRounds a shard
+		}
 		return nil
 	})
 }

@@ -1,11 +1,14 @@
 package engine
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math"
 	"math/rand/v2"
+	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -893,5 +896,132 @@ func TestOnlineQueued(t *testing.T) {
 	e.Deliver()
 	if n := e.OnlineQueued(); n != 5 {
 		t.Fatalf("OnlineQueued after the catch-up = %d, want 5", n)
+	}
+}
+
+// A cascade moves the entries that all go to one lower bucket within the
+// cascading bucket's own array: a mass expiry's way down the wheel
+// allocates nothing (the otter row's peak transient memory). Devices with
+// other deadlines in the same buckets, and touches while the cascade lets
+// the lock go, land where they belong.
+func TestMassCascadeInPlace(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.Shards = 1; c.ChunkSize = 64 })
+	const n, spread = 50_000, 500
+	batch := make([]Touch, 0, n)
+	for i := range n {
+		batch = append(batch, Touch{ID: fmt.Sprint(i), At: t0, Timeout: time.Hour})
+	}
+	f.e.TouchBatch(batch)
+	for i := range spread { // deadlines spread over the hour after the mass one
+		f.e.TouchBatch([]Touch{{ID: fmt.Sprint("s", i), At: t0.Add(time.Duration(i) * 7 * time.Second), Timeout: time.Hour}})
+	}
+	if got := f.at(0); len(got) != n+spread {
+		t.Fatalf("online transitions %d", len(got))
+	}
+
+	// Down to the tick before the mass deadline, no other traffic: every
+	// cascade of the mass deadline is in place.
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	f.e.Advance(t0.Add(time.Hour - time.Second))
+	runtime.ReadMemStats(&after)
+	if grown := after.TotalAlloc - before.TotalAlloc; grown > 4*n/4 {
+		t.Errorf("cascading %d same-deadline entries allocated %d bytes (a copy is %d)", n, grown, 4*n)
+	}
+
+	// Touches of a tenth of the fleet while the last cascades and the
+	// expiry run: each such device goes offline once, at one of its two
+	// deadlines.
+	late := t0.Add(30 * time.Minute)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := 0; i < n; i += 10 {
+			f.e.Touch(fmt.Sprint(i), late)
+		}
+	})
+	var got []Transition
+	for d := time.Hour - time.Second; d <= 2*time.Hour; d += 250 * time.Millisecond {
+		got = append(got, f.at(d)...)
+	}
+	wg.Wait()
+	got = append(got, f.at(3*time.Hour)...)
+	offline := map[string]time.Time{}
+	for _, tr := range got {
+		if tr.To != StatusOffline {
+			continue
+		}
+		if _, dup := offline[tr.ID]; dup {
+			t.Fatalf("%s went offline twice", tr.ID)
+		}
+		offline[tr.ID] = tr.At
+	}
+	if len(offline) != n+spread {
+		t.Fatalf("%d devices went offline, want %d", len(offline), n+spread)
+	}
+	for i := range n {
+		at := offline[fmt.Sprint(i)]
+		if !at.Equal(t0.Add(time.Hour)) && !(i%10 == 0 && at.Equal(late.Add(time.Hour))) {
+			t.Fatalf("device %d offline at %v", i, at.Sub(t0))
+		}
+	}
+	for i := range spread {
+		if at, want := offline[fmt.Sprint("s", i)], t0.Add(time.Duration(i)*7*time.Second+time.Hour); !at.Equal(want) {
+			t.Fatalf("device s%d offline at %v, want %v", i, at.Sub(t0), want.Sub(t0))
+		}
+	}
+}
+
+// Timeouts leave their list a batch at a time (Deliver's buffers are one
+// batch): a Deliver does at most deliverRounds batches a shard, devices
+// that come back in between have their timeout delivered before the new
+// transition, and Close delivers everything left.
+func TestTimeoutListDeliveredInBatches(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.Shards = 1; c.BatchSize = 8 })
+	const n = 2000 // more than deliverRounds batches of 8
+	for i := range n {
+		f.touch(fmt.Sprint(i), 0)
+	}
+	for len(f.at(0)) > 0 {
+	}
+	f.clk.Set(t0.Add(61 * time.Second))
+	f.e.Advance(t0.Add(61 * time.Second))
+	f.e.Deliver()
+	first := f.rec.take()
+	if len(first) != deliverRounds*8 {
+		t.Fatalf("one Deliver delivered %d, want %d", len(first), deliverRounds*8)
+	}
+	if s := f.e.Stats(); s.Queued != n-len(first) {
+		t.Fatalf("queued %d, want %d", s.Queued, n-len(first))
+	}
+	back := fmt.Sprint(n - 1) // still listed: comes back before its timeout is delivered
+	f.touch(back, 62*time.Second)
+	if err := f.e.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	rest := f.rec.take()
+	seen := map[string]int{}
+	for _, tr := range append(first, rest...) {
+		if tr.To == StatusOffline {
+			seen[tr.ID]++
+			if !tr.At.Equal(t0.Add(time.Minute)) {
+				t.Fatalf("%+v", tr)
+			}
+		}
+	}
+	if len(seen) != n {
+		t.Fatalf("%d devices went offline, want %d", len(seen), n)
+	}
+	var order []Status
+	for _, tr := range rest {
+		if tr.ID == back {
+			order = append(order, tr.To)
+		}
+	}
+	if !slices.Equal(order, []Status{StatusOffline, StatusOnline}) {
+		t.Fatalf("device %s: %v, want its timeout before it came back", back, order)
+	}
+	if s := f.e.Stats(); s.Queued != 0 {
+		t.Fatalf("after Close: %+v", s)
 	}
 }

@@ -72,20 +72,46 @@ func (w *wheel) insert(slot uint32, at uint64) uint64 {
 // reserve makes room for the entries to be inserted at the ticks ats
 // yields, so that each bucket they go to grows once: a cascade of a mass
 // expiry's bucket would otherwise grow the lower ones by doubling, 2 to 3
-// times their final size in transient garbage.
-func (w *wheel) reserve(ats iter.Seq[uint64]) {
-	var need [wheelLevels][wheelSize]int32
+// times their final size in transient garbage. The bucket most of them go
+// to is not grown when it is empty: reserve returns it (ok), and the
+// caller moves those entries there in place (see adopt), so a mass
+// expiry's cascade, whose entries all go to one bucket, allocates nothing.
+// need is scratch space (zero on entry and on return), the caller's so
+// that it is not allocated per call: the range's body captures it.
+func (w *wheel) reserve(need *bucketCounts, ats iter.Seq[uint64]) (top bucketRef, ok bool) {
 	for at := range ats {
 		l, i := w.place(max(at, w.cur))
 		need[l][i]++
+		if n := need[l][i]; !ok || n > need[top.l][top.i] {
+			top, ok = bucketRef{l, i}, true
+		}
+	}
+	if ok && len(w.buckets[top.l][top.i]) > 0 {
+		ok = false
 	}
 	for l := range need {
 		for i, n := range need[l] {
-			if n > 0 {
+			if n > 0 && (!ok || top != (bucketRef{l, i})) {
 				w.buckets[l][i] = slices.Grow(w.buckets[l][i], int(n))
 			}
 		}
 	}
+	*need = bucketCounts{}
+	return top, ok
+}
+
+// bucketCounts counts entries per bucket.
+type bucketCounts [wheelLevels][wheelSize]int32
+
+// bucketRef names a bucket: level and index.
+type bucketRef struct{ l, i int }
+
+// adopt makes b, entries due within bucket r, that bucket's entries,
+// together with any inserted there meanwhile.
+func (w *wheel) adopt(r bucketRef, b []uint32) {
+	w.buckets[r.l][r.i] = append(b, w.buckets[r.l][r.i]...)
+	w.occ[r.l] |= 1 << r.i
+	w.n += len(b)
 }
 
 // take empties bucket (l, i) and returns its entries.
