@@ -68,7 +68,7 @@ func (e *Engine) TouchBatch(batch []Touch) (rejected int) {
 			if it.shard != s {
 				break
 			}
-			if e.touchLocked(sh, batch[it.i].ID, it.h, it.hint, it.at, int(it.tmo)) != nil {
+			if e.touchLocked(sh, batch[it.i].ID, it.h, it.hint, it.at, int(it.tmo), CauseTelemetry) != nil {
 				rejected++
 			}
 		}
@@ -95,7 +95,7 @@ func (e *Engine) touchOne(t *Touch) error {
 		}
 		tmo = int(ix)
 	}
-	return e.touch(t.ID, t.At.UnixNano(), tmo)
+	return e.touch(t.ID, t.At.UnixNano(), tmo, CauseTelemetry)
 }
 
 // warm loads the index cell and the record of every device of g, without

@@ -37,8 +37,11 @@
 // queue entry: the wheel's bucket that fired becomes the list of the slots
 // that timed out (4 bytes a device, memory the wheel held already), the
 // transition being read from the record at delivery, and its id string
-// points into the engine's own memory (see Sink). So a mass expiry of any
-// size costs almost no memory and is never coalesced. A slow Sink never
+// points into the engine's own memory (see Sink). A cascade moves the
+// entries bound for one lower bucket within its own array, and Deliver's
+// buffers are one batch, the timeouts leaving their list a batch at a
+// time. So a mass expiry of any size takes no transient memory and is
+// never coalesced. A slow Sink never
 // blocks touches and loses nothing silently: past the bound, the other
 // transitions are coalesced per device (see Sink). A Sink that makes Deliver wait does
 // not delay the clock either: Start runs them on goroutines of their own.

@@ -141,11 +141,12 @@ const noTimeout = -1
 // doing so would invent a flap. Likewise a message so old that its deadline
 // has already passed does not bring an offline device back.
 func (e *Engine) Touch(id string, at time.Time) error {
-	return e.touch(id, at.UnixNano(), noTimeout)
+	return e.touch(id, at.UnixNano(), noTimeout, CauseTelemetry)
 }
 
-// touch is Touch with tmo the index of a new timeout, or noTimeout.
-func (e *Engine) touch(id string, at int64, tmo int) error {
+// touch is Touch with tmo the index of a new timeout, or noTimeout, and
+// the cause of an online transition it makes.
+func (e *Engine) touch(id string, at int64, tmo int, cause Cause) error {
 	if !ValidID(id) {
 		e.rejected.Add(1)
 		return ErrInvalidID
@@ -153,14 +154,15 @@ func (e *Engine) touch(id string, at int64, tmo int) error {
 	h := e.hash(id)
 	sh := e.shardOf(h)
 	sh.mu.Lock()
-	err := e.touchLocked(sh, id, h, 0, at, tmo)
+	err := e.touchLocked(sh, id, h, 0, at, tmo, cause)
 	sh.mu.Unlock()
 	return err
 }
 
 // touchLocked applies one touch to a device of sh, whose lock is held; hint
-// is where warm found it, if it did (see shard.find).
-func (e *Engine) touchLocked(sh *shard, id string, h uint64, hint uint32, at int64, tmo int) error {
+// is where warm found it, if it did (see shard.find); cause is that of an
+// online transition it makes.
+func (e *Engine) touchLocked(sh *shard, id string, h uint64, hint uint32, at int64, tmo int, cause Cause) error {
 	slot, ok := sh.find(id, h, hint)
 	if ok && sh.rec(slot).flags&flagDetached != 0 {
 		sh.reattach(slot)
@@ -179,7 +181,7 @@ func (e *Engine) touchLocked(sh *shard, id string, h uint64, hint uint32, at int
 		}
 		sh.nOnline++
 		sh.st.touches++
-		e.noteCoalescing(sh.transition(slot, StatusUnknown, StatusOnline, at, CauseTelemetry))
+		e.noteCoalescing(sh.transition(slot, StatusUnknown, StatusOnline, at, cause))
 		e.arm(sh, slot)
 		sh.markDirty(slot)
 		return nil
@@ -207,7 +209,7 @@ func (e *Engine) touchLocked(sh *shard, id string, h uint64, hint uint32, at int
 		r.flags |= flagOnline
 		r.since = at
 		sh.nOnline++
-		e.noteCoalescing(sh.transition(slot, StatusOffline, StatusOnline, at, CauseTelemetry))
+		e.noteCoalescing(sh.transition(slot, StatusOffline, StatusOnline, at, cause))
 		e.arm(sh, slot)
 		changed = true
 	}
@@ -261,6 +263,25 @@ func (e *Engine) lockDevice(id string) (*shard, uint32, error) {
 // "offline" status message sent at at). A Last Will older than the device's
 // last message is stale (the device has reconnected since) and is ignored.
 func (e *Engine) MarkOffline(id string, at time.Time) error {
+	return e.markOffline(id, at, CauseLastWill)
+}
+
+// SetStatus applies an explicit status given at at with cause (CauseAPI:
+// an operator's or an integration's, POST /v1/devices/{id}/status) as a
+// status message is applied: StatusOffline as MarkOffline (a known device
+// only, ErrNotFound otherwise), StatusOnline as Touch (a new device comes
+// online). Any other status is ErrInvalidStatus.
+func (e *Engine) SetStatus(id string, s Status, at time.Time, cause Cause) error {
+	switch s {
+	case StatusOffline:
+		return e.markOffline(id, at, cause)
+	case StatusOnline:
+		return e.touch(id, at.UnixNano(), noTimeout, cause)
+	}
+	return ErrInvalidStatus
+}
+
+func (e *Engine) markOffline(id string, at time.Time, cause Cause) error {
 	sh, slot, err := e.lockDevice(id)
 	if err != nil {
 		return err
@@ -275,7 +296,7 @@ func (e *Engine) MarkOffline(id string, at time.Time) error {
 	r.flags &^= flagOnline
 	r.since = ns
 	sh.nOnline--
-	e.noteCoalescing(sh.transition(slot, StatusOnline, StatusOffline, ns, CauseLastWill))
+	e.noteCoalescing(sh.transition(slot, StatusOnline, StatusOffline, ns, cause))
 	sh.markDirty(slot)
 	return nil // the armed entry is dropped when it comes up
 }

@@ -15,6 +15,9 @@ var (
 	ErrNotFound = errors.New("engine: device not found")
 	// ErrInvalidTimeout: a per-device timeout outside [MinTimeout, MaxTimeout].
 	ErrInvalidTimeout = errors.New("engine: timeout out of range")
+	// ErrInvalidStatus: SetStatus with a status other than online or
+	// offline.
+	ErrInvalidStatus = errors.New("engine: status must be online or offline")
 	// ErrFull: a shard holds MaxDevicesPerShard devices; raise Config.Shards.
 	ErrFull = errors.New("engine: shard full")
 	// ErrTooManyTrackers: more than MaxTrackers dirty trackers were requested.
@@ -82,6 +85,9 @@ const (
 	// CauseHandoff: a cluster node took the device over and found its
 	// deadline passed.
 	CauseHandoff
+	// CauseAPI: an explicit status given through the API
+	// (POST /v1/devices/{id}/status).
+	CauseAPI
 )
 
 func (c Cause) String() string {
@@ -96,6 +102,8 @@ func (c Cause) String() string {
 		return "restart"
 	case CauseHandoff:
 		return "handoff"
+	case CauseAPI:
+		return "api"
 	default:
 		return "unknown"
 	}

@@ -191,7 +191,8 @@ func (a *alerts) observe(batch []engine.Transition, now time.Time, out []rec) []
 // counted reports whether an offline transition counts towards a mass
 // outage. Restart and handoff transitions are artifacts of our own
 // recovery (a node down for longer than the timeout turns its whole fleet
-// offline at start-up), not evidence of an outage happening now.
+// offline at start-up), and api ones an operator's word: neither is
+// evidence of an outage happening now.
 func counted(c engine.Cause) bool { return c == engine.CauseTimeout || c == engine.CauseLastWill }
 
 func (a *alerts) offline(t *engine.Transition, now time.Time, out []rec) []rec {

@@ -19,13 +19,13 @@ func (f fanout) HandleTransitions(b []engine.Transition) {
 
 // transitionCounter counts transitions by new status and cause.
 type transitionCounter struct {
-	counters [3][engine.CauseHandoff + 1]*metrics.Counter // [to][cause]
+	counters [3][engine.CauseAPI + 1]*metrics.Counter // [to][cause]
 }
 
 func newTransitionCounter(set *metrics.Set) *transitionCounter {
 	t := &transitionCounter{}
 	for _, to := range []engine.Status{engine.StatusOnline, engine.StatusOffline} {
-		for c := engine.CauseTelemetry; c <= engine.CauseHandoff; c++ {
+		for c := engine.CauseTelemetry; c <= engine.CauseAPI; c++ {
 			t.counters[to][c] = set.NewCounter(`presence_transitions_total{to="` + to.String() + `",cause="` + c.String() + `"}`)
 		}
 	}
