@@ -28,6 +28,14 @@ func (c *countLocal) TouchBatch(b []engine.Touch) int {
 	return rej
 }
 
+func (c *countLocal) SetStatus(id string, s engine.Status, at time.Time, cause engine.Cause) error {
+	c.n.Add(1)
+	if c.e != nil {
+		return c.e.SetStatus(id, s, at, cause)
+	}
+	return nil
+}
+
 func (c *countLocal) MarkOffline(id string, at time.Time) error {
 	c.n.Add(1)
 	if c.e != nil {

@@ -45,8 +45,9 @@ const (
 
 // ProtocolVersion is the data protocol spoken (hello) and advertised in the
 // node metadata. A node accepts only its own version. Version 2 added the
-// addressee and the proofs to the hello, and the welcome frame.
-const ProtocolVersion = 2
+// addressee and the proofs to the hello, and the welcome frame; version 3
+// the explicit status message (msgAPI), which version 2 refuses.
+const ProtocolVersion = 3
 
 const helloMagic = "presence"
 
@@ -60,7 +61,10 @@ const (
 	msgTimeoutNs = 1 << 2 // a timeout follows, in nanoseconds
 	msgZeroTime  = 1 << 3 // the time is the zero time.Time: no dt field
 	msgHop       = 1 << 4 // already re-forwarded once: never forward again
-	msgKnown     = msgOffline | msgTimeoutMs | msgTimeoutNs | msgZeroTime | msgHop
+	// msgAPI: an explicit status given through the API (engine.CauseAPI):
+	// offline with msgOffline, online without.
+	msgAPI   = 1 << 5
+	msgKnown = msgOffline | msgTimeoutMs | msgTimeoutNs | msgZeroTime | msgHop | msgAPI
 )
 
 // Record flags in a state frame: the low two bits are the engine.Status.
@@ -106,6 +110,24 @@ func offlineMsg(id string, at time.Time) msg {
 		m.at = at.UnixNano()
 	}
 	return m
+}
+
+// statusMsg is an explicit status given through the API.
+func statusMsg(id string, s engine.Status, at time.Time) msg {
+	m := offlineMsg(id, at)
+	m.flags |= msgAPI
+	if s == engine.StatusOnline {
+		m.flags &^= msgOffline
+	}
+	return m
+}
+
+// status is the status of an msgAPI message.
+func (m *msg) status() engine.Status {
+	if m.flags&msgOffline != 0 {
+		return engine.StatusOffline
+	}
+	return engine.StatusOnline
 }
 
 func (m *msg) time() time.Time {

@@ -37,6 +37,8 @@ func TestBatchRoundTrip(t *testing.T) {
 			{id: "d", at: now, timeout: 1500*time.Millisecond + 7}, // not whole ms
 			{id: "e", flags: msgZeroTime},
 			{id: "f", at: now, flags: msgHop | msgOffline},
+			{id: "h", at: now, flags: msgAPI | msgOffline},
+			{id: "i", at: now, flags: msgAPI | msgHop},
 			{id: string(bytes.Repeat([]byte{'x'}, 128)), at: 0},
 			{id: "g", at: -1},
 		},
@@ -71,6 +73,11 @@ func TestTouchMsg(t *testing.T) {
 	m = offlineMsg("x", time.Time{})
 	if !m.time().IsZero() || m.flags != msgOffline|msgZeroTime {
 		t.Fatalf("offlineMsg: %+v", m)
+	}
+	for _, s := range []engine.Status{engine.StatusOnline, engine.StatusOffline} {
+		if m = statusMsg("x", s, at); !m.time().Equal(at) || m.flags&msgAPI == 0 || m.status() != s {
+			t.Fatalf("statusMsg %v: %+v", s, m)
+		}
 	}
 }
 

@@ -21,10 +21,12 @@ type fakeLocal struct {
 	mu      sync.Mutex
 	touches map[string]int // touches received per id
 	offline map[string]int // offline marks received per id
-	state   map[string]engine.DeviceState
-	adopted int
-	removed int
-	hang    chan struct{} // if set, Devices waits for it to close (a node that does not answer)
+	// apiStatus: the last explicit status (SetStatus) per id.
+	apiStatus map[string]string
+	state     map[string]engine.DeviceState
+	adopted   int
+	removed   int
+	hang      chan struct{} // if set, Devices waits for it to close (a node that does not answer)
 }
 
 func newFakeLocal() *fakeLocal {
@@ -56,6 +58,22 @@ func (f *fakeLocal) TouchBatch(batch []engine.Touch) int {
 		f.state[t.ID] = st
 	}
 	return rejected
+}
+
+// SetStatus records an explicit status as apiStatus[id] ("online" or
+// "offline" and the cause) and applies it as a touch or an offline mark.
+func (f *fakeLocal) SetStatus(id string, s engine.Status, at time.Time, c engine.Cause) error {
+	f.mu.Lock()
+	if f.apiStatus == nil {
+		f.apiStatus = map[string]string{}
+	}
+	f.apiStatus[id] = s.String() + " " + c.String()
+	f.mu.Unlock()
+	if s == engine.StatusOnline {
+		f.TouchBatch([]engine.Touch{{ID: id, At: at}})
+		return nil
+	}
+	return f.MarkOffline(id, at)
 }
 
 func (f *fakeLocal) MarkOffline(id string, at time.Time) error {
@@ -157,6 +175,9 @@ type plainLocal struct{ f *fakeLocal }
 
 func (p plainLocal) TouchBatch(b []engine.Touch) int           { return p.f.TouchBatch(b) }
 func (p plainLocal) MarkOffline(id string, at time.Time) error { return p.f.MarkOffline(id, at) }
+func (p plainLocal) SetStatus(id string, s engine.Status, at time.Time, c engine.Cause) error {
+	return p.f.SetStatus(id, s, at, c)
+}
 
 func testLogger(t testing.TB) *slog.Logger {
 	if os.Getenv("CLUSTER_TEST_LOG") != "" {

@@ -35,6 +35,13 @@ func (o *orderLocal) MarkOffline(id string, at time.Time) error {
 	return nil
 }
 
+func (o *orderLocal) SetStatus(id string, s engine.Status, at time.Time, c engine.Cause) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.got = append(o.got, fmt.Sprintf("%s %s %s %d", c, s, id, at.Unix()))
+	return nil
+}
+
 func (o *orderLocal) take() []string {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -80,12 +87,13 @@ func TestHoldUntilRebuildDone(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.dispatch([]msg{touchMsg(&engine.Touch{ID: inP[1], At: at(3)})}, time.Time{}, "peer")
-	r.TouchBatch([]engine.Touch{{ID: "bad id", At: at(4)}}) // invalid: the engine rejects it now
+	r.dispatch([]msg{statusMsg(inP[1], engine.StatusOffline, at(3))}, time.Time{}, "peer") // an explicit status, forwarded
+	r.TouchBatch([]engine.Touch{{ID: "bad id", At: at(4)}})                                // invalid: the engine rejects it now
 	if got, want := local.take(), []string{"touch " + other + " 1", "touch bad id 4"}; !slices.Equal(got, want) {
 		t.Fatalf("applied while held: %q, want %q", got, want)
 	}
-	if n := r.heldMessages(); n != 3 {
-		t.Fatalf("%d messages held, want 3", n)
+	if n := r.heldMessages(); n != 4 {
+		t.Fatalf("%d messages held, want 4", n)
 	}
 
 	if n := r.releaseHold(gen + 1); n != 0 { // a hold that holds nothing
@@ -94,7 +102,7 @@ func TestHoldUntilRebuildDone(t *testing.T) {
 	if n := r.releaseHold(gen); n != 1 {
 		t.Fatalf("released %d partitions, want 1", n)
 	}
-	want := []string{"touch " + inP[0] + " 1", "offline " + inP[0] + " 2", "touch " + inP[1] + " 3"}
+	want := []string{"touch " + inP[0] + " 1", "offline " + inP[0] + " 2", "touch " + inP[1] + " 3", "api offline " + inP[1] + " 3"}
 	if got := local.take(); !slices.Equal(got, want) {
 		t.Fatalf("released %q, want %q", got, want)
 	}

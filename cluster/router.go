@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -17,6 +18,7 @@ import (
 type Local interface {
 	TouchBatch(batch []engine.Touch) (rejected int)
 	MarkOffline(id string, at time.Time) error
+	SetStatus(id string, s engine.Status, at time.Time, cause engine.Cause) error
 }
 
 // HandoffLocal is what handoff needs on top of Local. A Local that does not
@@ -170,6 +172,18 @@ func (r *Router) setTable(t *Table, addrs map[string]string) {
 // were rejected: by the local engine, or invalid (id or timeout) before
 // forwarding. Safe for concurrent use.
 func (r *Router) TouchBatch(batch []engine.Touch) (rejected int) {
+	return r.touchBatch(batch, r.cfg.ReadsAll)
+}
+
+// SubmitBatch is TouchBatch for touches only this node received (HTTP
+// touches): with Config.ReadsAll too, those of other owners are forwarded,
+// not left to them.
+func (r *Router) SubmitBatch(batch []engine.Touch) (rejected int) {
+	return r.touchBatch(batch, false)
+}
+
+// touchBatch is TouchBatch; readsAll skips what other nodes own.
+func (r *Router) touchBatch(batch []engine.Touch, readsAll bool) (rejected int) {
 	rt := r.route.Load()
 	holding := r.hold.active.Load()
 	if rt.alone && !holding {
@@ -188,7 +202,7 @@ func (r *Router) TouchBatch(batch []engine.Touch) (rejected int) {
 			local = append(local, *t)
 			continue
 		}
-		if r.cfg.ReadsAll {
+		if readsAll {
 			r.m.skipped.Inc() // its owner reads it too
 			continue
 		}
@@ -234,6 +248,34 @@ func (r *Router) MarkOffline(id string, at time.Time) error {
 	return nil
 }
 
+// SetStatus applies or forwards an explicit status given through the API;
+// cause must be engine.CauseAPI, the only one that travels. Like
+// MarkOffline, a forwarded one returns nil: the owner's verdict is counted
+// there.
+func (r *Router) SetStatus(id string, s engine.Status, at time.Time, cause engine.Cause) error {
+	switch {
+	case cause != engine.CauseAPI:
+		return fmt.Errorf("cluster: SetStatus with cause %v: only %v is forwarded", cause, engine.CauseAPI)
+	case s != engine.StatusOnline && s != engine.StatusOffline:
+		return engine.ErrInvalidStatus
+	}
+	pr := r.route.Load().peerOf(id)
+	if pr == nil {
+		if r.hold.active.Load() && forwardable(id, 0) && r.holdBack(statusMsg(id, s, at), false) {
+			return nil
+		}
+		r.m.localMsgs.Inc()
+		return r.local.SetStatus(id, s, at, cause)
+	}
+	if !forwardable(id, 0) {
+		r.m.rejected.Inc()
+		return engine.ErrInvalidID
+	}
+	one := [1]msg{statusMsg(id, s, at)}
+	pr.enqueue(one[:], time.Now().Add(r.cfg.EnqueueWait))
+	return nil
+}
+
 // dispatch routes messages that are already in wire form: received from
 // peer from, or left in a stopped peer's queue (from ""). Messages for this
 // node are applied locally; the others are queued for their owner, waiting
@@ -274,6 +316,12 @@ func (r *Router) route1(msgs []msg, deadline time.Time, from string, checkHold b
 			sc.add(pr, mm)
 			r.m.reforwarded.Inc()
 		case holding && r.holdBack(*m, from != ""):
+		case m.flags&msgAPI != 0:
+			local, _ = r.applyLocal(local) // the touches before it first: order per device
+			r.m.localMsgs.Inc()
+			if err := r.local.SetStatus(m.id, m.status(), m.time(), engine.CauseAPI); err != nil {
+				r.m.dropped[dropLocalError].Inc()
+			}
 		case m.flags&msgOffline != 0:
 			local, _ = r.applyLocal(local) // the touches before it first: order per device
 			r.m.localMsgs.Inc()

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -69,6 +70,49 @@ func TestRouterDeliversToOwner(t *testing.T) {
 		}
 	}
 	t.Logf("forwarded %d of %d messages", fwd, 3*len(ids)+3)
+}
+
+// An explicit status given through the API on any node reaches the
+// owner's SetStatus with cause api, online and offline alike; other
+// causes are refused, never forwarded as something else.
+func TestRouterForwardsExplicitStatus(t *testing.T) {
+	nodes := staticCluster(t, 3, nil)
+	ids := deviceIDs("st", 30)
+	at := time.Now()
+	for i, id := range ids {
+		nd := nodes[i%3]
+		s := engine.StatusOffline
+		if i%2 == 0 {
+			s = engine.StatusOnline
+		}
+		if err := nd.r.SetStatus(id, s, at, engine.CauseAPI); err != nil && !errors.Is(err, engine.ErrNotFound) {
+			t.Fatalf("%s on its owner: %v", id, err)
+		}
+	}
+	if err := nodes[0].r.SetStatus(ids[0], engine.StatusOffline, at, engine.CauseLastWill); err == nil {
+		t.Fatal("SetStatus with cause last_will accepted")
+	}
+	if err := nodes[0].r.SetStatus(ids[0], engine.StatusUnknown, at, engine.CauseAPI); !errors.Is(err, engine.ErrInvalidStatus) {
+		t.Fatalf("status unknown: %v", err)
+	}
+	tb := nodes[0].r.Table()
+	testenv.Eventually(t, 10*time.Second, func() error {
+		for i, id := range ids {
+			want := "offline api"
+			if i%2 == 0 {
+				want = "online api"
+			}
+			for _, nd := range nodes {
+				nd.local.mu.Lock()
+				got := nd.local.apiStatus[id]
+				nd.local.mu.Unlock()
+				if owner := tb.OwnerOf(id) == nd.name; owner && got != want || !owner && got != "" {
+					return fmt.Errorf("%s at %s (owner %s): %q, want %q at the owner only", id, nd.name, tb.OwnerOf(id), got, want)
+				}
+			}
+		}
+		return nil
+	})
 }
 
 func (t *Table) devicesOf(node string, ids []string) []string {
@@ -399,5 +443,27 @@ func TestRouterReadsAllKeepsOwned(t *testing.T) {
 		if got, want := nd.m.skipped.Get(), uint64(len(ids)+30-len(own)-len(tb.devicesOf(nd.name, ids[:30]))); got != want {
 			t.Errorf("%s skipped %d, want %d", nd.name, got, want)
 		}
+	}
+}
+
+// With ReadsAll, touches only this node received (HTTP touches,
+// SubmitBatch) still reach their owners: nobody else reads them.
+func TestRouterReadsAllSubmitForwards(t *testing.T) {
+	nodes := staticCluster(t, 3, func(c *Config) { c.ReadsAll = true })
+	ids := deviceIDs("http", 300)
+	if rej := nodes[0].r.SubmitBatch(touchBatch(ids, time.Now())); rej != 0 {
+		t.Fatalf("%d rejected", rej)
+	}
+	tb := nodes[0].r.Table()
+	testenv.Eventually(t, 10*time.Second, func() error {
+		for _, nd := range nodes {
+			if got, _ := nd.local.totals(); got != len(tb.devicesOf(nd.name, ids)) {
+				return fmt.Errorf("%s applied %d touches, owns %d of the devices", nd.name, got, len(tb.devicesOf(nd.name, ids)))
+			}
+		}
+		return nil
+	})
+	if n := nodes[0].m.skipped.Get(); n != 0 {
+		t.Errorf("skipped %d submitted touches", n)
 	}
 }
