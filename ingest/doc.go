@@ -45,6 +45,10 @@
 // and not yet handed to the Handler: what sits in the queues (at
 // most Config.Shards * Config.QueueSize messages) and in paho's pipeline.
 //
+// HTTP touches (TouchesHandler, POST /v1/touches) are messages too: stamped
+// on receipt, validated and counted as MQTT messages are (conn="http"), and
+// handed to the Handler by the request itself while the Ingester runs.
+//
 // Topic rules, settings and drop reasons: docs/CONFIGURATION.md. Measured
 // costs: BENCHMARKS.md.
 package ingest

@@ -2,6 +2,8 @@ package ingest
 
 import (
 	"bytes"
+	"encoding/json"
+	"net/http"
 	"strings"
 	"testing"
 )
@@ -137,6 +139,42 @@ func FuzzCompilePattern(f *testing.F) {
 		got, ok := p.Match(topic)
 		if !ok || got != id {
 			t.Fatalf("pattern %q: Match(%q) = %q, %v; want %q", pattern, topic, got, ok, id)
+		}
+	})
+}
+
+// FuzzTouches: any body gets a JSON answer with a known status and never
+// a panic; an accepted request accounts for each of its touches exactly
+// once (queued or rejected), as encoding/json reads them.
+func FuzzTouches(f *testing.F) {
+	for _, s := range []string{
+		`{"ids":["a","b"]}`,
+		`{"touches":[{"id":"c","timeout_seconds":60},{"id":"d"}]}`,
+		`{"ids":["a"],"touches":[{"id":"x/y","timeout_seconds":0.1}]}`,
+		`{"IDS":["a"]}`, `{"ids":["a"]} x`, `{"ids":[1]}`, `{}`, `null`, `{"touches":[{"id":"\u00e9\ud800"}]}`,
+	} {
+		f.Add([]byte(s))
+	}
+	in := newUnstarted(f, &fakeHandler{}, func(c *Config) { c.BatchDelay = 0; c.QueueSize = 1 << 16 })
+	f.Fuzz(func(t *testing.T, body []byte) {
+		w := postTouches(in, string(body))
+		switch w.Code {
+		case http.StatusOK, http.StatusServiceUnavailable:
+			resp := decodeTouchResponse(t, w)
+			var req TouchRequest
+			if err := json.Unmarshal(body, &req); err != nil {
+				t.Fatalf("accepted a body encoding/json refuses (%v): %q", err, body)
+			}
+			if n := len(req.IDs) + len(req.Touches); resp.Accepted+len(resp.Rejected) != n {
+				t.Fatalf("%d touches, answered %d accepted + %d rejected: %q", n, resp.Accepted, len(resp.Rejected), body)
+			}
+		case http.StatusBadRequest, http.StatusRequestEntityTooLarge:
+			var e struct{ Error string }
+			if err := json.Unmarshal(w.Body.Bytes(), &e); err != nil || e.Error == "" {
+				t.Fatalf("%d without a JSON error: %q", w.Code, w.Body)
+			}
+		default:
+			t.Fatalf("status %d for %q", w.Code, body)
 		}
 	})
 }

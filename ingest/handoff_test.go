@@ -55,6 +55,14 @@ func (h *fakeHandler) MarkOffline(id string, at time.Time) error {
 	return nil
 }
 
+func (h *fakeHandler) SetStatus(id string, s engine.Status, at time.Time, _ engine.Cause) error {
+	if s == engine.StatusOffline {
+		return h.MarkOffline(id, at)
+	}
+	h.TouchBatch([]engine.Touch{{ID: id, At: at}})
+	return nil
+}
+
 func (h *fakeHandler) snapshot() []event {
 	h.mu.Lock()
 	defer h.mu.Unlock()

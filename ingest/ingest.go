@@ -25,8 +25,9 @@ import (
 // must be safe for concurrent use.
 type Handler interface {
 	// TouchBatch records activity. The slice is reused after the call
-	// returns: copy what you keep. Each Touch.ID is a substring of the MQTT
-	// topic. rejected counts touches refused (e.g. invalid ids).
+	// returns: copy what you keep (a Touch.ID may be a substring of an MQTT
+	// topic or of an HTTP request). rejected counts touches refused (e.g.
+	// invalid ids).
 	TouchBatch(batch []engine.Touch) (rejected int)
 	// MarkOffline applies a status "offline" message (a Last Will) received
 	// at at.
@@ -48,8 +49,9 @@ type Ingester struct {
 	conns  []*conn
 	probe  *prober
 
-	dropLog    *ratelog.Limiter[reason]   // one line per drop reason per LogInterval
-	handlerLog *ratelog.Limiter[struct{}] // MarkOffline failures
+	dropLog    *ratelog.Limiter[reason]        // one line per drop reason per LogInterval
+	handlerLog *ratelog.Limiter[struct{}]      // MarkOffline failures
+	requestLog *ratelog.Limiter[requestReason] // HTTP requests refused whole
 
 	// Ingest keeps its own state machine rather than a lifecycle.Runner:
 	// Close must disconnect from the broker first (no new input), wait
@@ -63,6 +65,7 @@ type Ingester struct {
 	workers    sync.WaitGroup
 	probing    sync.WaitGroup // the prober's loop
 	subWG      sync.WaitGroup // subscribe loops running in paho's OnConnect goroutines
+	http       sync.WaitGroup // HTTP requests handing input over (enterHTTP)
 	closeOnce  sync.Once
 }
 
@@ -99,6 +102,7 @@ func New(cfg Config, h Handler) (*Ingester, error) {
 	}
 	in.dropLog = ratelog.New[reason](cfg.LogInterval, in.clock)
 	in.handlerLog = ratelog.New[struct{}](cfg.LogInterval, in.clock)
+	in.requestLog = ratelog.New[requestReason](cfg.LogInterval, in.clock)
 	for _, f := range parser.Filters() {
 		in.subs[in.subscription(f)] = cfg.QoS
 	}
@@ -180,6 +184,7 @@ func (in *Ingester) Close(context.Context) error {
 		}
 		in.probing.Wait() // after the disconnects: a probe being published fails at once
 		in.subWG.Wait()
+		in.http.Wait() // HTTP input already taken reaches the Handler before Close returns
 		// A paho callback still running after Disconnect finds its shard
 		// closed and counts a "closed" drop; it never reaches the handler.
 		for i := range in.shards {
@@ -245,11 +250,13 @@ func (in *Ingester) Subscriptions() []string {
 
 // Stats is a snapshot of the Ingester's counters.
 type Stats struct {
-	Received uint64            // messages received, all connections
-	Dropped  map[string]uint64 // by reason (see DropReason); non-zero only
-	Touches  uint64            // touches handed to Handler.TouchBatch
-	Rejected uint64            // of those, rejected by the handler
-	Offline  uint64            // Handler.MarkOffline calls
+	Received uint64 // messages received, all connections and HTTP
+	// ReceivedHTTP: of those, HTTP touches (POST /v1/touches).
+	ReceivedHTTP uint64
+	Dropped      map[string]uint64 // by reason (see DropReason); non-zero only
+	Touches      uint64            // touches handed to Handler.TouchBatch
+	Rejected     uint64            // of those, rejected by the handler
+	Offline      uint64            // Handler.MarkOffline calls
 	// OfflineUnknown: of those, for devices the handler did not know
 	// (engine.ErrNotFound).
 	OfflineUnknown uint64
@@ -276,6 +283,8 @@ func (in *Ingester) Stats() Stats {
 	for _, c := range in.m.received {
 		s.Received += c.Get()
 	}
+	s.ReceivedHTTP = in.m.receivedHTTP.Get()
+	s.Received += s.ReceivedHTTP
 	for r := reasonNone + 1; r < numReasons; r++ {
 		if n := in.m.dropped[r].Get(); n > 0 {
 			s.Dropped[r.String()] = n

@@ -11,10 +11,14 @@ import (
 type ingestMetrics struct {
 	set      *metrics.Set
 	received []*metrics.Counter // per connection
-	dropped  [numReasons]*metrics.Counter
-	batches  *metrics.Counter
-	touches  *metrics.Counter
-	offline  *metrics.Counter
+	// receivedHTTP: HTTP touches (conn="http"); httpRejected: requests
+	// refused whole, by requestReason.
+	receivedHTTP *metrics.Counter
+	httpRejected [numRequestReasons]*metrics.Counter
+	dropped      [numReasons]*metrics.Counter
+	batches      *metrics.Counter
+	touches      *metrics.Counter
+	offline      *metrics.Counter
 	// offlineUnknown: MarkOffline said engine.ErrNotFound.
 	offlineUnknown *metrics.Counter
 	rejected       *metrics.Counter
@@ -33,6 +37,10 @@ func newIngestMetrics(set *metrics.Set, in *Ingester) *ingestMetrics {
 	for i := range in.cfg.Connections {
 		m.received = append(m.received,
 			set.NewCounter(`presence_ingest_messages_received_total{conn="`+strconv.Itoa(i)+`"}`))
+	}
+	m.receivedHTTP = set.NewCounter(`presence_ingest_messages_received_total{conn="http"}`)
+	for r, name := range requestReasonNames {
+		m.httpRejected[r] = set.NewCounter(`presence_ingest_http_requests_rejected_total{reason="` + name + `"}`)
 	}
 	for r := reasonNone + 1; r < numReasons; r++ {
 		m.dropped[r] = set.NewCounter(`presence_ingest_messages_dropped_total{reason="` + r.String() + `"}`)

@@ -119,6 +119,9 @@ var (
 	// ErrClosed: the Ingester is closed (also the drop reason of a message
 	// that arrives while it closes).
 	ErrClosed = errors.New("ingest: closed")
+	// ErrInvalidTimeout is never returned by Parse: an HTTP touch
+	// (POST /v1/touches) asked for a timeout outside the engine's range.
+	ErrInvalidTimeout = fmt.Errorf("ingest: timeout_seconds: %w", engine.ErrInvalidTimeout)
 	// ErrProbe: the topic is a subscription probe (its id starts with
 	// ProbePrefix), not a device's message. It is not a drop.
 	ErrProbe = errors.New("ingest: subscription probe, not a device message")
@@ -136,6 +139,7 @@ const (
 	reasonBadStatus
 	reasonQueueFull
 	reasonClosed
+	reasonInvalidTimeout
 	numReasons
 )
 
@@ -151,6 +155,7 @@ var reasonInfo = [numReasons]struct {
 	reasonBadStatus:       {"bad_status", ErrBadStatus},
 	reasonQueueFull:       {"queue_full", ErrQueueFull},
 	reasonClosed:          {"closed", ErrClosed},
+	reasonInvalidTimeout:  {"invalid_timeout", ErrInvalidTimeout},
 }
 
 func (r reason) String() string { return reasonInfo[r].name }
