@@ -48,6 +48,11 @@ type Config struct {
 	// unavailable, the answer partial. Default 1 s.
 	ClusterTimeout time.Duration
 
+	// Writer, if set, applies the explicit statuses of
+	// POST /v1/devices/{id}/status: the engine, or in a cluster its
+	// Router (which forwards to the owner). Nil: the route is not served.
+	Writer Writer
+
 	// Ready reports whether the daemon is ready to serve traffic (hydrated
 	// from Redis, subscribed to the broker, ...): /readyz answers 200 when it
 	// returns nil and 503 otherwise. The 503 names the failing checks to

@@ -1,8 +1,13 @@
 // Package api is the HTTP API of presenced: device presence
 // (GET /v1/devices/{id}, POST /v1/devices:batchGet), fleet totals
-// (GET /v1/stats), Prometheus metrics (GET /metrics) and health probes
-// (GET /healthz, GET /readyz). It reads a Store (*engine.Engine) and keeps
-// no state of its own.
+// (GET /v1/stats), explicit statuses (POST /v1/devices/{id}/status,
+// through Config.Writer), Prometheus metrics (GET /metrics) and health
+// probes (GET /healthz, GET /readyz). It reads a Store (*engine.Engine)
+// and keeps no state of its own.
+//
+// Routes that change state are mounted with HandleWrite: beyond loopback
+// without Config.Token they answer 403, so nothing open to the network
+// takes writes.
 //
 // Server routes, times and counts every request, answers every error in
 // JSON, recovers from panics and, with Config.Token, checks the bearer

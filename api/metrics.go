@@ -23,6 +23,8 @@ const (
 	reasonNoRoute                        // no route for the path (404)
 	reasonMethodNotAllowed               // the path exists, not with this method (405)
 	reasonInvalidQuery                   // a query parameter with a wrong value
+	reasonWritesRefused                  // a write on an open listener beyond loopback, or for another Host (403)
+	reasonMediaType                      // a write without Content-Type: application/json (415)
 	numReasons
 )
 
@@ -35,6 +37,8 @@ var reasonNames = [numReasons]string{
 	reasonNoRoute:          "no_route",
 	reasonMethodNotAllowed: "method_not_allowed",
 	reasonInvalidQuery:     "invalid_query",
+	reasonWritesRefused:    "writes_refused",
+	reasonMediaType:        "unsupported_media_type",
 }
 
 func (r reason) String() string { return reasonNames[r] }

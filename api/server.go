@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"mime"
+	"net"
 	"net/http"
+	"net/url"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -15,6 +18,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/netaddr"
 	"github.com/presence-dev/presence/internal/ratelog"
 	"github.com/presence-dev/presence/internal/wire"
 )
@@ -99,6 +103,9 @@ func New(cfg Config, store Store) (*Server, error) {
 	s.Handle("GET /v1/devices/{id}", http.HandlerFunc(s.device))
 	s.Handle("POST /v1/devices:batchGet", http.HandlerFunc(s.batchGet))
 	s.Handle("GET /v1/stats", http.HandlerFunc(s.statsHandler))
+	if cfg.Writer != nil {
+		s.HandleWrite("POST /v1/devices/{id}/status", http.HandlerFunc(s.setStatus))
+	}
 	s.HandlePublic("GET /metrics", http.HandlerFunc(s.metricsHandler))
 	s.HandlePublic("GET /healthz", http.HandlerFunc(s.healthz))
 	s.HandlePublic("GET /readyz", http.HandlerFunc(s.readyz))
@@ -132,6 +139,54 @@ func (s *Server) Metrics() *metrics.Set { return s.m.set }
 // and wrong methods; mount a dashboard as "GET /{$}" plus its own prefix
 // (e.g. "GET /ui/") to keep JSON 404 and 405 answers for the rest.
 func (s *Server) Handle(pattern string, h http.Handler) { s.handle(pattern, h, false) }
+
+// HandleWrite is Handle for a route that changes state. When the API
+// listens beyond loopback without Config.Token it answers 403 instead of
+// serving (WritesAllowed): nothing open to the network takes writes. A
+// write must say Content-Type: application/json (415 otherwise), which a
+// web page cannot send to another site without the CORS preflight this
+// API never grants; without a token it must also name a loopback Host (and
+// Origin, if any), which a DNS-rebinding page cannot.
+func (s *Server) HandleWrite(pattern string, h http.Handler) {
+	allowed := s.WritesAllowed()
+	s.Handle(pattern, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !allowed {
+			s.reject(w, r, http.StatusForbidden, reasonWritesRefused,
+				"writes are refused: the API listens beyond loopback without a token; set -api-token (PRESENCE_API_TOKEN)")
+			return
+		}
+		if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+			s.reject(w, r, http.StatusUnsupportedMediaType, reasonMediaType, "a write needs Content-Type: application/json")
+			return
+		}
+		if !s.auth && (!loopbackHost(r.Host) || r.Header.Get("Origin") != "" && !loopbackOrigin(r.Header.Get("Origin"))) {
+			s.reject(w, r, http.StatusForbidden, reasonWritesRefused,
+				"writes without a token are taken only for a loopback Host and Origin; set -api-token (PRESENCE_API_TOKEN)")
+			return
+		}
+		h.ServeHTTP(w, r)
+	}))
+}
+
+// WritesAllowed reports whether routes mounted with HandleWrite serve: with
+// Config.Token, or on a loopback address (Config.Addr).
+func (s *Server) WritesAllowed() bool { return s.auth || netaddr.Loopback(s.cfg.Addr) }
+
+// loopbackHost reports whether a Host header names this machine's
+// loopback (localhost, 127.0.0.0/8, ::1), with or without a port.
+func loopbackHost(host string) bool {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	return netaddr.Loopback(net.JoinHostPort(host, "0"))
+}
+
+// loopbackOrigin is loopbackHost for an Origin header.
+func loopbackOrigin(origin string) bool {
+	u, err := url.Parse(origin)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && loopbackHost(u.Host)
+}
 
 // HandlePublic is Handle without the bearer token: for probes, scrapes and
 // static assets.
