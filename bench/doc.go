@@ -162,6 +162,13 @@
 // live heap and RSS per device in both steady states, the longest GC
 // pause, and Redis's memory for the seed's two keys per device.
 //
+// # BenchmarkHTTPTouches: POST /v1/touches beside MQTT ingest
+//
+// One daemon, BenchmarkEndToEnd's workload (300,000 messages for 10,000
+// known devices a round, two connections): through Mosquitto, then posted
+// by two HTTP clients with 1, 100 and 1,000 ids a request; msgs/s is the
+// touches the engine accepted per second.
+//
 // # The baseline peers
 //
 // SeedTracker ports update_device_activity, get_last_seen,

@@ -122,8 +122,8 @@ func (d *Daemon) build(cfg Config) error {
 			"client_id_prefix", cfg.Ingest.ClientIDPrefix)
 	}
 	if cfg.API.Token == "" && !netaddr.Loopback(cfg.API.Addr) {
-		log.Warn("the HTTP API listens beyond loopback without -api-token: anyone who reaches it reads every device's status "+
-			"(set PRESENCE_API_TOKEN, or keep it behind an authenticating proxy)", "addr", cfg.API.Addr)
+		log.Warn("the HTTP API listens beyond loopback without -api-token: anyone who reaches it reads every device's status, "+
+			"and its writes (POST /v1/touches, POST /v1/devices/{id}/status) are refused (set PRESENCE_API_TOKEN, or keep it behind an authenticating proxy)", "addr", cfg.API.Addr)
 	}
 	if err := d.buildStores(); err != nil {
 		return err
@@ -306,6 +306,7 @@ func (d *Daemon) buildAPI() error {
 		ac.Cluster, ac.ClusterTimeout = fl, cfg.Cluster.QueryTimeout
 		rc.Cluster, rc.ClusterTimeout = fl.Lists, cfg.Cluster.QueryTimeout
 	}
+	ac.Writer = statusWriter{d.ing, d.node}
 	var err error
 	if d.api, err = api.New(ac, d.eng); err != nil {
 		return err
@@ -327,6 +328,7 @@ func (d *Daemon) buildAPI() error {
 	rep.Mount(d.api)
 	d.api.Handle("GET /v1/events", d.events.SSEHandler())
 	d.api.Handle("GET /v1/cluster", http.HandlerFunc(d.serveCluster))
+	d.api.HandleWrite("POST /v1/touches", d.ing.TouchesHandler())
 	dashboard.Mount(d.api)
 	if cfg.PprofAddr != "" {
 		d.pprof = newPprofServer(cfg.PprofAddr, d.api.RequireToken, log.With("component", "pprof"))

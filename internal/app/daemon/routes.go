@@ -3,11 +3,17 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/presence-dev/presence/api"
+	"github.com/presence-dev/presence/cluster"
+	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/ingest"
 	"github.com/presence-dev/presence/internal/wire"
 )
 
@@ -93,4 +99,21 @@ func (d *Daemon) serveCluster(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	wire.WriteJSON(w, http.StatusOK, append(b, '\n'))
+}
+
+// statusWriter is the API's Writer (POST /v1/devices/{id}/status): the
+// status goes through ingest, which takes it only while it runs (after
+// recovery, before the handoff), to the engine or the cluster Router.
+type statusWriter struct {
+	ing  *ingest.Ingester
+	node *cluster.Node // nil: a single node
+}
+
+func (w statusWriter) SetStatus(id string, s engine.Status, at time.Time, cause engine.Cause) (forwarded bool, err error) {
+	forwarded = w.node != nil && !w.node.Owns(id)
+	err = w.ing.SetStatus(id, s, at, cause)
+	if errors.Is(err, ingest.ErrClosed) || errors.Is(err, ingest.ErrNotStarted) {
+		err = fmt.Errorf("%w: %v", api.ErrUnavailable, err)
+	}
+	return forwarded && err == nil, err
 }
