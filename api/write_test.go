@@ -70,7 +70,7 @@ func TestSetStatus(t *testing.T) {
 		t.Fatalf("refused requests changed n1: %+v", d)
 	}
 	if m := f.metrics(); !strings.Contains(m, `presence_api_requests_rejected_total{reason="invalid_body"} 7`) {
-		t.Errorf("invalid bodies not counted:\n%s", grepLines(m, "rejected"))
+		t.Errorf("invalid bodies not counted:\n%s", grep(m, "rejected"))
 	}
 }
 
@@ -112,7 +112,7 @@ func TestWritesNeedTokenOrLoopback(t *testing.T) {
 		t.Fatalf("reads on the open listener: %d", w.Code)
 	}
 	if m := open.metrics(); !strings.Contains(m, `presence_api_requests_rejected_total{reason="writes_refused"} 1`) {
-		t.Errorf("refused write not counted:\n%s", grepLines(m, "rejected"))
+		t.Errorf("refused write not counted:\n%s", grep(m, "rejected"))
 	}
 }
 
@@ -168,16 +168,6 @@ func TestWritesGuardedAgainstBrowsers(t *testing.T) {
 	if w.Header().Get("Retry-After") == "" {
 		t.Error("503 without Retry-After")
 	}
-}
-
-func grepLines(s, sub string) string {
-	var out []string
-	for _, l := range strings.Split(s, "\n") {
-		if strings.Contains(l, sub) {
-			out = append(out, l)
-		}
-	}
-	return strings.Join(out, "\n")
 }
 
 // FuzzStatusBody: decodeStatus never panics and accepts exactly the

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/internal/app/daemon"
 	"github.com/presence-dev/presence/internal/testsupport/testenv"
 )
 
@@ -49,13 +50,7 @@ const settle = 22 * time.Second
 
 func benchDaemonMemory(b *testing.B, n int) {
 	f := newFixture(b, n)
-	cfg := f.daemonConfig()
-	cfg.Postgres.URL = testenv.DatabaseURL()
-	cfg.Devices.Table = f.devices
-	cfg.History.Table = f.history
-	d := startBenchDaemon(b, cfg)
-	testenv.Eventually(b, 30*time.Second, func() error { return getOK("http://" + d.HTTPAddr() + "/readyz") })
-	url := "http://" + d.HTTPAddr()
+	d, url := f.startFullDaemon(b)
 	eng := d.Engine()
 	base := liveHeap()
 
@@ -183,4 +178,18 @@ func heapProfile(b *testing.B, phase string) {
 		b.Fatal(err)
 	}
 	b.Logf("heap profile %s", p)
+}
+
+// startFullDaemon starts the daemon on f with PostgreSQL (devices table and
+// history) besides Redis, waits until it is ready and returns it with the
+// API's base URL.
+func (f *fixture) startFullDaemon(b *testing.B) (*daemon.Daemon, string) {
+	b.Helper()
+	cfg := f.daemonConfig()
+	cfg.Postgres.URL = testenv.DatabaseURL()
+	cfg.Devices.Table = f.devices
+	cfg.History.Table = f.history
+	d := startBenchDaemon(b, cfg)
+	testenv.Eventually(b, 30*time.Second, func() error { return getOK("http://" + d.HTTPAddr() + "/readyz") })
+	return d, "http://" + d.HTTPAddr()
 }

@@ -10,8 +10,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/presence-dev/presence/internal/testsupport/testenv"
 )
 
 // BenchmarkHTTPTouches is POST /v1/touches beside MQTT ingest, in one
@@ -27,13 +25,7 @@ import (
 //	go test ./bench -run '^$' -bench HTTPTouches -benchtime 3x -count 1 -timeout 30m
 func BenchmarkHTTPTouches(b *testing.B) {
 	f := newFixture(b, e2eDevices)
-	cfg := f.daemonConfig()
-	cfg.Postgres.URL = testenv.DatabaseURL()
-	cfg.Devices.Table = f.devices
-	cfg.History.Table = f.history
-	d := startBenchDaemon(b, cfg)
-	testenv.Eventually(b, 30*time.Second, func() error { return getOK("http://" + d.HTTPAddr() + "/readyz") })
-	url := "http://" + d.HTTPAddr()
+	d, url := f.startFullDaemon(b)
 	eng := d.Engine()
 	touches := func() uint64 { return eng.Stats().Touches }
 
