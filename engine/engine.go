@@ -890,7 +890,11 @@ func (e *Engine) deliverer(ctx context.Context) {
 func (e *Engine) Close(ctx context.Context) error {
 	return e.run.Close(ctx, func(context.Context) error {
 		e.Advance(e.now())
-		for e.Deliver() > 0 && e.backlog() > 0 { // a Deliver does at most deliverRounds a shard
+		// A Deliver does at most deliverRounds batches a shard, and a round
+		// of stale list entries delivers nothing: go on while anything is
+		// pending, not while something was delivered.
+		for e.backlog() > 0 {
+			e.Deliver()
 		}
 		return nil
 	})

@@ -1025,3 +1025,40 @@ func TestTimeoutListDeliveredInBatches(t *testing.T) {
 		t.Fatalf("after Close: %+v", s)
 	}
 }
+
+// Close delivers every pending timeout even when whole Delivers find only
+// stale list entries (devices that came back) before the live ones.
+func TestCloseDeliversPastStaleListEntries(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.Shards = 1; c.BatchSize = 8 })
+	const n, back = 2000, 1100 // back > 2 Delivers' worth of list entries
+	for i := range n {
+		f.touch(fmt.Sprint(i), 0)
+	}
+	for len(f.at(0)) > 0 {
+	}
+	f.clk.Set(t0.Add(61 * time.Second))
+	f.e.Advance(t0.Add(61 * time.Second))
+	sh := &f.e.shards[0]
+	var first []string // the first listed devices come back: their entries go stale
+	for _, slot := range sh.expired[:back] {
+		first = append(first, sh.id(slot))
+	}
+	for _, id := range first {
+		f.touch(id, 62*time.Second)
+	}
+	if err := f.e.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	offline := map[string]int{}
+	for _, tr := range f.rec.take() {
+		if tr.To == StatusOffline {
+			offline[tr.ID]++
+		}
+	}
+	if len(offline) != n {
+		t.Fatalf("%d devices' timeouts delivered by Close, want %d (stats %+v)", len(offline), n, f.e.Stats())
+	}
+	if s := f.e.Stats(); s.Queued != 0 {
+		t.Fatalf("after Close: %+v", s)
+	}
+}
