@@ -26,7 +26,7 @@ func (e *Engine) TouchBatch(batch []Touch) (rejected int) {
 	for i := range batch {
 		t := &batch[i]
 		// The id first: a timeout is interned for good (the table holds
-		// 65,536), so it must not be for a touch that is then refused.
+		// 16,384), so it must not be for a touch that is then refused.
 		if !ValidID(t.ID) {
 			e.rejected.Add(1)
 			rejected++

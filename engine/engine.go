@@ -177,7 +177,7 @@ func (e *Engine) touchLocked(sh *shard, id string, h uint64, hint uint32, at int
 		r := sh.rec(slot)
 		r.lastSeen, r.since, r.flags = at, at, flagOnline|r.flags&flagExpiredListed
 		if tmo != noTimeout {
-			r.tmo = uint16(tmo)
+			r.tmo = uint16(tmo) | tmoPattern
 		}
 		sh.nOnline++
 		sh.st.touches++
@@ -188,7 +188,9 @@ func (e *Engine) touchLocked(sh *shard, id string, h uint64, hint uint32, at int
 	}
 	sh.st.touches++
 	r := sh.rec(slot)
-	if r.flags&flagOnline != 0 && at <= r.lastSeen && (tmo == noTimeout || tmo == int(r.tmo)) {
+	pattern := uint16(tmo) | tmoPattern
+	newTmo := tmo != noTimeout && r.tmo != pattern
+	if r.flags&flagOnline != 0 && at <= r.lastSeen && !newTmo {
 		return nil // the common case of reordered input: nothing to do
 	}
 	changed := false
@@ -196,8 +198,13 @@ func (e *Engine) touchLocked(sh *shard, id string, h uint64, hint uint32, at int
 		r.lastSeen = at
 		changed = true
 	}
-	if tmo != noTimeout && tmo != int(r.tmo) {
-		r.tmo = uint16(tmo)
+	switch {
+	case newTmo && r.tmo&tmoDevice != 0:
+		if sh.patterns[slot] != pattern { // the override stays in force
+			sh.patterns[slot] = pattern
+		}
+	case newTmo:
+		r.tmo = pattern
 		changed = true
 		if r.flags&flagOnline != 0 {
 			e.arm(sh, slot) // an earlier deadline needs an earlier entry
@@ -301,9 +308,10 @@ func (e *Engine) markOffline(id string, at time.Time, cause Cause) error {
 	return nil // the armed entry is dropped when it comes up
 }
 
-// SetTimeout sets a known device's own timeout, in [MinTimeout, MaxTimeout].
-// A shorter timeout whose deadline has passed turns the device offline at the
-// next Advance.
+// SetTimeout gives a known device its own timeout (TimeoutDevice), in
+// [MinTimeout, MaxTimeout]; a Touch's Timeout no longer changes it, until
+// ClearTimeout. It takes effect at once: a device whose new deadline has
+// passed goes offline (cause timeout, at that deadline) at the next Advance.
 func (e *Engine) SetTimeout(id string, d time.Duration) error {
 	if err := validTimeout(d); err != nil {
 		return err
@@ -318,16 +326,97 @@ func (e *Engine) SetTimeout(id string, d time.Duration) error {
 	if err != nil {
 		return err
 	}
+	e.override(sh, slot, tmo)
+	return nil
+}
+
+// override gives slot its own timeout of index tmo; the shard lock is held.
+func (e *Engine) override(sh *shard, slot uint32, tmo uint16) {
+	r := sh.rec(slot)
+	if r.tmo&tmoDevice == 0 {
+		if sh.patterns == nil {
+			sh.patterns = make(map[uint32]uint16)
+		}
+		sh.patterns[slot] = r.tmo
+	}
+	e.setTmo(sh, slot, tmo|tmoDevice)
+}
+
+// setTmo changes slot's tmo, re-arming an online device for an earlier
+// deadline (a later one is found when the old entry fires).
+func (e *Engine) setTmo(sh *shard, slot uint32, tmo uint16) {
 	r := sh.rec(slot)
 	if r.tmo == tmo {
-		return nil
+		return
 	}
 	r.tmo = tmo
 	if r.flags&flagOnline != 0 {
 		e.arm(sh, slot)
 	}
 	sh.markDirty(slot)
+}
+
+// ClearTimeout drops a known device's own timeout (SetTimeout): it returns
+// to the timeout of its latest Touch that had one, else the default, at
+// once. A device without one is left as it is.
+func (e *Engine) ClearTimeout(id string) error {
+	sh, slot, err := e.lockDevice(id)
+	if err != nil {
+		return err
+	}
+	defer sh.mu.Unlock()
+	if sh.rec(slot).tmo&tmoDevice == 0 {
+		return nil
+	}
+	tmo := sh.patterns[slot]
+	delete(sh.patterns, slot)
+	e.setTmo(sh, slot, tmo)
 	return nil
+}
+
+// Decommission forgets a known device, as an operator asks (DELETE
+// /v1/devices/{id}): it is no longer timed, counted, listed or found; the
+// Sink gets a transition to StatusUnknown (cause api, at at) after the
+// device's earlier ones, and every Tracker lists it once more, as a
+// Removed state, so that the stores delete it. Its next message brings it
+// back as a new device. Unlike Remove (a handoff), what it still had to
+// report as coalesced is superseded by the removal.
+func (e *Engine) Decommission(id string, at time.Time) error {
+	sh, slot, err := e.lockDevice(id)
+	if err != nil {
+		return err
+	}
+	defer sh.mu.Unlock()
+	sh.unexpire(slot)
+	from := sh.rec(slot).reported() // what the Sink knows: a pending catch-up is superseded
+	// Queued past the capacity if need be: one entry per device removed,
+	// which an API call does, not the message rate.
+	sh.queue = append(sh.queue, qent{at: at.UnixNano(), slot: slot, from: from, to: StatusUnknown, cause: CauseAPI})
+	sh.st.removed++
+	sh.detach(slot)
+	if sh.trackMask != 0 {
+		if sh.removed == nil {
+			sh.removed = make(map[uint32]struct{})
+		}
+		sh.removed[slot] = struct{}{}
+		sh.markDirty(slot)
+	}
+	return nil
+}
+
+// detach takes slot out of the live devices (Remove, Decommission); the
+// shard lock is held.
+func (sh *shard) detach(slot uint32) {
+	r := sh.rec(slot)
+	if r.flags&flagOnline != 0 {
+		sh.nOnline--
+	}
+	if r.flags&flagResync != 0 {
+		delete(sh.resync, slot)
+	}
+	delete(sh.patterns, slot)
+	r.flags = flagDetached | r.flags&flagExpiredListed // the wheel drops its entry when it comes up
+	sh.nDetached++
 }
 
 // state builds the public state of slot; the shard lock is held.
@@ -339,6 +428,8 @@ func (e *Engine) state(sh *shard, slot uint32) DeviceState {
 		LastSeen: fromNanos(r.lastSeen),
 		Since:    fromNanos(r.since),
 		Timeout:  time.Duration(e.timeouts.ns(r.tmo)),
+
+		TimeoutSource: tmoSource(r.tmo),
 	}
 }
 
@@ -444,15 +535,7 @@ func (e *Engine) Remove(ids ...string) int {
 			continue
 		}
 		sh.unexpire(slot) // delivered as it happened
-		r := sh.rec(slot)
-		if r.flags&flagOnline != 0 {
-			sh.nOnline--
-		}
-		if r.flags&flagResync != 0 {
-			delete(sh.resync, slot) // its new owner reports it from now on
-		}
-		r.flags = flagDetached | r.flags&flagExpiredListed // the wheel drops its entry when it comes up
-		sh.nDetached++
+		sh.detach(slot)   // a coalesced catch-up too: its new owner reports it from now on
 		sh.mu.Unlock()
 		n++
 	}
@@ -465,6 +548,9 @@ func (sh *shard) reattach(slot uint32) {
 	r := sh.rec(slot)
 	r.flags, r.tmo, r.lastSeen, r.since = r.flags&flagExpiredListed, 0, 0, 0
 	sh.nDetached--
+	// A decommissioned device back before every Tracker drained its
+	// removal: they now write its new state instead.
+	delete(sh.removed, slot)
 }
 
 func (e *Engine) restore(recs []DeviceState, now time.Time, cause Cause) error {
@@ -491,10 +577,15 @@ func (e *Engine) restoreOne(d *DeviceState, now int64, cause Cause) error {
 		return ErrInvalidID
 	}
 	var tmo uint16
-	if d.Timeout != 0 {
+	if d.Timeout != 0 && d.TimeoutSource != TimeoutDefault {
 		var err error
 		if tmo, err = e.timeouts.index(d.Timeout); err != nil {
 			return err
+		}
+		if d.TimeoutSource == TimeoutDevice {
+			tmo |= tmoDevice
+		} else {
+			tmo |= tmoPattern
 		}
 	}
 	lastSeen := toNanos(d.LastSeen)
@@ -511,6 +602,9 @@ func (e *Engine) restoreOne(d *DeviceState, now int64, cause Cause) error {
 			r.lastSeen = lastSeen
 			sh.markDirty(slot)
 		}
+		if tmo&tmoDevice != 0 && sh.rec(slot).tmo&tmoDevice == 0 {
+			e.override(sh, slot, tmo&tmoIndex) // an override outlives the race
+		}
 		return nil
 	case sh.n >= MaxDevicesPerShard:
 		return ErrFull
@@ -519,6 +613,12 @@ func (e *Engine) restoreOne(d *DeviceState, now int64, cause Cause) error {
 	}
 	r := sh.rec(slot)
 	r.lastSeen, r.tmo = lastSeen, tmo
+	if tmo&tmoDevice != 0 {
+		if sh.patterns == nil {
+			sh.patterns = make(map[uint32]uint16)
+		}
+		sh.patterns[slot] = 0 // its pattern's comes back with its next message
+	}
 	deadline := e.deadline(r)
 	alive := deadline > now
 	switch {
@@ -914,8 +1014,9 @@ type Stats struct {
 	// the sink individually because a later change of the same device
 	// superseded them.
 	Coalesced, Collapsed uint64
-	Resyncing            int // devices waiting for a catch-up transition
-	Detached             int // devices handed to another owner (Remove)
+	Resyncing            int    // devices waiting for a catch-up transition
+	Detached             int    // devices handed to another owner (Remove) or decommissioned
+	Decommissioned       uint64 // Decommission calls that removed a device
 	WheelEntries         int // live and stale
 }
 
@@ -936,6 +1037,7 @@ func (e *Engine) Stats() Stats {
 		resynced += sh.st.resynced
 		s.Resyncing += len(sh.resync)
 		s.Detached += sh.nDetached
+		s.Decommissioned += sh.st.removed
 		s.WheelEntries += sh.wheel.n
 		sh.mu.Unlock()
 	}

@@ -259,7 +259,7 @@ func TestTouchBatchPerTouchTimeout(t *testing.T) {
 }
 
 // Touches that are refused for their id, and SetTimeout on an unknown
-// device, must not intern their timeouts: the table holds 65,536 for good,
+// device, must not intern their timeouts: the table holds 16,384 for good,
 // and a peer or a client could otherwise fill it with distinct ones.
 func TestRefusedTouchesInternNoTimeout(t *testing.T) {
 	f := newFixture(t, nil)

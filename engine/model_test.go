@@ -11,8 +11,9 @@ import (
 )
 
 // The model-based test drives the engine and a plain reference model with
-// the same random trace (touches, per-touch and explicit timeouts, Last
-// Wills, out-of-order timestamps, small steps and clock jumps of days) and
+// the same random trace (touches, per-touch timeouts and per-device
+// overrides set and cleared, Last Wills, handoffs, decommissions,
+// out-of-order timestamps, small steps and clock jumps of days) and
 // checks every transition, its time and its cause, and every device's state.
 //
 // Where the specification leaves the engine a choice (an offline transition
@@ -24,6 +25,10 @@ type modelDev struct {
 	lastSeen time.Time
 	since    time.Time
 	timeout  time.Duration
+	// override: timeout is the device's own (SetTimeout); pattern is then
+	// the one ClearTimeout returns to.
+	override bool
+	pattern  time.Duration
 	// armed is when the deadline was last set other than by a message's
 	// time (a new device, a revival, a new timeout): a deadline that is
 	// already past then is due at the next wheel step, not before.
@@ -85,7 +90,10 @@ func (m *model) touch(id string, at time.Time, tmo time.Duration) {
 	if at.After(d.lastSeen) {
 		d.lastSeen = at
 	}
-	if tmo != 0 && tmo != d.timeout {
+	switch {
+	case tmo != 0 && d.override:
+		d.pattern = tmo
+	case tmo != 0 && tmo != d.timeout:
 		d.timeout, d.armed = tmo, m.now
 	}
 	if d.status != StatusOffline || !at.After(d.since) {
@@ -138,11 +146,70 @@ func (m *model) setTimeout(id string, tmo time.Duration) {
 		if err != nil {
 			m.t.Fatalf("SetTimeout %s: %v", id, err)
 		}
+		if !d.override {
+			d.override, d.pattern = true, d.timeout
+		}
 		if tmo != d.timeout {
 			d.timeout, d.armed = tmo, m.now
 		}
 	} else if err == nil {
 		m.t.Fatalf("SetTimeout of unknown %s succeeded", id)
+	}
+}
+
+func (m *model) clearTimeout(id string) {
+	m.t.Helper()
+	if id == traceID {
+		m.t.Logf("clearTimeout")
+	}
+	err := m.f.e.ClearTimeout(id)
+	d := m.devs[id]
+	if d == nil {
+		if err == nil {
+			m.t.Fatalf("ClearTimeout of unknown %s succeeded", id)
+		}
+		return
+	}
+	if err != nil {
+		m.t.Fatalf("ClearTimeout %s: %v", id, err)
+	}
+	if d.override {
+		d.override = false
+		if d.pattern != d.timeout {
+			d.timeout, d.armed = d.pattern, m.now
+		}
+	}
+}
+
+// decommission forgets a device: its removal comes after what it had
+// queued, and after its timeout if the engine has made it (a deadline
+// past the last Advance, not yet checked by step).
+func (m *model) decommission(id string) {
+	m.t.Helper()
+	if id == traceID {
+		m.t.Logf("decommission at %v", m.now)
+	}
+	st, _ := m.f.e.Device(id)
+	err := m.f.e.Decommission(id, m.now)
+	d := m.devs[id]
+	if d == nil {
+		if err == nil {
+			m.t.Fatalf("Decommission of unknown %s succeeded", id)
+		}
+		return
+	}
+	if err != nil {
+		m.t.Fatalf("Decommission %s: %v", id, err)
+	}
+	from := d.status
+	if d.status == StatusOnline && st.Status == StatusOffline {
+		m.expect(Transition{ID: id, From: StatusOnline, To: StatusOffline, At: d.lastSeen.Add(d.timeout), Cause: CauseTimeout})
+		from = StatusOffline
+	}
+	m.expect(Transition{ID: id, From: from, To: StatusUnknown, At: m.now, Cause: CauseAPI})
+	delete(m.devs, id)
+	if _, err := m.f.e.Device(id); err == nil {
+		m.t.Fatalf("%s still found after Decommission", id)
 	}
 }
 
@@ -249,7 +316,8 @@ func (m *model) step(now time.Time) {
 		}
 		delete(got, id)
 		st, err := m.f.e.Device(id)
-		if err != nil || st.Status != d.status || !st.LastSeen.Equal(d.lastSeen) || !st.Since.Equal(d.since) || st.Timeout != d.timeout {
+		if err != nil || st.Status != d.status || !st.LastSeen.Equal(d.lastSeen) || !st.Since.Equal(d.since) || st.Timeout != d.timeout ||
+			(st.TimeoutSource == TimeoutDevice) != d.override {
 			m.t.Fatalf("%s: engine %+v (%v), model %+v", id, st, err, *d)
 		}
 	}
@@ -299,10 +367,14 @@ func TestModel(t *testing.T) {
 					m.touch(id, jitter(time.Second), modelTimeouts[rng.IntN(len(modelTimeouts))])
 				case p < 70:
 					m.markOffline(id, jitter(2*time.Second))
-				case p < 74:
+				case p < 73:
 					m.setTimeout(id, modelTimeouts[rng.IntN(len(modelTimeouts))])
-				case p < 76:
+				case p < 74:
+					m.clearTimeout(id)
+				case p < 75:
 					m.remove(id)
+				case p < 76:
+					m.decommission(id)
 				case p < 78:
 					st := []Status{StatusOnline, StatusOffline}[rng.IntN(2)]
 					m.adopt(id, st, jitter(90*time.Second), modelTimeouts[rng.IntN(4)])

@@ -125,7 +125,7 @@ func (d *dirtyList) len() int { return len(d.items) - d.head }
 
 // shardStats are counted under the shard lock: no atomics on the hot path.
 type shardStats struct {
-	touches, online, offline, stale, coalesced, resynced, delivered uint64
+	touches, online, offline, stale, coalesced, resynced, delivered, removed uint64
 	// onlineQueued counts the online transitions queued for the Sink,
 	// catch-ups included (Engine.OnlineQueued).
 	onlineQueued uint64
@@ -148,6 +148,13 @@ type shard struct {
 	nExpired int // entries of expired still pending (flagExpired): the others were unexpired
 	resync   map[uint32]resyncEnt
 	dirty    [MaxTrackers]dirtyList
+	// patterns holds, for each device with its own timeout (tmoDevice),
+	// the tmo it returns to on ClearTimeout: overrides are few, so the
+	// 32-byte record spends nothing on them.
+	patterns map[uint32]uint16
+	// removed lists the decommissioned devices (detached) that some
+	// Tracker has not drained yet: Drain hands them out as Removed.
+	removed map[uint32]struct{}
 
 	view *atomic.Pointer[shardView] // Engine.views[this shard]
 

@@ -7,11 +7,31 @@ import (
 	"time"
 )
 
-// maxTimeouts is how many distinct timeouts one engine can hold.
-const maxTimeouts = 1 << 16
+// maxTimeouts is how many distinct timeouts one engine can hold: a
+// record's tmo spends 14 bits on the index and 2 on its source.
+const maxTimeouts = 1 << 14
 
-// timeoutTable gives each distinct timeout in use a 16-bit index, so a
-// device record spends 2 bytes on its timeout instead of 8. Fleets use a
+// A record's tmo: the index of its timeout in the table, and where the
+// timeout came from (neither bit: the default).
+const (
+	tmoIndex   = maxTimeouts - 1
+	tmoPattern = 1 << 14 // a Touch's Timeout
+	tmoDevice  = 1 << 15 // the device's own (SetTimeout)
+)
+
+// tmoSource is the TimeoutSource of a record's tmo.
+func tmoSource(tmo uint16) TimeoutSource {
+	switch {
+	case tmo&tmoDevice != 0:
+		return TimeoutDevice
+	case tmo&tmoPattern != 0:
+		return TimeoutPattern
+	}
+	return TimeoutDefault
+}
+
+// timeoutTable gives each distinct timeout in use a 14-bit index, so a
+// device record spends 2 bytes on its timeout and its source instead of 9. Fleets use a
 // handful of timeouts (the default, one per topic pattern, some overrides):
 // the lookup scans a short copy-on-write slice without locking, and falls
 // back to a map under a lock beyond it.
@@ -66,5 +86,5 @@ func (t *timeoutTable) index(d time.Duration) (uint16, error) {
 	return i, nil
 }
 
-// ns returns the timeout of index i in nanoseconds.
-func (t *timeoutTable) ns(i uint16) int64 { return (*t.tab.Load())[i] }
+// ns returns the timeout of a record's tmo in nanoseconds.
+func (t *timeoutTable) ns(tmo uint16) int64 { return (*t.tab.Load())[tmo&tmoIndex] }

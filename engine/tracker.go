@@ -46,6 +46,13 @@ func (t *Tracker) Drain(dst []DeviceState, max int) []DeviceState {
 			r := sh.rec(slot)
 			r.dirty &^= 1 << t.idx
 			if r.flags&flagDetached != 0 {
+				if _, ok := sh.removed[slot]; ok {
+					dst = append(dst, DeviceState{ID: sh.id(slot), Removed: true})
+					if r.dirty&sh.trackMask == 0 {
+						delete(sh.removed, slot) // every Tracker has it
+					}
+					continue
+				}
 				max++ // handed over: its new owner writes it
 				continue
 			}
@@ -69,18 +76,25 @@ func (t *Tracker) Drain(dst []DeviceState, max int) []DeviceState {
 }
 
 // MarkDirty lists devices again, typically those a failed write could not
-// store; the next Drain reads their state as it is then. Unknown or invalid
+// store; the next Drain reads their state as it is then (a decommissioned
+// device's removal too, unless it came back meanwhile). Unknown or invalid
 // ids are ignored.
 func (t *Tracker) MarkDirty(ids ...string) {
 	for _, id := range ids {
-		sh, slot, err := t.e.lockDevice(id)
-		if err != nil {
+		if !ValidID(id) {
 			continue
 		}
-		r := sh.rec(slot)
-		if r.dirty&(1<<t.idx) == 0 {
-			r.dirty |= 1 << t.idx
-			sh.dirty[t.idx].items = append(sh.dirty[t.idx].items, slot)
+		h := t.e.hash(id)
+		sh := t.e.shardOf(h)
+		sh.mu.Lock()
+		slot, ok := sh.lookup(id, h)
+		if ok {
+			r := sh.rec(slot)
+			_, removed := sh.removed[slot]
+			if (r.flags&flagDetached == 0 || removed) && r.dirty&(1<<t.idx) == 0 {
+				r.dirty |= 1 << t.idx
+				sh.dirty[t.idx].items = append(sh.dirty[t.idx].items, slot)
+			}
 		}
 		sh.mu.Unlock()
 	}

@@ -113,7 +113,9 @@ func (c Cause) String() string {
 type Transition struct {
 	ID   string
 	From Status // StatusUnknown for the first message of a new device
-	To   Status
+	// To is StatusUnknown when the device was decommissioned (Decommission,
+	// cause api): the engine forgot it, and From is what it was.
+	To Status
 	// At is when the change became true: the message time for an online
 	// transition, the deadline (last seen + timeout) for a timeout, the status
 	// message time for a Last Will.
@@ -161,14 +163,49 @@ type DeviceState struct {
 	// deadline or the Last Will time).
 	Since   time.Time
 	Timeout time.Duration
+	// TimeoutSource says where Timeout comes from. The engine always sets
+	// it; given to Restore or Adopt, zero means TimeoutPattern for a
+	// non-zero Timeout and TimeoutDefault otherwise.
+	TimeoutSource TimeoutSource
+	// Removed: the device was decommissioned (Decommission). Only a
+	// Tracker's Drain returns such a state, with only ID set, so that a
+	// write-behind sink deletes what it stores of the device.
+	Removed bool
+}
+
+// TimeoutSource is where a device's timeout comes from.
+type TimeoutSource uint8
+
+const (
+	// TimeoutDefault: Config.DefaultTimeout.
+	TimeoutDefault TimeoutSource = iota + 1
+	// TimeoutPattern: the Timeout of a Touch (ingest's per-topic timeouts).
+	TimeoutPattern
+	// TimeoutDevice: the device's own override (SetTimeout), which a
+	// Touch's Timeout does not change.
+	TimeoutDevice
+)
+
+func (s TimeoutSource) String() string {
+	switch s {
+	case TimeoutDefault:
+		return "default"
+	case TimeoutPattern:
+		return "pattern"
+	case TimeoutDevice:
+		return "device"
+	}
+	return "unknown"
 }
 
 // Touch is one activity report, the unit of TouchBatch.
 type Touch struct {
 	ID string
 	At time.Time
-	// Timeout, when non-zero, sets the device's timeout (as SetTimeout does);
-	// ingest uses it for per-topic timeouts. Zero keeps the current one.
+	// Timeout, when non-zero, sets the device's timeout (TimeoutPattern);
+	// ingest uses it for per-topic timeouts. Zero keeps the current one. A
+	// device with its own timeout (SetTimeout) keeps that one and returns
+	// to this one on ClearTimeout.
 	Timeout time.Duration
 }
 

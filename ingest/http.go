@@ -212,7 +212,7 @@ const invalidTimeout time.Duration = math.MinInt64
 // timeoutOf converts timeout_seconds: 0 is 0 (keep the device's); a whole
 // number of seconds in the engine's range is that timeout; anything else
 // is invalidTimeout. Whole seconds bound the distinct timeouts clients
-// can make the engine hold (it keeps at most 65,536, for good).
+// can make the engine hold (it keeps at most 16,384, for good).
 func timeoutOf(sec float64) time.Duration {
 	if sec == 0 {
 		return 0
