@@ -1017,7 +1017,7 @@ type Stats struct {
 	Resyncing            int    // devices waiting for a catch-up transition
 	Detached             int    // devices handed to another owner (Remove) or decommissioned
 	Decommissioned       uint64 // Decommission calls that removed a device
-	WheelEntries         int // live and stale
+	WheelEntries         int    // live and stale
 }
 
 // Stats returns the counters, summed shard by shard.
