@@ -50,7 +50,7 @@ func TestDevice(t *testing.T) {
 	t.Run("exact body", func(t *testing.T) {
 		w := f.do("GET", "/v1/devices/123", "")
 		want := `{"id":"123","status":"online","last_seen":"2025-12-14T10:30:52.123456+00:00",` +
-			`"since":"2025-12-14T10:30:45.123456+00:00","timeout_seconds":60}` + "\n"
+			`"since":"2025-12-14T10:30:45.123456+00:00","timeout_seconds":60,"timeout_source":"default"}` + "\n"
 		if w.Code != 200 || w.Body.String() != want {
 			t.Fatalf("got %d %s\nwant %s", w.Code, w.Body, want)
 		}

@@ -222,7 +222,7 @@ func TestBatchGetPoolIsolation(t *testing.T) {
 	f.do("POST", "/v1/devices:batchGet", idsBody("a", "b", "c", "bad id"))
 	w := f.do("POST", "/v1/devices:batchGet", idsBody("a"))
 	want := `{"devices":[{"id":"a","status":"online","last_seen":"2025-12-14T10:30:45.123456+00:00",` +
-		`"since":"2025-12-14T10:30:45.123456+00:00","timeout_seconds":60}],"missing":[],"invalid":[]}` + "\n"
+		`"since":"2025-12-14T10:30:45.123456+00:00","timeout_seconds":60,"timeout_source":"default"}],"missing":[],"invalid":[]}` + "\n"
 	if w.Body.String() != want {
 		t.Errorf("got %s\nwant %s", w.Body, want)
 	}

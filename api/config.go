@@ -53,6 +53,11 @@ type Config struct {
 	// Router (which forwards to the owner). Nil: the route is not served.
 	Writer Writer
 
+	// Controller, if set, applies the device controls: PUT and DELETE
+	// /v1/devices/{id}/timeout, DELETE /v1/devices/{id} and their batch
+	// forms (docs/API.md). Nil: those routes are not served.
+	Controller Controller
+
 	// Ready reports whether the daemon is ready to serve traffic (hydrated
 	// from Redis, subscribed to the broker, ...): /readyz answers 200 when it
 	// returns nil and 503 otherwise. The 503 names the failing checks to

@@ -21,6 +21,11 @@ func appendDevice(b []byte, st *engine.DeviceState) []byte {
 	b = appendTime(b, st.Since)
 	b = append(b, `,"timeout_seconds":`...)
 	b = strconv.AppendFloat(b, st.Timeout.Seconds(), 'f', -1, 64)
+	if st.TimeoutSource != 0 {
+		b = append(b, `,"timeout_source":"`...)
+		b = append(b, st.TimeoutSource.String()...)
+		b = append(b, '"')
+	}
 	return append(b, '}')
 }
 

@@ -43,8 +43,8 @@ func Example() {
 	do("POST", "/v1/devices:batchGet", `{"ids": ["456", "789", "bad id"]}`)
 	do("GET", "/v1/stats", "")
 	// Output:
-	// 200 {"id":"123","status":"online","last_seen":"2025-12-14T10:30:45.123456+00:00","since":"2025-12-14T10:30:45.123456+00:00","timeout_seconds":60}
+	// 200 {"id":"123","status":"online","last_seen":"2025-12-14T10:30:45.123456+00:00","since":"2025-12-14T10:30:45.123456+00:00","timeout_seconds":60,"timeout_source":"default"}
 	// 404 {"error":"device \"789\" not found"}
-	// 200 {"devices":[{"id":"456","status":"offline","last_seen":"2025-12-14T10:30:45.123456+00:00","since":"2025-12-14T10:30:50.123456+00:00","timeout_seconds":5}],"missing":["789"],"invalid":["bad id"]}
+	// 200 {"devices":[{"id":"456","status":"offline","last_seen":"2025-12-14T10:30:45.123456+00:00","since":"2025-12-14T10:30:50.123456+00:00","timeout_seconds":5,"timeout_source":"pattern"}],"missing":["789"],"invalid":["bad id"]}
 	// 200 {"total":2,"online":1,"offline":1,"engine":{"touches":2,"rejected":0,"stale":0,"online_transitions":2,"offline_transitions":1,"delivered":0,"queued":3,"coalesced":0,"collapsed":0,"resyncing":0,"wheel_entries":1}}
 }

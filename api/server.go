@@ -65,6 +65,8 @@ type Server struct {
 
 	batchPool sync.Pool // *batchBuf
 
+	ctl *controlMetrics // with Config.Controller
+
 	run server // Start and Close
 }
 
@@ -106,6 +108,9 @@ func New(cfg Config, store Store) (*Server, error) {
 	if cfg.Writer != nil {
 		s.HandleWrite("POST /v1/devices/{id}/status", http.HandlerFunc(s.setStatus))
 	}
+	if cfg.Controller != nil {
+		s.mountControls()
+	}
 	s.HandlePublic("GET /metrics", http.HandlerFunc(s.metricsHandler))
 	s.HandlePublic("GET /healthz", http.HandlerFunc(s.healthz))
 	s.HandlePublic("GET /readyz", http.HandlerFunc(s.readyz))
@@ -143,10 +148,11 @@ func (s *Server) Handle(pattern string, h http.Handler) { s.handle(pattern, h, f
 // HandleWrite is Handle for a route that changes state. When the API
 // listens beyond loopback without Config.Token it answers 403 instead of
 // serving (WritesAllowed): nothing open to the network takes writes. A
-// write must say Content-Type: application/json (415 otherwise), which a
-// web page cannot send to another site without the CORS preflight this
-// API never grants; without a token it must also name a loopback Host (and
-// Origin, if any), which a DNS-rebinding page cannot.
+// POST or PUT must say Content-Type: application/json (415 otherwise),
+// which a web page cannot send to another site without the CORS preflight
+// this API never grants (a DELETE, bodiless, always needs that preflight);
+// without a token a write must also name a loopback Host (and Origin, if
+// any), which a DNS-rebinding page cannot.
 func (s *Server) HandleWrite(pattern string, h http.Handler) {
 	allowed := s.WritesAllowed()
 	s.Handle(pattern, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -155,7 +161,7 @@ func (s *Server) HandleWrite(pattern string, h http.Handler) {
 				"writes are refused: the API listens beyond loopback without a token; set -api-token (PRESENCE_API_TOKEN)")
 			return
 		}
-		if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+		if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); r.Method != http.MethodDelete && (err != nil || mt != "application/json") {
 			s.reject(w, r, http.StatusUnsupportedMediaType, reasonMediaType, "a write needs Content-Type: application/json")
 			return
 		}

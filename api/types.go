@@ -27,6 +27,10 @@ type Device struct {
 	// TimeoutSeconds is how long the device may stay silent before it is
 	// offline.
 	TimeoutSeconds float64 `json:"timeout_seconds"`
+	// TimeoutSource is where the timeout comes from: "default" (the
+	// daemon's -timeout), "pattern" (the timeout of the topic pattern its
+	// messages match) or "device" (its own, PUT /v1/devices/{id}/timeout).
+	TimeoutSource string `json:"timeout_source,omitempty"`
 }
 
 // BatchGetRequest is the body of POST /v1/devices:batchGet.

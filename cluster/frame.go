@@ -16,7 +16,7 @@ import (
 //	hello   = magic "presence" version:u8 nameLen:uvarint name toLen:uvarint to proofLen:uvarint proof
 //	welcome = proofLen:uvarint proof
 //	batch   = base:varint count:uvarint msg*
-//	msg     = flags:u8 idLen:u8 id [dt:varint] [timeout:uvarint]
+//	msg     = flags:u8 idLen:u8 id [dt:varint] [timeout:uvarint]   (a touch, a status, a device control)
 //	state   = count:uvarint rec*
 //	rec     = flags:u8 idLen:u8 id [lastSeen:varint] [since-lastSeen:varint] timeout:uvarint(ns)
 //	end     = count:uvarint
@@ -46,8 +46,10 @@ const (
 // ProtocolVersion is the data protocol spoken (hello) and advertised in the
 // node metadata. A node accepts only its own version. Version 2 added the
 // addressee and the proofs to the hello, and the welcome frame; version 3
-// the explicit status message (msgAPI), which version 2 refuses.
-const ProtocolVersion = 3
+// the explicit status message (msgAPI), which version 2 refuses; version 4
+// the device controls (msgOverride, msgRemove) and a record's timeout
+// source.
+const ProtocolVersion = 4
 
 const helloMagic = "presence"
 
@@ -63,16 +65,26 @@ const (
 	msgHop       = 1 << 4 // already re-forwarded once: never forward again
 	// msgAPI: an explicit status given through the API (engine.CauseAPI):
 	// offline with msgOffline, online without.
-	msgAPI   = 1 << 5
-	msgKnown = msgOffline | msgTimeoutMs | msgTimeoutNs | msgZeroTime | msgHop | msgAPI
+	msgAPI = 1 << 5
+	// msgOverride: the device's own timeout (engine.SetTimeout) is the
+	// timeout that follows; without one, it is cleared (ClearTimeout).
+	msgOverride = 1 << 6
+	// msgRemove: the device is decommissioned (engine.Decommission).
+	msgRemove = 1 << 7
+	msgKnown  = msgOffline | msgTimeoutMs | msgTimeoutNs | msgZeroTime | msgHop | msgAPI | msgOverride | msgRemove
+	// msgControl: a device control rather than a touch or a status.
+	msgControl = msgOverride | msgRemove
 )
 
-// Record flags in a state frame: the low two bits are the engine.Status.
+// Record flags in a state frame: the low two bits are the engine.Status,
+// bits 4-5 the engine.TimeoutSource (0: not said).
 const (
 	recStatusMask    = 3
 	recZeroLastSeen  = 1 << 2
 	recZeroSince     = 1 << 3
-	recKnown         = recStatusMask | recZeroLastSeen | recZeroSince
+	recSourceShift   = 4
+	recSourceMask    = 3 << recSourceShift
+	recKnown         = recStatusMask | recZeroLastSeen | recZeroSince | recSourceMask
 	maxWireIDLen     = 255 // an id length is one byte
 	minMsgWireLen    = 2   // flags and id length
 	minRecordWireLen = 3   // flags, id length, timeout
@@ -119,6 +131,18 @@ func statusMsg(id string, s engine.Status, at time.Time) msg {
 	if s == engine.StatusOnline {
 		m.flags &^= msgOffline
 	}
+	return m
+}
+
+// overrideMsg sets device id's own timeout to d, or clears it when d is 0.
+func overrideMsg(id string, d time.Duration) msg {
+	return msg{id: id, timeout: d, flags: msgOverride | msgZeroTime}
+}
+
+// removeMsg decommissions device id at at.
+func removeMsg(id string, at time.Time) msg {
+	m := offlineMsg(id, at)
+	m.flags = m.flags&msgZeroTime | msgRemove
 	return m
 }
 
@@ -272,7 +296,8 @@ func decodeBatch(body []byte, dst []msg, maxMsgs int) ([]msg, error) {
 	for range n {
 		var m msg
 		m.flags = d.byte()
-		if m.flags&^msgKnown != 0 || m.flags&(msgTimeoutMs|msgTimeoutNs) == msgTimeoutMs|msgTimeoutNs {
+		if m.flags&^msgKnown != 0 || m.flags&(msgTimeoutMs|msgTimeoutNs) == msgTimeoutMs|msgTimeoutNs ||
+			m.flags&msgControl != 0 && (m.flags&msgControl == msgControl || m.flags&(msgOffline|msgAPI) != 0) {
 			return dst, fmt.Errorf("%w: message flags %#x", ErrBadFrame, m.flags)
 		}
 		m.id = d.str(uint64(d.byte()))
@@ -314,7 +339,7 @@ func appendState(buf []byte, recs []engine.DeviceState) []byte {
 	buf = binary.AppendUvarint(buf, uint64(len(recs)))
 	for i := range recs {
 		r := &recs[i]
-		flags := byte(r.Status) & recStatusMask
+		flags := byte(r.Status)&recStatusMask | byte(r.TimeoutSource)<<recSourceShift&recSourceMask
 		if r.LastSeen.IsZero() {
 			flags |= recZeroLastSeen
 		}
@@ -355,7 +380,8 @@ func decodeState(body []byte, dst []engine.DeviceState, maxRecs int) ([]engine.D
 		if flags&^recKnown != 0 || engine.Status(flags&recStatusMask) > engine.StatusOffline {
 			return dst, fmt.Errorf("%w: record flags %#x", ErrBadFrame, flags)
 		}
-		r := engine.DeviceState{Status: engine.Status(flags & recStatusMask)}
+		r := engine.DeviceState{Status: engine.Status(flags & recStatusMask),
+			TimeoutSource: engine.TimeoutSource(flags & recSourceMask >> recSourceShift)}
 		r.ID = d.str(uint64(d.byte()))
 		var last int64
 		if flags&recZeroLastSeen == 0 {

@@ -39,6 +39,9 @@ func TestBatchRoundTrip(t *testing.T) {
 			{id: "f", at: now, flags: msgHop | msgOffline},
 			{id: "h", at: now, flags: msgAPI | msgOffline},
 			{id: "i", at: now, flags: msgAPI | msgHop},
+			{id: "j", timeout: time.Hour, flags: msgOverride | msgZeroTime},
+			{id: "k", flags: msgOverride | msgZeroTime | msgHop}, // a clear
+			{id: "l", at: now, flags: msgRemove},
 			{id: string(bytes.Repeat([]byte{'x'}, 128)), at: 0},
 			{id: "g", at: -1},
 		},
@@ -84,8 +87,8 @@ func TestTouchMsg(t *testing.T) {
 func TestStateRoundTrip(t *testing.T) {
 	at := time.Unix(1_765_000_000, 123456789)
 	in := []engine.DeviceState{
-		{ID: "a", Status: engine.StatusOnline, LastSeen: at, Since: at.Add(-time.Hour), Timeout: time.Minute},
-		{ID: "b", Status: engine.StatusOffline, LastSeen: at, Since: at.Add(time.Minute)},
+		{ID: "a", Status: engine.StatusOnline, LastSeen: at, Since: at.Add(-time.Hour), Timeout: time.Minute, TimeoutSource: engine.TimeoutDevice},
+		{ID: "b", Status: engine.StatusOffline, LastSeen: at, Since: at.Add(time.Minute), TimeoutSource: engine.TimeoutPattern},
 		{ID: "c", Status: engine.StatusUnknown},
 	}
 	typ, body := splitFrame(t, appendState(nil, in))
@@ -102,7 +105,8 @@ func TestStateRoundTrip(t *testing.T) {
 	for i := range in {
 		a, b := in[i], out[i]
 		if a.ID != b.ID || a.Status != b.Status || !a.LastSeen.Equal(b.LastSeen) ||
-			!a.Since.Equal(b.Since) || a.Timeout != b.Timeout || a.LastSeen.IsZero() != b.LastSeen.IsZero() {
+			!a.Since.Equal(b.Since) || a.Timeout != b.Timeout || a.LastSeen.IsZero() != b.LastSeen.IsZero() ||
+			a.TimeoutSource != b.TimeoutSource {
 			t.Errorf("record %d: in %+v out %+v", i, a, b)
 		}
 	}
@@ -209,4 +213,14 @@ func FuzzDecodeFrames(f *testing.F) {
 			_, _ = decodeState(body, nil, 1<<16)
 		}
 	})
+}
+
+// A device control is never also a status, nor both controls at once.
+func TestBatchRefusesMixedControls(t *testing.T) {
+	for _, flags := range []uint8{msgOverride | msgRemove, msgRemove | msgOffline, msgOverride | msgAPI} {
+		_, body := splitFrame(t, appendBatch(nil, []msg{{id: "x", flags: flags | msgZeroTime}}))
+		if _, err := decodeBatch(body, nil, 16); !errors.Is(err, ErrBadFrame) {
+			t.Errorf("flags %#x: %v, want ErrBadFrame", flags, err)
+		}
+	}
 }

@@ -23,6 +23,9 @@ type fakeLocal struct {
 	offline map[string]int // offline marks received per id
 	// apiStatus: the last explicit status (SetStatus) per id.
 	apiStatus map[string]string
+	// control: the last device control per id: "timeout 1h0m0s",
+	// "clear", "removed".
+	control map[string]string
 	state     map[string]engine.DeviceState
 	adopted   int
 	removed   int
@@ -75,6 +78,20 @@ func (f *fakeLocal) SetStatus(id string, s engine.Status, at time.Time, c engine
 	}
 	return f.MarkOffline(id, at)
 }
+
+func (f *fakeLocal) setControl(id, what string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.control == nil {
+		f.control = map[string]string{}
+	}
+	f.control[id] = what
+	return nil
+}
+
+func (f *fakeLocal) SetTimeout(id string, d time.Duration) error { return f.setControl(id, "timeout "+d.String()) }
+func (f *fakeLocal) ClearTimeout(id string) error                 { return f.setControl(id, "clear") }
+func (f *fakeLocal) Decommission(id string, at time.Time) error   { return f.setControl(id, "removed") }
 
 func (f *fakeLocal) MarkOffline(id string, at time.Time) error {
 	f.mu.Lock()

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -20,6 +21,18 @@ type Local interface {
 	MarkOffline(id string, at time.Time) error
 	SetStatus(id string, s engine.Status, at time.Time, cause engine.Cause) error
 }
+
+// ControlLocal is a Local that takes the API's device controls, as the
+// engine does: a device's own timeout (set and cleared) and decommission.
+// A Router over a Local without them refuses them (ErrNoControl).
+type ControlLocal interface {
+	SetTimeout(id string, d time.Duration) error
+	ClearTimeout(id string) error
+	Decommission(id string, at time.Time) error
+}
+
+// ErrNoControl: the Router's Local takes no device controls.
+var ErrNoControl = errors.New("cluster: the local engine takes no device controls")
 
 // HandoffLocal is what handoff needs on top of Local. A Local that does not
 // implement it still routes and forwards, but moved partitions are not
@@ -276,6 +289,59 @@ func (r *Router) SetStatus(id string, s engine.Status, at time.Time, cause engin
 	return nil
 }
 
+// SetTimeout gives device id its own timeout d, on its owner:
+// engine.SetTimeout here, or forwarded (nil: the owner's verdict, such as
+// engine.ErrNotFound, is counted there).
+func (r *Router) SetTimeout(id string, d time.Duration) error {
+	if d == 0 || !forwardable(id, d) {
+		return engine.ErrInvalidTimeout
+	}
+	return r.control(overrideMsg(id, d))
+}
+
+// ClearTimeout drops device id's own timeout on its owner, like SetTimeout.
+func (r *Router) ClearTimeout(id string) error { return r.control(overrideMsg(id, 0)) }
+
+// Decommission forgets device id on its owner, like SetTimeout.
+func (r *Router) Decommission(id string, at time.Time) error { return r.control(removeMsg(id, at)) }
+
+// control applies or forwards a device control. Like SetStatus it is
+// forwarded even on a ReadsAll node.
+func (r *Router) control(m msg) error {
+	if _, ok := r.local.(ControlLocal); !ok {
+		return ErrNoControl
+	}
+	if !forwardable(m.id, 0) {
+		r.m.rejected.Inc()
+		return engine.ErrInvalidID
+	}
+	pr := r.route.Load().peerOf(m.id)
+	if pr == nil {
+		if r.hold.active.Load() && r.holdBack(m, false) {
+			return nil
+		}
+		r.m.localMsgs.Inc()
+		return r.applyControl(&m)
+	}
+	one := [1]msg{m}
+	pr.enqueue(one[:], time.Now().Add(r.cfg.EnqueueWait))
+	return nil
+}
+
+// applyControl applies a device control to the local engine.
+func (r *Router) applyControl(m *msg) error {
+	cl, ok := r.local.(ControlLocal)
+	switch {
+	case !ok:
+		return ErrNoControl
+	case m.flags&msgRemove != 0:
+		return cl.Decommission(m.id, m.time())
+	case m.timeout == 0:
+		return cl.ClearTimeout(m.id)
+	}
+	return cl.SetTimeout(m.id, m.timeout)
+}
+
 // dispatch routes messages that are already in wire form: received from
 // peer from, or left in a stopped peer's queue (from ""). Messages for this
 // node are applied locally; the others are queued for their owner, waiting
@@ -316,6 +382,12 @@ func (r *Router) route1(msgs []msg, deadline time.Time, from string, checkHold b
 			sc.add(pr, mm)
 			r.m.reforwarded.Inc()
 		case holding && r.holdBack(*m, from != ""):
+		case m.flags&msgControl != 0:
+			local, _ = r.applyLocal(local) // the touches before it first: order per device
+			r.m.localMsgs.Inc()
+			if err := r.applyControl(m); err != nil {
+				r.m.dropped[dropLocalError].Inc()
+			}
 		case m.flags&msgAPI != 0:
 			local, _ = r.applyLocal(local) // the touches before it first: order per device
 			r.m.localMsgs.Inc()

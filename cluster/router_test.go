@@ -115,6 +115,48 @@ func TestRouterForwardsExplicitStatus(t *testing.T) {
 	})
 }
 
+// Device controls reach the owner only, from whichever node takes them.
+func TestRouterForwardsDeviceControls(t *testing.T) {
+	nodes := staticCluster(t, 3, nil)
+	ids := deviceIDs("ctl", 30)
+	want := map[string]string{}
+	for i, id := range ids {
+		r := nodes[i%3].r
+		var err error
+		switch i % 3 {
+		case 0:
+			err, want[id] = r.SetTimeout(id, time.Hour), "timeout 1h0m0s"
+		case 1:
+			err, want[id] = r.ClearTimeout(id), "clear"
+		default:
+			err, want[id] = r.Decommission(id, time.Now()), "removed"
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", id, err)
+		}
+	}
+	if err := nodes[0].r.SetTimeout(ids[0], time.Millisecond); !errors.Is(err, engine.ErrInvalidTimeout) {
+		t.Fatalf("a 1 ms timeout: %v", err)
+	}
+	if err := nodes[0].r.Decommission("bad/id", time.Now()); !errors.Is(err, engine.ErrInvalidID) {
+		t.Fatalf("an invalid id: %v", err)
+	}
+	tb := nodes[0].r.Table()
+	testenv.Eventually(t, 10*time.Second, func() error {
+		for _, id := range ids {
+			for _, nd := range nodes {
+				nd.local.mu.Lock()
+				got := nd.local.control[id]
+				nd.local.mu.Unlock()
+				if owner := tb.OwnerOf(id) == nd.name; owner && got != want[id] || !owner && got != "" {
+					return fmt.Errorf("%s at %s (owner %s): %q, want %q at the owner only", id, nd.name, tb.OwnerOf(id), got, want[id])
+				}
+			}
+		}
+		return nil
+	})
+}
+
 func (t *Table) devicesOf(node string, ids []string) []string {
 	var out []string
 	for _, id := range ids {

@@ -183,6 +183,8 @@ func (a *alerts) observe(batch []engine.Transition, now time.Time, out []rec) []
 			out = a.offline(t, now, out)
 		case engine.StatusOnline:
 			out = a.online(t.ID, now, out)
+		case engine.StatusUnknown: // decommissioned: no longer offline, no alert
+			out = a.online(t.ID, now, out)
 		}
 	}
 	return out

@@ -383,3 +383,24 @@ func TestAlertRecordsRebase(t *testing.T) {
 		}
 	}
 }
+
+// A decommissioned device is forgotten: no offline alert for it, and its
+// removed event reaches the destinations.
+func TestRemovedDeviceRaisesNoAlert(t *testing.T) {
+	h, clk, events := alertHub(t, offlineAlertsOnly(), 0)
+	h.HandleTransitions([]engine.Transition{tr("gone", engine.StatusOnline, engine.StatusOffline, clk.Now(), engine.CauseTimeout)})
+	clk.Add(time.Minute)
+	h.HandleTransitions([]engine.Transition{tr("gone", engine.StatusOffline, engine.StatusUnknown, clk.Now(), engine.CauseAPI)})
+	if n := h.al.tracked(); n != 0 {
+		t.Fatalf("%d devices tracked after the removal", n)
+	}
+	clk.Add(time.Hour)
+	h.checkAlerts(clk.Now())
+	got := events()
+	if len(ofType(got, TypeOfflineAlert)) != 0 {
+		t.Fatalf("alert for a decommissioned device: %+v", got)
+	}
+	if r := ofType(got, TypeRemoved); len(r) != 1 || r[0].id != "gone" || r[0].prev != engine.StatusOffline {
+		t.Fatalf("removed events %+v", r)
+	}
+}

@@ -1,6 +1,7 @@
-// Package events publishes every status change of every device, and the
-// alerts derived from them (offline_alert, mass_offline,
-// mass_offline_recovered), to the consumers that want them pushed: Redis
+// Package events publishes every status change of every device, every
+// decommission (removed), and the alerts derived from them (offline_alert,
+// mass_offline, mass_offline_recovered), to the consumers that want them
+// pushed: Redis
 // Pub/Sub, a Redis Stream, retained MQTT messages, webhooks and Server-Sent
 // Events.
 //

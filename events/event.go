@@ -21,10 +21,13 @@ const (
 	TypeMassOffline
 	// TypeMassOfflineRecovered: most devices of an incident are back.
 	TypeMassOfflineRecovered
+	// TypeRemoved: a device was decommissioned (engine.Decommission): the
+	// engine and the stores forgot it.
+	TypeRemoved
 	numTypes = iota
 )
 
-var typeNames = [...]string{"", "status", "offline_alert", "mass_offline", "mass_offline_recovered"}
+var typeNames = [...]string{"", "status", "offline_alert", "mass_offline", "mass_offline_recovered", "removed"}
 
 func (t Type) String() string {
 	if int(t) < len(typeNames) && t != 0 {
@@ -105,8 +108,14 @@ type rec struct {
 	coalesced bool
 }
 
+// statusRec is the event of one transition: status, or removed for a
+// transition to StatusUnknown.
 func statusRec(t *engine.Transition) rec {
-	return rec{id: t.ID, at: t.At.UnixMicro(), typ: TypeStatus, status: t.To, prev: t.From, cause: t.Cause, coalesced: t.Coalesced}
+	typ := TypeStatus
+	if t.To == engine.StatusUnknown {
+		typ = TypeRemoved
+	}
+	return rec{id: t.ID, at: t.At.UnixMicro(), typ: typ, status: t.To, prev: t.From, cause: t.Cause, coalesced: t.Coalesced}
 }
 
 // field is one key/value of an event, in JSON order. Values are either
@@ -158,6 +167,11 @@ func (r *rec) fields(dst []field, buf []byte) ([]field, []byte) {
 		if r.coalesced {
 			add("coalesced", true, str("true"))
 		}
+	case TypeRemoved:
+		add("id", false, str(r.id))
+		add("previous", false, str(r.prev.String()))
+		add("at", false, tm(r.at))
+		add("cause", false, str(r.cause.String()))
 	case TypeOfflineAlert:
 		add("id", false, str(r.id))
 		add("status", false, str(engine.StatusOffline.String()))

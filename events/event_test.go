@@ -23,6 +23,8 @@ func TestEventJSON(t *testing.T) {
 			`{"type":"status","id":"dev-1","status":"offline","previous":"online","at":"2025-12-14T10:30:45.123456+00:00","cause":"timeout"}`},
 		{"first message, coalesced", statusRec(&engine.Transition{ID: `q"\`, To: engine.StatusOnline, At: t0, Cause: engine.CauseTelemetry, Coalesced: true}),
 			`{"type":"status","id":"q\"\\","status":"online","previous":"unknown","at":"2025-12-14T10:30:45.123456+00:00","cause":"telemetry","coalesced":true}`},
+		{"removed", statusRec(&engine.Transition{ID: "dev-1", From: engine.StatusOffline, To: engine.StatusUnknown, At: t0, Cause: engine.CauseAPI}),
+			`{"type":"removed","id":"dev-1","previous":"offline","at":"2025-12-14T10:30:45.123456+00:00","cause":"api"}`},
 		{"offline_alert", rec{typ: TypeOfflineAlert, id: "dev-1", at: at + 9e8, since: at, cause: engine.CauseLastWill},
 			`{"type":"offline_alert","id":"dev-1","status":"offline","at":"2025-12-14T10:45:45.123456+00:00","cause":"last_will","since":"2025-12-14T10:30:45.123456+00:00","offline_seconds":900}`},
 		{"mass_offline", rec{typ: TypeMassOffline, at: at, inc: inc},

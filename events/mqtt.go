@@ -63,7 +63,7 @@ func newMQTTSender(cfg MQTTConfig, log *slog.Logger) *mqttSender {
 	return s
 }
 
-func (*mqttSender) accepts(t Type) bool { return t == TypeStatus }
+func (*mqttSender) accepts(t Type) bool { return t == TypeStatus || t == TypeRemoved }
 
 func (s *mqttSender) connect() {
 	s.client.Connect() // retries in the background (SetConnectRetry)
@@ -83,10 +83,12 @@ func (s *mqttSender) send(ctx context.Context, batch []rec) error {
 	for i := range batch {
 		r := &batch[i]
 		var payload string
-		switch r.status {
-		case engine.StatusOnline:
+		switch {
+		case r.typ == TypeRemoved:
+			payload = "" // retained: clears the device's retained status
+		case r.status == engine.StatusOnline:
 			payload = "online"
-		case engine.StatusOffline:
+		case r.status == engine.StatusOffline:
 			payload = "offline"
 		default:
 			continue

@@ -277,7 +277,7 @@ func (f *filter) match(r *rec) bool {
 		return false
 	}
 	if f.ids != nil {
-		if r.typ != TypeStatus && r.typ != TypeOfflineAlert {
+		if r.typ != TypeStatus && r.typ != TypeOfflineAlert && r.typ != TypeRemoved {
 			return false
 		}
 		if _, ok := f.ids[r.id]; !ok {

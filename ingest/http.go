@@ -200,6 +200,19 @@ func (in *Ingester) SetStatus(id string, s engine.Status, at time.Time, cause en
 	return sh.SetStatus(id, s, at, cause)
 }
 
+// WhileRunning calls fn while the Ingester runs (after Start, before
+// Close, which waits for it) and returns its error, or ErrNotStarted or
+// ErrClosed without calling it: the API's device controls (a device's own
+// timeout, decommission) are taken when messages are, never during
+// restart recovery or after the handoff.
+func (in *Ingester) WhileRunning(fn func() error) error {
+	if err := in.enterHTTP(); err != nil {
+		return err
+	}
+	defer in.http.Done()
+	return fn()
+}
+
 // StatusHandler is a Handler that takes explicit statuses (SetStatus):
 // *engine.Engine and the cluster Router.
 type StatusHandler interface {

@@ -152,6 +152,10 @@ func (c IndexConfig) Namespace() string { return c.KeyPrefix + "index:" }
 // Key is the set of partition p.
 func (x *Index) Key(p int) string { return x.cfg.KeyPrefix + "index:" + strconv.Itoa(p) }
 
+// KeyOf is the set of the partition of device id: the Redis sink's
+// IndexKeyOf, so that a decommissioned device leaves the index.
+func (x *Index) KeyOf(id string) string { return x.Key(x.partitionOf(id)) }
+
 // HandleTransitions notes the devices that came online.
 func (x *Index) HandleTransitions(batch []engine.Transition) {
 	n := 0

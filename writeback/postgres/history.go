@@ -168,7 +168,9 @@ func (h *History) Metrics() *metrics.Set { return h.set }
 func (h *History) HandleTransitions(batch []engine.Transition) {
 	h.q.PushFunc(len(batch), func(i int) (histRec, bool) {
 		t := &batch[i]
-		return histRec{id: t.ID, at: t.At.UnixMicro(), to: t.To, cause: t.Cause}, true
+		// A decommission (to unknown) is no status: the history the
+		// device had is kept as it is.
+		return histRec{id: t.ID, at: t.At.UnixMicro(), to: t.To, cause: t.Cause}, t.To != engine.StatusUnknown
 	})
 }
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 
@@ -11,10 +13,12 @@ import (
 	"github.com/presence-dev/presence/internal/wire"
 )
 
-// ReadStates reads the stored state of the given devices (MGETs in one
-// pipeline). A device without a status key has Status StatusUnknown; one
-// without a last-seen key a zero LastSeen. Restart recovery reads the
-// devices its index names with it.
+// ReadStates reads the stored state of the given devices (MGETs and one
+// HMGET of TimeoutsKey in one pipeline). A device without a status key has
+// Status StatusUnknown; one without a last-seen key a zero LastSeen; one
+// with its own timeout has it as Timeout, with TimeoutSource
+// TimeoutDevice (a stored timeout outside the engine's range is ignored).
+// Restart recovery reads the devices its index names with it.
 func (r *Sink) ReadStates(ctx context.Context, ids []string) ([]engine.DeviceState, error) {
 	out := make([]engine.DeviceState, len(ids))
 	if len(ids) == 0 {
@@ -30,12 +34,14 @@ func (r *Sink) ReadStates(ctx context.Context, ids []string) ([]engine.DeviceSta
 	// One MGET per kind and per chunk keeps each reply small; MGET across
 	// slots fails on Cluster, so read key by key there.
 	vals := make([]any, len(keys))
+	var tmos *goredis.SliceCmd
 	if _, ok := r.client.(*goredis.ClusterClient); ok {
 		pipe := r.client.Pipeline()
 		cmds := make([]*goredis.StringCmd, len(keys))
 		for i, k := range keys {
 			cmds[i] = pipe.Get(ctx, k)
 		}
+		tmos = pipe.HMGet(ctx, r.TimeoutsKey(), ids...)
 		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
 			return nil, fmt.Errorf("redis read: %w", err)
 		}
@@ -52,6 +58,7 @@ func (r *Sink) ReadStates(ctx context.Context, ids []string) ([]engine.DeviceSta
 		for lo := 0; lo < len(keys); lo += chunk {
 			cmds = append(cmds, pipe.MGet(ctx, keys[lo:min(lo+chunk, len(keys))]...))
 		}
+		tmos = pipe.HMGet(ctx, r.TimeoutsKey(), ids...)
 		if _, err := pipe.Exec(ctx); err != nil {
 			return nil, fmt.Errorf("redis read: %w", err)
 		}
@@ -72,5 +79,24 @@ func (r *Sink) ReadStates(ctx context.Context, ids []string) ([]engine.DeviceSta
 			out[i].LastSeen = t
 		}
 	}
+	for i, v := range tmos.Val() {
+		if d, ok := parseOverride(v); ok && i < len(out) {
+			out[i].Timeout, out[i].TimeoutSource = d, engine.TimeoutDevice
+		}
+	}
 	return out, nil
+}
+
+// parseOverride reads a TimeoutsKey value: seconds within the engine's
+// range.
+func parseOverride(v any) (time.Duration, bool) {
+	s, ok := v.(string)
+	if !ok {
+		return 0, false
+	}
+	sec, err := strconv.ParseFloat(s, 64)
+	if err != nil || !(sec >= engine.MinTimeout.Seconds() && sec <= engine.MaxTimeout.Seconds()) {
+		return 0, false
+	}
+	return time.Duration(sec * float64(time.Second)), true
 }

@@ -3,6 +3,7 @@ package redis
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"time"
 	"unicode/utf8"
 
@@ -42,6 +43,10 @@ type Config struct {
 	// device index there (recovery.Index.BeforeKeys), so that a device's
 	// keys never reach Redis before its index entry does.
 	BeforeWrite func(ctx context.Context) error
+	// IndexKeyOf, when set, names the device index's set holding id
+	// (recovery.Index.KeyOf): a decommissioned device's removal takes it
+	// out of the index with its keys.
+	IndexKeyOf func(id string) string
 	// Flush is the write-behind loop. BatchSize is devices per pipeline (two
 	// SETs each). Defaults: Interval 250 ms, FlushAt 20000, BatchSize 1000,
 	// Concurrency 2: Redis is single-threaded, so larger pipelines or more
@@ -115,11 +120,48 @@ func (r *Sink) StatusKey(id string) string { return r.cfg.KeyPrefix + statusNS +
 // LastSeenKey returns the last-seen key of a device.
 func (r *Sink) LastSeenKey(id string) string { return r.cfg.KeyPrefix + lastSeenNS + id }
 
-// The device key namespaces, after KeyPrefix.
+// TimeoutsKey is the hash of the devices' own timeouts (engine.SetTimeout,
+// PUT /v1/devices/{id}/timeout): field the device id, value the timeout in
+// seconds. Outside the device namespaces, so no device key can be it.
+func (r *Sink) TimeoutsKey() string { return r.cfg.KeyPrefix + timeoutsKey }
+
+// The device key namespaces, after KeyPrefix, and the overrides' hash.
 const (
-	statusNS   = "status:"
-	lastSeenNS = "lastseen:"
+	statusNS    = "status:"
+	lastSeenNS  = "lastseen:"
+	timeoutsKey = "timeouts"
 )
+
+// SetTimeoutOverride stores device id's own timeout d in TimeoutsKey, or
+// deletes it when d is 0, at once rather than write-behind: the API
+// acknowledges an override only once it is stored, and restart recovery
+// (ReadStates) and a cluster rebuild read it back.
+func (r *Sink) SetTimeoutOverride(ctx context.Context, id string, d time.Duration) error {
+	var err error
+	if d == 0 {
+		err = r.client.HDel(ctx, r.TimeoutsKey(), id).Err()
+	} else {
+		err = r.client.HSet(ctx, r.TimeoutsKey(), id, strconv.FormatFloat(d.Seconds(), 'f', -1, 64)).Err()
+	}
+	if err != nil {
+		return fmt.Errorf("redis: timeout override of %s: %w", wire.Quote(id, 64), err)
+	}
+	return nil
+}
+
+// queueRemoval adds to pipe what deletes a decommissioned device: its two
+// keys (one DEL each: they may be in different Cluster slots), its own
+// timeout and its index entry. It returns the commands queued.
+func (r *Sink) queueRemoval(ctx context.Context, pipe goredis.Pipeliner, id string) int {
+	pipe.Del(ctx, r.StatusKey(id))
+	pipe.Del(ctx, r.LastSeenKey(id))
+	pipe.HDel(ctx, r.TimeoutsKey(), id)
+	if r.cfg.IndexKeyOf == nil {
+		return 3
+	}
+	pipe.SRem(ctx, r.cfg.IndexKeyOf(id), id)
+	return 4
+}
 
 // DeviceNamespaces returns the prefixes of the device keys: any key that
 // starts with one of them is some device's (a device id may be any
@@ -159,6 +201,10 @@ func (r *Sink) writeBatch(ctx context.Context, states []engine.DeviceState) (wri
 	var buf [32]byte
 	for i := range states {
 		s := &states[i]
+		if s.Removed {
+			res.Units += r.queueRemoval(ctx, pipe, s.ID)
+			continue
+		}
 		if s.Status != engine.StatusOnline && s.Status != engine.StatusOffline {
 			res.Skipped++
 			continue
@@ -192,6 +238,10 @@ func (r *Sink) writeGuarded(ctx context.Context, states []engine.DeviceState) (w
 		pipe := r.client.Pipeline()
 		for i := range states {
 			s := &states[i]
+			if s.Removed {
+				r.queueRemoval(ctx, pipe, s.ID)
+				continue
+			}
 			if s.Status != engine.StatusOnline && s.Status != engine.StatusOffline {
 				continue
 			}
@@ -216,6 +266,8 @@ func (r *Sink) writeGuarded(ctx context.Context, states []engine.DeviceState) (w
 	}
 	for i := range states {
 		switch {
+		case states[i].Removed:
+			res.Units += 3
 		case states[i].Status != engine.StatusOnline && states[i].Status != engine.StatusOffline:
 			res.Skipped++
 		case states[i].LastSeen.IsZero():

@@ -51,6 +51,7 @@ func registerEngineMetrics(set *metrics.Set, eng *engine.Engine) {
 		metrics.WriteCounterUint64(w, "presence_engine_touches_total", st.Touches)
 		metrics.WriteCounterUint64(w, "presence_engine_rejected_total", st.Rejected)
 		metrics.WriteCounterUint64(w, "presence_engine_stale_total", st.Stale)
+		metrics.WriteCounterUint64(w, "presence_engine_decommissioned_total", st.Decommissioned)
 		metrics.WriteGaugeUint64(w, "presence_engine_transitions_queued", uint64(st.Queued))
 		metrics.WriteCounterUint64(w, "presence_engine_transitions_coalesced_total", st.Coalesced)
 		metrics.WriteCounterUint64(w, "presence_engine_transitions_collapsed_total", st.Collapsed)
