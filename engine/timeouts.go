@@ -52,6 +52,10 @@ func newTimeoutTable(def time.Duration) *timeoutTable {
 	return t
 }
 
+// ValidTimeout reports whether d is a timeout a device may have: in
+// [MinTimeout, MaxTimeout], else an error wrapping ErrInvalidTimeout.
+func ValidTimeout(d time.Duration) error { return validTimeout(d) }
+
 func validTimeout(d time.Duration) error {
 	if d < MinTimeout || d > MaxTimeout {
 		return fmt.Errorf("%w: %v not in [%v, %v]", ErrInvalidTimeout, d, MinTimeout, MaxTimeout)

@@ -3,6 +3,7 @@ package redis
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -260,3 +261,69 @@ func TestConformance(t *testing.T) { writebacktest.RunConformance(t, redisKinds(
 
 // TestOutage: see writebacktest.RunOutage.
 func TestOutage(t *testing.T) { writebacktest.RunOutage(t, redisKinds()) }
+
+// A device's own timeout is stored at once and read back by ReadStates; a
+// Removed state deletes its keys, its override and its index entry, in
+// both write modes.
+func TestRedisOverridesAndRemoval(t *testing.T) {
+	for _, guarded := range []bool{false, true} {
+		t.Run(fmt.Sprint("guarded=", guarded), func(t *testing.T) {
+			client := testenv.RedisClient(t, "")
+			prefix := testenv.Name(t) + ":"
+			testenv.CleanupRedisPrefix(t, client, prefix)
+			src := writebacktest.NewFakeSource()
+			cfg := DefaultConfig()
+			cfg.KeyPrefix = prefix
+			cfg.Guarded = guarded
+			cfg.Flush.Logger = testenv.Logger(t)
+			cfg.IndexKeyOf = func(string) string { return prefix + "index:0" }
+			sink, err := New(client, src, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			src.Set(engine.DeviceState{ID: "1", Status: engine.StatusOnline, LastSeen: writebacktest.T0},
+				engine.DeviceState{ID: "2", Status: engine.StatusOnline, LastSeen: writebacktest.T0})
+			if err := sink.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			client.SAdd(ctx, prefix+"index:0", "1", "2")
+			for id, d := range map[string]time.Duration{"1": time.Hour, "2": 90 * time.Second} {
+				if err := sink.SetTimeoutOverride(ctx, id, d); err != nil {
+					t.Fatal(err)
+				}
+			}
+			client.HSet(ctx, sink.TimeoutsKey(), "3", "0.1") // out of range: ignored
+			states, err := sink.ReadStates(ctx, []string{"1", "2", "3"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if states[0].Timeout != time.Hour || states[0].TimeoutSource != engine.TimeoutDevice ||
+				states[1].Timeout != 90*time.Second || states[2].Timeout != 0 || states[2].TimeoutSource != 0 {
+				t.Fatalf("read back %+v", states)
+			}
+			if err := sink.SetTimeoutOverride(ctx, "2", 0); err != nil {
+				t.Fatal(err)
+			}
+			if ok, _ := client.HExists(ctx, sink.TimeoutsKey(), "2").Result(); ok {
+				t.Fatal("override of 2 left after clearing it")
+			}
+			src.Set(engine.DeviceState{ID: "1", Removed: true})
+			if err := sink.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if n, _ := client.Exists(ctx, sink.StatusKey("1"), sink.LastSeenKey("1")).Result(); n != 0 {
+				t.Fatalf("%d keys of the removed device left", n)
+			}
+			if ok, _ := client.HExists(ctx, sink.TimeoutsKey(), "1").Result(); ok {
+				t.Fatal("override of the removed device left")
+			}
+			if m, _ := client.SMembers(ctx, prefix+"index:0").Result(); len(m) != 1 || m[0] != "2" {
+				t.Fatalf("index %v, want [2]", m)
+			}
+			if st, _ := client.Get(ctx, sink.StatusKey("2")).Result(); st != "online" {
+				t.Fatalf("2's status %q after 1's removal", st)
+			}
+		})
+	}
+}

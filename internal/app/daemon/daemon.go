@@ -235,6 +235,7 @@ func (d *Daemon) buildEngine(sinks fanout) error {
 		kc := cfg.Keys
 		kc.Flush.Logger = log.With("component", "redis")
 		kc.BeforeWrite = d.index.BeforeKeys(d.eng) // entries before keys: the index stays complete
+		kc.IndexKeyOf = d.index.KeyOf              // a decommission leaves the index too
 		if d.keys, err = redis.New(d.stores.redis, tr, kc); err != nil {
 			return err
 		}
@@ -307,6 +308,7 @@ func (d *Daemon) buildAPI() error {
 		rc.Cluster, rc.ClusterTimeout = fl.Lists, cfg.Cluster.QueryTimeout
 	}
 	ac.Writer = statusWriter{d.ing, d.node}
+	ac.Controller = d.controller()
 	var err error
 	if d.api, err = api.New(ac, d.eng); err != nil {
 		return err

@@ -15,6 +15,7 @@ import (
 	"github.com/presence-dev/presence/engine"
 	"github.com/presence-dev/presence/ingest"
 	"github.com/presence-dev/presence/internal/wire"
+	"github.com/presence-dev/presence/writeback/redis"
 )
 
 // clusterView is GET /v1/cluster.
@@ -111,9 +112,80 @@ type statusWriter struct {
 
 func (w statusWriter) SetStatus(id string, s engine.Status, at time.Time, cause engine.Cause) (forwarded bool, err error) {
 	forwarded = w.node != nil && !w.node.Owns(id)
-	err = w.ing.SetStatus(id, s, at, cause)
-	if errors.Is(err, ingest.ErrClosed) || errors.Is(err, ingest.ErrNotStarted) {
-		err = fmt.Errorf("%w: %v", api.ErrUnavailable, err)
-	}
+	err = unavailable(w.ing.SetStatus(id, s, at, cause))
 	return forwarded && err == nil, err
+}
+
+// deviceControl is what applies the device controls: the engine, or in a
+// cluster the Router, which forwards them to the owner.
+type deviceControl interface {
+	SetTimeout(id string, d time.Duration) error
+	ClearTimeout(id string) error
+	Decommission(id string, at time.Time) error
+}
+
+// controller is the API's Controller (a device's own timeout,
+// decommission): taken while ingest runs, as statuses are (statusWriter).
+// An override is stored in Redis before it is applied, so that it outlives
+// a restart or a rebuild; a decommission reaches the stores write-behind
+// (the engine lists the device as Removed for each sink).
+type controller struct {
+	ing  *ingest.Ingester
+	eng  *engine.Engine
+	ctl  deviceControl
+	node *cluster.Node // nil: a single node
+	keys *redis.Sink   // nil: no Redis
+	// storeTimeout bounds the write of one override.
+	storeTimeout time.Duration
+}
+
+func (d *Daemon) controller() controller {
+	c := controller{ing: d.ing, eng: d.eng, ctl: d.eng, node: d.node, keys: d.keys, storeTimeout: 5 * time.Second}
+	if d.node != nil {
+		c.ctl = d.node.Router()
+	}
+	return c
+}
+
+func (c controller) SetTimeout(id string, d time.Duration) (forwarded bool, err error) {
+	forwarded = c.node != nil && !c.node.Owns(id)
+	err = c.ing.WhileRunning(func() error {
+		if !forwarded { // known here, or nothing is stored
+			if _, err := c.eng.Device(id); err != nil {
+				return err
+			}
+		}
+		if d != 0 {
+			if err := engine.ValidTimeout(d); err != nil {
+				return err
+			}
+		}
+		if c.keys != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), c.storeTimeout)
+			err := c.keys.SetTimeoutOverride(ctx, id, d)
+			cancel()
+			if err != nil {
+				return fmt.Errorf("%w: the timeout could not be stored: %v", api.ErrUnavailable, err)
+			}
+		}
+		if d == 0 {
+			return c.ctl.ClearTimeout(id)
+		}
+		return c.ctl.SetTimeout(id, d)
+	})
+	return forwarded && err == nil, unavailable(err)
+}
+
+func (c controller) Decommission(id string, at time.Time) (forwarded bool, err error) {
+	forwarded = c.node != nil && !c.node.Owns(id)
+	err = c.ing.WhileRunning(func() error { return c.ctl.Decommission(id, at) })
+	return forwarded && err == nil, unavailable(err)
+}
+
+// unavailable makes ingest's "not running" an api.ErrUnavailable (503).
+func unavailable(err error) error {
+	if errors.Is(err, ingest.ErrClosed) || errors.Is(err, ingest.ErrNotStarted) {
+		return fmt.Errorf("%w: %v", api.ErrUnavailable, err)
+	}
+	return err
 }

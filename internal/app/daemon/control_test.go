@@ -1,0 +1,188 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/presence-dev/presence/cluster"
+	"github.com/presence-dev/presence/internal/testsupport/testenv"
+)
+
+// do sends a request with a JSON body (if any) and returns the status and
+// the answer.
+func (r *running) do(t *testing.T, method, path, body string) (int, string) {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, "http://"+r.d.HTTPAddr()+path, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// A device's own timeout is stored in Redis, outlives a restart (the
+// rebuild reads it back) and beats its pattern's; DELETE returns it to
+// the default.
+func TestTimeoutOverrideAcrossRestart(t *testing.T) {
+	s := newStack(t, 401, 402)
+	c := s.config() // default timeout 2 s
+	r := startDaemon(t, c)
+	s.publish(401, "telemetry", "x")
+	s.publish(402, "telemetry", "x")
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if r.d.Engine().Counts().Online != 2 {
+			return fmt.Errorf("counts %+v", r.d.Engine().Counts())
+		}
+		return nil
+	})
+	code, body := r.do(t, "PUT", "/v1/devices/401/timeout", `{"timeout_seconds":3600}`)
+	if code != 200 || !strings.Contains(body, `"timeout_seconds":3600,"timeout_source":"device"`) {
+		t.Fatalf("PUT: %d %s", code, body)
+	}
+	if code, body := r.do(t, "PUT", "/v1/devices/999/timeout", `{"timeout_seconds":60}`); code != 404 {
+		t.Fatalf("PUT of an unknown device: %d %s", code, body)
+	}
+	if v, err := s.rdb.HGet(context.Background(), c.Keys.KeyPrefix+"timeouts", "401").Result(); err != nil || v != "3600" {
+		t.Fatalf("stored override %q %v", v, err)
+	}
+	if n, _ := s.rdb.HLen(context.Background(), c.Keys.KeyPrefix+"timeouts").Result(); n != 1 {
+		t.Fatalf("%d overrides stored, want 1 (not the unknown device's)", n)
+	}
+	// 402 times out on the default; 401 stays online for its hour.
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if st, _, err := s.redisState(402); err != nil || st != "offline" {
+			return fmt.Errorf("402: %q %v", st, err)
+		}
+		return nil
+	})
+	if st, _, _ := s.redisState(401); st != "online" {
+		t.Fatalf("401 %q, want online on its own hour", st)
+	}
+	r.stop(t)
+
+	r = startDaemon(t, c)
+	d, err := r.d.Engine().Device("401")
+	if err != nil || d.Timeout != time.Hour || d.TimeoutSource.String() != "device" || d.Status.String() != "online" {
+		t.Fatalf("401 after the restart: %+v %v", d, err)
+	}
+	var got string
+	if err := r.get("/v1/devices/401", &got); err != nil || !strings.Contains(got, `"timeout_source":"device"`) {
+		t.Fatalf("GET 401: %v %s", err, got)
+	}
+	// DELETE: back to the default 2 s, whose deadline has passed: offline
+	// at once, cause timeout, and the stored override is gone.
+	if code, body := r.do(t, "DELETE", "/v1/devices/401/timeout", ""); code != 200 || !strings.Contains(body, `"timeout_source":"default"`) {
+		t.Fatalf("DELETE: %d %s", code, body)
+	}
+	if n, _ := s.rdb.HLen(context.Background(), c.Keys.KeyPrefix+"timeouts").Result(); n != 0 {
+		t.Fatalf("%d overrides left after DELETE", n)
+	}
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if h := s.historyOf(401); len(h) != 2 || h[1].status != "offline" || h[1].cause != "timeout" {
+			return fmt.Errorf("401 history %+v", h)
+		}
+		return nil
+	})
+}
+
+// DELETE /v1/devices/{id} forgets a device everywhere but in the history:
+// its Redis keys and index entry go, a removed event reaches the stream,
+// its Postgres row and history stay; its next message brings it back.
+func TestDecommissionEndToEnd(t *testing.T) {
+	s := newStack(t, 501, 502)
+	c := s.config()
+	r := startDaemon(t, c)
+	s.publish(501, "telemetry", "x")
+	s.publish(502, "telemetry", "x")
+	ctx := context.Background()
+	indexKey := c.Keys.KeyPrefix + "index:" + fmt.Sprint(cluster.PartitionOf("501", c.Recovery.Index.Partitions))
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if st, _, err := s.redisState(501); err != nil || st != "online" {
+			return fmt.Errorf("501: %q %v", st, err)
+		}
+		if ok, _ := s.rdb.SIsMember(ctx, indexKey, "501").Result(); !ok {
+			return fmt.Errorf("501 not in the index %s", indexKey)
+		}
+		return nil
+	})
+	if code, body := r.do(t, "PUT", "/v1/devices/501/timeout", `{"timeout_seconds":600}`); code != 200 {
+		t.Fatalf("PUT: %d %s", code, body)
+	}
+	if code, body := r.do(t, "DELETE", "/v1/devices/501", ""); code != 200 || body != `{"id":"501","removed":true}`+"\n" {
+		t.Fatalf("DELETE: %d %s", code, body)
+	}
+	if code, _ := r.do(t, "GET", "/v1/devices/501", ""); code != 404 {
+		t.Fatalf("GET after DELETE: %d", code)
+	}
+	testenv.Eventually(t, 5*time.Second, func() error {
+		n, err := s.rdb.Exists(ctx, c.Keys.KeyPrefix+"status:501", c.Keys.KeyPrefix+"lastseen:501").Result()
+		if err != nil || n != 0 {
+			return fmt.Errorf("%d keys of 501 left (%v)", n, err)
+		}
+		if ok, _ := s.rdb.SIsMember(ctx, indexKey, "501").Result(); ok {
+			return fmt.Errorf("501 still in the index")
+		}
+		if ok, _ := s.rdb.HExists(ctx, c.Keys.KeyPrefix+"timeouts", "501").Result(); ok {
+			return fmt.Errorf("501's override left")
+		}
+		entries, err := s.rdb.XRange(ctx, c.Events.Stream.Key, "-", "+").Result()
+		if err != nil {
+			return err
+		}
+		for _, e := range entries {
+			if e.Values["type"] == "removed" && e.Values["id"] == "501" && e.Values["previous"] == "online" && e.Values["cause"] == "api" {
+				return nil
+			}
+		}
+		return fmt.Errorf("no removed event for 501 in %d stream entries", len(entries))
+	})
+	if st, _, err := s.redisState(502); err != nil || st == "" {
+		t.Fatalf("502 touched by 501's removal: %q %v", st, err)
+	}
+	if _, _, err := s.pgState(501); err != nil {
+		t.Fatalf("501's Postgres row: %v (kept: the table is the consumers')", err)
+	}
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if h := s.historyOf(501); len(h) != 1 || h[0].status != "online" {
+			return fmt.Errorf("501's history %+v, want its online row kept and nothing for the removal", h)
+		}
+		return nil
+	})
+	// Back as new with its next message, on the default timeout.
+	s.publish(501, "telemetry", "x")
+	testenv.Eventually(t, 5*time.Second, func() error {
+		d, err := r.d.Engine().Device("501")
+		if err != nil || d.TimeoutSource.String() != "default" {
+			return fmt.Errorf("501: %+v %v", d, err)
+		}
+		if st, _, err := s.redisState(501); err != nil || st != "online" {
+			return fmt.Errorf("501 in redis: %q %v", st, err)
+		}
+		return nil
+	})
+	m, err := testenv.ScrapeMetrics("http://" + r.d.HTTPAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m["presence_engine_decommissioned_total"] != 1 || m[`presence_api_controls_total{control="decommission",result="applied"}`] != 1 {
+		t.Errorf("metrics: decommissioned %v, api %v", m["presence_engine_decommissioned_total"],
+			m[`presence_api_controls_total{control="decommission",result="applied"}`])
+	}
+}
