@@ -26,10 +26,10 @@ type fakeLocal struct {
 	// control: the last device control per id: "timeout 1h0m0s",
 	// "clear", "removed".
 	control map[string]string
-	state     map[string]engine.DeviceState
-	adopted   int
-	removed   int
-	hang      chan struct{} // if set, Devices waits for it to close (a node that does not answer)
+	state   map[string]engine.DeviceState
+	adopted int
+	removed int
+	hang    chan struct{} // if set, Devices waits for it to close (a node that does not answer)
 }
 
 func newFakeLocal() *fakeLocal {
@@ -89,9 +89,11 @@ func (f *fakeLocal) setControl(id, what string) error {
 	return nil
 }
 
-func (f *fakeLocal) SetTimeout(id string, d time.Duration) error { return f.setControl(id, "timeout "+d.String()) }
-func (f *fakeLocal) ClearTimeout(id string) error                 { return f.setControl(id, "clear") }
-func (f *fakeLocal) Decommission(id string, at time.Time) error   { return f.setControl(id, "removed") }
+func (f *fakeLocal) SetTimeout(id string, d time.Duration) error {
+	return f.setControl(id, "timeout "+d.String())
+}
+func (f *fakeLocal) ClearTimeout(id string) error               { return f.setControl(id, "clear") }
+func (f *fakeLocal) Decommission(id string, at time.Time) error { return f.setControl(id, "removed") }
 
 func (f *fakeLocal) MarkOffline(id string, at time.Time) error {
 	f.mu.Lock()
