@@ -26,6 +26,9 @@ func appendDevice(b []byte, st *engine.DeviceState) []byte {
 		b = append(b, st.TimeoutSource.String()...)
 		b = append(b, '"')
 	}
+	if st.Flapping {
+		b = append(b, `,"flapping":true`...)
+	}
 	return append(b, '}')
 }
 

@@ -31,6 +31,10 @@ type Device struct {
 	// daemon's -timeout), "pattern" (the timeout of the topic pattern its
 	// messages match) or "device" (its own, PUT /v1/devices/{id}/timeout).
 	TimeoutSource string `json:"timeout_source,omitempty"`
+	// Flapping is true while the device flaps: it changed status more than
+	// the detector's -flapping-changes times within -flapping-window and
+	// has not been stable for that window since. Absent otherwise.
+	Flapping bool `json:"flapping,omitempty"`
 }
 
 // BatchGetRequest is the body of POST /v1/devices:batchGet.

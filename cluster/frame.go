@@ -77,14 +77,15 @@ const (
 )
 
 // Record flags in a state frame: the low two bits are the engine.Status,
-// bits 4-5 the engine.TimeoutSource (0: not said).
+// bits 4-5 the engine.TimeoutSource (0: not said), bit 6 Flapping.
 const (
 	recStatusMask    = 3
 	recZeroLastSeen  = 1 << 2
 	recZeroSince     = 1 << 3
 	recSourceShift   = 4
 	recSourceMask    = 3 << recSourceShift
-	recKnown         = recStatusMask | recZeroLastSeen | recZeroSince | recSourceMask
+	recFlapping      = 1 << 6 // DeviceState.Flapping (lookups)
+	recKnown         = recStatusMask | recZeroLastSeen | recZeroSince | recSourceMask | recFlapping
 	maxWireIDLen     = 255 // an id length is one byte
 	minMsgWireLen    = 2   // flags and id length
 	minRecordWireLen = 3   // flags, id length, timeout
@@ -340,6 +341,9 @@ func appendState(buf []byte, recs []engine.DeviceState) []byte {
 	for i := range recs {
 		r := &recs[i]
 		flags := byte(r.Status)&recStatusMask | byte(r.TimeoutSource)<<recSourceShift&recSourceMask
+		if r.Flapping {
+			flags |= recFlapping
+		}
 		if r.LastSeen.IsZero() {
 			flags |= recZeroLastSeen
 		}
@@ -381,7 +385,7 @@ func decodeState(body []byte, dst []engine.DeviceState, maxRecs int) ([]engine.D
 			return dst, fmt.Errorf("%w: record flags %#x", ErrBadFrame, flags)
 		}
 		r := engine.DeviceState{Status: engine.Status(flags & recStatusMask),
-			TimeoutSource: engine.TimeoutSource(flags & recSourceMask >> recSourceShift)}
+			TimeoutSource: engine.TimeoutSource(flags & recSourceMask >> recSourceShift), Flapping: flags&recFlapping != 0}
 		r.ID = d.str(uint64(d.byte()))
 		var last int64
 		if flags&recZeroLastSeen == 0 {

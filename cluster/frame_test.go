@@ -88,7 +88,7 @@ func TestStateRoundTrip(t *testing.T) {
 	at := time.Unix(1_765_000_000, 123456789)
 	in := []engine.DeviceState{
 		{ID: "a", Status: engine.StatusOnline, LastSeen: at, Since: at.Add(-time.Hour), Timeout: time.Minute, TimeoutSource: engine.TimeoutDevice},
-		{ID: "b", Status: engine.StatusOffline, LastSeen: at, Since: at.Add(time.Minute), TimeoutSource: engine.TimeoutPattern},
+		{ID: "b", Status: engine.StatusOffline, LastSeen: at, Since: at.Add(time.Minute), TimeoutSource: engine.TimeoutPattern, Flapping: true},
 		{ID: "c", Status: engine.StatusUnknown},
 	}
 	typ, body := splitFrame(t, appendState(nil, in))
@@ -106,7 +106,7 @@ func TestStateRoundTrip(t *testing.T) {
 		a, b := in[i], out[i]
 		if a.ID != b.ID || a.Status != b.Status || !a.LastSeen.Equal(b.LastSeen) ||
 			!a.Since.Equal(b.Since) || a.Timeout != b.Timeout || a.LastSeen.IsZero() != b.LastSeen.IsZero() ||
-			a.TimeoutSource != b.TimeoutSource {
+			a.TimeoutSource != b.TimeoutSource || a.Flapping != b.Flapping {
 			t.Errorf("record %d: in %+v out %+v", i, a, b)
 		}
 	}

@@ -218,3 +218,23 @@ func TestDecommissionRaces(t *testing.T) {
 		t.Fatalf("b's transitions %v, want its timeout, then its removal", b)
 	}
 }
+
+// A transition says when the status it ends began, where the engine knows.
+func TestTransitionPrevSince(t *testing.T) {
+	f := newFixture(t, nil)
+	f.touch("p", 0)
+	if err := f.e.MarkOffline("p", t0.Add(10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	f.touch("p", 20*time.Second)
+	got := f.at(20 * time.Second)
+	if len(got) != 3 || !got[0].PrevSince.IsZero() || !got[1].PrevSince.Equal(t0) || !got[2].PrevSince.Equal(t0.Add(10*time.Second)) {
+		t.Fatalf("transitions %+v", got)
+	}
+	if err := f.e.Decommission("p", t0.Add(30*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.at(30 * time.Second); len(got) != 1 || !got[0].PrevSince.Equal(t0.Add(20*time.Second)) {
+		t.Fatalf("removal %+v", got)
+	}
+}

@@ -181,7 +181,7 @@ func (e *Engine) touchLocked(sh *shard, id string, h uint64, hint uint32, at int
 		}
 		sh.nOnline++
 		sh.st.touches++
-		e.noteCoalescing(sh.transition(slot, StatusUnknown, StatusOnline, at, cause))
+		e.noteCoalescing(sh.transition(slot, StatusUnknown, StatusOnline, at, 0, cause))
 		e.arm(sh, slot)
 		sh.markDirty(slot)
 		return nil
@@ -213,10 +213,11 @@ func (e *Engine) touchLocked(sh *shard, id string, h uint64, hint uint32, at int
 	if r.flags&flagOnline == 0 && at > r.since &&
 		e.tickCeil(e.deadline(r)) >= sh.wheel.cur {
 		sh.unexpire(slot)
+		prev := r.since
 		r.flags |= flagOnline
 		r.since = at
 		sh.nOnline++
-		e.noteCoalescing(sh.transition(slot, StatusOffline, StatusOnline, at, cause))
+		e.noteCoalescing(sh.transition(slot, StatusOffline, StatusOnline, at, prev, cause))
 		e.arm(sh, slot)
 		changed = true
 	}
@@ -300,10 +301,11 @@ func (e *Engine) markOffline(id string, at time.Time, cause Cause) error {
 		sh.st.stale++
 		return nil
 	}
+	prev := r.since
 	r.flags &^= flagOnline
 	r.since = ns
 	sh.nOnline--
-	e.noteCoalescing(sh.transition(slot, StatusOnline, StatusOffline, ns, cause))
+	e.noteCoalescing(sh.transition(slot, StatusOnline, StatusOffline, ns, prev, cause))
 	sh.markDirty(slot)
 	return nil // the armed entry is dropped when it comes up
 }
@@ -391,7 +393,7 @@ func (e *Engine) Decommission(id string, at time.Time) error {
 	from := sh.rec(slot).reported() // what the Sink knows: a pending catch-up is superseded
 	// Queued past the capacity if need be: one entry per device removed,
 	// which an API call does, not the message rate.
-	sh.queue = append(sh.queue, qent{at: at.UnixNano(), slot: slot, from: from, to: StatusUnknown, cause: CauseAPI})
+	sh.queue = append(sh.queue, qent{at: at.UnixNano(), prev: sh.rec(slot).since, slot: slot, from: from, to: StatusUnknown, cause: CauseAPI})
 	sh.st.removed++
 	sh.detach(slot)
 	if sh.trackMask != 0 {
@@ -637,7 +639,7 @@ func (e *Engine) restoreOne(d *DeviceState, now int64, cause Cause) error {
 	case d.Status == StatusOnline: // its deadline passed while we were away
 		r.since = deadline
 		r.setReported(StatusOnline)
-		e.noteCoalescing(sh.transition(slot, StatusOnline, StatusOffline, deadline, cause))
+		e.noteCoalescing(sh.transition(slot, StatusOnline, StatusOffline, deadline, toNanos(d.Since), cause))
 		sh.markDirty(slot)
 	default: // offline, or unknown and expired
 		r.since = toNanos(d.Since)
@@ -879,6 +881,7 @@ func (e *Engine) deliverShard(sh *shard) int {
 				From:      p.from,
 				To:        p.to,
 				At:        fromNanos(p.at),
+				PrevSince: fromNanos(p.prev),
 				Cause:     p.cause,
 				Coalesced: p.coalesced,
 			})

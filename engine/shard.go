@@ -98,9 +98,10 @@ func (r *rec) setReported(s Status) {
 	}
 }
 
-// qent is a transition waiting for the sink: 16 bytes, pointer-free.
+// qent is a transition waiting for the sink: 24 bytes, pointer-free.
 type qent struct {
 	at    int64
+	prev  int64 // when the from status began (Transition.PrevSince); 0: unknown
 	slot  uint32
 	from  Status
 	to    Status
@@ -361,7 +362,7 @@ func (sh *shard) markDirty(slot uint32) {
 // transition records a status change for the sink: queued while there is
 // room and the device is not already being coalesced, else coalesced.
 // It returns true when coalescing started for the device.
-func (sh *shard) transition(slot uint32, from, to Status, at int64, cause Cause) (coalescing bool) {
+func (sh *shard) transition(slot uint32, from, to Status, at, prev int64, cause Cause) (coalescing bool) {
 	r := sh.rec(slot)
 	sh.unexpire(slot) // callers do it before changing the record; this keeps the order anyway
 	if to == StatusOnline {
@@ -370,7 +371,7 @@ func (sh *shard) transition(slot uint32, from, to Status, at int64, cause Cause)
 		sh.st.offline++
 	}
 	if r.flags&flagResync == 0 && len(sh.queue) < sh.queueCap {
-		sh.queue = append(sh.queue, qent{at: at, slot: slot, from: from, to: to, cause: cause})
+		sh.queue = append(sh.queue, qent{at: at, prev: prev, slot: slot, from: from, to: to, cause: cause})
 		r.setReported(to)
 		if to == StatusOnline {
 			sh.st.onlineQueued++
@@ -398,7 +399,7 @@ func (sh *shard) transition(slot uint32, from, to Status, at int64, cause Cause)
 func (sh *shard) timeout(slot uint32) (list, coalescing bool) {
 	r := sh.rec(slot)
 	if r.flags&(flagResync|flagExpiredListed) != 0 {
-		return false, sh.transition(slot, StatusOnline, StatusOffline, r.since, CauseTimeout)
+		return false, sh.transition(slot, StatusOnline, StatusOffline, r.since, 0, CauseTimeout)
 	}
 	sh.st.offline++
 	r.setReported(StatusOffline)

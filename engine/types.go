@@ -119,8 +119,13 @@ type Transition struct {
 	// At is when the change became true: the message time for an online
 	// transition, the deadline (last seen + timeout) for a timeout, the status
 	// message time for a Last Will.
-	At    time.Time
-	Cause Cause
+	At time.Time
+	// PrevSince is when the From status began, so that At - PrevSince is
+	// how long it lasted (the flapping detector's measure). Zero when not
+	// known: a new device, a coalesced catch-up, and a timeout (whose
+	// online period lasted at least the device's timeout).
+	PrevSince time.Time
+	Cause     Cause
 	// Coalesced is set when the consumer fell behind and this transition
 	// stands for one or more changes that were folded together (see Sink).
 	Coalesced bool
@@ -167,6 +172,10 @@ type DeviceState struct {
 	// it; given to Restore or Adopt, zero means TimeoutPattern for a
 	// non-zero Timeout and TimeoutDefault otherwise.
 	TimeoutSource TimeoutSource
+	// Flapping is not the engine's to say (it leaves it false): the
+	// daemon sets it, from the events hub's flapping detector, for the API
+	// and the cluster's lookups.
+	Flapping bool
 	// Removed: the device was decommissioned (Decommission). Only a
 	// Tracker's Drain returns such a state, with only ID set, so that a
 	// write-behind sink deletes what it stores of the device.

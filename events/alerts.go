@@ -20,6 +20,9 @@ type alerts struct {
 	offlineAfter int64 // µs; 0: no offline alerts
 	mass         MassConfig
 	fleet        func() int
+	// quiet, when set, tells the devices whose offline alerts are
+	// suppressed: the flapping ones (flaps.flapping).
+	quiet func(id string) bool
 
 	// One record per tracked offline device, pointer-free (a mass expiry
 	// can make a million of them): the ids are in byID's arena. Free slots
@@ -355,6 +358,11 @@ func (a *alerts) check(now time.Time, out []rec) (_ []rec, more bool) {
 			// Covered by the active incident's mass_offline. The record stays
 			// (the incident counts its members back); recover re-arms it.
 			a.m.suppressed.Inc()
+			continue
+		}
+		if a.quiet != nil && a.quiet(a.byID.str(r.id())) {
+			a.m.suppressed.Inc() // flapping: its flapping event says it all
+			a.forget(slot)
 			continue
 		}
 		a.m.alerts[TypeOfflineAlert].Inc()

@@ -264,6 +264,8 @@ type AlertConfig struct {
 	CheckInterval time.Duration
 	// Mass is the mass-outage detector.
 	Mass MassConfig
+	// Flapping is the flapping detector.
+	Flapping FlapConfig
 }
 
 // MassConfig configures mass-outage detection (see the package
@@ -324,6 +326,7 @@ func DefaultConfig() Config {
 				Enabled: true, Window: 30 * time.Second, Count: 1000, Share: 0.10,
 				MinCount: 50, RecoverShare: 0.8,
 			},
+			Flapping: FlapConfig{Changes: 5, Window: 5 * time.Minute, MaxTracked: 100_000},
 		},
 	}
 }
@@ -410,7 +413,10 @@ func (c Config) Validate() error {
 	if a.OfflineAfter < 0 {
 		return fmt.Errorf("%w: alerts: OfflineAfter (-offline-alert-after) must be >= 0 (0 disables)", ErrInvalidConfig)
 	}
-	if (a.OfflineAfter > 0 || a.Mass.Enabled) && a.CheckInterval <= 0 {
+	if f := a.Flapping; f.Changes < 0 || f.enabled() && (f.Window <= 0 || f.MaxTracked <= 0) {
+		return fmt.Errorf("%w: alerts: Flapping needs Changes >= 0 (-flapping-changes, 0 disables) and, enabled, Window > 0 (-flapping-window) and MaxTracked > 0", ErrInvalidConfig)
+	}
+	if (a.OfflineAfter > 0 || a.Mass.Enabled || a.Flapping.enabled()) && a.CheckInterval <= 0 {
 		return fmt.Errorf("%w: alerts: CheckInterval must be > 0", ErrInvalidConfig)
 	}
 	if m := a.Mass; m.Enabled {

@@ -24,10 +24,17 @@ const (
 	// TypeRemoved: a device was decommissioned (engine.Decommission): the
 	// engine and the stores forgot it.
 	TypeRemoved
+	// TypeFlapping: a device changed status more than FlapConfig.Changes
+	// times within FlapConfig.Window.
+	TypeFlapping
+	// TypeFlappingStopped: a flapping device has been stable for
+	// FlapConfig.Window.
+	TypeFlappingStopped
 	numTypes = iota
 )
 
-var typeNames = [...]string{"", "status", "offline_alert", "mass_offline", "mass_offline_recovered", "removed"}
+var typeNames = [...]string{"", "status", "offline_alert", "mass_offline", "mass_offline_recovered", "removed",
+	"flapping", "flapping_stopped"}
 
 func (t Type) String() string {
 	if int(t) < len(typeNames) && t != 0 {
@@ -64,7 +71,8 @@ type Event struct {
 	Cause     string    `json:"cause,omitempty"`
 	Coalesced bool      `json:"coalesced,omitempty"`
 
-	// offline_alert
+	// offline_alert (when the offline period began), flapping (the first
+	// change counted), flapping_stopped (when the flapping began)
 	Since          time.Time `json:"since,omitzero"`
 	OfflineSeconds float64   `json:"offline_seconds,omitempty"`
 
@@ -172,6 +180,14 @@ func (r *rec) fields(dst []field, buf []byte) ([]field, []byte) {
 		add("previous", false, str(r.prev.String()))
 		add("at", false, tm(r.at))
 		add("cause", false, str(r.cause.String()))
+	case TypeFlapping, TypeFlappingStopped:
+		add("id", false, str(r.id))
+		add("status", false, str(r.status.String()))
+		add("at", false, tm(r.at))
+		add("since", false, tm(r.since))
+		if r.typ == TypeFlappingStopped {
+			add("duration_seconds", true, flt(roundTo(float64(r.at-r.since)/1e6, 6)))
+		}
 	case TypeOfflineAlert:
 		add("id", false, str(r.id))
 		add("status", false, str(engine.StatusOffline.String()))

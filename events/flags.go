@@ -22,6 +22,8 @@ func (c *Config) RegisterFlags(s *envflag.Set) {
 	s.Duration(&c.Alerts.OfflineAfter, "offline-alert-after", "PRESENCE_OFFLINE_ALERT_AFTER", "emit one offline_alert event per offline period after this long offline; 0: never")
 	s.Int(&c.Alerts.Mass.Count, "mass-offline-count", "PRESENCE_MASS_OFFLINE_COUNT", "devices going offline within -mass-offline-window that make one mass_offline incident (or the share below)")
 	s.Float64(&c.Alerts.Mass.Share, "mass-offline-share", "PRESENCE_MASS_OFFLINE_SHARE", "share of the fleet (0..1) going offline within the window that makes a mass_offline incident; 0: count only")
+	s.Int(&c.Alerts.Flapping.Changes, "flapping-changes", "PRESENCE_FLAPPING_CHANGES", "a device changing status more than this many times within -flapping-window is flapping (one flapping event; its offline alerts suppressed); 0: no detection")
+	s.Duration(&c.Alerts.Flapping.Window, "flapping-window", "PRESENCE_FLAPPING_WINDOW", "window of the flapping detector; a flapping device stable this long raises flapping_stopped")
 	s.DurationSwitch(&c.Alerts.Mass.Window, &c.Alerts.Mass.Enabled, "mass-offline-window", "PRESENCE_MASS_OFFLINE_WINDOW", "window of the mass-outage detector; 0 disables it")
 }
 

@@ -25,7 +25,7 @@ func quietLog() *slog.Logger { return slog.New(slog.DiscardHandler) }
 func bareConfig() Config {
 	c := DefaultConfig()
 	c.PubSub.Enabled, c.Stream.Enabled, c.SSE.Enabled = false, false, false
-	c.Alerts.OfflineAfter, c.Alerts.Mass.Enabled = 0, false
+	c.Alerts.OfflineAfter, c.Alerts.Mass.Enabled, c.Alerts.Flapping.Changes = 0, false, 0
 	fast := func(d *DeliveryConfig) {
 		// A generous Timeout: a retry after one sends the whole batch again,
 		// duplicates the exactly-once-in-order checks would count.

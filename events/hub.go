@@ -37,6 +37,7 @@ type Hub struct {
 	dests []*dest
 	sse   *sseHub // nil when disabled
 	al    *alerts // nil when both alerts are disabled
+	fl    *flaps  // nil when flapping detection is disabled
 
 	// pubMu serializes publishing: HandleTransitions and the alert ticker.
 	// It keeps the events of one device in order across the two (an
@@ -118,8 +119,14 @@ func New(cfg Config, deps Deps) (*Hub, error) {
 		h.sse = newSSEHub(cfg.SSE, h.log, h.set)
 		h.add("sse", h.sse, cfg.SSE.Delivery)
 	}
+	if cfg.Alerts.Flapping.enabled() {
+		h.fl = newFlaps(cfg.Alerts.Flapping, h.set)
+	}
 	if cfg.Alerts.OfflineAfter > 0 || cfg.Alerts.Mass.Enabled {
 		h.al = newAlerts(cfg.Alerts, deps.FleetSize, h.set)
+		if h.fl != nil {
+			h.al.quiet = h.fl.flapping
+		}
 		// Read from atomics: a scrape must not wait for pubMu, which a
 		// push waiting for room holds.
 		h.set.NewGauge("presence_events_offline_tracked", func() float64 { return float64(h.tracked.Load()) })
@@ -168,6 +175,9 @@ func (h *Hub) HandleTransitions(batch []engine.Transition) {
 	buf := h.buf[:0]
 	for i := range batch {
 		buf = append(buf, statusRec(&batch[i]))
+	}
+	if h.fl != nil {
+		buf = h.fl.observe(batch, buf)
 	}
 	if h.al != nil {
 		n := len(buf)
@@ -220,7 +230,15 @@ func (h *Hub) logIncidents(recs []rec) {
 // HandleTransitions never waits long for pubMu.
 func (h *Hub) checkAlerts(now time.Time) {
 	var out []rec
-	for more := true; more; {
+	if h.fl != nil {
+		h.pubMu.Lock()
+		if out = h.fl.check(now, out); len(out) > 0 {
+			h.publish(out)
+		}
+		h.pubMu.Unlock()
+		clear(out)
+	}
+	for more := h.al != nil; more; {
 		h.pubMu.Lock()
 		out, more = h.al.check(now, out[:0])
 		h.mirrorAlerts()
@@ -243,7 +261,7 @@ func (h *Hub) Hold(ch <-chan struct{}) {
 // Close or when called twice.
 func (h *Hub) Start(ctx context.Context) error {
 	var loops []func(context.Context)
-	if h.al != nil && h.cfg.Alerts.OfflineAfter > 0 {
+	if h.al != nil && h.cfg.Alerts.OfflineAfter > 0 || h.fl != nil {
 		loops = append(loops, h.alertLoop)
 	}
 	if err := h.run.Start(ctx, loops...); errors.Is(err, lifecycle.ErrClosed) {
@@ -262,7 +280,13 @@ func (h *Hub) Start(ctx context.Context) error {
 	return nil
 }
 
-// alertLoop emits the offline alerts that are due, every CheckInterval.
+// Flapping reports whether device id is flapping now (FlapConfig); false
+// with the detector disabled. Safe for concurrent use; it never waits for
+// a destination.
+func (h *Hub) Flapping(id string) bool { return h.fl != nil && h.fl.flapping(id) }
+
+// alertLoop emits the offline alerts and flapping_stopped events that are
+// due, every CheckInterval.
 func (h *Hub) alertLoop(ctx context.Context) {
 	lifecycle.Every(ctx, h.cfg.Alerts.CheckInterval, func() { h.checkAlerts(h.now()) })
 }

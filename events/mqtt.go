@@ -63,7 +63,13 @@ func newMQTTSender(cfg MQTTConfig, log *slog.Logger) *mqttSender {
 	return s
 }
 
-func (*mqttSender) accepts(t Type) bool { return t == TypeStatus || t == TypeRemoved }
+func (*mqttSender) accepts(t Type) bool {
+	return t == TypeStatus || t == TypeRemoved || t == TypeFlapping || t == TypeFlappingStopped
+}
+
+// flapSuffix is the subtopic of a device's topic whose retained message
+// says whether it is flapping: "true" or "false".
+const flapSuffix = "/flapping"
 
 func (s *mqttSender) connect() {
 	s.client.Connect() // retries in the background (SetConnectRetry)
@@ -85,7 +91,14 @@ func (s *mqttSender) send(ctx context.Context, batch []rec) error {
 		var payload string
 		switch {
 		case r.typ == TypeRemoved:
-			payload = "" // retained: clears the device's retained status
+			// Retained: clears the device's retained status, and whether
+			// it was flapping.
+			payload = ""
+			s.toks = append(s.toks, s.client.Publish(s.topic(r.id)+flapSuffix, s.cfg.QoS, s.cfg.Retained, payload))
+		case r.typ == TypeFlapping || r.typ == TypeFlappingStopped:
+			s.toks = append(s.toks, s.client.Publish(s.topic(r.id)+flapSuffix, s.cfg.QoS, s.cfg.Retained,
+				map[bool]string{true: "true", false: "false"}[r.typ == TypeFlapping]))
+			continue
 		case r.status == engine.StatusOnline:
 			payload = "online"
 		case r.status == engine.StatusOffline:

@@ -277,7 +277,7 @@ func (f *filter) match(r *rec) bool {
 		return false
 	}
 	if f.ids != nil {
-		if r.typ != TypeStatus && r.typ != TypeOfflineAlert && r.typ != TypeRemoved {
+		if r.id == "" { // the incident events
 			return false
 		}
 		if _, ok := f.ids[r.id]; !ok {
@@ -287,7 +287,7 @@ func (f *filter) match(r *rec) bool {
 	if f.statuses != 0 {
 		var st engine.Status
 		switch r.typ {
-		case TypeStatus:
+		case TypeStatus, TypeFlapping, TypeFlappingStopped:
 			st = r.status
 		case TypeOfflineAlert:
 			st = engine.StatusOffline

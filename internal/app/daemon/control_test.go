@@ -186,3 +186,51 @@ func TestDecommissionEndToEnd(t *testing.T) {
 			m[`presence_api_controls_total{control="decommission",result="applied"}`])
 	}
 }
+
+// A device that flaps raises one flapping event on the stream and shows
+// "flapping": true in GET while its status events keep flowing.
+func TestFlappingEndToEnd(t *testing.T) {
+	s := newStack(t, 601)
+	c := s.config()
+	c.Engine.DefaultTimeout = time.Minute
+	c.Events.Alerts.Flapping.Changes, c.Events.Alerts.Flapping.Window = 3, time.Minute
+	r := startDaemon(t, c)
+	for i := range 5 { // online, offline, online, offline, online
+		if i%2 == 0 {
+			s.publish(601, "telemetry", "x")
+		} else {
+			s.publish(601, "status", "offline")
+		}
+		want := map[bool]string{true: "online", false: "offline"}[i%2 == 0]
+		testenv.Eventually(t, 5*time.Second, func() error {
+			if d, err := r.d.Engine().Device("601"); err != nil || d.Status.String() != want {
+				return fmt.Errorf("601: %+v %v, want %s", d, err, want)
+			}
+			return nil
+		})
+	}
+	var body string
+	if err := r.get("/v1/devices/601", &body); err != nil || !strings.Contains(body, `"flapping":true`) {
+		t.Fatalf("GET 601: %v %s", err, body)
+	}
+	ctx := context.Background()
+	testenv.Eventually(t, 5*time.Second, func() error {
+		entries, err := s.rdb.XRange(ctx, c.Events.Stream.Key, "-", "+").Result()
+		if err != nil {
+			return err
+		}
+		flapping, statuses := 0, 0
+		for _, e := range entries {
+			switch e.Values["type"] {
+			case "flapping":
+				flapping++
+			case "status":
+				statuses++
+			}
+		}
+		if flapping != 1 || statuses != 5 {
+			return fmt.Errorf("%d flapping and %d status events, want 1 and 5", flapping, statuses)
+		}
+		return nil
+	})
+}

@@ -282,7 +282,7 @@ func (d *Daemon) buildCluster() error {
 		}
 	}
 	var err error
-	if d.node, err = cluster.New(cc, d.eng); err != nil {
+	if d.node, err = cluster.New(cc, flapLocal{d.eng, d.events}); err != nil {
 		return err
 	}
 	d.settle = &settle{d.node}
@@ -310,7 +310,7 @@ func (d *Daemon) buildAPI() error {
 	ac.Writer = statusWriter{d.ing, d.node}
 	ac.Controller = d.controller()
 	var err error
-	if d.api, err = api.New(ac, d.eng); err != nil {
+	if d.api, err = api.New(ac, flapLocal{d.eng, d.events}); err != nil {
 		return err
 	}
 	pool := d.stores.pool

@@ -13,6 +13,7 @@ import (
 	"github.com/presence-dev/presence/api"
 	"github.com/presence-dev/presence/cluster"
 	"github.com/presence-dev/presence/engine"
+	"github.com/presence-dev/presence/events"
 	"github.com/presence-dev/presence/ingest"
 	"github.com/presence-dev/presence/internal/wire"
 	"github.com/presence-dev/presence/writeback/redis"
@@ -188,4 +189,31 @@ func unavailable(err error) error {
 		return fmt.Errorf("%w: %v", api.ErrUnavailable, err)
 	}
 	return err
+}
+
+// flapLocal is the engine as the API and the cluster's lookups see it:
+// each device's state with whether it flaps, from the events hub's
+// flapping detector (which the engine does not know).
+type flapLocal struct {
+	*engine.Engine
+	hub *events.Hub
+}
+
+func (l flapLocal) Device(id string) (engine.DeviceState, error) {
+	st, err := l.Engine.Device(id)
+	if err == nil {
+		st.Flapping = l.hub.Flapping(id)
+	}
+	return st, err
+}
+
+func (l flapLocal) Devices(ids []string, dst []engine.DeviceState) []engine.DeviceState {
+	n := len(dst)
+	dst = l.Engine.Devices(ids, dst)
+	for i := n; i < len(dst); i++ {
+		if dst[i].Status != engine.StatusUnknown {
+			dst[i].Flapping = l.hub.Flapping(dst[i].ID)
+		}
+	}
+	return dst
 }
