@@ -30,7 +30,8 @@ import (
 // (when reachable) PostgreSQL history, with the API token on: the test
 // pastes the token, searches a device, sees it online, lets it time out,
 // sees it offline, in the device panel, the live transitions and the
-// history, then saves a screenshot.
+// history; sets and drops its own timeout, sees a flapping device marked,
+// decommissions another; then saves a screenshot.
 func TestDashboardInChromium(t *testing.T) {
 	if testing.Short() {
 		t.Skip("browser test")
@@ -95,7 +96,8 @@ func TestDashboardInChromium(t *testing.T) {
 
 	acfg := api.DefaultConfig()
 	acfg.Token = "s3cret-token"
-	srv, err := api.New(acfg, eng)
+	acfg.Controller = engineControls{eng}
+	srv, err := api.New(acfg, flapStore{eng, "flappy"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,6 +130,7 @@ func TestDashboardInChromium(t *testing.T) {
 	for i := range 5 {
 		eng.Touch(fmt.Sprintf("sensor-%d", i), time.Now().Add(-time.Hour)) //nolint:errcheck
 	}
+	eng.Touch("flappy", time.Now().Add(-time.Hour)) //nolint:errcheck // shown flapping (flapStore)
 	// The device under test, once started, stays online while it keeps
 	// talking.
 	const dev = "dev-42"
@@ -205,7 +208,7 @@ func TestDashboardInChromium(t *testing.T) {
 		chromedp.SendKeys(chromedp.CSS("#token"), acfg.Token),
 		chromedp.Click(chromedp.CSS("#token-save")),
 	))
-	waitFor("fleet counts shown", text("#count-total")+" === '5'")
+	waitFor("fleet counts shown", text("#count-total")+" === '6'")
 	waitFor("live transitions connected", text("#events-state")+" === 'live'")
 	step("search the device", chromedp.Steps(
 		chromedp.SendKeys(chromedp.CSS("#search-id"), dev),
@@ -217,7 +220,7 @@ func TestDashboardInChromium(t *testing.T) {
 	waitFor("device online", text("#dev-status")+" === 'online'")
 	waitFor("count online", text("#count-online")+" === '1'")
 	waitFor("live event: online", "[...document.querySelectorAll('#events li')].some(li => li.textContent.includes('"+dev+"') && li.textContent.includes('unknown→online'))")
-	waitFor("offline list has the old sensors", "document.querySelectorAll('#offline-list tr').length === 5")
+	waitFor("offline list has the old sensors", "document.querySelectorAll('#offline-list tr').length === 6")
 
 	stopOnce() // silence: offline after the 2 s timeout
 	silent := time.Now()
@@ -234,6 +237,55 @@ func TestDashboardInChromium(t *testing.T) {
 	} else {
 		waitFor("history marked unavailable", text("#dev-history-note")+".includes('PostgreSQL')")
 	}
+	// The controls: its own timeout set and dropped, through the API.
+	click := func(name, sel string) { step(name, chromedp.Click(chromedp.CSS(sel))) }
+	step("set a timeout of an hour", chromedp.Steps(
+		chromedp.SendKeys(chromedp.CSS("#timeout-input"), "3600"),
+		chromedp.Click(chromedp.CSS("#timeout-set")),
+	))
+	waitFor("own timeout shown", text("#dev-timeout")+" === '1h 0m (device)'")
+	if d, _ := eng.Device(dev); d.Timeout != time.Hour || d.TimeoutSource != engine.TimeoutDevice {
+		t.Fatalf("after Set: %+v", d)
+	}
+	click("back to the default", "#timeout-reset")
+	waitFor("default timeout shown", text("#dev-timeout")+" === '2s (default)' && "+text("#dev-control-msg")+" === 'timeout reset: done.'")
+
+	// A flapping device is marked; its flapping event is listed.
+	step("search the flapping device", chromedp.Steps(
+		chromedp.SetValue(chromedp.CSS("#search-id"), "flappy"),
+		chromedp.Click(chromedp.CSS("#search-form button")),
+	))
+	shown := func(id string) string { return fmt.Sprintf("(getComputedStyle(document.getElementById(%q)).display !== 'none')", id) }
+	waitFor("flapping badge shown", shown("dev-flapping"))
+	events.send(`{"type":"flapping","id":"flappy","status":"offline","at":"2025-12-14T10:31:15.123456+00:00","since":"2025-12-14T10:30:45.123456+00:00"}`)
+	waitFor("flapping event listed", "[...document.querySelectorAll('#events li.flapping')].some(li => li.textContent.includes('flappy'))")
+
+	// Decommission asks twice, then the device is gone, with a removed
+	// event.
+	step("search an old sensor", chromedp.Steps(
+		chromedp.SetValue(chromedp.CSS("#search-id"), "sensor-0"),
+		chromedp.Click(chromedp.CSS("#search-form button")),
+	))
+	waitFor("sensor-0 offline, no flapping badge", text("#dev-status")+" === 'offline' && !"+shown("dev-flapping"))
+	click("decommission, once", "#decommission")
+	waitFor("asks to confirm", text("#decommission")+" === 'Confirm: forget sensor-0'")
+	if _, err := eng.Device("sensor-0"); err != nil {
+		t.Fatalf("decommissioned on the first click: %v", err)
+	}
+	click("confirm", "#decommission")
+	waitFor("sensor-0 gone", text("#dev-status")+" === 'not found' && "+text("#dev-control-msg")+" === 'decommission: done.'")
+	waitFor("no controls for a device not found", "!"+shown("dev-controls"))
+	waitFor("removed event listed", "[...document.querySelectorAll('#events li')].some(li => li.textContent.includes('removed') && li.textContent.includes('sensor-0'))")
+	waitFor("fleet count down", text("#count-total")+" === '6'") // 5 sensors, flappy and the device, less sensor-0
+	if _, err := eng.Device("sensor-0"); err == nil {
+		t.Fatal("sensor-0 still known after the decommission")
+	}
+	step("back to the device", chromedp.Steps(
+		chromedp.SetValue(chromedp.CSS("#search-id"), dev),
+		chromedp.Click(chromedp.CSS("#search-form button")),
+	))
+	waitFor("device shown again", text("#dev-id")+" === '"+dev+"' && "+text("#dev-status")+" === 'offline' && !"+shown("dev-flapping")+" && "+shown("dev-controls"))
+
 	waitFor("rates charted", "document.querySelector('#chart-msgs polyline') !== null")
 	waitFor("a row per node", "document.querySelectorAll('#nodes tr').length === 2")
 	waitFor("the node that does not answer is marked", text("#nodes tr[data-node='node-b']")+".includes('not answering')")
@@ -250,6 +302,34 @@ func TestDashboardInChromium(t *testing.T) {
 	for _, p := range problems {
 		t.Errorf("browser console: %s", p)
 	}
+}
+
+// engineControls is the API's Controller over the engine alone, as a
+// single node without stores has it.
+type engineControls struct{ e *engine.Engine }
+
+func (c engineControls) SetTimeout(id string, d time.Duration) (bool, error) {
+	if d == 0 {
+		return false, c.e.ClearTimeout(id)
+	}
+	return false, c.e.SetTimeout(id, d)
+}
+
+func (c engineControls) Decommission(id string, at time.Time) (bool, error) {
+	return false, c.e.Decommission(id, at)
+}
+
+// flapStore is the engine with one device flapping, as the daemon's store
+// says it from the events hub's detector.
+type flapStore struct {
+	*engine.Engine
+	flapping string
+}
+
+func (s flapStore) Device(id string) (engine.DeviceState, error) {
+	st, err := s.Engine.Device(id)
+	st.Flapping = err == nil && id == s.flapping
+	return st, err
 }
 
 // shot saves a full-page screenshot under t.TempDir and returns it.
@@ -285,10 +365,15 @@ func (b *broadcaster) publish(batch []engine.Transition) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for _, tr := range batch {
-		msg, _ := json.Marshal(map[string]string{
+		ev := map[string]string{
 			"type": "status", "id": tr.ID, "status": tr.To.String(), "previous": tr.From.String(),
 			"at": tr.At.UTC().Format(api.TimeLayout), "cause": tr.Cause.String(),
-		})
+		}
+		if tr.To == engine.StatusUnknown { // a decommission
+			ev["type"] = "removed"
+			delete(ev, "status")
+		}
+		msg, _ := json.Marshal(ev)
 		for c := range b.subs {
 			select {
 			case c <- msg:

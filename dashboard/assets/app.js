@@ -20,24 +20,33 @@ class APIError extends Error {
 }
 
 // api fetches a JSON endpoint with the bearer token, if any.
-async function api(path) {
+function api(path) { return request('GET', path); }
+
+// request sends method to path with the bearer token, if any, and body as
+// JSON (a write must say application/json), and returns the JSON answer.
+async function request(method, path, body) {
   const headers = { Accept: 'application/json' };
   if (token) headers.Authorization = 'Bearer ' + token;
+  const init = { method, headers, cache: 'no-store' };
+  if (body !== undefined) {
+    headers['Content-Type'] = 'application/json';
+    init.body = JSON.stringify(body);
+  }
   let res;
   try {
-    res = await fetch(path, { headers, cache: 'no-store' });
+    res = await fetch(path, init);
   } catch (e) {
     setConn(false, 'unreachable');
     throw new APIError(0, 'server unreachable');
   }
-  let body = null;
-  try { body = await res.json(); } catch (e) { /* not JSON */ }
+  let answer = null;
+  try { answer = await res.json(); } catch (e) { /* not JSON */ }
   if (res.status === 401) {
     $('auth-banner').hidden = false;
-    throw new APIError(401, (body && body.error) || 'token required');
+    throw new APIError(401, (answer && answer.error) || 'token required');
   }
-  if (!res.ok) throw new APIError(res.status, (body && body.error) || res.statusText);
-  return body;
+  if (!res.ok) throw new APIError(res.status, (answer && answer.error) || res.statusText);
+  return answer;
 }
 
 function setConn(ok, text) {
@@ -245,6 +254,10 @@ let deviceSeq = 0;  // drops answers of superseded refreshes
 function selectDevice(id) {
   id = id.trim();
   if (!id) return;
+  if (id !== current) {
+    resetDecommission();
+    $('dev-control-msg').textContent = '';
+  }
   current = id;
   $('search-id').value = id;
   history.replaceState(null, '', '#device=' + encodeURIComponent(id));
@@ -270,12 +283,16 @@ async function refreshDevice() {
     err.hidden = true;
     badge.textContent = d.status;
     badge.className = 'badge ' + d.status;
+    $('dev-flapping').hidden = !d.flapping;
     $('dev-last-seen').textContent = fmtAgo(d.last_seen);
     $('dev-since').textContent = fmtAgo(d.since);
-    $('dev-timeout').textContent = fmtDur(d.timeout_seconds);
+    $('dev-timeout').textContent = fmtDur(d.timeout_seconds) + ' (' + (d.timeout_source || 'default') + ')';
+    $('dev-controls').hidden = false;
   } else {
     badge.textContent = dev.reason.status === 404 ? 'not found' : 'unknown';
     badge.className = 'badge';
+    $('dev-flapping').hidden = true;
+    $('dev-controls').hidden = true;
     for (const f of ['dev-last-seen', 'dev-since', 'dev-timeout']) $(f).textContent = '–';
     err.textContent = dev.reason.message;
     err.hidden = false;
@@ -323,6 +340,44 @@ function renderHistory(hist, up) {
     status = c.status; start = Math.max(start, t);
   }
   seg(to);
+}
+
+// ---- device controls -----------------------------------------------------
+
+// control runs one write on the device shown and says how it went; a 202
+// (another node owns the device) is applied there, a moment later.
+async function control(what, method, path, body) {
+  const id = current, msg = $('dev-control-msg');
+  if (!id) return;
+  msg.textContent = what + '…';
+  try {
+    const r = await request(method, 'v1/devices/' + encodeURIComponent(id) + path, body);
+    msg.textContent = what + ': done' + (r && r.forwarded ? ' (sent to the node that owns ' + id + ')' : '') + '.';
+  } catch (e) {
+    msg.textContent = what + ' failed: ' + e.message;
+  }
+  refreshDevice();
+}
+
+let disarm = null; // the timer that disarms the decommission button
+
+function decommissionClicked() {
+  const b = $('decommission');
+  if (!b.classList.contains('armed')) { // first click: ask again
+    b.classList.add('armed');
+    b.textContent = 'Confirm: forget ' + current;
+    disarm = setTimeout(resetDecommission, 5000);
+    return;
+  }
+  resetDecommission();
+  control('decommission', 'DELETE', '');
+}
+
+function resetDecommission() {
+  clearTimeout(disarm);
+  const b = $('decommission');
+  b.classList.remove('armed');
+  b.textContent = 'Decommission…';
 }
 
 // ---- offline longest -----------------------------------------------------
@@ -423,8 +478,9 @@ async function readEvents(stream, signal) {
 }
 
 // onEvent shows one event of the events package: {"type":"status",...} per
-// transition, and the alerts offline_alert, mass_offline and
-// mass_offline_recovered. A stream without "type" is read as transitions.
+// transition, removed per decommission, and the alerts offline_alert,
+// mass_offline, mass_offline_recovered, flapping and flapping_stopped. A
+// stream without "type" is read as transitions.
 function onEvent(name, data) {
   let ev;
   try { ev = JSON.parse(data); } catch (e) { return; }
@@ -440,6 +496,18 @@ function onEvent(name, data) {
         el('span', { class: 'st-' + (ev.previous || 'unknown') }, ev.previous || 'unknown'), '→',
         el('span', { class: 'st-' + ev.status }, ev.status),
         el('span', { class: 'note' }, (ev.cause || '') + (ev.coalesced ? ' (coalesced)' : '')));
+      if (String(ev.id) === current) refreshDevice();
+      break;
+    case 'removed':
+      li = el('li', { class: 'alert' }, time, el('strong', null, 'removed'), devLink(String(ev.id)),
+        el('span', { class: 'note' }, 'decommissioned, was ' + (ev.previous || 'unknown')));
+      if (String(ev.id) === current) refreshDevice();
+      break;
+    case 'flapping':
+    case 'flapping_stopped':
+      li = el('li', { class: 'flapping' }, time, el('strong', null, type === 'flapping' ? 'flapping' : 'stable again'),
+        devLink(String(ev.id)), el('span', { class: 'note' }, type === 'flapping' ? 'changes since ' + fmtTime(ev.since) :
+          'after ' + fmtDur(ev.duration_seconds) + ' of flapping'));
       if (String(ev.id) === current) refreshDevice();
       break;
     case 'offline_alert':
@@ -497,6 +565,13 @@ document.addEventListener('DOMContentLoaded', () => {
   });
   $('search-form').addEventListener('submit', (ev) => { ev.preventDefault(); selectDevice($('search-id').value); });
   $('window').addEventListener('change', () => refreshDevice());
+  $('timeout-form').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const sec = Number($('timeout-input').value);
+    control('timeout ' + fmtDur(sec), 'PUT', '/timeout', { timeout_seconds: sec });
+  });
+  $('timeout-reset').addEventListener('click', () => control('timeout reset', 'DELETE', '/timeout'));
+  $('decommission').addEventListener('click', decommissionClicked);
 
   const stats = every(STATS_EVERY, pollStats);
   const offline = every(OFFLINE_EVERY, pollOffline);
