@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"net/http"
 	"strconv"
 	"time"
@@ -227,16 +226,6 @@ func (s *Server) controlDone(w http.ResponseWriter, c int, id string, forwarded 
 var timeoutRange = "timeout_seconds must be a whole number of seconds from " +
 	strconv.Itoa(int(engine.MinTimeout.Seconds())) + " to " + strconv.Itoa(int(engine.MaxTimeout.Seconds())) + " (7 days)"
 
-// timeoutOf converts a timeout_seconds: a whole number of seconds in the
-// engine's range, else false. Whole seconds bound the distinct timeouts
-// clients can make the engine hold.
-func timeoutOf(sec float64) (time.Duration, bool) {
-	if !(sec >= engine.MinTimeout.Seconds() && sec <= engine.MaxTimeout.Seconds()) || sec != math.Trunc(sec) { // NaN too
-		return 0, false
-	}
-	return time.Duration(sec) * time.Second, true
-}
-
 // decodeTimeout reads exactly {"timeout_seconds": N}.
 func decodeTimeout(body []byte) (time.Duration, *requestError) {
 	var raw map[string]json.RawMessage
@@ -256,7 +245,7 @@ func decodeTimeout(body []byte) (time.Duration, *requestError) {
 	if err := json.Unmarshal(v, &sec); err != nil {
 		return 0, invalidBody("timeout_seconds %s: %s", wire.Quote(string(v), 64), timeoutRange)
 	}
-	d, ok := timeoutOf(sec)
+	d, ok := engine.TimeoutFromSeconds(sec)
 	if !ok {
 		return 0, invalidBody("timeout_seconds %s: %s", wire.Quote(string(v), 64), timeoutRange)
 	}
@@ -346,7 +335,7 @@ func (s *Server) batchSetTimeout(w http.ResponseWriter, r *http.Request) {
 		if req.TimeoutSeconds != nil {
 			c = ctlSetTimeout
 			var valid bool
-			if d, valid = timeoutOf(*req.TimeoutSeconds); !valid {
+			if d, valid = engine.TimeoutFromSeconds(*req.TimeoutSeconds); !valid {
 				s.ctl[c][ctlInvalid].Inc()
 				res.Rejected = append(res.Rejected, ControlReject{req.ID, "invalid_timeout"})
 				continue

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -301,6 +302,45 @@ func FuzzControlBodies(f *testing.F) {
 		var e struct{ Error string }
 		if w.Code >= 400 && (json.Unmarshal(w.Body.Bytes(), &e) != nil || e.Error == "") {
 			t.Fatalf("error %d without an error message: %s", w.Code, w.Body)
+		}
+	})
+}
+
+// FuzzControlIDs: any id in a control's path is answered with JSON, 400
+// for an invalid one, never a panic or a 5xx.
+func FuzzControlIDs(f *testing.F) {
+	for _, s := range []string{"1", "nobody", "", " ", "a/b", "a+b", "#", "?x", "%", "é", "\x00", `q"\`,
+		strings.Repeat("x", 128), strings.Repeat("x", 129)} {
+		f.Add(s, uint8(0))
+	}
+	fx := controlFixture(f)
+	for _, id := range fuzzKnown {
+		fx.touch(id, t0)
+	}
+	routes := [][3]string{{"PUT", "/timeout", `{"timeout_seconds":60}`}, {"DELETE", "/timeout", ""}, {"DELETE", "", ""}}
+	f.Fuzz(func(t *testing.T, id string, route uint8) {
+		rt := routes[int(route)%len(routes)]
+		req := httptest.NewRequest(rt[0], "/v1/devices/"+url.PathEscape(id)+rt[1], strings.NewReader(rt[2]))
+		req.Host = "127.0.0.1:8080"
+		req.Header.Set("Content-Type", "application/json")
+		w := httptest.NewRecorder()
+		fx.srv.Handler().ServeHTTP(w, req)
+		if (id == "" || id == "." || id == "..") && w.Code >= 300 && w.Code <= 308 {
+			return // the mux cleans such paths and redirects (FuzzDeviceID)
+		}
+		if w.Code >= 500 || !json.Valid(w.Body.Bytes()) {
+			t.Fatalf("%s %q: %d %q", rt[0], id, w.Code, w.Body)
+		}
+		if engine.ValidID(id) && id != "." && id != ".." && w.Code == 400 {
+			t.Fatalf("valid id %q refused: %s", id, w.Body)
+		}
+		if !engine.ValidID(id) && w.Code < 400 {
+			t.Fatalf("invalid id %q taken: %d %s", id, w.Code, w.Body)
+		}
+		if w.Code == 200 && rt[1] == "" { // decommissioned: bring it back
+			if err := fx.eng.Touch(id, t0); err != nil {
+				t.Fatal(err)
+			}
 		}
 	})
 }

@@ -184,6 +184,9 @@ func FuzzDecodeFrames(f *testing.F) {
 	now := time.Now().UnixNano()
 	f.Add(appendBatch(nil, []msg{{id: "a", at: now}, {id: "b", flags: msgOffline | msgZeroTime, timeout: time.Second}}))
 	f.Add(appendState(nil, []engine.DeviceState{{ID: "a", Status: engine.StatusOnline, LastSeen: time.Now()}}))
+	f.Add(appendBatch(nil, []msg{overrideMsg("a", time.Hour), overrideMsg("b", 0), removeMsg("c", time.Now())}))
+	f.Add(appendState(nil, []engine.DeviceState{{ID: "a", Status: engine.StatusOffline, Timeout: time.Hour,
+		TimeoutSource: engine.TimeoutDevice, Flapping: true}}))
 	f.Add(appendHello(nil, "n", "m", []byte("p")))
 	f.Add(appendWelcome(nil, []byte("p")))
 	f.Add(appendAck(nil, 3, "x"))

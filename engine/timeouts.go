@@ -2,6 +2,7 @@ package engine
 
 import (
 	"fmt"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -50,6 +51,17 @@ func newTimeoutTable(def time.Duration) *timeoutTable {
 	tab := []int64{int64(def)}
 	t.tab.Store(&tab)
 	return t
+}
+
+// TimeoutFromSeconds converts a timeout given in seconds, as the HTTP API
+// takes one: a whole number of seconds in [MinTimeout, MaxTimeout], else
+// false (NaN, a fraction, out of range). Whole seconds bound the distinct
+// timeouts clients can make an engine hold (it keeps them for good).
+func TimeoutFromSeconds(sec float64) (time.Duration, bool) {
+	if !(sec >= MinTimeout.Seconds() && sec <= MaxTimeout.Seconds()) || sec != math.Trunc(sec) { // NaN too
+		return 0, false
+	}
+	return time.Duration(sec) * time.Second, true
 }
 
 // ValidTimeout reports whether d is a timeout a device may have: in

@@ -3,6 +3,7 @@ package events
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -117,6 +118,38 @@ func BenchmarkHandleTransitions(b *testing.B) {
 			_ = h.Close(ctx)
 		}
 	}
+	// The flapping detector alone, off and on: with every transition a
+	// quick change (its previous status began a second before), the worst
+	// case, every device of the 100,000 followed.
+	flapHub := func(b *testing.B, on bool) {
+		cfg := bareConfig()
+		if on {
+			cfg.Alerts.Flapping = DefaultConfig().Alerts.Flapping
+		}
+		h, err := New(cfg, Deps{Logger: quietLog()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		quick := make([][]engine.Transition, len(batches))
+		for i, batch := range batches {
+			quick[i] = slices.Clone(batch)
+			for j := range quick[i] {
+				quick[i][j].PrevSince = quick[i][j].At.Add(-time.Second)
+			}
+		}
+		b.ReportAllocs()
+		b.ResetTimer()
+		for n, i := 0, 0; n < b.N; i++ {
+			batch := quick[i%len(quick)]
+			if rest := b.N - n; rest < len(batch) {
+				batch = batch[:rest]
+			}
+			h.HandleTransitions(batch)
+			n += len(batch)
+		}
+	}
+	b.Run("hub/dests=0/flapping=off", func(b *testing.B) { flapHub(b, false) })
+	b.Run("hub/dests=0/flapping=on", func(b *testing.B) { flapHub(b, true) })
 	b.Run("hub/dests=0/alerts=off", func(b *testing.B) { hub(b, 0, false, false) })
 	b.Run("hub/dests=0/alerts=on", func(b *testing.B) { hub(b, 0, true, false) })
 	b.Run("hub/dests=1/alerts=off", func(b *testing.B) { hub(b, 1, false, true) })

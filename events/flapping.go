@@ -23,7 +23,7 @@ type FlapConfig struct {
 	// flapping device must stay unchanged to stop flapping. Default 5 min.
 	Window time.Duration
 	// MaxTracked bounds the devices the detector follows at once, about
-	// 100 bytes each. It follows only devices whose status lasted less
+	// 150 bytes each. It follows only devices whose status lasted less
 	// than Window (a transition's engine.Transition.PrevSince), so a mass
 	// outage of long-online devices costs it nothing; a fleet-wide flap
 	// (a broker restart) past the bound is counted

@@ -341,7 +341,7 @@ func parseFilter(q url.Values, maxIDs int) (filter, error) {
 				for name := range strings.SplitSeq(v, ",") {
 					t, ok := ParseType(name)
 					if !ok {
-						return filter{}, fmt.Errorf("type: unknown event type %s (status, offline_alert, mass_offline, mass_offline_recovered)", wire.Quote(name, 64))
+						return filter{}, fmt.Errorf("type: unknown event type %s (status, removed, offline_alert, mass_offline, mass_offline_recovered, flapping, flapping_stopped)", wire.Quote(name, 64))
 					}
 					f.types |= 1 << t
 				}

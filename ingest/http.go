@@ -230,10 +230,11 @@ func timeoutOf(sec float64) time.Duration {
 	if sec == 0 {
 		return 0
 	}
-	if !(sec >= engine.MinTimeout.Seconds() && sec <= engine.MaxTimeout.Seconds()) || sec != math.Trunc(sec) { // NaN too
+	d, ok := engine.TimeoutFromSeconds(sec)
+	if !ok {
 		return invalidTimeout
 	}
-	return time.Duration(sec) * time.Second
+	return d
 }
 
 // validHTTP validates one message that did not come over MQTT, counting it

@@ -156,10 +156,17 @@ func (r *Sink) queueRemoval(ctx context.Context, pipe goredis.Pipeliner, id stri
 	pipe.Del(ctx, r.StatusKey(id))
 	pipe.Del(ctx, r.LastSeenKey(id))
 	pipe.HDel(ctx, r.TimeoutsKey(), id)
+	if r.cfg.IndexKeyOf != nil {
+		pipe.SRem(ctx, r.cfg.IndexKeyOf(id), id)
+	}
+	return r.removalUnits()
+}
+
+// removalUnits is how many commands queueRemoval queues.
+func (r *Sink) removalUnits() int {
 	if r.cfg.IndexKeyOf == nil {
 		return 3
 	}
-	pipe.SRem(ctx, r.cfg.IndexKeyOf(id), id)
 	return 4
 }
 
@@ -267,7 +274,7 @@ func (r *Sink) writeGuarded(ctx context.Context, states []engine.DeviceState) (w
 	for i := range states {
 		switch {
 		case states[i].Removed:
-			res.Units += 3
+			res.Units += r.removalUnits()
 		case states[i].Status != engine.StatusOnline && states[i].Status != engine.StatusOffline:
 			res.Skipped++
 		case states[i].LastSeen.IsZero():

@@ -40,8 +40,9 @@ func (n *clusterNode) do(method, path, body string) (int, string, error) {
 
 // Three processes: a device's own timeout and its decommission, sent to
 // any node, reach its owner (200 there, 202 elsewhere); the overrides
-// survive a graceful leave (the handoff carries them) and the
-// decommissioned devices stay gone.
+// survive a graceful leave (the handoff carries them) and a kill -9 (the
+// survivor rebuilds them from Redis), and the decommissioned devices stay
+// gone.
 func TestClusterDeviceControls(t *testing.T) {
 	if testing.Short() {
 		t.Skip("multi-process cluster test")
@@ -169,4 +170,25 @@ func TestClusterDeviceControls(t *testing.T) {
 		return checkControls(map[string]*clusterNode{a.name: a, b.name: b}, two)
 	})
 	t.Logf("%d overridden devices moved from C with their override", moved)
+
+	// kill -9 B: A rebuilds B's partitions from Redis, overrides included
+	// ({prefix}timeouts).
+	onB := 0
+	for _, id := range overridden {
+		if two.OwnerOf(id) == b.name {
+			onB++
+		}
+	}
+	if err := b.p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-b.p.done
+	one := cluster.NewTable(cluster.DefaultPartitions, []string{a.name})
+	took := pollUntil(t, 30*time.Second, "B's devices rebuilt on A with their overrides", func() error {
+		if err := formed(a); err != nil {
+			return err
+		}
+		return checkControls(map[string]*clusterNode{a.name: a}, one)
+	})
+	t.Logf("%d overridden devices rebuilt from Redis on A, override kept, %v after B's SIGKILL", onB, took.Round(time.Millisecond))
 }

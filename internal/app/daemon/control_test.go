@@ -234,3 +234,45 @@ func TestFlappingEndToEnd(t *testing.T) {
 		return nil
 	})
 }
+
+// The batch forms against the real stores: overrides stored, then the
+// devices decommissioned and their keys gone.
+func TestBatchControlsEndToEnd(t *testing.T) {
+	s := newStack(t, 701, 702)
+	c := s.config()
+	r := startDaemon(t, c)
+	s.publish(701, "telemetry", "x")
+	s.publish(702, "telemetry", "x")
+	ctx := context.Background()
+	testenv.Eventually(t, 5*time.Second, func() error {
+		for _, id := range []int{701, 702} {
+			if st, _, err := s.redisState(id); err != nil || st != "online" {
+				return fmt.Errorf("%d: %q %v", id, st, err)
+			}
+		}
+		return nil
+	})
+	code, body := r.do(t, "POST", "/v1/devices:batchSetTimeout",
+		`{"timeouts":[{"id":"701","timeout_seconds":900},{"id":"702","timeout_seconds":900},{"id":"799","timeout_seconds":900}]}`)
+	if code != 200 || body != `{"accepted":2,"forwarded":0,"rejected":[{"id":"799","reason":"not_found"}]}`+"\n" {
+		t.Fatalf("batchSetTimeout: %d %s", code, body)
+	}
+	if m, err := s.rdb.HGetAll(ctx, c.Keys.KeyPrefix+"timeouts").Result(); err != nil || len(m) != 2 || m["701"] != "900" {
+		t.Fatalf("stored overrides %v %v", m, err)
+	}
+	code, body = r.do(t, "POST", "/v1/devices:batchDecommission", `{"ids":["701","702","bad/id"]}`)
+	if code != 200 || body != `{"accepted":2,"forwarded":0,"rejected":[{"id":"bad/id","reason":"invalid_id"}]}`+"\n" {
+		t.Fatalf("batchDecommission: %d %s", code, body)
+	}
+	testenv.Eventually(t, 5*time.Second, func() error {
+		n, err := s.rdb.Exists(ctx, c.Keys.KeyPrefix+"status:701", c.Keys.KeyPrefix+"lastseen:701",
+			c.Keys.KeyPrefix+"status:702", c.Keys.KeyPrefix+"lastseen:702", c.Keys.KeyPrefix+"timeouts").Result()
+		if err != nil || n != 0 {
+			return fmt.Errorf("%d keys left (%v)", n, err)
+		}
+		return nil
+	})
+	if c := r.d.Engine().Counts(); c.Total != 0 {
+		t.Fatalf("counts %+v after decommissioning both", c)
+	}
+}
