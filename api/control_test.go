@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -137,7 +138,7 @@ func TestBatchControls(t *testing.T) {
 	var res ControlBatchResult
 	decodeStrict(t, w.Body.Bytes(), &res)
 	want := []ControlReject{{"nobody", "not_found"}, {"a+b", "invalid_id"}, {"b3", "invalid_timeout"}}
-	if w.Code != 200 || res.Accepted != 3 || res.Forwarded != 0 || !equalRejects(res.Rejected, want) {
+	if w.Code != 200 || res.Accepted != 3 || res.Forwarded != 0 || !slices.Equal(res.Rejected, want) {
 		t.Fatalf("batchSetTimeout: %d %s", w.Code, w.Body)
 	}
 	for id, src := range map[string]engine.TimeoutSource{"b1": engine.TimeoutDevice, "b2": engine.TimeoutDefault, "b3": engine.TimeoutDefault} {
@@ -148,7 +149,7 @@ func TestBatchControls(t *testing.T) {
 	w = f.do("POST", "/v1/devices:batchDecommission", `{"ids":["b1","b2","nobody","a+b"]}`)
 	res = ControlBatchResult{}
 	decodeStrict(t, w.Body.Bytes(), &res)
-	if w.Code != 200 || res.Accepted != 2 || !equalRejects(res.Rejected, []ControlReject{{"nobody", "not_found"}, {"a+b", "invalid_id"}}) {
+	if w.Code != 200 || res.Accepted != 2 || !slices.Equal(res.Rejected, []ControlReject{{"nobody", "not_found"}, {"a+b", "invalid_id"}}) {
 		t.Fatalf("batchDecommission: %d %s", w.Code, w.Body)
 	}
 	if c := f.eng.Counts(); c.Total != 1 {
@@ -179,18 +180,6 @@ func TestBatchControls(t *testing.T) {
 	if c := f.eng.Counts(); c.Total != 1 {
 		t.Fatalf("refused batches changed the fleet: %+v", c)
 	}
-}
-
-func equalRejects(a, b []ControlReject) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // fakeController answers as a cluster node that owns nothing, or as one

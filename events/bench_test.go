@@ -57,7 +57,7 @@ func benchBatches() [][]engine.Transition {
 // queueing sink does).
 func BenchmarkHandleTransitions(b *testing.B) {
 	batches := benchBatches()
-	run := func(b *testing.B, handle func([]engine.Transition)) {
+	runOn := func(b *testing.B, batches [][]engine.Transition, handle func([]engine.Transition)) {
 		b.ReportAllocs()
 		b.ResetTimer()
 		for n, i := 0, 0; n < b.N; i++ {
@@ -69,6 +69,7 @@ func BenchmarkHandleTransitions(b *testing.B) {
 			n += len(batch)
 		}
 	}
+	run := func(b *testing.B, handle func([]engine.Transition)) { runOn(b, batches, handle) }
 
 	b.Run("baseline=chan", func(b *testing.B) {
 		ch := make(chan engine.Transition, 1<<16)
@@ -137,16 +138,7 @@ func BenchmarkHandleTransitions(b *testing.B) {
 				quick[i][j].PrevSince = quick[i][j].At.Add(-time.Second)
 			}
 		}
-		b.ReportAllocs()
-		b.ResetTimer()
-		for n, i := 0, 0; n < b.N; i++ {
-			batch := quick[i%len(quick)]
-			if rest := b.N - n; rest < len(batch) {
-				batch = batch[:rest]
-			}
-			h.HandleTransitions(batch)
-			n += len(batch)
-		}
+		runOn(b, quick, h.HandleTransitions)
 	}
 	b.Run("hub/dests=0/flapping=off", func(b *testing.B) { flapHub(b, false) })
 	b.Run("hub/dests=0/flapping=on", func(b *testing.B) { flapHub(b, true) })

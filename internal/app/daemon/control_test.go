@@ -3,8 +3,6 @@ package daemon
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -12,30 +10,6 @@ import (
 	"github.com/presence-dev/presence/cluster"
 	"github.com/presence-dev/presence/internal/testsupport/testenv"
 )
-
-// do sends a request with a JSON body (if any) and returns the status and
-// the answer.
-func (r *running) do(t *testing.T, method, path, body string) (int, string) {
-	t.Helper()
-	var rd io.Reader
-	if body != "" {
-		rd = strings.NewReader(body)
-	}
-	req, err := http.NewRequest(method, "http://"+r.d.HTTPAddr()+path, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
 
 // A device's own timeout is stored in Redis, outlives a restart (the
 // rebuild reads it back) and beats its pattern's; DELETE returns it to

@@ -15,11 +15,28 @@ import (
 // and the answer.
 func (r *running) post(t *testing.T, path, token, body string) (int, string) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, "http://"+r.d.HTTPAddr()+path, strings.NewReader(body))
+	return r.send(t, http.MethodPost, path, token, body)
+}
+
+// do sends a request without a token and with a JSON body (if any).
+func (r *running) do(t *testing.T, method, path, body string) (int, string) {
+	t.Helper()
+	return r.send(t, method, path, "", body)
+}
+
+func (r *running) send(t *testing.T, method, path, token, body string) (int, string) {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, "http://"+r.d.HTTPAddr()+path, rd)
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.Header.Set("Content-Type", "application/json")
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
