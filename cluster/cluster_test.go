@@ -529,6 +529,9 @@ func TestCloseStopsGoroutines(t *testing.T) {
 	if err := b.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	// a's table without b first: closing while it still names b, a would
+	// hand b's share back to b, gone, and Close would (rightly) fail.
+	waitTables(t, 10*time.Second, []*Node{a}, "a")
 	if err := a.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
