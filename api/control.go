@@ -31,6 +31,11 @@ type Controller interface {
 	Decommission(id string, at time.Time) (forwarded bool, err error)
 }
 
+// ErrHeld: a Controller took the control but applies it later, once this
+// node has rebuilt the device's partition (a cluster member crashed):
+// answered 202 with "forwarded": false.
+var ErrHeld = errors.New("api: held until the device's partition is rebuilt")
+
 // TimeoutRequest is the body of PUT /v1/devices/{id}/timeout, and one
 // item of POST /v1/devices:batchSetTimeout, where a null TimeoutSeconds
 // drops the override.
@@ -41,7 +46,9 @@ type TimeoutRequest struct {
 
 // ControlForwarded answers a device control with 202 in a cluster when
 // another node owns the device: the control was sent to it, which applies
-// it (and ignores it if it does not know the device).
+// it (and ignores it if it does not know the device by then). Forwarded
+// false: this node owns the device but holds its partition's messages
+// until a rebuild from Redis is done (ErrHeld), and applies it then.
 type ControlForwarded struct {
 	ID        string `json:"id"`
 	Forwarded bool   `json:"forwarded"`
@@ -150,6 +157,13 @@ func (s *Server) applyTimeout(w http.ResponseWriter, r *http.Request, id string,
 	}
 }
 
+// controlHeld answers a control taken for later (ErrHeld): 202.
+func (s *Server) controlHeld(w http.ResponseWriter, c int, id string) {
+	s.ctl[c][ctlForwarded].Inc()
+	b, _ := json.Marshal(ControlForwarded{ID: id})
+	wire.WriteJSON(w, http.StatusAccepted, append(b, '\n'))
+}
+
 // decommission serves DELETE /v1/devices/{id}.
 func (s *Server) decommission(w http.ResponseWriter, r *http.Request) {
 	id, ok := s.pathID(w, r)
@@ -178,6 +192,8 @@ func (s *Server) controlError(w http.ResponseWriter, r *http.Request, c int, id 
 	switch {
 	case err == nil:
 		return false
+	case errors.Is(err, ErrHeld):
+		s.controlHeld(w, c, id)
 	case errors.Is(err, engine.ErrNotFound):
 		s.ctl[c][ctlNotFound].Inc()
 		wire.WriteError(w, http.StatusNotFound, "device "+wire.Quote(id, 64)+" not found")
@@ -395,6 +411,9 @@ func (s *Server) batchOutcome(w http.ResponseWriter, r *http.Request, res *Contr
 		s.ctl[c][ctlForwarded].Inc()
 		res.Accepted++
 		res.Forwarded++
+	case errors.Is(err, ErrHeld): // taken, applied after the rebuild
+		s.ctl[c][ctlForwarded].Inc()
+		res.Accepted++
 	case err == nil:
 		s.ctl[c][ctlApplied].Inc()
 		res.Accepted++

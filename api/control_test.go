@@ -231,6 +231,24 @@ func TestControlsForwardedAndUnavailable(t *testing.T) {
 	}
 }
 
+// A control held for a rebuild (ErrHeld) answers 202 without forwarded,
+// and counts as accepted in a batch.
+func TestControlsHeld(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.Controller = fakeController{ErrHeld} })
+	w := f.do("DELETE", "/v1/devices/h1", "")
+	var fw ControlForwarded
+	decodeStrict(t, w.Body.Bytes(), &fw)
+	if w.Code != 202 || fw.ID != "h1" || fw.Forwarded {
+		t.Fatalf("held: %d %s", w.Code, w.Body)
+	}
+	w = f.do("POST", "/v1/devices:batchSetTimeout", `{"timeouts":[{"id":"h1","timeout_seconds":60}]}`)
+	var res ControlBatchResult
+	decodeStrict(t, w.Body.Bytes(), &res)
+	if w.Code != 200 || res.Accepted != 1 || res.Forwarded != 0 {
+		t.Fatalf("held batch: %d %s", w.Code, w.Body)
+	}
+}
+
 // A DELETE needs no Content-Type (it has no body, and a browser must ask
 // the CORS preflight for it), a PUT does; both are writes, refused on an
 // open listener without a token.

@@ -58,6 +58,13 @@ func (h *hold) add(p int, m msg, clone bool) (held, overflow bool) {
 	return true, false
 }
 
+// Holding reports whether device id's partition is held for its rebuild
+// from the shared store: what is sent for it now is applied once the
+// rebuild is done.
+func (r *Router) Holding(id string) bool {
+	return r.hold.active.Load() && r.hold.held[PartitionOf(id, r.cfg.Partitions)].Load()
+}
+
 // holdBack queues m if its partition is held and reports whether it did.
 // Callers check r.hold.active first. When the hold is full, everything
 // held is applied (in order) and nothing is held any more: then m, like

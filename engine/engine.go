@@ -396,13 +396,8 @@ func (e *Engine) Decommission(id string, at time.Time) error {
 	sh.queue = append(sh.queue, qent{at: at.UnixNano(), prev: sh.rec(slot).since, slot: slot, from: from, to: StatusUnknown, cause: CauseAPI})
 	sh.st.removed++
 	sh.detach(slot)
-	if sh.trackMask != 0 {
-		if sh.removed == nil {
-			sh.removed = make(map[uint32]struct{})
-		}
-		sh.removed[slot] = struct{}{}
-		sh.markDirty(slot)
-	}
+	sh.rec(slot).flags |= flagRemoved
+	sh.markDirty(slot)
 	return nil
 }
 
@@ -549,10 +544,7 @@ func (e *Engine) Remove(ids ...string) int {
 func (sh *shard) reattach(slot uint32) {
 	r := sh.rec(slot)
 	r.flags, r.tmo, r.lastSeen, r.since = r.flags&flagExpiredListed, 0, 0, 0
-	sh.nDetached--
-	// A decommissioned device back before every Tracker drained its
-	// removal: they now write its new state instead.
-	delete(sh.removed, slot)
+	sh.nDetached-- // flagRemoved too is gone: a Tracker that still lists it writes its new state
 }
 
 func (e *Engine) restore(recs []DeviceState, now time.Time, cause Cause) error {
@@ -580,14 +572,18 @@ func (e *Engine) restoreOne(d *DeviceState, now int64, cause Cause) error {
 	}
 	var tmo uint16
 	if d.Timeout != 0 && d.TimeoutSource != TimeoutDefault {
-		var err error
-		if tmo, err = e.timeouts.index(d.Timeout); err != nil {
+		ix, err := e.timeouts.index(d.Timeout)
+		switch {
+		case err != nil && d.TimeoutSource == TimeoutDevice:
+			// An override the engine cannot hold (the table is full): the
+			// device is restored on the default rather than not at all.
+			e.rejected.Add(1)
+		case err != nil:
 			return err
-		}
-		if d.TimeoutSource == TimeoutDevice {
-			tmo |= tmoDevice
-		} else {
-			tmo |= tmoPattern
+		case d.TimeoutSource == TimeoutDevice:
+			tmo = ix | tmoDevice
+		default:
+			tmo = ix | tmoPattern
 		}
 	}
 	lastSeen := toNanos(d.LastSeen)

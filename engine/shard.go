@@ -71,6 +71,12 @@ const (
 	flagExpiredListed
 )
 
+// flagRemoved, with flagDetached: the device was decommissioned, not
+// handed over, so its Trackers list it as Removed (again after a failed
+// write) until it comes back. A detached record reports nothing, so the
+// bit is free.
+const flagRemoved = flagReported
+
 func (r *rec) status() Status {
 	if r.flags&flagOnline != 0 {
 		return StatusOnline
@@ -153,9 +159,6 @@ type shard struct {
 	// the tmo it returns to on ClearTimeout: overrides are few, so the
 	// 32-byte record spends nothing on them.
 	patterns map[uint32]uint16
-	// removed lists the decommissioned devices (detached) that some
-	// Tracker has not drained yet: Drain hands them out as Removed.
-	removed map[uint32]struct{}
 
 	view *atomic.Pointer[shardView] // Engine.views[this shard]
 

@@ -45,14 +45,11 @@ func (t *Tracker) Drain(dst []DeviceState, max int) []DeviceState {
 			d.head++
 			r := sh.rec(slot)
 			r.dirty &^= 1 << t.idx
-			if r.flags&flagDetached != 0 {
-				if _, ok := sh.removed[slot]; ok {
-					dst = append(dst, DeviceState{ID: sh.id(slot), Removed: true})
-					if r.dirty&sh.trackMask == 0 {
-						delete(sh.removed, slot) // every Tracker has it
-					}
-					continue
-				}
+			switch {
+			case r.flags&(flagDetached|flagRemoved) == flagDetached|flagRemoved:
+				dst = append(dst, DeviceState{ID: sh.id(slot), Removed: true})
+				continue
+			case r.flags&flagDetached != 0:
 				max++ // handed over: its new owner writes it
 				continue
 			}
@@ -90,7 +87,7 @@ func (t *Tracker) MarkDirty(ids ...string) {
 		slot, ok := sh.lookup(id, h)
 		if ok {
 			r := sh.rec(slot)
-			_, removed := sh.removed[slot]
+			removed := r.flags&flagRemoved != 0 // with flagDetached
 			if (r.flags&flagDetached == 0 || removed) && r.dirty&(1<<t.idx) == 0 {
 				r.dirty |= 1 << t.idx
 				sh.dirty[t.idx].items = append(sh.dirty[t.idx].items, slot)

@@ -151,6 +151,7 @@ type activeIncident struct {
 type alertMetrics struct {
 	alerts     [numTypes + 1]*metrics.Counter
 	suppressed *metrics.Counter
+	rearmed    *metrics.Counter // offline alerts given back after flapping
 }
 
 func newAlerts(cfg AlertConfig, fleet func() int, set *metrics.Set) *alerts {
@@ -166,6 +167,7 @@ func newAlerts(cfg AlertConfig, fleet func() int, set *metrics.Set) *alerts {
 		a.m.alerts[t] = set.NewCounter(`presence_events_alerts_total{type="` + t.String() + `"}`)
 	}
 	a.m.suppressed = set.NewCounter("presence_events_offline_alerts_suppressed_total")
+	a.m.rearmed = set.NewCounter("presence_events_offline_alerts_rearmed_total")
 	return a
 }
 
@@ -186,8 +188,8 @@ func (a *alerts) observe(batch []engine.Transition, now time.Time, out []rec) []
 			out = a.offline(t, now, out)
 		case engine.StatusOnline:
 			out = a.online(t.ID, now, out)
-		case engine.StatusUnknown: // decommissioned: no longer offline, no alert
-			out = a.online(t.ID, now, out)
+		case engine.StatusUnknown: // decommissioned: no alert, and out of its incident
+			out = a.removed(t.ID, now, out)
 		}
 	}
 	return out
@@ -244,6 +246,43 @@ func (a *alerts) online(id string, now time.Time, out []rec) []rec {
 		if inc.back >= inc.recoverN {
 			out = a.recover(now, out)
 		}
+	}
+	return out
+}
+
+// rearm gives a device offline since sinceUs (µs) its offline alert back
+// once it stops flapping: due at sinceUs + OfflineAfter, at once if that
+// has passed. One still pending is left as it is.
+func (a *alerts) rearm(id string, sinceUs int64, cause engine.Cause) {
+	if a.offlineAfter == 0 {
+		return
+	}
+	if _, ok := a.byID.find(id, a.ref); ok {
+		return
+	}
+	a.heapPush(a.alloc(id, newOffRec(sinceUs, cause)))
+	a.m.rearmed.Inc()
+}
+
+// removed forgets a decommissioned device. A member of the active
+// incident leaves it rather than count as back: decommissioning an
+// outage's dead devices must not recover the incident early; it recovers
+// when the share of the members left that are back reaches RecoverShare.
+func (a *alerts) removed(id string, now time.Time, out []rec) []rec {
+	slot, ok := a.byID.find(id, a.ref)
+	if !ok {
+		return out
+	}
+	member := a.slots.at(slot).member() && a.active != nil
+	a.forget(slot)
+	if !member {
+		return out
+	}
+	inc := a.active
+	inc.members--
+	inc.recoverN = max(int(math.Ceil(a.mass.RecoverShare*float64(inc.members))), 1)
+	if inc.back >= inc.recoverN || inc.members == 0 {
+		out = a.recover(now, out)
 	}
 	return out
 }
@@ -331,9 +370,13 @@ func (a *alerts) recover(now time.Time, out []rec) []rec {
 	}
 	a.m.alerts[TypeMassOfflineRecovered].Inc()
 	at := now.UnixMicro()
+	share := 1.0 // every member decommissioned: nothing is still offline
+	if inc.members > 0 {
+		share = float64(inc.back) / float64(inc.members)
+	}
 	return append(out, rec{typ: TypeMassOfflineRecovered, at: at, inc: &incident{
 		id: inc.id, started: inc.started, window: inc.window,
-		count: inc.members, fleet: inc.fleet, share: float64(inc.back) / float64(inc.members),
+		count: inc.members, fleet: inc.fleet, share: share,
 		recovered: inc.back, stillOffline: inc.members - inc.back,
 	}})
 }

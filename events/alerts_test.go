@@ -404,3 +404,38 @@ func TestRemovedDeviceRaisesNoAlert(t *testing.T) {
 		t.Fatalf("removed events %+v", r)
 	}
 }
+
+// Decommissioning an outage's dead devices takes them out of the incident
+// instead of counting them back: it recovers when 80% of the members left
+// are back.
+func TestRemovedMembersLeaveTheIncident(t *testing.T) {
+	const fleet, lost = 1200, 1000
+	h, clk, events := alertHub(t, massConfig(), fleet)
+	id := func(i int) string { return fmt.Sprintf("dev-%04d", i) }
+	var batch []engine.Transition
+	now := clk.Add(100 * time.Millisecond)
+	for i := range lost {
+		batch = append(batch, tr(id(i), engine.StatusOnline, engine.StatusOffline, now, engine.CauseTimeout))
+	}
+	h.HandleTransitions(batch)
+	if len(ofType(events(), TypeMassOffline)) != 1 || h.al.active.members != lost {
+		t.Fatal("no incident of the 1000")
+	}
+	// 500 decommissioned: no recovery.
+	batch = batch[:0]
+	for i := range 500 {
+		batch = append(batch, tr(id(i), engine.StatusOffline, engine.StatusUnknown, clk.Add(time.Millisecond), engine.CauseAPI))
+	}
+	h.HandleTransitions(batch)
+	if r := ofType(events(), TypeMassOfflineRecovered); len(r) != 0 || h.al.active == nil || h.al.active.members != 500 {
+		t.Fatalf("after 500 removals: recovered %+v, active %+v", r, h.al.active)
+	}
+	// 400 of the 500 left come back: 80%, recovered.
+	for i := 500; i < 900; i++ {
+		h.HandleTransitions([]engine.Transition{tr(id(i), engine.StatusOffline, engine.StatusOnline, clk.Add(time.Millisecond), engine.CauseTelemetry)})
+	}
+	r := ofType(events(), TypeMassOfflineRecovered)
+	if len(r) != 1 || r[0].inc.count != 500 || r[0].inc.recovered != 400 || r[0].inc.stillOffline != 100 {
+		t.Fatalf("recovered %+v", r)
+	}
+}

@@ -40,6 +40,7 @@ type flapRec struct {
 	flapping bool
 	started  int64 // µs: when it began flapping
 	status   engine.Status
+	cause    engine.Cause // of its latest change
 }
 
 // flaps is the flapping detector. Its calls come from the hub under pubMu
@@ -108,7 +109,7 @@ func (f *flaps) observe(batch []engine.Transition, out []rec) []rec {
 			r.times = append(r.times[:0], r.times[1:]...)
 		}
 		r.times = append(r.times, at)
-		r.status = t.To
+		r.status, r.cause = t.To, t.Cause
 		if !r.flapping && len(r.times) == f.k+1 && at-r.times[0] <= f.window {
 			r.flapping, r.started = true, at
 			f.nFlapping++
@@ -127,8 +128,11 @@ func (f *flaps) drop(id string, r *flapRec) {
 }
 
 // check appends the flapping_stopped events due at now (a flapping device
-// unchanged for Window) and forgets every device quiet for Window.
-func (f *flaps) check(now time.Time, out []rec) []rec {
+// unchanged for Window) and forgets every device quiet for Window. For a
+// device that stops flapping offline it calls offline with the time and
+// cause of its going offline: the offline alert suppressed while it
+// flapped is its due again.
+func (f *flaps) check(now time.Time, out []rec, offline func(id string, sinceUs int64, cause engine.Cause)) []rec {
 	nowUs := now.UnixMicro()
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -140,6 +144,9 @@ func (f *flaps) check(now time.Time, out []rec) []rec {
 		if r.flapping {
 			f.events[1].Inc()
 			out = append(out, rec{typ: TypeFlappingStopped, id: id, at: last + f.window, since: r.started, status: r.status})
+			if r.status == engine.StatusOffline && offline != nil {
+				offline(id, last, r.cause)
+			}
 		}
 		f.drop(id, r)
 	}

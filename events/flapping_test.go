@@ -67,12 +67,16 @@ func TestFlappingDetector(t *testing.T) {
 		t.Fatalf("events while flapping and offline: %+v", got)
 	}
 	// Stable for the window after its last change: flapping_stopped, dated
-	// then, once.
+	// then, once; and, offline all along, its offline alert back (due
+	// since, at once).
 	clk.Add(20 * time.Second)
 	h.checkAlerts(clk.Now())
 	got = events()
 	st := ofType(got, TypeFlappingStopped)
-	if len(got) != 1 || len(st) != 1 || st[0].at != times[5].Add(time.Minute).UnixMicro() || st[0].since != times[3].UnixMicro() ||
+	if al := ofType(got, TypeOfflineAlert); len(al) != 1 || al[0].since != times[5].UnixMicro() {
+		t.Fatalf("offline alerts after the flapping: %+v", al)
+	}
+	if len(got) != 2 || len(st) != 1 || st[0].at != times[5].Add(time.Minute).UnixMicro() || st[0].since != times[3].UnixMicro() ||
 		st[0].status != engine.StatusOffline {
 		t.Fatalf("after a stable window: %+v", got)
 	}

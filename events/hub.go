@@ -232,7 +232,11 @@ func (h *Hub) checkAlerts(now time.Time) {
 	var out []rec
 	if h.fl != nil {
 		h.pubMu.Lock()
-		if out = h.fl.check(now, out); len(out) > 0 {
+		var rearm func(string, int64, engine.Cause)
+		if h.al != nil {
+			rearm = h.al.rearm
+		}
+		if out = h.fl.check(now, out, rearm); len(out) > 0 {
 			h.publish(out)
 		}
 		h.pubMu.Unlock()

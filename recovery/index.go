@@ -21,6 +21,10 @@ type IndexConfig struct {
 	// KeyPrefix is the Redis sink's (e.g. "device:"): partition p's set is
 	// {KeyPrefix}index:{p}, the completeness marker {KeyPrefix}index:complete.
 	KeyPrefix string
+	// TimeoutsKey, when set, is the hash of the devices' own timeouts
+	// (writeback/redis Config.TimeoutsKey): a recovery that finds a
+	// device's keys gone drops its field there too, with its index entry.
+	TimeoutsKey string
 	// Partitions is the cluster's partition count (cluster.DefaultPartitions
 	// on every node): the index is laid out by partition so that a node
 	// rebuilding some partitions reads only theirs.

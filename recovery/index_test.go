@@ -65,8 +65,14 @@ func TestIndex(t *testing.T) {
 	}
 
 	// Device 1's keys expire: a rebuild of partition 1 returns the other 9
-	// and drops it from the index.
-	client.Del(ctx, sink.StatusKey(writebacktest.Dev(1, 0, time.Time{}).ID), sink.LastSeenKey(writebacktest.Dev(1, 0, time.Time{}).ID))
+	// and drops it from the index, and its own timeout; device 5's stays.
+	dev1, dev5 := writebacktest.Dev(1, 0, time.Time{}).ID, writebacktest.Dev(5, 0, time.Time{}).ID
+	for _, id := range []string{dev1, dev5} {
+		if err := sink.SetTimeoutOverride(ctx, id, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+	client.Del(ctx, sink.StatusKey(dev1), sink.LastSeenKey(dev1))
 	var got []string
 	err = x.Devices(ctx, sink, []int{1}, func(states []engine.DeviceState) error {
 		for _, s := range states {
@@ -86,6 +92,9 @@ func TestIndex(t *testing.T) {
 	}
 	if n, _ := client.SCard(ctx, x.Key(1)).Result(); n != 9 {
 		t.Fatalf("index of partition 1 holds %d ids, want 9", n)
+	}
+	if m, _ := client.HGetAll(ctx, sink.TimeoutsKey()).Result(); len(m) != 1 || m[dev5] != "3600" {
+		t.Fatalf("overrides %v, want device 5's alone", m)
 	}
 }
 
@@ -273,6 +282,7 @@ func newTestIndex(t *testing.T, client goredis.UniversalClient, prefix string, p
 	t.Helper()
 	cfg := DefaultIndexConfig()
 	cfg.KeyPrefix, cfg.PartitionOf = prefix, part
+	cfg.TimeoutsKey = wbredis.Config{KeyPrefix: prefix}.TimeoutsKey()
 	if maxPending > 0 {
 		cfg.MaxPending = maxPending
 	}

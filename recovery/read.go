@@ -160,9 +160,20 @@ func (x *Index) walkSets(partitions []int) walk {
 	}
 }
 
-// prune removes from an index set the ids whose keys are gone.
+// prune removes from an index set the ids whose keys are gone, and their
+// own timeouts (IndexConfig.TimeoutsKey).
 func (x *Index) prune(ctx context.Context, key string, ids []any) {
 	if x.client.SRem(ctx, key, ids...).Err() != nil {
 		x.errs.Inc() // pruned next time
+	}
+	if x.cfg.TimeoutsKey == "" {
+		return
+	}
+	fields := make([]string, len(ids))
+	for i, id := range ids {
+		fields[i], _ = id.(string)
+	}
+	if x.client.HDel(ctx, x.cfg.TimeoutsKey, fields...).Err() != nil {
+		x.errs.Inc()
 	}
 }

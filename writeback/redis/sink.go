@@ -123,7 +123,10 @@ func (r *Sink) LastSeenKey(id string) string { return r.cfg.KeyPrefix + lastSeen
 // TimeoutsKey is the hash of the devices' own timeouts (engine.SetTimeout,
 // PUT /v1/devices/{id}/timeout): field the device id, value the timeout in
 // seconds. Outside the device namespaces, so no device key can be it.
-func (r *Sink) TimeoutsKey() string { return r.cfg.KeyPrefix + timeoutsKey }
+func (r *Sink) TimeoutsKey() string { return r.cfg.TimeoutsKey() }
+
+// TimeoutsKey is the overrides' hash of a Sink with this Config.
+func (c Config) TimeoutsKey() string { return c.KeyPrefix + timeoutsKey }
 
 // The device key namespaces, after KeyPrefix, and the overrides' hash.
 const (

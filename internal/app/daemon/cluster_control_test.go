@@ -102,6 +102,17 @@ func TestClusterDeviceControls(t *testing.T) {
 		}
 	}
 	t.Logf("PUT on A: %d applied there, %d forwarded", accepted[200], accepted[202])
+	// A device no node knows: 404 from any node, nothing stored.
+	for _, n := range all {
+		for _, req := range [][3]string{{"PUT", "/v1/devices/nobody-x/timeout", `{"timeout_seconds":60}`}, {"DELETE", "/v1/devices/nobody-x", ""}} {
+			if code, body, err := n.do(req[0], req[1], req[2]); err != nil || code != 404 {
+				t.Fatalf("%s %s on %s: %d %s %v, want 404", req[0], req[1], n.name, code, body, err)
+			}
+		}
+	}
+	if ok, _ := s.rdb.HExists(context.Background(), s.name+":device:timeouts", "nobody-x").Result(); ok {
+		t.Fatal("an override stored for a device no node knows")
+	}
 
 	checkControls := func(nodes map[string]*clusterNode, owners *cluster.Table) error {
 		for _, id := range overridden {

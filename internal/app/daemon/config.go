@@ -179,7 +179,7 @@ func (c Config) resolve(brokerURL string) Config {
 			m.ClientID = c.Ingest.ClientIDPrefix + "-" + c.Cluster.NodeName + "-events"
 		}
 	}
-	c.Recovery.Index.KeyPrefix = c.Keys.KeyPrefix
+	c.Recovery.Index.KeyPrefix, c.Recovery.Index.TimeoutsKey = c.Keys.KeyPrefix, c.Keys.TimeoutsKey()
 	if c.clustered() {
 		if c.Cluster.BindAddr == "" { // -cluster-join alone
 			c.Cluster.BindAddr = cluster.DefaultConfig().BindAddr
