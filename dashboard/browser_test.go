@@ -255,7 +255,9 @@ func TestDashboardInChromium(t *testing.T) {
 		chromedp.SetValue(chromedp.CSS("#search-id"), "flappy"),
 		chromedp.Click(chromedp.CSS("#search-form button")),
 	))
-	shown := func(id string) string { return fmt.Sprintf("(getComputedStyle(document.getElementById(%q)).display !== 'none')", id) }
+	shown := func(id string) string {
+		return fmt.Sprintf("(getComputedStyle(document.getElementById(%q)).display !== 'none')", id)
+	}
 	waitFor("flapping badge shown", shown("dev-flapping"))
 	events.send(`{"type":"flapping","id":"flappy","status":"offline","at":"2025-12-14T10:31:15.123456+00:00","since":"2025-12-14T10:30:45.123456+00:00"}`)
 	waitFor("flapping event listed", "[...document.querySelectorAll('#events li.flapping')].some(li => li.textContent.includes('flappy'))")
