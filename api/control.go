@@ -31,6 +31,24 @@ type Controller interface {
 	Decommission(id string, at time.Time) (forwarded bool, err error)
 }
 
+// EngineController is the Controller of an engine alone, for a server
+// embedded without stores: the controls are applied at once and not
+// stored anywhere (the daemon's stores the timeout in Redis first).
+func EngineController(e *engine.Engine) Controller { return engineController{e} }
+
+type engineController struct{ e *engine.Engine }
+
+func (c engineController) SetTimeout(id string, d time.Duration) (bool, error) {
+	if d == 0 {
+		return false, c.e.ClearTimeout(id)
+	}
+	return false, c.e.SetTimeout(id, d)
+}
+
+func (c engineController) Decommission(id string, at time.Time) (bool, error) {
+	return false, c.e.Decommission(id, at)
+}
+
 // ErrHeld: a Controller took the control but applies it later, once this
 // node has rebuilt the device's partition (a cluster member crashed):
 // answered 202 with "forwarded": false.

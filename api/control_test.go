@@ -13,26 +13,12 @@ import (
 	"github.com/presence-dev/presence/engine"
 )
 
-// engineController is the Controller of a single node without stores.
-type engineController struct{ e *engine.Engine }
-
-func (c engineController) SetTimeout(id string, d time.Duration) (bool, error) {
-	if d == 0 {
-		return false, c.e.ClearTimeout(id)
-	}
-	return false, c.e.SetTimeout(id, d)
-}
-
-func (c engineController) Decommission(id string, at time.Time) (bool, error) {
-	return false, c.e.Decommission(id, at)
-}
-
 func controlFixture(t testing.TB) *fixture {
 	t.Helper()
 	f := newFixture(t, nil)
 	var err error
 	cfg := f.srv.cfg
-	cfg.Controller = engineController{f.eng}
+	cfg.Controller = EngineController(f.eng)
 	if f.srv, err = New(cfg, f.eng); err != nil {
 		t.Fatal(err)
 	}
@@ -257,7 +243,7 @@ func TestControlsAreWrites(t *testing.T) {
 	f.touch("w1", t0)
 	checkJSONError(t, f.do("PUT", "/v1/devices/w1/timeout", `{"timeout_seconds":60}`, "Content-Type", "text/plain"), 415, "Content-Type: application/json")
 	checkJSONError(t, f.do("DELETE", "/v1/devices/w1", "", "Host", "evil.example"), 403, "loopback Host")
-	open := newFixture(t, func(c *Config) { c.Addr = "0.0.0.0:0"; c.Controller = engineController{nil} })
+	open := newFixture(t, func(c *Config) { c.Addr = "0.0.0.0:0"; c.Controller = EngineController(nil) })
 	checkJSONError(t, open.do("DELETE", "/v1/devices/w1", ""), 403, "writes are refused")
 	if _, err := f.eng.Device("w1"); err != nil {
 		t.Fatalf("refused writes changed w1: %v", err)

@@ -1,7 +1,11 @@
 // Package api is the HTTP API of presenced: device presence
 // (GET /v1/devices/{id}, POST /v1/devices:batchGet), fleet totals
 // (GET /v1/stats), explicit statuses (POST /v1/devices/{id}/status,
-// through Config.Writer), Prometheus metrics (GET /metrics) and health
+// through Config.Writer), the device controls (a device's own timeout,
+// decommission: PUT and DELETE /v1/devices/{id}/timeout,
+// DELETE /v1/devices/{id} and their batch forms, through
+// Config.Controller; EngineController for an engine alone), Prometheus
+// metrics (GET /metrics) and health
 // probes (GET /healthz, GET /readyz). It reads a Store (*engine.Engine)
 // and keeps no state of its own.
 //

@@ -96,7 +96,7 @@ func TestDashboardInChromium(t *testing.T) {
 
 	acfg := api.DefaultConfig()
 	acfg.Token = "s3cret-token"
-	acfg.Controller = engineControls{eng}
+	acfg.Controller = api.EngineController(eng)
 	srv, err := api.New(acfg, flapStore{eng, "flappy"})
 	if err != nil {
 		t.Fatal(err)
@@ -304,21 +304,6 @@ func TestDashboardInChromium(t *testing.T) {
 	for _, p := range problems {
 		t.Errorf("browser console: %s", p)
 	}
-}
-
-// engineControls is the API's Controller over the engine alone, as a
-// single node without stores has it.
-type engineControls struct{ e *engine.Engine }
-
-func (c engineControls) SetTimeout(id string, d time.Duration) (bool, error) {
-	if d == 0 {
-		return false, c.e.ClearTimeout(id)
-	}
-	return false, c.e.SetTimeout(id, d)
-}
-
-func (c engineControls) Decommission(id string, at time.Time) (bool, error) {
-	return false, c.e.Decommission(id, at)
 }
 
 // flapStore is the engine with one device flapping, as the daemon's store
