@@ -26,6 +26,9 @@ type fakeLocal struct {
 	// control: the last device control per id: "timeout 1h0m0s",
 	// "clear", "removed".
 	control map[string]string
+	// strictControls: a control for a device not in state is
+	// engine.ErrNotFound, as the engine answers.
+	strictControls bool
 	state   map[string]engine.DeviceState
 	adopted int
 	removed int
@@ -82,6 +85,9 @@ func (f *fakeLocal) SetStatus(id string, s engine.Status, at time.Time, c engine
 func (f *fakeLocal) setControl(id, what string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if _, ok := f.state[id]; f.strictControls && !ok {
+		return engine.ErrNotFound
+	}
 	if f.control == nil {
 		f.control = map[string]string{}
 	}

@@ -84,6 +84,9 @@ type clusterMetrics struct {
 	holdPartitions *metrics.Counter // partitions held for a rebuild
 	holdExpired    *metrics.Counter // of them, released by RebuildHold, not RebuildDone
 	holdOverflow   *metrics.Counter // messages applied at once: the hold was full
+
+	// device controls received before their device (pending.go)
+	controlsPending *metrics.Counter
 }
 
 func newClusterMetrics(set *metrics.Set) *clusterMetrics {
@@ -123,6 +126,7 @@ func newClusterMetrics(set *metrics.Set) *clusterMetrics {
 	m.holdPartitions = set.NewCounter("presence_cluster_hold_partitions_total")
 	m.holdExpired = set.NewCounter("presence_cluster_hold_expired_partitions_total")
 	m.holdOverflow = set.NewCounter("presence_cluster_hold_overflow_total")
+	m.controlsPending = set.NewCounter("presence_cluster_controls_pending_total")
 	m.handoffRemoved = set.NewCounter("presence_cluster_handoff_removed_records_total")
 	return m
 }

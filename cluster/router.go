@@ -84,6 +84,9 @@ type Router struct {
 
 	route atomic.Pointer[routing]
 	hold  hold // partitions waiting for their rebuild
+	// pending are the controls received for devices not here yet (a
+	// handoff's record still on its way)
+	pending pendingControls
 
 	mu     sync.Mutex // guards peers and closed, serializes setTable
 	peers  map[string]*peer
@@ -382,8 +385,12 @@ func (r *Router) route1(msgs []msg, deadline time.Time, from string, checkHold b
 			sc.add(pr, mm)
 			r.m.reforwarded.Inc()
 		case holding && r.holdBack(*m, from != ""):
-		case m.flags&msgControl != 0:
+		case m.flags&msgControl != 0 && from != "":
 			local, _ = r.applyLocal(local) // the touches before it first: order per device
+			r.m.localMsgs.Inc()
+			r.applyReceived(m)
+		case m.flags&msgControl != 0:
+			local, _ = r.applyLocal(local)
 			r.m.localMsgs.Inc()
 			if err := r.applyControl(m); err != nil {
 				r.m.dropped[dropLocalError].Inc()

@@ -3,10 +3,14 @@ package cluster
 import (
 	"errors"
 	"fmt"
+	"log/slog"
+	"maps"
 	"net"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/presence-dev/presence/engine"
 	"github.com/presence-dev/presence/internal/testsupport/testenv"
@@ -507,5 +511,52 @@ func TestRouterReadsAllSubmitForwards(t *testing.T) {
 	})
 	if n := nodes[0].m.skipped.Get(); n != 0 {
 		t.Errorf("skipped %d submitted touches", n)
+	}
+}
+
+// A control received for a device this node does not have yet (its
+// handoff record on the way) waits for the record, then applies; one
+// whose record never comes expires after HandoffTimeout, counted.
+func TestControlsWaitForTheirHandoff(t *testing.T) {
+	cfg := testConfig(t, "self")
+	local := newFakeLocal()
+	local.strictControls = true
+	r := newRouter(&cfg, local, slog.New(slog.DiscardHandler), newClusterMetrics(metrics.NewSet()))
+	t.Cleanup(r.close)
+	r.setTable(NewTable(cfg.Partitions, []string{"self"}), map[string]string{"self": "127.0.0.1:1"})
+	srv := newServer(r, nil, cfg.Logger, time.Now, anyMember)
+
+	r.dispatch([]msg{overrideMsg("moving", time.Hour), removeMsg("gone", time.Now()), overrideMsg("never", time.Minute)}, time.Time{}, "peer")
+	if n := r.m.controlsPending.Get(); n != 3 {
+		t.Fatalf("%d controls pending, want 3", n)
+	}
+	if err := srv.adopt([]engine.DeviceState{{ID: "moving", Status: engine.StatusOnline, LastSeen: time.Now()},
+		{ID: "gone", Status: engine.StatusOffline, LastSeen: time.Now()}}); err != nil {
+		t.Fatal(err)
+	}
+	local.mu.Lock()
+	got := maps.Clone(local.control)
+	local.mu.Unlock()
+	if got["moving"] != "timeout 1h0m0s" || got["gone"] != "removed" || got["never"] != "" {
+		t.Fatalf("controls after the handoff: %v", got)
+	}
+	// "never" expires: the next adopt after HandoffTimeout drops it, counted.
+	r.pending.mu.Lock()
+	for id, c := range r.pending.byID {
+		c.deadline = time.Now().Add(-time.Second)
+		r.pending.byID[id] = c
+	}
+	r.pending.mu.Unlock()
+	if err := srv.adopt([]engine.DeviceState{{ID: "never", Status: engine.StatusOnline, LastSeen: time.Now()}}); err != nil {
+		t.Fatal(err)
+	}
+	if local.control["never"] != "" || r.m.dropped[dropLocalError].Get() != 1 || len(r.pending.byID) != 0 {
+		t.Fatalf("an expired control applied (%q) or not counted (%d), %d pending",
+			local.control["never"], r.m.dropped[dropLocalError].Get(), len(r.pending.byID))
+	}
+	// A local control (from this node's own API) for an unknown device is
+	// answered at once.
+	if err := r.Decommission("nobody", time.Now()); !errors.Is(err, engine.ErrNotFound) {
+		t.Fatalf("local decommission of an unknown device: %v", err)
 	}
 }

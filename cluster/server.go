@@ -293,7 +293,9 @@ func (s *server) adopt(recs []engine.DeviceState) error {
 	if !ok {
 		return errors.New("this node's engine does not support handoff")
 	}
-	return hl.Adopt(recs, s.clock())
+	err := hl.Adopt(recs, s.clock())
+	s.r.adopted(recs) // the controls that came before their device
+	return err
 }
 
 // close stops accepting, closes every connection and waits for the
