@@ -29,10 +29,10 @@ type fakeLocal struct {
 	// strictControls: a control for a device not in state is
 	// engine.ErrNotFound, as the engine answers.
 	strictControls bool
-	state   map[string]engine.DeviceState
-	adopted int
-	removed int
-	hang    chan struct{} // if set, Devices waits for it to close (a node that does not answer)
+	state          map[string]engine.DeviceState
+	adopted        int
+	removed        int
+	hang           chan struct{} // if set, Devices waits for it to close (a node that does not answer)
 }
 
 func newFakeLocal() *fakeLocal {
