@@ -57,7 +57,7 @@ func TestWebsocketAndAuth(t *testing.T) {
 		t.Fatal(err)
 	}
 	go srv.Serve()
-	t.Cleanup(func() { srv.Close() })
+	t.Cleanup(func() { closeMochi(t, srv) })
 
 	cfg := DefaultConfig()
 	cfg.BrokerURL = "ws://" + addr + "/mqtt"
