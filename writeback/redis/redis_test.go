@@ -50,7 +50,10 @@ func redisHarness(t *testing.T, src writeback.Source, o writebacktest.Opts, guar
 	return writebacktest.Harness{Sink: sink, Label: "redis", HasStatus: true, Monotonic: guarded, Proxy: px}
 }
 
-func TestRedisKeyLayoutAndTTL(t *testing.T) {
+// testSink is a sink with the test's own key prefix over a fake source;
+// mod adjusts its config.
+func testSink(t *testing.T, mod func(prefix string, cfg *Config)) (*Sink, *writebacktest.FakeSource, goredis.UniversalClient, string) {
+	t.Helper()
 	client := testenv.RedisClient(t, "")
 	prefix := testenv.Name(t) + ":"
 	testenv.CleanupRedisPrefix(t, client, prefix)
@@ -58,10 +61,18 @@ func TestRedisKeyLayoutAndTTL(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.KeyPrefix = prefix
 	cfg.Flush.Logger = testenv.Logger(t)
+	if mod != nil {
+		mod(prefix, &cfg)
+	}
 	sink, err := New(client, src, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return sink, src, client, prefix
+}
+
+func TestRedisKeyLayoutAndTTL(t *testing.T) {
+	sink, src, client, prefix := testSink(t, nil)
 	src.Set(engine.DeviceState{ID: "42", Status: engine.StatusOnline, LastSeen: writebacktest.T0},
 		engine.DeviceState{ID: "43", Status: engine.StatusOffline}) // no last seen
 	ctx := context.Background()
@@ -268,19 +279,10 @@ func TestOutage(t *testing.T) { writebacktest.RunOutage(t, redisKinds()) }
 func TestRedisOverridesAndRemoval(t *testing.T) {
 	for _, guarded := range []bool{false, true} {
 		t.Run(fmt.Sprint("guarded=", guarded), func(t *testing.T) {
-			client := testenv.RedisClient(t, "")
-			prefix := testenv.Name(t) + ":"
-			testenv.CleanupRedisPrefix(t, client, prefix)
-			src := writebacktest.NewFakeSource()
-			cfg := DefaultConfig()
-			cfg.KeyPrefix = prefix
-			cfg.Guarded = guarded
-			cfg.Flush.Logger = testenv.Logger(t)
-			cfg.IndexKeyOf = func(string) string { return prefix + "index:0" }
-			sink, err := New(client, src, cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
+			sink, src, client, prefix := testSink(t, func(prefix string, cfg *Config) {
+				cfg.Guarded = guarded
+				cfg.IndexKeyOf = func(string) string { return prefix + "index:0" }
+			})
 			ctx := context.Background()
 			src.Set(engine.DeviceState{ID: "1", Status: engine.StatusOnline, LastSeen: writebacktest.T0},
 				engine.DeviceState{ID: "2", Status: engine.StatusOnline, LastSeen: writebacktest.T0})

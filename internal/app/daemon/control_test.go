@@ -40,12 +40,7 @@ func TestTimeoutOverrideAcrossRestart(t *testing.T) {
 		t.Fatalf("%d overrides stored, want 1 (not the unknown device's)", n)
 	}
 	// 402 times out on the default; 401 stays online for its hour.
-	testenv.Eventually(t, 10*time.Second, func() error {
-		if st, _, err := s.redisState(402); err != nil || st != "offline" {
-			return fmt.Errorf("402: %q %v", st, err)
-		}
-		return nil
-	})
+	testenv.Eventually(t, 10*time.Second, func() error { return redisAll(s, []string{"402"}, "offline") })
 	if st, _, _ := s.redisState(401); st != "online" {
 		t.Fatalf("401 %q, want online on its own hour", st)
 	}
@@ -88,8 +83,8 @@ func TestDecommissionEndToEnd(t *testing.T) {
 	ctx := context.Background()
 	indexKey := c.Keys.KeyPrefix + "index:" + fmt.Sprint(cluster.PartitionOf("501", c.Recovery.Index.Partitions))
 	testenv.Eventually(t, 5*time.Second, func() error {
-		if st, _, err := s.redisState(501); err != nil || st != "online" {
-			return fmt.Errorf("501: %q %v", st, err)
+		if err := redisAll(s, []string{"501"}, "online"); err != nil {
+			return err
 		}
 		if ok, _ := s.rdb.SIsMember(ctx, indexKey, "501").Result(); !ok {
 			return fmt.Errorf("501 not in the index %s", indexKey)
@@ -218,14 +213,7 @@ func TestBatchControlsEndToEnd(t *testing.T) {
 	s.publish(701, "telemetry", "x")
 	s.publish(702, "telemetry", "x")
 	ctx := context.Background()
-	testenv.Eventually(t, 5*time.Second, func() error {
-		for _, id := range []int{701, 702} {
-			if st, _, err := s.redisState(id); err != nil || st != "online" {
-				return fmt.Errorf("%d: %q %v", id, st, err)
-			}
-		}
-		return nil
-	})
+	testenv.Eventually(t, 5*time.Second, func() error { return redisAll(s, []string{"701", "702"}, "online") })
 	code, body := r.do(t, "POST", "/v1/devices:batchSetTimeout",
 		`{"timeouts":[{"id":"701","timeout_seconds":900},{"id":"702","timeout_seconds":900},{"id":"799","timeout_seconds":900}]}`)
 	if code != 200 || body != `{"accepted":2,"forwarded":0,"rejected":[{"id":"799","reason":"not_found"}]}`+"\n" {
