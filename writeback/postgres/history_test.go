@@ -273,3 +273,16 @@ func TestHistoryOutage(t *testing.T) {
 }
 
 var errNotYet = errors.New("not yet")
+
+// A decommission (a transition to unknown) is no status: nothing is
+// queued for it, and the device's history stays as it was.
+func TestHistorySkipsRemovals(t *testing.T) {
+	h, _ := newTestHistory(t, testenv.Pool(t, ""), nil)
+	h.HandleTransitions([]engine.Transition{
+		transition("d", engine.StatusOnline, writebacktest.T0, engine.CauseTelemetry),
+		{ID: "d", From: engine.StatusOnline, To: engine.StatusUnknown, At: writebacktest.T0.Add(time.Second), Cause: engine.CauseAPI},
+	})
+	if q := h.Queued(); q != 1 {
+		t.Fatalf("Queued = %d, want 1 (the online row alone)", q)
+	}
+}
