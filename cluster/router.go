@@ -385,14 +385,12 @@ func (r *Router) route1(msgs []msg, deadline time.Time, from string, checkHold b
 			sc.add(pr, mm)
 			r.m.reforwarded.Inc()
 		case holding && r.holdBack(*m, from != ""):
-		case m.flags&msgControl != 0 && from != "":
+		case m.flags&msgControl != 0:
 			local, _ = r.applyLocal(local) // the touches before it first: order per device
 			r.m.localMsgs.Inc()
-			r.applyReceived(m)
-		case m.flags&msgControl != 0:
-			local, _ = r.applyLocal(local)
-			r.m.localMsgs.Inc()
-			if err := r.applyControl(m); err != nil {
+			if from != "" {
+				r.applyReceived(m) // may wait for the device's handoff record
+			} else if err := r.applyControl(m); err != nil {
 				r.m.dropped[dropLocalError].Inc()
 			}
 		case m.flags&msgAPI != 0:
