@@ -187,7 +187,7 @@ func hydrateTarget(b *testing.B, f *fixture, now time.Time) (*engine.Engine, *re
 	rc.Index.KeyPrefix = f.prefix
 	rc.Clock = func() time.Time { return now }
 	rc.Logger = slog.New(slog.DiscardHandler)
-	index, err := recovery.NewIndex(client, rc.Index, rc.Logger, nil)
+	index, err := recovery.NewIndex(client, rc.Index, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -6,192 +6,193 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/presence-dev/presence/engine"
-	"github.com/presence-dev/presence/events"
 	"github.com/presence-dev/presence/internal/testsupport/testenv"
+	"github.com/presence-dev/presence/internal/wire"
 )
 
 // massDevices is the fleet of BenchmarkMassExpiry.
 const massDevices = 1_000_000
 
-// BenchmarkMassExpiry is issue 11's mass expiry: 1,000,000 devices online,
-// then all silent with the same deadline, through the real daemon (its
-// defaults, Redis on, the Redis Stream destination on a stream key of its
-// own), once with the Stream's policy when its queue is full set to today's
-// DropOldest and once to Backpressure (the default now), in the same run.
+// BenchmarkMassExpiry is issue 23's mass expiry: 1,000,000 devices online,
+// then all silent with the same deadline, through the real daemon with its
+// defaults (Redis keys, device index, Pub/Sub and the Stream on), once with
+// Redis alone and once with PostgreSQL too (devices table of 1M rows and
+// the history), each beside the ceilings of its stores in the same run.
 //
-// To make 1M devices online quickly it touches the engine directly
-// (d.Engine().TouchBatch) instead of publishing 1M MQTT messages: ingest is
-// not what is measured. First every device is touched with a 1 h timeout,
-// in chunks of 50,000, each chunk's online events left to reach the stream
-// (so that no online event is dropped in either mode); then every device
-// is touched again at one instant t with a timeout of engine.MinTimeout
-// (1 s): no transition, but every deadline becomes t + 1 s, and the 1M
-// offline transitions come due together. The run ends when the Stream has
-// sent or dropped every event the hub received; the entries after the
-// mark are then read back.
+// The devices are made online through the engine (Engine().TouchBatch,
+// 50,000 at a time; ingest is not what is measured), all at one instant
+// with the default 60 s timeout, so that the 1M offline transitions come
+// due together; the writers settle before the deadline (the run fails
+// otherwise). Times are from the deadline to:
+//   - engine: the engine's last offline transition;
+//   - keys: the Redis sink's last device written
+//     (presence_writeback_devices_written_total{sink="redis"});
+//   - stream: the last offline event in the Stream (by its Redis entry id;
+//     stream-p50 the median one);
+//   - pg: the Postgres sink's last device written (with Postgres);
+//   - history: the history's last row written (with Postgres).
 //
-// Metrics: offline-events-in-stream (status offline, cause timeout),
-// dropped (presence_events_dropped_total{dest="stream"}), deadline-to-last-ms
-// and deadline-to-p50-ms (the Redis entry id's time of the last and of the
-// median offline event, minus the deadline), deadline-to-engine-ms (when
-// the engine had made the last offline transition), deadline-to-keys-ms
-// (when the Redis key writer had no dirty device left: the status keys
-// written, within one batch in flight), blocked-s
-// (presence_events_blocked_seconds_total{dest="stream"}: how long the
-// engine's delivery waited for room), coalesced (engine transitions folded
-// per device meanwhile), stream-B/entry (MEMORY USAGE of the stream over
-// its length). ns/op is from the deadline-setting touches to the last
-// event sent or dropped.
+// Then, in the same run, the ceilings: a plain go-redis client setting N
+// keys (SET ... EX 86400, pipelines of 1,000 over 4 connections), the same
+// client adding N Stream entries of the same fields (pipelines of 1,000,
+// one connection: one stream keeps its order), and with Postgres a plain
+// pgx COPY of N rows into a staging table plus one UPDATE ... FROM of the
+// devices table. keys-x, stream-x and pg-x are the daemon's times over
+// the ceilings'. Every status key is read back offline, and every row.
 //
-//	go test ./bench -run '^$' -bench MassExpiry -benchtime 1x -count 3 -timeout 30m
+//	go test ./bench -run '^$' -bench MassExpiry -benchtime 1x -count 3 -timeout 60m
 func BenchmarkMassExpiry(b *testing.B) {
-	for _, p := range []events.OnFull{events.DropOldest, events.Backpressure} {
-		b.Run("policy="+p.String(), func(b *testing.B) { benchMassExpiry(b, p) })
+	b.Run("stores=redis", func(b *testing.B) { benchMassExpiry(b, false) })
+	b.Run("stores=redis+postgres", func(b *testing.B) { benchMassExpiry(b, true) })
+}
+
+// massTimes are one run's times from the deadline.
+type massTimes struct {
+	engine, keys, stream, streamP50, pg, history time.Duration
+	// The ceilings, each timed from its start.
+	plainKeys, plainStream, plainPG time.Duration
+}
+
+func benchMassExpiry(b *testing.B, withPG bool) {
+	rows := 0
+	if withPG {
+		rows = massDevices
 	}
-}
-
-// massTotals are BenchmarkMassExpiry's figures summed over b.N.
-type massTotals struct {
-	offline, dropped, coalesced, blocked float64
-	toEngine, toKeys, toLast, toP50      time.Duration
-	bytesPerEntry                        float64
-}
-
-func benchMassExpiry(b *testing.B, policy events.OnFull) {
-	f := newFixture(b, 0)
+	f := newFixture(b, rows)
 	cfg := f.daemonConfig()
-	cfg.Events.Stream.Key = f.name + ":stream" // under the fixture's prefix: cleaned up
-	cfg.Events.PubSub.Channel = f.name + ":events"
-	cfg.Events.Stream.Delivery.OnFull = policy
+	if withPG {
+		cfg.Postgres.URL = testenv.DatabaseURL()
+		cfg.Devices.Table = f.devices
+		cfg.History.Table = f.history
+	}
 	d := startBenchDaemon(b, cfg)
-	testenv.Eventually(b, 30*time.Second, func() error { return getOK("http://" + d.HTTPAddr() + "/readyz") })
 	url := "http://" + d.HTTPAddr()
+	testenv.Eventually(b, 30*time.Second, func() error { return getOK(url + "/readyz") })
 	eng := d.Engine()
-	ctx := context.Background()
-	key := cfg.Events.Stream.Key
-	const dest = `{dest="stream"}`
+	timeout := cfg.Engine.DefaultTimeout
 
-	var tot massTotals
+	var all []massTimes
 	b.ResetTimer()
-	for n := range b.N {
+	for range b.N {
 		b.StopTimer()
-		ids := make([]string, massDevices)
-		for i := range ids {
-			ids[i] = "r" + strconv.Itoa(n) + "-" + strconv.Itoa(i)
-		}
-		// Online, a chunk at a time, each chunk's events in the stream.
-		base := f.rdb.XLen(ctx, key).Val()
-		touches := make([]engine.Touch, 0, 50_000)
-		for lo := 0; lo < len(ids); lo += cap(touches) {
-			touches = touches[:0]
-			now := time.Now()
-			for _, id := range ids[lo:min(lo+cap(touches), len(ids))] {
-				touches = append(touches, engine.Touch{ID: id, At: now, Timeout: time.Hour})
-			}
-			if r := eng.TouchBatch(touches); r != 0 {
-				b.Fatalf("engine rejected %d touches", r)
-			}
-			want := base + int64(lo+len(touches))
-			testenv.Eventually(b, time.Minute, func() error {
-				if l := f.rdb.XLen(ctx, key).Val(); l < want {
-					return fmt.Errorf("stream holds %d of %d online events", l-base, want-base)
-				}
-				return nil
-			})
-		}
-		last, err := f.rdb.XRevRangeN(ctx, key, "+", "-", 1).Result()
-		if err != nil || len(last) != 1 {
-			b.Fatalf("stream end: %v %v", last, err)
-		}
-		mark := last[0].ID
-		before := scrapeOrFail(b, url)
 		st0 := eng.Stats()
-
-		// One deadline for the whole fleet.
-		b.StartTimer()
+		before := scrapeOrFail(b, url)
 		at := time.Now()
-		deadline := at.Add(engine.MinTimeout)
-		for lo := 0; lo < len(ids); lo += cap(touches) {
-			touches = touches[:0]
-			for _, id := range ids[lo:min(lo+cap(touches), len(ids))] {
-				touches = append(touches, engine.Touch{ID: id, At: at, Timeout: engine.MinTimeout})
-			}
-			eng.TouchBatch(touches)
+		deadline := at.Add(timeout)
+		touchFleet(b, eng, massDevices, at, 0) // the default timeout
+		waitSettled(b, eng, url, "online", func(st engine.Stats) bool {
+			return st.OnlineTransitions-st0.OnlineTransitions >= massDevices
+		})
+		if time.Now().After(deadline.Add(-5 * time.Second)) {
+			b.Fatalf("the writers settled %v after the touches, too close to the %v deadline", time.Since(at), timeout)
 		}
-		if late := time.Since(deadline); late >= 0 {
-			b.Fatalf("touching the fleet took %v, past the deadline", time.Since(at))
+		mark := streamEnd(b, f.rdb, cfg.Events.Stream.Key)
+		online := scrapeOrFail(b, url)
+		written := func(m map[string]float64, sink string) float64 {
+			return m[`presence_writeback_devices_written_total{sink="`+sink+`"}`]
 		}
-		// When the engine made the last offline transition, and when the
-		// Redis key writer had taken the last dirty device after it.
-		made, keys := make(chan time.Time, 1), make(chan time.Time, 1)
-		go func() {
-			for eng.Stats().OfflineTransitions-st0.OfflineTransitions < massDevices {
-				time.Sleep(time.Millisecond)
+		histRows := func(m map[string]float64) float64 {
+			return m[`presence_writeback_rows_written_total{sink="history"}`]
+		}
+
+		// From the deadline: poll the engine's stats every millisecond, the
+		// metrics every 10 ms, until every writer has the fleet.
+		time.Sleep(time.Until(deadline))
+		b.StartTimer()
+		var t massTimes
+		for t.engine == 0 {
+			if eng.Stats().OfflineTransitions-st0.OfflineTransitions >= massDevices {
+				t.engine = time.Since(deadline)
+				break
 			}
-			made <- time.Now()
-			for {
-				m, err := testenv.ScrapeMetrics(url + "/metrics")
-				if err == nil && m["presence_writeback_dirty_devices"] == 0 {
-					break
+			time.Sleep(time.Millisecond)
+		}
+		sent := `presence_events_sent_total{dest="stream"}`
+		testenv.Eventually(b, 20*time.Minute, func() error {
+			m := scrapeOrFail(b, url)
+			since := time.Since(deadline)
+			var missing []string
+			done := func(d *time.Duration, what string, ok bool) {
+				if *d == 0 && ok {
+					*d = since
 				}
-				time.Sleep(10 * time.Millisecond)
+				if *d == 0 {
+					missing = append(missing, what)
+				}
 			}
-			keys <- time.Now()
-		}()
-		// Done when the Stream sent or dropped every event the hub was
-		// handed: the 1M offline transitions and the alerts (mass_offline).
-		var after map[string]float64
-		testenv.Eventually(b, 10*time.Minute, func() error {
-			if off := eng.Stats().OfflineTransitions - st0.OfflineTransitions; off < massDevices {
-				return fmt.Errorf("%d offline transitions", off)
+			done(&t.keys, "keys", written(m, "redis")-written(online, "redis") >= massDevices)
+			done(&t.stream, "stream", m[sent]-online[sent] >= massDevices)
+			if withPG {
+				done(&t.pg, "postgres", written(m, "postgres")-written(online, "postgres") >= massDevices)
+				done(&t.history, "history", histRows(m)-histRows(online) >= massDevices)
 			}
-			after = scrapeOrFail(b, url)
-			delta := func(k string) float64 { return after[k] - before[k] }
-			handed := float64(massDevices) + delta("presence_events_alerts_total")
-			if done := delta("presence_events_sent_total"+dest) + delta("presence_events_dropped_total"+dest); done < handed {
-				return fmt.Errorf("stream sent or dropped %.0f of %.0f events", done, handed)
+			if len(missing) > 0 {
+				return fmt.Errorf("not yet written: %v", missing)
 			}
 			return nil
 		})
 		b.StopTimer()
-		st1 := eng.Stats()
-		tot.toEngine += (<-made).Sub(deadline)
-		tot.toKeys += (<-keys).Sub(deadline)
-
-		offline, toLast, toP50 := readOffline(b, f.rdb, key, mark, deadline)
-		tot.offline += float64(offline)
-		tot.dropped += after["presence_events_dropped_total"+dest] - before["presence_events_dropped_total"+dest]
-		tot.blocked += after["presence_events_blocked_seconds_total"+dest] - before["presence_events_blocked_seconds_total"+dest]
-		tot.coalesced += float64(st1.Coalesced - st0.Coalesced)
-		tot.toLast += toLast
-		tot.toP50 += toP50
-		mem, err := f.rdb.MemoryUsage(ctx, key, 0).Result()
-		if err != nil {
-			b.Fatal(err)
+		offline, toLast, toP50 := readOffline(b, f.rdb, cfg.Events.Stream.Key, mark, deadline)
+		if offline != massDevices {
+			b.Fatalf("%d offline events in the stream, want %d", offline, massDevices)
 		}
-		tot.bytesPerEntry += float64(mem) / float64(f.rdb.XLen(ctx, key).Val())
+		t.stream, t.streamP50 = toLast, toP50
+		after := scrapeOrFail(b, url)
+		if dropped := after[`presence_events_dropped_total{dest="stream"}`] - before[`presence_events_dropped_total{dest="stream"}`]; dropped != 0 {
+			b.Fatalf("the stream dropped %.0f events", dropped)
+		}
+		checkKeysOffline(b, f, massDevices)
+		if withPG {
+			checkRowsOffline(b, f, massDevices)
+		}
+
+		// The ceilings, on the same machine, now quiet.
+		t.plainKeys = plainSetKeys(b, f.rdb, f.name+":ceiling:status:", massDevices)
+		t.plainStream = plainXAdd(b, f.rdb, f.name+":ceiling:stream", massDevices, deadline)
+		if withPG {
+			t.plainPG = plainCopyUpdate(b, f, massDevices, deadline)
+		}
+		b.Logf("deadline to engine %v, keys %v, stream %v (p50 %v), postgres %v, history %v; ceilings: keys %v, stream %v, postgres %v",
+			t.engine, t.keys, t.stream, t.streamP50, t.pg, t.history, t.plainKeys, t.plainStream, t.plainPG)
+		all = append(all, t)
 		b.StartTimer()
 	}
 	b.StopTimer()
-	per := func(v float64) float64 { return v / float64(b.N) }
-	b.ReportMetric(per(tot.offline), "offline-events-in-stream")
-	b.ReportMetric(per(tot.dropped), "dropped")
-	b.ReportMetric(per(float64(tot.toLast.Milliseconds())), "deadline-to-last-ms")
-	b.ReportMetric(per(float64(tot.toP50.Milliseconds())), "deadline-to-p50-ms")
-	b.ReportMetric(per(float64(tot.toEngine.Milliseconds())), "deadline-to-engine-ms")
-	b.ReportMetric(per(float64(tot.toKeys.Milliseconds())), "deadline-to-keys-ms")
-	b.ReportMetric(per(tot.blocked), "blocked-s")
-	b.ReportMetric(per(tot.coalesced), "coalesced")
-	b.ReportMetric(per(tot.bytesPerEntry), "stream-B/entry")
-	if policy == events.Backpressure && (tot.dropped != 0 || tot.offline != float64(b.N*massDevices)) {
-		b.Errorf("backpressure: %.0f offline events in the stream, %.0f dropped; want all %d, none dropped",
-			per(tot.offline), per(tot.dropped), massDevices)
+	ms := func(get func(massTimes) time.Duration) float64 {
+		var sum time.Duration
+		for _, t := range all {
+			sum += get(t)
+		}
+		return float64(sum.Milliseconds()) / float64(len(all))
+	}
+	ratio := func(num, den func(massTimes) time.Duration) float64 {
+		var sum float64
+		for _, t := range all {
+			sum += float64(num(t)) / float64(den(t))
+		}
+		return sum / float64(len(all))
+	}
+	b.ReportMetric(ms(func(t massTimes) time.Duration { return t.engine }), "engine-ms")
+	b.ReportMetric(ms(func(t massTimes) time.Duration { return t.keys }), "keys-ms")
+	b.ReportMetric(ms(func(t massTimes) time.Duration { return t.stream }), "stream-ms")
+	b.ReportMetric(ms(func(t massTimes) time.Duration { return t.streamP50 }), "stream-p50-ms")
+	b.ReportMetric(ms(func(t massTimes) time.Duration { return t.plainKeys }), "plain-keys-ms")
+	b.ReportMetric(ms(func(t massTimes) time.Duration { return t.plainStream }), "plain-stream-ms")
+	b.ReportMetric(ratio(func(t massTimes) time.Duration { return t.keys }, func(t massTimes) time.Duration { return t.plainKeys }), "keys-x")
+	b.ReportMetric(ratio(func(t massTimes) time.Duration { return t.stream }, func(t massTimes) time.Duration { return t.plainStream }), "stream-x")
+	if withPG {
+		b.ReportMetric(ms(func(t massTimes) time.Duration { return t.pg }), "pg-ms")
+		b.ReportMetric(ms(func(t massTimes) time.Duration { return t.history }), "history-ms")
+		b.ReportMetric(ms(func(t massTimes) time.Duration { return t.plainPG }), "plain-pg-ms")
+		b.ReportMetric(ratio(func(t massTimes) time.Duration { return t.pg }, func(t massTimes) time.Duration { return t.plainPG }), "pg-x")
 	}
 }
 
@@ -202,6 +203,19 @@ func scrapeOrFail(b *testing.B, url string) map[string]float64 {
 		b.Fatal(err)
 	}
 	return m
+}
+
+// streamEnd is the id of the last entry of the stream key ("0-0" if empty).
+func streamEnd(b *testing.B, rdb *redis.Client, key string) string {
+	b.Helper()
+	last, err := rdb.XRevRangeN(context.Background(), key, "+", "-", 1).Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if len(last) == 0 {
+		return "0-0"
+	}
+	return last[0].ID
 }
 
 // readOffline reads the stream after mark and returns the number of
@@ -238,4 +252,138 @@ func readOffline(b *testing.B, rdb *redis.Client, key, mark string, deadline tim
 	slices.Sort(ms)
 	since := func(v int64) time.Duration { return time.UnixMilli(v).Sub(deadline) }
 	return len(ms), since(ms[len(ms)-1]), since(ms[len(ms)/2])
+}
+
+// checkKeysOffline reads the status keys of devices 1..n (pipelined MGETs)
+// and fails unless every one is offline.
+func checkKeysOffline(b *testing.B, f *fixture, n int) {
+	b.Helper()
+	ctx := context.Background()
+	const chunk = 10_000
+	for lo := 1; lo <= n; lo += chunk {
+		keys := make([]string, 0, chunk)
+		for id := lo; id < lo+chunk && id <= n; id++ {
+			keys = append(keys, f.prefix+"status:"+strconv.Itoa(id))
+		}
+		vals, err := f.rdb.MGet(ctx, keys...).Result()
+		if err != nil {
+			b.Fatal(err)
+		}
+		for i, v := range vals {
+			if v != "offline" {
+				b.Fatalf("%s = %v, want offline", keys[i], v)
+			}
+		}
+	}
+}
+
+// checkRowsOffline fails unless rows 1..n of the devices table are offline.
+func checkRowsOffline(b *testing.B, f *fixture, n int) {
+	b.Helper()
+	var got int
+	err := f.pool.QueryRow(context.Background(), "SELECT count(*) FROM "+pgx.Identifier{f.devices}.Sanitize()+
+		" WHERE status = 'offline' AND id BETWEEN 1 AND $1", n).Scan(&got)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if got != n {
+		b.Fatalf("%d of %d rows offline", got, n)
+	}
+}
+
+// plainSetKeys is the keys' ceiling: a plain go-redis client setting n keys
+// prefix{i} to "offline" with the sink's TTL, in pipelines of 1,000 over 4
+// connections. It returns the time taken.
+func plainSetKeys(b *testing.B, rdb *redis.Client, prefix string, n int) time.Duration {
+	b.Helper()
+	const conns, pipeline = 4, 1000
+	ctx := context.Background()
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, conns)
+	for c := range conns {
+		wg.Go(func() {
+			for lo := 1 + c*pipeline; lo <= n; lo += conns * pipeline {
+				pipe := rdb.Pipeline()
+				for id := lo; id < lo+pipeline && id <= n; id++ {
+					pipe.Set(ctx, prefix+strconv.Itoa(id), "offline", 24*time.Hour)
+				}
+				if _, err := pipe.Exec(ctx); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	took := time.Since(start)
+	close(errs)
+	if err := <-errs; err != nil {
+		b.Fatal(err)
+	}
+	return took
+}
+
+// plainXAdd is the Stream's ceiling: the same client adding n entries of
+// an offline event's fields to key, in pipelines of 1,000 on one
+// connection (one stream keeps its order). It returns the time taken.
+func plainXAdd(b *testing.B, rdb *redis.Client, key string, n int, at time.Time) time.Duration {
+	b.Helper()
+	const pipeline = 1000
+	ctx := context.Background()
+	ts := wire.FormatTime(at)
+	start := time.Now()
+	for lo := 1; lo <= n; lo += pipeline {
+		pipe := rdb.Pipeline()
+		for id := lo; id < lo+pipeline && id <= n; id++ {
+			pipe.XAdd(ctx, &redis.XAddArgs{Stream: key, Values: []string{
+				"type", "status", "id", strconv.Itoa(id), "status", "offline", "previous", "online",
+				"at", ts, "cause", "timeout"}})
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return time.Since(start)
+}
+
+// plainCopyUpdate is PostgreSQL's ceiling: a plain pgx COPY of n rows into
+// a staging table and one UPDATE ... FROM of the devices table, in one
+// transaction. It returns the time taken.
+func plainCopyUpdate(b *testing.B, f *fixture, n int, at time.Time) time.Duration {
+	b.Helper()
+	ctx := context.Background()
+	start := time.Now()
+	tx, err := f.pool.Begin(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, "CREATE TEMP TABLE ceiling_stage (id bigint NOT NULL, last_seen timestamptz, status text NOT NULL) ON COMMIT DROP"); err != nil {
+		b.Fatal(err)
+	}
+	ls := at.Add(time.Second) // newer than the daemon's rows: every row moves
+	id := 0
+	src := pgx.CopyFromFunc(func() ([]any, error) {
+		if id == n {
+			return nil, nil
+		}
+		id++
+		return []any{int64(id), ls, "offline"}, nil
+	})
+	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"ceiling_stage"}, []string{"id", "last_seen", "status"}, src); err != nil {
+		b.Fatal(err)
+	}
+	tbl := pgx.Identifier{f.devices}.Sanitize()
+	tag, err := tx.Exec(ctx, "UPDATE "+tbl+" AS t SET last_seen = s.last_seen, status = s.status FROM ceiling_stage AS s WHERE t.id = s.id AND (t.last_seen IS NULL OR t.last_seen < s.last_seen)")
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		b.Fatal(err)
+	}
+	if tag.RowsAffected() != int64(n) {
+		b.Fatalf("the ceiling's UPDATE moved %d rows, want %d", tag.RowsAffected(), n)
+	}
+	return time.Since(start)
 }

@@ -183,7 +183,7 @@ func (e *Engine) touchLocked(sh *shard, id string, h uint64, hint uint32, at int
 		sh.st.touches++
 		e.noteCoalescing(sh.transition(slot, StatusUnknown, StatusOnline, at, 0, cause))
 		e.arm(sh, slot)
-		sh.markDirty(slot)
+		sh.markDirty(slot, changedNew)
 		return nil
 	}
 	sh.st.touches++
@@ -193,10 +193,10 @@ func (e *Engine) touchLocked(sh *shard, id string, h uint64, hint uint32, at int
 	if r.flags&flagOnline != 0 && at <= r.lastSeen && !newTmo {
 		return nil // the common case of reordered input: nothing to do
 	}
-	changed := false
+	changed, what := false, uint8(changedStatus)
 	if at > r.lastSeen {
 		r.lastSeen = at
-		changed = true
+		changed, what = true, changedSeen
 	}
 	switch {
 	case newTmo && r.tmo&tmoDevice != 0:
@@ -222,7 +222,7 @@ func (e *Engine) touchLocked(sh *shard, id string, h uint64, hint uint32, at int
 		changed = true
 	}
 	if changed {
-		sh.markDirty(slot)
+		sh.markDirty(slot, what)
 	}
 	return nil
 }
@@ -306,7 +306,7 @@ func (e *Engine) markOffline(id string, at time.Time, cause Cause) error {
 	r.since = ns
 	sh.nOnline--
 	e.noteCoalescing(sh.transition(slot, StatusOnline, StatusOffline, ns, prev, cause))
-	sh.markDirty(slot)
+	sh.markDirty(slot, changedStatus)
 	return nil // the armed entry is dropped when it comes up
 }
 
@@ -355,7 +355,7 @@ func (e *Engine) setTmo(sh *shard, slot uint32, tmo uint16) {
 	if r.flags&flagOnline != 0 {
 		e.arm(sh, slot)
 	}
-	sh.markDirty(slot)
+	sh.markDirty(slot, changedStatus)
 }
 
 // ClearTimeout drops a known device's own timeout (SetTimeout): it returns
@@ -397,7 +397,7 @@ func (e *Engine) Decommission(id string, at time.Time) error {
 	sh.st.removed++
 	sh.detach(slot)
 	sh.rec(slot).flags |= flagRemoved
-	sh.markDirty(slot)
+	sh.markDirty(slot, changedStatus)
 	return nil
 }
 
@@ -598,7 +598,7 @@ func (e *Engine) restoreOne(d *DeviceState, now int64, cause Cause) error {
 	case ok:
 		if r := sh.rec(slot); lastSeen > r.lastSeen {
 			r.lastSeen = lastSeen
-			sh.markDirty(slot)
+			sh.markDirty(slot, changedSeen)
 		}
 		if tmo&tmoDevice != 0 && sh.rec(slot).tmo&tmoDevice == 0 {
 			e.override(sh, slot, tmo&tmoIndex) // an override outlives the race
@@ -619,6 +619,10 @@ func (e *Engine) restoreOne(d *DeviceState, now int64, cause Cause) error {
 	}
 	deadline := e.deadline(r)
 	alive := deadline > now
+	// The store lacks the status of an unknown one: write it. An adopted
+	// one is written by its new owner (here) whatever its state: its old
+	// owner's Trackers skip it from the handover on.
+	mark := d.Status == StatusUnknown || cause == CauseHandoff
 	switch {
 	case d.Status == StatusOnline && alive, d.Status == StatusUnknown && alive:
 		r.flags |= flagOnline
@@ -629,25 +633,36 @@ func (e *Engine) restoreOne(d *DeviceState, now int64, cause Cause) error {
 		r.setReported(StatusOnline)
 		sh.nOnline++
 		e.arm(sh, slot)
-		if d.Status == StatusUnknown {
-			sh.markDirty(slot) // the store lacks the status: write it
+		if mark {
+			sh.markDirty(slot, e.restoredChange(cause))
 		}
 	case d.Status == StatusOnline: // its deadline passed while we were away
 		r.since = deadline
 		r.setReported(StatusOnline)
 		e.noteCoalescing(sh.transition(slot, StatusOnline, StatusOffline, deadline, toNanos(d.Since), cause))
-		sh.markDirty(slot)
+		sh.markDirty(slot, e.restoredChange(cause))
 	default: // offline, or unknown and expired
 		r.since = toNanos(d.Since)
 		if r.since == 0 {
 			r.since = deadline
 		}
 		r.setReported(StatusOffline)
-		if d.Status == StatusUnknown {
-			sh.markDirty(slot)
+		if mark {
+			sh.markDirty(slot, e.restoredChange(cause))
 		}
 	}
 	return nil
+}
+
+// restoredChange is what a restored device's change is to the Trackers:
+// for Restore its keys came from the store, which has its last-seen time
+// and has it indexed; a device adopted from another owner (a handoff) may
+// have been newer there than in the store, and may not be indexed yet.
+func (e *Engine) restoredChange(cause Cause) uint8 {
+	if cause == CauseHandoff {
+		return changedNew
+	}
+	return changedSeen
 }
 
 // Advance runs the timing wheel up to now: every online device whose
@@ -773,7 +788,7 @@ func (e *Engine) fire(sh *shard, slot uint32) (list bool) {
 	sh.nOnline--
 	list, coalescing := sh.timeout(slot)
 	e.noteCoalescing(coalescing)
-	sh.markDirty(slot)
+	sh.markDirty(slot, changedStatus)
 	return list
 }
 

@@ -1062,3 +1062,74 @@ func TestCloseDeliversPastStaleListEntries(t *testing.T) {
 		t.Fatalf("after Close: %+v", s)
 	}
 }
+
+// A Tracker says what changed since it last listed a device: only the
+// status (an offline transition rewrites one value), or the last-seen time
+// too; and whether the device is new to the engine (its index entry is
+// written with its keys).
+func TestTrackerWhatChanged(t *testing.T) {
+	f := newFixture(t, nil)
+	tr, err := f.e.NewTracker()
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(step, id string, status Status, statusOnly, isNew bool) {
+		t.Helper()
+		got := tr.Drain(nil, 10)
+		if len(got) != 1 || got[0].ID != id || got[0].Status != status ||
+			got[0].StatusOnly != statusOnly || got[0].New != isNew {
+			t.Fatalf("%s: drained %+v, want %s %v StatusOnly %v New %v", step, got, id, status, statusOnly, isNew)
+		}
+	}
+	f.touch("a", 0)
+	check("first message", "a", StatusOnline, false, true)
+	f.touch("a", time.Second)
+	check("next message", "a", StatusOnline, false, false)
+	f.at(2 * time.Minute)
+	check("timeout", "a", StatusOffline, true, false)
+	f.touch("a", 2*time.Minute+time.Second)
+	check("back online", "a", StatusOnline, false, false)
+	if err := f.e.MarkOffline("a", t0.Add(2*time.Minute+2*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	check("last will", "a", StatusOffline, true, false)
+
+	// A message and a timeout before the next drain: the last-seen time
+	// changed since the last write.
+	f.touch("a", 3*time.Minute)
+	f.at(5 * time.Minute)
+	check("message, then timeout", "a", StatusOffline, false, false)
+
+	// A failed write hands the device back whole.
+	f.touch("a", 5*time.Minute)
+	tr.MarkDirty("a")
+	check("handed back", "a", StatusOnline, false, true)
+	f.at(7 * time.Minute)
+	tr.Drain(nil, 10)
+	tr.MarkDirty("a")
+	check("timeout handed back", "a", StatusOffline, false, true)
+
+	// A decommissioned device that returns is new again.
+	if err := f.e.Decommission("a", t0.Add(7*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if got := tr.Drain(nil, 10); len(got) != 1 || !got[0].Removed {
+		t.Fatalf("decommission: %+v", got)
+	}
+	f.touch("a", 8*time.Minute)
+	check("returned", "a", StatusOnline, false, true)
+
+	// Restored devices are in the store already; adopted ones are written
+	// by their new owner, indexed.
+	f.touch("c", 8*time.Minute)
+	tr.Drain(nil, 10)
+	f.e.Remove("c")
+	if err := f.e.Adopt([]DeviceState{{ID: "c", Status: StatusOnline, LastSeen: t0.Add(8 * time.Minute)}}, t0.Add(8*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	check("adopted", "c", StatusOnline, false, true)
+	if err := f.e.Restore([]DeviceState{{ID: "r", Status: StatusOnline, LastSeen: t0}}, t0.Add(8*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	check("restored past its deadline", "r", StatusOffline, false, false)
+}

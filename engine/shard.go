@@ -18,7 +18,7 @@ type rec struct {
 	armed    uint32 // low 32 bits of the wheel tick armed for, if flagArmed
 	tmo      uint16 // the device's timeout, an index into Engine.timeouts
 	flags    uint8
-	dirty    uint8 // one bit per Tracker
+	dirty    uint8 // three bits per Tracker: dirtyListed, dirtySeen, dirtyNew
 }
 
 // longID marks an idWord that holds arena offset and length, not the id.
@@ -346,9 +346,34 @@ func (sh *shard) id(slot uint32) string {
 	return idString(sh.rec(slot).idWord, sh.arena)
 }
 
-// markDirty flags slot for every tracker that has not seen it yet.
-func (sh *shard) markDirty(slot uint32) {
+// The bits of rec.dirty, each shifted left by the tracker's index: the slot
+// is in the tracker's dirty list; its last-seen time changed since (else
+// only its status did: DeviceState.StatusOnly); it is new to the engine
+// since (DeviceState.New).
+const (
+	dirtyListed = 1
+	dirtySeen   = 1 << MaxTrackers
+	dirtyNew    = 1 << (2 * MaxTrackers)
+)
+
+// What changed, for markDirty: the status alone, the last-seen time (with
+// the status or not), or the whole device (new to the engine).
+const (
+	changedStatus = 0
+	changedSeen   = dirtySeen
+	changedNew    = dirtySeen | dirtyNew
+)
+
+// markDirty flags slot for every tracker, listing it for those that have
+// not listed it yet; what is changedStatus, changedSeen or changedNew.
+func (sh *shard) markDirty(slot uint32, what uint8) {
 	r := sh.rec(slot)
+	if what&dirtySeen != 0 {
+		r.dirty |= sh.trackMask * dirtySeen
+	}
+	if what&dirtyNew != 0 {
+		r.dirty |= sh.trackMask * dirtyNew
+	}
 	missing := sh.trackMask &^ r.dirty
 	if missing == 0 {
 		return

@@ -44,7 +44,8 @@ func (t *Tracker) Drain(dst []DeviceState, max int) []DeviceState {
 			slot := d.items[d.head]
 			d.head++
 			r := sh.rec(slot)
-			r.dirty &^= 1 << t.idx
+			bits := r.dirty >> t.idx
+			r.dirty &^= (dirtyListed | dirtySeen | dirtyNew) << t.idx
 			switch {
 			case r.flags&(flagDetached|flagRemoved) == flagDetached|flagRemoved:
 				dst = append(dst, DeviceState{ID: sh.id(slot), Removed: true})
@@ -53,7 +54,10 @@ func (t *Tracker) Drain(dst []DeviceState, max int) []DeviceState {
 				max++ // handed over: its new owner writes it
 				continue
 			}
-			dst = append(dst, t.e.state(sh, slot))
+			st := t.e.state(sh, slot)
+			st.StatusOnly = bits&dirtySeen == 0
+			st.New = bits&dirtyNew != 0
+			dst = append(dst, st)
 		}
 		if d.head == len(d.items) {
 			d.items, d.head = d.items[:0], 0
@@ -74,8 +78,9 @@ func (t *Tracker) Drain(dst []DeviceState, max int) []DeviceState {
 
 // MarkDirty lists devices again, typically those a failed write could not
 // store; the next Drain reads their state as it is then (a decommissioned
-// device's removal too, unless it came back meanwhile). Unknown or invalid
-// ids are ignored.
+// device's removal too, unless it came back meanwhile), whole: neither
+// StatusOnly (the failed write may not have stored the last-seen time)
+// nor without New. Unknown or invalid ids are ignored.
 func (t *Tracker) MarkDirty(ids ...string) {
 	for _, id := range ids {
 		if !ValidID(id) {
@@ -88,9 +93,12 @@ func (t *Tracker) MarkDirty(ids ...string) {
 		if ok {
 			r := sh.rec(slot)
 			removed := r.flags&flagRemoved != 0 // with flagDetached
-			if (r.flags&flagDetached == 0 || removed) && r.dirty&(1<<t.idx) == 0 {
-				r.dirty |= 1 << t.idx
-				sh.dirty[t.idx].items = append(sh.dirty[t.idx].items, slot)
+			if r.flags&flagDetached == 0 || removed {
+				r.dirty |= (dirtySeen | dirtyNew) << t.idx
+				if r.dirty&(dirtyListed<<t.idx) == 0 {
+					r.dirty |= dirtyListed << t.idx
+					sh.dirty[t.idx].items = append(sh.dirty[t.idx].items, slot)
+				}
 			}
 		}
 		sh.mu.Unlock()

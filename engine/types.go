@@ -30,8 +30,10 @@ const (
 	MinTimeout = time.Second
 	MaxTimeout = 7 * 24 * time.Hour
 	// MaxTrackers is how many independent dirty trackers (write-behind sinks)
-	// one engine serves; each costs one bit per device.
-	MaxTrackers = 4
+	// one engine serves: the daemon has two (Redis, PostgreSQL). Each takes
+	// three bits of a device's record (listed, last-seen changed, new: see
+	// DeviceState.StatusOnly and New), which has one byte for them.
+	MaxTrackers = 2
 	// MaxDevicesPerShard bounds one shard: its index packs a slot number in
 	// 24 bits. With the default 256 shards that is over 4 billion devices.
 	MaxDevicesPerShard = 1<<24 - 1
@@ -180,6 +182,19 @@ type DeviceState struct {
 	// Tracker's Drain returns such a state, with only ID set, so that a
 	// write-behind sink deletes what it stores of the device.
 	Removed bool
+	// StatusOnly is set by a Tracker's Drain when only the status (and
+	// Since) changed since the Tracker last listed the device: LastSeen is
+	// the one its sink wrote then, so an offline transition rewrites one
+	// value (a timeout, a Last Will, an operator's offline). False
+	// otherwise, and always after MarkDirty: write everything.
+	StatusOnly bool
+	// New is set by a Tracker's Drain when the device is new to this
+	// engine since the Tracker last listed it: its first message, its
+	// return after a decommission or a handover, a device adopted from
+	// another owner (Adopt), and after MarkDirty. A sink that keeps an
+	// index of the devices it stores (the Redis sink's device index) adds
+	// it with the same write.
+	New bool
 }
 
 // TimeoutSource is where a device's timeout comes from.

@@ -98,7 +98,7 @@ func (f *fixture) recovery(t *testing.T, eng Engine, cl Cluster, now time.Time) 
 	cfg.RetryBackoff = 10 * time.Millisecond
 	cfg.Clock = func() time.Time { return now }
 	cfg.Logger = testenv.Logger(t)
-	index, err := NewIndex(f.client, cfg.Index, cfg.Logger, nil)
+	index, err := NewIndex(f.client, cfg.Index, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,7 +215,7 @@ func TestHydrateGivesUp(t *testing.T) {
 	}
 	rc := DefaultConfig()
 	rc.Index.KeyPrefix, rc.Attempts, rc.RetryBackoff, rc.Logger = f.prefix, 2, 10*time.Millisecond, testenv.Logger(t)
-	index, err := NewIndex(via, rc.Index, rc.Logger, nil)
+	index, err := NewIndex(via, rc.Index, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -281,34 +281,58 @@ func TestRebuildOnChange(t *testing.T) {
 	}
 }
 
-// BeforeKeys: a device drained from the Redis sink's dirty set just after
-// it came online has its index entry written first, though the engine's
-// clock never ticked to deliver its online transition.
-func TestBeforeKeys(t *testing.T) {
+// The key writer waits for no transition sink: a device drained from the
+// Redis sink's Tracker just after it came online is written with its index
+// entry while the engine's delivery is stuck in a sink that pushes back (a
+// full event Stream), and a restart that reads the index finds it.
+func TestKeysIndexedWithoutDelivery(t *testing.T) {
 	f := newFixture(t)
-	var r *Recovery
-	eng := newEngine(t, engine.SinkFunc(func(b []engine.Transition) { r.Index().HandleTransitions(b) }))
-	r = f.recovery(t, eng, nil, time.Now())
+	stuck, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	eng := newEngine(t, engine.SinkFunc(func([]engine.Transition) {
+		once.Do(func() { close(stuck) })
+		<-release
+	}))
+	defer close(release)
+	r := f.recovery(t, eng, nil, time.Now())
 	tr, err := eng.NewTracker()
 	if err != nil {
 		t.Fatal(err)
 	}
+	cfg := wbredis.DefaultConfig()
+	cfg.KeyPrefix, cfg.IndexKeyOf = f.prefix, r.Index().KeyOf
+	sink, err := wbredis.New(f.client, tr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := eng.Touch("41", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	go eng.Deliver()
+	<-stuck // the delivery waits, with 41's online transition
 	if err := eng.Touch("42", time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
-	if states := tr.Drain(nil, 10); len(states) != 1 {
-		t.Fatalf("drained %v", states)
-	}
-	if r.Index().q.Len() != 0 {
-		t.Fatal("the online transition was delivered without BeforeKeys: the test proves nothing")
-	}
-	if err := r.Index().BeforeKeys(eng)(ctx); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := sink.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
-	p := cluster.PartitionOf("42", cluster.DefaultPartitions)
-	if ok, err := f.client.SIsMember(ctx, r.Index().Key(p), "42").Result(); err != nil || !ok {
-		t.Fatalf("42 not in the index after BeforeKeys: %v %v", ok, err)
+	for _, id := range []string{"41", "42"} {
+		p := cluster.PartitionOf(id, cluster.DefaultPartitions)
+		if ok, err := f.client.SIsMember(ctx, r.Index().Key(p), id).Result(); err != nil || !ok {
+			t.Fatalf("%s not in the index with its keys: %v %v", id, ok, err)
+		}
+		if st, err := sink.ReadStates(ctx, []string{id}); err != nil || st[0].Status != engine.StatusOnline {
+			t.Fatalf("%s stored as %+v, %v", id, st, err)
+		}
+	}
+	// Written again (a message), it is not added again: one SADD a device.
+	if err := eng.Touch("42", time.Now().Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if got := tr.Drain(nil, 10); len(got) != 1 || got[0].New || got[0].StatusOnly {
+		t.Fatalf("a known device's message drained as %+v", got)
 	}
 }
 
@@ -352,70 +376,5 @@ func TestScan(t *testing.T) {
 	stop := errors.New("stop")
 	if err := r.scan(ctx, func([]engine.DeviceState) error { return stop }, nil); !errors.Is(err, stop) {
 		t.Fatalf("scan error = %v, want the callback's", err)
-	}
-}
-
-// BeforeKeys waits for the engine's delivery only while an online
-// transition has not reached the index: with the delivery stuck in a sink
-// after the index (a destination pushing back) and nothing but offline
-// transitions queued, it returns at once.
-func TestBeforeKeysSkipsOfflineOnly(t *testing.T) {
-	f := newFixture(t)
-	var r *Recovery
-	stuck := make(chan struct{})
-	release := make(chan struct{})
-	var once sync.Once
-	eng := newEngine(t, engine.SinkFunc(func(b []engine.Transition) {
-		r.Index().HandleTransitions(b) // the index first, as the daemon's fanout has it
-		for _, tr := range b {
-			if tr.To == engine.StatusOffline {
-				once.Do(func() { close(stuck) })
-				<-release // the destination after it waits for room
-				return
-			}
-		}
-	}))
-	r = f.recovery(t, eng, nil, time.Now())
-	now := time.Now()
-	for _, id := range []string{"a", "b"} {
-		if err := eng.Touch(id, now); err != nil {
-			t.Fatal(err)
-		}
-	}
-	eng.Deliver() // the online transitions reach the index
-	for _, id := range []string{"a", "b"} {
-		if err := eng.MarkOffline(id, now.Add(time.Second)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	go eng.Deliver() // stuck in the sink with the offline transitions
-	<-stuck
-	done := make(chan error, 1)
-	go func() { done <- r.Index().BeforeKeys(eng)(context.Background()) }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("BeforeKeys waited for a delivery that holds no online transition")
-	}
-	// An online transition queued now must reach the index first.
-	if err := eng.Touch("c", now.Add(2*time.Second)); err != nil {
-		t.Fatal(err)
-	}
-	go func() { done <- r.Index().BeforeKeys(eng)(context.Background()) }()
-	select {
-	case <-done:
-		t.Fatal("BeforeKeys returned with c's online transition still queued")
-	case <-time.After(100 * time.Millisecond):
-	}
-	close(release)
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	p := cluster.PartitionOf("c", cluster.DefaultPartitions)
-	if ok, err := f.client.SIsMember(context.Background(), r.Index().Key(p), "c").Result(); err != nil || !ok {
-		t.Fatalf("c not in the index after BeforeKeys: %v %v", ok, err)
 	}
 }

@@ -104,6 +104,31 @@ func TestRedisKeyLayoutAndTTL(t *testing.T) {
 	}
 }
 
+// A change of status alone (a timeout) rewrites the status key alone: one
+// command, the last-seen key as it was; otherwise both keys.
+func TestRedisStatusOnly(t *testing.T) {
+	sink, src, client, prefix := testSink(t, nil)
+	ctx := context.Background()
+	src.Set(engine.DeviceState{ID: "42", Status: engine.StatusOnline, LastSeen: writebacktest.T0})
+	if err := sink.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	client.Set(ctx, prefix+"lastseen:42", "marker", time.Hour)
+	src.Set(engine.DeviceState{ID: "42", Status: engine.StatusOffline, LastSeen: writebacktest.T0, StatusOnly: true})
+	if err := sink.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := client.Get(ctx, prefix+"status:42").Val(); got != "offline" {
+		t.Fatalf("status %q after a timeout", got)
+	}
+	if got := client.Get(ctx, prefix+"lastseen:42").Val(); got != "marker" {
+		t.Fatalf("last-seen rewritten (%q) for a change of status alone", got)
+	}
+	if got := writebacktest.Counter(sink.Metrics(), "presence_writeback_keys_written_total", "redis"); got != 3 {
+		t.Fatalf("keys_written_total = %d, want 3 (2 + 1)", got)
+	}
+}
+
 func TestClientConfig(t *testing.T) {
 	parse := func(args []string, env map[string]string) (ClientConfig, error) {
 		c := DefaultClientConfig()

@@ -7,6 +7,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/VictoriaMetrics/metrics"
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/presence-dev/presence/engine"
@@ -38,19 +39,18 @@ type Config struct {
 	// Needs both keys of a device in one slot: not on Redis Cluster (whose
 	// client is refused with this option).
 	Guarded bool
-	// BeforeWrite, when set, is called before every batch of keys, and a
-	// batch is not written while it fails. Restart recovery writes its
-	// device index there (recovery.Index.BeforeKeys), so that a device's
-	// keys never reach Redis before its index entry does.
-	BeforeWrite func(ctx context.Context) error
 	// IndexKeyOf, when set, names the device index's set holding id
-	// (recovery.Index.KeyOf): a decommissioned device's removal takes it
-	// out of the index with its keys.
+	// (recovery.Index.KeyOf). A device new to the engine
+	// (engine.DeviceState.New) is added to it in the same pipeline as its
+	// keys, before them, so that a restart that reads the index finds every
+	// device whose keys are in Redis, without the key writer waiting for
+	// anything else; a decommissioned device's removal takes it out.
 	IndexKeyOf func(id string) string
-	// Flush is the write-behind loop. BatchSize is devices per pipeline (two
-	// SETs each). Defaults: Interval 250 ms, FlushAt 20000, BatchSize 1000,
-	// Concurrency 2: Redis is single-threaded, so larger pipelines or more
-	// of them do not help (BENCHMARKS.md has the runs that chose these).
+	// Flush is the write-behind loop. BatchSize is devices per pipeline (one
+	// to three commands each: see writeBatch). Defaults: Interval 250 ms,
+	// FlushAt 20000, BatchSize 1000, Concurrency 2: Redis is
+	// single-threaded, so larger pipelines or more of them do not help
+	// (BENCHMARKS.md has the runs that chose these).
 	Flush writeback.FlushConfig
 }
 
@@ -92,9 +92,10 @@ func (c Config) Validate() error {
 // Its lifecycle, Flush and Metrics are the embedded writeback.Flusher's.
 type Sink struct {
 	*writeback.Flusher
-	client goredis.UniversalClient
-	cfg    Config
-	ttl    time.Duration
+	client  goredis.UniversalClient
+	cfg     Config
+	ttl     time.Duration
+	indexed *metrics.Counter // ids added to the device index
 }
 
 // New builds a Redis sink. It does no I/O; Start starts the flush loop.
@@ -111,6 +112,7 @@ func New(client goredis.UniversalClient, src writeback.Source, cfg Config) (*Sin
 	}
 	r := &Sink{client: client, cfg: cfg, ttl: cfg.TTL}
 	r.Flusher = writeback.NewFlusher("redis", "keys", src, cfg.Flush, r.writeBatch)
+	r.indexed = r.Metrics().NewCounter("presence_index_ids_written_total")
 	return r, nil
 }
 
@@ -197,18 +199,19 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
 redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
 return 1`)
 
+// writeBatch writes one batch in one pipeline. A device takes one command
+// when only its status changed (engine.DeviceState.StatusOnly: a timeout,
+// a Last Will), two when its last-seen time changed too, and a third, its
+// index entry, when it is new to the engine: in the pipeline before its
+// keys, so that keys applied means entry applied.
 func (r *Sink) writeBatch(ctx context.Context, states []engine.DeviceState) (writeback.WriteResult, error) {
-	if r.cfg.BeforeWrite != nil {
-		if err := r.cfg.BeforeWrite(ctx); err != nil {
-			return writeback.WriteResult{}, err
-		}
-	}
 	if r.cfg.Guarded {
 		return r.writeGuarded(ctx, states)
 	}
 	var res writeback.WriteResult
 	pipe := r.client.Pipeline()
 	var buf [32]byte
+	indexed := 0
 	for i := range states {
 		s := &states[i]
 		if s.Removed {
@@ -219,9 +222,10 @@ func (r *Sink) writeBatch(ctx context.Context, states []engine.DeviceState) (wri
 			res.Skipped++
 			continue
 		}
+		indexed += r.queueIndex(ctx, pipe, s)
 		pipe.Set(ctx, r.StatusKey(s.ID), s.Status.String(), r.ttl)
 		res.Units++
-		if !s.LastSeen.IsZero() {
+		if !s.StatusOnly && !s.LastSeen.IsZero() {
 			pipe.Set(ctx, r.LastSeenKey(s.ID), string(wire.AppendTime(buf[:0], s.LastSeen)), r.ttl)
 			res.Units++
 		}
@@ -235,16 +239,29 @@ func (r *Sink) writeBatch(ctx context.Context, states []engine.DeviceState) (wri
 		// be partly applied, which is fine: the batch is rewritten whole.
 		return writeback.WriteResult{}, fmt.Errorf("redis pipeline of %d commands: %w", len(cmds), err)
 	}
+	r.indexed.Add(indexed)
 	return res, nil
 }
 
+// queueIndex adds to pipe the index entry of a device new to the engine,
+// and returns how many it queued (0 or 1).
+func (r *Sink) queueIndex(ctx context.Context, pipe goredis.Pipeliner, s *engine.DeviceState) int {
+	if !s.New || r.cfg.IndexKeyOf == nil {
+		return 0
+	}
+	pipe.SAdd(ctx, r.cfg.IndexKeyOf(s.ID), s.ID)
+	return 1
+}
+
 // writeGuarded is writeBatch with the guardedSet script, one call per
-// device in one pipeline. A device without a last-seen time is written
-// unguarded (status only).
+// device in one pipeline (after its index entry, as there). A device
+// without a last-seen time is written unguarded (status only).
 func (r *Sink) writeGuarded(ctx context.Context, states []engine.DeviceState) (writeback.WriteResult, error) {
 	var res writeback.WriteResult
 	ttl := int64(r.ttl / time.Second)
+	indexed := 0
 	run := func() error {
+		indexed = 0
 		pipe := r.client.Pipeline()
 		for i := range states {
 			s := &states[i]
@@ -255,6 +272,7 @@ func (r *Sink) writeGuarded(ctx context.Context, states []engine.DeviceState) (w
 			if s.Status != engine.StatusOnline && s.Status != engine.StatusOffline {
 				continue
 			}
+			indexed += r.queueIndex(ctx, pipe, s)
 			if s.LastSeen.IsZero() {
 				pipe.Set(ctx, r.StatusKey(s.ID), s.Status.String(), r.ttl)
 				continue
@@ -274,6 +292,7 @@ func (r *Sink) writeGuarded(ctx context.Context, states []engine.DeviceState) (w
 	if err != nil {
 		return writeback.WriteResult{}, fmt.Errorf("redis guarded pipeline: %w", err)
 	}
+	r.indexed.Add(indexed)
 	for i := range states {
 		switch {
 		case states[i].Removed:

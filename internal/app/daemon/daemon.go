@@ -91,7 +91,7 @@ func (d *Daemon) stages() []stage {
 		{0, []lifecycle.Part{p("pprof", d.pprof)}},
 		// The sinks, flushed together at shutdown within ShutdownTimeout.
 		{d.cfg.ShutdownTimeout, []lifecycle.Part{p("redis", d.keys), p("postgres", d.devices),
-			p("history", d.history), p("events", d.events), p("index", d.index)}},
+			p("history", d.history), p("events", d.events)}},
 		{0, []lifecycle.Part{p("engine", d.eng)}},    // closed after ingest and cluster: the last Deliver
 		{0, []lifecycle.Part{p("cluster", d.node)}},  // closed: leave, hand off (its own bounds)
 		{0, []lifecycle.Part{p("settle", d.settle)}}, // started: the membership settled
@@ -182,7 +182,8 @@ func (d *Daemon) buildStores() error {
 }
 
 // buildTransitionSinks makes what receives every transition: metrics,
-// history, events, the device index.
+// history, events. (The device index is written by the Redis sink, with
+// the keys: it waits for no transition.)
 func (d *Daemon) buildTransitionSinks() (fanout, error) {
 	cfg, log := d.cfg, d.log
 	d.engineMetrics = metrics.NewSet()
@@ -205,10 +206,9 @@ func (d *Daemon) buildTransitionSinks() (fanout, error) {
 		return nil, err
 	}
 	if d.stores.redis != nil { // restart recovery and cluster rebuilds read it
-		if d.index, err = recovery.NewIndex(d.stores.redis, cfg.Recovery.Index, log.With("component", "index"), nil); err != nil {
+		if d.index, err = recovery.NewIndex(d.stores.redis, cfg.Recovery.Index, nil); err != nil {
 			return nil, err
 		}
-		sinks = append(sinks, d.index)
 	}
 	// Last: a stream or retained-MQTT destination that pushes back makes
 	// this call wait, and the sinks before it have their batch by then.
@@ -234,8 +234,7 @@ func (d *Daemon) buildEngine(sinks fanout) error {
 		}
 		kc := cfg.Keys
 		kc.Flush.Logger = log.With("component", "redis")
-		kc.BeforeWrite = d.index.BeforeKeys(d.eng) // entries before keys: the index stays complete
-		kc.IndexKeyOf = d.index.KeyOf              // a decommission leaves the index too
+		kc.IndexKeyOf = d.index.KeyOf // new devices enter the index with their keys, removed ones leave it
 		if d.keys, err = redis.New(d.stores.redis, tr, kc); err != nil {
 			return err
 		}
@@ -251,7 +250,6 @@ func (d *Daemon) buildEngine(sinks fanout) error {
 		d.held = lifecycle.NewGate()
 		d.keys.Hold(d.held.Open())
 		d.events.Hold(d.held.Open())
-		d.index.Hold(d.held.Open())
 	}
 	if d.stores.pool != nil {
 		tr, err := d.eng.NewTracker()
@@ -342,6 +340,9 @@ func (d *Daemon) buildAPI() error {
 // writes its own), for /metrics.
 func (d *Daemon) metricSets() []*metrics.Set {
 	sets := []*metrics.Set{d.engineMetrics}
+	if d.index != nil {
+		sets = append(sets, d.index.Metrics())
+	}
 	for _, s := range d.stages() {
 		for _, p := range s.parts {
 			if p.C == lifecycle.Component(d.api) {
