@@ -40,8 +40,9 @@ const massDevices = 1_000_000
 //   - pg: the Postgres sink's last device written (with Postgres);
 //   - history: the history's last row written (with Postgres).
 //
-// Then, in the same run, the ceilings: a plain go-redis client setting N
-// keys (SET ... EX 86400, pipelines of 1,000 over 4 connections), the same
+// Then, in the same run, the ceilings: a plain go-redis client setting the
+// N status keys again (SET ... offline EX 86400, pipelines of 1,000 over 4
+// connections: the writes the daemon made, to keys that exist), the same
 // client adding N Stream entries of the same fields (pipelines of 1,000,
 // one connection: one stream keeps its order), and with Postgres a plain
 // pgx COPY of N rows into a staging table plus one UPDATE ... FROM of the
@@ -74,8 +75,8 @@ func benchMassExpiry(b *testing.B, withPG bool) {
 		cfg.History.Table = f.history
 	}
 	d := startBenchDaemon(b, cfg)
-	url := "http://" + d.HTTPAddr()
-	testenv.Eventually(b, 30*time.Second, func() error { return getOK(url + "/readyz") })
+	testenv.Eventually(b, 30*time.Second, func() error { return getOK("http://" + d.HTTPAddr() + "/readyz") })
+	url := "http://" + d.HTTPAddr() // listening by now
 	eng := d.Engine()
 	timeout := cfg.Engine.DefaultTimeout
 
@@ -155,7 +156,7 @@ func benchMassExpiry(b *testing.B, withPG bool) {
 		}
 
 		// The ceilings, on the same machine, now quiet.
-		t.plainKeys = plainSetKeys(b, f.rdb, f.name+":ceiling:status:", massDevices)
+		t.plainKeys = plainSetKeys(b, f.rdb, f.prefix+"status:", massDevices) // the same keys, the same value
 		t.plainStream = plainXAdd(b, f.rdb, f.name+":ceiling:stream", massDevices, deadline)
 		if withPG {
 			t.plainPG = plainCopyUpdate(b, f, massDevices, deadline)

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"hash/maphash"
 	"log/slog"
-	"math"
 	"math/bits"
 	"sync"
 	"sync/atomic"
@@ -792,29 +791,6 @@ func (e *Engine) fire(sh *shard, slot uint32) (list bool) {
 	return list
 }
 
-// OnlineQueued is how many online transitions the engine has queued for
-// its Sink so far, the catch-ups of coalesced devices included once
-// Deliver made them; while devices wait for a catch-up (the engine is
-// coalescing) it is math.MaxUint64, since theirs may be online. A Sink
-// that counts the online transitions it receives has received every one
-// queued before a call once its count reaches the call's result: the
-// device index uses it to wait for delivery only when it must
-// (recovery.Index.BeforeKeys).
-func (e *Engine) OnlineQueued() uint64 {
-	var n uint64
-	for i := range e.shards {
-		sh := &e.shards[i]
-		sh.mu.Lock()
-		n += sh.st.onlineQueued
-		coalescing := len(sh.resync) > 0
-		sh.mu.Unlock()
-		if coalescing {
-			return math.MaxUint64
-		}
-	}
-	return n
-}
-
 // Deliver hands every queued transition to the sink, in batches, and returns
 // how many it delivered. Per device, transitions arrive in the order they
 // happened. Coalesced devices get their catch-up transition after the queue
@@ -923,9 +899,6 @@ func (e *Engine) pendResync(sh *shard) {
 		}
 		r.setReported(to)
 		sh.st.resynced++
-		if to == StatusOnline {
-			sh.st.onlineQueued++
-		}
 		e.pend = append(e.pend, pending{
 			qent:   qent{at: rs.at, slot: slot, from: from, to: to, cause: rs.cause},
 			idWord: &r.idWord, coalesced: true,

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
-	"math"
 	"math/rand/v2"
 	"runtime"
 	"slices"
@@ -863,39 +861,6 @@ func TestParseStatus(t *testing.T) {
 		if got := ParseStatus(bad); got != StatusUnknown {
 			t.Errorf("ParseStatus(%q) = %v, want unknown", bad, got)
 		}
-	}
-}
-
-// OnlineQueued counts the online transitions queued, and is MaxUint64
-// while devices wait for a catch-up, whose transition may be online.
-func TestOnlineQueued(t *testing.T) {
-	cfg := DefaultConfig()
-	cfg.Shards, cfg.QueueCapacity = 1, 4
-	cfg.Logger = slog.New(slog.DiscardHandler)
-	e, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Now()
-	for _, id := range []string{"a", "b", "c"} {
-		if err := e.Touch(id, now); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if n := e.OnlineQueued(); n != 3 {
-		t.Fatalf("OnlineQueued = %d, want 3", n)
-	}
-	for _, id := range []string{"d", "e"} { // the queue holds 4: e is coalesced
-		if err := e.Touch(id, now); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if n := e.OnlineQueued(); n != math.MaxUint64 {
-		t.Fatalf("OnlineQueued while coalescing = %d, want MaxUint64", n)
-	}
-	e.Deliver()
-	if n := e.OnlineQueued(); n != 5 {
-		t.Fatalf("OnlineQueued after the catch-up = %d, want 5", n)
 	}
 }
 

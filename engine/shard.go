@@ -133,9 +133,6 @@ func (d *dirtyList) len() int { return len(d.items) - d.head }
 // shardStats are counted under the shard lock: no atomics on the hot path.
 type shardStats struct {
 	touches, online, offline, stale, coalesced, resynced, delivered, removed uint64
-	// onlineQueued counts the online transitions queued for the Sink,
-	// catch-ups included (Engine.OnlineQueued).
-	onlineQueued uint64
 }
 
 // shard is one independently locked part of the engine.
@@ -401,9 +398,6 @@ func (sh *shard) transition(slot uint32, from, to Status, at, prev int64, cause 
 	if r.flags&flagResync == 0 && len(sh.queue) < sh.queueCap {
 		sh.queue = append(sh.queue, qent{at: at, prev: prev, slot: slot, from: from, to: to, cause: cause})
 		r.setReported(to)
-		if to == StatusOnline {
-			sh.st.onlineQueued++
-		}
 		return false
 	}
 	if sh.resync == nil {

@@ -3,7 +3,9 @@ package redis
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -95,6 +97,7 @@ type Sink struct {
 	client  goredis.UniversalClient
 	cfg     Config
 	ttl     time.Duration
+	ttlArg  any              // TTL in seconds, a SET ... EX argument
 	indexed *metrics.Counter // ids added to the device index
 }
 
@@ -110,7 +113,7 @@ func New(client goredis.UniversalClient, src writeback.Source, cfg Config) (*Sin
 	if _, ok := client.(*goredis.ClusterClient); ok && cfg.Guarded {
 		return nil, fmt.Errorf("%w: redis: Guarded writes need both keys of a device in one slot, not Redis Cluster", writeback.ErrInvalidConfig)
 	}
-	r := &Sink{client: client, cfg: cfg, ttl: cfg.TTL}
+	r := &Sink{client: client, cfg: cfg, ttl: cfg.TTL, ttlArg: strconv.FormatInt(int64(cfg.TTL/time.Second), 10)}
 	r.Flusher = writeback.NewFlusher("redis", "keys", src, cfg.Flush, r.writeBatch)
 	r.indexed = r.Metrics().NewCounter("presence_index_ids_written_total")
 	return r, nil
@@ -204,32 +207,89 @@ return 1`)
 // a Last Will), two when its last-seen time changed too, and a third, its
 // index entry, when it is new to the engine: in the pipeline before its
 // keys, so that keys applied means entry applied.
+//
+// It allocates per batch rather than per device where go-redis lets it:
+// the key names and values are appended to one buffer made one string,
+// whose substrings are the arguments, and the arguments of every command
+// are slices of one array (a pooled scratch: Concurrency workers call it
+// at once).
 func (r *Sink) writeBatch(ctx context.Context, states []engine.DeviceState) (writeback.WriteResult, error) {
 	if r.cfg.Guarded {
 		return r.writeGuarded(ctx, states)
 	}
+	sc := scratchPool.Get().(*scratch)
+	defer scratchPool.Put(sc)
+	sc.reset()
 	var res writeback.WriteResult
-	pipe := r.client.Pipeline()
-	var buf [32]byte
-	indexed := 0
+	ops := sc.ops
 	for i := range states {
 		s := &states[i]
-		if s.Removed {
+		op := uint8(0)
+		switch {
+		case s.Removed:
+			op = opRemove
+		case s.Status != engine.StatusOnline && s.Status != engine.StatusOffline:
+			res.Skipped++
+		default:
+			op = opStatus
+			if s.New && r.cfg.IndexKeyOf != nil {
+				op |= opIndex
+				sc.add(r.cfg.IndexKeyOf(s.ID))
+			}
+			sc.add(r.cfg.KeyPrefix, statusNS, s.ID)
+			if !s.StatusOnly && !s.LastSeen.IsZero() {
+				op |= opLastSeen
+				sc.add(r.cfg.KeyPrefix, lastSeenNS, s.ID)
+				sc.buf = wire.AppendTime(sc.buf, s.LastSeen)
+				sc.ends = append(sc.ends, len(sc.buf))
+			}
+		}
+		ops = append(ops, op)
+	}
+	sc.ops = ops
+	// The arguments: the batch's strings as substrings of one, passed by
+	// pointer (boxing a pointer allocates nothing), and typed commands
+	// (their replies are read without boxing).
+	all := string(sc.buf)
+	strs := sc.strings(all)
+	k := 0
+	next := func() *string {
+		k++
+		return &strs[k-1]
+	}
+	pipe := r.client.Pipeline()
+	args := sc.args
+	indexed := 0
+	for i, op := range ops {
+		s := &states[i]
+		if op&opRemove != 0 {
 			res.Units += r.queueRemoval(ctx, pipe, s.ID)
 			continue
 		}
-		if s.Status != engine.StatusOnline && s.Status != engine.StatusOffline {
-			res.Skipped++
-			continue
+		if op&opIndex != 0 {
+			start := len(args)
+			args = append(args, "sadd", next(), s.ID)
+			_ = pipe.Process(ctx, goredis.NewIntCmd(ctx, args[start:len(args):len(args)]...))
+			indexed++
 		}
-		indexed += r.queueIndex(ctx, pipe, s)
-		pipe.Set(ctx, r.StatusKey(s.ID), s.Status.String(), r.ttl)
-		res.Units++
-		if !s.StatusOnly && !s.LastSeen.IsZero() {
-			pipe.Set(ctx, r.LastSeenKey(s.ID), string(wire.AppendTime(buf[:0], s.LastSeen)), r.ttl)
+		if op&opStatus != 0 {
+			start := len(args)
+			args = append(args, "set", next(), statusArg(s.Status), "ex", r.ttlArg)
+			_ = pipe.Process(ctx, goredis.NewStatusCmd(ctx, args[start:len(args):len(args)]...))
+			res.Units++
+		}
+		if op&opLastSeen != 0 {
+			start := len(args)
+			args = append(args, "set", next(), next(), "ex", r.ttlArg)
+			_ = pipe.Process(ctx, goredis.NewStatusCmd(ctx, args[start:len(args):len(args)]...))
 			res.Units++
 		}
 	}
+	defer func() {
+		clear(args) // pin no string of this batch in the pool
+		sc.args = args[:0]
+		clear(strs)
+	}()
 	if res.Units == 0 {
 		return res, nil
 	}
@@ -241,6 +301,65 @@ func (r *Sink) writeBatch(ctx context.Context, states []engine.DeviceState) (wri
 	}
 	r.indexed.Add(indexed)
 	return res, nil
+}
+
+// What writeBatch does for one device.
+const (
+	opStatus   = 1 << iota // SET its status key
+	opLastSeen             // SET its last-seen key
+	opIndex                // SADD it to its index set, first
+	opRemove               // delete it (queueRemoval)
+)
+
+// The status values as command arguments, boxed once.
+var (
+	argOnline  any = engine.StatusOnline.String()
+	argOffline any = engine.StatusOffline.String()
+)
+
+func statusArg(s engine.Status) any {
+	if s == engine.StatusOnline {
+		return argOnline
+	}
+	return argOffline
+}
+
+// scratch is writeBatch's reusable memory.
+type scratch struct {
+	buf  []byte   // the batch's key names and values, back to back
+	ends []int    // where each of them ends in buf
+	strs []string // the same, as substrings of one string
+	ops  []uint8  // op bits of each device
+	args []any    // the commands' arguments
+}
+
+var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
+
+func (sc *scratch) reset() {
+	sc.buf, sc.ends, sc.ops = sc.buf[:0], sc.ends[:0], sc.ops[:0]
+	if cap(sc.args) == 0 {
+		sc.args = make([]any, 0, 13*1024) // grows to the batch once
+	}
+}
+
+// strings returns the strings add appended, as substrings of all (buf made
+// one string), in a slice that is not reallocated until the next batch.
+func (sc *scratch) strings(all string) []string {
+	sc.strs = slices.Grow(sc.strs[:0], len(sc.ends))
+	prev := 0
+	for _, end := range sc.ends {
+		sc.strs = append(sc.strs, all[prev:end])
+		prev = end
+	}
+	return sc.strs
+}
+
+// add appends the concatenation of parts to buf as one string.
+func (sc *scratch) add(parts ...string) {
+	for _, p := range parts {
+		sc.buf = append(sc.buf, p...)
+	}
+	sc.ends = append(sc.ends, len(sc.buf))
 }
 
 // queueIndex adds to pipe the index entry of a device new to the engine,

@@ -8,11 +8,11 @@
 // the embedded broker's port, so that a taken port fails at once. Run
 // starts the stages in order: the store clients; the embedded broker; the
 // API (/healthz answers, /readyz says why it is not ready yet); the sinks
-// (Redis, Postgres, history, events, device index); the engine's clock;
+// (Redis keys and device index, Postgres, history, events); the engine's clock;
 // the cluster node (it joins, then waits for its membership to settle);
 // restart recovery (the state is rebuilt from Redis before any message
-// arrives); the write gate (the Redis sink, the events and the device
-// index, started before, begin writing only now); ingest (it subscribes);
+// arrives); the write gate (the Redis sink and the events, started
+// before, begin writing only now); ingest (it subscribes);
 // the demo fleet. /readyz turns 200 once the state is rebuilt and ingest
 // subscribed.
 //
