@@ -284,6 +284,20 @@ func (h *Hub) Start(ctx context.Context) error {
 	return nil
 }
 
+// RedisBacklog is the number of events waiting for the destinations that
+// write to Redis (Pub/Sub, the Stream): what the daemon's PostgreSQL
+// writers yield to during a burst.
+func (h *Hub) RedisBacklog() int {
+	n := 0
+	for _, d := range h.dests {
+		switch d.s.(type) {
+		case *pubsubSender, *streamSender:
+			n += d.q.Len()
+		}
+	}
+	return n
+}
+
 // Flapping reports whether device id is flapping now (FlapConfig); false
 // with the detector disabled. Safe for concurrent use; it never waits for
 // a destination.

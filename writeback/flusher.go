@@ -72,6 +72,8 @@ type Flusher struct {
 
 	run  lifecycle.Runner
 	hold <-chan struct{} // the loop's first flush waits for it (Hold)
+
+	yieldSince time.Time // when the loop began putting flushes off (Yield); the loop's own
 }
 
 type flushMetrics struct {
@@ -82,6 +84,7 @@ type flushMetrics struct {
 	skipped  *metrics.Counter
 	retries  *metrics.Counter
 	errors   *metrics.Counter
+	yields   *metrics.Counter
 }
 
 // NewFlusher returns the loop of the sink name (the metrics' sink label)
@@ -116,6 +119,7 @@ func NewFlusher(name, unit string, src Source, cfg FlushConfig, w WriteFunc) *Fl
 		skipped:  set.NewCounter("presence_writeback_skipped_total" + label),
 		retries:  set.NewCounter("presence_writeback_retries_total" + label),
 		errors:   set.NewCounter("presence_writeback_errors_total" + label),
+		yields:   set.NewCounter("presence_writeback_yields_total" + label),
 	}
 	set.NewGauge("presence_writeback_dirty_devices"+label, func() float64 { return float64(src.Len()) })
 	return f
@@ -186,6 +190,9 @@ func (f *Flusher) loop(ctx context.Context) {
 		if failures == 0 && now.Sub(last) < f.cfg.Interval && (f.cfg.FlushAt == 0 || f.src.Len() < f.cfg.FlushAt) {
 			continue
 		}
+		if f.yielding(now) {
+			continue
+		}
 		last = now
 		if failures > 0 {
 			f.m.retries.Inc()
@@ -211,6 +218,23 @@ func (f *Flusher) loop(ctx context.Context) {
 		}
 	}
 }
+
+// yielding reports whether the loop puts a flush off for more urgent
+// writers (FlushConfig.Yield), at most MaxYield in a row.
+func (f *Flusher) yielding(now time.Time) bool {
+	if f.cfg.Yield == nil || f.cfg.MaxYield == 0 || !f.cfg.Yield() {
+		f.yieldSince = time.Time{}
+		return false
+	}
+	if f.yieldSince.IsZero() {
+		f.yieldSince = now
+		f.m.yields.Inc()
+	}
+	return now.Sub(f.yieldSince) < f.cfg.MaxYield
+}
+
+// Pending is the number of dirty devices waiting for this sink.
+func (f *Flusher) Pending() int { return f.src.Len() }
 
 // Flush writes every device that is dirty now and returns the first
 // error; the devices of failed batches are dirty again. Safe to call

@@ -86,6 +86,18 @@ type FlushConfig struct {
 	// WriteTimeout bounds one store call (one batch). Too short fails big
 	// batches on a slow store; too long delays noticing a dead one.
 	WriteTimeout time.Duration
+	// Yield, when set, lets more urgent writers go first: while it reports
+	// true the loop puts its flushes off, for at most MaxYield in a row
+	// (then it flushes as usual until Yield turns false: it is never
+	// starved); the devices wait in the dirty set meanwhile, coalesced.
+	// The daemon has PostgreSQL yield to the Redis writers during a burst
+	// (a mass expiry, a mass reconnect): on two cores they would share the
+	// CPU and Redis, the consumers' contract, would lag. Flush and Close
+	// do not yield.
+	Yield func() bool
+	// MaxYield bounds how long Yield may put flushes off in a row; 0 never
+	// puts them off.
+	MaxYield time.Duration
 	// Logger receives errors (rate-limited in retry loops) and the close
 	// summary. Nil: slog.Default().
 	Logger *slog.Logger
@@ -112,6 +124,8 @@ func (c FlushConfig) Validate(name string) error {
 		return fmt.Errorf("%w: %s: need 0 < MinBackoff <= MaxBackoff, got %v, %v", ErrInvalidConfig, name, c.MinBackoff, c.MaxBackoff)
 	case c.WriteTimeout <= 0:
 		return fmt.Errorf("%w: %s: WriteTimeout must be > 0, got %v", ErrInvalidConfig, name, c.WriteTimeout)
+	case c.MaxYield < 0:
+		return fmt.Errorf("%w: %s: MaxYield must be >= 0, got %v", ErrInvalidConfig, name, c.MaxYield)
 	}
 	return nil
 }

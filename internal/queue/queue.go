@@ -59,6 +59,15 @@ type Config struct {
 	// sends): one line per kind per interval, with the number held back.
 	// 0: 5 s.
 	LogEvery time.Duration
+	// Yield, when set, lets more urgent writers go first: while it reports
+	// true the worker puts its sends off, for at most MaxYield in a row
+	// (then it sends as usual until Yield turns false); items wait, and a
+	// full queue drops its oldest meanwhile. Flush and Close do not yield.
+	// Not with Full Wait (its pushes would wait for the urgent writers).
+	Yield func() bool
+	// MaxYield bounds how long Yield may put sends off in a row; 0 never
+	// puts them off.
+	MaxYield time.Duration
 	// Logger: nil is slog.Default().
 	Logger *slog.Logger
 	// Metrics are the owner's counters; a nil one is not counted.
@@ -98,6 +107,8 @@ type Metrics struct {
 	Duration *metrics.Histogram // of each send
 	// Waited is the seconds pushes spent waiting for room (Full Wait).
 	Waited *metrics.FloatCounter
+	// Yields counts the times the worker began putting sends off (Yield).
+	Yields *metrics.Counter
 }
 
 // Permanent marks an error that retrying cannot fix (a webhook's 4xx): the
@@ -163,6 +174,8 @@ type Queue[T any] struct {
 
 	hold <-chan struct{} // the worker waits for it before its first send (Hold)
 
+	yieldSince time.Time // when the worker began putting sends off (Yield); the worker's own
+
 	sendMu   sync.Mutex // one send at a time (the worker, Flush, Close); guards inflight
 	inflight []T        // the batch being sent, or the failed one, sent again as it was
 }
@@ -173,7 +186,8 @@ type Queue[T any] struct {
 func New[T any](cfg Config, send func(ctx context.Context, batch []T) error) *Queue[T] {
 	switch {
 	case cfg.Capacity <= 0, cfg.BatchSize <= 0, cfg.Interval < 0, cfg.Timeout <= 0,
-		cfg.MinBackoff <= 0, cfg.MaxBackoff < cfg.MinBackoff, cfg.Full > Wait, send == nil:
+		cfg.MinBackoff <= 0, cfg.MaxBackoff < cfg.MinBackoff, cfg.Full > Wait, send == nil,
+		cfg.MaxYield < 0, cfg.Yield != nil && cfg.Full == Wait:
 		panic(fmt.Sprintf("queue %s: invalid config %+v", cfg.Name, cfg))
 	}
 	if cfg.Initial <= 0 {
@@ -506,6 +520,9 @@ func (q *Queue[T]) worker(ctx context.Context) {
 		case <-q.kick:
 		case <-tick:
 		}
+		if !q.waitYield(ctx) {
+			return
+		}
 		for {
 			// Sends run under the Runner's work context: stopping the loop
 			// does not cut a send short (a write cancelled after it was
@@ -533,6 +550,31 @@ func (q *Queue[T]) worker(ctx context.Context) {
 			inc(q.cfg.Metrics.Retries)
 		}
 	}
+}
+
+// yieldPoll is how often a yielding worker asks Config.Yield again.
+const yieldPoll = 25 * time.Millisecond
+
+// waitYield waits while the worker yields to more urgent writers
+// (Config.Yield), at most MaxYield in a row; false when ctx ended.
+func (q *Queue[T]) waitYield(ctx context.Context) bool {
+	if q.cfg.Yield == nil || q.cfg.MaxYield == 0 {
+		return true
+	}
+	for q.cfg.Yield() {
+		if q.yieldSince.IsZero() {
+			q.yieldSince = time.Now()
+			inc(q.cfg.Metrics.Yields)
+		}
+		if time.Since(q.yieldSince) >= q.cfg.MaxYield {
+			return true
+		}
+		if !sleep(ctx, yieldPoll) {
+			return false
+		}
+	}
+	q.yieldSince = time.Time{}
+	return true
 }
 
 // sendPending sends batches until what waited at the call is sent, a send

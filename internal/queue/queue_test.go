@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -398,4 +399,46 @@ func TestRingShrinksAfterBurst(t *testing.T) {
 	if len(r.buf) != 32 { // twice its initial size: kept
 		t.Fatalf("buffer %d after a small drain, want 32 kept", len(r.buf))
 	}
+}
+
+// A worker that yields (a more urgent writer is busy) puts its sends off,
+// for at most MaxYield in a row, and sends when it stops yielding; Flush
+// does not yield.
+func TestYield(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg, set := testConfig()
+		var busy atomic.Bool
+		busy.Store(true)
+		cfg.Yield, cfg.MaxYield = busy.Load, 10*time.Second
+		cfg.Metrics.Yields = set.NewCounter("yields")
+		s := &sink{}
+		q := New(cfg, s.send)
+		if err := q.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		defer q.Close(context.Background())
+		check := func(after time.Duration, want int) {
+			t.Helper()
+			time.Sleep(after)
+			synctest.Wait()
+			if got := len(s.all()); got != want {
+				t.Fatalf("sent %d, want %d", got, want)
+			}
+		}
+		q.Push(seq(0, 3)...)
+		check(5*time.Second, 0)
+		busy.Store(false)
+		check(100*time.Millisecond, 3)
+		busy.Store(true)
+		q.Push(seq(3, 5)...)
+		check(9*time.Second, 3)
+		check(2*time.Second, 5) // MaxYield passed: never starved
+		q.Push(5)
+		if err := q.Flush(context.Background()); err != nil || len(s.all()) != 6 {
+			t.Fatalf("Flush = %v, sent %d", err, len(s.all()))
+		}
+		if got := cfg.Metrics.Yields.Get(); got != 2 {
+			t.Fatalf("yields = %d, want 2", got)
+		}
+	})
 }

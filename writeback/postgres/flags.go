@@ -11,6 +11,7 @@ func (c *Config) RegisterFlags(s *envflag.Set) {
 	s.String(&c.StatusColumn, "pg-status-column", "PRESENCE_PG_STATUS_COLUMN", "its status column, written if it exists; empty never writes status")
 	s.Bool(&c.InsertUnknown, "pg-insert-unknown", "PRESENCE_PG_INSERT_UNKNOWN", "insert devices that have no row (needs a unique index on the id column)")
 	s.Duration(&c.Flush.Interval, "pg-flush-interval", "PRESENCE_PG_FLUSH_INTERVAL", "how often changed devices are written to Postgres")
+	s.Duration(&c.Flush.MaxYield, "pg-max-yield", "PRESENCE_PG_MAX_YIELD", "how long Postgres writes (devices and history) may wait for a burst of Redis writes to pass, so that Redis, the consumers' contract, goes first; 0: never wait")
 }
 
 // RegisterFlags registers -history-table; an empty table turns the

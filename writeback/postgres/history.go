@@ -49,6 +49,12 @@ type HistoryConfig struct {
 	MaxBackoff time.Duration
 	// WriteTimeout bounds one COPY.
 	WriteTimeout time.Duration
+	// Yield and MaxYield let more urgent writers go first, as
+	// writeback.FlushConfig's do (the daemon: the Redis writers during a
+	// burst); transitions wait in the queue meanwhile. Default MaxYield
+	// 30 s; 0 never yields.
+	Yield    func() bool
+	MaxYield time.Duration
 	// Logger: nil is slog.Default().
 	Logger *slog.Logger
 	// Metrics: nil means a new private set (see History.Metrics).
@@ -66,6 +72,7 @@ func DefaultHistoryConfig() HistoryConfig {
 		MinBackoff:    200 * time.Millisecond,
 		MaxBackoff:    15 * time.Second,
 		WriteTimeout:  30 * time.Second,
+		MaxYield:      30 * time.Second,
 	}
 }
 
@@ -85,6 +92,8 @@ func (c HistoryConfig) Validate() error {
 		return fmt.Errorf("%w: history: need 0 < MinBackoff <= MaxBackoff, got %v, %v", writeback.ErrInvalidConfig, c.MinBackoff, c.MaxBackoff)
 	case c.WriteTimeout <= 0:
 		return fmt.Errorf("%w: history: WriteTimeout must be > 0, got %v", writeback.ErrInvalidConfig, c.WriteTimeout)
+	case c.MaxYield < 0:
+		return fmt.Errorf("%w: history: MaxYield must be >= 0, got %v", writeback.ErrInvalidConfig, c.MaxYield)
 	}
 	return nil
 }
@@ -147,12 +156,15 @@ func NewHistory(pool *pgxpool.Pool, cfg HistoryConfig) (*History, error) {
 		MinBackoff: cfg.MinBackoff,
 		MaxBackoff: cfg.MaxBackoff,
 		Timeout:    cfg.WriteTimeout,
+		Yield:      cfg.Yield,
+		MaxYield:   cfg.MaxYield,
 		Logger:     log.With("sink", "history"),
 		Metrics: queue.Metrics{
 			Dropped:  set.NewCounter("presence_writeback_history_dropped_total"),
 			Retries:  set.NewCounter("presence_writeback_retries_total" + label),
 			Errors:   set.NewCounter("presence_writeback_errors_total" + label),
 			Duration: set.NewHistogram("presence_writeback_flush_duration_seconds" + label),
+			Yields:   set.NewCounter("presence_writeback_yields_total" + label),
 		},
 	}, h.write)
 	set.NewGauge("presence_writeback_history_queued", func() float64 { return float64(h.Queued()) })

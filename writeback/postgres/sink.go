@@ -61,7 +61,9 @@ type Config struct {
 	// Flush is the write-behind loop. BatchSize is rows per transaction
 	// (one COPY into a temporary staging table plus one UPDATE ... FROM).
 	// Defaults: Interval 1 s, FlushAt 100000, BatchSize 20000,
-	// Concurrency 1 (see writeback/BENCHMARKS.fragment.md).
+	// Concurrency 1 (see writeback/BENCHMARKS.fragment.md), MaxYield 30 s
+	// (the daemon sets Yield: PostgreSQL waits for the Redis writers
+	// during a burst).
 	Flush writeback.FlushConfig
 }
 
@@ -80,6 +82,7 @@ func DefaultConfig() Config {
 			MinBackoff:   200 * time.Millisecond,
 			MaxBackoff:   15 * time.Second,
 			WriteTimeout: 30 * time.Second,
+			MaxYield:     30 * time.Second,
 		},
 	}
 }
@@ -167,7 +170,7 @@ type pgPlan struct {
 	hasStatus bool
 	lsNoTZ    bool   // last_seen is timestamp without time zone (holds UTC)
 	stage     string // staging table name (temporary, per connection)
-	create    string // CREATE TEMP TABLE IF NOT EXISTS ...
+	create    string // CREATE TEMP TABLE IF NOT EXISTS ...; the join's plan
 	apply     string // UPDATE ... FROM stage, or INSERT ... ON CONFLICT
 }
 
@@ -276,7 +279,14 @@ func buildPlan(table pgx.Identifier, cfg Config, cols []pgColumn) (*pgPlan, erro
 	// several sinks.
 	plan.stage = "presence_wb_stage_" + stageID
 	plan.create = "CREATE TEMP TABLE IF NOT EXISTS " + plan.stage +
-		" (id " + stageID + " NOT NULL, last_seen timestamptz, status text NOT NULL) ON COMMIT DELETE ROWS"
+		" (id " + stageID + " NOT NULL, last_seen timestamptz, status text NOT NULL) ON COMMIT DELETE ROWS" +
+		// The staging table has no statistics, and a batch's ids spread
+		// over the whole id range (devices drain in hash order): left to
+		// itself the planner merge-joins along the whole primary key, a
+		// scan of the table per batch (1M index entries for 20,000 rows,
+		// 10M at 10M devices). A nested loop of index lookups costs the
+		// batch, not the table (BENCHMARKS.md, mass expiry).
+		"; SET LOCAL enable_mergejoin = off; SET LOCAL enable_hashjoin = off"
 
 	tbl := table.Sanitize()
 	id := pgx.Identifier{cfg.IDColumn}.Sanitize()

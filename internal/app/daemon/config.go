@@ -180,6 +180,7 @@ func (c Config) resolve(brokerURL string) Config {
 		}
 	}
 	c.Recovery.Index.KeyPrefix, c.Recovery.Index.TimeoutsKey = c.Keys.KeyPrefix, c.Keys.TimeoutsKey()
+	c.History.MaxYield = c.Devices.Flush.MaxYield // one knob: -pg-max-yield
 	if c.clustered() {
 		if c.Cluster.BindAddr == "" { // -cluster-join alone
 			c.Cluster.BindAddr = cluster.DefaultConfig().BindAddr

@@ -89,7 +89,8 @@ func TestDecommissionEndToEnd(t *testing.T) {
 		if ok, _ := s.rdb.SIsMember(ctx, indexKey, "501").Result(); !ok {
 			return fmt.Errorf("501 not in the index %s", indexKey)
 		}
-		return nil
+		_, _, err := s.pgState(501) // the row, written, is what the removal must keep
+		return err
 	})
 	if code, body := r.do(t, "PUT", "/v1/devices/501/timeout", `{"timeout_seconds":600}`); code != 200 {
 		t.Fatalf("PUT: %d %s", code, body)

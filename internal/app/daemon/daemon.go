@@ -192,6 +192,7 @@ func (d *Daemon) buildTransitionSinks() (fanout, error) {
 	if d.stores.pool != nil && cfg.History.Table != "" {
 		hc := cfg.History
 		hc.Logger = log.With("component", "history")
+		hc.Yield = d.historyYields
 		if d.history, err = postgres.NewHistory(d.stores.pool, hc); err != nil {
 			return nil, err
 		}
@@ -258,6 +259,7 @@ func (d *Daemon) buildEngine(sinks fanout) error {
 		}
 		pc := cfg.Devices
 		pc.Flush.Logger = log.With("component", "postgres")
+		pc.Flush.Yield = d.redisBusy
 		if d.devices, err = postgres.New(d.stores.pool, tr, pc); err != nil {
 			return err
 		}
@@ -354,6 +356,30 @@ func (d *Daemon) metricSets() []*metrics.Set {
 		}
 	}
 	return sets
+}
+
+// busyAt is the backlog of a writer (devices dirty, events queued) past
+// which it has a burst to write: ten Redis pipelines, half a PostgreSQL
+// batch. Steady traffic stays below it (a 250 ms Redis flush of 40,000
+// messages/s is 10,000 devices at the most).
+const busyAt = 10_000
+
+// redisBusy reports whether the Redis writers have a burst to write: the
+// key writer has busyAt devices waiting, or Pub/Sub and the Stream busyAt
+// events. The PostgreSQL writers (devices, history) yield to them
+// meanwhile, up to -pg-max-yield: on two cores they would otherwise share
+// the CPU, and Redis, the consumers' contract, would lag (BENCHMARKS.md,
+// mass expiry).
+func (d *Daemon) redisBusy() bool {
+	return d.keys != nil && d.keys.Pending() >= busyAt ||
+		d.events != nil && d.events.RedisBacklog() >= busyAt
+}
+
+// historyYields: the history, the least urgent writer, also waits for
+// the devices table during a burst: the two share PostgreSQL, and the
+// table is what other systems read.
+func (d *Daemon) historyYields() bool {
+	return d.redisBusy() || d.devices != nil && d.devices.Pending() >= busyAt
 }
 
 // ready is /readyz: rebuilt from Redis and subscribed to the broker.
