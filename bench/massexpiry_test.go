@@ -47,7 +47,11 @@ const massDevices = 1_000_000
 // one connection: one stream keeps its order), and with Postgres a plain
 // pgx COPY of N rows into a staging table plus one UPDATE ... FROM of the
 // devices table. keys-x, stream-x and pg-x are the daemon's times over
-// the ceilings'. Every status key is read back offline, and every row.
+// the ceilings'. Redis is one core: the daemon's Stream shares it with its
+// keys and Pub/Sub, so plain-redis-ms is the three plain writers at once
+// (keys, Stream, and a plain PUBLISH of each event's JSON on one
+// connection), to the last one done, and stream-x-redis the Stream over
+// it. Every status key is read back offline, and every row.
 //
 //	go test ./bench -run '^$' -bench MassExpiry -benchtime 1x -count 3 -timeout 60m
 func BenchmarkMassExpiry(b *testing.B) {
@@ -60,6 +64,9 @@ type massTimes struct {
 	engine, keys, stream, streamP50, pg, history time.Duration
 	// The ceilings, each timed from its start.
 	plainKeys, plainStream, plainPG time.Duration
+	// plainRedis: the three plain Redis writers (keys, Stream, Pub/Sub) at
+	// once, as the daemon's are: to the last of them done.
+	plainRedis time.Duration
 }
 
 func benchMassExpiry(b *testing.B, withPG bool) {
@@ -161,8 +168,9 @@ func benchMassExpiry(b *testing.B, withPG bool) {
 		if withPG {
 			t.plainPG = plainCopyUpdate(b, f, massDevices, deadline)
 		}
-		b.Logf("deadline to engine %v, keys %v, stream %v (p50 %v), postgres %v, history %v; ceilings: keys %v, stream %v, postgres %v",
-			t.engine, t.keys, t.stream, t.streamP50, t.pg, t.history, t.plainKeys, t.plainStream, t.plainPG)
+		t.plainRedis = plainRedisAll(b, f, massDevices, deadline)
+		b.Logf("deadline to engine %v, keys %v, stream %v (p50 %v), postgres %v, history %v; ceilings: keys %v, stream %v, keys+stream+pubsub %v, postgres %v",
+			t.engine, t.keys, t.stream, t.streamP50, t.pg, t.history, t.plainKeys, t.plainStream, t.plainRedis, t.plainPG)
 		all = append(all, t)
 		b.StartTimer()
 	}
@@ -189,6 +197,8 @@ func benchMassExpiry(b *testing.B, withPG bool) {
 	b.ReportMetric(ms(func(t massTimes) time.Duration { return t.plainStream }), "plain-stream-ms")
 	b.ReportMetric(ratio(func(t massTimes) time.Duration { return t.keys }, func(t massTimes) time.Duration { return t.plainKeys }), "keys-x")
 	b.ReportMetric(ratio(func(t massTimes) time.Duration { return t.stream }, func(t massTimes) time.Duration { return t.plainStream }), "stream-x")
+	b.ReportMetric(ms(func(t massTimes) time.Duration { return t.plainRedis }), "plain-redis-ms")
+	b.ReportMetric(ratio(func(t massTimes) time.Duration { return t.stream }, func(t massTimes) time.Duration { return t.plainRedis }), "stream-x-redis")
 	if withPG {
 		b.ReportMetric(ms(func(t massTimes) time.Duration { return t.pg }), "pg-ms")
 		b.ReportMetric(ms(func(t massTimes) time.Duration { return t.history }), "history-ms")
@@ -345,6 +355,39 @@ func plainXAdd(b *testing.B, rdb *redis.Client, key string, n int, at time.Time)
 			b.Fatal(err)
 		}
 	}
+	return time.Since(start)
+}
+
+// plainPublish is Pub/Sub's part of plainRedisAll: the same client
+// PUBLISHing n offline events' JSON to channel, in pipelines of 1,000 on
+// one connection.
+func plainPublish(b *testing.B, rdb *redis.Client, channel string, n int, at time.Time) {
+	b.Helper()
+	const pipeline = 1000
+	ctx := context.Background()
+	ts := wire.FormatTime(at)
+	for lo := 1; lo <= n; lo += pipeline {
+		pipe := rdb.Pipeline()
+		for id := lo; id < lo+pipeline && id <= n; id++ {
+			pipe.Publish(ctx, channel, `{"type":"status","id":"`+strconv.Itoa(id)+
+				`","status":"offline","previous":"online","at":"`+ts+`","cause":"timeout"}`)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// plainRedisAll runs the three plain Redis writers at once, keys,
+// Stream and Pub/Sub, and returns the time until the last is done.
+func plainRedisAll(b *testing.B, f *fixture, n int, at time.Time) time.Duration {
+	b.Helper()
+	start := time.Now()
+	var wg sync.WaitGroup
+	wg.Go(func() { plainSetKeys(b, f.rdb, f.prefix+"status:", n) })
+	wg.Go(func() { plainXAdd(b, f.rdb, f.name+":ceiling:stream2", n, at) })
+	wg.Go(func() { plainPublish(b, f.rdb, f.name+":ceiling:events", n, at) })
+	wg.Wait()
 	return time.Since(start)
 }
 

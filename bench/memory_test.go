@@ -90,8 +90,8 @@ func benchDaemonMemory(b *testing.B, n int) {
 }
 
 // waitSettled waits until want holds for the engine's stats, the engine
-// has no transition queued, neither writer has a dirty device and no event
-// destination an event queued.
+// has no transition queued, neither writer has a dirty device, no event
+// destination an event queued and the history no row.
 func waitSettled(b *testing.B, eng *engine.Engine, url, what string, want func(engine.Stats) bool) {
 	b.Helper()
 	testenv.Eventually(b, 30*time.Minute, func() error {
@@ -107,6 +107,9 @@ func waitSettled(b *testing.B, eng *engine.Engine, url, what string, want func(e
 		}
 		if q := m["presence_events_queued"]; q > 0 {
 			return fmt.Errorf("%s: %.0f events queued", what, q)
+		}
+		if q := m["presence_writeback_history_queued"]; q > 0 {
+			return fmt.Errorf("%s: %.0f history rows queued", what, q)
 		}
 		return nil
 	})
