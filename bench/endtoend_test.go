@@ -271,6 +271,10 @@ type loadLimits struct {
 	window uint64
 	// within bounds the run (5 minutes when zero).
 	within time.Duration
+	// raw publishes with rawDialer (QoS 0) instead of paho: the load
+	// generator then costs the machine a syscall per millisecond, not one
+	// per message.
+	raw bool
 	// split gives each of the Conns connections a runner of its own over
 	// its own share of the devices: with Count a multiple of Devices every
 	// device then gets exactly Count/Devices messages (one runner's
@@ -309,6 +313,9 @@ func publishLimited(b *testing.B, cfg loadgen.Config, handled func() uint64, lim
 		defer win.stop()
 	}
 	dial := loadgen.PahoDialer(slog.New(slog.DiscardHandler))
+	if lim.raw {
+		dial = rawDialer()
+	}
 	opts := loadgen.Options{Dial: func(ctx context.Context, c loadgen.Config, conn int) (loadgen.Publisher, error) {
 		p, err := dial(ctx, c, conn)
 		if err != nil {

@@ -7,8 +7,11 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	wbredis "github.com/presence-dev/presence/writeback/redis"
 
@@ -79,7 +82,7 @@ func benchHydrate(b *testing.B, devices int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var tookScan, tookIndex time.Duration
+	var tookScan, tookIndex, tookPlain time.Duration
 	b.ResetTimer()
 	for range b.N {
 		b.StopTimer()
@@ -113,10 +116,13 @@ func benchHydrate(b *testing.B, devices int) {
 			b.Fatal(err)
 		}
 		verifyHydrated(b, eng, rec, devices, base, now)
+		tookPlain += plainMGet(b, f, devices)
 		b.StartTimer()
 	}
 	b.StopTimer()
 	b.ReportMetric(tookIndex.Seconds()/float64(b.N), "seconds")
+	b.ReportMetric(tookPlain.Seconds()/float64(b.N), "plain-mget-seconds")
+	b.ReportMetric(tookIndex.Seconds()/tookPlain.Seconds(), "x-plain")
 	b.ReportMetric(tookScan.Seconds()/float64(b.N), "scan-seconds")
 	b.ReportMetric(float64(devices), "devices")
 	b.ReportMetric(float64(devices)/(tookIndex.Seconds()/float64(b.N)), "devices/s")
@@ -126,6 +132,51 @@ func benchHydrate(b *testing.B, devices int) {
 	} else {
 		b.ReportMetric(s.Seconds(), "daemon-seconds")
 	}
+}
+
+// plainMGet is the ceiling of a rebuild: a plain go-redis client reading
+// the two keys of devices 1..devices, MGETs of 1,000 keys in pipelines of
+// 10 over 4 connections, the values kept. It returns the time taken.
+func plainMGet(b *testing.B, f *fixture, devices int) time.Duration {
+	b.Helper()
+	const conns, mget, perPipe = 4, 1000, 10
+	ctx := context.Background()
+	start := time.Now()
+	var wg sync.WaitGroup
+	var read atomic.Int64
+	for c := range conns {
+		wg.Go(func() {
+			keys := make([]string, 0, mget)
+			for lo := 1 + c*mget*perPipe/2; lo <= devices; lo += conns * mget * perPipe / 2 {
+				pipe := f.rdb.Pipeline()
+				var cmds []*redis.SliceCmd
+				for id := lo; id < lo+mget*perPipe/2 && id <= devices; id++ {
+					keys = append(keys, f.prefix+"status:"+strconv.Itoa(id), f.prefix+"lastseen:"+strconv.Itoa(id))
+					if len(keys) == mget {
+						cmds = append(cmds, pipe.MGet(ctx, keys...))
+						keys = make([]string, 0, mget)
+					}
+				}
+				if len(keys) > 0 {
+					cmds = append(cmds, pipe.MGet(ctx, keys...))
+					keys = make([]string, 0, mget)
+				}
+				if _, err := pipe.Exec(ctx); err != nil {
+					b.Error(err)
+					return
+				}
+				for _, cmd := range cmds {
+					read.Add(int64(len(cmd.Val())))
+				}
+			}
+		})
+	}
+	wg.Wait()
+	took := time.Since(start)
+	if got := read.Load(); got != 2*int64(devices) {
+		b.Fatalf("the plain reader read %d keys, want %d", got, 2*devices)
+	}
+	return took
 }
 
 // preload writes the two keys of devices 1..devices, device i as stored(i)

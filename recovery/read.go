@@ -19,7 +19,11 @@ import (
 // engine, in order of arrival.
 const (
 	readBatch = 5000 // ids per SCAN/SSCAN hint and per read
-	readers   = 2
+	readers   = 4
+	// setsPerTrip is how many index sets one round trip scans (SSCANs
+	// pipelined): a set holds a partition's devices, ~1,000 of a million,
+	// so one SSCAN a round trip left the readers waiting for ids.
+	setsPerTrip = 32
 )
 
 // walk emits device ids in batches; key names where a batch came from (an
@@ -137,33 +141,70 @@ func walkKeyspace(client goredis.UniversalClient, statusPrefix string) walk {
 	}
 }
 
-// walkSets walks the index sets of the given partitions (SSCAN).
+// walkSets walks the index sets of the given partitions (SSCAN, up to
+// setsPerTrip sets a round trip), in batches of readBatch ids from any of
+// them (their key is "": prune finds each id's set).
 func (x *Index) walkSets(partitions []int) walk {
+	type cursor struct {
+		key string
+		at  uint64
+	}
 	return func(ctx context.Context, emit func(string, []string) bool) error {
+		todo := make([]cursor, 0, len(partitions))
 		for _, p := range partitions {
-			key := x.Key(p)
-			var cursor uint64
-			for {
-				ids, next, err := x.client.SScan(ctx, key, cursor, "", readBatch).Result()
-				if err != nil {
-					return fmt.Errorf("redis index %s: %w", key, err)
+			todo = append(todo, cursor{key: x.Key(p)})
+		}
+		ids := make([]string, 0, readBatch)
+		cmds := make([]*goredis.ScanCmd, 0, setsPerTrip)
+		for len(todo) > 0 {
+			trip := todo[:min(len(todo), setsPerTrip)]
+			pipe := x.client.Pipeline()
+			cmds = cmds[:0]
+			for _, c := range trip {
+				cmds = append(cmds, pipe.SScan(ctx, c.key, c.at, "", readBatch))
+			}
+			if _, err := pipe.Exec(ctx); err != nil {
+				return fmt.Errorf("redis index: %w", err)
+			}
+			var more []cursor // sets with members left
+			for i, cmd := range cmds {
+				members, next, _ := cmd.Result()
+				for _, id := range members {
+					ids = append(ids, id)
+					if len(ids) == readBatch {
+						if !emit("", ids) {
+							return nil
+						}
+						ids = make([]string, 0, readBatch)
+					}
 				}
-				if len(ids) > 0 && !emit(key, ids) {
-					return nil
-				}
-				if cursor = next; cursor == 0 {
-					break
+				if next != 0 {
+					more = append(more, cursor{trip[i].key, next})
 				}
 			}
+			todo = append(more, todo[len(trip):]...)
+		}
+		if len(ids) > 0 {
+			emit("", ids)
 		}
 		return nil
 	}
 }
 
-// prune removes from an index set the ids whose keys are gone, and their
-// own timeouts (IndexConfig.TimeoutsKey).
-func (x *Index) prune(ctx context.Context, key string, ids []any) {
-	if x.client.SRem(ctx, key, ids...).Err() != nil {
+// prune removes from their index sets the ids whose keys are gone (key
+// is "": a batch of walkSets holds ids of several sets), and their own
+// timeouts (IndexConfig.TimeoutsKey).
+func (x *Index) prune(ctx context.Context, _ string, ids []any) {
+	bySet := map[string][]any{}
+	for _, id := range ids {
+		s, _ := id.(string)
+		bySet[x.KeyOf(s)] = append(bySet[x.KeyOf(s)], id)
+	}
+	pipe := x.client.Pipeline()
+	for key, members := range bySet {
+		pipe.SRem(ctx, key, members...)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
 		x.errs.Inc() // pruned next time
 	}
 	if x.cfg.TimeoutsKey == "" {
