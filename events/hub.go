@@ -1,11 +1,13 @@
 package events
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -119,6 +121,10 @@ func New(cfg Config, deps Deps) (*Hub, error) {
 		h.sse = newSSEHub(cfg.SSE, h.log, h.set)
 		h.add("sse", h.sse, cfg.SSE.Delivery)
 	}
+	// The destinations that never wait get each batch first: a Stream that
+	// pushes back delays the next batch for all, never this one for the
+	// live ones.
+	slices.SortStableFunc(h.dests, func(a, b *dest) int { return cmp.Compare(a.onFull, b.onFull) })
 	if cfg.Alerts.Flapping.enabled() {
 		h.fl = newFlaps(cfg.Alerts.Flapping, h.set)
 	}

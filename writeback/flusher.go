@@ -65,9 +65,10 @@ type Flusher struct {
 	seed maphash.Seed               // routes devices to workers
 	m    flushMetrics
 
-	mu    sync.Mutex // serializes flushes (the loop, Flush, Close); guards bufs
+	mu    sync.Mutex // serializes flushes (the loop, Flush, Close); guards bufs and free
 	bufs  [][]engine.DeviceState
-	idsMu sync.Mutex // guards ids (workers mark failed batches dirty)
+	free  chan []engine.DeviceState // the workers' batch buffers (Concurrency > 1), kept between flushes
+	idsMu sync.Mutex                // guards ids (workers mark failed batches dirty)
 	ids   []string
 
 	run  lifecycle.Runner
@@ -275,11 +276,17 @@ func (f *Flusher) Flush(ctx context.Context) error {
 		return ctx.Err()
 	}
 
-	n := f.cfg.Concurrency
-	free := make(chan []engine.DeviceState, 3*n) // batch buffers: bounds memory
-	for range 3 * n {
-		free <- make([]engine.DeviceState, 0, f.cfg.BatchSize)
+	if budget == f.cfg.BatchSize {
+		return nil // nothing dirty: no worker to start, nothing to allocate
 	}
+	n := f.cfg.Concurrency
+	if f.free == nil { // the batch buffers, made once: they bound memory
+		f.free = make(chan []engine.DeviceState, 3*n)
+		for range 3 * n {
+			f.free <- make([]engine.DeviceState, 0, f.cfg.BatchSize)
+		}
+	}
+	free := f.free
 	work := make([]chan []engine.DeviceState, n)
 	var (
 		wg     sync.WaitGroup
