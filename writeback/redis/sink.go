@@ -50,9 +50,12 @@ type Config struct {
 	IndexKeyOf func(id string) string
 	// Flush is the write-behind loop. BatchSize is devices per pipeline (one
 	// to three commands each: see writeBatch). Defaults: Interval 250 ms,
-	// FlushAt 20000, BatchSize 1000, Concurrency 2: Redis is
-	// single-threaded, so larger pipelines or more of them do not help
-	// (BENCHMARKS.md has the runs that chose these).
+	// FlushAt 20000, BatchSize 1000, Concurrency 4. Redis is
+	// single-threaded and serves its connections in turn, so the keys'
+	// share of it, beside the event Stream's and Pub/Sub's connection
+	// each, grows with their connections: with 4 a 1M mass expiry's keys
+	// took 0.9x a plain 4-connection writer's time in the same run, with 2
+	// 1.35x (BENCHMARKS.md, mass expiry).
 	Flush writeback.FlushConfig
 }
 
@@ -65,7 +68,7 @@ func DefaultConfig() Config {
 			Interval:     250 * time.Millisecond,
 			FlushAt:      20000,
 			BatchSize:    1000,
-			Concurrency:  2,
+			Concurrency:  4,
 			MinBackoff:   100 * time.Millisecond,
 			MaxBackoff:   10 * time.Second,
 			WriteTimeout: 10 * time.Second,
