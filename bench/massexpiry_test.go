@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -163,8 +164,13 @@ func benchMassExpiry(b *testing.B, withPG bool) {
 		}
 
 		// The ceilings, on the same machine, now quiet.
-		t.plainKeys = plainSetKeys(b, f.rdb, f.prefix+"status:", massDevices) // the same keys, the same value
-		t.plainStream = plainXAdd(b, f.rdb, f.name+":ceiling:stream", massDevices, deadline)
+		var err error
+		if t.plainKeys, err = plainSetKeys(f.rdb, f.prefix+"status:", massDevices); err != nil { // the same keys, the same value
+			b.Fatal(err)
+		}
+		if t.plainStream, err = plainXAdd(f.rdb, f.name+":ceiling:stream", massDevices, deadline); err != nil {
+			b.Fatal(err)
+		}
 		if withPG {
 			t.plainPG = plainCopyUpdate(b, f, massDevices, deadline)
 		}
@@ -305,8 +311,7 @@ func checkRowsOffline(b *testing.B, f *fixture, n int) {
 // plainSetKeys is the keys' ceiling: a plain go-redis client setting n keys
 // prefix{i} to "offline" with the sink's TTL, in pipelines of 1,000 over 4
 // connections. It returns the time taken.
-func plainSetKeys(b *testing.B, rdb *redis.Client, prefix string, n int) time.Duration {
-	b.Helper()
+func plainSetKeys(rdb *redis.Client, prefix string, n int) (time.Duration, error) {
 	const conns, pipeline = 4, 1000
 	ctx := context.Background()
 	start := time.Now()
@@ -329,17 +334,13 @@ func plainSetKeys(b *testing.B, rdb *redis.Client, prefix string, n int) time.Du
 	wg.Wait()
 	took := time.Since(start)
 	close(errs)
-	if err := <-errs; err != nil {
-		b.Fatal(err)
-	}
-	return took
+	return took, <-errs
 }
 
 // plainXAdd is the Stream's ceiling: the same client adding n entries of
 // an offline event's fields to key, in pipelines of 1,000 on one
 // connection (one stream keeps its order). It returns the time taken.
-func plainXAdd(b *testing.B, rdb *redis.Client, key string, n int, at time.Time) time.Duration {
-	b.Helper()
+func plainXAdd(rdb *redis.Client, key string, n int, at time.Time) (time.Duration, error) {
 	const pipeline = 1000
 	ctx := context.Background()
 	ts := wire.FormatTime(at)
@@ -352,17 +353,16 @@ func plainXAdd(b *testing.B, rdb *redis.Client, key string, n int, at time.Time)
 				"at", ts, "cause", "timeout"}})
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
-			b.Fatal(err)
+			return 0, err
 		}
 	}
-	return time.Since(start)
+	return time.Since(start), nil
 }
 
 // plainPublish is Pub/Sub's part of plainRedisAll: the same client
 // PUBLISHing n offline events' JSON to channel, in pipelines of 1,000 on
 // one connection.
-func plainPublish(b *testing.B, rdb *redis.Client, channel string, n int, at time.Time) {
-	b.Helper()
+func plainPublish(rdb *redis.Client, channel string, n int, at time.Time) error {
 	const pipeline = 1000
 	ctx := context.Background()
 	ts := wire.FormatTime(at)
@@ -373,9 +373,10 @@ func plainPublish(b *testing.B, rdb *redis.Client, channel string, n int, at tim
 				`","status":"offline","previous":"online","at":"`+ts+`","cause":"timeout"}`)
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
-			b.Fatal(err)
+			return err
 		}
 	}
+	return nil
 }
 
 // plainRedisAll runs the three plain Redis writers at once, keys,
@@ -384,11 +385,16 @@ func plainRedisAll(b *testing.B, f *fixture, n int, at time.Time) time.Duration 
 	b.Helper()
 	start := time.Now()
 	var wg sync.WaitGroup
-	wg.Go(func() { plainSetKeys(b, f.rdb, f.prefix+"status:", n) })
-	wg.Go(func() { plainXAdd(b, f.rdb, f.name+":ceiling:stream2", n, at) })
-	wg.Go(func() { plainPublish(b, f.rdb, f.name+":ceiling:events", n, at) })
+	var errs [3]error
+	wg.Go(func() { _, errs[0] = plainSetKeys(f.rdb, f.prefix+"status:", n) })
+	wg.Go(func() { _, errs[1] = plainXAdd(f.rdb, f.name+":ceiling:stream2", n, at) })
+	wg.Go(func() { errs[2] = plainPublish(f.rdb, f.name+":ceiling:events", n, at) })
 	wg.Wait()
-	return time.Since(start)
+	took := time.Since(start)
+	if err := errors.Join(errs[:]...); err != nil {
+		b.Fatal(err)
+	}
+	return took
 }
 
 // plainCopyUpdate is PostgreSQL's ceiling: a plain pgx COPY of n rows into

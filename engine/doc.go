@@ -47,8 +47,10 @@
 // not delay the clock either: Start runs them on goroutines of their own.
 // A Tracker lists the devices changed
 // since its sink last drained it, one entry per device however many touches
-// it had; a sink that fails hands them back (MarkDirty). Memory stays
-// bounded by the number of devices, not by messages or time.
+// it had, with what changed (DeviceState.StatusOnly: the status alone;
+// DeviceState.New: a device new to the engine, which a sink keeping an
+// index of devices adds); a sink that fails hands them back (MarkDirty).
+// Memory stays bounded by the number of devices, not by messages or time.
 //
 // The wheel moves only when Advance is called with the current time: the
 // clock does so every Tick/4 from Config.Now, tests with a manual clock.

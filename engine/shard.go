@@ -353,6 +353,10 @@ const (
 	dirtyNew    = 1 << (2 * MaxTrackers)
 )
 
+// The three bits of every tracker fit rec.dirty's byte: this does not
+// compile when MaxTrackers grows past it.
+const _ uint8 = (dirtyListed | dirtySeen | dirtyNew) << (MaxTrackers - 1)
+
 // What changed, for markDirty: the status alone, the last-seen time (with
 // the status or not), or the whole device (new to the engine).
 const (

@@ -107,7 +107,8 @@ func (x *Index) KeyOf(id string) string { return x.Key(x.partitionOf(id)) }
 // index the ids whose keys have expired. fn runs on the caller's
 // goroutine.
 func (x *Index) Devices(ctx context.Context, store Store, partitions []int, fn func([]engine.DeviceState) error) error {
-	return readStored(ctx, store, x.walkSets(partitions), x.prune, fn)
+	prune := func(ctx context.Context, _ string, ids []any) { x.prune(ctx, store, ids) }
+	return readStored(ctx, store, x.walkSets(partitions), prune, fn)
 }
 
 // completeKey marks an index that holds every device with keys, so that

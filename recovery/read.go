@@ -193,8 +193,11 @@ func (x *Index) walkSets(partitions []int) walk {
 
 // prune removes from their index sets the ids whose keys are gone (key
 // is "": a batch of walkSets holds ids of several sets), and their own
-// timeouts (IndexConfig.TimeoutsKey).
-func (x *Index) prune(ctx context.Context, _ string, ids []any) {
+// timeouts (IndexConfig.TimeoutsKey). The read and the removal are not
+// one step: an id whose keys were written meanwhile (the device is live
+// again, and its writer, which does not know of the removal, adds no
+// entry) is put back, and keeps its own timeout.
+func (x *Index) prune(ctx context.Context, store Store, ids []any) {
 	bySet := map[string][]any{}
 	for _, id := range ids {
 		s, _ := id.(string)
@@ -206,15 +209,37 @@ func (x *Index) prune(ctx context.Context, _ string, ids []any) {
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		x.errs.Inc() // pruned next time
-	}
-	if x.cfg.TimeoutsKey == "" {
 		return
 	}
-	fields := make([]string, len(ids))
+	pipe = x.client.Pipeline()
+	exists := make([]*goredis.IntCmd, len(ids))
 	for i, id := range ids {
-		fields[i], _ = id.(string)
+		s, _ := id.(string)
+		exists[i] = pipe.Exists(ctx, store.StatusKey(s))
 	}
-	if x.client.HDel(ctx, x.cfg.TimeoutsKey, fields...).Err() != nil {
+	if _, err := pipe.Exec(ctx); err != nil {
+		x.errs.Inc()
+		return
+	}
+	gone := make([]string, 0, len(ids))
+	back := x.client.Pipeline()
+	for i, id := range ids {
+		s, _ := id.(string)
+		if exists[i].Val() == 0 {
+			gone = append(gone, s)
+			continue
+		}
+		back.SAdd(ctx, x.KeyOf(s), s)
+	}
+	if len(gone) < len(ids) {
+		if _, err := back.Exec(ctx); err != nil {
+			x.errs.Inc()
+		}
+	}
+	if x.cfg.TimeoutsKey == "" || len(gone) == 0 {
+		return
+	}
+	if x.client.HDel(ctx, x.cfg.TimeoutsKey, gone...).Err() != nil {
 		x.errs.Inc()
 	}
 }

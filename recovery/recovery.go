@@ -96,8 +96,8 @@ func (c Config) Validate() error {
 // Recovery rebuilds the engine from Redis: at start-up (Start) and, in a
 // cluster, for the partitions this node gains from a member that is gone
 // (OnChange). Both read the device index when it is complete and walk the
-// keyspace otherwise. It also owns the index and the order of writes that
-// keeps the index complete (BeforeKeys).
+// keyspace otherwise, and fill the index after a walk. (The Redis sink
+// writes the index as devices appear: writeback/redis Config.IndexKeyOf.)
 type Recovery struct {
 	cfg   Config
 	store Store

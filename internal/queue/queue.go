@@ -61,8 +61,9 @@ type Config struct {
 	LogEvery time.Duration
 	// Yield, when set, lets more urgent writers go first: while it reports
 	// true the worker puts its sends off, for at most MaxYield in a row
-	// (then it sends as usual until Yield turns false); items wait, and a
-	// full queue drops its oldest meanwhile. Flush and Close do not yield.
+	// (then it sends as usual until Yield turns false), and never while
+	// the queue is half full: yielding must not make it drop. Flush and
+	// Close do not yield.
 	// Not with Full Wait (its pushes would wait for the urgent writers).
 	Yield func() bool
 	// MaxYield bounds how long Yield may put sends off in a row; 0 never
@@ -556,12 +557,13 @@ func (q *Queue[T]) worker(ctx context.Context) {
 const yieldPoll = 25 * time.Millisecond
 
 // waitYield waits while the worker yields to more urgent writers
-// (Config.Yield), at most MaxYield in a row; false when ctx ended.
+// (Config.Yield), at most MaxYield in a row and while the queue is less
+// than half full; false when ctx ended.
 func (q *Queue[T]) waitYield(ctx context.Context) bool {
 	if q.cfg.Yield == nil || q.cfg.MaxYield == 0 {
 		return true
 	}
-	for q.cfg.Yield() {
+	for q.cfg.Yield() && q.Len() < q.cfg.Capacity/2 {
 		if q.yieldSince.IsZero() {
 			q.yieldSince = time.Now()
 			inc(q.cfg.Metrics.Yields)

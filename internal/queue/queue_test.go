@@ -442,3 +442,30 @@ func TestYield(t *testing.T) {
 		}
 	})
 }
+
+// A yielding worker sends anyway once its queue is half full: yielding
+// must not make it drop.
+func TestYieldNotPastHalfFull(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg, _ := testConfig()
+		cfg.Yield, cfg.MaxYield = func() bool { return true }, time.Hour
+		s := &sink{}
+		q := New(cfg, s.send)
+		if err := q.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		defer q.Close(context.Background())
+		q.Push(seq(0, cfg.Capacity/2-1)...)
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if got := len(s.all()); got != 0 {
+			t.Fatalf("sent %d while yielding below half full", got)
+		}
+		q.Push(cfg.Capacity / 2)
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if got := len(s.all()); got != cfg.Capacity/2 {
+			t.Fatalf("sent %d at half full, want %d", got, cfg.Capacity/2)
+		}
+	})
+}

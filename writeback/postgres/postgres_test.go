@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -337,3 +338,27 @@ func TestConformance(t *testing.T) { writebacktest.RunConformance(t, postgresKin
 
 // TestOutage: see writebacktest.RunOutage.
 func TestOutage(t *testing.T) { writebacktest.RunOutage(t, postgresKinds()) }
+
+// The UPDATE joins by index lookups only where an index leads with the id
+// column and the staged id compares with it without a cast: elsewhere a
+// nested loop would scan the table for every row of a batch.
+func TestPostgresJoinByIndex(t *testing.T) {
+	check := func(name, create string, want bool) {
+		t.Run(name, func(t *testing.T) {
+			sink, _, _, _ := newTestPostgres(t, create, nil)
+			plan, err := sink.prepare(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.Contains(plan.create, "enable_mergejoin = off"); got != want {
+				t.Fatalf("index lookups forced: %v, want %v (%s)", got, want, plan.create)
+			}
+		})
+	}
+	check("primary key", "CREATE TABLE %s (id bigint PRIMARY KEY, last_seen timestamptz, status text)", true)
+	check("int4 unique", "CREATE TABLE %s (id integer UNIQUE, last_seen timestamptz)", true)
+	check("text primary key", "CREATE TABLE %s (id text PRIMARY KEY, last_seen timestamptz)", true)
+	check("no index", "CREATE TABLE %s (id bigint, last_seen timestamptz)", false)
+	check("index led by another column", "CREATE TABLE %s (id bigint, last_seen timestamptz, UNIQUE (last_seen, id))", false)
+	check("char(n)", "CREATE TABLE %s (id char(8) PRIMARY KEY, last_seen timestamptz)", false)
+}

@@ -181,6 +181,7 @@ type pgColumn struct {
 	typname string // pg_type.typname, e.g. "int8"
 	typtype string // 'b' base, 'e' enum, 'd' domain, ...
 	format  string // format_type(), e.g. "bigint"
+	indexed bool   // the id column only: a valid index leads with it
 }
 
 func (p *Sink) prepare(ctx context.Context) (*pgPlan, error) {
@@ -205,6 +206,18 @@ func (p *Sink) prepare(ctx context.Context) (*pgPlan, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("postgres: detect columns of %s: %w", p.cfg.Table, err)
+	}
+	// Whether the id column leads a valid index (for buildPlan's join).
+	var idIndexed bool
+	err = p.pool.QueryRow(ctx, `
+		SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+		WHERE i.indrelid = to_regclass($1) AND i.indisvalid AND a.attname = $2)`,
+		table.Sanitize(), p.cfg.IDColumn).Scan(&idIndexed)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: detect the indexes of %s: %w", p.cfg.Table, err)
+	}
+	for i := range cols {
+		cols[i].indexed = idIndexed && cols[i].name == p.cfg.IDColumn
 	}
 	plan, err := buildPlan(table, p.cfg, cols)
 	if err != nil {
@@ -281,14 +294,19 @@ func buildPlan(table pgx.Identifier, cfg Config, cols []pgColumn) (*pgPlan, erro
 	// several sinks.
 	plan.stage = "presence_wb_stage_" + stageID
 	plan.create = "CREATE TEMP TABLE IF NOT EXISTS " + plan.stage +
-		" (id " + stageID + " NOT NULL, last_seen timestamptz, status text NOT NULL) ON COMMIT DELETE ROWS" +
+		" (id " + stageID + " NOT NULL, last_seen timestamptz, status text NOT NULL) ON COMMIT DELETE ROWS"
+	if idCol.indexed && idCol.typname != "bpchar" {
 		// The staging table has no statistics, and a batch's ids spread
 		// over the whole id range (devices drain in hash order): left to
 		// itself the planner merge-joins along the whole primary key, a
 		// scan of the table per batch (1M index entries for 20,000 rows,
 		// 10M at 10M devices). A nested loop of index lookups costs the
-		// batch, not the table (BENCHMARKS.md, mass expiry).
-		"; SET LOCAL enable_mergejoin = off; SET LOCAL enable_hashjoin = off"
+		// batch, not the table (BENCHMARKS.md, mass expiry). Only where an
+		// index leads with the id column and the staged id compares with
+		// it without a cast (not char(n), staged as text): without one a
+		// nested loop would scan the table for every row.
+		plan.create += "; SET LOCAL enable_mergejoin = off; SET LOCAL enable_hashjoin = off"
+	}
 
 	tbl := table.Sanitize()
 	id := pgx.Identifier{cfg.IDColumn}.Sanitize()

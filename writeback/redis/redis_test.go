@@ -105,16 +105,18 @@ func TestRedisKeyLayoutAndTTL(t *testing.T) {
 }
 
 // A change of status alone (a timeout) rewrites the status key alone: one
-// command, the last-seen key as it was; otherwise both keys.
+// command, expiring with the last-seen key, which holds the same last-seen
+// time; with the last-seen key (nearly) expired, both keys.
 func TestRedisStatusOnly(t *testing.T) {
 	sink, src, client, prefix := testSink(t, nil)
 	ctx := context.Background()
-	src.Set(engine.DeviceState{ID: "42", Status: engine.StatusOnline, LastSeen: writebacktest.T0})
+	seen := time.Now().Add(-time.Hour)
+	src.Set(engine.DeviceState{ID: "42", Status: engine.StatusOnline, LastSeen: seen})
 	if err := sink.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
 	client.Set(ctx, prefix+"lastseen:42", "marker", time.Hour)
-	src.Set(engine.DeviceState{ID: "42", Status: engine.StatusOffline, LastSeen: writebacktest.T0, StatusOnly: true})
+	src.Set(engine.DeviceState{ID: "42", Status: engine.StatusOffline, LastSeen: seen, StatusOnly: true})
 	if err := sink.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -124,8 +126,25 @@ func TestRedisStatusOnly(t *testing.T) {
 	if got := client.Get(ctx, prefix+"lastseen:42").Val(); got != "marker" {
 		t.Fatalf("last-seen rewritten (%q) for a change of status alone", got)
 	}
+	// It expires when the last-seen key written an hour ago does: in 23 h.
+	if ttl := client.PTTL(ctx, prefix+"status:42").Val(); ttl < 23*time.Hour-time.Minute || ttl > 23*time.Hour {
+		t.Fatalf("status TTL %v, want the last-seen key's 23 h", ttl)
+	}
 	if got := writebacktest.Counter(sink.Metrics(), "presence_writeback_keys_written_total", "redis"); got != 3 {
 		t.Fatalf("keys_written_total = %d, want 3 (2 + 1)", got)
+	}
+
+	// A timeout longer than the TTL: the last-seen key is gone by the time
+	// the status changes, and both are written again, for a full TTL.
+	old := time.Now().Add(-25 * time.Hour)
+	src.Set(engine.DeviceState{ID: "43", Status: engine.StatusOffline, LastSeen: old, StatusOnly: true})
+	if err := sink.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{prefix + "status:43", prefix + "lastseen:43"} {
+		if ttl := client.TTL(ctx, key).Val(); ttl < 24*time.Hour-time.Minute {
+			t.Fatalf("%s TTL %v, want 24 h", key, ttl)
+		}
 	}
 }
 

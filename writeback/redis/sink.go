@@ -27,9 +27,10 @@ type Config struct {
 	// consumer.
 	KeyPrefix string
 	// TTL of both keys, whole seconds (SET ... EX), at least 1 s. Default
-	// 24 h as in the seed. Every write refreshes it, so a device that
-	// neither talks nor changes status for a TTL disappears from Redis;
-	// longer keeps more memory for dead devices.
+	// 24 h as in the seed. Every write of a key refreshes it, and a status
+	// written alone expires with its last-seen key (statusOnlyTTL), so a
+	// device that does not talk for a TTL disappears from Redis; longer
+	// keeps more memory for dead devices.
 	TTL time.Duration
 	// Guarded makes every write conditional, for a cluster where a stale
 	// owner (paused, or cut off from its peers) may still flush: a device's
@@ -43,10 +44,12 @@ type Config struct {
 	Guarded bool
 	// IndexKeyOf, when set, names the device index's set holding id
 	// (recovery.Index.KeyOf). A device new to the engine
-	// (engine.DeviceState.New) is added to it in the same pipeline as its
-	// keys, before them, so that a restart that reads the index finds every
-	// device whose keys are in Redis, without the key writer waiting for
-	// anything else; a decommissioned device's removal takes it out.
+	// (engine.DeviceState.New) is added to it before its keys are written
+	// (first in their pipeline; on Redis Cluster, whose client sends a
+	// pipeline's parts to the nodes at once, in a pipeline before theirs),
+	// so that a restart that reads the index finds every device whose keys
+	// are in Redis, without the key writer waiting for anything else; a
+	// decommissioned device's removal takes it out.
 	IndexKeyOf func(id string) string
 	// Flush is the write-behind loop. BatchSize is devices per pipeline (one
 	// to three commands each: see writeBatch). Defaults: Interval 250 ms,
@@ -102,6 +105,7 @@ type Sink struct {
 	ttl     time.Duration
 	ttlArg  any              // TTL in seconds, a SET ... EX argument
 	indexed *metrics.Counter // ids added to the device index
+	cluster bool             // a Redis Cluster client: index entries in a pipeline of their own
 }
 
 // New builds a Redis sink. It does no I/O; Start starts the flush loop.
@@ -119,6 +123,7 @@ func New(client goredis.UniversalClient, src writeback.Source, cfg Config) (*Sin
 	r := &Sink{client: client, cfg: cfg, ttl: cfg.TTL, ttlArg: strconv.FormatInt(int64(cfg.TTL/time.Second), 10)}
 	r.Flusher = writeback.NewFlusher("redis", "keys", src, cfg.Flush, r.writeBatch)
 	r.indexed = r.Metrics().NewCounter("presence_index_ids_written_total")
+	_, r.cluster = client.(*goredis.ClusterClient)
 	return r, nil
 }
 
@@ -207,9 +212,11 @@ return 1`)
 
 // writeBatch writes one batch in one pipeline. A device takes one command
 // when only its status changed (engine.DeviceState.StatusOnly: a timeout,
-// a Last Will), two when its last-seen time changed too, and a third, its
-// index entry, when it is new to the engine: in the pipeline before its
-// keys, so that keys applied means entry applied.
+// a Last Will): its status key, expiring with its last-seen key
+// (statusOnlyTTL); two when its last-seen time changed too, and a third,
+// its index entry, when it is new to the engine: before its keys, in the
+// pipeline on one Redis, in a pipeline of its own first on a Cluster
+// (whose client sends each node's part of a pipeline at the same time).
 //
 // It allocates per batch rather than per device where go-redis lets it:
 // the key names and values are appended to one buffer made one string,
@@ -224,6 +231,7 @@ func (r *Sink) writeBatch(ctx context.Context, states []engine.DeviceState) (wri
 	defer scratchPool.Put(sc)
 	sc.reset()
 	var res writeback.WriteResult
+	now := time.Now()
 	ops := sc.ops
 	for i := range states {
 		s := &states[i]
@@ -240,7 +248,12 @@ func (r *Sink) writeBatch(ctx context.Context, states []engine.DeviceState) (wri
 				sc.add(r.cfg.IndexKeyOf(s.ID))
 			}
 			sc.add(r.cfg.KeyPrefix, statusNS, s.ID)
-			if !s.StatusOnly && !s.LastSeen.IsZero() {
+			switch left := r.statusOnlyTTL(s, now); {
+			case left > 0:
+				op |= opStatusPX
+				sc.buf = strconv.AppendInt(sc.buf, left.Milliseconds(), 10)
+				sc.ends = append(sc.ends, len(sc.buf))
+			case !s.LastSeen.IsZero():
 				op |= opLastSeen
 				sc.add(r.cfg.KeyPrefix, lastSeenNS, s.ID)
 				sc.buf = wire.AppendTime(sc.buf, s.LastSeen)
@@ -261,6 +274,10 @@ func (r *Sink) writeBatch(ctx context.Context, states []engine.DeviceState) (wri
 		return &strs[k-1]
 	}
 	pipe := r.client.Pipeline()
+	ipipe := pipe // the index entries'
+	if r.cluster {
+		ipipe = r.client.Pipeline()
+	}
 	args := sc.args
 	indexed := 0
 	for i, op := range ops {
@@ -272,12 +289,17 @@ func (r *Sink) writeBatch(ctx context.Context, states []engine.DeviceState) (wri
 		if op&opIndex != 0 {
 			start := len(args)
 			args = append(args, "sadd", next(), s.ID)
-			_ = pipe.Process(ctx, goredis.NewIntCmd(ctx, args[start:len(args):len(args)]...))
+			_ = ipipe.Process(ctx, goredis.NewIntCmd(ctx, args[start:len(args):len(args)]...))
 			indexed++
 		}
 		if op&opStatus != 0 {
 			start := len(args)
-			args = append(args, "set", next(), statusArg(s.Status), "ex", r.ttlArg)
+			key := next()
+			if op&opStatusPX != 0 {
+				args = append(args, "set", key, statusArg(s.Status), "px", next())
+			} else {
+				args = append(args, "set", key, statusArg(s.Status), "ex", r.ttlArg)
+			}
 			_ = pipe.Process(ctx, goredis.NewStatusCmd(ctx, args[start:len(args):len(args)]...))
 			res.Units++
 		}
@@ -296,6 +318,11 @@ func (r *Sink) writeBatch(ctx context.Context, states []engine.DeviceState) (wri
 	if res.Units == 0 {
 		return res, nil
 	}
+	if ipipe != pipe && indexed > 0 {
+		if _, err := ipipe.Exec(ctx); err != nil {
+			return writeback.WriteResult{}, fmt.Errorf("redis device index: %w", err)
+		}
+	}
 	cmds, err := pipe.Exec(ctx)
 	if err != nil {
 		// Exec returns the first failed command's error; the pipeline may
@@ -309,10 +336,32 @@ func (r *Sink) writeBatch(ctx context.Context, states []engine.DeviceState) (wri
 // What writeBatch does for one device.
 const (
 	opStatus   = 1 << iota // SET its status key
+	opStatusPX             // with the expiry of its last-seen key (statusOnlyTTL), not the TTL
 	opLastSeen             // SET its last-seen key
 	opIndex                // SADD it to its index set, first
 	opRemove               // delete it (queueRemoval)
 )
+
+// minStatusOnlyTTL: a status written alone must outlive its write by this
+// much, or both keys are written (statusOnlyTTL).
+const minStatusOnlyTTL = time.Minute
+
+// statusOnlyTTL is how long the status key of s may live when it is
+// written alone (s.StatusOnly: its last-seen key holds s.LastSeen, written
+// with it at about that time): until the last-seen key expires, at
+// LastSeen + TTL, so that the two keys expire together and a status never
+// outlives its last-seen time. 0 when both keys are to be written: the
+// state is not status-only, has no last-seen time, or the last-seen key
+// has (nearly) expired (a timeout or a Last Will longer than the TTL).
+func (r *Sink) statusOnlyTTL(s *engine.DeviceState, now time.Time) time.Duration {
+	if !s.StatusOnly || s.LastSeen.IsZero() {
+		return 0
+	}
+	if left := s.LastSeen.Add(r.ttl).Sub(now); left >= minStatusOnlyTTL {
+		return left
+	}
+	return 0
+}
 
 // The status values as command arguments, boxed once.
 var (

@@ -358,28 +358,29 @@ func (d *Daemon) metricSets() []*metrics.Set {
 	return sets
 }
 
-// busyAt is the backlog of a writer (devices dirty, events queued) past
-// which it has a burst to write: ten Redis pipelines, half a PostgreSQL
-// batch. Steady traffic stays below it (a 250 ms Redis flush of 40,000
+// busyAt is the backlog of a Redis writer (devices dirty, events queued)
+// past which it has a burst to write: twenty pipelines, the key writer's
+// FlushAt. Steady traffic stays below it (a 250 ms flush of 40,000
 // messages/s is 10,000 devices at the most).
-const busyAt = 10_000
+const busyAt = 20_000
 
 // redisBusy reports whether the Redis writers have a burst to write: the
-// key writer has busyAt devices waiting, or Pub/Sub and the Stream busyAt
-// events. The PostgreSQL writers (devices, history) yield to them
+// key writer has more than busyAt devices waiting, or Pub/Sub and the
+// Stream more than busyAt events. The PostgreSQL writers (devices, history) yield to them
 // meanwhile, up to -pg-max-yield: on two cores they would otherwise share
 // the CPU, and Redis, the consumers' contract, would lag (BENCHMARKS.md,
 // mass expiry).
 func (d *Daemon) redisBusy() bool {
-	return d.keys != nil && d.keys.Pending() >= busyAt ||
-		d.events != nil && d.events.RedisBacklog() >= busyAt
+	return d.keys != nil && d.keys.Pending() > busyAt ||
+		d.events != nil && d.events.RedisBacklog() > busyAt
 }
 
 // historyYields: the history, the least urgent writer, also waits for
-// the devices table during a burst: the two share PostgreSQL, and the
-// table is what other systems read.
+// the devices table while it has more than a flush's worth waiting (its
+// FlushAt): the two share PostgreSQL, and the table is what other systems
+// read.
 func (d *Daemon) historyYields() bool {
-	return d.redisBusy() || d.devices != nil && d.devices.Pending() >= busyAt
+	return d.redisBusy() || d.devices != nil && d.devices.Pending() > max(d.cfg.Devices.Flush.FlushAt, busyAt)
 }
 
 // ready is /readyz: rebuilt from Redis and subscribed to the broker.
