@@ -240,8 +240,22 @@ func streamEnd(b *testing.B, rdb *redis.Client, key string) string {
 // the last and the median of them (by entry id, Redis's milliseconds).
 func readOffline(b *testing.B, rdb *redis.Client, key, mark string, deadline time.Time) (n int, toLast, toP50 time.Duration) {
 	b.Helper()
-	ctx := context.Background()
 	var ms []int64
+	eachOffline(b, rdb, key, mark, func(added int64, _ redis.XMessage) { ms = append(ms, added) })
+	if len(ms) == 0 {
+		return 0, 0, 0
+	}
+	slices.Sort(ms)
+	since := func(v int64) time.Duration { return time.UnixMilli(v).Sub(deadline) }
+	return len(ms), since(ms[len(ms)-1]), since(ms[len(ms)/2])
+}
+
+// eachOffline calls fn with every timeout offline status event of the
+// stream after mark and the Unix millisecond Redis added it at (its entry
+// id), reading 10,000 entries a call.
+func eachOffline(b *testing.B, rdb *redis.Client, key, mark string, fn func(added int64, e redis.XMessage)) {
+	b.Helper()
+	ctx := context.Background()
 	start := "(" + mark
 	for {
 		page, err := rdb.XRangeN(ctx, key, start, "+", 10_000).Result()
@@ -249,26 +263,21 @@ func readOffline(b *testing.B, rdb *redis.Client, key, mark string, deadline tim
 			b.Fatal(err)
 		}
 		for _, e := range page {
-			if e.Values["type"] == "status" && e.Values["status"] == "offline" && e.Values["cause"] == "timeout" {
-				t, _, _ := strings.Cut(e.ID, "-")
-				v, err := strconv.ParseInt(t, 10, 64)
-				if err != nil {
-					b.Fatalf("entry id %q: %v", e.ID, err)
-				}
-				ms = append(ms, v)
+			if e.Values["type"] != "status" || e.Values["status"] != "offline" || e.Values["cause"] != "timeout" {
+				continue
 			}
+			ms, _, _ := strings.Cut(e.ID, "-")
+			added, err := strconv.ParseInt(ms, 10, 64)
+			if err != nil {
+				b.Fatalf("entry id %q: %v", e.ID, err)
+			}
+			fn(added, e)
 		}
 		if len(page) < 10_000 {
-			break
+			return
 		}
 		start = "(" + page[len(page)-1].ID
 	}
-	if len(ms) == 0 {
-		return 0, 0, 0
-	}
-	slices.Sort(ms)
-	since := func(v int64) time.Duration { return time.UnixMilli(v).Sub(deadline) }
-	return len(ms), since(ms[len(ms)-1]), since(ms[len(ms)/2])
 }
 
 // checkKeysOffline reads the status keys of devices 1..n (pipelined MGETs)

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -108,36 +106,15 @@ func BenchmarkSpreadExpiry(b *testing.B) {
 // after its deadline (its "at") Redis added each timeout offline event.
 func offlineLags(b *testing.B, rdb *redis.Client, key, mark string) []time.Duration {
 	b.Helper()
-	ctx := context.Background()
 	var lags []time.Duration
-	start := "(" + mark
-	for {
-		page, err := rdb.XRangeN(ctx, key, start, "+", 10_000).Result()
+	eachOffline(b, rdb, key, mark, func(added int64, e redis.XMessage) {
+		s, _ := e.Values["at"].(string)
+		deadline, err := wire.ParseTime(s)
 		if err != nil {
-			b.Fatal(err)
+			b.Fatalf("entry %s: at %q: %v", e.ID, s, err)
 		}
-		for _, e := range page {
-			if e.Values["type"] != "status" || e.Values["status"] != "offline" || e.Values["cause"] != "timeout" {
-				continue
-			}
-			ms, _, _ := strings.Cut(e.ID, "-")
-			added, err := strconv.ParseInt(ms, 10, 64)
-			if err != nil {
-				b.Fatalf("entry id %q: %v", e.ID, err)
-			}
-			s, _ := e.Values["at"].(string)
-			deadline, err := wire.ParseTime(s)
-			if err != nil {
-				b.Fatalf("entry %s: at %q: %v", e.ID, s, err)
-			}
-			lags = append(lags, time.UnixMilli(added).Sub(deadline.Truncate(time.Millisecond)))
-
-		}
-		if len(page) < 10_000 {
-			break
-		}
-		start = "(" + page[len(page)-1].ID
-	}
+		lags = append(lags, time.UnixMilli(added).Sub(deadline.Truncate(time.Millisecond)))
+	})
 	slices.Sort(lags)
 	return lags
 }
