@@ -1096,3 +1096,37 @@ func TestTrackerWhatChanged(t *testing.T) {
 	}
 	check("restored past its deadline", "r", StatusOffline, false, false)
 }
+
+// MarkAll lists every held device again, whole, and the removal of a
+// decommissioned one; a device handed to another node is not listed.
+func TestTrackerMarkAll(t *testing.T) {
+	f := newFixture(t, nil)
+	tr, err := f.e.NewTracker()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"a", "b", "c"} {
+		f.touch(id, 0)
+	}
+	f.at(2 * time.Minute) // all offline
+	if err := f.e.Decommission("b", t0.Add(2*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	f.e.Remove("c") // handed over
+	tr.Drain(nil, 10)
+	f.touch("d", 2*time.Minute) // listed already: listed once
+	if n := tr.MarkAll(); n != 3 {
+		t.Fatalf("MarkAll listed %d, want 3 (a, b's removal, d)", n)
+	}
+	got := map[string]DeviceState{}
+	for _, st := range tr.Drain(nil, 10) {
+		if _, dup := got[st.ID]; dup {
+			t.Fatalf("%s drained twice", st.ID)
+		}
+		got[st.ID] = st
+	}
+	if len(got) != 3 || got["a"].Status != StatusOffline || got["a"].StatusOnly || !got["a"].New ||
+		!got["b"].Removed || got["d"].Status != StatusOnline || !got["d"].New {
+		t.Fatalf("drained %+v", got)
+	}
+}

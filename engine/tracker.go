@@ -105,6 +105,34 @@ func (t *Tracker) MarkDirty(ids ...string) {
 	}
 }
 
+// MarkAll lists every device the engine holds again, whole, as MarkDirty
+// does (decommissioned ones included: their removal is written again), and
+// returns how many it listed. A sink calls it when its store may have lost
+// writes it acknowledged: a failover to a replica the last writes had not
+// reached yet, a restart without the data. Each shard is locked for one
+// pass over its records.
+func (t *Tracker) MarkAll() int {
+	n := 0
+	for i := range t.e.shards {
+		sh := &t.e.shards[i]
+		sh.mu.Lock()
+		for slot := uint32(0); slot < uint32(sh.n); slot++ {
+			r := sh.rec(slot)
+			if r.flags&flagDetached != 0 && r.flags&flagRemoved == 0 {
+				continue // handed over: its owner writes it
+			}
+			r.dirty |= (dirtySeen | dirtyNew) << t.idx
+			if r.dirty&(dirtyListed<<t.idx) == 0 {
+				r.dirty |= dirtyListed << t.idx
+				sh.dirty[t.idx].items = append(sh.dirty[t.idx].items, slot)
+			}
+			n++
+		}
+		sh.mu.Unlock()
+	}
+	return n
+}
+
 // Len returns how many devices are waiting for this tracker.
 func (t *Tracker) Len() int {
 	n := 0

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -136,8 +137,16 @@ func (c DeliveryConfig) validate(dest string) error {
 type PubSubConfig struct {
 	Enabled bool
 	// Channel receives one PUBLISH per event (the event's JSON). Default
-	// "device:status:events".
+	// "device:status:events", or with a key prefix of its own (the Redis
+	// sink's, NameAfter) {prefix}status:events. Pub/Sub ignores the
+	// database number: deployments sharing one Redis share its channels.
 	Channel string
+	// Sharded publishes with SPUBLISH (Redis 7) instead of PUBLISH: on
+	// Redis Cluster a PUBLISH is copied to every node of the cluster, an
+	// SPUBLISH only to the shard owning the channel's slot. Subscribers
+	// then use SSUBSCRIBE. Default off (the seed's subscribers use
+	// SUBSCRIBE).
+	Sharded bool
 	// Delivery: events per pipeline is BatchSize (default 1000).
 	Delivery DeliveryConfig
 }
@@ -145,10 +154,21 @@ type PubSubConfig struct {
 // StreamConfig configures the Redis Stream destination.
 type StreamConfig struct {
 	Enabled bool
-	// Key of the stream. Default "device:events:stream": outside the device
-	// key namespaces (until issue 12 it was "device:status:stream", the
-	// status key of a device named "stream").
+	// Key of the stream. Default "device:events:stream", or with a key
+	// prefix of its own (the Redis sink's, NameAfter)
+	// {prefix}events:stream: outside the device key namespaces (until
+	// issue 12 it was "device:status:stream", the status key of a device
+	// named "stream").
 	Key string
+	// Shards splits the stream into this many streams, {Key}:0 to
+	// {Key}:{Shards-1} (ShardKeys), each holding the events of a disjoint
+	// set of devices (FNV-1a of the id, modulo Shards; alerts and
+	// incidents by their id), so that a device's events stay in order
+	// while Redis Cluster spreads the streams over its masters by their
+	// slots. A consumer group is created on each shard and a consumer
+	// reads each (XREADGROUP of one key per call on a Cluster). Default 1:
+	// one stream named Key.
+	Shards int
 	// Retention trims, after every batch, the entries older than this
 	// ("XTRIM MINID ~ <now - Retention>"; Redis trims whole macro nodes, so
 	// a few older ones stay): a consumer group that falls up to Retention
@@ -331,6 +351,49 @@ func DefaultConfig() Config {
 	}
 }
 
+// maxStreamShards bounds StreamConfig.Shards: far more than Redis
+// Cluster masters.
+const maxStreamShards = 1024
+
+// ShardKeys are the keys of the stream: Key alone, or {Key}:{i} for each
+// of Shards shards.
+func (c StreamConfig) ShardKeys() []string {
+	if c.Shards <= 1 {
+		return []string{c.Key}
+	}
+	keys := make([]string, c.Shards)
+	for i := range keys {
+		keys[i] = c.Key + ":" + strconv.Itoa(i)
+	}
+	return keys
+}
+
+// shardOf is the shard of the events of device id among n: FNV-1a.
+func shardOf(id string, n int) int {
+	h := uint32(2166136261)
+	for i := 0; i < len(id); i++ {
+		h ^= uint32(id[i])
+		h *= 16777619
+	}
+	return int(h % uint32(n))
+}
+
+// NameAfter gives the Pub/Sub channel and the stream, when left at their
+// defaults, names under keyPrefix (the Redis sink's KeyPrefix, when it is
+// not the default "device:"): {keyPrefix}status:events and
+// {keyPrefix}events:stream. Two deployments sharing a Redis with prefixes
+// of their own then share no channel and no stream (Pub/Sub ignores the
+// database number). With the default prefix the names are the defaults.
+func (c *Config) NameAfter(keyPrefix string) {
+	d := DefaultConfig()
+	if c.PubSub.Channel == d.PubSub.Channel {
+		c.PubSub.Channel = keyPrefix + "status:events"
+	}
+	if c.Stream.Key == d.Stream.Key {
+		c.Stream.Key = keyPrefix + "events:stream"
+	}
+}
+
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 
 // Validate reports the first invalid field, wrapping ErrInvalidConfig.
@@ -346,6 +409,9 @@ func (c Config) Validate() error {
 	if c.Stream.Enabled {
 		if c.Stream.Key == "" {
 			return fmt.Errorf("%w: stream: empty Key", ErrInvalidConfig)
+		}
+		if c.Stream.Shards < 0 || c.Stream.Shards > maxStreamShards {
+			return fmt.Errorf("%w: stream: Shards (-events-stream-shards) must be in [0, %d], got %d", ErrInvalidConfig, maxStreamShards, c.Stream.Shards)
 		}
 		if c.Stream.MaxLen < 0 {
 			return fmt.Errorf("%w: stream: MaxLen (-events-stream-maxlen) must be >= 0, got %d", ErrInvalidConfig, c.Stream.MaxLen)

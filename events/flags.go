@@ -14,6 +14,8 @@ import (
 func (c *Config) RegisterFlags(s *envflag.Set) {
 	s.StringSwitch(&c.PubSub.Channel, &c.PubSub.Enabled, "events-channel", "PRESENCE_EVENTS_CHANNEL", "Redis Pub/Sub channel receiving every transition as JSON (with Redis); empty: none")
 	s.StringSwitch(&c.Stream.Key, &c.Stream.Enabled, "events-stream", "PRESENCE_EVENTS_STREAM", "Redis Stream receiving every transition, for consumer groups (with Redis); empty: none")
+	s.Bool(&c.PubSub.Sharded, "events-channel-sharded", "PRESENCE_EVENTS_CHANNEL_SHARDED", "publish events with SPUBLISH (Redis 7 sharded Pub/Sub: on Redis Cluster only the channel's shard carries them; subscribers use SSUBSCRIBE)")
+	s.Int(&c.Stream.Shards, "events-stream-shards", "PRESENCE_EVENTS_STREAM_SHARDS", "split the stream into N streams {stream}:0..{stream}:N-1, a device's events always in the same one, for Redis Cluster to spread over its masters (default 1: one stream)")
 	s.Duration(&c.Stream.Retention, "events-stream-retention", "PRESENCE_EVENTS_STREAM_RETENTION", "the stream keeps the entries of this long (XTRIM MINID ~ now-retention); 0: no trimming by age")
 	s.Int64(&c.Stream.MaxLen, "events-stream-maxlen", "PRESENCE_EVENTS_STREAM_MAXLEN", "approximate length the stream is capped at (XTRIM MAXLEN ~); 0: no cap")
 	s.StringSwitch(&c.MQTT.Topic, &c.MQTT.Enabled, "events-mqtt-topic", "PRESENCE_EVENTS_MQTT_TOPIC", "retained MQTT message online/offline per device on this topic, e.g. devices/{id}/presence; empty: none")

@@ -102,7 +102,7 @@ func New(cfg Config, deps Deps) (*Hub, error) {
 		h.set = metrics.NewSet()
 	}
 	if cfg.PubSub.Enabled {
-		h.add("pubsub", &pubsubSender{client: deps.Redis, channel: cfg.PubSub.Channel}, cfg.PubSub.Delivery)
+		h.add("pubsub", &pubsubSender{client: deps.Redis, channel: cfg.PubSub.Channel, verb: pubsubVerb(cfg.PubSub.Sharded)}, cfg.PubSub.Delivery)
 	}
 	if cfg.Stream.Enabled {
 		h.add("stream", newStreamSender(deps.Redis, cfg.Stream, time.Now, h.log, h.set), cfg.Stream.Delivery)
@@ -359,4 +359,13 @@ func (h *Hub) drain(ctx context.Context) error {
 		return &UnsentError{Unsent: unsent}
 	}
 	return nil
+}
+
+// pubsubVerb is the command that publishes an event: SPUBLISH when
+// sharded.
+func pubsubVerb(sharded bool) any {
+	if sharded {
+		return "spublish"
+	}
+	return "publish"
 }

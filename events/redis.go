@@ -21,6 +21,7 @@ import (
 type pubsubSender struct {
 	client  redis.UniversalClient
 	channel string
+	verb    any // "publish", or "spublish" (PubSubConfig.Sharded)
 	enc     encoder
 	buf     []byte
 	ends    []int
@@ -50,7 +51,7 @@ func (p *pubsubSender) send(ctx context.Context, batch []rec) error {
 	var channel any = p.channel
 	pipe := p.client.Pipeline()
 	for i := range p.msgs {
-		args = append(args, "publish", channel, &p.msgs[i])
+		args = append(args, p.verb, channel, &p.msgs[i])
 		_ = pipe.Process(ctx, redis.NewIntCmd(ctx, args[3*i:3*i+3:3*i+3]...))
 	}
 	_, err := pipe.Exec(ctx)
@@ -83,8 +84,8 @@ func (p *pubsubSender) send(ctx context.Context, batch []rec) error {
 // 6.2) must not append them again and again.
 type streamSender struct {
 	client    redis.UniversalClient
-	key       any           // the stream's name, boxed once
-	name      string        // the same, for errors
+	keys      []any         // the streams' names (StreamConfig.ShardKeys), boxed once
+	names     []string      // the same, for errors and trims
 	retention time.Duration // 0: no trimming by age
 	maxLen    int64         // 0: no cap
 	now       func() time.Time
@@ -93,7 +94,11 @@ type streamSender struct {
 	buf       []byte
 	vals      []string // the batch's values, substrings of one string
 	args      []any
-	keys      map[string]any // field names, boxed once
+	fields    map[string]any // field names, boxed once
+	order     []int          // where each event's fields start in fs
+	idx       []int          // the batch's events, grouped by shard
+	counts    []int          // events per shard
+	starts    []int          // scratch of byShard
 
 	log       *slog.Logger
 	lim       *ratelog.Limiter[logLine]
@@ -101,18 +106,23 @@ type streamSender struct {
 }
 
 func newStreamSender(client redis.UniversalClient, cfg StreamConfig, now func() time.Time, log *slog.Logger, set *metrics.Set) *streamSender {
-	return &streamSender{client: client, key: cfg.Key, name: cfg.Key, retention: cfg.Retention, maxLen: cfg.MaxLen, now: now,
-		keys: map[string]any{}, log: log, lim: newLogLimiter(), trimFails: set.NewCounter("presence_events_stream_trim_errors_total")}
+	names := cfg.ShardKeys()
+	keys := make([]any, len(names))
+	for i, n := range names {
+		keys[i] = n
+	}
+	return &streamSender{client: client, keys: keys, names: names, retention: cfg.Retention, maxLen: cfg.MaxLen, now: now,
+		fields: map[string]any{}, log: log, lim: newLogLimiter(), trimFails: set.NewCounter("presence_events_stream_trim_errors_total")}
 }
 
 func (*streamSender) accepts(Type) bool { return true }
 
 // boxed is field name k as a command argument, allocated once.
 func (s *streamSender) boxed(k string) any {
-	v, ok := s.keys[k]
+	v, ok := s.fields[k]
 	if !ok {
 		v = k
-		s.keys[k] = v
+		s.fields[k] = v
 	}
 	return v
 }
@@ -140,22 +150,26 @@ func (s *streamSender) send(ctx context.Context, batch []rec) error {
 	}
 	args := s.args[:0]
 	pipe := s.client.Pipeline()
-	f := 0
-	for _, n := range s.nfs {
+	first := s.firstFields()
+	for _, i := range s.byShard(batch) {
 		start := len(args)
-		args = append(args, "xadd", s.key, "*")
-		for j := f; j < f+n; j++ {
+		args = append(args, "xadd", s.keys[s.shard(&batch[i])], "*")
+		for j := first[i]; j < first[i]+s.nfs[i]; j++ {
 			args = append(args, s.boxed(s.fs[j].key), &s.vals[j])
 		}
-		f += n
 		_ = pipe.Process(ctx, redis.NewStringCmd(ctx, args[start:len(args):len(args)]...))
 	}
 	clear(s.fs) // the values' bytes are in vals now
-	if s.retention > 0 {
-		pipe.XTrimMinIDApprox(ctx, s.name, minID(s.now().Add(-s.retention)), 0)
-	}
-	if s.maxLen > 0 {
-		pipe.XTrimMaxLenApprox(ctx, s.name, s.maxLen, 0)
+	for k, name := range s.names {
+		if len(s.names) > 1 && s.counts[k] == 0 {
+			continue
+		}
+		if s.retention > 0 {
+			pipe.XTrimMinIDApprox(ctx, name, minID(s.now().Add(-s.retention)), 0)
+		}
+		if s.maxLen > 0 {
+			pipe.XTrimMaxLenApprox(ctx, name, s.maxLen, 0)
+		}
 	}
 	cmds, err := pipe.Exec(ctx)
 	clear(args) // keep no event's values alive until the next batch
@@ -165,11 +179,11 @@ func (s *streamSender) send(ctx context.Context, batch []rec) error {
 		return nil
 	}
 	if len(cmds) < len(batch) {
-		return fmt.Errorf("xadd %d events to %s: %w", len(batch), s.name, err)
+		return fmt.Errorf("xadd %d events to %s: %w", len(batch), s.names[0], err)
 	}
 	for _, c := range cmds[:len(batch)] {
 		if err := c.Err(); err != nil {
-			return fmt.Errorf("xadd %d events to %s: %w", len(batch), s.name, err)
+			return fmt.Errorf("xadd %d events to %s: %w", len(batch), s.names[0], err)
 		}
 	}
 	for _, c := range cmds[len(batch):] {
@@ -177,11 +191,64 @@ func (s *streamSender) send(ctx context.Context, batch []rec) error {
 			s.trimFails.Inc()
 			if ok, sup := s.lim.Allow(lineTrimFailed); ok {
 				s.log.Warn("events: trimming the stream failed; its entries are kept (XTRIM MINID needs Redis 6.2: on older Redis set -events-stream-retention=0)",
-					logKeyDest, "stream", "key", s.name, "error", err, "suppressed", sup)
+					logKeyDest, "stream", "key", s.names[0], "error", err, "suppressed", sup)
 			}
 		}
 	}
 	return nil
+}
+
+// shard is the index in keys of the stream of e.
+func (s *streamSender) shard(e *rec) int {
+	if len(s.keys) == 1 {
+		return 0
+	}
+	return shardOf(e.id, len(s.keys))
+}
+
+// firstFields returns where each event's fields start in fs (in order).
+func (s *streamSender) firstFields() []int {
+	first := s.order[:0]
+	f := 0
+	for _, n := range s.nfs {
+		first = append(first, f)
+		f += n
+	}
+	s.order = first
+	return first
+}
+
+// byShard returns the indices of the batch's events grouped by shard,
+// each shard's in order (one stream: in order), and counts them per shard
+// in counts. The order matters only within a stream.
+func (s *streamSender) byShard(batch []rec) []int {
+	n := len(s.keys)
+	s.counts = slices.Grow(s.counts[:0], n)[:n]
+	clear(s.counts)
+	idx := slices.Grow(s.idx[:0], len(batch))[:len(batch)]
+	s.idx = idx
+	if n == 1 {
+		for i := range idx {
+			idx[i] = i
+		}
+		s.counts[0] = len(batch)
+		return idx
+	}
+	for i := range batch {
+		s.counts[s.shard(&batch[i])]++
+	}
+	starts := slices.Grow(s.starts[:0], n)[:n]
+	s.starts = starts
+	starts[0] = 0
+	for k := 1; k < n; k++ {
+		starts[k] = starts[k-1] + s.counts[k-1]
+	}
+	for i := range batch {
+		k := s.shard(&batch[i])
+		idx[starts[k]] = i
+		starts[k]++
+	}
+	return idx
 }
 
 // minID is the smallest stream entry id at or after t: entry ids are

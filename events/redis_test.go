@@ -297,3 +297,82 @@ func TestStreamTrimFailureKeepsEntries(t *testing.T) {
 		t.Fatal("trim errors not counted")
 	}
 }
+
+// A sharded stream: every event is in the shard of its device, once, in
+// order per device, and every shard is used.
+func TestStreamShards(t *testing.T) {
+	rdb := newRedis(t)
+	cfg := bareConfig()
+	cfg.Stream.Enabled, cfg.Stream.Key, cfg.Stream.Shards = true, testenv.Name(t), 3
+	cfg.Stream.Delivery.BatchSize = 128
+	keys := cfg.Stream.ShardKeys()
+	if len(keys) != 3 || keys[2] != cfg.Stream.Key+":2" {
+		t.Fatalf("shard keys %v", keys)
+	}
+	t.Cleanup(func() { rdb.Del(context.Background(), keys...) })
+	h, err := New(cfg, Deps{Redis: rdb, Logger: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runHub(t, h)
+	want := trace(60, 20, 3)
+	feed(h, want, 3)
+	ctx := context.Background()
+	testenv.Eventually(t, 20*time.Second, func() error {
+		n := int64(0)
+		for _, k := range keys {
+			n += rdb.XLen(ctx, k).Val()
+		}
+		if n != int64(len(want)) {
+			return fmt.Errorf("the shards hold %d of %d", n, len(want))
+		}
+		return nil
+	})
+	var got []Event
+	for i, k := range keys {
+		msgs, err := rdb.XRange(ctx, k, "-", "+").Result()
+		if err != nil || len(msgs) == 0 {
+			t.Fatalf("shard %s: %d entries, %v", k, len(msgs), err)
+		}
+		for _, m := range msgs {
+			e := entryEvent(t, m)
+			if shardOf(e.ID, 3) != i {
+				t.Fatalf("%s's event in shard %d", e.ID, i)
+			}
+			got = append(got, e)
+		}
+	}
+	checkOnceInOrder(t, want, got)
+}
+
+// Sharded Pub/Sub: SPUBLISH reaches an SSUBSCRIBE subscriber.
+func TestPubSubSharded(t *testing.T) {
+	rdb := newRedis(t)
+	cfg := bareConfig()
+	cfg.PubSub.Enabled, cfg.PubSub.Channel, cfg.PubSub.Sharded = true, testenv.Name(t), true
+	h, err := New(cfg, Deps{Redis: rdb, Logger: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	sub := rdb.SSubscribe(ctx, cfg.PubSub.Channel)
+	defer sub.Close()
+	if _, err := sub.Receive(ctx); err != nil {
+		t.Fatal(err)
+	}
+	runHub(t, h)
+	want := trace(10, 5, 4)
+	feed(h, want, 4)
+	var got []Event
+	ch := sub.Channel()
+	timeout := time.After(20 * time.Second)
+	for len(got) < len(want) {
+		select {
+		case m := <-ch:
+			got = append(got, decode(t, []byte(m.Payload)))
+		case <-timeout:
+			t.Fatalf("received %d of %d events", len(got), len(want))
+		}
+	}
+	checkOnceInOrder(t, want, got)
+}

@@ -17,9 +17,14 @@ type IndexConfig struct {
 	// KeyPrefix is the Redis sink's (e.g. "device:"): partition p's set is
 	// {KeyPrefix}index:{p}, the completeness marker {KeyPrefix}index:complete.
 	KeyPrefix string
-	// TimeoutsKey, when set, is the hash of the devices' own timeouts
-	// (writeback/redis Config.TimeoutsKey): a recovery that finds a
-	// device's keys gone drops its field there too, with its index entry.
+	// TimeoutsKey, when set, names the hashes of the devices' own timeouts
+	// (writeback/redis Config.TimeoutsKey): one per partition,
+	// {TimeoutsKey}:{partition} (TimeoutsKeyOf, the Redis sink's
+	// Config.TimeoutsKeyOf), so that Redis Cluster spreads them over its
+	// slots like the index. A recovery that finds a device's keys gone
+	// drops its field there too, with its index entry, and the first start
+	// moves the fields of the one hash of earlier versions, TimeoutsKey
+	// itself, into them (MoveTimeouts).
 	TimeoutsKey string
 	// Partitions is the cluster's partition count (cluster.DefaultPartitions
 	// on every node): the index is laid out by partition so that a node
@@ -96,6 +101,59 @@ func (c IndexConfig) Namespace() string { return c.KeyPrefix + "index:" }
 
 // Key is the set of partition p.
 func (x *Index) Key(p int) string { return x.cfg.KeyPrefix + "index:" + strconv.Itoa(p) }
+
+// TimeoutsKeyOf is the hash holding device id's own timeout, that of its
+// partition (IndexConfig.TimeoutsKey); "" without TimeoutsKey.
+func (x *Index) TimeoutsKeyOf(id string) string {
+	if x.cfg.TimeoutsKey == "" {
+		return ""
+	}
+	return x.cfg.TimeoutsKey + ":" + strconv.Itoa(x.partitionOf(id))
+}
+
+// MoveTimeouts moves the devices' own timeouts from the one hash of
+// earlier versions (IndexConfig.TimeoutsKey itself) into the hash of each
+// device's partition, and deletes it. A field already in its partition's
+// hash (written since) is kept. Safe to run on several nodes at once.
+func (x *Index) MoveTimeouts(ctx context.Context) (int, error) {
+	old := x.cfg.TimeoutsKey
+	if old == "" {
+		return 0, nil
+	}
+	moved := 0
+	it := x.client.HScan(ctx, old, 0, "", 1000).Iterator()
+	var kv []string
+	flush := func() error {
+		pipe := x.client.Pipeline()
+		for i := 0; i+1 < len(kv); i += 2 {
+			pipe.HSetNX(ctx, x.TimeoutsKeyOf(kv[i]), kv[i], kv[i+1])
+		}
+		_, err := pipe.Exec(ctx)
+		moved += len(kv) / 2
+		kv = kv[:0]
+		return err
+	}
+	for it.Next(ctx) {
+		kv = append(kv, it.Val())
+		if len(kv) >= 2000 && len(kv)%2 == 0 {
+			if err := flush(); err != nil {
+				return moved, fmt.Errorf("redis: moving the timeouts of %s: %w", old, err)
+			}
+		}
+	}
+	if err := it.Err(); err != nil {
+		return moved, fmt.Errorf("redis: reading the timeouts of %s: %w", old, err)
+	}
+	if err := flush(); err != nil {
+		return moved, fmt.Errorf("redis: moving the timeouts of %s: %w", old, err)
+	}
+	if moved > 0 {
+		if err := x.client.Del(ctx, old).Err(); err != nil {
+			return moved, fmt.Errorf("redis: deleting %s: %w", old, err)
+		}
+	}
+	return moved, nil
+}
 
 // KeyOf is the set of the partition of device id: the Redis sink's
 // IndexKeyOf, which adds a new device there with its keys and takes a

@@ -81,8 +81,11 @@ func TestIndex(t *testing.T) {
 	if n, _ := client.SCard(ctx, x.Key(1)).Result(); n != 9 {
 		t.Fatalf("index of partition 1 holds %d ids, want 9", n)
 	}
-	if m, _ := client.HGetAll(ctx, sink.TimeoutsKey()).Result(); len(m) != 1 || m[dev5] != "3600" {
-		t.Fatalf("overrides %v, want device 5's alone", m)
+	if v, _ := client.HGet(ctx, x.TimeoutsKeyOf(dev5), dev5).Result(); v != "3600" {
+		t.Fatalf("override of device 5 %q, want 3600", v)
+	}
+	if ok, _ := client.HExists(ctx, x.TimeoutsKeyOf(dev1), dev1).Result(); ok {
+		t.Fatal("the override of the expired device 1 was kept")
 	}
 
 	// A decommissioned device leaves the index with its keys.
@@ -162,7 +165,7 @@ func TestIndexWithKeys(t *testing.T) {
 func newIndexedSink(t *testing.T, client goredis.UniversalClient, src writeback.Source, prefix string, x *Index) *wbredis.Sink {
 	t.Helper()
 	cfg := wbredis.DefaultConfig()
-	cfg.KeyPrefix, cfg.IndexKeyOf = prefix, x.KeyOf
+	cfg.KeyPrefix, cfg.IndexKeyOf, cfg.TimeoutsKeyOf = prefix, x.KeyOf, x.TimeoutsKeyOf
 	cfg.Flush.Logger = testenv.Logger(t)
 	sink, err := wbredis.New(client, src, cfg)
 	if err != nil {
@@ -182,4 +185,52 @@ func newTestIndex(t *testing.T, client goredis.UniversalClient, prefix string, p
 		t.Fatal(err)
 	}
 	return x
+}
+
+// The one timeouts hash of earlier versions moves into the hashes of the
+// partitions, keeping a field written there since; a second run finds
+// nothing to move.
+func TestMoveTimeouts(t *testing.T) {
+	client := testenv.RedisClient(t, "")
+	prefix := testenv.Name(t) + ":"
+	testenv.CleanupRedisPrefix(t, client, prefix)
+	part := func(id string) int { n, _ := strconv.Atoi(id); return n % 4 }
+	x := newTestIndex(t, client, prefix, part)
+	ctx := context.Background()
+	old := wbredis.Config{KeyPrefix: prefix}.TimeoutsKey()
+	const n = 2500 // more than one HSCAN page and one move pipeline
+	fields := make([]any, 0, 2*n)
+	for i := range n {
+		fields = append(fields, strconv.Itoa(i), "60")
+	}
+	if err := client.HSet(ctx, old, fields...).Err(); err != nil {
+		t.Fatal(err)
+	}
+	client.HSet(ctx, x.TimeoutsKeyOf("7"), "7", "90") // set since: wins
+	moved, err := x.MoveTimeouts(ctx)
+	if err != nil || moved != n {
+		t.Fatalf("moved %d (%v), want %d", moved, err, n)
+	}
+	if ok, _ := client.Exists(ctx, old).Result(); ok != 0 {
+		t.Fatal("the old hash is still there")
+	}
+	total := int64(0)
+	for p := range 4 {
+		m, _ := client.HGetAll(ctx, prefix+"timeouts:"+strconv.Itoa(p)).Result()
+		for id := range m {
+			if part(id) != p {
+				t.Fatalf("%s in the hash of partition %d", id, p)
+			}
+		}
+		total += int64(len(m))
+	}
+	if total != n {
+		t.Fatalf("%d fields in the partitions' hashes, want %d", total, n)
+	}
+	if v, _ := client.HGet(ctx, x.TimeoutsKeyOf("7"), "7").Result(); v != "90" {
+		t.Fatalf("7's newer timeout overwritten: %q", v)
+	}
+	if moved, err := x.MoveTimeouts(ctx); err != nil || moved != 0 {
+		t.Fatalf("second run moved %d (%v)", moved, err)
+	}
 }

@@ -193,7 +193,7 @@ func (x *Index) walkSets(partitions []int) walk {
 
 // prune removes from their index sets the ids whose keys are gone (key
 // is "": a batch of walkSets holds ids of several sets), and their own
-// timeouts (IndexConfig.TimeoutsKey). The read and the removal are not
+// timeouts (Index.TimeoutsKeyOf). The read and the removal are not
 // one step: an id whose keys were written meanwhile (the device is live
 // again, and its writer, which does not know of the removal, adds no
 // entry) is put back, and keeps its own timeout.
@@ -239,7 +239,11 @@ func (x *Index) prune(ctx context.Context, store Store, ids []any) {
 	if x.cfg.TimeoutsKey == "" || len(gone) == 0 {
 		return
 	}
-	if x.client.HDel(ctx, x.cfg.TimeoutsKey, gone...).Err() != nil {
+	pipe = x.client.Pipeline()
+	for _, id := range gone {
+		pipe.HDel(ctx, x.TimeoutsKeyOf(id), id)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
 		x.errs.Inc()
 	}
 }

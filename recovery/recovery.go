@@ -252,6 +252,11 @@ func (r *Recovery) hydrate(ctx context.Context) (int, error) {
 		n += len(states)
 		return nil
 	}
+	if moved, err := r.index.MoveTimeouts(ctx); err != nil {
+		return 0, err
+	} else if moved > 0 {
+		r.log.Info("moved the devices' own timeouts into one hash per partition", "timeouts", moved)
+	}
 	if complete, err := r.index.Complete(ctx); err != nil {
 		return 0, err
 	} else if complete {

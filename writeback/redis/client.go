@@ -1,6 +1,7 @@
 package redis
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -73,6 +74,9 @@ func (c ClientConfig) Validate() error {
 			errs = append(errs, fmt.Errorf("%w: redis: REDIS_ADDRS (-redis-addrs): %q is not host:port", writeback.ErrInvalidConfig, a))
 		}
 	}
+	if c.MasterName == "" && len(c.Addrs) > 0 && strings.TrimSpace(c.DB) != "" && strings.TrimSpace(c.DB) != "0" {
+		errs = append(errs, fmt.Errorf("%w: redis: REDIS_DB (-redis-db) %q with Redis Cluster (REDIS_ADDRS without REDIS_MASTER_NAME): a Cluster has only database 0", writeback.ErrInvalidConfig, c.DB))
+	}
 	if c.MasterName != "" && len(c.Addrs) == 0 {
 		errs = append(errs, fmt.Errorf("%w: redis: REDIS_MASTER_NAME (-redis-master) needs Sentinel addresses in REDIS_ADDRS", writeback.ErrInvalidConfig))
 	}
@@ -90,15 +94,54 @@ func (c ClientConfig) NewClient() (goredis.UniversalClient, error) {
 	if len(c.Addrs) == 0 {
 		return goredis.NewClient(opts), nil
 	}
-	return goredis.NewUniversalClient(&goredis.UniversalOptions{
+	tlsConfig := opts.TLSConfig
+	if tlsConfig != nil {
+		// Each node's certificate is checked against the host of its own
+		// address (crypto/tls takes the server name from the address it
+		// dials when ServerName is empty), not against REDIS_HOST.
+		tlsConfig = tlsConfig.Clone()
+		tlsConfig.ServerName = ""
+	}
+	client := goredis.NewUniversalClient(&goredis.UniversalOptions{
 		Addrs:         c.Addrs,
 		MasterName:    c.MasterName,
 		DB:            opts.DB,
 		Username:      opts.Username,
 		Password:      opts.Password,
-		TLSConfig:     opts.TLSConfig,
+		TLSConfig:     tlsConfig,
 		IsClusterMode: c.MasterName == "",
-	}), nil
+	})
+	if cc, ok := client.(*goredis.ClusterClient); ok {
+		reload := reloadOnDialError{cc}
+		cc.OnNewNode(func(node *goredis.Client) { node.AddHook(reload) })
+	}
+	return client, nil
+}
+
+// reloadOnDialError has the Cluster client reload its slot map when a
+// connection to a node cannot be made (go-redis issue #3979): a master
+// that died stays in the map until ClusterStateReloadInterval (60 s)
+// otherwise, and every write to its slots fails until then although its
+// replica was promoted seconds after. The reload is lazy (in the
+// background, at most one at a time, 200 ms apart), and a reload during
+// the failover finds the old map, so the next failed dial (the pool
+// retries every second) reloads again.
+type reloadOnDialError struct{ cc *goredis.ClusterClient }
+
+func (h reloadOnDialError) DialHook(next goredis.DialHook) goredis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := next(ctx, network, addr)
+		if err != nil {
+			h.cc.ReloadState(ctx)
+		}
+		return conn, err
+	}
+}
+
+func (reloadOnDialError) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook { return next }
+
+func (reloadOnDialError) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredis.ProcessPipelineHook {
+	return next
 }
 
 // options are the single node's options (with Addrs, only the

@@ -13,8 +13,8 @@ import (
 	"github.com/presence-dev/presence/internal/wire"
 )
 
-// ReadStates reads the stored state of the given devices (MGETs and one
-// HMGET of TimeoutsKey in one pipeline). A device without a status key has
+// ReadStates reads the stored state of the given devices (MGETs, or GETs
+// on a Cluster, and an HMGET per timeouts hash, in one pipeline). A device without a status key has
 // Status StatusUnknown; one without a last-seen key a zero LastSeen; one
 // with its own timeout has it as Timeout, with TimeoutSource
 // TimeoutDevice (a stored timeout outside the engine's range is ignored).
@@ -34,14 +34,13 @@ func (r *Sink) ReadStates(ctx context.Context, ids []string) ([]engine.DeviceSta
 	// One MGET per kind and per chunk keeps each reply small; MGET across
 	// slots fails on Cluster, so read key by key there.
 	vals := make([]any, len(keys))
-	var tmos *goredis.SliceCmd
-	if _, ok := r.client.(*goredis.ClusterClient); ok {
-		pipe := r.client.Pipeline()
+	pipe := r.client.Pipeline()
+	tmos := r.queueTimeouts(ctx, pipe, ids)
+	if r.cluster {
 		cmds := make([]*goredis.StringCmd, len(keys))
 		for i, k := range keys {
 			cmds[i] = pipe.Get(ctx, k)
 		}
-		tmos = pipe.HMGet(ctx, r.TimeoutsKey(), ids...)
 		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
 			return nil, fmt.Errorf("redis read: %w", err)
 		}
@@ -53,12 +52,10 @@ func (r *Sink) ReadStates(ctx context.Context, ids []string) ([]engine.DeviceSta
 	} else {
 		// One round trip: the MGETs of every chunk in one pipeline.
 		const chunk = 1000
-		pipe := r.client.Pipeline()
 		cmds := make([]*goredis.SliceCmd, 0, (len(keys)+chunk-1)/chunk)
 		for lo := 0; lo < len(keys); lo += chunk {
 			cmds = append(cmds, pipe.MGet(ctx, keys[lo:min(lo+chunk, len(keys))]...))
 		}
-		tmos = pipe.HMGet(ctx, r.TimeoutsKey(), ids...)
 		if _, err := pipe.Exec(ctx); err != nil {
 			return nil, fmt.Errorf("redis read: %w", err)
 		}
@@ -79,12 +76,47 @@ func (r *Sink) ReadStates(ctx context.Context, ids []string) ([]engine.DeviceSta
 			out[i].LastSeen = t
 		}
 	}
-	for i, v := range tmos.Val() {
-		if d, ok := parseOverride(v); ok && i < len(out) {
-			out[i].Timeout, out[i].TimeoutSource = d, engine.TimeoutDevice
+	for _, t := range tmos {
+		for j, v := range t.cmd.Val() {
+			if d, ok := parseOverride(v); ok && j < len(t.at) {
+				out[t.at[j]].Timeout, out[t.at[j]].TimeoutSource = d, engine.TimeoutDevice
+			}
 		}
 	}
 	return out, nil
+}
+
+// timeoutsRead is the HMGET of one timeouts hash, and where in the ids of
+// ReadStates each of its fields is.
+type timeoutsRead struct {
+	cmd *goredis.SliceCmd
+	at  []int
+}
+
+// queueTimeouts adds to pipe an HMGET of ids' own timeouts per hash
+// holding them (one with the hash per partition when ids are one index
+// set's, as restart recovery reads them).
+func (r *Sink) queueTimeouts(ctx context.Context, pipe goredis.Pipeliner, ids []string) []timeoutsRead {
+	byKey := map[string]int{} // hash -> its index in reads
+	var reads []timeoutsRead
+	var fields [][]any
+	for i, id := range ids {
+		key := r.TimeoutsKeyOf(id)
+		k, ok := byKey[key]
+		if !ok {
+			k = len(reads)
+			byKey[key] = k
+			reads = append(reads, timeoutsRead{})
+			fields = append(fields, nil)
+		}
+		reads[k].at = append(reads[k].at, i)
+		fields[k] = append(fields[k], id)
+	}
+	for key, k := range byKey {
+		reads[k].cmd = goredis.NewSliceCmd(ctx, append([]any{"hmget", key}, fields[k]...)...)
+		_ = pipe.Process(ctx, reads[k].cmd)
+	}
+	return reads
 }
 
 // parseOverride reads a TimeoutsKey value: seconds within the engine's

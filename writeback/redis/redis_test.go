@@ -2,6 +2,7 @@ package redis
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"strings"
@@ -43,12 +44,21 @@ func redisHarness(t *testing.T, src writeback.Source, o writebacktest.Opts, guar
 	cfg.KeyPrefix = prefix
 	cfg.Flush = writebacktest.FlushConfig(t, cfg.Flush, o)
 	cfg.Guarded = guarded
+	if guarded {
+		// Guarded keys expire at LastSeen + TTL, and the shared tests write
+		// times around writebacktest.T0, in 2025.
+		cfg.TTL = longTTL
+	}
 	sink, err := New(client, src, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return writebacktest.Harness{Sink: sink, Label: "redis", HasStatus: true, Monotonic: guarded, Proxy: px}
 }
+
+// longTTL outlives writebacktest.T0 (2025) by years: a guarded write of a
+// state seen at T0 with the default TTL would expire at once.
+const longTTL = 5 * 365 * 24 * time.Hour
 
 // testSink is a sink with the test's own key prefix over a fake source;
 // mod adjusts its config.
@@ -238,6 +248,37 @@ func TestClientConfigKinds(t *testing.T) {
 	check(ClientConfig{Host: "r"}, false)
 	check(ClientConfig{Addrs: []string{"r1:7000", "r2:7000"}, Password: "pw"}, true)
 	check(ClientConfig{Addrs: []string{"s1:26379"}, MasterName: "mymaster"}, false)
+
+	// With TLS, each Cluster node (and a Sentinel's primary) is checked
+	// against the host of its own address, not REDIS_HOST: no server
+	// name is fixed, so crypto/tls takes it from the address dialed.
+	for _, c := range []ClientConfig{
+		{Addrs: []string{"r1.example:7000", "r2.example:7000"}, TLS: true, Host: "redis.example"},
+		{Addrs: []string{"s1.example:26379"}, MasterName: "m", TLS: true},
+	} {
+		cl, err := c.NewClient()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var tc *tls.Config
+		switch cl := cl.(type) {
+		case *goredis.ClusterClient:
+			tc = cl.Options().TLSConfig
+		case *goredis.Client:
+			tc = cl.Options().TLSConfig
+		}
+		cl.Close()
+		if tc == nil || tc.ServerName != "" {
+			t.Fatalf("%+v: TLS config %+v, want one without a fixed server name", c, tc)
+		}
+	}
+	// A Cluster has database 0 alone.
+	if err := (ClientConfig{Addrs: []string{"r1:7000"}, DB: "15"}).Validate(); err == nil || !strings.Contains(err.Error(), "only database 0") {
+		t.Fatalf("REDIS_DB with a Cluster: %v", err)
+	}
+	if err := (ClientConfig{Addrs: []string{"s1:26379"}, MasterName: "m", DB: "15"}).Validate(); err != nil {
+		t.Fatalf("REDIS_DB with Sentinels: %v", err)
+	}
 }
 
 func TestRedisConfigValidate(t *testing.T) {
@@ -325,7 +366,11 @@ func TestRedisOverridesAndRemoval(t *testing.T) {
 		t.Run(fmt.Sprint("guarded=", guarded), func(t *testing.T) {
 			sink, src, client, prefix := testSink(t, func(prefix string, cfg *Config) {
 				cfg.Guarded = guarded
+				cfg.TTL = longTTL
 				cfg.IndexKeyOf = func(string) string { return prefix + "index:0" }
+				if guarded { // the daemon's layout: a hash per partition
+					cfg.TimeoutsKeyOf = func(id string) string { return prefix + "timeouts:" + id }
+				}
 			})
 			ctx := context.Background()
 			src.Set(engine.DeviceState{ID: "1", Status: engine.StatusOnline, LastSeen: writebacktest.T0},
@@ -339,7 +384,7 @@ func TestRedisOverridesAndRemoval(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			client.HSet(ctx, sink.TimeoutsKey(), "3", "0.1") // out of range: ignored
+			client.HSet(ctx, sink.TimeoutsKeyOf("3"), "3", "0.1") // out of range: ignored
 			states, err := sink.ReadStates(ctx, []string{"1", "2", "3"})
 			if err != nil {
 				t.Fatal(err)
@@ -351,7 +396,7 @@ func TestRedisOverridesAndRemoval(t *testing.T) {
 			if err := sink.SetTimeoutOverride(ctx, "2", 0); err != nil {
 				t.Fatal(err)
 			}
-			if ok, _ := client.HExists(ctx, sink.TimeoutsKey(), "2").Result(); ok {
+			if ok, _ := client.HExists(ctx, sink.TimeoutsKeyOf("2"), "2").Result(); ok {
 				t.Fatal("override of 2 left after clearing it")
 			}
 			src.Set(engine.DeviceState{ID: "1", Removed: true})
@@ -361,7 +406,7 @@ func TestRedisOverridesAndRemoval(t *testing.T) {
 			if n, _ := client.Exists(ctx, sink.StatusKey("1"), sink.LastSeenKey("1")).Result(); n != 0 {
 				t.Fatalf("%d keys of the removed device left", n)
 			}
-			if ok, _ := client.HExists(ctx, sink.TimeoutsKey(), "1").Result(); ok {
+			if ok, _ := client.HExists(ctx, sink.TimeoutsKeyOf("1"), "1").Result(); ok {
 				t.Fatal("override of the removed device left")
 			}
 			if m, _ := client.SMembers(ctx, prefix+"index:0").Result(); len(m) != 1 || m[0] != "2" {

@@ -33,15 +33,22 @@ type Config struct {
 	// keeps more memory for dead devices.
 	TTL time.Duration
 	// Guarded makes every write conditional, for a cluster where a stale
-	// owner (paused, or cut off from its peers) may still flush: a device's
-	// keys are written only if the stored last-seen time is not newer than
-	// the one written, and at the same time "online" never replaces
-	// "offline" (a Lua script per device comparing the fixed-width
-	// timestamps), so last-seen never goes backwards and the newest
-	// information wins. Costs a script call per device instead of two SETs.
-	// Needs both keys of a device in one slot: not on Redis Cluster (whose
-	// client is refused with this option).
+	// owner (paused, or cut off from its peers) may still flush: a key is
+	// written only if it holds no newer information than the write, so
+	// last-seen never goes backwards, and at one last-seen time "online"
+	// never replaces "offline". Every key of a device with a last-seen time
+	// expires at LastSeen + TTL (guarded or not), and that expiry is the
+	// fence: each key is written by a Lua script (fencedSet) that compares
+	// its own expiry time (PEXPIRETIME, Redis 7) with the write's, so a
+	// guarded write needs no second key and works on Redis Cluster, where
+	// a device's two keys are in different slots. Costs a script call per
+	// key instead of a SET (BENCHMARKS.md, guarded writes).
 	Guarded bool
+	// TimeoutsKeyOf, when set, names the hash holding device id's own
+	// timeout (recovery.Index.TimeoutsKeyOf: one hash per cluster
+	// partition, {KeyPrefix}timeouts:{partition}, so that Redis Cluster
+	// spreads them over its slots). Nil: the one hash TimeoutsKey.
+	TimeoutsKeyOf func(id string) string
 	// IndexKeyOf, when set, names the device index's set holding id
 	// (recovery.Index.KeyOf). A device new to the engine
 	// (engine.DeviceState.New) is added to it before its keys are written
@@ -117,10 +124,11 @@ func New(client goredis.UniversalClient, src writeback.Source, cfg Config) (*Sin
 	if client == nil || src == nil {
 		return nil, fmt.Errorf("%w: redis: nil client or source", writeback.ErrInvalidConfig)
 	}
-	if _, ok := client.(*goredis.ClusterClient); ok && cfg.Guarded {
-		return nil, fmt.Errorf("%w: redis: Guarded writes need both keys of a device in one slot, not Redis Cluster", writeback.ErrInvalidConfig)
-	}
 	r := &Sink{client: client, cfg: cfg, ttl: cfg.TTL, ttlArg: strconv.FormatInt(int64(cfg.TTL/time.Second), 10)}
+	if r.cfg.TimeoutsKeyOf == nil {
+		key := cfg.TimeoutsKey()
+		r.cfg.TimeoutsKeyOf = func(string) string { return key }
+	}
 	r.Flusher = writeback.NewFlusher("redis", "keys", src, cfg.Flush, r.writeBatch)
 	r.indexed = r.Metrics().NewCounter("presence_index_ids_written_total")
 	_, r.cluster = client.(*goredis.ClusterClient)
@@ -133,12 +141,15 @@ func (r *Sink) StatusKey(id string) string { return r.cfg.KeyPrefix + statusNS +
 // LastSeenKey returns the last-seen key of a device.
 func (r *Sink) LastSeenKey(id string) string { return r.cfg.KeyPrefix + lastSeenNS + id }
 
-// TimeoutsKey is the hash of the devices' own timeouts (engine.SetTimeout,
-// PUT /v1/devices/{id}/timeout): field the device id, value the timeout in
-// seconds. Outside the device namespaces, so no device key can be it.
-func (r *Sink) TimeoutsKey() string { return r.cfg.TimeoutsKey() }
+// TimeoutsKeyOf is the hash holding device id's own timeout
+// (engine.SetTimeout, PUT /v1/devices/{id}/timeout): field the device id,
+// value the timeout in seconds (Config.TimeoutsKeyOf).
+func (r *Sink) TimeoutsKeyOf(id string) string { return r.cfg.TimeoutsKeyOf(id) }
 
-// TimeoutsKey is the overrides' hash of a Sink with this Config.
+// TimeoutsKey is the one hash of the overrides when Config.TimeoutsKeyOf
+// is not set, {KeyPrefix}timeouts; partitioned hashes are named after it
+// ({KeyPrefix}timeouts:{partition}). Outside the device namespaces, so no
+// device key can be it.
 func (c Config) TimeoutsKey() string { return c.KeyPrefix + timeoutsKey }
 
 // The device key namespaces, after KeyPrefix, and the overrides' hash.
@@ -148,16 +159,16 @@ const (
 	timeoutsKey = "timeouts"
 )
 
-// SetTimeoutOverride stores device id's own timeout d in TimeoutsKey, or
+// SetTimeoutOverride stores device id's own timeout d in its hash, or
 // deletes it when d is 0, at once rather than write-behind: the API
 // acknowledges an override only once it is stored, and restart recovery
 // (ReadStates) and a cluster rebuild read it back.
 func (r *Sink) SetTimeoutOverride(ctx context.Context, id string, d time.Duration) error {
 	var err error
 	if d == 0 {
-		err = r.client.HDel(ctx, r.TimeoutsKey(), id).Err()
+		err = r.client.HDel(ctx, r.TimeoutsKeyOf(id), id).Err()
 	} else {
-		err = r.client.HSet(ctx, r.TimeoutsKey(), id, strconv.FormatFloat(d.Seconds(), 'f', -1, 64)).Err()
+		err = r.client.HSet(ctx, r.TimeoutsKeyOf(id), id, strconv.FormatFloat(d.Seconds(), 'f', -1, 64)).Err()
 	}
 	if err != nil {
 		return fmt.Errorf("redis: timeout override of %s: %w", wire.Quote(id, 64), err)
@@ -171,7 +182,7 @@ func (r *Sink) SetTimeoutOverride(ctx context.Context, id string, d time.Duratio
 func (r *Sink) queueRemoval(ctx context.Context, pipe goredis.Pipeliner, id string) int {
 	pipe.Del(ctx, r.StatusKey(id))
 	pipe.Del(ctx, r.LastSeenKey(id))
-	pipe.HDel(ctx, r.TimeoutsKey(), id)
+	pipe.HDel(ctx, r.TimeoutsKeyOf(id), id)
 	if r.cfg.IndexKeyOf != nil {
 		pipe.SRem(ctx, r.cfg.IndexKeyOf(id), id)
 	}
@@ -193,30 +204,47 @@ func (c Config) DeviceNamespaces() []string {
 	return []string{c.KeyPrefix + statusNS, c.KeyPrefix + lastSeenNS}
 }
 
-// guardedSet writes a device's status and last-seen keys unless the stored
-// last-seen is newer (the format is fixed-width UTC, so strings compare as
-// times), or is the same with status offline while "online" is written: at
-// one last-seen time offline is always the later state (a device comes
-// back online only with a newer message), so a stale owner cannot undo a
-// timeout or a Last Will. KEYS: status, lastseen; ARGV: status, lastseen,
-// ttl seconds.
-var guardedSet = goredis.NewScript(`
-local old = redis.call('GET', KEYS[2])
-if old then
-  if old > ARGV[2] then return 0 end
-  if old == ARGV[2] and ARGV[1] == 'online' and redis.call('GET', KEYS[1]) == 'offline' then return 0 end
+// fencedSet is a guarded write of one key (Config.Guarded): it sets
+// KEYS[1] to ARGV[1], expiring at ARGV[2] (Unix ms, the write's fence:
+// LastSeen + TTL), unless the key expires later (it holds a newer
+// device state), or expires at the same millisecond and holds what wins
+// at one last-seen time: for a status key (ARGV[3] "s") "offline", since a
+// device comes back online only with a newer message, so a stale owner
+// cannot undo a timeout or a Last Will; for a last-seen key ("l") a time
+// not older. It needs only the key itself, so it works whatever slots a
+// device's keys are in. PEXPIRETIME is -2 for a missing key and -1 for a
+// key without expiry: both are written.
+var fencedSet = goredis.NewScript(`
+local t = redis.call('PEXPIRETIME', KEYS[1])
+local fence = tonumber(ARGV[2])
+if t > fence then return 0 end
+if t == fence then
+  local old = redis.call('GET', KEYS[1])
+  if ARGV[3] == 's' then
+    if old == 'offline' or old == ARGV[1] then return 0 end
+  elseif old and old >= ARGV[1] then return 0 end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
-redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
 return 1`)
+
+// The fencedSet arguments that do not change, boxed once.
+var (
+	argEvalSha  any = "evalsha"
+	argFenceSha any = fencedSet.Hash()
+	argOneKey   any = "1"
+	argKindS    any = "s"
+	argKindL    any = "l"
+)
 
 // writeBatch writes one batch in one pipeline. A device takes one command
 // when only its status changed (engine.DeviceState.StatusOnly: a timeout,
-// a Last Will): its status key, expiring with its last-seen key
-// (statusOnlyTTL); two when its last-seen time changed too, and a third,
-// its index entry, when it is new to the engine: before its keys, in the
-// pipeline on one Redis, in a pipeline of its own first on a Cluster
-// (whose client sends each node's part of a pipeline at the same time).
+// a Last Will): its status key, expiring with its last-seen key; two when
+// its last-seen time changed too, and a third, its index entry, when it is
+// new to the engine: before its keys, in the pipeline on one Redis, in a
+// pipeline of its own first on a Cluster (whose client sends each node's
+// part of a pipeline at the same time). The keys of a device expire at
+// LastSeen + TTL (expireAt); with Config.Guarded each is written by
+// fencedSet, which compares that time with the stored key's.
 //
 // It allocates per batch rather than per device where go-redis lets it:
 // the key names and values are appended to one buffer made one string,
@@ -224,9 +252,21 @@ return 1`)
 // are slices of one array (a pooled scratch: Concurrency workers call it
 // at once).
 func (r *Sink) writeBatch(ctx context.Context, states []engine.DeviceState) (writeback.WriteResult, error) {
-	if r.cfg.Guarded {
-		return r.writeGuarded(ctx, states)
+	res, indexed, err := r.writePipelined(ctx, states)
+	if err != nil && r.cfg.Guarded && goredis.HasErrorPrefix(err, "NOSCRIPT") { // first use, or Redis restarted
+		// On a Cluster the client loads it on every master.
+		if err = fencedSet.Load(ctx, r.client).Err(); err == nil {
+			res, indexed, err = r.writePipelined(ctx, states)
+		}
 	}
+	if err != nil {
+		return writeback.WriteResult{}, err
+	}
+	r.indexed.Add(indexed)
+	return res, nil
+}
+
+func (r *Sink) writePipelined(ctx context.Context, states []engine.DeviceState) (writeback.WriteResult, int, error) {
 	sc := scratchPool.Get().(*scratch)
 	defer scratchPool.Put(sc)
 	sc.reset()
@@ -248,12 +288,13 @@ func (r *Sink) writeBatch(ctx context.Context, states []engine.DeviceState) (wri
 				sc.add(r.cfg.IndexKeyOf(s.ID))
 			}
 			sc.add(r.cfg.KeyPrefix, statusNS, s.ID)
-			switch left := r.statusOnlyTTL(s, now); {
-			case left > 0:
-				op |= opStatusPX
-				sc.buf = strconv.AppendInt(sc.buf, left.Milliseconds(), 10)
+			at := r.expireAt(s, now)
+			if at > 0 {
+				op |= opFenced
+				sc.buf = strconv.AppendInt(sc.buf, at, 10)
 				sc.ends = append(sc.ends, len(sc.buf))
-			case !s.LastSeen.IsZero():
+			}
+			if !s.LastSeen.IsZero() && !(s.StatusOnly && at > 0) {
 				op |= opLastSeen
 				sc.add(r.cfg.KeyPrefix, lastSeenNS, s.ID)
 				sc.buf = wire.AppendTime(sc.buf, s.LastSeen)
@@ -279,6 +320,22 @@ func (r *Sink) writeBatch(ctx context.Context, states []engine.DeviceState) (wri
 		ipipe = r.client.Pipeline()
 	}
 	args := sc.args
+	// set queues a write of key: fenced by at with Guarded, else a SET
+	// expiring at at, or in TTL when at is nil.
+	set := func(key *string, val any, at *string, kind any) {
+		start := len(args)
+		switch {
+		case at != nil && r.cfg.Guarded:
+			args = append(args, argEvalSha, argFenceSha, argOneKey, key, val, at, kind)
+			_ = pipe.Process(ctx, goredis.NewIntCmd(ctx, args[start:len(args):len(args)]...))
+			return
+		case at != nil:
+			args = append(args, "set", key, val, "pxat", at)
+		default:
+			args = append(args, "set", key, val, "ex", r.ttlArg)
+		}
+		_ = pipe.Process(ctx, goredis.NewStatusCmd(ctx, args[start:len(args):len(args)]...))
+	}
 	indexed := 0
 	for i, op := range ops {
 		s := &states[i]
@@ -293,21 +350,17 @@ func (r *Sink) writeBatch(ctx context.Context, states []engine.DeviceState) (wri
 			indexed++
 		}
 		if op&opStatus != 0 {
-			start := len(args)
 			key := next()
-			if op&opStatusPX != 0 {
-				args = append(args, "set", key, statusArg(s.Status), "px", next())
-			} else {
-				args = append(args, "set", key, statusArg(s.Status), "ex", r.ttlArg)
+			var at *string
+			if op&opFenced != 0 {
+				at = next()
 			}
-			_ = pipe.Process(ctx, goredis.NewStatusCmd(ctx, args[start:len(args):len(args)]...))
+			set(key, statusArg(s.Status), at, argKindS)
 			res.Units++
-		}
-		if op&opLastSeen != 0 {
-			start := len(args)
-			args = append(args, "set", next(), next(), "ex", r.ttlArg)
-			_ = pipe.Process(ctx, goredis.NewStatusCmd(ctx, args[start:len(args):len(args)]...))
-			res.Units++
+			if op&opLastSeen != 0 {
+				set(next(), next(), at, argKindL)
+				res.Units++
+			}
 		}
 	}
 	defer func() {
@@ -316,51 +369,54 @@ func (r *Sink) writeBatch(ctx context.Context, states []engine.DeviceState) (wri
 		clear(strs)
 	}()
 	if res.Units == 0 {
-		return res, nil
+		return res, 0, nil
 	}
 	if ipipe != pipe && indexed > 0 {
 		if _, err := ipipe.Exec(ctx); err != nil {
-			return writeback.WriteResult{}, fmt.Errorf("redis device index: %w", err)
+			return writeback.WriteResult{}, 0, fmt.Errorf("redis device index: %w", err)
 		}
 	}
 	cmds, err := pipe.Exec(ctx)
 	if err != nil {
 		// Exec returns the first failed command's error; the pipeline may
-		// be partly applied, which is fine: the batch is rewritten whole.
-		return writeback.WriteResult{}, fmt.Errorf("redis pipeline of %d commands: %w", len(cmds), err)
+		// be partly applied, which is fine: the batch is rewritten whole
+		// (a fenced write of the same state is a no-op).
+		return writeback.WriteResult{}, 0, fmt.Errorf("redis pipeline of %d commands: %w", len(cmds), err)
 	}
-	r.indexed.Add(indexed)
-	return res, nil
+	return res, indexed, nil
 }
 
 // What writeBatch does for one device.
 const (
 	opStatus   = 1 << iota // SET its status key
-	opStatusPX             // with the expiry of its last-seen key (statusOnlyTTL), not the TTL
+	opFenced               // expiring at expireAt (fenced with Guarded), not in TTL
 	opLastSeen             // SET its last-seen key
 	opIndex                // SADD it to its index set, first
 	opRemove               // delete it (queueRemoval)
 )
 
-// minStatusOnlyTTL: a status written alone must outlive its write by this
-// much, or both keys are written (statusOnlyTTL).
-const minStatusOnlyTTL = time.Minute
+// minExpiry: unguarded, keys that would expire sooner than this after
+// their write are written to expire in TTL instead (expireAt).
+const minExpiry = time.Minute
 
-// statusOnlyTTL is how long the status key of s may live when it is
-// written alone (s.StatusOnly: its last-seen key holds s.LastSeen, written
-// with it at about that time): until the last-seen key expires, at
-// LastSeen + TTL, so that the two keys expire together and a status never
-// outlives its last-seen time. 0 when both keys are to be written: the
-// state is not status-only, has no last-seen time, or the last-seen key
-// has (nearly) expired (a timeout or a Last Will longer than the TTL).
-func (r *Sink) statusOnlyTTL(s *engine.DeviceState, now time.Time) time.Duration {
-	if !s.StatusOnly || s.LastSeen.IsZero() {
+// expireAt is when the keys of s expire, in Unix milliseconds: at
+// LastSeen + TTL, so that a status written alone (s.StatusOnly: a timeout,
+// a Last Will) expires with its last-seen key and never outlives its
+// last-seen time, and so that the expiry orders a device's writes
+// (fencedSet). 0 when the keys expire in TTL: s has no last-seen time, or,
+// unguarded, its last-seen key has (nearly) expired (a timeout or a Last
+// Will longer than the TTL), and both keys are written again. Guarded, the
+// fence is kept even then: a device silent for longer than the TTL has
+// left Redis, and a write fenced in the past leaves it out.
+func (r *Sink) expireAt(s *engine.DeviceState, now time.Time) int64 {
+	if s.LastSeen.IsZero() {
 		return 0
 	}
-	if left := s.LastSeen.Add(r.ttl).Sub(now); left >= minStatusOnlyTTL {
-		return left
+	at := s.LastSeen.Add(r.ttl)
+	if !r.cfg.Guarded && at.Sub(now) < minExpiry {
+		return 0
 	}
-	return 0
+	return at.UnixMilli()
 }
 
 // The status values as command arguments, boxed once.
@@ -412,69 +468,4 @@ func (sc *scratch) add(parts ...string) {
 		sc.buf = append(sc.buf, p...)
 	}
 	sc.ends = append(sc.ends, len(sc.buf))
-}
-
-// queueIndex adds to pipe the index entry of a device new to the engine,
-// and returns how many it queued (0 or 1).
-func (r *Sink) queueIndex(ctx context.Context, pipe goredis.Pipeliner, s *engine.DeviceState) int {
-	if !s.New || r.cfg.IndexKeyOf == nil {
-		return 0
-	}
-	pipe.SAdd(ctx, r.cfg.IndexKeyOf(s.ID), s.ID)
-	return 1
-}
-
-// writeGuarded is writeBatch with the guardedSet script, one call per
-// device in one pipeline (after its index entry, as there). A device
-// without a last-seen time is written unguarded (status only).
-func (r *Sink) writeGuarded(ctx context.Context, states []engine.DeviceState) (writeback.WriteResult, error) {
-	var res writeback.WriteResult
-	ttl := int64(r.ttl / time.Second)
-	indexed := 0
-	run := func() error {
-		indexed = 0
-		pipe := r.client.Pipeline()
-		for i := range states {
-			s := &states[i]
-			if s.Removed {
-				r.queueRemoval(ctx, pipe, s.ID)
-				continue
-			}
-			if s.Status != engine.StatusOnline && s.Status != engine.StatusOffline {
-				continue
-			}
-			indexed += r.queueIndex(ctx, pipe, s)
-			if s.LastSeen.IsZero() {
-				pipe.Set(ctx, r.StatusKey(s.ID), s.Status.String(), r.ttl)
-				continue
-			}
-			guardedSet.EvalSha(ctx, pipe, []string{r.StatusKey(s.ID), r.LastSeenKey(s.ID)},
-				s.Status.String(), wire.FormatTime(s.LastSeen), ttl)
-		}
-		_, err := pipe.Exec(ctx)
-		return err
-	}
-	err := run()
-	if err != nil && goredis.HasErrorPrefix(err, "NOSCRIPT") { // first use, or Redis restarted
-		if err = guardedSet.Load(ctx, r.client).Err(); err == nil {
-			err = run()
-		}
-	}
-	if err != nil {
-		return writeback.WriteResult{}, fmt.Errorf("redis guarded pipeline: %w", err)
-	}
-	r.indexed.Add(indexed)
-	for i := range states {
-		switch {
-		case states[i].Removed:
-			res.Units += r.removalUnits()
-		case states[i].Status != engine.StatusOnline && states[i].Status != engine.StatusOffline:
-			res.Skipped++
-		case states[i].LastSeen.IsZero():
-			res.Units++
-		default:
-			res.Units += 2
-		}
-	}
-	return res, nil
 }

@@ -168,7 +168,8 @@ func (c Config) resolve(brokerURL string) Config {
 	if c.Ingest.BrokerURL == "" {
 		c.Ingest.BrokerURL = brokerURL
 	}
-	if !c.Redis.Enabled() { // the Redis destinations need Redis
+	c.Events.NameAfter(c.Keys.KeyPrefix) // a prefix of its own: a channel and a stream of its own
+	if !c.Redis.Enabled() {              // the Redis destinations need Redis
 		c.Events.PubSub.Enabled, c.Events.Stream.Enabled = false, false
 	}
 	if c.Events.MQTT.Enabled { // retained presence messages go to ingest's broker
@@ -258,11 +259,6 @@ func (c Config) Validate() error {
 	}
 	if r.clustered() {
 		add(r.Cluster.Validate())
-		if r.Redis.Enabled() && len(r.Redis.Addrs) > 0 && r.Redis.MasterName == "" {
-			// redis.New refuses it too; say so here, with the fix.
-			bad("a cluster node writes each device's two Redis keys with one guarded script, which needs both in one slot: " +
-				"Redis Cluster (-redis-addrs without -redis-master) cannot hold them; use one Redis server, or Sentinels with -redis-master")
-		}
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, errors.Join(errs...))
@@ -277,11 +273,12 @@ func (c Config) keysApart() error {
 	if !c.Events.Stream.Enabled {
 		return nil
 	}
-	key := c.Events.Stream.Key
-	for _, ns := range append(c.Keys.DeviceNamespaces(), c.Recovery.Index.Namespace()) {
-		if strings.HasPrefix(key, ns) {
-			return fmt.Errorf("-events-stream (PRESENCE_EVENTS_STREAM) %q falls inside the keys %s* (-redis-prefix %q): a device named %q would overwrite it; choose a key outside them, such as the default %q",
-				key, ns, c.Keys.KeyPrefix, strings.TrimPrefix(key, ns), events.DefaultConfig().Stream.Key)
+	for _, key := range c.Events.Stream.ShardKeys() {
+		for _, ns := range append(c.Keys.DeviceNamespaces(), c.Recovery.Index.Namespace()) {
+			if strings.HasPrefix(key, ns) {
+				return fmt.Errorf("-events-stream (PRESENCE_EVENTS_STREAM) %q falls inside the keys %s* (-redis-prefix %q): a device named %q would overwrite it; choose a key outside them, such as the default %q",
+					key, ns, c.Keys.KeyPrefix, strings.TrimPrefix(key, ns), c.Keys.KeyPrefix+"events:stream")
+			}
 		}
 	}
 	return nil

@@ -90,6 +90,18 @@ func TestParseFlags(t *testing.T) {
 	check("the events stream apart from the device keys", nil, getenv("REDIS_URL", "redis://r:6379"), func(c Config) bool {
 		return c.Events.Stream.Key == "device:events:stream" && c.Keys.KeyPrefix == "device:"
 	})
+	check("event names after a prefix of its own", []string{"-redis-prefix", "fleet2:"}, getenv("REDIS_URL", "redis://r:6379/15"), func(c Config) bool {
+		r := c.resolve("tcp://b:1883")
+		return r.Events.Stream.Key == "fleet2:events:stream" && r.Events.PubSub.Channel == "fleet2:status:events"
+	})
+	check("event names given keep theirs", []string{"-redis-prefix", "fleet2:", "-events-stream", "s", "-events-channel", "c"}, getenv("REDIS_URL", "redis://r:6379"), func(c Config) bool {
+		r := c.resolve("tcp://b:1883")
+		return r.Events.Stream.Key == "s" && r.Events.PubSub.Channel == "c"
+	})
+	check("a cluster node on Redis Cluster", []string{"-cluster-join", "seed:7946", "-cluster-bind", "127.0.0.1:7946"}, getenv("REDIS_ADDRS", "r1:7000,r2:7000", "PRESENCE_NODE_NAME", "n1"), func(c Config) bool {
+		r := c.resolve("tcp://b:1883")
+		return c.Validate() == nil && r.Keys.Guarded && len(r.Redis.Addrs) == 2
+	})
 	check("probe off", nil, getenv("PRESENCE_MQTT_PROBE_TIMEOUT", "0"), func(c Config) bool { return c.Ingest.ProbeTimeout == 0 })
 	check("services", nil, getenv("MQTT_URL", "tcp://broker:1883", "REDIS_URL", "redis://r:6379/1", "DATABASE_URL", "postgres://db/x"),
 		func(c Config) bool {
@@ -123,7 +135,8 @@ func TestParseFlagsErrors(t *testing.T) {
 		{nil, getenv("REDIS_URL", "redis://r:6379", "PRESENCE_EVENTS_STREAM", "device:status:stream"), `a device named "stream"`},
 		{[]string{"-redis-prefix", "x:", "-events-stream", "x:index:7"}, getenv("REDIS_URL", "redis://r:6379"), "-events-stream"},
 		{nil, getenv("REDIS_ADDRS", "r1"), "REDIS_ADDRS"},
-		{[]string{"-cluster-join", "seed:7946"}, getenv("REDIS_ADDRS", "r1:7000,r2:7000"), "Redis Cluster"},
+		{nil, getenv("REDIS_ADDRS", "r1:7000,r2:7000", "REDIS_DB", "3"), "only database 0"},
+		{[]string{"-events-stream-shards", "-1"}, getenv("REDIS_URL", "redis://r:6379"), "Shards"},
 		{[]string{"-cluster-key", "not base64!"}, getenv(), "PRESENCE_CLUSTER_KEY"},
 		{[]string{"-pprof-addr", "0.0.0.0:6060"}, getenv(), "-api-token"},
 		{nil, getenv("PRESENCE_PPROF_ADDR", "6060"), "-pprof-addr"},

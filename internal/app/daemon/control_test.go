@@ -33,10 +33,10 @@ func TestTimeoutOverrideAcrossRestart(t *testing.T) {
 	if code, body := r.do(t, "PUT", "/v1/devices/999/timeout", `{"timeout_seconds":60}`); code != 404 {
 		t.Fatalf("PUT of an unknown device: %d %s", code, body)
 	}
-	if v, err := s.rdb.HGet(context.Background(), c.Keys.KeyPrefix+"timeouts", "401").Result(); err != nil || v != "3600" {
+	if v, err := s.rdb.HGet(context.Background(), timeoutsKey(c, "401"), "401").Result(); err != nil || v != "3600" {
 		t.Fatalf("stored override %q %v", v, err)
 	}
-	if n, _ := s.rdb.HLen(context.Background(), c.Keys.KeyPrefix+"timeouts").Result(); n != 1 {
+	if n := len(s.overrides(c)); n != 1 {
 		t.Fatalf("%d overrides stored, want 1 (not the unknown device's)", n)
 	}
 	// 402 times out on the default; 401 stays online for its hour.
@@ -60,7 +60,7 @@ func TestTimeoutOverrideAcrossRestart(t *testing.T) {
 	if code, body := r.do(t, "DELETE", "/v1/devices/401/timeout", ""); code != 200 || !strings.Contains(body, `"timeout_source":"default"`) {
 		t.Fatalf("DELETE: %d %s", code, body)
 	}
-	if n, _ := s.rdb.HLen(context.Background(), c.Keys.KeyPrefix+"timeouts").Result(); n != 0 {
+	if n := len(s.overrides(c)); n != 0 {
 		t.Fatalf("%d overrides left after DELETE", n)
 	}
 	testenv.Eventually(t, 5*time.Second, func() error {
@@ -109,7 +109,7 @@ func TestDecommissionEndToEnd(t *testing.T) {
 		if ok, _ := s.rdb.SIsMember(ctx, indexKey, "501").Result(); ok {
 			return fmt.Errorf("501 still in the index")
 		}
-		if ok, _ := s.rdb.HExists(ctx, c.Keys.KeyPrefix+"timeouts", "501").Result(); ok {
+		if ok, _ := s.rdb.HExists(ctx, timeoutsKey(c, "501"), "501").Result(); ok {
 			return fmt.Errorf("501's override left")
 		}
 		entries, err := s.rdb.XRange(ctx, c.Events.Stream.Key, "-", "+").Result()
@@ -220,8 +220,8 @@ func TestBatchControlsEndToEnd(t *testing.T) {
 	if code != 200 || body != `{"accepted":2,"forwarded":0,"rejected":[{"id":"799","reason":"not_found"}]}`+"\n" {
 		t.Fatalf("batchSetTimeout: %d %s", code, body)
 	}
-	if m, err := s.rdb.HGetAll(ctx, c.Keys.KeyPrefix+"timeouts").Result(); err != nil || len(m) != 2 || m["701"] != "900" {
-		t.Fatalf("stored overrides %v %v", m, err)
+	if m := s.overrides(c); len(m) != 2 || m["701"] != "900" {
+		t.Fatalf("stored overrides %v", m)
 	}
 	code, body = r.do(t, "POST", "/v1/devices:batchDecommission", `{"ids":["701","702","bad/id"]}`)
 	if code != 200 || body != `{"accepted":2,"forwarded":0,"rejected":[{"id":"bad/id","reason":"invalid_id"}]}`+"\n" {

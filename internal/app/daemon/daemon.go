@@ -36,7 +36,8 @@ type Daemon struct {
 	stores  *stores
 	broker  *broker // nil with an external broker
 	api     *api.Server
-	keys    *redis.Sink // the Redis sink; nil without Redis
+	keys    *redis.Sink        // the Redis sink; nil without Redis
+	masters *redis.MasterWatch // rewrites the keys after a Redis failover; nil without Redis
 	devices *postgres.Sink
 	history *postgres.History
 	events  *events.Hub
@@ -84,8 +85,9 @@ type stage struct {
 func (d *Daemon) stages() []stage {
 	p := lifecycle.Named
 	return []stage{
-		{0, []lifecycle.Part{p("stores", d.stores)}}, // the clients, closed last
-		{0, []lifecycle.Part{p("memory", d.mem)}},    // returns a burst's freed memory
+		{0, []lifecycle.Part{p("stores", d.stores)}},         // the clients, closed last
+		{0, []lifecycle.Part{p("redis-masters", d.masters)}}, // a failover: every key written again
+		{0, []lifecycle.Part{p("memory", d.mem)}},            // returns a burst's freed memory
 		{0, []lifecycle.Part{p("broker", d.broker)}},
 		{0, []lifecycle.Part{p("api", d.api)}}, // health and readiness first
 		{0, []lifecycle.Part{p("pprof", d.pprof)}},
@@ -236,9 +238,11 @@ func (d *Daemon) buildEngine(sinks fanout) error {
 		kc := cfg.Keys
 		kc.Flush.Logger = log.With("component", "redis")
 		kc.IndexKeyOf = d.index.KeyOf // new devices enter the index with their keys, removed ones leave it
+		kc.TimeoutsKeyOf = d.index.TimeoutsKeyOf
 		if d.keys, err = redis.New(d.stores.redis, tr, kc); err != nil {
 			return err
 		}
+		d.masters = redis.NewMasterWatch(d.stores.redis, redis.MasterWatchInterval, tr.MarkAll, kc.Flush.Logger)
 		rc := cfg.Recovery
 		rc.Logger = log.With("component", "recovery")
 		if d.rec, err = recovery.New(rc, d.index, d.keys, d.eng); err != nil {

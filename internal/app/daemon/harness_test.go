@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"os"
+	"strconv"
 	"testing"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/presence-dev/presence/cluster"
 	"github.com/presence-dev/presence/ingest"
 	"github.com/presence-dev/presence/internal/testsupport/testenv"
 	"github.com/presence-dev/presence/internal/wire"
@@ -239,4 +242,29 @@ func (r *running) get(path string, body *string) error {
 		return fmt.Errorf("GET %s: %d %s", path, resp.StatusCode, b)
 	}
 	return nil
+}
+
+// timeoutsKey is the hash holding device id's own timeout in c's Redis:
+// that of its partition.
+func timeoutsKey(c Config, id string) string {
+	return c.Keys.KeyPrefix + "timeouts:" + strconv.Itoa(cluster.PartitionOf(id, c.Recovery.Index.Partitions))
+}
+
+// overrides returns every device's own timeout stored under c's prefix.
+func (s *stack) overrides(c Config) map[string]string {
+	s.t.Helper()
+	ctx := context.Background()
+	keys, err := s.rdb.Keys(ctx, wire.RedisMatch(c.Keys.KeyPrefix+"timeouts:")).Result()
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	all := map[string]string{}
+	for _, k := range keys {
+		m, err := s.rdb.HGetAll(ctx, k).Result()
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		maps.Copy(all, m)
+	}
+	return all
 }

@@ -2,6 +2,8 @@ package testenv
 
 import (
 	"bufio"
+	"context"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -67,4 +69,51 @@ func TestProxy(t *testing.T) {
 	}
 	p.Restore()
 	Eventually(t, 2*time.Second, echo)
+}
+
+// The private Redis Cluster serves every slot, and a killed master's
+// replica takes its slots over.
+func TestRedisCluster(t *testing.T) {
+	rc := StartRedisCluster(t, 3)
+	masters, err := rc.Masters()
+	if err != nil || len(masters) != 3 {
+		t.Fatalf("masters %v %v", masters, err)
+	}
+	c := rc.Client(t)
+	ctx := context.Background()
+	if err := c.Set(ctx, "k", "v", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	m, err := rc.MasterOf("k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	rc.Node(m).Kill()
+	if err := rc.WaitHealthy(20 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("failover of %s took %v", m, time.Since(start))
+	if m2, err := rc.MasterOf("k"); err != nil || m2 == m {
+		t.Fatalf("master of k after the failover: %s %v", m2, err)
+	}
+}
+
+// The Sentinels fail a killed primary over to its replica.
+func TestRedisSentinel(t *testing.T) {
+	rs := StartRedisSentinel(t)
+	p, err := rs.PrimaryAddr()
+	if err != nil || p != rs.Primary.Addr {
+		t.Fatalf("primary %s %v, want %s", p, err, rs.Primary.Addr)
+	}
+	start := time.Now()
+	rs.Primary.Kill()
+	Eventually(t, 30*time.Second, func() error {
+		p, err := rs.PrimaryAddr()
+		if err != nil || p != rs.Replica.Addr {
+			return fmt.Errorf("primary %s %v", p, err)
+		}
+		return nil
+	})
+	t.Logf("failover took %v", time.Since(start))
 }
