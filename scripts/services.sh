@@ -40,6 +40,11 @@ if ! port_open 6379; then
 	redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
 fi
 wait_port 6379 redis
+# The Redis Cluster and Sentinel tests start private redis-server processes
+# (cluster mode, --sentinel) and create the cluster with redis-cli; they
+# skip without them.
+need_pkg redis-server redis-server || say "redis-server could not be installed: the Redis Cluster and Sentinel tests will skip"
+need_pkg redis-cli redis-tools || say "redis-cli could not be installed: the Redis Cluster tests will skip"
 
 # PostgreSQL
 if ! port_open 5432; then

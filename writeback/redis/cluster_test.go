@@ -34,7 +34,7 @@ func clusterClient(t testing.TB, rc *testenv.RedisCluster) goredis.UniversalClie
 // masters (the tests that cut a proxy between sink and store skip: a
 // Cluster client follows the nodes' own addresses).
 func TestConformanceOnRedisCluster(t *testing.T) {
-	rc := testenv.StartRedisCluster(t, 3)
+	rc := testenv.StartRedisCluster(t, 3, 1)
 	client := clusterClient(t, rc)
 	harness := func(guarded bool) writebacktest.NewHarness {
 		return func(t *testing.T, src writeback.Source, o writebacktest.Opts) writebacktest.Harness {
@@ -66,7 +66,7 @@ func TestConformanceOnRedisCluster(t *testing.T) {
 // different slots (on different masters for most devices): a stale owner
 // moves neither key back, for devices on every master.
 func TestGuardedAcrossSlots(t *testing.T) {
-	rc := testenv.StartRedisCluster(t, 3)
+	rc := testenv.StartRedisCluster(t, 3, 1)
 	client := clusterClient(t, rc)
 	src := writebacktest.NewFakeSource()
 	cfg := DefaultConfig()
@@ -146,7 +146,7 @@ func TestGuardedAcrossSlots(t *testing.T) {
 // (the writes the dead master acknowledged last may not have reached its
 // replica).
 func TestFailoverOnRedisCluster(t *testing.T) {
-	rc := testenv.StartRedisCluster(t, 3)
+	rc := testenv.StartRedisCluster(t, 3, 1)
 	client := clusterClient(t, rc)
 	src := writebacktest.NewFakeSource()
 	cfg := DefaultConfig()

@@ -59,8 +59,14 @@ const testClusterKey = "cHJlc2VuY2UtdGVzdC1jbHVzdGVyLWtleS0zMi1ieXQ="
 
 func startClusterNode(t *testing.T, s *stack, c Config, name string, join string, extraEnv ...string) *clusterNode {
 	t.Helper()
+	return startNodeEnv(t, s.env(c), name, join, extraEnv...)
+}
+
+// startNodeEnv starts a cluster node with environment env.
+func startNodeEnv(t *testing.T, env []string, name string, join string, extraEnv ...string) *clusterNode {
+	t.Helper()
 	n := &clusterNode{name: name, gossip: testenv.FreeAddr(t)}
-	env := append(s.env(c), "PRESENCE_NODE_NAME="+name, "PRESENCE_CLUSTER_BIND="+n.gossip,
+	env = append(env[:len(env):len(env)], "PRESENCE_NODE_NAME="+name, "PRESENCE_CLUSTER_BIND="+n.gossip,
 		"PRESENCE_CLUSTER_DATA_ADDR="+testenv.FreeAddr(t), "PRESENCE_CLUSTER_KEY="+testClusterKey)
 	env = append(env, extraEnv...)
 	if join != "" {

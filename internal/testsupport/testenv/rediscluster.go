@@ -31,16 +31,14 @@ type RedisNode struct {
 
 // needRedisServer skips t when redis-server is not installed
 // (scripts/services.sh installs it).
-func needRedisServer(t testing.TB) string {
+func needRedisServer(t testing.TB) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("integration test: starts redis-server processes")
 	}
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
+	if _, err := exec.LookPath("redis-server"); err != nil {
 		t.Skip("redis-server is not installed (scripts/services.sh installs it): skipping the Redis Cluster and Sentinel tests")
 	}
-	return bin
 }
 
 // freeRedisPort returns a free port p whose cluster bus port, p+10000, is
@@ -102,6 +100,24 @@ func (n *RedisNode) Start() error {
 	return nil
 }
 
+// Pid is the process id (0 when it is not running).
+func (n *RedisNode) Pid() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cmd == nil {
+		return 0
+	}
+	return n.cmd.Process.Pid
+}
+
+// StartRedis starts a private single redis-server, stopped when the test
+// ends. It skips the test where redis-server is not installed.
+func StartRedis(t testing.TB) *RedisNode {
+	t.Helper()
+	needRedisServer(t)
+	return startRedisNode(t, t.TempDir(), freeRedisPort(t))
+}
+
 // Kill stops the process with SIGKILL, as a crash would.
 func (n *RedisNode) Kill() {
 	n.mu.Lock()
@@ -147,15 +163,18 @@ type RedisCluster struct {
 // master is failed over about 1-2 of these after it dies.
 const ClusterNodeTimeout = 1500 * time.Millisecond
 
-// StartRedisCluster starts a cluster of masters masters with one replica
-// each, waits until every slot is served, and stops it when the test ends.
-// It skips the test where redis-server is not installed.
-func StartRedisCluster(t testing.TB, masters int) *RedisCluster {
+// StartRedisCluster starts a cluster of masters masters with replicas
+// replicas each, waits until every slot is served, and stops it when the
+// test ends. It skips the test where redis-server is not installed.
+func StartRedisCluster(t testing.TB, masters, replicas int) *RedisCluster {
 	t.Helper()
 	needRedisServer(t)
+	if _, err := exec.LookPath("redis-cli"); err != nil {
+		t.Skip("redis-cli is not installed (scripts/services.sh installs it): skipping the Redis Cluster tests")
+	}
 	rc := &RedisCluster{}
 	var addrs []string
-	for i := range 2 * masters {
+	for i := range masters * (1 + replicas) {
 		dir := filepath.Join(t.TempDir(), fmt.Sprint("node", i))
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatal(err)
@@ -169,7 +188,7 @@ func StartRedisCluster(t testing.TB, masters int) *RedisCluster {
 		addrs = append(addrs, n.Addr)
 	}
 	args := append([]string{"--cluster", "create"}, addrs...)
-	args = append(args, "--cluster-replicas", "1", "--cluster-yes")
+	args = append(args, "--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")
 	if out, err := exec.Command("redis-cli", args...).CombinedOutput(); err != nil {
 		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
 	}

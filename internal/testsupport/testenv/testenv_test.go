@@ -74,7 +74,7 @@ func TestProxy(t *testing.T) {
 // The private Redis Cluster serves every slot, and a killed master's
 // replica takes its slots over.
 func TestRedisCluster(t *testing.T) {
-	rc := StartRedisCluster(t, 3)
+	rc := StartRedisCluster(t, 3, 1)
 	masters, err := rc.Masters()
 	if err != nil || len(masters) != 3 {
 		t.Fatalf("masters %v %v", masters, err)
