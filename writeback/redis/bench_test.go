@@ -102,8 +102,10 @@ return 1`)
 // that do not exist yet:
 //
 //   - plain: the sink unguarded (two SETs per device);
-//   - fenced: the sink guarded (fencedSet: a script call per key,
-//     comparing the key's own expiry), what a cluster node writes now;
+//   - fenced: the sink guarded (fencedSet, comparing each key's own
+//     expiry: on one server a call per device, on a Cluster a call per
+//     key, which fenced-per-key measures on this server), what a cluster
+//     node writes now;
 //   - pair: the guard before it, one script call per device over both
 //     keys (pairScript), in pipelines of 1,000 over 4 connections, as the
 //     sink sends.
@@ -133,7 +135,7 @@ func BenchmarkGuardedWrites(b *testing.B) {
 		b.Fatal("no used_memory")
 		return 0
 	}
-	sinkWrite := func(p string, guarded bool) func() {
+	sinkWrite := func(p string, guarded, perKey bool) func() {
 		return func() {
 			src := &writebacktest.SliceSource{States: writebacktest.BenchStates(devices, time.Now())}
 			cfg := DefaultConfig()
@@ -143,6 +145,7 @@ func BenchmarkGuardedWrites(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
+			sink.cluster = perKey // writes as on a Cluster
 			if err := sink.Flush(ctx); err != nil || src.Redone() != 0 {
 				b.Fatalf("flush: %v, %d redone", err, src.Redone())
 			}
@@ -172,7 +175,7 @@ func BenchmarkGuardedWrites(b *testing.B) {
 			wg.Wait()
 		}
 	}
-	ways := []string{"plain", "fenced", "pair"}
+	ways := []string{"plain", "fenced", "fenced-per-key", "pair"}
 	took := map[string]time.Duration{}
 	mem := map[string]int64{}
 	b.ResetTimer()
@@ -180,7 +183,8 @@ func BenchmarkGuardedWrites(b *testing.B) {
 		for _, way := range ways {
 			b.StopTimer()
 			p := fmt.Sprint(prefix, way, n, ":")
-			write := map[string]func(){"plain": sinkWrite(p, false), "fenced": sinkWrite(p, true), "pair": pairWrite(p)}[way]
+			write := map[string]func(){"plain": sinkWrite(p, false, false), "fenced": sinkWrite(p, true, false),
+				"fenced-per-key": sinkWrite(p, true, true), "pair": pairWrite(p)}[way]
 			before := used()
 			b.StartTimer()
 			start := time.Now()
@@ -199,4 +203,6 @@ func BenchmarkGuardedWrites(b *testing.B) {
 	}
 	b.ReportMetric(float64(took["fenced"])/float64(took["pair"]), "fenced-x-pair")
 	b.ReportMetric(float64(took["fenced"])/float64(took["plain"]), "fenced-x-plain")
+	b.ReportMetric(float64(took["fenced-per-key"])/float64(took["pair"]), "fenced-per-key-x-pair")
+	b.ReportMetric(float64(took["fenced-per-key"])/float64(took["plain"]), "fenced-per-key-x-plain")
 }

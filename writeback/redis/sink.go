@@ -42,7 +42,8 @@ type Config struct {
 	// its own expiry time (PEXPIRETIME, Redis 7) with the write's, so a
 	// guarded write needs no second key and works on Redis Cluster, where
 	// a device's two keys are in different slots. Costs a script call per
-	// key instead of a SET (BENCHMARKS.md, guarded writes).
+	// device on one server, per key on a Cluster, instead of SETs
+	// (BENCHMARKS.md, guarded writes).
 	Guarded bool
 	// TimeoutsKeyOf, when set, names the hash holding device id's own
 	// timeout (recovery.Index.TimeoutsKeyOf: one hash per cluster
@@ -204,34 +205,46 @@ func (c Config) DeviceNamespaces() []string {
 	return []string{c.KeyPrefix + statusNS, c.KeyPrefix + lastSeenNS}
 }
 
-// fencedSet is a guarded write of one key (Config.Guarded): it sets
-// KEYS[1] to ARGV[1], expiring at ARGV[2] (Unix ms, the write's fence:
-// LastSeen + TTL), unless the key expires later (it holds a newer
-// device state), or expires at the same millisecond and holds what wins
-// at one last-seen time: for a status key (ARGV[3] "s") "offline", since a
-// device comes back online only with a newer message, so a stale owner
-// cannot undo a timeout or a Last Will; for a last-seen key ("l") a time
-// not older. It needs only the key itself, so it works whatever slots a
-// device's keys are in. PEXPIRETIME is -2 for a missing key and -1 for a
-// key without expiry: both are written.
+// fencedSet is a guarded write (Config.Guarded) of one key, or of a
+// device's two keys on one Redis server: it sets each KEYS[i] to
+// ARGV[2i+1], expiring at ARGV[1] (Unix ms, the write's fence: LastSeen +
+// TTL), unless the key expires later (it holds a newer device state), or
+// expires at the same millisecond and holds what wins at one last-seen
+// time: for a status key (ARGV[2i] "s") "offline", since a device comes
+// back online only with a newer message, so a stale owner cannot undo a
+// timeout or a Last Will; for a last-seen key ("l") a time not older. Each
+// key is compared with itself alone, so on Redis Cluster, where a device's
+// keys are in different slots, each is written by a call of its own.
+// PEXPIRETIME is -2 for a missing key and -1 for a key without expiry:
+// both are written. It returns how many keys it wrote.
 var fencedSet = goredis.NewScript(`
-local t = redis.call('PEXPIRETIME', KEYS[1])
-local fence = tonumber(ARGV[2])
-if t > fence then return 0 end
-if t == fence then
-  local old = redis.call('GET', KEYS[1])
-  if ARGV[3] == 's' then
-    if old == 'offline' or old == ARGV[1] then return 0 end
-  elseif old and old >= ARGV[1] then return 0 end
+local fence = tonumber(ARGV[1])
+local wrote = 0
+for i = 1, #KEYS do
+  local kind, val = ARGV[2*i], ARGV[2*i+1]
+  local t = redis.call('PEXPIRETIME', KEYS[i])
+  local skip = t > fence
+  if t == fence then
+    local old = redis.call('GET', KEYS[i])
+    if kind == 's' then
+      skip = old == 'offline' or old == val
+    else
+      skip = old ~= false and old >= val
+    end
+  end
+  if not skip then
+    redis.call('SET', KEYS[i], val, 'PXAT', ARGV[1])
+    wrote = wrote + 1
+  end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
-return 1`)
+return wrote`)
 
 // The fencedSet arguments that do not change, boxed once.
 var (
 	argEvalSha  any = "evalsha"
 	argFenceSha any = fencedSet.Hash()
 	argOneKey   any = "1"
+	argTwoKeys  any = "2"
 	argKindS    any = "s"
 	argKindL    any = "l"
 )
@@ -326,7 +339,7 @@ func (r *Sink) writePipelined(ctx context.Context, states []engine.DeviceState) 
 		start := len(args)
 		switch {
 		case at != nil && r.cfg.Guarded:
-			args = append(args, argEvalSha, argFenceSha, argOneKey, key, val, at, kind)
+			args = append(args, argEvalSha, argFenceSha, argOneKey, key, at, kind, val)
 			_ = pipe.Process(ctx, goredis.NewIntCmd(ctx, args[start:len(args):len(args)]...))
 			return
 		case at != nil:
@@ -354,6 +367,15 @@ func (r *Sink) writePipelined(ctx context.Context, states []engine.DeviceState) 
 			var at *string
 			if op&opFenced != 0 {
 				at = next()
+			}
+			if at != nil && r.cfg.Guarded && !r.cluster && op&opLastSeen != 0 {
+				// One server: both keys in one call.
+				start := len(args)
+				args = append(args, argEvalSha, argFenceSha, argTwoKeys, key, next(), at,
+					argKindS, statusArg(s.Status), argKindL, next())
+				_ = pipe.Process(ctx, goredis.NewIntCmd(ctx, args[start:len(args):len(args)]...))
+				res.Units += 2
+				continue
 			}
 			set(key, statusArg(s.Status), at, argKindS)
 			res.Units++
