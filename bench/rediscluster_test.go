@@ -28,12 +28,13 @@ const clusterMassDevices = 1_000_000
 // single redis-server, or a private Redis Cluster of 3 masters (no
 // replicas: they would share the 2 cores too), on this machine.
 type redisTarget struct {
-	name   string
-	client redis.UniversalClient
-	addrs  []string // -redis-addrs; empty: url
-	url    string
-	pids   func() []int // the redis-server processes serving it
-	shards int          // -events-stream-shards
+	name    string
+	client  redis.UniversalClient
+	addrs   []string // -redis-addrs; empty: url
+	url     string
+	pids    func() []int // the redis-server processes serving it
+	shards  int          // -events-stream-shards
+	sharded bool         // -events-channel-sharded
 }
 
 func singleTarget(b *testing.B) *redisTarget {
@@ -43,7 +44,7 @@ func singleTarget(b *testing.B) *redisTarget {
 	return &redisTarget{name: "one", client: c, url: "redis://" + n.Addr, pids: func() []int { return []int{n.Pid()} }, shards: 1}
 }
 
-func clusterTarget(b *testing.B) *redisTarget {
+func clusterTarget(b *testing.B, name string, sharded bool) *redisTarget {
 	rc := testenv.StartRedisCluster(b, 3, 0)
 	c, err := wbredis.ClientConfig{Addrs: rc.Addrs()}.NewClient()
 	if err != nil {
@@ -57,30 +58,30 @@ func clusterTarget(b *testing.B) *redisTarget {
 		}
 		return out
 	}
-	return &redisTarget{name: "cluster", client: c, addrs: rc.Addrs(), pids: pids, shards: 3}
+	return &redisTarget{name: name, client: c, addrs: rc.Addrs(), pids: pids, shards: 3, sharded: sharded}
 }
 
-// cpuOf is the CPU time (user + system) used so far by the processes pids,
-// from /proc.
-func cpuOf(pids []int) (time.Duration, error) {
-	var total time.Duration
+// cpuOf is the CPU time (user + system) used so far by each of the
+// processes pids, from /proc.
+func cpuOf(pids []int) ([]time.Duration, error) {
+	var out []time.Duration
 	for _, pid := range pids {
 		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
 		// The fields after the command name (in parentheses): utime and
 		// stime are the 12th and 13th, in clock ticks (100 a second).
 		s := string(b)
 		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
 		if len(f) < 13 {
-			return 0, fmt.Errorf("/proc/%d/stat: %q", pid, s)
+			return nil, fmt.Errorf("/proc/%d/stat: %q", pid, s)
 		}
 		u, _ := strconv.ParseInt(f[11], 10, 64)
 		st, _ := strconv.ParseInt(f[12], 10, 64)
-		total += time.Duration(u+st) * 10 * time.Millisecond
+		out = append(out, time.Duration(u+st)*10*time.Millisecond)
 	}
-	return total, nil
+	return out, nil
 }
 
 // selfCPU is this process's CPU time (the daemon runs in it).
@@ -94,6 +95,7 @@ func selfCPU() time.Duration {
 type clusterRun struct {
 	keys, stream      time.Duration // deadline to the last key, the last event sent
 	redisCPU, selfCPU time.Duration // from the deadline to the last of them
+	busiest           time.Duration // the CPU time of the busiest redis-server
 }
 
 // BenchmarkRedisCluster is issue 24's comparison, one Redis against a
@@ -103,13 +105,17 @@ type clusterRun struct {
 //   - mass-expiry: the real daemon (one presenced, its defaults: keys,
 //     index, Pub/Sub and the Stream; on the Cluster the Stream in 3 shards)
 //     with 1,000,000 devices online, all expiring at one deadline (30 s
-//     timeout), as in BenchmarkMassExpiry. Times from the deadline to the
-//     last key written (keys-ms) and to the last event sent to the Stream
+//     timeout), as in BenchmarkMassExpiry; on the Cluster once with
+//     Pub/Sub by PUBLISH (cluster), once by SPUBLISH (cluster-spublish,
+//     -events-channel-sharded). Times from the deadline to the last key
+//     written (keys-ms) and to the last event sent to the Stream
 //     (stream-ms); the CPU time the redis-server processes used meanwhile,
-//     per key written (redis-cpu-us/key), and the benchmark process's own
-//     (the daemon runs in it: presenced-cpu-us/key). cluster-x is the
-//     Cluster's time over one Redis's. Every status key is read back
-//     offline.
+//     per device (redis-cpu-us/key: its key, its Stream entry and its
+//     Pub/Sub message), that of the busiest of them
+//     (busiest-redis-cpu-us/key), and the benchmark process's own (the
+//     daemon runs in it: presenced-cpu-us/key). cluster-x is the Cluster's
+//     time to the last key over one Redis's. Every status key is read
+//     back offline.
 //   - hydrate: restart recovery of the same 1M devices (the daemon's own
 //     recovery.Recovery, from the complete device index) from each.
 //
@@ -124,7 +130,7 @@ func BenchmarkRedisCluster(b *testing.B) {
 }
 
 func benchClusterMassExpiry(b *testing.B) {
-	targets := []*redisTarget{singleTarget(b), clusterTarget(b)}
+	targets := []*redisTarget{singleTarget(b), clusterTarget(b, "cluster", false), clusterTarget(b, "cluster-spublish", true)}
 	runs := map[string][]clusterRun{}
 	b.ResetTimer()
 	for range b.N {
@@ -132,8 +138,9 @@ func benchClusterMassExpiry(b *testing.B) {
 			b.StopTimer()
 			r := clusterMassExpiry(b, tg)
 			runs[tg.name] = append(runs[tg.name], r)
-			b.Logf("%s: deadline to keys %v, stream %v; redis CPU %v (%.2f µs/key), presenced CPU %v (%.2f µs/key)",
-				tg.name, r.keys, r.stream, r.redisCPU, us(r.redisCPU, clusterMassDevices), r.selfCPU, us(r.selfCPU, clusterMassDevices))
+			b.Logf("%s: deadline to keys %v, stream %v; redis CPU %v (%.2f µs/key, the busiest server %.2f), presenced CPU %v (%.2f µs/key)",
+				tg.name, r.keys, r.stream, r.redisCPU, us(r.redisCPU, clusterMassDevices), us(r.busiest, clusterMassDevices),
+				r.selfCPU, us(r.selfCPU, clusterMassDevices))
 		}
 	}
 	b.StopTimer()
@@ -144,17 +151,20 @@ func benchClusterMassExpiry(b *testing.B) {
 		}
 		return sum / float64(len(runs[name]))
 	}
-	for _, name := range []string{"one", "cluster"} {
+	for _, name := range []string{"one", "cluster", "cluster-spublish"} {
 		b.ReportMetric(avg(name, func(r clusterRun) float64 { return float64(r.keys.Milliseconds()) }), name+"-keys-ms")
 		b.ReportMetric(avg(name, func(r clusterRun) float64 { return float64(r.stream.Milliseconds()) }), name+"-stream-ms")
 		b.ReportMetric(avg(name, func(r clusterRun) float64 { return us(r.redisCPU, clusterMassDevices) }), name+"-redis-cpu-us/key")
+		b.ReportMetric(avg(name, func(r clusterRun) float64 { return us(r.busiest, clusterMassDevices) }), name+"-busiest-redis-cpu-us/key")
 		b.ReportMetric(avg(name, func(r clusterRun) float64 { return us(r.selfCPU, clusterMassDevices) }), name+"-presenced-cpu-us/key")
 	}
-	ratio := 0.0
-	for i := range runs["one"] {
-		ratio += float64(runs["cluster"][i].keys) / float64(runs["one"][i].keys)
+	for _, name := range []string{"cluster", "cluster-spublish"} {
+		ratio := 0.0
+		for i := range runs["one"] {
+			ratio += float64(runs[name][i].keys) / float64(runs["one"][i].keys)
+		}
+		b.ReportMetric(ratio/float64(len(runs["one"])), name+"-x")
 	}
-	b.ReportMetric(ratio/float64(len(runs["one"])), "cluster-x")
 }
 
 func us(d time.Duration, n int) float64 { return float64(d.Microseconds()) / float64(n) }
@@ -166,6 +176,7 @@ func clusterMassExpiry(b *testing.B, tg *redisTarget) clusterRun {
 	cfg := f.daemonConfig()
 	cfg.Redis.URL, cfg.Redis.Addrs = tg.url, tg.addrs
 	cfg.Events.Stream.Shards = tg.shards
+	cfg.Events.PubSub.Sharded = tg.sharded
 	cfg.Engine.DefaultTimeout = 30 * time.Second
 	d := startBenchDaemon(b, cfg)
 	testenv.Eventually(b, 60*time.Second, func() error { return getOK("http://" + d.HTTPAddr() + "/readyz") })
@@ -209,7 +220,12 @@ func clusterMassExpiry(b *testing.B, tg *redisTarget) clusterRun {
 	if err != nil {
 		b.Fatal(err)
 	}
-	r.redisCPU, r.selfCPU = cpu1-cpu0, selfCPU()-self0
+	for i := range cpu1 {
+		d := cpu1[i] - cpu0[i]
+		r.redisCPU += d
+		r.busiest = max(r.busiest, d)
+	}
+	r.selfCPU = selfCPU() - self0
 	checkOfflineOn(b, tg.client, f.prefix+"status:", clusterMassDevices)
 	// Empty the target for the next run.
 	if err := flushAll(tg.client); err != nil {
@@ -251,7 +267,7 @@ func flushAll(c redis.UniversalClient) error {
 }
 
 func benchClusterHydrate(b *testing.B) {
-	targets := []*redisTarget{singleTarget(b), clusterTarget(b)}
+	targets := []*redisTarget{singleTarget(b), clusterTarget(b, "cluster", false)}
 	f := newFixture(b, 0)
 	ctx := context.Background()
 	base := time.Now()

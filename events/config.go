@@ -166,8 +166,8 @@ type StreamConfig struct {
 	// incidents by their id), so that a device's events stay in order
 	// while Redis Cluster spreads the streams over its masters by their
 	// slots. A consumer group is created on each shard and a consumer
-	// reads each (XREADGROUP of one key per call on a Cluster). Default 1:
-	// one stream named Key.
+	// reads each (XREADGROUP of one key per call on a Cluster). Default 1
+	// (0 is taken as 1): one stream named Key.
 	Shards int
 	// Retention trims, after every batch, the entries older than this
 	// ("XTRIM MINID ~ <now - Retention>"; Redis trims whole macro nodes, so
@@ -328,7 +328,7 @@ func DefaultConfig() Config {
 	return Config{
 		PubSub: PubSubConfig{Enabled: true, Channel: "device:status:events", Delivery: d},
 		Stream: StreamConfig{
-			Enabled: true, Key: "device:events:stream", Retention: 24 * time.Hour,
+			Enabled: true, Key: "device:events:stream", Shards: 1, Retention: 24 * time.Hour,
 			MaxLen: 10_000_000, Delivery: durable,
 		},
 		MQTT: MQTTConfig{

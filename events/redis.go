@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -52,7 +53,14 @@ func (p *pubsubSender) send(ctx context.Context, batch []rec) error {
 	pipe := p.client.Pipeline()
 	for i := range p.msgs {
 		args = append(args, p.verb, channel, &p.msgs[i])
-		_ = pipe.Process(ctx, redis.NewIntCmd(ctx, args[3*i:3*i+3:3*i+3]...))
+		cmd := redis.NewIntCmd(ctx, args[3*i:3*i+3:3*i+3]...)
+		// Routed by the channel's slot: go-redis sends a PUBLISH, which
+		// has no key, to the masters of a Cluster in turn, and the nodes'
+		// parts of a pipeline at once, so a device's events would reach
+		// the subscribers out of order. One node, in order, as on one
+		// server (SPUBLISH is routed so already).
+		cmd.SetFirstKeyPos(1)
+		_ = pipe.Process(ctx, cmd)
 	}
 	_, err := pipe.Exec(ctx)
 	clear(args)
@@ -179,11 +187,11 @@ func (s *streamSender) send(ctx context.Context, batch []rec) error {
 		return nil
 	}
 	if len(cmds) < len(batch) {
-		return fmt.Errorf("xadd %d events to %s: %w", len(batch), s.names[0], err)
+		return fmt.Errorf("xadd %d events to %s: %w", len(batch), strings.Join(s.names, ", "), err)
 	}
 	for _, c := range cmds[:len(batch)] {
 		if err := c.Err(); err != nil {
-			return fmt.Errorf("xadd %d events to %s: %w", len(batch), s.names[0], err)
+			return fmt.Errorf("xadd %d events to %v: %w", len(batch), c.Args()[1], err)
 		}
 	}
 	for _, c := range cmds[len(batch):] {
@@ -191,7 +199,7 @@ func (s *streamSender) send(ctx context.Context, batch []rec) error {
 			s.trimFails.Inc()
 			if ok, sup := s.lim.Allow(lineTrimFailed); ok {
 				s.log.Warn("events: trimming the stream failed; its entries are kept (XTRIM MINID needs Redis 6.2: on older Redis set -events-stream-retention=0)",
-					logKeyDest, "stream", "key", s.names[0], "error", err, "suppressed", sup)
+					logKeyDest, "stream", "key", c.Args()[1], "error", err, "suppressed", sup)
 			}
 		}
 	}

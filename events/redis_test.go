@@ -376,3 +376,39 @@ func TestPubSubSharded(t *testing.T) {
 	}
 	checkOnceInOrder(t, want, got)
 }
+
+// On a Redis Cluster too a subscriber receives every event once, in
+// order per device: the PUBLISHes of the channel all go to the master of
+// its slot (go-redis would send a keyless PUBLISH to the masters in turn).
+func TestPubSubOnceInOrderOnCluster(t *testing.T) {
+	rc := testenv.StartRedisCluster(t, 3, 0)
+	rdb := rc.Client(t)
+	cfg := bareConfig()
+	cfg.PubSub.Enabled, cfg.PubSub.Channel = true, testenv.Name(t)
+	cfg.PubSub.Delivery.BatchSize = 100
+	h, err := New(cfg, Deps{Redis: rdb, Logger: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	sub := rdb.Subscribe(ctx, cfg.PubSub.Channel)
+	defer sub.Close()
+	if _, err := sub.Receive(ctx); err != nil {
+		t.Fatal(err)
+	}
+	runHub(t, h)
+	want := trace(50, 40, 5)
+	feed(h, want, 5)
+	var got []Event
+	ch := sub.Channel(redis.WithChannelSize(len(want) + 10))
+	timeout := time.After(20 * time.Second)
+	for len(got) < len(want) {
+		select {
+		case m := <-ch:
+			got = append(got, decode(t, []byte(m.Payload)))
+		case <-timeout:
+			t.Fatalf("received %d of %d events", len(got), len(want))
+		}
+	}
+	checkOnceInOrder(t, want, got)
+}

@@ -103,12 +103,14 @@ func (c IndexConfig) Namespace() string { return c.KeyPrefix + "index:" }
 func (x *Index) Key(p int) string { return x.cfg.KeyPrefix + "index:" + strconv.Itoa(p) }
 
 // TimeoutsKeyOf is the hash holding device id's own timeout, that of its
-// partition (IndexConfig.TimeoutsKey); "" without TimeoutsKey.
+// partition: {TimeoutsKey}:{partition}, {KeyPrefix}timeouts:{partition}
+// without TimeoutsKey (whose fields a recovery then leaves alone).
 func (x *Index) TimeoutsKeyOf(id string) string {
-	if x.cfg.TimeoutsKey == "" {
-		return ""
+	base := x.cfg.TimeoutsKey
+	if base == "" {
+		base = x.cfg.KeyPrefix + "timeouts"
 	}
-	return x.cfg.TimeoutsKey + ":" + strconv.Itoa(x.partitionOf(id))
+	return base + ":" + strconv.Itoa(x.partitionOf(id))
 }
 
 // MoveTimeouts moves the devices' own timeouts from the one hash of

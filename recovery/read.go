@@ -27,7 +27,8 @@ const (
 )
 
 // walk emits device ids in batches; key names where a batch came from (an
-// index set), "" for the keyspace. emit returns false when the read ended.
+// index set), "" for the keyspace. emit returns false when the read ended;
+// it is safe for concurrent use (walkKeyspace calls it from every master).
 type walk func(ctx context.Context, emit func(key string, ids []string) bool) error
 
 // readStored reads the states of the ids walk emits from store and calls
@@ -103,8 +104,8 @@ func readStored(ctx context.Context, store Store, w walk, gone func(ctx context.
 }
 
 // walkKeyspace walks every device that has a status key, statusPrefix
-// followed by its id (SCAN; on Redis Cluster every master, one after the
-// other).
+// followed by its id (SCAN; on Redis Cluster every master at once, each
+// emitting its own batches).
 func walkKeyspace(client goredis.UniversalClient, statusPrefix string) walk {
 	match := wire.RedisMatch(statusPrefix)
 	one := func(ctx context.Context, c goredis.UniversalClient, emit func(string, []string) bool) error {
@@ -132,12 +133,21 @@ func walkKeyspace(client goredis.UniversalClient, statusPrefix string) walk {
 		if !ok {
 			return one(ctx, client, emit)
 		}
-		var mu sync.Mutex // ForEachMaster calls in parallel: one SCAN at a time
-		return cc.ForEachMaster(ctx, func(ctx context.Context, c *goredis.Client) error {
-			mu.Lock()
-			defer mu.Unlock()
-			return one(ctx, c, emit)
+		// In parallel: emit is safe for concurrent use (a channel send). A
+		// master that fails stops the others: the read has failed.
+		ctx, cancel := context.WithCancelCause(ctx)
+		defer cancel(nil)
+		err := cc.ForEachMaster(ctx, func(ctx context.Context, c *goredis.Client) error {
+			err := one(ctx, c, emit)
+			if err != nil {
+				cancel(err)
+			}
+			return err
 		})
+		if cause := context.Cause(ctx); err == nil && cause != nil && cause != context.Canceled {
+			err = cause
+		}
+		return err
 	}
 }
 
@@ -218,7 +228,13 @@ func (x *Index) prune(ctx context.Context, store Store, ids []any) {
 		exists[i] = pipe.Exists(ctx, store.StatusKey(s))
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
+		// Unknown which keys exist: put every entry back (pruned next time).
 		x.errs.Inc()
+		back := x.client.Pipeline()
+		for key, members := range bySet {
+			back.SAdd(ctx, key, members...)
+		}
+		_, _ = back.Exec(ctx)
 		return
 	}
 	gone := make([]string, 0, len(ids))

@@ -65,7 +65,8 @@ func (c ClientConfig) Enabled() bool { return c.URL != "" || c.Host != "" || len
 // Validate reports what is wrong with the settings, without connecting.
 // Errors name the variable at fault and never quote a password.
 func (c ClientConfig) Validate() error {
-	if _, err := c.options(); err != nil {
+	opts, err := c.options()
+	if err != nil {
 		return err
 	}
 	var errs []error
@@ -74,8 +75,8 @@ func (c ClientConfig) Validate() error {
 			errs = append(errs, fmt.Errorf("%w: redis: REDIS_ADDRS (-redis-addrs): %q is not host:port", writeback.ErrInvalidConfig, a))
 		}
 	}
-	if c.MasterName == "" && len(c.Addrs) > 0 && strings.TrimSpace(c.DB) != "" && strings.TrimSpace(c.DB) != "0" {
-		errs = append(errs, fmt.Errorf("%w: redis: REDIS_DB (-redis-db) %q with Redis Cluster (REDIS_ADDRS without REDIS_MASTER_NAME): a Cluster has only database 0", writeback.ErrInvalidConfig, c.DB))
+	if c.MasterName == "" && len(c.Addrs) > 0 && opts.DB != 0 {
+		errs = append(errs, fmt.Errorf("%w: redis: database %d (REDIS_DB, or the path of REDIS_URL) with Redis Cluster (REDIS_ADDRS without REDIS_MASTER_NAME): a Cluster has only database 0", writeback.ErrInvalidConfig, opts.DB))
 	}
 	if c.MasterName != "" && len(c.Addrs) == 0 {
 		errs = append(errs, fmt.Errorf("%w: redis: REDIS_MASTER_NAME (-redis-master) needs Sentinel addresses in REDIS_ADDRS", writeback.ErrInvalidConfig))

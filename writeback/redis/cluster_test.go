@@ -167,8 +167,19 @@ func TestFailoverOnRedisCluster(t *testing.T) {
 	for i := range ids {
 		ids[i] = fmt.Sprint("dev-", i)
 	}
-	rewrites := make(chan int, 10)
-	watch := NewMasterWatch(client, 200*time.Millisecond, func() int { rewrites <- len(ids); return len(ids) }, testenv.Logger(t))
+	rewrites := make(chan int, 1)
+	wc := DefaultMasterWatchConfig()
+	wc.Interval, wc.Logger = 200*time.Millisecond, testenv.Logger(t)
+	watch, err := NewMasterWatch(client, wc, func() int {
+		select {
+		case rewrites <- len(ids):
+		default:
+		}
+		return len(ids)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := watch.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +212,12 @@ func TestFailoverOnRedisCluster(t *testing.T) {
 		return nil
 	}
 	testenv.Eventually(t, 10*time.Second, fresh)
-	time.Sleep(500 * time.Millisecond) // the watch's baseline
+	testenv.Eventually(t, 10*time.Second, func() error { // the watch's baseline
+		if watch.Known() == "" {
+			return fmt.Errorf("the watch knows no masters yet")
+		}
+		return nil
+	})
 
 	victim, err := rc.MasterOf(sink.LastSeenKey(ids[0]))
 	if err != nil {
@@ -221,7 +237,7 @@ func TestFailoverOnRedisCluster(t *testing.T) {
 		t.Fatal("the masters changed, and nothing was written again")
 	}
 	t.Logf("master %s killed: replica promoted after %v, every key fresh after %v", victim, promoted.Round(time.Millisecond), converged.Round(time.Millisecond))
-	if converged > promoted+5*time.Second {
+	if converged > promoted+10*time.Second { // 0.1-0.2 s measured; the margin is for a loaded machine
 		t.Errorf("keys fresh %v after the promotion: want within a few flushes", converged-promoted)
 	}
 }

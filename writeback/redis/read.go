@@ -41,12 +41,19 @@ func (r *Sink) ReadStates(ctx context.Context, ids []string) ([]engine.DeviceSta
 		for i, k := range keys {
 			cmds[i] = pipe.Get(ctx, k)
 		}
-		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
-			return nil, fmt.Errorf("redis read: %w", err)
-		}
+		_, _ = pipe.Exec(ctx) // the first error of any command: each is checked below
 		for i, c := range cmds {
-			if v, err := c.Result(); err == nil {
+			v, err := c.Result()
+			switch {
+			case err == nil:
 				vals[i] = v
+			case !errors.Is(err, goredis.Nil): // a missing key is Nil; anything else fails the read
+				return nil, fmt.Errorf("redis read: %w", err)
+			}
+		}
+		for _, t := range tmos {
+			if err := t.cmd.Err(); err != nil {
+				return nil, fmt.Errorf("redis read: %w", err)
 			}
 		}
 	} else {
@@ -94,8 +101,9 @@ type timeoutsRead struct {
 }
 
 // queueTimeouts adds to pipe an HMGET of ids' own timeouts per hash
-// holding them (one with the hash per partition when ids are one index
-// set's, as restart recovery reads them).
+// holding them: with the hashes per partition (the daemon's), a batch of
+// restart recovery, whose ids come from up to 32 index sets, takes up to
+// 32; a batch of a keyspace walk up to one per partition, 1,024.
 func (r *Sink) queueTimeouts(ctx context.Context, pipe goredis.Pipeliner, ids []string) []timeoutsRead {
 	byKey := map[string]int{} // hash -> its index in reads
 	var reads []timeoutsRead

@@ -14,6 +14,7 @@ import (
 	"github.com/presence-dev/presence/engine"
 	"github.com/presence-dev/presence/internal/envflag"
 	"github.com/presence-dev/presence/internal/testsupport/testenv"
+	"github.com/presence-dev/presence/internal/wire"
 	"github.com/presence-dev/presence/writeback"
 	"github.com/presence-dev/presence/writeback/writebacktest"
 )
@@ -56,9 +57,10 @@ func redisHarness(t *testing.T, src writeback.Source, o writebacktest.Opts, guar
 	return writebacktest.Harness{Sink: sink, Label: "redis", HasStatus: true, Monotonic: guarded, Proxy: px}
 }
 
-// longTTL outlives writebacktest.T0 (2025) by years: a guarded write of a
-// state seen at T0 with the default TTL would expire at once.
-const longTTL = 5 * 365 * 24 * time.Hour
+// longTTL outlives writebacktest.T0 (2025) by a year whenever the tests
+// run: a guarded write of a state seen at T0 with the default TTL would
+// expire at once.
+var longTTL = (time.Since(writebacktest.T0) + 365*24*time.Hour).Truncate(time.Second)
 
 // testSink is a sink with the test's own key prefix over a fake source;
 // mod adjusts its config.
@@ -276,6 +278,12 @@ func TestClientConfigKinds(t *testing.T) {
 	if err := (ClientConfig{Addrs: []string{"r1:7000"}, DB: "15"}).Validate(); err == nil || !strings.Contains(err.Error(), "only database 0") {
 		t.Fatalf("REDIS_DB with a Cluster: %v", err)
 	}
+	if err := (ClientConfig{Addrs: []string{"r1:7000"}, URL: "redis://h:6379/15"}).Validate(); err == nil || !strings.Contains(err.Error(), "only database 0") {
+		t.Fatalf("a REDIS_URL database with a Cluster: %v", err)
+	}
+	if err := (ClientConfig{Addrs: []string{"r1:7000"}, URL: "redis://h:6379/0", DB: "15"}).Validate(); err != nil {
+		t.Fatalf("REDIS_DB beside a REDIS_URL that wins over it: %v", err)
+	}
 	if err := (ClientConfig{Addrs: []string{"s1:26379"}, MasterName: "m", DB: "15"}).Validate(); err != nil {
 		t.Fatalf("REDIS_DB with Sentinels: %v", err)
 	}
@@ -416,5 +424,94 @@ func TestRedisOverridesAndRemoval(t *testing.T) {
 				t.Fatalf("2's status %q after 1's removal", st)
 			}
 		})
+	}
+}
+
+func TestVersionLess(t *testing.T) {
+	for _, c := range []struct {
+		a, b string
+		less bool
+	}{{"6.2.14", "7.0", true}, {"7.0.15", "7.0", false}, {"7.0", "7.0.0", false}, {"10.0", "7.0", false}, {"7", "7.2", true}} {
+		t.Run(c.a+"<"+c.b, func(t *testing.T) {
+			if got := versionLess(c.a, c.b); got != c.less {
+				t.Errorf("versionLess(%q, %q) = %v", c.a, c.b, got)
+			}
+		})
+	}
+}
+
+// The fence's edges: a key written under a longer TTL (-redis-ttl
+// lowered, or a key not written by presence) does not block guarded
+// writes; a guarded write whose fence has passed (a device silent for
+// longer than the TTL) leaves the device out of Redis.
+func TestGuardedFenceEdges(t *testing.T) {
+	sink, src, client, prefix := testSink(t, func(_ string, cfg *Config) { cfg.Guarded = true })
+	ctx := context.Background()
+	seen := time.Now().Add(-time.Minute).Truncate(time.Microsecond)
+	client.Set(ctx, prefix+"status:1", "online", 48*time.Hour)
+	client.Set(ctx, prefix+"lastseen:1", wire.FormatTime(seen), 48*time.Hour)
+	src.Set(engine.DeviceState{ID: "1", Status: engine.StatusOffline, LastSeen: seen, StatusOnly: true})
+	if err := sink.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := client.Get(ctx, prefix+"status:1").Val(); got != "offline" {
+		t.Fatalf("status %q: a key expiring beyond now + TTL blocked the timeout", got)
+	}
+	if ttl := client.PTTL(ctx, prefix+"status:1").Val(); ttl > 24*time.Hour {
+		t.Fatalf("status expires in %v, want by last-seen + 24 h", ttl)
+	}
+
+	old := time.Now().Add(-25 * time.Hour)
+	src.Set(engine.DeviceState{ID: "2", Status: engine.StatusOffline, LastSeen: old})
+	if err := sink.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := client.Exists(ctx, prefix+"status:2", prefix+"lastseen:2").Val(); n != 0 {
+		t.Fatalf("%d keys of a device silent for longer than the TTL", n)
+	}
+}
+
+// A device listed as new (after a failover: Tracker.MarkAll) has its own
+// timeout written again with its index entry: the override stored just
+// before the failover may be lost with the old master's last writes.
+func TestNewStateRewritesOwnTimeout(t *testing.T) {
+	sink, src, client, prefix := testSink(t, func(prefix string, cfg *Config) {
+		cfg.IndexKeyOf = func(string) string { return prefix + "index:0" }
+	})
+	ctx := context.Background()
+	now := time.Now()
+	src.Set(engine.DeviceState{ID: "1", Status: engine.StatusOnline, LastSeen: now, New: true,
+		Timeout: time.Hour, TimeoutSource: engine.TimeoutDevice},
+		engine.DeviceState{ID: "2", Status: engine.StatusOnline, LastSeen: now, New: true,
+			Timeout: time.Minute, TimeoutSource: engine.TimeoutDefault})
+	if err := sink.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if v := client.HGet(ctx, sink.TimeoutsKeyOf("1"), "1").Val(); v != "3600" {
+		t.Fatalf("own timeout of 1: %q, want 3600", v)
+	}
+	if ok := client.HExists(ctx, sink.TimeoutsKeyOf("2"), "2").Val(); ok {
+		t.Fatal("a default timeout stored as the device's own")
+	}
+	if m := client.SMembers(ctx, prefix+"index:0").Val(); len(m) != 2 {
+		t.Fatalf("index %v", m)
+	}
+}
+
+// On a Redis before 6.2 (SET ... PXAT refused, as the sink finds out) the
+// keys expire by PX: the same time.
+func TestRelativeExpiry(t *testing.T) {
+	sink, src, client, prefix := testSink(t, nil)
+	sink.relative.Store(true)
+	ctx := context.Background()
+	seen := time.Now().Add(-time.Hour)
+	src.Set(engine.DeviceState{ID: "1", Status: engine.StatusOnline, LastSeen: seen})
+	if err := sink.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{prefix + "status:1", prefix + "lastseen:1"} {
+		if ttl := client.PTTL(ctx, key).Val(); ttl < 23*time.Hour-time.Minute || ttl > 23*time.Hour {
+			t.Fatalf("%s expires in %v, want last-seen + 24 h: 23 h", key, ttl)
+		}
 	}
 }

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -26,11 +28,11 @@ type Config struct {
 	// "device:" (the seed's layout); change it only together with every
 	// consumer.
 	KeyPrefix string
-	// TTL of both keys, whole seconds (SET ... EX), at least 1 s. Default
-	// 24 h as in the seed. Every write of a key refreshes it, and a status
-	// written alone expires with its last-seen key (statusOnlyTTL), so a
-	// device that does not talk for a TTL disappears from Redis; longer
-	// keeps more memory for dead devices.
+	// TTL of both keys, whole seconds, at least 1 s. Default 24 h as in
+	// the seed. Both keys of a device expire TTL after its last message
+	// (expireAt), so a device that does not talk for a TTL disappears from
+	// Redis; longer keeps more memory for dead devices. Every node of a
+	// cluster must use the same: a guarded write compares expiry times.
 	TTL time.Duration
 	// Guarded makes every write conditional, for a cluster where a stale
 	// owner (paused, or cut off from its peers) may still flush: a key is
@@ -112,8 +114,12 @@ type Sink struct {
 	cfg     Config
 	ttl     time.Duration
 	ttlArg  any              // TTL in seconds, a SET ... EX argument
+	horizon any              // TTL + fenceSlack in ms, a fencedSet argument
 	indexed *metrics.Counter // ids added to the device index
 	cluster bool             // a Redis Cluster client: index entries in a pipeline of their own
+	// relative: the server refused SET ... PXAT (Redis before 6.2), so
+	// unguarded keys expire by PX, relative to now.
+	relative atomic.Bool
 }
 
 // New builds a Redis sink. It does no I/O; Start starts the flush loop.
@@ -125,7 +131,8 @@ func New(client goredis.UniversalClient, src writeback.Source, cfg Config) (*Sin
 	if client == nil || src == nil {
 		return nil, fmt.Errorf("%w: redis: nil client or source", writeback.ErrInvalidConfig)
 	}
-	r := &Sink{client: client, cfg: cfg, ttl: cfg.TTL, ttlArg: strconv.FormatInt(int64(cfg.TTL/time.Second), 10)}
+	r := &Sink{client: client, cfg: cfg, ttl: cfg.TTL, ttlArg: strconv.FormatInt(int64(cfg.TTL/time.Second), 10),
+		horizon: strconv.FormatInt((cfg.TTL + fenceSlack).Milliseconds(), 10)}
 	if r.cfg.TimeoutsKeyOf == nil {
 		key := cfg.TimeoutsKey()
 		r.cfg.TimeoutsKeyOf = func(string) string { return key }
@@ -169,13 +176,16 @@ func (r *Sink) SetTimeoutOverride(ctx context.Context, id string, d time.Duratio
 	if d == 0 {
 		err = r.client.HDel(ctx, r.TimeoutsKeyOf(id), id).Err()
 	} else {
-		err = r.client.HSet(ctx, r.TimeoutsKeyOf(id), id, strconv.FormatFloat(d.Seconds(), 'f', -1, 64)).Err()
+		err = r.client.HSet(ctx, r.TimeoutsKeyOf(id), id, timeoutValue(d)).Err()
 	}
 	if err != nil {
 		return fmt.Errorf("redis: timeout override of %s: %w", wire.Quote(id, 64), err)
 	}
 	return nil
 }
+
+// timeoutValue is an own timeout as stored: seconds.
+func timeoutValue(d time.Duration) string { return strconv.FormatFloat(d.Seconds(), 'f', -1, 64) }
 
 // queueRemoval adds to pipe what deletes a decommissioned device: its two
 // keys (one DEL each: they may be in different Cluster slots), its own
@@ -207,22 +217,30 @@ func (c Config) DeviceNamespaces() []string {
 
 // fencedSet is a guarded write (Config.Guarded) of one key, or of a
 // device's two keys on one Redis server: it sets each KEYS[i] to
-// ARGV[2i+1], expiring at ARGV[1] (Unix ms, the write's fence: LastSeen +
+// ARGV[2i+2], expiring at ARGV[1] (Unix ms, the write's fence: LastSeen +
 // TTL), unless the key expires later (it holds a newer device state), or
 // expires at the same millisecond and holds what wins at one last-seen
-// time: for a status key (ARGV[2i] "s") "offline", since a device comes
+// time: for a status key (ARGV[2i+1] "s") "offline", since a device comes
 // back online only with a newer message, so a stale owner cannot undo a
 // timeout or a Last Will; for a last-seen key ("l") a time not older. Each
 // key is compared with itself alone, so on Redis Cluster, where a device's
 // keys are in different slots, each is written by a call of its own.
-// PEXPIRETIME is -2 for a missing key and -1 for a key without expiry:
-// both are written. It returns how many keys it wrote.
+//
+// An expiry beyond Redis's now + ARGV[2] (the TTL and a minute for the
+// clocks) is no fence: the key was written under a longer TTL (-redis-ttl
+// was lowered) or by someone else, and is overwritten, lest it block every
+// write for up to the old TTL. PEXPIRETIME is -2 for a missing key and -1
+// for a key without expiry: both are written. It returns how many keys it
+// wrote.
 var fencedSet = goredis.NewScript(`
 local fence = tonumber(ARGV[1])
+local now = redis.call('TIME')
+local horizon = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[2])
 local wrote = 0
 for i = 1, #KEYS do
-  local kind, val = ARGV[2*i], ARGV[2*i+1]
+  local kind, val = ARGV[2*i+1], ARGV[2*i+2]
   local t = redis.call('PEXPIRETIME', KEYS[i])
+  if t > horizon then t = -1 end
   local skip = t > fence
   if t == fence then
     local old = redis.call('GET', KEYS[i])
@@ -239,10 +257,14 @@ for i = 1, #KEYS do
 end
 return wrote`)
 
+// fenceSlack is how far the clocks of presenced and Redis may disagree
+// before a fence looks written under a longer TTL (fencedSet).
+const fenceSlack = time.Minute
+
 // The fencedSet arguments that do not change, boxed once.
 var (
 	argEvalSha  any = "evalsha"
-	argFenceSha any = fencedSet.Hash()
+	argFenceSHA any = fencedSet.Hash()
 	argOneKey   any = "1"
 	argTwoKeys  any = "2"
 	argKindS    any = "s"
@@ -271,6 +293,11 @@ func (r *Sink) writeBatch(ctx context.Context, states []engine.DeviceState) (wri
 		if err = fencedSet.Load(ctx, r.client).Err(); err == nil {
 			res, indexed, err = r.writePipelined(ctx, states)
 		}
+	}
+	if err != nil && !r.cfg.Guarded && !r.relative.Load() && strings.Contains(err.Error(), "syntax error") {
+		// Redis before 6.2 knows no SET ... PXAT: expire by PX from now on.
+		r.relative.Store(true)
+		res, indexed, err = r.writePipelined(ctx, states)
 	}
 	if err != nil {
 		return writeback.WriteResult{}, err
@@ -304,6 +331,11 @@ func (r *Sink) writePipelined(ctx context.Context, states []engine.DeviceState) 
 			at := r.expireAt(s, now)
 			if at > 0 {
 				op |= opFenced
+				if !r.cfg.Guarded && r.relative.Load() {
+					// A Redis before 6.2 (no PXAT): relative, the same
+					// time by this clock, later by the time to Redis.
+					at -= now.UnixMilli()
+				}
 				sc.buf = strconv.AppendInt(sc.buf, at, 10)
 				sc.ends = append(sc.ends, len(sc.buf))
 			}
@@ -333,15 +365,18 @@ func (r *Sink) writePipelined(ctx context.Context, states []engine.DeviceState) 
 		ipipe = r.client.Pipeline()
 	}
 	args := sc.args
-	// set queues a write of key: fenced by at with Guarded, else a SET
-	// expiring at at, or in TTL when at is nil.
+	// set queues a write of key: fenced by at (Unix ms) with Guarded, else
+	// a SET expiring at at (PXAT; in at ms, PX, on Redis before 6.2), or
+	// in TTL when at is nil.
 	set := func(key *string, val any, at *string, kind any) {
 		start := len(args)
 		switch {
 		case at != nil && r.cfg.Guarded:
-			args = append(args, argEvalSha, argFenceSha, argOneKey, key, at, kind, val)
+			args = append(args, argEvalSha, argFenceSHA, argOneKey, key, at, r.horizon, kind, val)
 			_ = pipe.Process(ctx, goredis.NewIntCmd(ctx, args[start:len(args):len(args)]...))
 			return
+		case at != nil && r.relative.Load():
+			args = append(args, "set", key, val, "px", at)
 		case at != nil:
 			args = append(args, "set", key, val, "pxat", at)
 		default:
@@ -361,6 +396,13 @@ func (r *Sink) writePipelined(ctx context.Context, states []engine.DeviceState) 
 			args = append(args, "sadd", next(), s.ID)
 			_ = ipipe.Process(ctx, goredis.NewIntCmd(ctx, args[start:len(args):len(args)]...))
 			indexed++
+			if s.TimeoutSource == engine.TimeoutDevice {
+				// Its own timeout again, with the index entry: after a
+				// failover (Tracker.MarkAll) the override stored just
+				// before it may be lost too. The same value: a no-op
+				// otherwise. Overrides are few.
+				ipipe.HSet(ctx, r.TimeoutsKeyOf(s.ID), s.ID, timeoutValue(s.Timeout))
+			}
 		}
 		if op&opStatus != 0 {
 			key := next()
@@ -371,7 +413,7 @@ func (r *Sink) writePipelined(ctx context.Context, states []engine.DeviceState) 
 			if at != nil && r.cfg.Guarded && !r.cluster && op&opLastSeen != 0 {
 				// One server: both keys in one call.
 				start := len(args)
-				args = append(args, argEvalSha, argFenceSha, argTwoKeys, key, next(), at,
+				args = append(args, argEvalSha, argFenceSHA, argTwoKeys, key, next(), at, r.horizon,
 					argKindS, statusArg(s.Status), argKindL, next())
 				_ = pipe.Process(ctx, goredis.NewIntCmd(ctx, args[start:len(args):len(args)]...))
 				res.Units += 2

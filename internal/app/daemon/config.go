@@ -274,10 +274,18 @@ func (c Config) keysApart() error {
 		return nil
 	}
 	for _, key := range c.Events.Stream.ShardKeys() {
-		for _, ns := range append(c.Keys.DeviceNamespaces(), c.Recovery.Index.Namespace()) {
+		if key == c.Keys.TimeoutsKey() {
+			return fmt.Errorf("-events-stream (PRESENCE_EVENTS_STREAM) %q is the devices' own timeouts of earlier versions, which a start moves and deletes; choose another key, such as the default %q",
+				key, c.Keys.KeyPrefix+"events:stream")
+		}
+		for i, ns := range append(c.Keys.DeviceNamespaces(), c.Recovery.Index.Namespace(), c.Keys.TimeoutsKey()+":") {
 			if strings.HasPrefix(key, ns) {
-				return fmt.Errorf("-events-stream (PRESENCE_EVENTS_STREAM) %q falls inside the keys %s* (-redis-prefix %q): a device named %q would overwrite it; choose a key outside them, such as the default %q",
-					key, ns, c.Keys.KeyPrefix, strings.TrimPrefix(key, ns), c.Keys.KeyPrefix+"events:stream")
+				what := "a device" // the device namespaces come first
+				if i >= len(c.Keys.DeviceNamespaces()) {
+					what = "a partition"
+				}
+				return fmt.Errorf("-events-stream (PRESENCE_EVENTS_STREAM) %q falls inside the keys %s* (-redis-prefix %q): %s named %q would overwrite it; choose a key outside them, such as the default %q",
+					key, ns, c.Keys.KeyPrefix, what, strings.TrimPrefix(key, ns), c.Keys.KeyPrefix+"events:stream")
 			}
 		}
 	}

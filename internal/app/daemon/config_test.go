@@ -134,6 +134,8 @@ func TestParseFlagsErrors(t *testing.T) {
 		// The stream key of before issue 12 is the status key of a device named "stream".
 		{nil, getenv("REDIS_URL", "redis://r:6379", "PRESENCE_EVENTS_STREAM", "device:status:stream"), `a device named "stream"`},
 		{[]string{"-redis-prefix", "x:", "-events-stream", "x:index:7"}, getenv("REDIS_URL", "redis://r:6379"), "-events-stream"},
+		{[]string{"-redis-prefix", "x:", "-events-stream", "x:timeouts:7"}, getenv("REDIS_URL", "redis://r:6379"), "-events-stream"},
+		{[]string{"-redis-prefix", "x:", "-events-stream", "x:timeouts"}, getenv("REDIS_URL", "redis://r:6379"), "own timeouts"},
 		{nil, getenv("REDIS_ADDRS", "r1"), "REDIS_ADDRS"},
 		{nil, getenv("REDIS_ADDRS", "r1:7000,r2:7000", "REDIS_DB", "3"), "only database 0"},
 		{[]string{"-events-stream-shards", "-1"}, getenv("REDIS_URL", "redis://r:6379"), "Shards"},

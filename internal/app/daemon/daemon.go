@@ -242,7 +242,14 @@ func (d *Daemon) buildEngine(sinks fanout) error {
 		if d.keys, err = redis.New(d.stores.redis, tr, kc); err != nil {
 			return err
 		}
-		d.masters = redis.NewMasterWatch(d.stores.redis, redis.MasterWatchInterval, tr.MarkAll, kc.Flush.Logger)
+		mw := redis.DefaultMasterWatchConfig()
+		mw.Logger = kc.Flush.Logger
+		if kc.Guarded {
+			mw.NeedVersion = "7.0" // PEXPIRETIME
+		}
+		if d.masters, err = redis.NewMasterWatch(d.stores.redis, mw, tr.MarkAll); err != nil {
+			return err
+		}
 		rc := cfg.Recovery
 		rc.Logger = log.With("component", "recovery")
 		if d.rec, err = recovery.New(rc, d.index, d.keys, d.eng); err != nil {

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -98,7 +99,7 @@ func (tr *tier) keys(ids []string) (status, seen map[string]string, err error) {
 		st[i] = pipe.Get(ctx, tr.prefix+"status:"+id)
 		ls[i] = pipe.Get(ctx, tr.prefix+"lastseen:"+id)
 	}
-	if _, err := pipe.Exec(ctx); err != nil && err != redis.Nil {
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, nil, err
 	}
 	status, seen = make(map[string]string, len(ids)), make(map[string]string, len(ids))
@@ -340,7 +341,8 @@ func failoverUnderLoad(t *testing.T, tr *tier, timeout time.Duration, kill func(
 	}) + promoted
 	t.Logf("primary killed: promoted after %v, every key right %v after the kill (timeout %v)",
 		promoted.Round(time.Millisecond), converged.Round(time.Millisecond), timeout)
-	if limit := max(promoted, timeout) + 5*time.Second; converged > limit {
+	// 4.1-4.8 s measured (timeout 4 s); the margin is for a loaded machine.
+	if limit := max(promoted, timeout) + 10*time.Second; converged > limit {
 		t.Errorf("keys right %v after the kill: want within %v (the failover or the deadline, then a few flushes)", converged, limit)
 	}
 	ctx := context.Background()

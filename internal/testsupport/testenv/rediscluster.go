@@ -25,8 +25,9 @@ type RedisNode struct {
 	args []string
 	dir  string
 
-	mu  sync.Mutex
-	cmd *exec.Cmd
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{} // closed when cmd has exited
 }
 
 // needRedisServer skips t when redis-server is not installed
@@ -66,21 +67,70 @@ func freeRedisPort(t testing.TB) int {
 	return 0
 }
 
-// startRedisNode starts redis-server in dir with the given extra
-// arguments, stopped (SIGKILL) when the test ends.
-func startRedisNode(t testing.TB, dir string, port int, extra ...string) *RedisNode {
+// startRedisNode starts redis-server in dir on a free port (args gives
+// the arguments that depend on the port), stopped (SIGKILL) when the test
+// ends. A port taken between the probe and the start (another test's
+// server answering there) is noticed by the process id the server reports,
+// and another port is tried.
+func startRedisNode(t testing.TB, dir string, args func(port int) []string) *RedisNode {
 	t.Helper()
-	n := &RedisNode{Addr: "127.0.0.1:" + strconv.Itoa(port), port: port, dir: dir}
-	n.args = append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dir,
-		"--save", "", "--appendonly", "no", "--logfile", filepath.Join(dir, "redis.log")}, extra...)
-	if err := n.Start(); err != nil {
-		t.Fatal(err)
+	var lastErr error
+	for range 5 {
+		port := freeRedisPort(t)
+		n := &RedisNode{Addr: "127.0.0.1:" + strconv.Itoa(port), port: port, dir: dir, args: args(port)}
+		if err := n.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if lastErr = n.waitOwn(10 * time.Second); lastErr == nil {
+			t.Cleanup(n.Kill)
+			return n
+		}
+		n.Kill()
 	}
-	t.Cleanup(n.Kill)
-	if err := waitRedis(n.Addr, 10*time.Second); err != nil {
-		t.Fatalf("redis-server on %s: %v\n%s", n.Addr, err, n.Log())
+	t.Fatalf("redis-server in %s: %v", dir, lastErr)
+	return nil
+}
+
+// serverArgs are the arguments of a data node on port.
+func serverArgs(dir string, extra ...string) func(port int) []string {
+	return func(port int) []string {
+		return append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dir,
+			"--save", "", "--appendonly", "no", "--logfile", filepath.Join(dir, "redis.log")}, extra...)
 	}
-	return n
+}
+
+// waitOwn waits until the node's process answers on its address (and not
+// another process that took the port).
+func (n *RedisNode) waitOwn(timeout time.Duration) error {
+	c := redis.NewClient(&redis.Options{Addr: n.Addr, DialTimeout: 200 * time.Millisecond, MaxRetries: -1})
+	defer c.Close()
+	pid, done := n.Pid(), n.exited()
+	deadline := time.Now().Add(timeout)
+	for {
+		info, err := c.Info(context.Background(), "server").Result()
+		if err == nil {
+			if strings.Contains(info, "process_id:"+strconv.Itoa(pid)+"\r") {
+				return nil
+			}
+			return fmt.Errorf("%s answered by another process", n.Addr)
+		}
+		select {
+		case <-done:
+			return fmt.Errorf("redis-server on %s exited: %s", n.Addr, n.Log())
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("redis-server on %s: %w\n%s", n.Addr, err, n.Log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// exited is closed when the running process has exited.
+func (n *RedisNode) exited() <-chan struct{} {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.done
 }
 
 // Start starts the process (again, after Kill: with the data its
@@ -96,7 +146,11 @@ func (n *RedisNode) Start() error {
 		n.cmd = nil
 		return err
 	}
-	go func(c *exec.Cmd) { _ = c.Wait() }(n.cmd)
+	n.done = make(chan struct{})
+	go func(c *exec.Cmd, done chan struct{}) {
+		_ = c.Wait()
+		close(done)
+	}(n.cmd, n.done)
 	return nil
 }
 
@@ -115,10 +169,12 @@ func (n *RedisNode) Pid() int {
 func StartRedis(t testing.TB) *RedisNode {
 	t.Helper()
 	needRedisServer(t)
-	return startRedisNode(t, t.TempDir(), freeRedisPort(t))
+	dir := t.TempDir()
+	return startRedisNode(t, dir, serverArgs(dir))
 }
 
-// Kill stops the process with SIGKILL, as a crash would.
+// Kill stops the process with SIGKILL, as a crash would, and waits until
+// it has exited (its port is free again).
 func (n *RedisNode) Kill() {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -126,6 +182,10 @@ func (n *RedisNode) Kill() {
 		return
 	}
 	_ = n.cmd.Process.Signal(syscall.SIGKILL)
+	select {
+	case <-n.done:
+	case <-time.After(10 * time.Second):
+	}
 	n.cmd = nil
 }
 
@@ -133,22 +193,6 @@ func (n *RedisNode) Kill() {
 func (n *RedisNode) Log() string {
 	b, _ := os.ReadFile(filepath.Join(n.dir, "redis.log"))
 	return string(b)
-}
-
-func waitRedis(addr string, timeout time.Duration) error {
-	c := redis.NewClient(&redis.Options{Addr: addr, DialTimeout: 200 * time.Millisecond, MaxRetries: -1})
-	defer c.Close()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := c.Ping(context.Background()).Err()
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // RedisCluster is a private Redis Cluster: masters with a replica each,
@@ -179,11 +223,11 @@ func StartRedisCluster(t testing.TB, masters, replicas int) *RedisCluster {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		n := startRedisNode(t, dir, freeRedisPort(t), "--cluster-enabled", "yes",
+		n := startRedisNode(t, dir, serverArgs(dir, "--cluster-enabled", "yes",
 			"--cluster-config-file", filepath.Join(dir, "nodes.conf"),
 			"--cluster-node-timeout", strconv.Itoa(int(ClusterNodeTimeout/time.Millisecond)),
 			"--cluster-replica-validity-factor", "0", // a replica fails over however long it was cut off
-			"--cluster-require-full-coverage", "no") // the other masters' slots stay writable meanwhile
+			"--cluster-require-full-coverage", "no")) // the other masters' slots stay writable meanwhile
 		rc.Nodes = append(rc.Nodes, n)
 		addrs = append(addrs, n.Addr)
 	}
@@ -379,29 +423,24 @@ func StartRedisSentinel(t testing.TB) *RedisSentinel {
 	needRedisServer(t)
 	rs := &RedisSentinel{Master: "presence-test"}
 	pdir, rdir := t.TempDir(), t.TempDir()
-	rs.Primary = startRedisNode(t, pdir, freeRedisPort(t))
-	rs.Replica = startRedisNode(t, rdir, freeRedisPort(t), "--replicaof", "127.0.0.1", strconv.Itoa(rs.Primary.port))
+	rs.Primary = startRedisNode(t, pdir, serverArgs(pdir))
+	rs.Replica = startRedisNode(t, rdir, serverArgs(rdir, "--replicaof", "127.0.0.1", strconv.Itoa(rs.Primary.port)))
 	for range 3 {
 		dir := t.TempDir()
-		port := freeRedisPort(t)
-		conf := filepath.Join(dir, "sentinel.conf")
-		body := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\nlogfile %s\n"+
-			"sentinel monitor %s 127.0.0.1 %d 2\n"+
-			"sentinel down-after-milliseconds %s 1000\n"+
-			"sentinel failover-timeout %s 5000\n"+
-			"sentinel parallel-syncs %s 1\n",
-			port, dir, filepath.Join(dir, "redis.log"), rs.Master, rs.Primary.port, rs.Master, rs.Master, rs.Master)
-		if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		n := &RedisNode{Addr: "127.0.0.1:" + strconv.Itoa(port), port: port, dir: dir, args: []string{conf, "--sentinel"}}
-		if err := n.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(n.Kill)
-		if err := waitRedis(n.Addr, 10*time.Second); err != nil {
-			t.Fatalf("sentinel on %s: %v", n.Addr, err)
-		}
+		n := startRedisNode(t, dir, func(port int) []string {
+			// A Sentinel rewrites its configuration file: one per start.
+			conf := filepath.Join(dir, fmt.Sprint("sentinel-", port, ".conf"))
+			body := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\nlogfile %s\n"+
+				"sentinel monitor %s 127.0.0.1 %d 2\n"+
+				"sentinel down-after-milliseconds %s 1000\n"+
+				"sentinel failover-timeout %s 5000\n"+
+				"sentinel parallel-syncs %s 1\n",
+				port, dir, filepath.Join(dir, "redis.log"), rs.Master, rs.Primary.port, rs.Master, rs.Master, rs.Master)
+			if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			return []string{conf, "--sentinel"}
+		})
 		rs.Sentinels = append(rs.Sentinels, n)
 	}
 	// Ready once every Sentinel knows the replica and the other Sentinels.
