@@ -504,7 +504,7 @@ func (e *Engine) Range(fn func(DeviceState) bool) {
 // the time they have left; offline devices stay offline. A record with no
 // known status (StatusUnknown) is online if its deadline is still ahead.
 // Devices already known (a message raced the restore) keep their live status;
-// only last_seen is merged. Records with an invalid id or timeout are skipped
+// only last_seen is merged (Adopt: see there). Records with an invalid id or timeout are skipped
 // and reported in the error; the rest are restored.
 func (e *Engine) Restore(recs []DeviceState, now time.Time) error {
 	return e.restore(recs, now, CauseRestart)
@@ -512,7 +512,10 @@ func (e *Engine) Restore(recs []DeviceState, now time.Time) error {
 
 // Adopt takes over devices from another owner (a cluster handoff): like
 // Restore, but a device whose deadline passed in the gap turns offline with
-// cause handoff. Devices this engine already times keep their live status.
+// cause handoff. Devices this engine already times keep their live status,
+// unless the old owner saw a newer message of an online device: that is
+// applied as a message (an offline device here comes back online, cause
+// handoff).
 func (e *Engine) Adopt(recs []DeviceState, now time.Time) error {
 	return e.restore(recs, now, CauseHandoff)
 }
@@ -596,8 +599,18 @@ func (e *Engine) restoreOne(d *DeviceState, now int64, cause Cause) error {
 		sh.reattach(slot)
 	case ok:
 		if r := sh.rec(slot); lastSeen > r.lastSeen {
-			r.lastSeen = lastSeen
-			sh.markDirty(slot, changedSeen)
+			if cause == CauseHandoff && d.Status == StatusOnline {
+				// The old owner heard a message this engine did not: it is
+				// applied as that message was, so a record this engine
+				// timed out meanwhile (its node frozen, or cut off, while
+				// the device talked elsewhere) comes back online, cause
+				// handoff, rather than be written offline at the newer
+				// last-seen time.
+				_ = e.touchLocked(sh, d.ID, h, slot+1, lastSeen, noTimeout, cause) // a known device: no error
+			} else {
+				r.lastSeen = lastSeen
+				sh.markDirty(slot, changedSeen)
+			}
 		}
 		if tmo&tmoDevice != 0 && sh.rec(slot).tmo&tmoDevice == 0 {
 			e.override(sh, slot, tmo&tmoIndex) // an override outlives the race

@@ -87,6 +87,12 @@ func (m *model) touch(id string, at time.Time, tmo time.Duration) {
 		m.expect(Transition{ID: id, From: StatusUnknown, To: StatusOnline, At: at, Cause: CauseTelemetry})
 		return
 	}
+	m.seen(id, d, at, tmo, CauseTelemetry)
+}
+
+// seen is what a message at at does to known device d; cause is that of
+// the online transition it may make.
+func (m *model) seen(id string, d *modelDev, at time.Time, tmo time.Duration, cause Cause) {
 	if at.After(d.lastSeen) {
 		d.lastSeen = at
 	}
@@ -110,7 +116,7 @@ func (m *model) touch(id string, at time.Time, tmo time.Duration) {
 	}
 	if revive {
 		d.status, d.since, d.armed = StatusOnline, at, m.now
-		m.expect(Transition{ID: id, From: StatusOffline, To: StatusOnline, At: at, Cause: CauseTelemetry})
+		m.expect(Transition{ID: id, From: StatusOffline, To: StatusOnline, At: at, Cause: cause})
 	}
 }
 
@@ -237,7 +243,10 @@ func (m *model) adopt(id string, st Status, lastSeen time.Time, tmo time.Duratio
 		m.t.Fatalf("Adopt(%s): %v", id, err)
 	}
 	if d := m.devs[id]; d != nil { // known here: only last_seen merges
-		if lastSeen.After(d.lastSeen) {
+		switch {
+		case st == StatusOnline && lastSeen.After(d.lastSeen):
+			m.seen(id, d, lastSeen, 0, CauseHandoff) // as the message the old owner heard
+		case lastSeen.After(d.lastSeen):
 			d.lastSeen = lastSeen
 		}
 		return

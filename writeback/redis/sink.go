@@ -114,9 +114,11 @@ type Sink struct {
 	cfg     Config
 	ttl     time.Duration
 	ttlArg  any              // TTL in seconds, a SET ... EX argument
-	horizon any              // TTL + fenceSlack in ms, a fencedSet argument
 	indexed *metrics.Counter // ids added to the device index
-	cluster bool             // a Redis Cluster client: index entries in a pipeline of their own
+	// unchanged: keys a guarded write left as they were (fencedSet): a
+	// stale owner fenced off, or the state they hold written again.
+	unchanged *metrics.Counter
+	cluster   bool // a Redis Cluster client: index entries in a pipeline of their own
 	// relative: the server refused SET ... PXAT (Redis before 6.2), so
 	// unguarded keys expire by PX, relative to now.
 	relative atomic.Bool
@@ -131,14 +133,14 @@ func New(client goredis.UniversalClient, src writeback.Source, cfg Config) (*Sin
 	if client == nil || src == nil {
 		return nil, fmt.Errorf("%w: redis: nil client or source", writeback.ErrInvalidConfig)
 	}
-	r := &Sink{client: client, cfg: cfg, ttl: cfg.TTL, ttlArg: strconv.FormatInt(int64(cfg.TTL/time.Second), 10),
-		horizon: strconv.FormatInt((cfg.TTL + fenceSlack).Milliseconds(), 10)}
+	r := &Sink{client: client, cfg: cfg, ttl: cfg.TTL, ttlArg: strconv.FormatInt(int64(cfg.TTL/time.Second), 10)}
 	if r.cfg.TimeoutsKeyOf == nil {
 		key := cfg.TimeoutsKey()
 		r.cfg.TimeoutsKeyOf = func(string) string { return key }
 	}
 	r.Flusher = writeback.NewFlusher("redis", "keys", src, cfg.Flush, r.writeBatch)
 	r.indexed = r.Metrics().NewCounter("presence_index_ids_written_total")
+	r.unchanged = r.Metrics().NewCounter("presence_redis_guarded_unchanged_keys_total")
 	_, r.cluster = client.(*goredis.ClusterClient)
 	return r, nil
 }
@@ -226,16 +228,16 @@ func (c Config) DeviceNamespaces() []string {
 // key is compared with itself alone, so on Redis Cluster, where a device's
 // keys are in different slots, each is written by a call of its own.
 //
-// An expiry beyond Redis's now + ARGV[2] (the TTL and a minute for the
-// clocks) is no fence: the key was written under a longer TTL (-redis-ttl
-// was lowered) or by someone else, and is overwritten, lest it block every
-// write for up to the old TTL. PEXPIRETIME is -2 for a missing key and -1
+// An expiry beyond ARGV[2] (Unix ms: now + TTL and a minute for the
+// clocks, by the writer's clock, which the fences are by too) is no fence:
+// the key was written under a longer TTL (-redis-ttl was lowered) or by
+// someone else, and is overwritten, lest it block every write for up to
+// the old TTL. PEXPIRETIME is -2 for a missing key and -1
 // for a key without expiry: both are written. It returns how many keys it
 // wrote.
 var fencedSet = goredis.NewScript(`
 local fence = tonumber(ARGV[1])
-local now = redis.call('TIME')
-local horizon = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[2])
+local horizon = tonumber(ARGV[2])
 local wrote = 0
 for i = 1, #KEYS do
   local kind, val = ARGV[2*i+1], ARGV[2*i+2]
@@ -368,12 +370,16 @@ func (r *Sink) writePipelined(ctx context.Context, states []engine.DeviceState) 
 	// set queues a write of key: fenced by at (Unix ms) with Guarded, else
 	// a SET expiring at at (PXAT; in at ms, PX, on Redis before 6.2), or
 	// in TTL when at is nil.
+	fencedKeys := 0 // keys written by fencedSet
+	// No fence lies beyond now + TTL (fencedSet), by this clock.
+	var horizon any = strconv.FormatInt(now.Add(r.ttl+fenceSlack).UnixMilli(), 10)
 	set := func(key *string, val any, at *string, kind any) {
 		start := len(args)
 		switch {
 		case at != nil && r.cfg.Guarded:
-			args = append(args, argEvalSha, argFenceSHA, argOneKey, key, at, r.horizon, kind, val)
+			args = append(args, argEvalSha, argFenceSHA, argOneKey, key, at, horizon, kind, val)
 			_ = pipe.Process(ctx, goredis.NewIntCmd(ctx, args[start:len(args):len(args)]...))
+			fencedKeys++
 			return
 		case at != nil && r.relative.Load():
 			args = append(args, "set", key, val, "px", at)
@@ -413,9 +419,10 @@ func (r *Sink) writePipelined(ctx context.Context, states []engine.DeviceState) 
 			if at != nil && r.cfg.Guarded && !r.cluster && op&opLastSeen != 0 {
 				// One server: both keys in one call.
 				start := len(args)
-				args = append(args, argEvalSha, argFenceSHA, argTwoKeys, key, next(), at, r.horizon,
+				args = append(args, argEvalSha, argFenceSHA, argTwoKeys, key, next(), at, horizon,
 					argKindS, statusArg(s.Status), argKindL, next())
 				_ = pipe.Process(ctx, goredis.NewIntCmd(ctx, args[start:len(args):len(args)]...))
+				fencedKeys += 2
 				res.Units += 2
 				continue
 			}
@@ -446,6 +453,15 @@ func (r *Sink) writePipelined(ctx context.Context, states []engine.DeviceState) 
 		// be partly applied, which is fine: the batch is rewritten whole
 		// (a fenced write of the same state is a no-op).
 		return writeback.WriteResult{}, 0, fmt.Errorf("redis pipeline of %d commands: %w", len(cmds), err)
+	}
+	if fencedKeys > 0 {
+		written := 0
+		for _, c := range cmds {
+			if c, ok := c.(*goredis.IntCmd); ok && c.Name() == "evalsha" {
+				written += int(c.Val())
+			}
+		}
+		r.unchanged.Add(fencedKeys - written)
 	}
 	return res, indexed, nil
 }
