@@ -13,12 +13,9 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	wbredis "github.com/presence-dev/presence/writeback/redis"
-
 	"github.com/presence-dev/presence/engine"
 	"github.com/presence-dev/presence/internal/app/daemon"
 	"github.com/presence-dev/presence/internal/testsupport/testenv"
-	"github.com/presence-dev/presence/internal/wire"
 	"github.com/presence-dev/presence/recovery"
 )
 
@@ -179,74 +176,16 @@ func plainMGet(b *testing.B, f *fixture, devices int) time.Duration {
 	return took
 }
 
-// preload writes the two keys of devices 1..devices, device i as stored(i)
-// and as presence's Redis sink would have left them (24 h TTL), in
-// pipelines of 1000 devices from 4 goroutines.
+// preload writes the two keys of devices 1..devices on the machine's Redis
+// (preloadOn).
 func preload(ctx context.Context, f *fixture, devices int, stored func(i int) storedDevice) error {
-	const chunk, workers = 1000, 4
-	var wg sync.WaitGroup
-	errs := make(chan error, workers)
-	for w := range workers {
-		wg.Go(func() {
-			buf := make([]byte, 0, 40)
-			for lo := 1 + w*chunk; lo <= devices; lo += workers * chunk {
-				pipe := f.rdb.Pipeline()
-				for i := lo; i < lo+chunk && i <= devices; i++ {
-					d := stored(i)
-					id := strconv.Itoa(i)
-					pipe.Set(ctx, f.prefix+"status:"+id, d.status, 24*time.Hour)
-					buf = wire.AppendTime(buf[:0], d.lastSeen)
-					pipe.Set(ctx, f.prefix+"lastseen:"+id, string(buf), 24*time.Hour)
-				}
-				if _, err := pipe.Exec(ctx); err != nil {
-					errs <- err
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	return <-errs
+	return preloadOn(ctx, f.rdb, f.prefix, devices, stored)
 }
 
-// hydrateTarget is what the daemon has built when it hydrates: an engine
-// with its default configuration and two trackers (the Redis and Postgres
-// sinks'), the Redis sink on a fresh client, and recovery restoring at now.
+// hydrateTarget is what the daemon has built when it hydrates, on the
+// machine's Redis through a fresh client (hydrateTargetOn).
 func hydrateTarget(b *testing.B, f *fixture, now time.Time) (*engine.Engine, *recovery.Recovery) {
-	ec := engine.DefaultConfig()
-	ec.Logger = slog.New(slog.DiscardHandler)
-	eng, err := engine.New(ec)
-	if err != nil {
-		b.Fatal(err)
-	}
-	tr, err := eng.NewTracker()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if _, err := eng.NewTracker(); err != nil { // the Postgres sink's
-		b.Fatal(err)
-	}
-	client := testenv.RedisClient(b, "")
-	kc := wbredis.DefaultConfig()
-	kc.KeyPrefix = f.prefix
-	sink, err := wbredis.New(client, tr, kc)
-	if err != nil {
-		b.Fatal(err)
-	}
-	rc := recovery.DefaultConfig()
-	rc.Index.KeyPrefix = f.prefix
-	rc.Clock = func() time.Time { return now }
-	rc.Logger = slog.New(slog.DiscardHandler)
-	index, err := recovery.NewIndex(client, rc.Index, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	rec, err := recovery.New(rc, index, sink, eng)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return eng, rec
+	return hydrateTargetOn(b, testenv.RedisClient(b, ""), f.prefix, now)
 }
 
 // verifyHydrated checks the restored fleet against what was stored: every

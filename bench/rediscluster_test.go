@@ -341,9 +341,10 @@ func preloadOn(ctx context.Context, c redis.UniversalClient, prefix string, devi
 	return <-errs
 }
 
-// hydrateTargetOn is hydrateTarget on client c and prefix: an engine with
-// the daemon's two trackers, the Redis sink, the index with its per
-// partition timeouts, and recovery restoring at now.
+// hydrateTargetOn is what the daemon has built when it hydrates, on client
+// c and prefix: an engine with its default configuration and two trackers
+// (the Redis and Postgres sinks'), the Redis sink, the index with its
+// timeouts hashes per partition, and recovery restoring at now.
 func hydrateTargetOn(b *testing.B, c redis.UniversalClient, prefix string, now time.Time) (*engine.Engine, *recovery.Recovery) {
 	ec := engine.DefaultConfig()
 	ec.Logger = slog.New(slog.DiscardHandler)

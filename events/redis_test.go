@@ -14,8 +14,13 @@ import (
 
 // TestPubSubOnceInOrder: a subscriber of the channel receives every
 // transition once, in order per device, as the documented JSON.
-func TestPubSubOnceInOrder(t *testing.T) {
-	rdb := newRedis(t)
+func TestPubSubOnceInOrder(t *testing.T) { pubsubOnceInOrder(t, newRedis(t), 1) }
+
+// pubsubOnceInOrder publishes a trace through rdb and checks that a
+// subscriber received every event once, in order per device, and nothing
+// more.
+func pubsubOnceInOrder(t *testing.T, rdb redis.UniversalClient, seed uint64) {
+	t.Helper()
 	cfg := bareConfig()
 	cfg.PubSub.Enabled, cfg.PubSub.Channel = true, testenv.Name(t)
 	cfg.PubSub.Delivery.BatchSize = 100
@@ -31,8 +36,8 @@ func TestPubSubOnceInOrder(t *testing.T) {
 	}
 	runHub(t, h)
 
-	want := trace(50, 40, 1)
-	feed(h, want, 1)
+	want := trace(50, 40, seed)
+	feed(h, want, seed)
 	var got []Event
 	ch := sub.Channel(redis.WithChannelSize(len(want) + 10))
 	timeout := time.After(20 * time.Second)
@@ -382,33 +387,5 @@ func TestPubSubSharded(t *testing.T) {
 // its slot (go-redis would send a keyless PUBLISH to the masters in turn).
 func TestPubSubOnceInOrderOnCluster(t *testing.T) {
 	rc := testenv.StartRedisCluster(t, 3, 0)
-	rdb := rc.Client(t)
-	cfg := bareConfig()
-	cfg.PubSub.Enabled, cfg.PubSub.Channel = true, testenv.Name(t)
-	cfg.PubSub.Delivery.BatchSize = 100
-	h, err := New(cfg, Deps{Redis: rdb, Logger: quietLog()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	sub := rdb.Subscribe(ctx, cfg.PubSub.Channel)
-	defer sub.Close()
-	if _, err := sub.Receive(ctx); err != nil {
-		t.Fatal(err)
-	}
-	runHub(t, h)
-	want := trace(50, 40, 5)
-	feed(h, want, 5)
-	var got []Event
-	ch := sub.Channel(redis.WithChannelSize(len(want) + 10))
-	timeout := time.After(20 * time.Second)
-	for len(got) < len(want) {
-		select {
-		case m := <-ch:
-			got = append(got, decode(t, []byte(m.Payload)))
-		case <-timeout:
-			t.Fatalf("received %d of %d events", len(got), len(want))
-		}
-	}
-	checkOnceInOrder(t, want, got)
+	pubsubOnceInOrder(t, rc.Client(t), 5)
 }

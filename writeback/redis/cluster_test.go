@@ -30,6 +30,24 @@ func clusterClient(t testing.TB, rc *testenv.RedisCluster) goredis.UniversalClie
 	return client
 }
 
+// guardedSink is a guarded sink on client under the test's own prefix, over
+// a fake source; mod, if not nil, adjusts its config.
+func guardedSink(t *testing.T, client goredis.UniversalClient, mod func(*Config)) (*Sink, *writebacktest.FakeSource) {
+	t.Helper()
+	src := writebacktest.NewFakeSource()
+	cfg := DefaultConfig()
+	cfg.KeyPrefix = testenv.Name(t) + ":"
+	cfg.Guarded = true
+	if mod != nil {
+		mod(&cfg)
+	}
+	sink, err := New(client, src, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sink, src
+}
+
 // The state sinks' shared tests, guarded and not, on a Redis Cluster of 3
 // masters (the tests that cut a proxy between sink and store skip: a
 // Cluster client follows the nodes' own addresses).
@@ -68,14 +86,8 @@ func TestConformanceOnRedisCluster(t *testing.T) {
 func TestGuardedAcrossSlots(t *testing.T) {
 	rc := testenv.StartRedisCluster(t, 3, 1)
 	client := clusterClient(t, rc)
-	src := writebacktest.NewFakeSource()
-	cfg := DefaultConfig()
-	cfg.KeyPrefix = testenv.Name(t) + ":"
-	cfg.Guarded = true
-	sink, err := New(client, src, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sink, src := guardedSink(t, client, nil)
+	cfg := sink.cfg
 	ctx := context.Background()
 	now := time.Now().UTC().Truncate(time.Millisecond)
 	ids := make([]string, 30)
@@ -148,16 +160,10 @@ func TestGuardedAcrossSlots(t *testing.T) {
 func TestFailoverOnRedisCluster(t *testing.T) {
 	rc := testenv.StartRedisCluster(t, 3, 1)
 	client := clusterClient(t, rc)
-	src := writebacktest.NewFakeSource()
-	cfg := DefaultConfig()
-	cfg.KeyPrefix = testenv.Name(t) + ":"
-	cfg.Guarded = true
-	cfg.Flush = writebacktest.FlushConfig(t, cfg.Flush, writebacktest.Opts{})
-	cfg.Flush.MaxBackoff = time.Second
-	sink, err := New(client, src, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sink, src := guardedSink(t, client, func(cfg *Config) {
+		cfg.Flush = writebacktest.FlushConfig(t, cfg.Flush, writebacktest.Opts{})
+		cfg.Flush.MaxBackoff = time.Second
+	})
 	ctx := context.Background()
 	if err := sink.Start(ctx); err != nil {
 		t.Fatal(err)
