@@ -55,4 +55,12 @@
 // The wheel moves only when Advance is called with the current time: the
 // clock does so every Tick/4 from Config.Now, tests with a manual clock.
 // Measured costs: BENCHMARKS.md.
+//
+// The Engine's methods live by concern: engine.go (the type, New, Start,
+// Close, Stats), touch.go (messages), control.go (Last Wills, explicit
+// statuses, own timeouts, decommission), query.go (lookups, counts,
+// Range), restore.go (Restore, Adopt, Remove), advance.go (the wheel and
+// the timeouts), deliver.go (handing transitions to the Sink); the shard
+// and its records in shard.go, the wheel in wheel.go, the Trackers in
+// tracker.go.
 package engine
