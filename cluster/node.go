@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -124,6 +125,13 @@ type Node struct {
 	q        *querier
 	dataAddr string // the data listener's address
 	gossip   string // this node's gossip address, as the others see it
+
+	// joined: the table has had another usable member (or there is no
+	// seed but this node): this node is part of a cluster, not one of its
+	// own. joinErr is the last failed join's error.
+	joined  atomic.Bool
+	joinMu  sync.Mutex
+	joinErr error
 }
 
 // New validates cfg and builds a Node over local (the engine). Nothing runs
@@ -511,6 +519,9 @@ func (n *Node) rebuild() {
 		c.hold = n.holdForRebuild(c.Rebuild())
 	}
 	n.router.setTable(t, addrs)
+	if len(t.members) > 1 {
+		n.joined.Store(true)
+	}
 	n.m.tableChanges.Inc()
 	n.m.moved.Add(len(c.Moved))
 	n.log.Info("cluster: new partition table", slog.Any("members", t.members),
@@ -646,13 +657,63 @@ func (n *Node) join() {
 		}
 	}
 	if len(seeds) == 0 {
+		n.joined.Store(true) // no seed but this node: a cluster of its own on purpose
 		return
 	}
-	if _, err := n.ml.Join(seeds); err != nil {
+	_, err := n.ml.Join(seeds)
+	n.joinMu.Lock()
+	n.joinErr = err
+	n.joinMu.Unlock()
+	if err != nil {
 		n.m.rejoinErrors.Inc()
 		if ok, sup := n.limit.Allow("join"); ok {
 			n.log.Warn("cluster: no seed answered", slog.Any("seeds", seeds), slog.Any("err", err),
 				slog.Int("suppressed", sup))
+		}
+	}
+}
+
+// Joined reports why this node is not part of its cluster yet, nil once it
+// is: it was given seeds other than itself, and none of them has let it in
+// (no other usable member has ever been in its table). A wrong
+// PRESENCE_CLUSTER_KEY, a data protocol version the others do not speak,
+// or the network keep it out; until then it would time, alone, the
+// devices the others time too. Without seeds (the first node, or a
+// cluster of one) it is nil from Start.
+func (n *Node) Joined() error {
+	if n.joined.Load() || len(n.cfg.Join) == 0 {
+		return nil
+	}
+	n.joinMu.Lock()
+	err := n.joinErr
+	n.joinMu.Unlock()
+	why := "none of them let it in yet"
+	if err != nil {
+		why = err.Error()
+	}
+	return fmt.Errorf("cluster: not joined: seeds %v: %s (a PRESENCE_CLUSTER_KEY that differs from the others', a protocol version they do not speak, or the network); members: %d",
+		n.cfg.Join, why, len(n.Members()))
+}
+
+// WaitJoined waits until Joined is nil or ctx is done, logging why every
+// 10 s meanwhile.
+func (n *Node) WaitJoined(ctx context.Context) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	last := time.Now()
+	for {
+		err := n.Joined()
+		if err == nil {
+			return
+		}
+		if time.Since(last) >= 10*time.Second {
+			last = time.Now()
+			n.log.Warn("cluster: waiting to join before recovery and ingest start: not ready", slog.Any("err", err))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 		}
 	}
 }

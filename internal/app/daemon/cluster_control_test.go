@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/presence-dev/presence/cluster"
+	"github.com/presence-dev/presence/internal/testsupport/testenv"
 )
 
 // do sends a request to the node's API and returns the status and the
@@ -202,4 +204,51 @@ func TestClusterDeviceControls(t *testing.T) {
 		return checkControls(map[string]*clusterNode{a.name: a}, one)
 	})
 	t.Logf("%d overridden devices rebuilt from Redis on A, override kept, %v after B's SIGKILL", onB, took.Round(time.Millisecond))
+}
+
+// A node its cluster does not let in (here: another cluster key, as in a
+// rolling restart with the wrong secret) is not ready, says why, and
+// neither restores nor subscribes: it would time, alone, the devices the
+// others time. A node whose seed comes up later joins it then and becomes
+// ready.
+func TestNodeOutsideItsClusterNotReady(t *testing.T) {
+	s := newStack(t)
+	c := s.config()
+	a := startClusterNode(t, s, c, "node-a", "")
+	testenv.Eventually(t, 10*time.Second, func() error { return a.getJSON("/readyz", &json.RawMessage{}) })
+	const otherKey = "YzXRfOErGd29ZyNK0oNwmA8TDLLANWiQpwbhlY2WzdM="
+	b := startClusterNode(t, s, c, "node-b", a.gossip, "PRESENCE_CLUSTER_KEY="+otherKey)
+	time.Sleep(3 * time.Second) // a join, its retries, a settle: what a node that got in would have done
+	if code, body, err := b.do("GET", "/readyz", ""); err != nil || code != http.StatusServiceUnavailable || !strings.Contains(body, "cluster") {
+		t.Fatalf("/readyz of the node left out: %d %s %v", code, body, err)
+	}
+	if out := b.p.output(); strings.Contains(out, "ingest: subscribed") || strings.Contains(out, "state rebuilt from Redis") {
+		t.Fatalf("the node left out subscribed or restored:\n%s", out)
+	}
+	if v, err := a.cluster(); err != nil || len(v.Members) != 1 {
+		t.Fatalf("A's view: %+v %v", v, err)
+	}
+	if out := b.p.output(); !strings.Contains(out, "no seed answered") {
+		t.Fatalf("the node left out did not say why:\n%s", out)
+	}
+
+	// A node whose seed is not up yet: not ready until it is.
+	dGossip := testenv.FreeAddr(t)
+	cn := startClusterNode(t, s, c, "node-c", dGossip)
+	time.Sleep(2 * time.Second)
+	if code, _, err := cn.do("GET", "/readyz", ""); err != nil || code != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz of C before its seed is up: %d %v", code, err)
+	}
+	d := startNodeEnv(t, s.env(c), "node-d", cn.gossip, "PRESENCE_CLUSTER_BIND="+dGossip)
+	pollUntil(t, 30*time.Second, "C and D joined and ready", func() error {
+		if err := formed(cn, d); err != nil {
+			return err
+		}
+		for _, n := range []*clusterNode{cn, d} {
+			if code, body, err := n.do("GET", "/readyz", ""); err != nil || code != http.StatusOK {
+				return fmt.Errorf("%s /readyz: %d %s %v", n.name, code, body, err)
+			}
+		}
+		return nil
+	})
 }

@@ -394,8 +394,14 @@ func (d *Daemon) historyYields() bool {
 	return d.redisBusy() || d.devices != nil && d.devices.Pending() > max(d.cfg.Devices.Flush.FlushAt, busyAt)
 }
 
-// ready is /readyz: rebuilt from Redis and subscribed to the broker.
+// ready is /readyz: joined to the cluster (when clustered), rebuilt from
+// Redis and subscribed to the broker.
 func (d *Daemon) ready() error {
+	if d.node != nil {
+		if err := d.node.Joined(); err != nil {
+			return api.NotReady("cluster", err)
+		}
+	}
 	if d.rec != nil {
 		if err := d.rec.Ready(); err != nil {
 			return api.NotReady("recovery", err)
@@ -457,13 +463,20 @@ func (d *Daemon) Run(ctx context.Context) error {
 // delivery, at most ShutdownTimeout from now.
 func (d *Daemon) beginShutdown() { d.events.StopWaitingAfter(d.cfg.ShutdownTimeout) }
 
-// settle waits, once the cluster node started, until its membership has
-// settled, so that recovery restores (and ingest hears) only what the node
-// keeps, and restart transitions are not reported by several nodes.
+// settle waits, once the cluster node started, until it has joined its
+// cluster (cluster.Node.Joined: a node given seeds that none of them let in
+// neither restores nor subscribes, and is not ready, rather than time
+// alone the devices the others time) and its membership has settled, so
+// that recovery restores (and ingest hears) only what the node keeps, and
+// restart transitions are not reported by several nodes.
 type settle struct{ node *cluster.Node }
 
-func (s *settle) Start(ctx context.Context) error { s.node.Settle(ctx); return ctx.Err() }
-func (*settle) Close(context.Context) error       { return nil }
+func (s *settle) Start(ctx context.Context) error {
+	s.node.WaitJoined(ctx)
+	s.node.Settle(ctx)
+	return ctx.Err()
+}
+func (*settle) Close(context.Context) error { return nil }
 
 // stores are the clients the components share: closed after all of them.
 type stores struct {
