@@ -31,7 +31,7 @@ import (
 //
 // On one machine the three nodes share its cores with the broker, the
 // publishers, Redis and Postgres: this measures the cost of forwarding,
-// not how throughput scales with nodes. See CLUSTER.fragment.md.
+// not how throughput scales with nodes. See BENCHMARKS.md ("One node vs three").
 //
 //	go test ./bench -run '^$' -bench BenchmarkCluster -benchtime 1x -count 3 -timeout 20m
 func BenchmarkCluster(b *testing.B) {

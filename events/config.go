@@ -156,9 +156,9 @@ type StreamConfig struct {
 	Enabled bool
 	// Key of the stream. Default "device:events:stream", or with a key
 	// prefix of its own (the Redis sink's, NameAfter)
-	// {prefix}events:stream: outside the device key namespaces (until
-	// issue 12 it was "device:status:stream", the status key of a device
-	// named "stream").
+	// {prefix}events:stream: outside the device key namespaces
+	// ("device:status:stream", an earlier default, is the status key of a
+	// device named "stream").
 	Key string
 	// Shards splits the stream into this many streams, {Key}:0 to
 	// {Key}:{Shards-1} (ShardKeys), each holding the events of a disjoint

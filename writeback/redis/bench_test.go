@@ -18,7 +18,7 @@ import (
 
 // Benchmarks against the real Redis and Postgres. Each flush benchmark runs
 // beside its per-message baseline (the seed's way) in the same run; see
-// writeback/BENCHMARKS.fragment.md for the commands and results.
+// BENCHMARKS.md ("Write-behind") for the commands and results.
 
 const benchDevices = 1_000_000
 
