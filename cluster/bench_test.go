@@ -15,6 +15,7 @@ import (
 
 // countLocal counts what reaches it and passes it on to e (if not nil).
 type countLocal struct {
+	nopLocal
 	n atomic.Int64
 	e *engine.Engine
 }

@@ -282,32 +282,6 @@ func TestClusterHandoffOnJoinAndLeave(t *testing.T) {
 	}
 }
 
-// Without HandoffLocal the node still routes; moved devices are simply not
-// streamed.
-func TestClusterWithoutHandoff(t *testing.T) {
-	cfg := testConfig(t, "p")
-	f := newFakeLocal()
-	n, err := New(cfg, plainLocal{f})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close(context.Background())
-	q, lq := startNode(t, "q", []string{gossipAddr(n)}, nil)
-	waitTables(t, 10*time.Second, []*Node{n, q}, "p", "q")
-	ids := deviceIDs("w", 200)
-	n.Router().TouchBatch(touchBatch(ids, time.Now()))
-	want := n.Table().devicesOf("q", ids)
-	testenv.Eventually(t, 5*time.Second, func() error {
-		if got := lq.ids(); !slices.Equal(got, want) {
-			return fmt.Errorf("q holds %d of %d", len(got), len(want))
-		}
-		return nil
-	})
-}
-
 func TestClusterEncrypted(t *testing.T) {
 	key, err := ParseKey("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=")
 	if err != nil {

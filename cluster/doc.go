@@ -24,7 +24,7 @@
 // (Config.OnChange).
 //
 // After every table change a node hands the devices it no longer owns to
-// their new owner (HandoffLocal); a graceful Close leaves, hands everything
+// their new owner (Local.Range, Local.Adopt); a graceful Close leaves, hands everything
 // off, then stops. The partitions of a member that crashed are rebuilt
 // from Redis by their new owners (Change.Rebuild; the daemon's
 // recovery.Recovery does it), while the Router holds their messages until

@@ -72,10 +72,7 @@ func settleDelay(cfg *Config) time.Duration { return 4*cfg.Debounce + time.Secon
 // errors of the failed transfers; their devices stay here (and keep being
 // timed) until a later pass succeeds.
 func (h *handoff) pass(deadline time.Time) (moved int, err error) {
-	hl, ok := h.n.local.(HandoffLocal)
-	if !ok {
-		return 0, nil
-	}
+	hl := h.n.local
 	h.busy <- struct{}{}
 	defer func() { <-h.busy }()
 	rt := h.n.router.route.Load()

@@ -16,7 +16,7 @@ import (
 )
 
 // fakeLocal is an engine stand-in that records what reaches it. It
-// implements HandoffLocal.
+// implements Local.
 type fakeLocal struct {
 	mu      sync.Mutex
 	touches map[string]int // touches received per id
@@ -195,14 +195,19 @@ func (f *fakeLocal) has(id string) bool {
 	return ok
 }
 
-// plainLocal hides the handoff methods of a fakeLocal.
-type plainLocal struct{ f *fakeLocal }
+// nopLocal is the part of a Local that test fakes about messages do not
+// need: no controls, nothing to look up, hand off or adopt.
+type nopLocal struct{}
 
-func (p plainLocal) TouchBatch(b []engine.Touch) int           { return p.f.TouchBatch(b) }
-func (p plainLocal) MarkOffline(id string, at time.Time) error { return p.f.MarkOffline(id, at) }
-func (p plainLocal) SetStatus(id string, s engine.Status, at time.Time, c engine.Cause) error {
-	return p.f.SetStatus(id, s, at, c)
+func (nopLocal) SetTimeout(string, time.Duration) error { return nil }
+func (nopLocal) ClearTimeout(string) error              { return nil }
+func (nopLocal) Decommission(string, time.Time) error   { return nil }
+func (nopLocal) Devices(ids []string, dst []engine.DeviceState) []engine.DeviceState {
+	return append(dst, make([]engine.DeviceState, len(ids))...)
 }
+func (nopLocal) Range(func(engine.DeviceState) bool)         {}
+func (nopLocal) Adopt([]engine.DeviceState, time.Time) error { return nil }
+func (nopLocal) Remove(...string) int                        { return 0 }
 
 func testLogger(t testing.TB) *slog.Logger {
 	if os.Getenv("CLUSTER_TEST_LOG") != "" {
@@ -307,7 +312,7 @@ func deviceIDs(prefix string, n int) []string {
 // without a Node: every sender is a member.
 func anyMember(string, time.Time) bool { return true }
 
-// Devices implements LookupLocal.
+// Devices implements Local's lookups.
 func (f *fakeLocal) Devices(ids []string, dst []engine.DeviceState) []engine.DeviceState {
 	if f.hang != nil {
 		<-f.hang

@@ -15,6 +15,7 @@ import (
 
 // orderLocal records what reaches the engine, in order.
 type orderLocal struct {
+	nopLocal
 	mu  sync.Mutex
 	got []string // "touch id at" or "offline id at"
 }

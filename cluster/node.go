@@ -722,6 +722,5 @@ func (n *Node) WaitJoined(ctx context.Context) {
 // healed network partition merge.
 func (n *Node) rejoin() { n.every(n.cfg.RejoinInterval, n.join) }
 
-// Compile-time check: a *engine.Engine can be handed devices and hand them
-// off (a Local that is not a HandoffLocal would route but never hand off).
-var _ HandoffLocal = (*engine.Engine)(nil)
+// Compile-time check: a *engine.Engine is what the cluster needs.
+var _ Local = (*engine.Engine)(nil)

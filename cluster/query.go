@@ -38,12 +38,6 @@ var ErrNoAnswer = errors.New("cluster: no answer")
 // goroutines at once.
 type QueryHandler func(ctx context.Context, body []byte) ([]byte, error)
 
-// LookupLocal is a Local that answers device lookups (Node.Lookup);
-// *engine.Engine is one.
-type LookupLocal interface {
-	Devices(ids []string, dst []engine.DeviceState) []engine.DeviceState
-}
-
 const (
 	maxQueriesPerConn = 16
 	maxQueryKind      = 32
@@ -205,10 +199,7 @@ func (r *Router) answer(ctx context.Context, kind string, body []byte) ([]byte, 
 // answerDevices looks ids up in the local engine: the body is count:uvarint
 // then uvarint-prefixed ids, the answer a state body (frame.go).
 func (r *Router) answerDevices(body []byte) ([]byte, error) {
-	ll, ok := r.local.(LookupLocal)
-	if !ok {
-		return nil, errors.New("this node's engine does not answer lookups")
-	}
+	ll := r.local
 	d := decoder{b: body}
 	n := d.uvarint()
 	if d.err != nil || n > uint64(len(body)) {
@@ -660,19 +651,12 @@ func (n *Node) Lookup(ctx context.Context, ids []string, dst []engine.DeviceStat
 	return dst, missing
 }
 
-// lookupLocal appends the local engine's answers for ids to dst (all
-// unknown if it answers no lookups).
+// lookupLocal appends the local engine's answers for ids to dst.
 func (n *Node) lookupLocal(ids []string, dst []engine.DeviceState) []engine.DeviceState {
-	if ll, ok := n.local.(LookupLocal); ok {
-		start := len(dst)
-		dst = ll.Devices(ids, dst)
-		for i := range dst[start:] {
-			dst[start+i].ID = ids[i] // an unknown one comes back without it
-		}
-		return dst
-	}
-	for _, id := range ids {
-		dst = append(dst, engine.DeviceState{ID: id})
+	start := len(dst)
+	dst = n.local.Devices(ids, dst)
+	for i := range dst[start:] {
+		dst[start+i].ID = ids[i] // an unknown one comes back without it
 	}
 	return dst
 }
@@ -704,12 +688,7 @@ func (n *Node) lookupRound(ctx context.Context, ids []string, states []engine.De
 			}
 			r := result{member: m, idx: idx}
 			if m == n.cfg.NodeName {
-				ll, ok := n.local.(LookupLocal)
-				if !ok {
-					r.err = errors.New("this node's engine does not answer lookups")
-				} else {
-					r.got = ll.Devices(sub, make([]engine.DeviceState, 0, len(sub)))
-				}
+				r.got = n.local.Devices(sub, make([]engine.DeviceState, 0, len(sub)))
 			} else {
 				body := binary.AppendUvarint(nil, uint64(len(sub)))
 				for _, id := range sub {

@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -13,41 +12,33 @@ import (
 	"github.com/presence-dev/presence/internal/ratelog"
 )
 
-// Local is the engine of this node as the router needs it: what ingest
-// hands over, for the devices this node owns. *engine.Engine implements it.
-// It must be safe for concurrent use.
+// Local is what the cluster needs of this node's engine (an
+// *engine.Engine: checked at compile time in node.go): it applies the
+// messages and controls of the devices this node owns, answers lookups of
+// them, and hands them off and takes them over.
 type Local interface {
 	TouchBatch(batch []engine.Touch) (rejected int)
 	MarkOffline(id string, at time.Time) error
 	SetStatus(id string, s engine.Status, at time.Time, cause engine.Cause) error
-}
-
-// ControlLocal is a Local that takes the API's device controls, as the
-// engine does: a device's own timeout (set and cleared) and decommission.
-// A Router over a Local without them refuses them (ErrNoControl).
-type ControlLocal interface {
+	// The API's device controls: a device's own timeout (set and
+	// cleared) and decommission.
 	SetTimeout(id string, d time.Duration) error
 	ClearTimeout(id string) error
 	Decommission(id string, at time.Time) error
-}
-
-// ErrNoControl: the Router's Local takes no device controls.
-var ErrNoControl = errors.New("cluster: the local engine takes no device controls")
-
-// HandoffLocal is what handoff needs on top of Local. A Local that does not
-// implement it still routes and forwards, but moved partitions are not
-// streamed: their devices start afresh at the new owner.
-type HandoffLocal interface {
-	Local
+	// Devices appends the state of each id to dst, in order (an unknown
+	// one without its id).
+	Devices(ids []string, dst []engine.DeviceState) []engine.DeviceState
 	// Range calls fn with every device's state until fn returns false,
 	// without holding locks while fn runs (engine.Engine.Range).
 	Range(fn func(engine.DeviceState) bool)
 	// Adopt takes over devices handed off by their previous owner, as of
 	// now. It must merge with what this node already knows (touches that
 	// were forwarded here before the records arrived): last_seen never
-	// moves back and a known device keeps its live status. An online record
-	// whose deadline passed goes offline at once with cause
-	// engine.CauseHandoff; the others are armed for the time they have left.
+	// moves back and a known device keeps its live status, unless the
+	// record is online with a newer last-seen (engine.Engine.Adopt). An
+	// online record whose deadline passed goes offline at once with cause
+	// engine.CauseHandoff; the others are armed for the time they have
+	// left.
 	Adopt(recs []engine.DeviceState, now time.Time) error
 	// Remove forgets devices handed off to another node: no more timer, no
 	// transition, no write-behind for them here. It returns how many it
@@ -311,9 +302,6 @@ func (r *Router) Decommission(id string, at time.Time) error { return r.control(
 // control applies or forwards a device control. Like SetStatus it is
 // forwarded even on a ReadsAll node.
 func (r *Router) control(m msg) error {
-	if _, ok := r.local.(ControlLocal); !ok {
-		return ErrNoControl
-	}
 	if !forwardable(m.id, 0) {
 		r.m.rejected.Inc()
 		return engine.ErrInvalidID
@@ -333,16 +321,13 @@ func (r *Router) control(m msg) error {
 
 // applyControl applies a device control to the local engine.
 func (r *Router) applyControl(m *msg) error {
-	cl, ok := r.local.(ControlLocal)
 	switch {
-	case !ok:
-		return ErrNoControl
 	case m.flags&msgRemove != 0:
-		return cl.Decommission(m.id, m.time())
+		return r.local.Decommission(m.id, m.time())
 	case m.timeout == 0:
-		return cl.ClearTimeout(m.id)
+		return r.local.ClearTimeout(m.id)
 	}
-	return cl.SetTimeout(m.id, m.timeout)
+	return r.local.SetTimeout(m.id, m.timeout)
 }
 
 // dispatch routes messages that are already in wire form: received from

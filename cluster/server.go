@@ -16,7 +16,7 @@ import (
 
 // server accepts the data connections of the peers: forwarded batches are
 // routed again by this node's table (dispatch: applied locally if owned,
-// re-forwarded once otherwise), handoff records go to HandoffLocal.Adopt.
+// re-forwarded once otherwise), handoff records go to Local.Adopt.
 // One goroutine accepts, one per connection reads. What one connection can
 // cost is bounded: the handshake within HandshakeTimeout (no frame past
 // the hello is parsed from a peer that does not prove the cluster key, see
@@ -289,11 +289,7 @@ func (s *server) readFrame(c net.Conn, br *bufio.Reader, buf []byte) (typ byte, 
 // does not own (the table moved again meanwhile) are adopted all the same:
 // a later handoff moves them on (PROTOCOL.md, "Ordering").
 func (s *server) adopt(recs []engine.DeviceState) error {
-	hl, ok := s.r.local.(HandoffLocal)
-	if !ok {
-		return errors.New("this node's engine does not support handoff")
-	}
-	err := hl.Adopt(recs, s.clock())
+	err := s.r.local.Adopt(recs, s.clock())
 	s.r.adopted(recs) // the controls that came before their device
 	return err
 }
