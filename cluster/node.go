@@ -203,6 +203,10 @@ func (n *Node) Table() *Table { return n.router.Table() }
 // Owns reports whether this node owns device id now.
 func (n *Node) Owns(id string) bool { return n.router.Owns(id) }
 
+// Holding reports whether this node holds the messages of device id's
+// partition for a rebuild (Router.Holding).
+func (n *Node) Holding(id string) bool { return n.router.Holding(id) }
+
 // Owned returns the partitions this node owns now (all of them before
 // Start).
 func (n *Node) Owned() []int {

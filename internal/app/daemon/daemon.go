@@ -319,8 +319,10 @@ func (d *Daemon) buildAPI() error {
 		rc.Cluster, rc.ClusterTimeout = fl.Lists, cfg.Cluster.QueryTimeout
 	}
 	ac.Writer = statusWriter{d.ing, d.node}
-	ac.Controller = d.controller()
 	var err error
+	if ac.Controller, err = d.controller(); err != nil {
+		return err
+	}
 	if d.api, err = api.New(ac, flapLocal{d.eng, d.events}); err != nil {
 		return err
 	}

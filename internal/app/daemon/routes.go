@@ -12,11 +12,11 @@ import (
 
 	"github.com/presence-dev/presence/api"
 	"github.com/presence-dev/presence/cluster"
+	"github.com/presence-dev/presence/control"
 	"github.com/presence-dev/presence/engine"
 	"github.com/presence-dev/presence/events"
 	"github.com/presence-dev/presence/ingest"
 	"github.com/presence-dev/presence/internal/wire"
-	"github.com/presence-dev/presence/writeback/redis"
 )
 
 // clusterView is GET /v1/cluster.
@@ -117,136 +117,25 @@ func (w statusWriter) SetStatus(id string, s engine.Status, at time.Time, cause 
 	return forwarded && err == nil, err
 }
 
-// deviceControl is what applies the device controls: the engine, or in a
-// cluster the Router, which forwards them to the owner.
-type deviceControl interface {
-	SetTimeout(id string, d time.Duration) error
-	ClearTimeout(id string) error
-	Decommission(id string, at time.Time) error
-}
-
 // controller is the API's Controller (a device's own timeout,
-// decommission): taken while ingest runs, as statuses are (statusWriter).
-// An override is stored in Redis before it is applied, so that it outlives
-// a restart or a rebuild; a decommission reaches the stores write-behind
-// (the engine lists the device as Removed for each sink).
-type controller struct {
-	ing  *ingest.Ingester
-	eng  *engine.Engine
-	ctl  deviceControl
-	node *cluster.Node // nil: a single node
-	keys *redis.Sink   // nil: no Redis
-	// storeTimeout bounds the write of one override, queryTimeout the
-	// lookup of a device another node owns.
-	storeTimeout, queryTimeout time.Duration
-}
-
-func (d *Daemon) controller() controller {
-	c := controller{ing: d.ing, eng: d.eng, ctl: d.eng, node: d.node, keys: d.keys,
-		storeTimeout: 5 * time.Second, queryTimeout: d.cfg.Cluster.QueryTimeout}
+// decommission): control.Service, taken while ingest runs, as statuses are
+// (statusWriter), applied by the engine or, on a cluster node, by the
+// Router, which forwards it to the owner.
+func (d *Daemon) controller() (*control.Service, error) {
+	cc := control.DefaultConfig()
+	cc.QueryTimeout = d.cfg.Cluster.QueryTimeout
+	deps := control.Deps{
+		Gate:     func(fn func() error) error { return unavailable(d.ing.WhileRunning(fn)) },
+		Engine:   d.eng,
+		Controls: d.eng,
+	}
 	if d.node != nil {
-		c.ctl = d.node.Router()
+		deps.Controls, deps.Cluster = d.node.Router(), d.node
 	}
-	return c
-}
-
-func (c controller) SetTimeout(id string, d time.Duration) (forwarded bool, err error) {
-	forwarded = c.node != nil && !c.node.Owns(id)
-	held := c.held(id, forwarded)
-	err = c.ing.WhileRunning(func() error {
-		// Nothing is stored for a device never seen; one of a partition
-		// being rebuilt may not be back yet (the Router holds the
-		// override until it is).
-		if !held {
-			if err := c.known(id, forwarded); err != nil {
-				return err
-			}
-		}
-		if d != 0 {
-			if err := engine.ValidTimeout(d); err != nil {
-				return err
-			}
-		}
-		if err := c.store(id, d); err != nil {
-			return fmt.Errorf("%w: the timeout could not be stored: %v", api.ErrUnavailable, err)
-		}
-		var err error
-		if d == 0 {
-			err = c.ctl.ClearTimeout(id)
-		} else {
-			err = c.ctl.SetTimeout(id, d)
-		}
-		if err != nil && d != 0 {
-			// Not applied (decommissioned meanwhile, or the engine's table
-			// of timeouts is full): nothing may outlive it in Redis.
-			_ = c.store(id, 0)
-		}
-		return err
-	})
-	if held && err == nil {
-		err = api.ErrHeld
+	if d.keys != nil {
+		deps.Overrides = d.keys
 	}
-	return forwarded && err == nil, unavailable(err)
-}
-
-// held reports whether this node owns device id but holds its
-// partition's messages for a rebuild: a control is then held too, and
-// applied after it (api.ErrHeld, 202).
-func (c controller) held(id string, forwarded bool) bool {
-	return c.node != nil && !forwarded && c.node.Router().Holding(id)
-}
-
-// store writes device id's own timeout d (0: none) to Redis, if any.
-func (c controller) store(id string, d time.Duration) error {
-	if c.keys == nil {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.storeTimeout)
-	defer cancel()
-	return c.keys.SetTimeoutOverride(ctx, id, d)
-}
-
-func (c controller) Decommission(id string, at time.Time) (forwarded bool, err error) {
-	forwarded = c.node != nil && !c.node.Owns(id)
-	held := c.held(id, forwarded)
-	err = c.ing.WhileRunning(func() error {
-		if forwarded { // the owner checks again; this answers 404 as a single node would
-			if err := c.known(id, true); err != nil {
-				return err
-			}
-		}
-		// Its own timeout goes now, not only with the write-behind removal,
-		// which a message of the device before the flush supersedes.
-		// Best effort: Redis down, the removal deletes it when it is back.
-		_ = c.store(id, 0)
-		return c.ctl.Decommission(id, at)
-	})
-	if held && err == nil {
-		err = api.ErrHeld
-	}
-	return forwarded && err == nil, unavailable(err)
-}
-
-// known checks that device id exists: in this engine, or, when another
-// node owns it, there (or, during a handoff, on the member that still has
-// it). engine.ErrNotFound if not; api.ErrUnavailable when a member that
-// might know it did not answer in time.
-func (c controller) known(id string, remote bool) error {
-	if !remote {
-		_, err := c.eng.Device(id)
-		return err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.queryTimeout)
-	defer cancel()
-	states, missing := c.node.Lookup(ctx, []string{id}, nil)
-	switch {
-	case states[0].Status != engine.StatusUnknown:
-		return nil
-	case len(missing) > 0:
-		return fmt.Errorf("%w: %s did not answer within %v: whether %s exists is not known",
-			api.ErrUnavailable, strings.Join(missing, ", "), c.queryTimeout, wire.Quote(id, 64))
-	}
-	return engine.ErrNotFound
+	return control.New(cc, deps)
 }
 
 // unavailable makes ingest's "not running" an api.ErrUnavailable (503).
