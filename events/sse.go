@@ -3,6 +3,7 @@ package events
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -423,3 +424,57 @@ func (h *Hub) Subscribe(query url.Values) (*Subscription, error) {
 	}()
 	return &Subscription{C: c.ch, Done: done, s: h.sse, c: c}, nil
 }
+
+// StreamFilter is the filter of one GET /v1/events stream (its id, status
+// and type parameters), for a node that receives the other nodes' events
+// encoded, unfiltered, once for all its streams, and hands each stream
+// those it asks for (events.RemoteEvents' caller).
+type StreamFilter struct{ f filter }
+
+// NewStreamFilter reads a stream's parameters as GET /v1/events does;
+// maxIDs bounds the ids.
+func NewStreamFilter(query url.Values, maxIDs int) (StreamFilter, error) {
+	f, err := parseFilter(query, maxIDs)
+	return StreamFilter{f}, err
+}
+
+// Encoded is an encoded event ("data: {json}\n\n") with what a
+// StreamFilter looks at.
+type Encoded struct {
+	Msg []byte
+	r   rec
+}
+
+// SplitEncoded calls fn with each event of msg, one or more encoded events
+// back to back, as a node's event stream sends them. An event whose JSON
+// does not parse is skipped.
+func SplitEncoded(msg []byte, fn func(Encoded)) {
+	for len(msg) > 0 {
+		end := bytes.Index(msg, []byte("\n\n"))
+		if end < 0 {
+			return
+		}
+		one := msg[:end+2]
+		msg = msg[end+2:]
+		body, ok := bytes.CutPrefix(one, []byte("data: "))
+		if !ok {
+			continue
+		}
+		var head struct {
+			Type   string `json:"type"`
+			ID     string `json:"id"`
+			Status string `json:"status"`
+		}
+		if json.Unmarshal(bytes.TrimSpace(body), &head) != nil {
+			continue
+		}
+		t, ok := ParseType(head.Type)
+		if !ok {
+			continue
+		}
+		fn(Encoded{Msg: one, r: rec{typ: t, id: head.ID, status: engine.ParseStatus(head.Status)}})
+	}
+}
+
+// Match reports whether the stream asks for e.
+func (f StreamFilter) Match(e *Encoded) bool { return f.f.match(&e.r) }

@@ -315,3 +315,38 @@ func sseClients(h *Hub) int {
 	defer h.sse.mu.RUnlock()
 	return len(h.sse.clients)
 }
+
+// The events another node sends, back to back in one frame, are split and
+// each matched with a stream's filter as the node's own would be.
+func TestStreamFilterOnEncoded(t *testing.T) {
+	msg := []byte(`data: {"type":"status","id":"a","status":"offline","previous":"online","at":"2026-01-01T00:00:00.000000+00:00","cause":"timeout"}` + "\n\n" +
+		`data: {"type":"mass_offline","incident":"i1","count":5}` + "\n\n" +
+		`data: not json` + "\n\n" +
+		`data: {"type":"status","id":"b","status":"online","previous":"offline","at":"2026-01-01T00:00:00.000000+00:00","cause":"telemetry"}` + "\n\n")
+	var all []Encoded
+	SplitEncoded(msg, func(e Encoded) { all = append(all, e) })
+	if len(all) != 3 || !strings.HasPrefix(string(all[0].Msg), `data: {"type":"status","id":"a"`) || !strings.HasSuffix(string(all[2].Msg), "\n\n") {
+		t.Fatalf("split into %d: %+v", len(all), all)
+	}
+	for q, want := range map[string][]bool{
+		"":                   {true, true, true},
+		"id=a":               {true, false, false},
+		"status=online":      {false, false, true},
+		"type=mass_offline":  {false, true, false},
+		"type=status&id=a,b": {true, false, true},
+	} {
+		v, _ := url.ParseQuery(q)
+		f, err := NewStreamFilter(v, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range all {
+			if got := f.Match(&all[i]); got != want[i] {
+				t.Errorf("%q on event %d: %v, want %v", q, i, got, want[i])
+			}
+		}
+	}
+	if _, err := NewStreamFilter(url.Values{"nope": {"1"}}, 10); err == nil {
+		t.Error("an unknown parameter was taken")
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/url"
 	"runtime/debug"
 	"slices"
@@ -38,18 +39,11 @@ type fleet struct {
 	node *cluster.Node
 	eng  *engine.Engine
 	log  *slog.Logger
-	// remoteSlots bounds the SSE clients fed with the other nodes' events
-	// (maxRemoteStreams).
-	remoteSlots chan struct{}
+	feed remoteFeed // the other nodes' events, for every cluster-wide SSE stream
 }
 
-// maxRemoteStreams bounds the cluster-wide SSE streams of one node: each
-// holds a connection to every other member (dashboards and a few
-// integrations, not thousands of clients).
-const maxRemoteStreams = 64
-
 func newFleet(node *cluster.Node, eng *engine.Engine, log *slog.Logger) *fleet {
-	return &fleet{node: node, eng: eng, log: log, remoteSlots: make(chan struct{}, maxRemoteStreams)}
+	return &fleet{node: node, eng: eng, log: log}
 }
 
 // register installs the handlers of the other nodes' queries and streams,
@@ -218,25 +212,77 @@ func (f *fleet) Lists(ctx context.Context, q report.ListQuery) ([]report.List, [
 	return lists, missing
 }
 
-// errStreamGone stops a remote stream whose local client went away.
-var errStreamGone = errors.New("stream gone")
+// remoteFeed carries every other member's events to this node's
+// cluster-wide SSE streams: one node-to-node stream per member, unfiltered,
+// shared by all the streams (opened with the first, closed with the last),
+// each event handed to the streams whose filter asks for it. So a node's
+// connections to a peer do not grow with its SSE clients: a wall of
+// dashboards leaves every peer able to hand off and answer queries.
+type remoteFeed struct {
+	mu     sync.Mutex
+	subs   map[*remoteSub]struct{}
+	gen    int                // the running feed's; a feed of an older one delivers nothing
+	cancel context.CancelFunc // the running feed's; nil when none runs
+}
 
-// remoteEvents feeds one SSE stream with every other member's events, one
-// node-to-node stream per member, opened again after a loss and for
-// members that join meanwhile, until ctx is done (events.RemoteEvents).
+// remoteSub is one SSE stream fed by the remoteFeed.
+type remoteSub struct {
+	f       events.StreamFilter
+	deliver func([]byte) bool
+	gone    bool // deliver said the stream is gone
+}
+
+// remoteEvents feeds one SSE stream with every other member's events
+// until ctx is done (events.RemoteEvents), through the shared feed.
 func (f *fleet) remoteEvents(ctx context.Context, q url.Values, deliver func([]byte) bool) {
-	// Each fed client costs one connection to every other member, counted
-	// there against MaxConns: past maxRemoteStreams clients stream this
-	// node's events only.
-	select {
-	case f.remoteSlots <- struct{}{}:
-		defer func() { <-f.remoteSlots }()
-	default:
-		f.log.Warn("events: too many cluster-wide event streams; this one shows this node's events only",
-			"limit", cap(f.remoteSlots))
+	// The hub has checked the query, and bounded its ids.
+	sf, err := events.NewStreamFilter(q, math.MaxInt)
+	if err != nil {
+		f.log.Warn("events: a cluster-wide stream's filter", "err", err)
 		return
 	}
-	body := []byte(q.Encode())
+	sub := &remoteSub{f: sf, deliver: deliver}
+	f.feed.mu.Lock()
+	if f.feed.subs == nil {
+		f.feed.subs = make(map[*remoteSub]struct{})
+	}
+	f.feed.subs[sub] = struct{}{}
+	if f.feed.cancel == nil {
+		var fctx context.Context
+		fctx, f.feed.cancel = context.WithCancel(context.Background())
+		f.feed.gen++
+		go f.runFeed(fctx, f.feed.gen)
+	}
+	f.feed.mu.Unlock()
+	<-ctx.Done()
+	f.feed.mu.Lock()
+	delete(f.feed.subs, sub)
+	if len(f.feed.subs) == 0 && f.feed.cancel != nil {
+		f.feed.cancel()
+		f.feed.cancel = nil
+	}
+	f.feed.mu.Unlock()
+}
+
+// dispatch hands e to every stream of the feed of generation gen that asks
+// for it. deliver never blocks (a stream behind is disconnected).
+func (f *fleet) dispatch(gen int, e *events.Encoded) {
+	f.feed.mu.Lock()
+	defer f.feed.mu.Unlock()
+	if gen != f.feed.gen {
+		return
+	}
+	for sub := range f.feed.subs {
+		if !sub.gone && sub.f.Match(e) && !sub.deliver(e.Msg) {
+			sub.gone = true
+		}
+	}
+}
+
+// runFeed streams every other member's events, one node-to-node stream per
+// member, opened again after a loss and for members that join meanwhile,
+// until ctx is done.
+func (f *fleet) runFeed(ctx context.Context, gen int) {
 	var mu sync.Mutex
 	running := make(map[string]bool)
 	var wg sync.WaitGroup
@@ -262,13 +308,11 @@ func (f *fleet) remoteEvents(ctx context.Context, q url.Values, deliver func([]b
 					delete(running, m)
 					mu.Unlock()
 				}()
-				err := f.node.Stream(ctx, m, streamEvents, body, func(msg []byte) error {
-					if !deliver(msg) {
-						return errStreamGone
-					}
+				err := f.node.Stream(ctx, m, streamEvents, nil, func(msg []byte) error {
+					events.SplitEncoded(msg, func(e events.Encoded) { f.dispatch(gen, &e) })
 					return nil
 				})
-				if err != nil && !errors.Is(err, errStreamGone) && ctx.Err() == nil {
+				if err != nil && ctx.Err() == nil {
 					f.log.Warn("events: the stream of another node's events was lost; reopened within a second, "+
 						"its events meanwhile are not replayed", "node", m, "err", err)
 				}

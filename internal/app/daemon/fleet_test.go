@@ -269,3 +269,122 @@ func sseStream(t *testing.T, n *clusterNode, path string) <-chan events.Event {
 	}()
 	return out
 }
+
+// A wall of dashboards: 64 cluster-wide SSE streams on each of 5 nodes.
+// They share one stream of each peer's events per node, so every node
+// still takes its peers' connections (none refused), answers a batchGet
+// of the fleet completely, hands off on a graceful leave, and a stream on
+// one node still gets the events of a device another node owns.
+func TestClusterSSEWall(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process cluster test")
+	}
+	s := newStack(t)
+	c := s.config()
+	c.Engine.DefaultTimeout = clusterTimeout
+	presenced(t)
+	var nodes []*clusterNode
+	for _, name := range []string{"node-a", "node-b", "node-c", "node-d", "node-e"} {
+		join := ""
+		if len(nodes) > 0 {
+			join = nodes[0].gossip
+		}
+		nodes = append(nodes, startClusterNode(t, s, c, name, join))
+	}
+	pollUntil(t, 30*time.Second, "five-node cluster", func() error { return formed(nodes...) })
+	for _, n := range nodes {
+		testenv.Eventually(t, 10*time.Second, func() error { return n.getJSON("/readyz", &json.RawMessage{}) })
+	}
+	ids := make([]string, 50)
+	for i := range ids {
+		ids[i] = strconv.Itoa(9601 + i)
+		s.publish(9601+i, "telemetry", "{}")
+	}
+	pollUntil(t, 15*time.Second, "every node answers for the fleet", func() error { return allAnswer(nodes, ids) })
+
+	const perNode = 64
+	for _, n := range nodes {
+		for range perNode {
+			sseDiscard(t, n, "/v1/events")
+		}
+	}
+	time.Sleep(3 * time.Second) // the streams' feeds open their peer streams
+	if err := allAnswer(nodes, ids); err != nil {
+		t.Fatalf("with %d streams on every node: %v", perNode, err)
+	}
+	refused := func(nodes []*clusterNode) float64 {
+		total := 0.0
+		for _, n := range nodes {
+			m, err := testenv.ScrapeMetrics("http://" + n.api + "/metrics")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for k, v := range m {
+				if strings.HasPrefix(k, "presence_cluster_refused_connections_total") {
+					total += v
+				}
+			}
+		}
+		return total
+	}
+	if r := refused(nodes); r != 0 {
+		t.Fatalf("%v peer connections refused with %d streams on every node", r, perNode)
+	}
+
+	// A device another node owns: its events reach a stream on node A.
+	var other string
+	for i := 9700; other == ""; i++ {
+		if held, _ := nodes[0].held([]string{strconv.Itoa(i)}); len(held) == 0 {
+			other = strconv.Itoa(i)
+		}
+	}
+	got := sseStream(t, nodes[0], "/v1/events?type=status&id="+other)
+	time.Sleep(time.Second)
+	n, _ := strconv.Atoi(other)
+	s.publish(n, "telemetry", "{}")
+	select {
+	case e := <-got:
+		if e.ID != other || e.Status != "online" {
+			t.Fatalf("event %+v, want %s online", e, other)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no event of %s on node A's stream", other)
+	}
+
+	// A graceful leave still hands off.
+	e := nodes[4]
+	if err := e.p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	<-e.p.done
+	rest := nodes[:4]
+	pollUntil(t, 30*time.Second, "E's devices owned by the others, answered", func() error {
+		if err := formed(rest...); err != nil {
+			return err
+		}
+		if _, err := ownedExactly(append(ids, other), rest...); err != nil {
+			return err
+		}
+		return allAnswer(rest, ids)
+	})
+	if r := refused(rest); r != 0 {
+		t.Fatalf("%v peer connections refused", r)
+	}
+}
+
+// sseDiscard opens an SSE stream on n and reads it to nothing until the
+// test ends.
+func sseDiscard(t *testing.T, n *clusterNode, path string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+n.api+path, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("SSE %s on %s: %v %v", path, n.name, err, resp)
+	}
+	go func() {
+		defer resp.Body.Close()
+		_, _ = io.Copy(io.Discard, resp.Body)
+	}()
+}
