@@ -1,6 +1,8 @@
 // Package control applies the API's device controls: a device's own
 // timeout (set and cleared) and its decommission, on one node or across a
-// cluster.
+// cluster (Service); and answers the API's reads for the whole cluster
+// (Fleet: lookups, counts, lists, and the other nodes' events for the
+// cluster-wide SSE streams).
 //
 // A control is taken only while the node takes writes (Deps.Gate: ingest
 // runs, after recovery and before the handoff at shutdown), as the

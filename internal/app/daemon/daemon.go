@@ -13,6 +13,7 @@ import (
 
 	"github.com/presence-dev/presence/api"
 	"github.com/presence-dev/presence/cluster"
+	"github.com/presence-dev/presence/control"
 	"github.com/presence-dev/presence/dashboard"
 	"github.com/presence-dev/presence/engine"
 	"github.com/presence-dev/presence/events"
@@ -41,8 +42,8 @@ type Daemon struct {
 	devices *postgres.Sink
 	history *postgres.History
 	events  *events.Hub
-	pprof   *pprofServer // nil unless PprofAddr
-	fleet   *fleet       // the cluster-wide answers; nil when not clustered
+	pprof   *pprofServer   // nil unless PprofAddr
+	fleet   *control.Fleet // the cluster-wide answers; nil when not clustered
 	mem     *memReturner
 	index   *recovery.Index
 	eng     *engine.Engine
@@ -311,9 +312,9 @@ func (d *Daemon) buildAPI() error {
 	ac.Ready = d.ready
 	ac.MetricSets = d.metricSets()
 	rc := report.DefaultConfig()
-	var fl *fleet
+	var fl *control.Fleet
 	if d.node != nil {
-		fl = newFleet(d.node, d.eng, log.With("component", "fleet"))
+		fl = control.NewFleet(d.node, d.eng, log.With("component", "fleet"))
 		d.fleet = fl
 		ac.Cluster, ac.ClusterTimeout = fl, cfg.Cluster.QueryTimeout
 		rc.Cluster, rc.ClusterTimeout = fl.Lists, cfg.Cluster.QueryTimeout
@@ -338,7 +339,7 @@ func (d *Daemon) buildAPI() error {
 		return err
 	}
 	if fl != nil {
-		fl.register(rep, d.events)
+		fl.Register(rep, d.events)
 	}
 	rep.Mount(d.api)
 	d.api.Handle("GET /v1/events", d.events.SSEHandler())

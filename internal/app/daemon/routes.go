@@ -58,7 +58,7 @@ type clusterMember struct {
 func (d *Daemon) serveCluster(w http.ResponseWriter, r *http.Request) {
 	v := clusterView{OwnedDevices: d.eng.Counts().Total, Members: []clusterMember{}}
 	if d.node == nil {
-		rep := localReport("standalone", d.eng)
+		rep := control.LocalReport("standalone", d.eng)
 		v.Node, v.Partitions, v.Devices = "standalone", 1, rep.Total
 		v.Members = append(v.Members, clusterMember{Name: v.Node, State: "alive", Usable: true, Partitions: 1,
 			Answered: true, Devices: &rep.Total, Online: &rep.Online, Version: rep.Version,
@@ -70,9 +70,9 @@ func (d *Daemon) serveCluster(w http.ResponseWriter, r *http.Request) {
 			counts = t.Counts()
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), d.cfg.Cluster.QueryTimeout)
-		reports, missing := d.fleet.reports(ctx)
+		reports, missing := d.fleet.Reports(ctx)
 		cancel()
-		byName := make(map[string]nodeReport, len(reports))
+		byName := make(map[string]control.NodeReport, len(reports))
 		for _, rep := range reports {
 			byName[rep.Node] = rep
 			v.Devices += rep.Total

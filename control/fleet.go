@@ -1,4 +1,4 @@
-package daemon
+package control
 
 import (
 	"context"
@@ -20,10 +20,10 @@ import (
 	"github.com/presence-dev/presence/report"
 )
 
-// The queries a clustered daemon answers for the others (cluster.Node.
+// The queries a cluster node answers for the others (cluster.Node.
 // HandleQuery), JSON both ways.
 const (
-	queryCounts  = "counts"  // no body; nodeReport
+	queryCounts  = "counts"  // no body; NodeReport
 	queryLongest = "longest" // report.ListQuery; report.List
 	streamEvents = "events"  // a GET /v1/events query string; encoded SSE events
 )
@@ -32,24 +32,26 @@ const (
 // opened again, and how often a stream checks for new members.
 const remoteRetry = time.Second
 
-// fleet answers the API for the whole cluster (api.Cluster, and the
+// Fleet answers the API for the whole cluster (api.Cluster, and the
 // report's Cluster): it asks the other nodes through the node's
 // authenticated query connections.
-type fleet struct {
+type Fleet struct {
 	node *cluster.Node
 	eng  *engine.Engine
 	log  *slog.Logger
 	feed remoteFeed // the other nodes' events, for every cluster-wide SSE stream
 }
 
-func newFleet(node *cluster.Node, eng *engine.Engine, log *slog.Logger) *fleet {
-	return &fleet{node: node, eng: eng, log: log}
+// NewFleet builds the cluster-wide read side of node, whose engine is eng.
+// Register it before the node starts.
+func NewFleet(node *cluster.Node, eng *engine.Engine, log *slog.Logger) *Fleet {
+	return &Fleet{node: node, eng: eng, log: log}
 }
 
-// register installs the handlers of the other nodes' queries and streams,
+// Register installs the handlers of the other nodes' queries and streams,
 // and feeds hub's SSE streams with the other nodes' events; before the
 // node starts.
-func (f *fleet) register(rep *report.Report, hub *events.Hub) {
+func (f *Fleet) Register(rep *report.Report, hub *events.Hub) {
 	f.node.HandleStream(streamEvents, func(ctx context.Context, body []byte, send func([]byte) error) error {
 		q, err := url.ParseQuery(string(body))
 		if err != nil {
@@ -88,7 +90,7 @@ func (f *fleet) register(rep *report.Report, hub *events.Hub) {
 	})
 	hub.SetRemote(f.remoteEvents)
 	f.node.HandleQuery(queryCounts, func(context.Context, []byte) ([]byte, error) {
-		return json.Marshal(localReport(f.node.Name(), f.eng))
+		return json.Marshal(LocalReport(f.node.Name(), f.eng))
 	})
 	f.node.HandleQuery(queryLongest, func(ctx context.Context, body []byte) ([]byte, error) {
 		var q report.ListQuery
@@ -104,7 +106,7 @@ func (f *fleet) register(rep *report.Report, hub *events.Hub) {
 }
 
 // Devices implements api.Cluster.
-func (f *fleet) Devices(ctx context.Context, ids []string, dst []engine.DeviceState) ([]engine.DeviceState, []int, []string) {
+func (f *Fleet) Devices(ctx context.Context, ids []string, dst []engine.DeviceState) ([]engine.DeviceState, []int, []string) {
 	start := len(dst)
 	out, missing := f.node.Lookup(ctx, ids, dst)
 	if len(missing) == 0 {
@@ -120,8 +122,8 @@ func (f *fleet) Devices(ctx context.Context, ids []string, dst []engine.DeviceSt
 	return out, unavailable, missing
 }
 
-// nodeReport is a node's answer to queryCounts.
-type nodeReport struct {
+// NodeReport is a node's answer to queryCounts.
+type NodeReport struct {
 	api.NodeCounts
 	Version string `json:"version"`
 	// Messages and Transitions are the engine's counters since it started
@@ -130,23 +132,23 @@ type nodeReport struct {
 	Transitions uint64 `json:"transitions"`
 }
 
-// localReport is this node's nodeReport.
-func localReport(name string, eng *engine.Engine) nodeReport {
+// LocalReport is this node's NodeReport.
+func LocalReport(name string, eng *engine.Engine) NodeReport {
 	c, st := eng.Counts(), eng.Stats()
-	return nodeReport{
+	return NodeReport{
 		NodeCounts:  api.NodeCounts{Node: name, Total: c.Total, Online: c.Online, Offline: c.Offline},
-		Version:     version(),
+		Version:     Version(),
 		Messages:    st.Touches,
 		Transitions: st.OnlineTransitions + st.OfflineTransitions,
 	}
 }
 
-// reports asks every node for its nodeReport.
-func (f *fleet) reports(ctx context.Context) ([]nodeReport, []string) {
-	var nodes []nodeReport
+// Reports asks every node for its NodeReport.
+func (f *Fleet) Reports(ctx context.Context) ([]NodeReport, []string) {
+	var nodes []NodeReport
 	var missing []string
 	for _, a := range f.node.Ask(ctx, queryCounts, nil) {
-		var r nodeReport
+		var r NodeReport
 		if a.Err != nil || json.Unmarshal(a.Body, &r) != nil {
 			missing = append(missing, a.Node)
 			continue
@@ -157,17 +159,17 @@ func (f *fleet) reports(ctx context.Context) ([]nodeReport, []string) {
 }
 
 // Counts implements api.Cluster.
-func (f *fleet) Counts(ctx context.Context) ([]api.NodeCounts, []string) {
-	reports, missing := f.reports(ctx)
-	nodes := make([]api.NodeCounts, len(reports))
-	for i, r := range reports {
+func (f *Fleet) Counts(ctx context.Context) ([]api.NodeCounts, []string) {
+	Reports, missing := f.Reports(ctx)
+	nodes := make([]api.NodeCounts, len(Reports))
+	for i, r := range Reports {
 		nodes[i] = r.NodeCounts
 	}
 	return nodes, missing
 }
 
 // version is this build's: the module version and the VCS revision.
-func version() string {
+func Version() string {
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
 		return "unknown"
@@ -194,7 +196,7 @@ func version() string {
 }
 
 // Lists is the report's Cluster: every node's Longest of q.
-func (f *fleet) Lists(ctx context.Context, q report.ListQuery) ([]report.List, []string) {
+func (f *Fleet) Lists(ctx context.Context, q report.ListQuery) ([]report.List, []string) {
 	body, err := json.Marshal(q)
 	if err != nil {
 		return nil, []string{f.node.Name()}
@@ -234,7 +236,7 @@ type remoteSub struct {
 
 // remoteEvents feeds one SSE stream with every other member's events
 // until ctx is done (events.RemoteEvents), through the shared feed.
-func (f *fleet) remoteEvents(ctx context.Context, q url.Values, deliver func([]byte) bool) {
+func (f *Fleet) remoteEvents(ctx context.Context, q url.Values, deliver func([]byte) bool) {
 	// The hub has checked the query, and bounded its ids.
 	sf, err := events.NewStreamFilter(q, math.MaxInt)
 	if err != nil {
@@ -266,7 +268,7 @@ func (f *fleet) remoteEvents(ctx context.Context, q url.Values, deliver func([]b
 
 // dispatch hands e to every stream of the feed of generation gen that asks
 // for it. deliver never blocks (a stream behind is disconnected).
-func (f *fleet) dispatch(gen int, e *events.Encoded) {
+func (f *Fleet) dispatch(gen int, e *events.Encoded) {
 	f.feed.mu.Lock()
 	defer f.feed.mu.Unlock()
 	if gen != f.feed.gen {
@@ -282,7 +284,7 @@ func (f *fleet) dispatch(gen int, e *events.Encoded) {
 // runFeed streams every other member's events, one node-to-node stream per
 // member, opened again after a loss and for members that join meanwhile,
 // until ctx is done.
-func (f *fleet) runFeed(ctx context.Context, gen int) {
+func (f *Fleet) runFeed(ctx context.Context, gen int) {
 	var mu sync.Mutex
 	running := make(map[string]bool)
 	var wg sync.WaitGroup
