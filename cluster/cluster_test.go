@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"runtime"
@@ -517,5 +518,23 @@ func TestCloseStopsGoroutines(t *testing.T) {
 	})
 	if err := a.Start(context.Background()); err != ErrClosed {
 		t.Fatalf("Start after Close: %v", err)
+	}
+}
+
+// A failed join reached no seed when memberlist says so of every seed.
+func TestUnreachable(t *testing.T) {
+	for _, c := range []struct {
+		err  string
+		want bool
+	}{
+		{"1 error occurred:\n\t* failed to join 10.0.0.2:7946: dial tcp 10.0.0.2:7946: connect: connection refused\n\n", true},
+		{"2 errors occurred:\n\t* failed to resolve presence-1.presence-gossip:7946: lookup presence-1.presence-gossip: no such host\n\t* failed to join 10.0.0.3:7946: dial tcp 10.0.0.3:7946: i/o timeout\n\n", true},
+		{"1 error occurred:\n\t* failed to join 10.0.0.2:7946: No installed keys could decrypt the message\n\n", false},
+		{"2 errors occurred:\n\t* failed to join 10.0.0.2:7946: EOF\n\t* failed to join 10.0.0.3:7946: dial tcp 10.0.0.3:7946: connect: connection refused\n\n", false},
+		{"something else", false},
+	} {
+		if got := unreachable(errors.New(c.err)); got != c.want {
+			t.Errorf("unreachable(%q) = %v, want %v", c.err, got, c.want)
+		}
 	}
 }

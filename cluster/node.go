@@ -8,6 +8,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -126,9 +127,10 @@ type Node struct {
 	dataAddr string // the data listener's address
 	gossip   string // this node's gossip address, as the others see it
 
-	// joined: the table has had another usable member (or there is no
-	// seed but this node): this node is part of a cluster, not one of its
-	// own. joinErr is the last failed join's error.
+	// joined: this node may serve: its table has had another usable
+	// member, or no seed could be reached (or none but itself answered:
+	// the first node of a cluster, or the last one left). joinErr is why
+	// not: a seed that was reached but did not let it in.
 	joined  atomic.Bool
 	joinMu  sync.Mutex
 	joinErr error
@@ -666,7 +668,18 @@ func (n *Node) join() {
 	}
 	_, err := n.ml.Join(seeds)
 	n.joinMu.Lock()
-	n.joinErr = err
+	switch {
+	case n.joined.Load():
+	case err == nil && n.ml.NumMembers() <= 1, err != nil && unreachable(err):
+		// Nobody else there: the first node of a cluster, the last one
+		// left, or seeds naming this node under another name. It serves
+		// alone, as a single node would; the others join it.
+		n.joined.Store(true)
+	case err == nil:
+		n.joinErr = errors.New("the members that answered are not usable: another partition count or protocol version")
+	default:
+		n.joinErr = err
+	}
 	n.joinMu.Unlock()
 	if err != nil {
 		n.m.rejoinErrors.Inc()
@@ -677,13 +690,14 @@ func (n *Node) join() {
 	}
 }
 
-// Joined reports why this node is not part of its cluster yet, nil once it
-// is: it was given seeds other than itself, and none of them has let it in
-// (no other usable member has ever been in its table). A wrong
-// PRESENCE_CLUSTER_KEY, a data protocol version the others do not speak,
-// or the network keep it out; until then it would time, alone, the
-// devices the others time too. Without seeds (the first node, or a
-// cluster of one) it is nil from Start.
+// Joined reports why this node may not serve yet, nil once it may: it
+// was given seeds other than itself, one of them was reached, and none has
+// let it in (no other usable member has ever been in its table): a wrong
+// PRESENCE_CLUSTER_KEY, a data protocol version or partition count the
+// others do not have. Until then it would time, alone, the devices the
+// others time too. A node that reaches no seed at all (the first of a
+// cluster, the last one left) serves alone, as before, and the others
+// join it; without seeds it is nil from Start.
 func (n *Node) Joined() error {
 	if n.joined.Load() || len(n.cfg.Join) == 0 {
 		return nil
@@ -691,12 +705,32 @@ func (n *Node) Joined() error {
 	n.joinMu.Lock()
 	err := n.joinErr
 	n.joinMu.Unlock()
-	why := "none of them let it in yet"
+	why := "not joined yet"
 	if err != nil {
 		why = err.Error()
 	}
 	return fmt.Errorf("cluster: not joined: seeds %v: %s (a PRESENCE_CLUSTER_KEY that differs from the others', a protocol version they do not speak, or the network); members: %d",
 		n.cfg.Join, why, len(n.Members()))
+}
+
+// unreachable reports whether a failed join reached no seed at all (every
+// seed refused the connection, timed out or did not resolve): memberlist
+// words its errors, it does not wrap them.
+func unreachable(err error) bool {
+	seeds := 0
+	for line := range strings.SplitSeq(err.Error(), "\n") {
+		switch {
+		case strings.Contains(line, "failed to resolve"):
+			seeds++
+		case strings.Contains(line, "failed to join"):
+			seeds++
+			if !strings.Contains(line, "connection refused") && !strings.Contains(line, "i/o timeout") &&
+				!strings.Contains(line, "no route to host") && !strings.Contains(line, "network is unreachable") {
+				return false // reached, and refused us
+			}
+		}
+	}
+	return seeds > 0
 }
 
 // WaitJoined waits until Joined is nil or ctx is done, logging why every

@@ -17,6 +17,7 @@ import (
 	"github.com/presence-dev/presence/cluster"
 	"github.com/presence-dev/presence/engine"
 	"github.com/presence-dev/presence/events"
+	"github.com/presence-dev/presence/internal/ratelog"
 	"github.com/presence-dev/presence/report"
 )
 
@@ -25,8 +26,13 @@ import (
 const (
 	queryCounts  = "counts"  // no body; NodeReport
 	queryLongest = "longest" // report.ListQuery; report.List
-	streamEvents = "events"  // a GET /v1/events query string; encoded SSE events
+	streamEvents = "events"  // a GET /v1/events query string (the feed sends none: everything); encoded SSE events
 )
+
+// feedBuffer is how many events the stream another node takes of this
+// node's events may fall behind by before it is dropped (reopened within
+// remoteRetry, the gap lost): one per node, so generous.
+const feedBuffer = 1 << 16
 
 // remoteRetry is how soon a lost event stream from another node is
 // opened again, and how often a stream checks for new members.
@@ -39,13 +45,14 @@ type Fleet struct {
 	node *cluster.Node
 	eng  *engine.Engine
 	log  *slog.Logger
-	feed remoteFeed // the other nodes' events, for every cluster-wide SSE stream
+	feed remoteFeed               // the other nodes' events, for every cluster-wide SSE stream
+	lim  *ratelog.Limiter[string] // a lost peer stream, logged per peer at most every 5 s
 }
 
 // NewFleet builds the cluster-wide read side of node, whose engine is eng.
 // Register it before the node starts.
 func NewFleet(node *cluster.Node, eng *engine.Engine, log *slog.Logger) *Fleet {
-	return &Fleet{node: node, eng: eng, log: log}
+	return &Fleet{node: node, eng: eng, log: log, lim: ratelog.New[string](5*time.Second, time.Now)}
 }
 
 // Register installs the handlers of the other nodes' queries and streams,
@@ -57,7 +64,9 @@ func (f *Fleet) Register(rep *report.Report, hub *events.Hub) {
 		if err != nil {
 			return fmt.Errorf("events: %w", err)
 		}
-		sub, err := hub.Subscribe(q)
+		// One stream per node, shared there by all its cluster-wide
+		// streams: a burst (a mass expiry) must not drop it.
+		sub, err := hub.SubscribeBuffered(q, feedBuffer)
 		if err != nil {
 			return err
 		}
@@ -160,15 +169,15 @@ func (f *Fleet) Reports(ctx context.Context) ([]NodeReport, []string) {
 
 // Counts implements api.Cluster.
 func (f *Fleet) Counts(ctx context.Context) ([]api.NodeCounts, []string) {
-	Reports, missing := f.Reports(ctx)
-	nodes := make([]api.NodeCounts, len(Reports))
-	for i, r := range Reports {
+	reports, missing := f.Reports(ctx)
+	nodes := make([]api.NodeCounts, len(reports))
+	for i, r := range reports {
 		nodes[i] = r.NodeCounts
 	}
 	return nodes, missing
 }
 
-// version is this build's: the module version and the VCS revision.
+// Version is this build's: the module version and the VCS revision.
 func Version() string {
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
@@ -315,8 +324,10 @@ func (f *Fleet) runFeed(ctx context.Context, gen int) {
 					return nil
 				})
 				if err != nil && ctx.Err() == nil {
-					f.log.Warn("events: the stream of another node's events was lost; reopened within a second, "+
-						"its events meanwhile are not replayed", "node", m, "err", err)
+					if ok, n := f.lim.Allow(m); ok {
+						f.log.Warn("events: the stream of another node's events was lost; reopened within a second, "+
+							"its events meanwhile are not replayed", "node", m, "err", err, "suppressed", n)
+					}
 				}
 			})
 		}

@@ -244,7 +244,7 @@ func (m *model) adopt(id string, st Status, lastSeen time.Time, tmo time.Duratio
 	}
 	if d := m.devs[id]; d != nil { // known here: only last_seen merges
 		switch {
-		case st == StatusOnline && lastSeen.After(d.lastSeen):
+		case st == StatusOnline && lastSeen.After(d.lastSeen) && lastSeen.Add(d.timeout).After(m.now):
 			m.seen(id, d, lastSeen, 0, CauseHandoff) // as the message the old owner heard
 		case lastSeen.After(d.lastSeen):
 			d.lastSeen = lastSeen

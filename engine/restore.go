@@ -106,13 +106,14 @@ func (e *Engine) restoreOne(d *DeviceState, now int64, cause Cause) error {
 		sh.reattach(slot)
 	case ok:
 		if r := sh.rec(slot); lastSeen > r.lastSeen {
-			if cause == CauseHandoff && d.Status == StatusOnline {
-				// The old owner heard a message this engine did not: it is
-				// applied as that message was, so a record this engine
-				// timed out meanwhile (its node frozen, or cut off, while
-				// the device talked elsewhere) comes back online, cause
-				// handoff, rather than be written offline at the newer
-				// last-seen time.
+			if cause == CauseHandoff && d.Status == StatusOnline && lastSeen+e.timeouts.ns(r.tmo) > now {
+				// The old owner heard a message this engine did not, and
+				// its deadline is still ahead: it is applied as that
+				// message was, so a record this engine timed out
+				// meanwhile (its node frozen, or cut off, while the device
+				// talked elsewhere) comes back online, cause handoff,
+				// rather than be written offline at the newer last-seen
+				// time. (It counts as a touch in Stats.)
 				_ = e.touchLocked(sh, d.ID, h, slot+1, lastSeen, noTimeout, cause) // a known device: no error
 			} else {
 				r.lastSeen = lastSeen

@@ -136,7 +136,7 @@ func (s *sseHub) close() {
 	}
 }
 
-func (s *sseHub) register(f filter) (*sseClient, error) {
+func (s *sseHub) register(f filter, buffer int) (*sseClient, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
@@ -145,7 +145,7 @@ func (s *sseHub) register(f filter) (*sseClient, error) {
 	case len(s.clients) >= s.cfg.MaxClients:
 		return nil, errTooManyClients
 	}
-	c := &sseClient{ch: make(chan []byte, s.cfg.ClientBuffer), kicked: make(chan struct{}), f: f}
+	c := &sseClient{ch: make(chan []byte, buffer), kicked: make(chan struct{}), f: f}
 	s.clients[c] = struct{}{}
 	return c, nil
 }
@@ -172,7 +172,7 @@ func (s *sseHub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		wire.WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	c, err := s.register(f)
+	c, err := s.register(f, s.cfg.ClientBuffer)
 	if err != nil {
 		s.rejected.Inc()
 		w.Header().Set("Retry-After", "5")
@@ -369,9 +369,9 @@ const (
 
 // RemoteEvents feeds a stream with the events of the other nodes of a
 // cluster (Hub.SetRemote): it runs while the stream does (until ctx is
-// done) and hands deliver every encoded event ("data: ...\n\n", filtered
-// by the other node with the stream's query, which it is given without
-// scope); deliver copies it and returns false once the stream is gone.
+// done) and hands deliver every encoded event ("data: ...\n\n") the
+// stream's query (given without scope) asks for; deliver copies it and
+// returns false once the stream is gone.
 type RemoteEvents func(ctx context.Context, query url.Values, deliver func(msg []byte) bool)
 
 // SetRemote makes GET /v1/events stream the other nodes' events too,
@@ -406,11 +406,21 @@ func (h *Hub) Subscribe(query url.Values) (*Subscription, error) {
 	if h.sse == nil {
 		return nil, errors.New("events: SSE is disabled")
 	}
+	return h.SubscribeBuffered(query, h.sse.cfg.ClientBuffer)
+}
+
+// SubscribeBuffered is Subscribe with a buffer of its own, in events: the
+// stream another node shares among all its streams (it falls behind, and
+// is dropped, only past buffer events).
+func (h *Hub) SubscribeBuffered(query url.Values, buffer int) (*Subscription, error) {
+	if h.sse == nil {
+		return nil, errors.New("events: SSE is disabled")
+	}
 	f, err := parseFilter(query, h.sse.cfg.MaxFilterIDs)
 	if err != nil {
 		return nil, err
 	}
-	c, err := h.sse.register(f)
+	c, err := h.sse.register(f, buffer)
 	if err != nil {
 		return nil, err
 	}
@@ -468,10 +478,9 @@ func SplitEncoded(msg []byte, fn func(Encoded)) {
 		if json.Unmarshal(bytes.TrimSpace(body), &head) != nil {
 			continue
 		}
-		t, ok := ParseType(head.Type)
-		if !ok {
-			continue
-		}
+		// A type this node does not know (a newer peer's) is type 0: it
+		// passes only the streams without a type or status filter.
+		t, _ := ParseType(head.Type)
 		fn(Encoded{Msg: one, r: rec{typ: t, id: head.ID, status: engine.ParseStatus(head.Status)}})
 	}
 }

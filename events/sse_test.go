@@ -200,11 +200,11 @@ func TestSSEBadRequests(t *testing.T) {
 // counted; the broadcaster never waits for it, and other clients go on.
 func TestSSESlowClientDropped(t *testing.T) {
 	h, _ := sseHubForTest(t, func(c *SSEConfig) { c.ClientBuffer = 4 })
-	slow, err := h.sse.register(filter{}) // never read
+	slow, err := h.sse.register(filter{}, h.sse.cfg.ClientBuffer) // never read
 	if err != nil {
 		t.Fatal(err)
 	}
-	fast, _ := h.sse.register(filter{})
+	fast, _ := h.sse.register(filter{}, h.sse.cfg.ClientBuffer)
 	batch := make([]rec, 3)
 	for i := range batch {
 		batch[i] = statusRec(&engine.Transition{ID: fmt.Sprint("d", i), To: engine.StatusOnline, At: t0})
@@ -322,18 +322,19 @@ func TestStreamFilterOnEncoded(t *testing.T) {
 	msg := []byte(`data: {"type":"status","id":"a","status":"offline","previous":"online","at":"2026-01-01T00:00:00.000000+00:00","cause":"timeout"}` + "\n\n" +
 		`data: {"type":"mass_offline","incident":"i1","count":5}` + "\n\n" +
 		`data: not json` + "\n\n" +
+		`data: {"type":"a_type_of_a_newer_version","id":"c"}` + "\n\n" +
 		`data: {"type":"status","id":"b","status":"online","previous":"offline","at":"2026-01-01T00:00:00.000000+00:00","cause":"telemetry"}` + "\n\n")
 	var all []Encoded
 	SplitEncoded(msg, func(e Encoded) { all = append(all, e) })
-	if len(all) != 3 || !strings.HasPrefix(string(all[0].Msg), `data: {"type":"status","id":"a"`) || !strings.HasSuffix(string(all[2].Msg), "\n\n") {
+	if len(all) != 4 || !strings.HasPrefix(string(all[0].Msg), `data: {"type":"status","id":"a"`) || !strings.HasSuffix(string(all[3].Msg), "\n\n") {
 		t.Fatalf("split into %d: %+v", len(all), all)
 	}
 	for q, want := range map[string][]bool{
-		"":                   {true, true, true},
-		"id=a":               {true, false, false},
-		"status=online":      {false, false, true},
-		"type=mass_offline":  {false, true, false},
-		"type=status&id=a,b": {true, false, true},
+		"":                   {true, true, true, true},
+		"id=a":               {true, false, false, false},
+		"status=online":      {false, false, false, true},
+		"type=mass_offline":  {false, true, false, false},
+		"type=status&id=a,b": {true, false, false, true},
 	} {
 		v, _ := url.ParseQuery(q)
 		f, err := NewStreamFilter(v, 10)

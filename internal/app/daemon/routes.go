@@ -123,7 +123,9 @@ func (w statusWriter) SetStatus(id string, s engine.Status, at time.Time, cause 
 // Router, which forwards it to the owner.
 func (d *Daemon) controller() (*control.Service, error) {
 	cc := control.DefaultConfig()
-	cc.QueryTimeout = d.cfg.Cluster.QueryTimeout
+	if d.node != nil {
+		cc.QueryTimeout = d.cfg.Cluster.QueryTimeout
+	}
 	deps := control.Deps{
 		Gate:     func(fn func() error) error { return unavailable(d.ing.WhileRunning(fn)) },
 		Engine:   d.eng,
