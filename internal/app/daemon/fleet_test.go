@@ -247,13 +247,7 @@ func TestClusterAnswersForTheFleet(t *testing.T) {
 // sseStream opens GET path on n and returns its events.
 func sseStream(t *testing.T, n *clusterNode, path string) <-chan events.Event {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+n.api+path, nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("SSE %s: %v %v", path, err, resp)
-	}
+	resp := openSSE(t, n, path)
 	out := make(chan events.Event, 100)
 	go func() {
 		defer resp.Body.Close()
@@ -376,6 +370,16 @@ func TestClusterSSEWall(t *testing.T) {
 // test ends.
 func sseDiscard(t *testing.T, n *clusterNode, path string) {
 	t.Helper()
+	resp := openSSE(t, n, path)
+	go func() {
+		defer resp.Body.Close()
+		_, _ = io.Copy(io.Discard, resp.Body)
+	}()
+}
+
+// openSSE opens an SSE stream on n, closed when the test ends.
+func openSSE(t *testing.T, n *clusterNode, path string) *http.Response {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+n.api+path, nil)
@@ -383,8 +387,5 @@ func sseDiscard(t *testing.T, n *clusterNode, path string) {
 	if err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("SSE %s on %s: %v %v", path, n.name, err, resp)
 	}
-	go func() {
-		defer resp.Body.Close()
-		_, _ = io.Copy(io.Discard, resp.Body)
-	}()
+	return resp
 }
