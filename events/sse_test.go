@@ -2,6 +2,7 @@ package events
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -350,4 +351,24 @@ func TestStreamFilterOnEncoded(t *testing.T) {
 	if _, err := NewStreamFilter(url.Values{"nope": {"1"}}, 10); err == nil {
 		t.Error("an unknown parameter was taken")
 	}
+}
+
+// SplitEncoded never panics, and hands out only whole events of its input,
+// in order, each ending with the blank line.
+func FuzzSplitEncoded(f *testing.F) {
+	f.Add([]byte(`data: {"type":"status","id":"a","status":"online"}` + "\n\n"))
+	f.Add([]byte(`data: {"type":"mass_offline"}` + "\n\n" + `data: {}` + "\n\ndata: x\n\n"))
+	f.Add([]byte("\n\n\n\ndata: \n\n"))
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		rest := msg
+		SplitEncoded(msg, func(e Encoded) {
+			i := bytes.Index(rest, e.Msg)
+			if i < 0 || !bytes.HasSuffix(e.Msg, []byte("\n\n")) || !bytes.HasPrefix(e.Msg, []byte("data: ")) {
+				t.Fatalf("event %q is not a whole event of the rest of the input", e.Msg)
+			}
+			rest = rest[i+len(e.Msg):]
+			f := StreamFilter{}
+			_ = f.Match(&e)
+		})
+	})
 }
