@@ -38,18 +38,8 @@ func pubsubOnceInOrder(t *testing.T, rdb redis.UniversalClient, seed uint64) {
 
 	want := trace(50, 40, seed)
 	feed(h, want, seed)
-	var got []Event
 	ch := sub.Channel(redis.WithChannelSize(len(want) + 10))
-	timeout := time.After(20 * time.Second)
-	for len(got) < len(want) {
-		select {
-		case m := <-ch:
-			got = append(got, decode(t, []byte(m.Payload)))
-		case <-timeout:
-			t.Fatalf("received %d of %d events", len(got), len(want))
-		}
-	}
-	checkOnceInOrder(t, want, got)
+	checkOnceInOrder(t, want, receive(t, ch, len(want)))
 	select {
 	case m := <-ch:
 		t.Fatalf("extra message %s", m.Payload)
@@ -368,18 +358,23 @@ func TestPubSubSharded(t *testing.T) {
 	runHub(t, h)
 	want := trace(10, 5, 4)
 	feed(h, want, 4)
+	checkOnceInOrder(t, want, receive(t, sub.Channel(), len(want)))
+}
+
+// receive decodes the first n messages of ch, failing after 20 s.
+func receive(t *testing.T, ch <-chan *redis.Message, n int) []Event {
+	t.Helper()
 	var got []Event
-	ch := sub.Channel()
 	timeout := time.After(20 * time.Second)
-	for len(got) < len(want) {
+	for len(got) < n {
 		select {
 		case m := <-ch:
 			got = append(got, decode(t, []byte(m.Payload)))
 		case <-timeout:
-			t.Fatalf("received %d of %d events", len(got), len(want))
+			t.Fatalf("received %d of %d events", len(got), n)
 		}
 	}
-	checkOnceInOrder(t, want, got)
+	return got
 }
 
 // On a Redis Cluster too a subscriber receives every event once, in
