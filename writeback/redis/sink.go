@@ -372,7 +372,10 @@ func (r *Sink) writePipelined(ctx context.Context, states []engine.DeviceState) 
 	// in TTL when at is nil.
 	fencedKeys := 0 // keys written by fencedSet
 	// No fence lies beyond now + TTL (fencedSet), by this clock.
-	var horizon any = strconv.FormatInt(now.Add(r.ttl+fenceSlack).UnixMilli(), 10)
+	var horizon any
+	if r.cfg.Guarded {
+		horizon = strconv.FormatInt(now.Add(r.ttl+fenceSlack).UnixMilli(), 10)
+	}
 	set := func(key *string, val any, at *string, kind any) {
 		start := len(args)
 		switch {
